@@ -1,0 +1,394 @@
+"""The asyncio driver of one cell: feeds the state machine, carries out its effects.
+
+One :class:`CellActor` owns everything mutable about a cell: its :class:`CellMachine`, its engine
+cell, the delegate tasks of its nested calls, its timers and its notification queue. Its *pump*
+task runs the JavaScript (through the engine) whenever a tool result or a due timer is ready and
+the machine allows it; callers' coroutines (``wait``, ``resume``, ``terminate``) call into the
+machine synchronously and await only futures the actor resolves. All of it runs on one event
+loop, so each machine call is atomic.
+
+The actor deliberately holds no reference to the ``SessionRuntime`` object, only to the
+:class:`CellHost` it needs, so a runtime dropped without ``shutdown`` can be garbage-collected and
+stop its cells (SPEC 7.5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from codemode.cell.machine import (
+    Attached,
+    BeginSettling,
+    CellMachine,
+    Closed,
+    CommitWrites,
+    Effect,
+    Immediate,
+    RunEngine,
+    StopEngine,
+    TerminationStarted,
+    WakeObserver,
+)
+from codemode.engine.base import (
+    EngineCell,
+    EngineLost,
+    NotifyRequested,
+    OutputProduced,
+    StepInput,
+    StepReport,
+    StoreWritten,
+    TimerCleared,
+    TimerFired,
+    TimerSet,
+    ToolCallRequested,
+    ToolResultInput,
+    YieldRequested,
+)
+from codemode.model import (
+    CellKind,
+    Completed,
+    NestedToolCall,
+    Pending,
+    ResumeOutcome,
+    SessionDelegate,
+    Terminated,
+    ToolDefinition,
+    Yielded,
+)
+
+__all__ = ["CALLBACK_GRACE", "CellActor", "CellHost"]
+
+logger = logging.getLogger("codemode.cell")
+
+# How long cancelled delegate callbacks are awaited before they are abandoned (SPEC 7.3).
+CALLBACK_GRACE = 0.1
+
+
+class CellHost(Protocol):
+    """What a cell needs from its session."""
+
+    delegate: SessionDelegate
+
+    def commit_writes(self, writes: dict[str, Any]) -> None: ...
+
+    def cell_closed(self, cell_id: str) -> None: ...
+
+
+@dataclass
+class _Timer:
+    due: float
+    timer_id: int
+
+
+class CellActor:
+    """Drives one cell. Created by the session after the engine cell was opened."""
+
+    def __init__(
+        self,
+        cell_id: str,
+        kind: CellKind,
+        engine_cell: EngineCell,
+        tools: tuple[ToolDefinition, ...],
+        tool_call_id: str,
+        host: CellHost,
+    ) -> None:
+        self.cell_id = cell_id
+        self.kind = kind
+        self.machine = CellMachine(cell_id, kind)
+        self._engine = engine_cell
+        self._tools = tools
+        self._tool_call_id = tool_call_id
+        self._host = host
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._ready: list[StepInput] = []
+        self._timers: dict[int, float] = {}
+        self._timer_heap: list[tuple[float, int]] = []
+        self._calls: dict[str, asyncio.Task[None]] = {}
+        self._cancel_requested: set[str] = set()
+        self._pending_ids: tuple[str, ...] = ()
+        self._notes: asyncio.Queue[str] | None = None
+        self._notifier: asyncio.Task[None] | None = None
+        self._observer_futures: dict[int, asyncio.Future[None]] = {}
+        self._pump_task: asyncio.Task[None] | None = None
+        self._settle_task: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+        self._log = logging.LoggerAdapter(logger, {"cell_id": cell_id})
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Begin running the body in the background."""
+        self._pump_task = self._loop.create_task(self._pump(), name=f"codemode-cell-{self.cell_id}")
+
+    @property
+    def is_live(self) -> bool:
+        return self.machine.is_live
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def abandon(self) -> None:
+        """Stop the JavaScript at once without any cleanup (the runtime was dropped)."""
+        self._engine.close()
+        for task in (self._pump_task, self._settle_task, self._notifier, *self._calls.values()):
+            if task is not None and not task.done():
+                task.cancel()
+
+    # ------------------------------------------------------------------ caller operations
+
+    async def observe(
+        self, yield_after: float | None
+    ) -> Yielded | Completed | Terminated | Pending:
+        """``wait`` (with a budget) or ``wait_to_pending`` (without). Loses nothing if the
+        caller is cancelled."""
+        start = self.machine.observe()
+        if isinstance(start, Immediate):
+            self._apply(start.effects)
+            return start.event
+        assert isinstance(start, Attached)
+        token = start.token
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._observer_futures[token] = future
+        deadline: asyncio.TimerHandle | None = None
+        if yield_after is not None:
+            deadline = self._loop.call_later(max(yield_after, 0.0), self._on_deadline, token)
+        try:
+            await future
+        except asyncio.CancelledError:
+            self._apply(self.machine.observer_cancelled(token))
+            raise
+        finally:
+            self._observer_futures.pop(token, None)
+            if deadline is not None:
+                deadline.cancel()
+        event, effects = self.machine.collect(token)
+        self._apply(effects)
+        return event
+
+    def resume(self, generation: int) -> ResumeOutcome:
+        outcome, effects = self.machine.resume(generation)
+        self._apply(effects)
+        return outcome
+
+    async def terminate(self) -> Completed | Terminated:
+        decision = self.machine.terminate()
+        if isinstance(decision, Immediate):
+            self._apply(decision.effects)
+            assert isinstance(decision.event, Completed)
+            return decision.event
+        assert isinstance(decision, TerminationStarted)
+        self._apply(decision.effects)
+        # The termination goes on even if our caller is cancelled.
+        await asyncio.shield(self._closed.wait())
+        return Terminated(decision.items)
+
+    async def shutdown(self) -> None:
+        """Terminate (or close) the cell for the session's shutdown and wait until it closed."""
+        self._apply(self.machine.shutdown())
+        await self._closed.wait()
+
+    # ------------------------------------------------------------------ effects
+
+    def _apply(self, effects: Iterable[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, WakeObserver):
+                future = self._observer_futures.get(effect.token)
+                if future is not None and not future.done():
+                    future.set_result(None)
+            elif isinstance(effect, RunEngine):
+                self._wake.set()
+            elif isinstance(effect, BeginSettling):
+                self._settle_task = self._loop.create_task(self._settle())
+            elif isinstance(effect, CommitWrites):
+                self._host.commit_writes(effect.writes)
+            elif isinstance(effect, StopEngine):
+                self._stop_task = self._loop.create_task(self._stop())
+            elif isinstance(effect, Closed):
+                self._on_closed()
+
+    def _on_closed(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._engine.close()
+        self._wake.set()
+        self._host.cell_closed(self.cell_id)
+
+    def _on_deadline(self, token: int) -> None:
+        self._apply(self.machine.observer_deadline(token))
+
+    # ------------------------------------------------------------------ the pump
+
+    async def _pump(self) -> None:
+        try:
+            report = await self._engine.run()
+            self._handle(report)
+            while self.machine.is_live:
+                if not self.machine.may_run:
+                    if self.machine.phase.value != "paused":
+                        return  # settling, completed or terminating: no more JavaScript
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                self._wake.clear()
+                inputs = self._take_inputs()
+                if inputs:
+                    self.machine.inputs_applied()
+                    report = await self._engine.step(inputs)
+                    self._handle(report)
+                    continue
+                self._apply(self.machine.quiescent(self._pending_ids))
+                if not self.machine.may_run:
+                    continue
+                timeout = None
+                if self._timer_heap:
+                    timeout = max(self._timer_heap[0][0] - time.monotonic(), 0.0)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+        except EngineLost as exc:
+            if self.machine.may_run or self.machine.phase.value == "paused":
+                self._log.warning("engine of cell %s lost: %s", self.cell_id, exc)
+                self._apply(self.machine.engine_lost())
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # pragma: no cover - a bug in codemode itself
+            self._log.exception("cell %s failed inside codemode", self.cell_id)
+            self._apply(self.machine.engine_lost())
+
+    def _take_inputs(self) -> list[StepInput]:
+        inputs = self._ready
+        self._ready = []
+        now = time.monotonic()
+        while self._timer_heap and self._timer_heap[0][0] <= now:
+            _, timer_id = heapq.heappop(self._timer_heap)
+            if self._timers.pop(timer_id, None) is not None:
+                inputs.append(TimerFired(timer_id))
+        return inputs
+
+    def _handle(self, report: StepReport) -> None:
+        machine = self.machine
+        for ev in report.events:
+            if isinstance(ev, OutputProduced):
+                self._apply(machine.output(ev.item))
+            elif isinstance(ev, ToolCallRequested):
+                self._start_call(ev)
+            elif isinstance(ev, TimerSet):
+                due = time.monotonic() + ev.delay
+                self._timers[ev.timer_id] = due
+                # Ties fire in creation order: timer ids increase with creation.
+                heapq.heappush(self._timer_heap, (due, ev.timer_id))
+            elif isinstance(ev, TimerCleared):
+                self._timers.pop(ev.timer_id, None)
+            elif isinstance(ev, NotifyRequested):
+                self._enqueue_notification(ev.text)
+            elif isinstance(ev, YieldRequested):
+                self._apply(machine.yield_requested())
+            elif isinstance(ev, StoreWritten):
+                machine.store_written(ev.key, ev.value)
+        self._pending_ids = report.pending_call_ids
+        if report.settlement is not None:
+            self._apply(machine.body_settled(report.settlement.error_text))
+
+    # ------------------------------------------------------------------ nested calls
+
+    def _start_call(self, ev: ToolCallRequested) -> None:
+        tool = self._tools[ev.tool_index]
+        call = NestedToolCall(self.cell_id, ev.call_id, tool, ev.input)
+        name = f"codemode-{self.cell_id}-{ev.call_id}"
+        task = self._loop.create_task(self._invoke(call), name=name)
+        self._calls[ev.call_id] = task
+
+    async def _invoke(self, call: NestedToolCall) -> None:
+        name = call.tool.name
+        try:
+            value = await self._host.delegate.invoke_tool(call)
+        except asyncio.CancelledError:
+            if call.call_id in self._cancel_requested:
+                raise
+            result = ToolResultInput(call.call_id, False, message=f"tool `{name}` was cancelled")
+        except Exception as exc:
+            result = ToolResultInput(call.call_id, False, message=str(exc) or type(exc).__name__)
+        else:
+            try:
+                value_json = json.dumps(value, ensure_ascii=True, allow_nan=False)
+            except (TypeError, ValueError, RecursionError):
+                result = ToolResultInput(
+                    call.call_id, False, message=f"tool `{name}` returned a value that is not JSON"
+                )
+            else:
+                result = ToolResultInput(call.call_id, True, value_json=value_json)
+        self._calls.pop(call.call_id, None)
+        if self.machine.phase.value in ("running", "paused"):
+            self._ready.append(result)
+            self._wake.set()
+
+    # ------------------------------------------------------------------ notifications
+
+    def _enqueue_notification(self, text: str) -> None:
+        if self._notes is None:
+            self._notes = asyncio.Queue()
+            self._notifier = self._loop.create_task(self._notify_loop())
+        self._notes.put_nowait(text)
+
+    async def _notify_loop(self) -> None:
+        assert self._notes is not None
+        while True:
+            text = await self._notes.get()
+            try:
+                await self._host.delegate.notify(self._tool_call_id, self.cell_id, text)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._log.exception("notification of cell %s failed", self.cell_id)
+            finally:
+                self._notes.task_done()
+
+    # ------------------------------------------------------------------ settling and stopping
+
+    async def _settle(self) -> None:
+        """Natural completion (SPEC 7.3): notifications first, then cancel calls, then commit."""
+        if self._notes is not None:
+            await self._notes.join()
+        await self._cancel_and_wait(self._take_call_tasks())
+        self._apply(self.machine.commit())
+        if self._notifier is not None:
+            self._notifier.cancel()
+
+    async def _stop(self) -> None:
+        """Termination: stop the JavaScript, cancel every callback, close (SPEC 7.1, 7.3)."""
+        self._engine.close()
+        tasks = self._take_call_tasks()
+        for task in (self._pump_task, self._settle_task, self._notifier):
+            if task is not None and not task.done() and task is not asyncio.current_task():
+                tasks.append(task)
+        await self._cancel_and_wait(tasks)
+        self._apply(self.machine.termination_finished())
+
+    def _take_call_tasks(self) -> list[asyncio.Task[Any]]:
+        tasks: list[asyncio.Task[Any]] = []
+        for call_id, task in self._calls.items():
+            self._cancel_requested.add(call_id)
+            tasks.append(task)
+        self._calls.clear()
+        return tasks
+
+    @staticmethod
+    async def _cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
+        pending = [t for t in tasks if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            # Callbacks that ignore cancellation are abandoned after the grace period.
+            await asyncio.wait(pending, timeout=CALLBACK_GRACE)
+

@@ -1,0 +1,491 @@
+"""The lifecycle of one cell as a sans-IO state machine (SPEC sections 4, 5 and 7).
+
+Every rule about what a caller of ``wait``, ``wait_to_pending``, ``resume`` or ``terminate`` sees
+lives here, and only here. The machine does no I/O, owns no clock and never awaits: each method
+takes one input (something the engine did, or something a caller asked) and returns the
+*effects* the driver must carry out, such as waking an observer, stopping the engine or
+committing stored values. The asyncio driver (:mod:`codemode.cell.actor`) feeds it inputs in the
+order they happen on the event loop, so the tests can replay any interleaving deterministically.
+
+Vocabulary (SPEC section 4): *recorded* output has reached the runtime and was not yet delivered;
+an *observer* is a ``wait``/``wait_to_pending`` call in progress; *delivered* means returned to a
+caller. An observer's event is *prepared* by the machine at the instant its reason occurs (a
+deadline, a ``yield_control()``, a frontier, the commit, a termination) and *collected* when the
+observer's task resumes; a cancelled observer gives a prepared event back, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from codemode.errors import (
+    AlreadyTerminating,
+    BusyObserver,
+    ClosedCell,
+    InvalidGeneration,
+    MissingCell,
+)
+from codemode.model import (
+    CellKind,
+    Completed,
+    OutputItem,
+    Pending,
+    PendingFrontier,
+    ResumeOutcome,
+    Terminated,
+    Yielded,
+)
+
+__all__ = [
+    "Attached",
+    "BeginSettling",
+    "CellMachine",
+    "Closed",
+    "CommitWrites",
+    "Effect",
+    "Immediate",
+    "Phase",
+    "RunEngine",
+    "StopEngine",
+    "TerminationStarted",
+    "WakeObserver",
+]
+
+Event = Yielded | Completed | Terminated | Pending
+
+
+class Phase(enum.Enum):
+    """Where a cell is in its life."""
+
+    RUNNING = "running"  # its JavaScript runs whenever a tool result or timer unblocks it
+    PAUSED = "paused"  # a pausable cell at a frontier: nothing runs until resume
+    SETTLING = "settling"  # the body settled; notifications drain, calls are cancelled
+    COMPLETED = "completed"  # the completion is committed; its event awaits delivery
+    TERMINATING = "terminating"  # stopped by terminate/shutdown; callbacks are being cleaned up
+    CLOSED = "closed"  # gone: every operation answers MissingCell
+
+
+# ---------------------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True)
+class WakeObserver:
+    """The attached observer has a prepared event: wake its task so it collects it."""
+
+    token: int
+
+
+@dataclass(frozen=True)
+class RunEngine:
+    """Execution may continue (after a resume): wake the engine pump."""
+
+
+@dataclass(frozen=True)
+class BeginSettling:
+    """The body settled: deliver issued notifications, cancel outstanding calls, then call
+    :meth:`CellMachine.commit`."""
+
+
+@dataclass(frozen=True)
+class CommitWrites:
+    """Merge these stored-value writes into the session map, now, in this same step."""
+
+    writes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StopEngine:
+    """Stop the JavaScript now, cancel every callback (100 ms grace), then call
+    :meth:`CellMachine.termination_finished`."""
+
+
+@dataclass(frozen=True)
+class Closed:
+    """The cell has closed: drop it from the session's registry."""
+
+
+Effect = WakeObserver | RunEngine | BeginSettling | CommitWrites | StopEngine | Closed
+
+
+# ---------------------------------------------------------------------------- call results
+
+
+@dataclass(frozen=True)
+class Immediate:
+    """``observe`` had an event ready: return it at once."""
+
+    event: Event
+    effects: tuple[Effect, ...] = ()
+
+
+@dataclass(frozen=True)
+class Attached:
+    """``observe`` attached an observer; its event will be prepared later."""
+
+    token: int
+
+
+@dataclass(frozen=True)
+class TerminationStarted:
+    """``terminate`` began stopping the cell; its caller gets ``Terminated(items)`` once the
+    cleanup has finished."""
+
+    items: tuple[OutputItem, ...]
+    effects: tuple[Effect, ...]
+
+
+# ---------------------------------------------------------------------------- internals
+
+
+class _Prepared(enum.Enum):
+    YIELDED = "yielded"  # items fixed at preparation; given back if the observer goes away
+    PENDING = "pending"  # the current frontier
+    COMPLETED = "completed"  # the committed completion (items read at collection)
+    TERMINATED = "terminated"  # items fixed at preparation
+
+
+@dataclass
+class _Observer:
+    token: int
+    prepared: _Prepared | None = None
+    items: tuple[OutputItem, ...] = ()
+    from_stash: bool = False
+    frontier: PendingFrontier | None = None
+
+
+@dataclass
+class _Frontier:
+    frontier: PendingFrontier
+    delivered: bool = False
+
+
+@dataclass
+class CellMachine:
+    """All mutable lifecycle state of one cell, and every rule that changes it."""
+
+    cell_id: str
+    kind: CellKind
+    phase: Phase = Phase.RUNNING
+    _recorded: list[OutputItem] = field(default_factory=list)
+    _stash: tuple[OutputItem, ...] | None = None
+    _delivered_any: bool = False
+    _observer: _Observer | None = None
+    _next_token: int = 1
+    _writes: dict[str, Any] = field(default_factory=dict)
+    _completion_error: str | None = None
+    _discard_writes: bool = False
+    # pausable cells
+    _generation: int = 0
+    _frontier: _Frontier | None = None
+    _last_resumed: int | None = None
+    _progressed: bool = True  # processed work since the last frontier or resume
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def may_run(self) -> bool:
+        """True while the engine may run JavaScript and consume tool results and timers."""
+        return self.phase is Phase.RUNNING
+
+    @property
+    def is_live(self) -> bool:
+        """True until the cell has closed."""
+        return self.phase is not Phase.CLOSED
+
+    @property
+    def generation(self) -> int:
+        """The generation of the latest frontier taken (0: none yet)."""
+        return self._generation
+
+    @property
+    def current_frontier(self) -> PendingFrontier | None:
+        return self._frontier.frontier if self._frontier is not None else None
+
+    @property
+    def has_observer(self) -> bool:
+        return self._observer is not None
+
+    # ------------------------------------------------------------------ engine inputs
+
+    def output(self, item: OutputItem) -> list[Effect]:
+        """The cell produced an output item."""
+        if self.phase in (Phase.RUNNING, Phase.PAUSED, Phase.SETTLING):
+            self._recorded.append(item)
+        return []
+
+    def store_written(self, key: str, value: Any) -> None:
+        """The cell stored a value; it is committed with the completion, if ever."""
+        if self.phase in (Phase.RUNNING, Phase.SETTLING):
+            self._writes[key] = value
+
+    def yield_requested(self) -> list[Effect]:
+        """``yield_control()`` (SPEC 4 rules 3 and 5; a no-op for pausable cells)."""
+        if self.kind is CellKind.PAUSABLE or self.phase is not Phase.RUNNING:
+            return []
+        obs = self._observer
+        if obs is not None:
+            if obs.prepared is None:
+                return self._prepare_yield(obs)
+            return []
+        if not self._delivered_any and self._stash is None:
+            self._stash = tuple(self._recorded)
+            self._recorded.clear()
+        return []
+
+    def inputs_applied(self) -> None:
+        """The engine processed at least one tool result or timer."""
+        self._progressed = True
+
+    def quiescent(self, pending_call_ids: tuple[str, ...]) -> list[Effect]:
+        """All JavaScript that could run has run and no input waits to be processed.
+
+        A pausable cell that has processed work since its last frontier (or resume) takes a new
+        frontier here and pauses (SPEC 5.1, 5.3); a continuing cell passes on.
+        """
+        if self.kind is not CellKind.PAUSABLE or self.phase is not Phase.RUNNING:
+            return []
+        if not self._progressed:
+            return []
+        self._progressed = False
+        self._generation += 1
+        frontier = PendingFrontier(self._generation, tuple(self._recorded), pending_call_ids)
+        self._recorded.clear()
+        self._frontier = _Frontier(frontier)
+        self.phase = Phase.PAUSED
+        obs = self._observer
+        if obs is not None and obs.prepared is None:
+            obs.prepared = _Prepared.PENDING
+            obs.frontier = frontier
+            return [WakeObserver(obs.token)]
+        return []
+
+    def body_settled(self, error_text: str | None) -> list[Effect]:
+        """The body settled, ``exit()`` was called, or a limit ended the cell (SPEC 7.3)."""
+        if self.phase is not Phase.RUNNING:
+            return []
+        self._completion_error = error_text
+        self.phase = Phase.SETTLING
+        return [BeginSettling()]
+
+    def engine_lost(self) -> list[Effect]:
+        """The engine ended without a settlement (SPEC 7.6): fail, commit nothing."""
+        if self.phase not in (Phase.RUNNING, Phase.PAUSED):
+            return []
+        if self._frontier is not None and not self._frontier.delivered:
+            self._recorded[:0] = self._frontier.frontier.items
+        self._frontier = None
+        self._discard_writes = True
+        self._completion_error = "exec runtime ended unexpectedly"
+        self.phase = Phase.SETTLING
+        return [BeginSettling()]
+
+    def commit(self) -> list[Effect]:
+        """The single linearisation point of a natural completion (SPEC 7.2).
+
+        Does nothing if a termination was requested first; otherwise commits the stored writes
+        and makes the completion deliverable, in this one synchronous step.
+        """
+        if self.phase is not Phase.SETTLING:
+            return []
+        self.phase = Phase.COMPLETED
+        effects: list[Effect] = []
+        if not self._discard_writes and self._writes:
+            effects.append(CommitWrites(dict(self._writes)))
+        self._writes.clear()
+        obs = self._observer
+        if obs is not None and obs.prepared is None:
+            obs.prepared = _Prepared.COMPLETED
+            effects.append(WakeObserver(obs.token))
+        return effects
+
+    # ------------------------------------------------------------------ observers
+
+    def _check_observable(self) -> None:
+        if self.phase is Phase.CLOSED:
+            raise MissingCell(self.cell_id)
+        if self.phase is Phase.TERMINATING:
+            raise ClosedCell(self.cell_id)
+        if self._observer is not None:
+            raise BusyObserver(self.cell_id)
+
+    def observe(self) -> Immediate | Attached:
+        """Begin ``wait`` (continuing) or ``wait_to_pending`` (pausable) after the handle checks.
+
+        Raises ``MissingCell``, ``ClosedCell`` or ``BusyObserver`` (SPEC 4 rule 2).
+        """
+        self._check_observable()
+        if self.kind is CellKind.CONTINUING and self._stash is not None:
+            items, self._stash = self._stash, None
+            self._delivered_any = True
+            return Immediate(Yielded(items))
+        if self.kind is CellKind.PAUSABLE and self._frontier is not None:
+            self._frontier.delivered = True
+            self._delivered_any = True
+            return Immediate(Pending(self._frontier.frontier))
+        if self.phase is Phase.COMPLETED:
+            event = self._take_completion()
+            return Immediate(event, (Closed(),))
+        token = self._next_token
+        self._next_token += 1
+        self._observer = _Observer(token)
+        return Attached(token)
+
+    def observer_deadline(self, token: int) -> list[Effect]:
+        """The budget of a ``wait`` ran out: it gets exactly the output recorded by now."""
+        obs = self._observer
+        if obs is None or obs.token != token or obs.prepared is not None:
+            return []
+        return self._prepare_yield(obs)
+
+    def collect(self, token: int) -> tuple[Event, list[Effect]]:
+        """The woken observer takes its prepared event; this is the moment of delivery."""
+        obs = self._observer
+        if obs is None or obs.token != token or obs.prepared is None:
+            raise MissingCell(self.cell_id)
+        self._observer = None
+        self._delivered_any = True
+        kind = obs.prepared
+        if kind is _Prepared.YIELDED:
+            return Yielded(obs.items), []
+        if kind is _Prepared.PENDING:
+            assert obs.frontier is not None
+            if self._frontier is not None and self._frontier.frontier is obs.frontier:
+                self._frontier.delivered = True
+            return Pending(obs.frontier), []
+        if kind is _Prepared.COMPLETED:
+            return self._take_completion(), [Closed()]
+        return Terminated(obs.items), []
+
+    def observer_cancelled(self, token: int) -> list[Effect]:
+        """The observer's task went away: detach it and give back what it did not receive."""
+        obs = self._observer
+        if obs is None or obs.token != token:
+            return []
+        self._observer = None
+        if obs.prepared is _Prepared.YIELDED:
+            if obs.from_stash:
+                self._stash = obs.items
+            else:
+                self._recorded[:0] = obs.items
+        return []
+
+    def _prepare_yield(self, obs: _Observer) -> list[Effect]:
+        obs.prepared = _Prepared.YIELDED
+        obs.items = tuple(self._recorded)
+        self._recorded.clear()
+        return [WakeObserver(obs.token)]
+
+    def _take_completion(self) -> Completed:
+        items = (self._stash or ()) + tuple(self._recorded)
+        self._stash = None
+        self._recorded.clear()
+        self.phase = Phase.CLOSED
+        return Completed(items, self._completion_error)
+
+    def _undelivered(self) -> tuple[OutputItem, ...]:
+        items: list[OutputItem] = list(self._stash or ())
+        obs = self._observer
+        frontier_being_delivered = obs is not None and obs.prepared is _Prepared.PENDING
+        if (
+            self._frontier is not None
+            and not self._frontier.delivered
+            and not frontier_being_delivered
+        ):
+            items.extend(self._frontier.frontier.items)
+        items.extend(self._recorded)
+        self._stash = None
+        self._recorded.clear()
+        return tuple(items)
+
+    # ------------------------------------------------------------------ pausable control
+
+    def resume(self, generation: int) -> tuple[ResumeOutcome, list[Effect]]:
+        """``resume(cell, generation)``: the decision table of SPEC 5.3, after the handle checks.
+
+        ==========================================  ==========================================
+        situation                                   result
+        ==========================================  ==========================================
+        cell closed                                 MissingCell
+        termination in progress                     ClosedCell
+        frontier F, generation == F.generation      RESUMED (F cleared, L = generation)
+        frontier F, generation <  F.generation      ALREADY_RUNNING
+        frontier F, generation >  F.generation      InvalidGeneration(latest=F.generation)
+        no F, L set and generation <= L             ALREADY_RUNNING
+        no F, otherwise                             InvalidGeneration(latest=L)
+        ==========================================  ==========================================
+        """
+        if self.phase is Phase.CLOSED:
+            raise MissingCell(self.cell_id)
+        if self.phase is Phase.TERMINATING:
+            raise ClosedCell(self.cell_id)
+        current = self._frontier
+        if current is not None:
+            latest = current.frontier.generation
+            if generation == latest:
+                if not current.delivered:
+                    self._recorded[:0] = current.frontier.items
+                self._frontier = None
+                self._last_resumed = generation
+                self._progressed = False
+                self.phase = Phase.RUNNING
+                return ResumeOutcome.RESUMED, [RunEngine()]
+            if generation < latest:
+                return ResumeOutcome.ALREADY_RUNNING, []
+            raise InvalidGeneration(self.cell_id, generation, latest)
+        if self._last_resumed is not None and generation <= self._last_resumed:
+            return ResumeOutcome.ALREADY_RUNNING, []
+        raise InvalidGeneration(self.cell_id, generation, self._last_resumed)
+
+    # ------------------------------------------------------------------ termination
+
+    def terminate(self) -> Immediate | TerminationStarted:
+        """``terminate(cell)`` (SPEC 7.1, 7.2)."""
+        if self.phase is Phase.CLOSED:
+            raise MissingCell(self.cell_id)
+        if self.phase is Phase.TERMINATING:
+            raise AlreadyTerminating(self.cell_id)
+        if self.phase is Phase.COMPLETED:
+            obs = self._observer
+            if obs is not None and obs.prepared is _Prepared.COMPLETED:
+                # Its observer is receiving the completion right now: it counts as delivered.
+                raise MissingCell(self.cell_id)
+            return Immediate(self._take_completion(), (Closed(),))
+        items = self._undelivered()
+        effects = self._begin_termination(observer_items=())
+        return TerminationStarted(items, tuple(effects))
+
+    def shutdown(self) -> list[Effect]:
+        """The session shuts down (SPEC 7.5): terminate, or close a committed completion."""
+        if self.phase in (Phase.CLOSED, Phase.TERMINATING):
+            return []
+        if self.phase is Phase.COMPLETED:
+            obs = self._observer
+            if obs is not None and obs.prepared is _Prepared.COMPLETED:
+                return []  # being delivered; the observer's collection closes the cell
+            self.phase = Phase.CLOSED
+            self._observer = None
+            return [Closed()]
+        return self._begin_termination(observer_items=None)
+
+    def _begin_termination(self, observer_items: tuple[OutputItem, ...] | None) -> list[Effect]:
+        """Enter TERMINATING. ``observer_items`` None: give the observer what is undelivered."""
+        effects: list[Effect] = []
+        obs = self._observer
+        if obs is not None and obs.prepared is None:
+            obs.prepared = _Prepared.TERMINATED
+            obs.items = self._undelivered() if observer_items is None else observer_items
+            effects.append(WakeObserver(obs.token))
+        self.phase = Phase.TERMINATING
+        self._writes.clear()
+        self._frontier = None
+        effects.insert(0, StopEngine())
+        return effects
+
+    def termination_finished(self) -> list[Effect]:
+        """The engine is stopped and every callback finished or was abandoned."""
+        if self.phase is not Phase.TERMINATING:
+            return []
+        self.phase = Phase.CLOSED
+        return [Closed()]

@@ -1,0 +1,299 @@
+"""The ``codemode`` command line (SPEC 10.7).
+
+``codemode run FILE`` runs one cell in a fresh session against the demo tools and prints its
+events as they arrive; ``codemode run --example`` runs the bundled demo cell. Exit status: 0 the
+cell succeeded, 1 it failed (its error on stderr), 2 usage error, 3 terminated (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import importlib.resources
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from codemode.model import (
+    CellLimits,
+    Completed,
+    CreateCellRequest,
+    ImageItem,
+    OutputItem,
+    Pending,
+    Terminated,
+    TextItem,
+    ToolDefinition,
+    ToolKind,
+    Yielded,
+)
+from codemode.session import SessionRuntime, tools_delegate
+from codemode.wire import event_to_wire
+
+__all__ = ["DEMO_TOOLS", "demo_delegate", "main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TERMINATED = 0, 1, 2, 3
+
+DEMO_TOOLS: tuple[ToolDefinition, ...] = (
+    ToolDefinition(
+        "echo",
+        "Returns its input unchanged.",
+        input_schema={"type": "object", "additionalProperties": True},
+    ),
+    ToolDefinition(
+        "sleep",
+        "Waits `ms` milliseconds, then returns {slept: ms}.",
+        input_schema={
+            "type": "object",
+            "properties": {"ms": {"type": "number", "description": "milliseconds to wait"}},
+            "required": ["ms"],
+        },
+        output_schema={"type": "object", "properties": {"slept": {"type": "number"}}},
+    ),
+    ToolDefinition(
+        "fail",
+        "Fails with `message`.",
+        input_schema={
+            "type": "object",
+            "properties": {"message": {"type": "string"}},
+            "required": ["message"],
+        },
+    ),
+    ToolDefinition("upper", "Upper-cases its string input.", kind=ToolKind.FREEFORM),
+)
+
+
+async def _echo(value: Any) -> Any:
+    return value
+
+
+async def _sleep(value: Any) -> Any:
+    ms = value.get("ms", 0) if isinstance(value, dict) else 0
+    if not isinstance(ms, int | float) or isinstance(ms, bool) or ms < 0:
+        raise ValueError("sleep expects {ms: a non-negative number}")
+    await asyncio.sleep(ms / 1000)
+    return {"slept": ms}
+
+
+async def _fail(value: Any) -> Any:
+    message = value.get("message", "failed") if isinstance(value, dict) else "failed"
+    raise RuntimeError(str(message))
+
+
+async def _upper(value: Any) -> Any:
+    return str(value).upper()
+
+
+def demo_delegate(err: TextIO | None = None) -> Any:
+    """The delegate of the demo tools; notifications go to ``err`` as ``notify: {text}``."""
+    stream = err if err is not None else sys.stderr
+
+    async def notify(call_id: str, cell_id: str, text: str) -> None:
+        print(f"notify: {text}", file=stream, flush=True)
+
+    return tools_delegate(
+        {"echo": _echo, "sleep": _sleep, "fail": _fail, "upper": _upper}, notify=notify
+    )
+
+
+def example_source() -> str:
+    """The bundled demo cell."""
+    return (
+        importlib.resources.files("codemode.examples").joinpath("demo.js").read_text("utf-8")
+    )
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = CellLimits()
+    group = parser.add_argument_group("limits (SPEC 8.1)")
+    group.add_argument("--max-heap-bytes", type=int, default=defaults.max_heap_bytes)
+    group.add_argument("--max-tool-calls", type=int, default=defaults.max_tool_calls)
+    group.add_argument(
+        "--max-parallel-tool-calls", type=int, default=defaults.max_parallel_tool_calls
+    )
+    group.add_argument("--max-output-bytes", type=int, default=defaults.max_output_bytes)
+    group.add_argument("--max-cpu-seconds", type=float, default=defaults.max_cpu_seconds)
+    group.add_argument("--max-live-cells", type=int, default=defaults.max_live_cells)
+
+
+def limits_from_args(args: argparse.Namespace) -> CellLimits:
+    """The :class:`CellLimits` named by the limit flags; ``ValueError`` if they are invalid."""
+    live = args.max_live_cells
+    return CellLimits(
+        max_heap_bytes=args.max_heap_bytes,
+        max_tool_calls=args.max_tool_calls,
+        max_parallel_tool_calls=args.max_parallel_tool_calls,
+        max_output_bytes=args.max_output_bytes,
+        max_cpu_seconds=args.max_cpu_seconds,
+        max_live_cells=live,
+        max_idempotency_keys=max(CellLimits().max_idempotency_keys, live),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="codemode", description="Run LLM-written JavaScript cells that call tools."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="run one cell against the demo tools",
+        description="Run one cell in a fresh session against the demo tools "
+        "(echo, sleep, fail, upper) and print its events as they arrive.",
+    )
+    src = run.add_mutually_exclusive_group(required=True)
+    src.add_argument("file", nargs="?", help="the cell's JavaScript source; - reads stdin")
+    src.add_argument("--example", action="store_true", help="run the bundled demo cell")
+    run.add_argument(
+        "--yield-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="observe in steps of SECONDS, printing '--- yielded ---' between events",
+    )
+    run.add_argument("--json", action="store_true", help="print events as wire-format JSON lines")
+    run.add_argument(
+        "--pausable",
+        action="store_true",
+        help="run a pausable cell, resuming it at each frontier (frontiers go to stderr)",
+    )
+    _add_limit_flags(run)
+    return parser
+
+
+def _image_bytes(item: ImageItem) -> int:
+    url = item.image_url
+    header, _, payload = url.partition(",")
+    if header.endswith(";base64"):
+        with contextlib.suppress(ValueError):
+            return len(base64.b64decode(payload, validate=False))
+    return len(payload)
+
+
+class _Printer:
+    def __init__(self, out: TextIO, err: TextIO, as_json: bool) -> None:
+        self.out, self.err, self.as_json = out, err, as_json
+
+    def items(self, items: Sequence[OutputItem]) -> None:
+        for item in items:
+            if isinstance(item, TextItem):
+                print(item.text, file=self.out)
+            else:
+                print(f"[image {item.detail}, {_image_bytes(item)} bytes]", file=self.out)
+        self.out.flush()
+
+    def event(self, event: Yielded | Completed | Terminated | Pending) -> None:
+        if self.as_json:
+            print(json.dumps(event_to_wire(event), ensure_ascii=False), file=self.out, flush=True)
+            return
+        if isinstance(event, Pending):
+            f = event.frontier
+            self.items(f.items)
+            ids = ", ".join(f.pending_tool_call_ids) or "none"
+            print(f"--- frontier {f.generation}: pending {ids} ---", file=self.err, flush=True)
+            return
+        self.items(event.items)
+        if isinstance(event, Yielded):
+            print("--- yielded ---", file=self.out, flush=True)
+
+
+async def run_cell(
+    source: str,
+    *,
+    limits: CellLimits,
+    yield_after: float | None,
+    pausable: bool,
+    as_json: bool,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Run ``source`` in a fresh session with the demo tools; return the exit status."""
+    printer = _Printer(out, err, as_json)
+    async with SessionRuntime(demo_delegate(err), limits=limits) as runtime:
+        request = CreateCellRequest(source, DEMO_TOOLS, tool_call_id="cli")
+        final: Completed | Terminated
+        try:
+            if pausable:
+                pcell = await runtime.create_pausable_cell(request)
+                cell_id = pcell.cell_id
+                while True:
+                    pevent = await runtime.wait_to_pending(pcell)
+                    printer.event(pevent)
+                    if not isinstance(pevent, Pending):
+                        final = pevent
+                        break
+                    await runtime.resume(pcell, pevent.frontier.generation)
+            else:
+                cell = await runtime.create_cell(request)
+                cell_id = cell.cell_id
+                budget = yield_after if yield_after is not None else 365 * 24 * 3600.0
+                while True:
+                    event = await runtime.wait(cell, budget)
+                    printer.event(event)
+                    if not isinstance(event, Yielded):
+                        final = event
+                        break
+        except asyncio.CancelledError:
+            # Ctrl-C: terminate the cell and report what it had produced.
+            with contextlib.suppress(Exception):
+                if "cell_id" in locals():
+                    printer.event(await runtime.terminate(cell_id))
+            print("terminated", file=err, flush=True)
+            return EXIT_TERMINATED
+    if isinstance(final, Terminated):
+        return EXIT_TERMINATED
+    if final.error_text is not None:
+        print(final.error_text, file=err, flush=True)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+async def _run_main(args: argparse.Namespace, source: str, limits: CellLimits) -> int:
+    task = asyncio.ensure_future(
+        run_cell(
+            source,
+            limits=limits,
+            yield_after=args.yield_after,
+            pausable=args.pausable,
+            as_json=args.json,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+    )
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return EXIT_TERMINATED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``codemode`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        if args.example:
+            source = example_source()
+        elif args.file == "-":
+            source = sys.stdin.read()
+        else:
+            try:
+                with open(args.file, encoding="utf-8") as fh:
+                    source = fh.read()
+            except OSError as exc:
+                print(f"codemode: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+                return EXIT_USAGE
+        try:
+            limits = limits_from_args(args)
+        except ValueError as exc:
+            print(f"codemode: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return asyncio.run(_run_main(args, source, limits))
+    parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse exits
+    return EXIT_USAGE  # pragma: no cover

@@ -1,0 +1,190 @@
+"""The engine boundary: the sandbox that runs one cell's JavaScript (SPEC sections 2 and 8).
+
+An :class:`Engine` opens one :class:`EngineCell` per cell. The cell layer drives an engine cell
+with a few commands (run the body, apply tool results and fire timers, close) and reads back what
+the cell did as plain data (:class:`StepReport`). JavaScript only runs inside those commands, so
+between two commands the cell is quiescent and the report's ``pending_call_ids`` are exact.
+
+A second engine (for example one running Python cells) implements these two classes; nothing
+above this layer changes.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from codemode.model import CellLimits, OutputItem, ToolDefinition
+
+__all__ = [
+    "CellBoot",
+    "Engine",
+    "EngineCell",
+    "EngineEvent",
+    "EngineLost",
+    "NotifyRequested",
+    "OutputProduced",
+    "Settlement",
+    "StepInput",
+    "StepReport",
+    "StoreWritten",
+    "TimerCleared",
+    "TimerFired",
+    "TimerSet",
+    "ToolCallRequested",
+    "ToolResultInput",
+    "YieldRequested",
+    "limit_error_text",
+]
+
+
+def limit_error_text(limits: CellLimits, field_name: str) -> str:
+    """The fixed ``error_text`` of a cell that exceeded one of its limits (SPEC 8.2)."""
+    return f"exec cell exceeded {field_name} ({getattr(limits, field_name)!r})"
+
+
+@dataclass(frozen=True)
+class CellBoot:
+    """Everything an engine needs to start one cell."""
+
+    cell_id: str
+    source: str
+    tools: Sequence[ToolDefinition]
+    stored: Mapping[str, Any]
+    limits: CellLimits
+    pausable: bool
+
+
+# ---------------------------------------------------------------------------- what a cell did
+
+
+@dataclass(frozen=True)
+class ToolCallRequested:
+    """The cell issued a nested call (already validated and counted against the limits)."""
+
+    call_id: str
+    tool_index: int
+    input: Any
+
+
+@dataclass(frozen=True)
+class OutputProduced:
+    item: OutputItem
+
+
+@dataclass(frozen=True)
+class NotifyRequested:
+    text: str
+
+
+@dataclass(frozen=True)
+class YieldRequested:
+    """``yield_control()`` in a continuing cell."""
+
+
+@dataclass(frozen=True)
+class TimerSet:
+    timer_id: int
+    delay: float  # seconds
+
+
+@dataclass(frozen=True)
+class TimerCleared:
+    timer_id: int
+
+
+@dataclass(frozen=True)
+class StoreWritten:
+    key: str
+    value: Any
+
+
+EngineEvent = (
+    ToolCallRequested
+    | OutputProduced
+    | NotifyRequested
+    | YieldRequested
+    | TimerSet
+    | TimerCleared
+    | StoreWritten
+)
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The body settled (or ``exit()`` was called, or a limit ended the cell)."""
+
+    error_text: str | None  # None: success
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one command made the cell do, in order, and where it now stands."""
+
+    events: tuple[EngineEvent, ...]
+    pending_call_ids: tuple[str, ...]
+    settlement: Settlement | None
+    cpu_seconds: float = 0.0  # JavaScript time this command took
+
+
+# ---------------------------------------------------------------------------- what it is given
+
+
+@dataclass(frozen=True)
+class ToolResultInput:
+    """The delegate's answer to one call: a JSON value (as JSON text), or an error message."""
+
+    call_id: str
+    ok: bool
+    value_json: str = "null"
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    timer_id: int
+
+
+StepInput = ToolResultInput | TimerFired
+
+
+class EngineLost(Exception):
+    """The engine ended without reporting a settlement (SPEC 7.6)."""
+
+
+class EngineCell(abc.ABC):
+    """One cell's sandbox. Commands are issued one at a time; ``close`` may come at any moment."""
+
+    @abc.abstractmethod
+    async def run(self) -> StepReport:
+        """Start the body and run it until it first waits; report what it did."""
+
+    @abc.abstractmethod
+    async def step(self, inputs: Sequence[StepInput]) -> StepReport:
+        """Apply tool results and fire timers in the given order, run to quiescence, report."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop the cell's JavaScript at once and release its resources. Idempotent, never
+        blocks for long; a command in flight ends with :class:`EngineLost`."""
+
+    @property
+    @abc.abstractmethod
+    def closed(self) -> bool:
+        """True once the engine cell can run no more JavaScript."""
+
+
+class Engine(abc.ABC):
+    """A kind of sandbox. Opens one :class:`EngineCell` per cell."""
+
+    name: str = "engine"
+
+    @abc.abstractmethod
+    async def open_cell(self, boot: CellBoot) -> EngineCell:
+        """Create a sandbox for ``boot`` without running the body; raise ``EngineError``
+        (from :mod:`codemode.errors`) when that is impossible."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release engine-wide resources (pools). Cells already open stay usable."""

@@ -1,0 +1,537 @@
+// The cell environment of codemode (SPEC section 2), evaluated once in every fresh V8 context.
+//
+// The host talks to this file only through `globalThis.__codemode`, with JSON in and JSON out:
+//
+//   __codemode.boot(config)   install tools, stored values and limits; returns nothing
+//   __codemode.run(source)    compile the cell body and start it; returns nothing
+//   __codemode.step(inputs)   apply tool results and fire timers, in the given order
+//   __codemode.drain()        a JSON string: {ev: [...], pending: [...], settled: ...}
+//
+// JavaScript runs only while the host is inside one of these calls, and V8 flushes microtasks at
+// the end of each call, so after a drain the cell is quiescent: `pending` lists exactly the tool
+// calls whose promises are still unsettled inside the engine. That is what makes a pending
+// frontier exact (ENGINE-NOTES 4).
+//
+// Outbox events, in the order the cell produced them:
+//   ["text", string]                   a text item
+//   ["image", url, detail]             an image item (detail lowercase)
+//   ["call", id, toolIndex, inputJson] a nested tool call was issued
+//   ["notify", string]                 notify(...)
+//   ["yield"]                          yield_control() (continuing cells only)
+//   ["timer", id, delayMs]             setTimeout
+//   ["clear", id]                      clearTimeout of a live timer
+//   ["store", key, valueJson]          store(key, value)
+// `settled` is null while the body runs, else {ok: true} or {ok: false, error: text} or
+// {ok: false, limit: fieldName}.
+(function (global) {
+  "use strict";
+
+  // Intrinsics captured before the cell can touch them.
+  const JSONstringify = JSON.stringify;
+  const JSONparse = JSON.parse;
+  const ObjectFreeze = Object.freeze;
+  const ObjectDefineProperty = Object.defineProperty;
+  const ArrayIsArray = Array.isArray;
+  const StringCtor = String;
+  const NumberCtor = Number;
+  const MathTrunc = Math.trunc;
+  const NumberIsFinite = Number.isFinite;
+  const ReflectConstruct = Reflect.construct;
+  const ReflectApply = Reflect.apply;
+  const WeakRefCtor = WeakRef;
+  const WeakSetCtor = WeakSet;
+  const MapCtor = Map;
+  const PromiseCtor = Promise;
+  const ProxyCtor = Proxy;
+  const TypeErrorCtor = TypeError;
+  const ErrorCtor = Error;
+  const AsyncFunction = (async function () {}).constructor;
+  const gcFn = typeof global.gc === "function" ? global.gc : null;
+  const IntrinsicArrayBuffer = ArrayBuffer;
+
+  // Globals the sandbox removes (SPEC 2.8) or replaces with its own (timers, console).
+  for (const name of [
+    "gc", "Atomics", "SharedArrayBuffer", "WebAssembly", "console",
+    "setTimeout", "clearTimeout", "setInterval", "clearInterval", "__timer_manager",
+  ]) {
+    try { delete global[name]; } catch (_) { /* non-configurable: neutralised below */ }
+  }
+  // V8 installs `gc` as a non-configurable (but writable) global: take its value away.
+  if (Object.prototype.hasOwnProperty.call(global, "gc")) {
+    try { ObjectDefineProperty(global, "gc", { value: undefined, writable: false }); } catch (_) { /* keep going */ }
+  }
+
+  // ---------------------------------------------------------------- state of the cell
+  let outbox = [];
+  let settled = null;           // the terminal report, once decided
+  let exited = false;           // exit() was called: helpers are no-ops
+  let limitHit = false;         // a limit was exceeded: helpers throw
+  let pausable = false;
+  let toolDefs = [];            // [{name, ident, kind}]
+  let stored = new MapCtor();   // key -> JSON text (the cell's snapshot plus its own writes)
+  let limits = { maxToolCalls: 1000, maxParallel: 100, maxOutputBytes: 1048576, maxExternalBytes: 67108864 };
+  let callsIssued = 0;
+  const pending = new MapCtor(); // call id -> {resolve, reject}
+  const timers = new MapCtor();  // timer id -> callback
+  let timerSeq = 0;
+  let outputBytes = 0;
+
+  // Thrown to unwind the cell after exit() or a limit; never an error of the cell itself.
+  const EXIT = ObjectFreeze({ toString() { return "exit"; } });
+  const LIMIT = ObjectFreeze({ toString() { return "limit exceeded"; } });
+
+  const emit = (ev) => { outbox.push(ev); };
+
+  function failLimit(field) {
+    if (!limitHit && settled === null) {
+      limitHit = true;
+      settled = { ok: false, limit: field };
+    }
+    throw LIMIT;
+  }
+
+  // After exit() a helper does nothing; after a limit or settlement it unwinds the caller.
+  function checkAlive() {
+    if (limitHit) throw LIMIT;
+    return !exited && settled === null;
+  }
+
+  function utf8Length(s) {
+    let n = 0;
+    for (let i = 0; i < s.length; i++) {
+      const c = s.charCodeAt(i);
+      if (c < 0x80) n += 1;
+      else if (c < 0x800) n += 2;
+      else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+        const d = s.charCodeAt(i + 1);
+        if (d >= 0xdc00 && d <= 0xdfff) { n += 4; i++; } else n += 3;
+      } else n += 3;
+    }
+    return n;
+  }
+
+  function countOutput(s) {
+    const n = utf8Length(s);
+    if (outputBytes + n > limits.maxOutputBytes) failLimit("max_output_bytes");
+    outputBytes += n;
+  }
+
+  // SPEC 2.2 "conversion to text".
+  function toText(v) {
+    const t = typeof v;
+    if (v === undefined || v === null || t === "boolean" || t === "number" || t === "bigint" || t === "string") {
+      return StringCtor(v);
+    }
+    const s = JSONstringify(v);
+    return s === undefined ? StringCtor(v) : s;
+  }
+
+  // SPEC 2.9.
+  function errorText(v) {
+    try {
+      if (v !== null && (typeof v === "object" || typeof v === "function") && typeof v.stack === "string") {
+        return v.stack;
+      }
+      return StringCtor(v);
+    } catch (_) {
+      return "uncaught exception";
+    }
+  }
+
+  function settleBody(error, failed) {
+    if (settled !== null) return;
+    if (exited) { settled = { ok: true }; return; }
+    settled = failed ? { ok: false, error: errorText(error) } : { ok: true };
+  }
+
+  // ---------------------------------------------------------------- output helpers
+  function text(value) {
+    if (!checkAlive()) return undefined;
+    const s = toText(value);
+    countOutput(s);
+    emit(["text", s]);
+    return undefined;
+  }
+
+  function consoleMethod() {
+    return function () {
+      if (!checkAlive()) return undefined;
+      const parts = [];
+      for (let i = 0; i < arguments.length; i++) parts.push(toText(arguments[i]));
+      const s = parts.join(" ");
+      countOutput(s);
+      emit(["text", s]);
+      return undefined;
+    };
+  }
+
+  function notify(value) {
+    if (!checkAlive()) return undefined;
+    const s = toText(value);
+    if (s.trim() === "") throw new TypeErrorCtor("notify expects non-empty text");
+    countOutput(s);
+    emit(["notify", s]);
+    return undefined;
+  }
+
+  const IMAGE_EXPECTS = "image expects a non-empty image URL string, an object with image_url and optional detail, or a raw MCP image block";
+  const DETAILS = ["auto", "low", "high", "original"];
+
+  function image(value, detail) {
+    if (!checkAlive()) return undefined;
+    let url;
+    let embedded = null;
+    if (typeof value === "string") {
+      url = value;
+    } else if (value !== null && typeof value === "object" && !ArrayIsArray(value)) {
+      if (value.image_url !== undefined) {
+        if (typeof value.image_url !== "string") throw new TypeErrorCtor(IMAGE_EXPECTS);
+        url = value.image_url;
+        const d = value.detail;
+        if (d !== undefined && d !== null && typeof d !== "string") {
+          throw new TypeErrorCtor("image detail must be a string when provided");
+        }
+        if (typeof d === "string") embedded = d;
+      } else {
+        const json = JSONstringify(value);
+        const block = json === undefined ? undefined : JSONparse(json);
+        if (block === null || typeof block !== "object" || typeof block.type !== "string") {
+          throw new TypeErrorCtor(IMAGE_EXPECTS);
+        }
+        if (block.type !== "image") {
+          throw new TypeErrorCtor('image only accepts MCP image blocks, got "' + block.type + '"');
+        }
+        if (typeof block.data !== "string" || block.data === "") {
+          throw new TypeErrorCtor("image expected MCP image data");
+        }
+        if (/^data:/i.test(block.data)) {
+          url = block.data;
+        } else {
+          let mime = "application/octet-stream";
+          if (typeof block.mimeType === "string") mime = block.mimeType;
+          else if (typeof block.mime_type === "string") mime = block.mime_type;
+          url = "data:" + mime + ";base64," + block.data;
+        }
+        const meta = block._meta;
+        const metaDetail = meta !== null && typeof meta === "object" ? meta["codex/imageDetail"] : undefined;
+        if (typeof metaDetail === "string" && DETAILS.includes(metaDetail)) embedded = metaDetail;
+      }
+    } else {
+      throw new TypeErrorCtor(IMAGE_EXPECTS);
+    }
+    if (url === "") throw new TypeErrorCtor(IMAGE_EXPECTS);
+    const scheme = /^([A-Za-z][A-Za-z0-9+.\-]*):/.exec(url);
+    const schemeName = scheme ? scheme[1].toLowerCase() : null;
+    if (schemeName !== "data") {
+      if (schemeName === "http" || schemeName === "https") {
+        throw new TypeErrorCtor("Tool call failed: remote image URLs are not supported in tool outputs. Pass a base64 data URI instead");
+      }
+      throw new TypeErrorCtor("Tool call failed: invalid image output. Pass a base64 data URI instead");
+    }
+    let chosen = embedded;
+    if (detail !== undefined && detail !== null) {
+      if (typeof detail !== "string") throw new TypeErrorCtor("image detail must be a string when provided");
+      chosen = detail;
+    }
+    let finalDetail = "high";
+    if (chosen !== null) {
+      const lower = chosen.toLowerCase();
+      if (!DETAILS.includes(lower)) {
+        throw new TypeErrorCtor("image detail must be one of: auto, low, high, original");
+      }
+      finalDetail = lower;
+    }
+    countOutput(url);
+    emit(["image", url, finalDetail]);
+    return undefined;
+  }
+
+  // ---------------------------------------------------------------- stored values
+  function store(key, value) {
+    let k;
+    try { k = StringCtor(key); } catch (_) { throw new TypeErrorCtor("store key must be a string"); }
+    if (!checkAlive()) return undefined;
+    const json = JSONstringify(value);
+    if (json === undefined) {
+      throw new TypeErrorCtor("Unable to store " + JSONstringify(k) + ". Only plain serializable objects can be stored.");
+    }
+    stored.set(k, json);
+    emit(["store", k, json]);
+    return undefined;
+  }
+
+  function load(key) {
+    let k;
+    try { k = StringCtor(key); } catch (_) { throw new TypeErrorCtor("load key must be a string"); }
+    const json = stored.get(k);
+    return json === undefined ? undefined : JSONparse(json);
+  }
+
+  // ---------------------------------------------------------------- control
+  function yield_control() {
+    if (!checkAlive()) return undefined;
+    if (!pausable) emit(["yield"]);
+    return undefined;
+  }
+
+  function exit() {
+    if (!limitHit && settled === null && !exited) {
+      exited = true;
+      settled = { ok: true };
+    }
+    throw EXIT;
+  }
+
+  // ---------------------------------------------------------------- timers (host-driven)
+  function setTimeout(callback, delay) {
+    if (typeof callback !== "function") throw new TypeErrorCtor("setTimeout expects a function callback");
+    let ms = NumberCtor(delay);
+    ms = NumberIsFinite(ms) && ms > 0 ? MathTrunc(ms) : 0;
+    if (!checkAlive()) return undefined;
+    const id = ++timerSeq;
+    timers.set(id, callback);
+    emit(["timer", id, ms]);
+    return id;
+  }
+
+  function clearTimeout(id) {
+    if (id === undefined || id === null) return undefined;
+    if (typeof id !== "number") throw new TypeErrorCtor("clearTimeout expects a numeric timeout id");
+    if (!NumberIsFinite(id) || id <= 0) return undefined;
+    if (timers.delete(id)) emit(["clear", id]);
+    return undefined;
+  }
+
+  // ---------------------------------------------------------------- nested tools
+  function makeTool(index, name, kind) {
+    return function () {
+      // Conversion first, so its errors are thrown synchronously (SPEC 2.7).
+      const json = arguments.length === 0 ? undefined : JSONstringify(arguments[0]);
+      if (limitHit) throw LIMIT;
+      if (exited || settled !== null) return new PromiseCtor(() => {});
+      if (kind === "freeform") {
+        if (json === undefined || json.charCodeAt(0) !== 34 /* " */) {
+          return PromiseCtor.reject(new TypeErrorCtor("tool `" + name + "` expects a string input"));
+        }
+      } else if (json !== undefined && json.charCodeAt(0) !== 123 /* { */) {
+        return PromiseCtor.reject(new TypeErrorCtor("tool `" + name + "` expects a JSON object for arguments"));
+      }
+      if (callsIssued + 1 > limits.maxToolCalls) failLimit("max_tool_calls");
+      if (pending.size + 1 > limits.maxParallel) failLimit("max_parallel_tool_calls");
+      callsIssued += 1;
+      const id = "tool-" + callsIssued;
+      emit(["call", id, index, json === undefined ? "{}" : json]);
+      return new PromiseCtor((resolve, reject) => { pending.set(id, { resolve, reject }); });
+    };
+  }
+
+  // ---------------------------------------------------------------- external memory (SPEC 8.3)
+  // V8's heap limit does not see ArrayBuffer backing stores (ENGINE-NOTES 2), so every way of
+  // allocating one goes through `account`, which holds live bytes to limits.maxExternalBytes.
+  // Live bytes are found by sweeping weak references after a full GC when the budget runs out.
+  let externalBytes = 0;
+  let externalRecords = [];
+  let sweepAt = 1024;
+  const accounted = new WeakSetCtor();
+
+  function sweep() {
+    const kept = [];
+    let total = 0;
+    for (const rec of externalRecords) {
+      if (rec.ref.deref() !== undefined) { kept.push(rec); total += rec.n; }
+    }
+    externalRecords = kept;
+    externalBytes = total;
+  }
+
+  function reserve(n) {
+    if (!(n > 0)) return;
+    if (externalBytes + n <= limits.maxExternalBytes) return;
+    if (gcFn !== null) gcFn();
+    sweep();
+    if (externalBytes + n > limits.maxExternalBytes) failLimit("max_heap_bytes");
+  }
+
+  function account(buffer) {
+    if (!(buffer instanceof IntrinsicArrayBuffer) || accounted.has(buffer)) return;
+    const n = buffer.resizable ? buffer.maxByteLength : buffer.byteLength;
+    reserve(n);
+    accounted.add(buffer);
+    externalBytes += n;
+    externalRecords.push({ ref: new WeakRefCtor(buffer), n });
+    if (externalRecords.length > sweepAt) {
+      sweep();
+      sweepAt = Math.max(1024, externalRecords.length * 2);
+    }
+  }
+
+  function requestedLength(v) {
+    const n = NumberCtor(typeof v === "bigint" ? 0 : v);
+    return NumberIsFinite(n) && n > 0 ? MathTrunc(n) : 0;
+  }
+
+  function wrapAllocator(name) {
+    const Intrinsic = global[name];
+    if (typeof Intrinsic !== "function") return;
+    const isBuffer = name === "ArrayBuffer";
+    const bytesPerElement = isBuffer ? 1 : Intrinsic.BYTES_PER_ELEMENT;
+    const wrapper = new ProxyCtor(Intrinsic, {
+      construct(target, args, newTarget) {
+        const a0 = args[0];
+        if (isBuffer) {
+          let n = requestedLength(a0);
+          const opts = args[1];
+          if (opts !== null && typeof opts === "object" && opts.maxByteLength !== undefined) {
+            n = Math.max(n, requestedLength(opts.maxByteLength));
+          }
+          reserve(n);
+        } else if (a0 === null || typeof a0 !== "object") {
+          reserve(requestedLength(a0) * bytesPerElement);
+        } else if (!(a0 instanceof IntrinsicArrayBuffer)) {
+          reserve(requestedLength(a0.length) * bytesPerElement);
+        }
+        const obj = ReflectConstruct(target, args, newTarget === wrapper ? target : newTarget);
+        account(isBuffer ? obj : obj.buffer);
+        return obj;
+      },
+    });
+    ObjectDefineProperty(Intrinsic.prototype, "constructor", {
+      value: wrapper, writable: true, configurable: true, enumerable: false,
+    });
+    ObjectDefineProperty(global, name, {
+      value: wrapper, writable: true, configurable: true, enumerable: false,
+    });
+  }
+
+  function wrapResultMethod(proto, method, resultBuffer) {
+    const original = proto[method];
+    if (typeof original !== "function") return;
+    ObjectDefineProperty(proto, method, {
+      value: {
+        [method]() {
+          const result = ReflectApply(original, this, arguments);
+          account(resultBuffer(result));
+          return result;
+        },
+      }[method],
+      writable: true, configurable: true, enumerable: false,
+    });
+  }
+
+  const typedArrayNames = [
+    "Int8Array", "Uint8Array", "Uint8ClampedArray", "Int16Array", "Uint16Array", "Int32Array",
+    "Uint32Array", "Float16Array", "Float32Array", "Float64Array", "BigInt64Array", "BigUint64Array",
+  ];
+  const TypedArrayPrototype = Object.getPrototypeOf(Uint8Array.prototype);
+  for (const m of ["toReversed", "toSorted", "with", "slice", "map", "filter"]) {
+    wrapResultMethod(TypedArrayPrototype, m, (r) => r.buffer);
+  }
+  for (const m of ["slice", "transfer", "transferToFixedLength"]) {
+    wrapResultMethod(IntrinsicArrayBuffer.prototype, m, (r) => r);
+  }
+  wrapAllocator("ArrayBuffer");
+  for (const name of typedArrayNames) wrapAllocator(name);
+
+  // ---------------------------------------------------------------- globals
+  function defineGlobal(name, value) {
+    ObjectDefineProperty(global, name, { value, writable: true, configurable: true, enumerable: false });
+  }
+
+  const consoleObject = ObjectFreeze({
+    log: consoleMethod(), info: consoleMethod(), warn: consoleMethod(),
+    error: consoleMethod(), debug: consoleMethod(),
+  });
+
+  defineGlobal("text", text);
+  defineGlobal("image", image);
+  defineGlobal("notify", notify);
+  defineGlobal("store", store);
+  defineGlobal("load", load);
+  defineGlobal("yield_control", yield_control);
+  defineGlobal("exit", exit);
+  defineGlobal("setTimeout", setTimeout);
+  defineGlobal("clearTimeout", clearTimeout);
+  defineGlobal("console", consoleObject);
+
+  function unsupportedImport() {
+    return PromiseCtor.reject(new ErrorCtor("unsupported import in exec"));
+  }
+
+  // ---------------------------------------------------------------- the bridge
+  const bridge = ObjectFreeze({
+    boot(config) {
+      pausable = config.pausable === true;
+      limits = config.limits;
+      toolDefs = config.tools;
+      stored = new MapCtor();
+      for (const key of Object.keys(config.stored)) stored.set(key, JSONstringify(config.stored[key]));
+      const toolsObject = {};
+      const all = [];
+      toolDefs.forEach((t, index) => {
+        toolsObject[t.ident] = makeTool(index, t.name, t.kind);
+        all.push(ObjectFreeze({ name: t.ident, description: t.description }));
+      });
+      defineGlobal("tools", ObjectFreeze(toolsObject));
+      defineGlobal("ALL_TOOLS", ObjectFreeze(all));
+      ObjectDefineProperty(global, "__codemode_import", {
+        value: unsupportedImport, writable: false, configurable: false, enumerable: false,
+      });
+    },
+
+    run(source) {
+      let body;
+      try {
+        body = new AsyncFunction('"use strict";' + source);
+      } catch (e) {
+        settleBody(e, true);
+        return;
+      }
+      let promise;
+      try {
+        promise = body();
+      } catch (e) {
+        settleBody(e, true);
+        return;
+      }
+      promise.then(
+        () => settleBody(undefined, false),
+        (e) => {
+          if (e === EXIT || e === LIMIT) return;
+          settleBody(e, true);
+        },
+      );
+    },
+
+    step(inputs) {
+      for (const input of inputs) {
+        if (settled !== null) return;
+        if (input[0] === "r") {
+          const entry = pending.get(input[1]);
+          if (entry === undefined) continue;
+          pending.delete(input[1]);
+          if (input[2]) entry.resolve(input[3]);
+          else entry.reject(new ErrorCtor(input[3]));
+        } else {
+          const callback = timers.get(input[1]);
+          if (callback === undefined) continue;
+          timers.delete(input[1]);
+          try {
+            callback();
+          } catch (e) {
+            if (e !== EXIT && e !== LIMIT) settleBody(e, true);
+          }
+        }
+      }
+    },
+
+    drain() {
+      const report = { ev: outbox, pending: [...pending.keys()], settled };
+      outbox = [];
+      return JSONstringify(report);
+    },
+  });
+
+  ObjectDefineProperty(global, "__codemode", {
+    value: bridge, writable: false, configurable: false, enumerable: false,
+  });
+})(globalThis);

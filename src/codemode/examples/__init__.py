@@ -1,0 +1,1 @@
+"""Bundled example cells (JavaScript files read with importlib.resources)."""

@@ -1,0 +1,426 @@
+"""``SessionRuntime``: the cells of one session, their kinds, stored values and lifecycle.
+
+The session layer owns the registry of cells (with each cell's kind, the single source of its
+execution policy), idempotent admission (SPEC 6), the stored-value map (SPEC 3), the session-wide
+limits and shutdown (SPEC 7.5). Every rule about one cell's observation and termination lives in
+the cell layer; the methods here check the handle, find the cell and delegate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import logging
+import secrets
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from types import TracebackType
+from typing import Any
+
+from codemode.cell.actor import CellActor
+from codemode.engine.base import CellBoot, Engine
+from codemode.errors import (
+    EngineError,
+    ForeignHandle,
+    IdempotencyConflict,
+    MissingCell,
+    ShuttingDown,
+    WrongCellKind,
+)
+from codemode.model import (
+    Cell,
+    CellEvent,
+    CellKind,
+    CellLimits,
+    Completed,
+    CreateCellRequest,
+    NestedToolCall,
+    NotifyFunction,
+    PausableCell,
+    PausableCellEvent,
+    Pending,
+    ResumeOutcome,
+    SessionDelegate,
+    Terminated,
+    ToolDefinition,
+    ToolFunction,
+    Yielded,
+)
+
+__all__ = ["SessionRuntime", "new_cell_id", "tools_delegate"]
+
+logger = logging.getLogger("codemode.session")
+
+CELL_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_cell_id() -> str:
+    """A fresh 16-character cell id: 80 random bits in the alphabet of SPEC 8.4."""
+    bits = secrets.randbits(80)
+    chars = []
+    for _ in range(16):
+        chars.append(CELL_ID_ALPHABET[bits & 31])
+        bits >>= 5
+    return "".join(chars)
+
+
+def _fingerprint(request: CreateCellRequest, kind: CellKind) -> str:
+    """A digest of the whole request and the kind of create (SPEC 6 rule 2)."""
+    doc = {
+        "kind": str(kind),
+        "source": request.source,
+        "tool_call_id": request.tool_call_id,
+        "tools": [asdict(t) for t in request.tools],
+    }
+    text = json.dumps(doc, sort_keys=True, default=repr, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class _KeyRecord:
+    cell_id: str
+    kind: CellKind
+    fingerprint: str
+
+
+class _FunctionDelegate:
+    def __init__(self, tools: Mapping[str, ToolFunction], notify: NotifyFunction | None) -> None:
+        self._tools = dict(tools)
+        self._notify = notify
+
+    async def invoke_tool(self, call: NestedToolCall) -> Any:
+        fn = self._tools.get(call.tool.name)
+        if fn is None:
+            raise LookupError(f"no handler for tool {call.tool.name}")
+        result = fn(call.input)
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            result = await result
+        return result
+
+    async def notify(self, call_id: str, cell_id: str, text: str) -> None:
+        if self._notify is not None:
+            await self._notify(call_id, cell_id, text)
+
+
+def tools_delegate(
+    tools: Mapping[str, ToolFunction], notify: NotifyFunction | None = None
+) -> SessionDelegate:
+    """A delegate that dispatches each nested call by tool name to a plain function.
+
+    Each function is called with the call's input (a dict for function tools, a str for
+    freeform tools) and may be sync or async; its return value resolves the call. ``notify``, if
+    given, receives ``(call_id, cell_id, text)`` for every ``notify(...)`` of a cell.
+    """
+    return _FunctionDelegate(tools, notify)
+
+
+class _SessionCore:
+    """The state a session's cells share. Cells reference this, never the runtime object."""
+
+    def __init__(self, delegate: SessionDelegate, limits: CellLimits, engine: Engine) -> None:
+        self.delegate = delegate
+        self.limits = limits
+        self.engine = engine
+        self.alive = True
+        self.cells: dict[str, CellActor] = {}
+        self.stored: dict[str, Any] = {}
+        self.keys: OrderedDict[str, _KeyRecord] = OrderedDict()
+        self.admitting_keys: dict[str, asyncio.Future[None]] = {}
+        self.admissions = 0
+        self.admissions_idle = asyncio.Event()
+        self.admissions_idle.set()
+        self.shutdown_task: asyncio.Task[None] | None = None
+        self.loop = asyncio.get_running_loop()
+        self.owner = object()  # the identity handles are bound to
+
+    # CellHost
+    def commit_writes(self, writes: dict[str, Any]) -> None:
+        self.stored.update(writes)
+
+    def cell_closed(self, cell_id: str) -> None:
+        self.cells.pop(cell_id, None)
+
+    def abandon(self) -> None:
+        """The runtime was dropped without shutdown: stop every cell's JavaScript now."""
+        self.alive = False
+        if self.loop.is_closed():
+            actors = list(self.cells.values())
+            for actor in actors:
+                with _suppress_all():
+                    actor.abandon()
+            return
+        if threading.get_ident() == getattr(self.loop, "_thread_id", None):
+            self._abandon_now()
+        else:
+            with _suppress_all():
+                self.loop.call_soon_threadsafe(self._abandon_now)
+
+    def _abandon_now(self) -> None:
+        for actor in list(self.cells.values()):
+            with _suppress_all():
+                actor.abandon()
+        self.cells.clear()
+
+
+class _suppress_all:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return True
+
+
+class SessionRuntime:
+    """A code-mode session: runs cells, routes their nested calls to ``delegate``.
+
+    All methods must be called from the event loop the runtime was created on. Use it as an
+    ``async with`` block, or call :meth:`shutdown`; a runtime dropped without shutdown stops its
+    cells' JavaScript when it is garbage-collected.
+    """
+
+    def __init__(
+        self,
+        delegate: SessionDelegate,
+        *,
+        limits: CellLimits | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        if engine is None:
+            from codemode.engine.v8 import V8Engine
+
+            engine = V8Engine()
+        self._core = _SessionCore(delegate, limits or CellLimits(), engine)
+        self._finalizer = weakref.finalize(self, _SessionCore.abandon, self._core)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def is_alive(self) -> bool:
+        """False once shutdown began."""
+        return self._core.alive
+
+    @property
+    def limits(self) -> CellLimits:
+        """The limits applied to every cell of this session."""
+        return self._core.limits
+
+    # ------------------------------------------------------------------ creation
+
+    async def create_cell(self, request: CreateCellRequest) -> Cell:
+        """Admit a continuing cell and return its handle without waiting for it to run."""
+        cell_id = await self._create(request, CellKind.CONTINUING)
+        return Cell(cell_id, self._core.owner)
+
+    async def create_pausable_cell(self, request: CreateCellRequest) -> PausableCell:
+        """Admit a pausable cell; it runs to its first frontier and pauses there."""
+        cell_id = await self._create(request, CellKind.PAUSABLE)
+        return PausableCell(cell_id, self._core.owner)
+
+    async def _create(self, request: CreateCellRequest, kind: CellKind) -> str:
+        core = self._core
+        if not core.alive:
+            raise ShuttingDown()
+        if not isinstance(request, CreateCellRequest):
+            raise TypeError(f"expected a CreateCellRequest, got {type(request).__name__}")
+        key = request.idempotency_key
+        if key is None:
+            return await self._admit(request, kind)
+        fingerprint = _fingerprint(request, kind)
+        while True:
+            if not core.alive:
+                raise ShuttingDown()
+            record = core.keys.get(key)
+            if record is not None:
+                if record.kind is not kind:
+                    raise WrongCellKind(record.cell_id, str(kind), str(record.kind))
+                if record.fingerprint != fingerprint:
+                    raise IdempotencyConflict(key)
+                return record.cell_id
+            in_flight = core.admitting_keys.get(key)
+            if in_flight is not None:
+                await asyncio.shield(in_flight)
+                continue
+            done: asyncio.Future[None] = core.loop.create_future()
+            core.admitting_keys[key] = done
+            task = core.loop.create_task(self._admit_keyed(request, kind, key, fingerprint, done))
+            # A cancelled caller leaves the admission running; it records the key (SPEC 6.7).
+            return await asyncio.shield(task)
+
+    async def _admit_keyed(
+        self,
+        request: CreateCellRequest,
+        kind: CellKind,
+        key: str,
+        fingerprint: str,
+        done: asyncio.Future[None],
+    ) -> str:
+        core = self._core
+        try:
+            cell_id = await self._admit(request, kind)
+            core.keys[key] = _KeyRecord(cell_id, kind, fingerprint)
+            self._evict_keys()
+            return cell_id
+        finally:
+            core.admitting_keys.pop(key, None)
+            if not done.done():
+                done.set_result(None)
+
+    def _evict_keys(self) -> None:
+        core = self._core
+        excess = len(core.keys) - core.limits.max_idempotency_keys
+        if excess <= 0:
+            return
+        for key in list(core.keys):
+            if excess <= 0:
+                break
+            if core.keys[key].cell_id not in core.cells:
+                del core.keys[key]
+                excess -= 1
+
+    async def _admit(self, request: CreateCellRequest, kind: CellKind) -> str:
+        core = self._core
+        if not core.alive:
+            raise ShuttingDown()
+        if len(core.cells) + core.admissions >= core.limits.max_live_cells:
+            raise EngineError(
+                f"code mode session has too many live cells ({core.limits.max_live_cells})"
+            )
+        cell_id = new_cell_id()
+        while cell_id in core.cells:
+            cell_id = new_cell_id()
+        tools = tuple(request.tools)
+        for tool in tools:
+            if not isinstance(tool, ToolDefinition):
+                raise TypeError(f"tools must be ToolDefinition objects, got {type(tool).__name__}")
+        boot = CellBoot(
+            cell_id=cell_id,
+            source=request.source,
+            tools=tools,
+            stored=copy.deepcopy(core.stored),
+            limits=core.limits,
+            pausable=kind is CellKind.PAUSABLE,
+        )
+        core.admissions += 1
+        core.admissions_idle.clear()
+        try:
+            engine_cell = await core.engine.open_cell(boot)
+        finally:
+            core.admissions -= 1
+            if core.admissions == 0:
+                core.admissions_idle.set()
+        if not core.alive:
+            engine_cell.close()
+            raise ShuttingDown()
+        actor = CellActor(cell_id, kind, engine_cell, tools, request.tool_call_id, core)
+        core.cells[cell_id] = actor
+        actor.start()
+        return cell_id
+
+    # ------------------------------------------------------------------ handles
+
+    def _actor(self, cell: Cell | PausableCell, expected: CellKind) -> CellActor:
+        if not isinstance(cell, Cell | PausableCell):
+            raise TypeError(f"expected a Cell or PausableCell handle, got {type(cell).__name__}")
+        if cell._owner is not self._core.owner:
+            raise ForeignHandle(cell.cell_id)
+        actor = self._core.cells.get(cell.cell_id)
+        if actor is None:
+            raise MissingCell(cell.cell_id)
+        if actor.kind is not expected:
+            raise WrongCellKind(cell.cell_id, str(expected), str(actor.kind))
+        return actor
+
+    def cell(self, cell_id: str) -> Cell:
+        """A handle on the live continuing cell ``cell_id``."""
+        self._lookup(cell_id, CellKind.CONTINUING)
+        return Cell(cell_id, self._core.owner)
+
+    def pausable_cell(self, cell_id: str) -> PausableCell:
+        """A handle on the live pausable cell ``cell_id``."""
+        self._lookup(cell_id, CellKind.PAUSABLE)
+        return PausableCell(cell_id, self._core.owner)
+
+    def _lookup(self, cell_id: str, expected: CellKind) -> CellActor:
+        actor = self._core.cells.get(cell_id)
+        if actor is None:
+            raise MissingCell(cell_id)
+        if actor.kind is not expected:
+            raise WrongCellKind(cell_id, str(expected), str(actor.kind))
+        return actor
+
+    # ------------------------------------------------------------------ operations
+
+    async def wait(self, cell: Cell, yield_after: float) -> CellEvent:
+        """Observe a continuing cell for up to ``yield_after`` seconds (SPEC section 4)."""
+        actor = self._actor(cell, CellKind.CONTINUING)
+        event = await actor.observe(float(yield_after))
+        assert isinstance(event, Yielded | Completed | Terminated)
+        return event
+
+    async def wait_to_pending(self, cell: PausableCell) -> PausableCellEvent:
+        """The current frontier of a pausable cell, or wait for the next one (SPEC 5.2)."""
+        actor = self._actor(cell, CellKind.PAUSABLE)
+        event = await actor.observe(None)
+        assert isinstance(event, Pending | Completed | Terminated)
+        return event
+
+    async def resume(self, cell: PausableCell, generation: int) -> ResumeOutcome:
+        """Continue a pausable cell past frontier ``generation`` (SPEC 5.3)."""
+        actor = self._actor(cell, CellKind.PAUSABLE)
+        return actor.resume(int(generation))
+
+    async def terminate(self, cell: Cell | PausableCell | str) -> Completed | Terminated:
+        """Stop a cell of either kind (SPEC 7.1)."""
+        if isinstance(cell, str):
+            actor = self._core.cells.get(cell)
+            if actor is None:
+                raise MissingCell(cell)
+        else:
+            if not isinstance(cell, Cell | PausableCell):
+                raise TypeError(f"expected a cell handle or id, got {type(cell).__name__}")
+            if cell._owner is not self._core.owner:
+                raise ForeignHandle(cell.cell_id)
+            actor = self._core.cells.get(cell.cell_id)
+            if actor is None:
+                raise MissingCell(cell.cell_id)
+        return await actor.terminate()
+
+    async def shutdown(self) -> None:
+        """Terminate every cell and release the engine (SPEC 7.5). Idempotent; concurrent calls
+        share one cleanup, which goes on even if a caller is cancelled."""
+        core = self._core
+        core.alive = False
+        if core.shutdown_task is None:
+            core.shutdown_task = core.loop.create_task(self._shutdown_all())
+        await asyncio.shield(core.shutdown_task)
+
+    async def _shutdown_all(self) -> None:
+        core = self._core
+        await core.admissions_idle.wait()
+        actors = list(core.cells.values())
+        if actors:
+            await asyncio.gather(*(a.shutdown() for a in actors), return_exceptions=True)
+        core.engine.close()
+        self._finalizer.detach()
+
+    async def __aenter__(self) -> SessionRuntime:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    def __repr__(self) -> str:
+        state = "alive" if self._core.alive else "shut down"
+        return f"<SessionRuntime {state}, {len(self._core.cells)} live cells>"
+
+
