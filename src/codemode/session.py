@@ -316,7 +316,15 @@ class SessionRuntime:
         if not core.alive:
             engine_cell.close()
             raise ShuttingDown()
-        actor = CellActor(cell_id, kind, engine_cell, tools, request.tool_call_id, core)
+        actor = CellActor(
+            cell_id,
+            kind,
+            engine_cell,
+            tools,
+            request.tool_call_id,
+            core,
+            max_result_bytes=core.limits.max_heap_bytes,
+        )
         core.cells[cell_id] = actor
         actor.start()
         return cell_id

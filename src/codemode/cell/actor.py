@@ -21,7 +21,6 @@ import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from codemode.cell.machine import (
@@ -82,10 +81,40 @@ class CellHost(Protocol):
     def cell_closed(self, cell_id: str) -> None: ...
 
 
-@dataclass
-class _Timer:
-    due: float
-    timer_id: int
+# Results whose probed size passes this are JSON-encoded on a worker thread.
+_OFFLOAD_BYTES = 256 * 1024
+_PROBE_NODES = 1000
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=True, allow_nan=False)
+
+
+def _probably_large(value: Any) -> bool:
+    """A bounded look at a result: True when it may take long to encode (many nodes, long
+    strings). Costs at most ``_PROBE_NODES`` steps whatever the value."""
+    stack = [value]
+    nodes = 0
+    size = 0
+    while stack:
+        item = stack.pop()
+        nodes += 1
+        if nodes > _PROBE_NODES:
+            return True
+        if isinstance(item, str | bytes):
+            size += len(item)
+        elif isinstance(item, dict):
+            if len(item) > _PROBE_NODES:
+                return True
+            stack.extend(item.values())
+            size += sum(len(k) for k in item if isinstance(k, str))
+        elif isinstance(item, list | tuple):
+            if len(item) > _PROBE_NODES:
+                return True
+            stack.extend(item)
+        if size > _OFFLOAD_BYTES:
+            return True
+    return False
 
 
 class CellActor:
@@ -99,6 +128,7 @@ class CellActor:
         tools: tuple[ToolDefinition, ...],
         tool_call_id: str,
         host: CellHost,
+        max_result_bytes: int,
     ) -> None:
         self.cell_id = cell_id
         self.kind = kind
@@ -107,6 +137,7 @@ class CellActor:
         self._tools = tools
         self._tool_call_id = tool_call_id
         self._host = host
+        self._max_result_bytes = max_result_bytes
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._ready: list[StepInput] = []
@@ -320,18 +351,32 @@ class CellActor:
         except Exception as exc:
             result = ToolResultInput(call.call_id, False, message=str(exc) or type(exc).__name__)
         else:
-            try:
-                value_json = json.dumps(value, ensure_ascii=True, allow_nan=False)
-            except (TypeError, ValueError, RecursionError):
-                result = ToolResultInput(
-                    call.call_id, False, message=f"tool `{name}` returned a value that is not JSON"
-                )
-            else:
-                result = ToolResultInput(call.call_id, True, value_json=value_json)
+            result = await self._encode_result(call.call_id, name, value)
         self._calls.pop(call.call_id, None)
         if self.machine.phase.value in ("running", "paused"):
             self._ready.append(result)
             self._wake.set()
+
+    async def _encode_result(self, call_id: str, name: str, value: Any) -> ToolResultInput:
+        """The JSON text of a delegate's result, without stalling the event loop on big ones."""
+        try:
+            if _probably_large(value):
+                value_json = await asyncio.to_thread(_dumps, value)
+            else:
+                value_json = _dumps(value)
+        except (TypeError, ValueError, RecursionError):
+            return ToolResultInput(
+                call_id, False, message=f"tool `{name}` returned a value that is not JSON"
+            )
+        limit = self._max_result_bytes
+        if len(value_json) > limit:
+            return ToolResultInput(
+                call_id,
+                False,
+                message=f"tool `{name}` returned {len(value_json)} bytes of JSON, more than "
+                f"the cell's max_heap_bytes ({limit})",
+            )
+        return ToolResultInput(call_id, True, value_json=value_json)
 
     # ------------------------------------------------------------------ notifications
 
