@@ -90,31 +90,41 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=True, allow_nan=False)
 
 
-def _probably_large(value: Any) -> bool:
-    """A bounded look at a result: True when it may take long to encode (many nodes, long
-    strings). Costs at most ``_PROBE_NODES`` steps whatever the value."""
+def _dumps_incrementally(value: Any) -> str:
+    """JSON-encode in small pieces so a worker thread gives the GIL back between them."""
+    encoder = json.JSONEncoder(ensure_ascii=True, allow_nan=False)
+    return "".join(encoder.iterencode(value))
+
+
+def _probe_size(value: Any) -> tuple[bool, int]:
+    """A bounded look at a result (at most ``_PROBE_NODES`` steps, whatever the value).
+
+    Returns whether encoding it may take long (many nodes or long strings), and a lower bound
+    of its JSON size in bytes.
+    """
     stack = [value]
     nodes = 0
     size = 0
+    large = False
     while stack:
         item = stack.pop()
         nodes += 1
         if nodes > _PROBE_NODES:
-            return True
-        if isinstance(item, str | bytes):
-            size += len(item)
+            return True, size
+        if isinstance(item, str):
+            size += len(item) + 2
         elif isinstance(item, dict):
             if len(item) > _PROBE_NODES:
-                return True
+                return True, size + 2 * len(item)
             stack.extend(item.values())
-            size += sum(len(k) for k in item if isinstance(k, str))
+            size += sum(len(k) + 3 for k in item if isinstance(k, str))
         elif isinstance(item, list | tuple):
             if len(item) > _PROBE_NODES:
-                return True
+                return True, size + len(item)
             stack.extend(item)
         if size > _OFFLOAD_BYTES:
-            return True
-    return False
+            large = True
+    return large, size
 
 
 class CellActor:
@@ -358,24 +368,31 @@ class CellActor:
             self._wake.set()
 
     async def _encode_result(self, call_id: str, name: str, value: Any) -> ToolResultInput:
-        """The JSON text of a delegate's result, without stalling the event loop on big ones."""
+        """The JSON text of a delegate's result, without stalling the event loop on big ones.
+
+        A result that cannot fit in the cell's heap is rejected with a clear message before it
+        is encoded; a large one is encoded on a worker thread, in pieces.
+        """
+        limit = self._max_result_bytes
+        too_big = ToolResultInput(
+            call_id,
+            False,
+            message=f"tool `{name}` returned more JSON than the cell's max_heap_bytes ({limit})",
+        )
         try:
-            if _probably_large(value):
-                value_json = await asyncio.to_thread(_dumps, value)
+            large, lower_bound = _probe_size(value)
+            if lower_bound > limit:
+                return too_big
+            if large:
+                value_json = await asyncio.to_thread(_dumps_incrementally, value)
             else:
                 value_json = _dumps(value)
         except (TypeError, ValueError, RecursionError):
             return ToolResultInput(
                 call_id, False, message=f"tool `{name}` returned a value that is not JSON"
             )
-        limit = self._max_result_bytes
         if len(value_json) > limit:
-            return ToolResultInput(
-                call_id,
-                False,
-                message=f"tool `{name}` returned {len(value_json)} bytes of JSON, more than "
-                f"the cell's max_heap_bytes ({limit})",
-            )
+            return too_big
         return ToolResultInput(call_id, True, value_json=value_json)
 
     # ------------------------------------------------------------------ notifications

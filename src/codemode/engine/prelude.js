@@ -45,7 +45,7 @@
   const ProxyCtor = Proxy;
   const TypeErrorCtor = TypeError;
   const ErrorCtor = Error;
-  const AsyncFunction = (async function () {}).constructor;
+  const globalEval = eval;
   const gcFn = typeof global.gc === "function" ? global.gc : null;
   const IntrinsicArrayBuffer = ArrayBuffer;
 
@@ -479,16 +479,18 @@
     },
 
     run(source) {
+      // Indirect eval at global scope keeps the cell's line numbers in stack traces (the
+      // Function constructor would add two header lines) and gives it no access to this closure.
       let body;
       try {
-        body = new AsyncFunction('"use strict";' + source);
+        body = globalEval('(async function () {"use strict";' + source + "\n})\n//# sourceURL=cell.js");
       } catch (e) {
         settleBody(e, true);
         return;
       }
       let promise;
       try {
-        promise = body();
+        promise = PromiseCtor.resolve(typeof body === "function" ? body() : body);
       } catch (e) {
         settleBody(e, true);
         return;

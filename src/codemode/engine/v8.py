@@ -145,7 +145,8 @@ class _V8Cell(EngineCell):
             ],
             "stored": dict(b.stored),
         }
-        await self._eval(f"{PRELUDE}\n;__codemode.boot({_dumps(config)});")
+        boot = f"__codemode.boot({_dumps(config)});"
+        await self._eval(f"{PRELUDE}\n;{boot}\n//# sourceURL=codemode-prelude.js")
 
     async def run(self) -> StepReport:
         scan = scan_source(self._boot.source)
