@@ -60,7 +60,8 @@ async def main(cells: int, calls: int) -> dict[str, Any]:
         for _ in range(5):
             t = time.perf_counter()
             await run_cell(
-                rt, f"await Promise.all(Array.from({{length: {calls}}}, (_, i) => tools.echo({{i}})))"
+                rt,
+                f"await Promise.all(Array.from({{length: {calls}}}, (_, i) => tools.echo({{i}})))",
             )
             par_ms.append((time.perf_counter() - t) * 1000)
 
@@ -71,8 +72,14 @@ async def main(cells: int, calls: int) -> dict[str, Any]:
             "p90": statistics.quantiles(create_ms, n=10)[-1],
             "n": cells,
         },
-        "sequential_nested_calls_per_second": {"median": statistics.median(seq_rates), "calls": calls},
-        "parallel_calls_in_one_promise_all_ms": {"median": statistics.median(par_ms), "calls": calls},
+        "sequential_nested_calls_per_second": {
+            "median": statistics.median(seq_rates),
+            "calls": calls,
+        },
+        "parallel_calls_in_one_promise_all_ms": {
+            "median": statistics.median(par_ms),
+            "calls": calls,
+        },
     }
 
 

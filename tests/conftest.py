@@ -142,6 +142,13 @@ def native_threads() -> int:
     return -1
 
 
+def engine_threads() -> int:
+    """Native threads that are not Python threads: V8's isolate threads and their helpers."""
+    import threading
+
+    return native_threads() - threading.active_count()
+
+
 def rss_bytes() -> int:
     with open(f"/proc/{os.getpid()}/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

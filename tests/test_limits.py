@@ -20,7 +20,7 @@ from codemode import (
     SessionRuntime,
     TextItem,
 )
-from conftest import RecordingDelegate, native_threads, request, rss_bytes
+from conftest import RecordingDelegate, engine_threads, request, rss_bytes
 from test_lifecycle import heartbeat
 
 
@@ -214,10 +214,10 @@ async def test_500_cells_leave_threads_and_memory_where_they_started(
 
     for _ in range(50):  # warm up allocators and the executor
         await one()
-    threads, rss = native_threads(), rss_bytes()
+    threads, rss = engine_threads(), rss_bytes()
     for _ in range(500):
         await one()
     await asyncio.sleep(0.1)
-    assert native_threads() <= threads + 2
+    assert engine_threads() <= threads + 2
     assert rss_bytes() - rss < 150 * 1024 * 1024
     assert len(runtime._core.cells) == 0

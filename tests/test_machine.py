@@ -248,10 +248,9 @@ def test_termination_before_commit_wins() -> None:  # scenario 63
     out(m, "a")
     m.body_settled(None)  # completion queued, waiting to commit
     r = m.terminate()
-    assert isinstance(r, TerminationStarted) and r.items == T("a")
-    assert r.effects == (StopEngine(),)
+    assert isinstance(r, TerminationStarted) and r.effects == (StopEngine(),)
     assert m.commit() == []  # discarded: no writes, no event
-    assert m.termination_finished() == [Closed()]
+    assert m.termination_finished() == (T("a"), [Closed()])
     with pytest.raises(MissingCell):
         m.terminate()
 
@@ -286,14 +285,15 @@ def test_terminate_running_cell_returns_undelivered_and_observer_gets_nothing() 
     out(m, "a")
     tok = attach(m)
     r = m.terminate()
-    assert isinstance(r, TerminationStarted) and r.items == T("a")
+    assert isinstance(r, TerminationStarted)
     assert r.effects == (StopEngine(), WakeObserver(tok))
     assert m.collect(tok)[0] == Terminated(())
     with pytest.raises(AlreadyTerminating, match="exec cell c1 is already terminating"):
         m.terminate()
     with pytest.raises(ClosedCell, match="exec cell c1 closed unexpectedly"):
         m.observe()
-    assert m.termination_finished() == [Closed()]
+    m.salvaged_output(TextItem("late"))  # produced before the stop, read by the salvage
+    assert m.termination_finished() == (T("a", "late"), [Closed()])
 
 
 def test_terminate_includes_the_stash() -> None:
@@ -301,8 +301,8 @@ def test_terminate_includes_the_stash() -> None:
     out(m, "a")
     m.yield_requested()
     out(m, "b")
-    r = m.terminate()
-    assert isinstance(r, TerminationStarted) and r.items == T("a", "b")
+    m.terminate()
+    assert m.termination_finished()[0] == T("a", "b")
 
 
 def test_terminate_after_commit_returns_the_completion() -> None:  # scenario 56
@@ -329,10 +329,11 @@ def test_shutdown_gives_observer_the_undelivered_items() -> None:
     m = cont()
     out(m, "a")
     tok = attach(m)
-    assert m.shutdown() == [StopEngine(), WakeObserver(tok)]
-    assert m.collect(tok)[0] == Terminated(T("a"))
+    assert m.shutdown() == [StopEngine()]
     assert m.shutdown() == []  # idempotent while terminating
-    assert m.termination_finished() == [Closed()]
+    m.salvaged_output(TextItem("b"))
+    assert m.termination_finished() == ((), [WakeObserver(tok), Closed()])
+    assert m.collect(tok)[0] == Terminated(T("a", "b"))
 
 
 def test_shutdown_closes_a_buffered_completion() -> None:
@@ -348,7 +349,7 @@ def test_output_after_termination_is_ignored() -> None:
     out(m, "late")
     m.store_written("k", 1)
     assert m.body_settled(None) == []
-    assert m.termination_finished() == [Closed()]
+    assert m.termination_finished() == ((), [Closed()])
 
 
 # ---------------------------------------------------------------- pausable: frontiers
@@ -419,8 +420,8 @@ def test_terminate_paused_cell_returns_unobserved_frontier_items() -> None:  # s
     m = paus()
     out(m, "a")
     m.quiescent(("tool-1",))
-    r = m.terminate()
-    assert isinstance(r, TerminationStarted) and r.items == T("a")
+    m.terminate()
+    assert m.termination_finished()[0] == T("a")
 
 
 def test_terminate_paused_cell_after_observation_returns_nothing() -> None:  # scenario 45
@@ -428,8 +429,8 @@ def test_terminate_paused_cell_after_observation_returns_nothing() -> None:  # s
     out(m, "before")
     m.quiescent(())
     m.observe()
-    r = m.terminate()
-    assert isinstance(r, TerminationStarted) and r.items == ()
+    m.terminate()
+    assert m.termination_finished()[0] == ()
 
 
 def test_pausable_writes_commit_only_at_completion() -> None:
@@ -523,9 +524,9 @@ def test_observer_of_a_frontier_cleared_by_termination_still_gets_it() -> None:
     tok = attach(m)
     out(m, "a")
     m.quiescent(())
-    r = m.terminate()  # the frontier is being delivered: not repeated in the termination
-    assert isinstance(r, TerminationStarted) and r.items == ()
+    m.terminate()  # the frontier is being delivered: not repeated in the termination
     assert m.collect(tok)[0] == Pending(PendingFrontier(1, T("a"), ()))
+    assert m.termination_finished()[0] == ()
 
 
 def test_pausable_completion_buffered_then_closed() -> None:  # scenario 46
@@ -535,3 +536,31 @@ def test_pausable_completion_buffered_then_closed() -> None:  # scenario 46
     r = m.observe()
     assert isinstance(r, Immediate) and r.event == Completed(T("done"))
     assert r.effects == (Closed(),)
+
+
+def test_resume_racing_the_observer_of_that_frontier_delivers_once() -> None:
+    m = paus()
+    out(m, "before")
+    tok = attach(m)
+    m.quiescent(("tool-1",))  # prepared for the observer, not yet collected
+    assert m.resume(1)[0] is ResumeOutcome.RESUMED
+    assert m.collect(tok)[0] == Pending(PendingFrontier(1, T("before"), ("tool-1",)))
+    m.inputs_applied()
+    out(m, "done")
+    complete(m)
+    r = m.observe()
+    assert isinstance(r, Immediate) and r.event == Completed(T("done"))
+
+
+def test_observer_cancelled_after_a_resume_gives_the_frontier_items_back() -> None:
+    m = paus()
+    out(m, "before")
+    tok = attach(m)
+    m.quiescent(("tool-1",))
+    m.resume(1)
+    m.observer_cancelled(tok)  # never collected: its items must not be lost
+    m.inputs_applied()
+    out(m, "done")
+    complete(m)
+    r = m.observe()
+    assert isinstance(r, Immediate) and r.event == Completed(T("before", "done"))

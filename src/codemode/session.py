@@ -165,6 +165,8 @@ class _SessionCore:
             with _suppress_all():
                 actor.abandon()
         self.cells.clear()
+        with _suppress_all():
+            self.engine.close()
 
 
 class _suppress_all:

@@ -55,6 +55,7 @@ from codemode.model import (
     CellKind,
     Completed,
     NestedToolCall,
+    OutputItem,
     Pending,
     ResumeOutcome,
     SessionDelegate,
@@ -163,6 +164,7 @@ class CellActor:
         self._settle_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
+        self._terminated_items: tuple[OutputItem, ...] = ()
         self._log = logging.LoggerAdapter(logger, {"cell_id": cell_id})
 
     # ------------------------------------------------------------------ lifecycle
@@ -231,7 +233,7 @@ class CellActor:
         self._apply(decision.effects)
         # The termination goes on even if our caller is cancelled.
         await asyncio.shield(self._closed.wait())
-        return Terminated(decision.items)
+        return Terminated(self._terminated_items)
 
     async def shutdown(self) -> None:
         """Terminate (or close) the cell for the session's shutdown and wait until it closed."""
@@ -428,14 +430,23 @@ class CellActor:
             self._notifier.cancel()
 
     async def _stop(self) -> None:
-        """Termination: stop the JavaScript, cancel every callback, close (SPEC 7.1, 7.3)."""
-        self._engine.close()
+        """Termination: stop the JavaScript, keep what it had produced, cancel every callback,
+        close (SPEC 7.1, 7.3)."""
+        pump = self._pump_task
+        if pump is not None and not pump.done():
+            pump.cancel()  # abandons the step in flight, which stops the JavaScript
+            await asyncio.wait({pump}, timeout=CALLBACK_GRACE)
+        for event in await self._engine.stop():
+            if isinstance(event, OutputProduced):
+                self.machine.salvaged_output(event.item)
         tasks = self._take_call_tasks()
-        for task in (self._pump_task, self._settle_task, self._notifier):
+        for task in (self._settle_task, self._notifier):
             if task is not None and not task.done() and task is not asyncio.current_task():
                 tasks.append(task)
         await self._cancel_and_wait(tasks)
-        self._apply(self.machine.termination_finished())
+        items, effects = self.machine.termination_finished()
+        self._terminated_items = items
+        self._apply(effects)
 
     def _take_call_tasks(self) -> list[asyncio.Task[Any]]:
         tasks: list[asyncio.Task[Any]] = []

@@ -129,10 +129,9 @@ class Attached:
 
 @dataclass(frozen=True)
 class TerminationStarted:
-    """``terminate`` began stopping the cell; its caller gets ``Terminated(items)`` once the
-    cleanup has finished."""
+    """``terminate`` began stopping the cell; its caller gets ``Terminated(items)`` with the
+    items :meth:`CellMachine.termination_finished` returns, once the cleanup has finished."""
 
-    items: tuple[OutputItem, ...]
     effects: tuple[Effect, ...]
 
 
@@ -181,6 +180,7 @@ class CellMachine:
     _frontier: _Frontier | None = None
     _last_resumed: int | None = None
     _progressed: bool = True  # processed work since the last frontier or resume
+    _terminated_by_shutdown: bool = False
 
     # ------------------------------------------------------------------ queries
 
@@ -273,7 +273,7 @@ class CellMachine:
         """The engine ended without a settlement (SPEC 7.6): fail, commit nothing."""
         if self.phase not in (Phase.RUNNING, Phase.PAUSED):
             return []
-        if self._frontier is not None and not self._frontier.delivered:
+        if self._frontier is not None and not self._frontier_handed_over():
             self._recorded[:0] = self._frontier.frontier.items
         self._frontier = None
         self._discard_writes = True
@@ -369,7 +369,24 @@ class CellMachine:
                 self._stash = obs.items
             else:
                 self._recorded[:0] = obs.items
+        elif obs.prepared is _Prepared.PENDING and obs.frontier is not None:
+            current = self._frontier.frontier if self._frontier is not None else None
+            if obs.frontier is not current:
+                # Resumed while this observer held it: its items were never delivered.
+                self._recorded[:0] = obs.frontier.items
         return []
+
+    def _frontier_handed_over(self) -> bool:
+        """The current frontier was delivered, or an observer is about to collect it."""
+        if self._frontier is None:
+            return False
+        obs = self._observer
+        being_collected = (
+            obs is not None
+            and obs.prepared is _Prepared.PENDING
+            and obs.frontier is self._frontier.frontier
+        )
+        return self._frontier.delivered or being_collected
 
     def _prepare_yield(self, obs: _Observer) -> list[Effect]:
         obs.prepared = _Prepared.YIELDED
@@ -386,13 +403,7 @@ class CellMachine:
 
     def _undelivered(self) -> tuple[OutputItem, ...]:
         items: list[OutputItem] = list(self._stash or ())
-        obs = self._observer
-        frontier_being_delivered = obs is not None and obs.prepared is _Prepared.PENDING
-        if (
-            self._frontier is not None
-            and not self._frontier.delivered
-            and not frontier_being_delivered
-        ):
+        if self._frontier is not None and not self._frontier_handed_over():
             items.extend(self._frontier.frontier.items)
         items.extend(self._recorded)
         self._stash = None
@@ -424,7 +435,7 @@ class CellMachine:
         if current is not None:
             latest = current.frontier.generation
             if generation == latest:
-                if not current.delivered:
+                if not self._frontier_handed_over():
                     self._recorded[:0] = current.frontier.items
                 self._frontier = None
                 self._last_resumed = generation
@@ -441,7 +452,9 @@ class CellMachine:
     # ------------------------------------------------------------------ termination
 
     def terminate(self) -> Immediate | TerminationStarted:
-        """``terminate(cell)`` (SPEC 7.1, 7.2)."""
+        """``terminate(cell)`` (SPEC 7.1, 7.2). A running or paused cell enters TERMINATING at
+        once, so a completion not yet committed loses; its attached observer gets
+        ``Terminated(())``; the caller's items are counted when the cleanup has finished."""
         if self.phase is Phase.CLOSED:
             raise MissingCell(self.cell_id)
         if self.phase is Phase.TERMINATING:
@@ -452,12 +465,18 @@ class CellMachine:
                 # Its observer is receiving the completion right now: it counts as delivered.
                 raise MissingCell(self.cell_id)
             return Immediate(self._take_completion(), (Closed(),))
-        items = self._undelivered()
-        effects = self._begin_termination(observer_items=())
-        return TerminationStarted(items, tuple(effects))
+        effects: list[Effect] = [StopEngine()]
+        obs = self._observer
+        if obs is not None and obs.prepared is None:
+            obs.prepared = _Prepared.TERMINATED
+            obs.items = ()
+            effects.append(WakeObserver(obs.token))
+        self._enter_terminating(by_shutdown=False)
+        return TerminationStarted(tuple(effects))
 
     def shutdown(self) -> list[Effect]:
-        """The session shuts down (SPEC 7.5): terminate, or close a committed completion."""
+        """The session shuts down (SPEC 7.5): terminate, or close a committed completion. An
+        attached observer gets ``Terminated(undelivered items)`` when the cleanup finishes."""
         if self.phase in (Phase.CLOSED, Phase.TERMINATING):
             return []
         if self.phase is Phase.COMPLETED:
@@ -467,25 +486,37 @@ class CellMachine:
             self.phase = Phase.CLOSED
             self._observer = None
             return [Closed()]
-        return self._begin_termination(observer_items=None)
+        self._enter_terminating(by_shutdown=True)
+        return [StopEngine()]
 
-    def _begin_termination(self, observer_items: tuple[OutputItem, ...] | None) -> list[Effect]:
-        """Enter TERMINATING. ``observer_items`` None: give the observer what is undelivered."""
-        effects: list[Effect] = []
-        obs = self._observer
-        if obs is not None and obs.prepared is None:
-            obs.prepared = _Prepared.TERMINATED
-            obs.items = self._undelivered() if observer_items is None else observer_items
-            effects.append(WakeObserver(obs.token))
+    def _enter_terminating(self, *, by_shutdown: bool) -> None:
         self.phase = Phase.TERMINATING
         self._writes.clear()
-        self._frontier = None
-        effects.insert(0, StopEngine())
-        return effects
+        self._terminated_by_shutdown = by_shutdown
 
-    def termination_finished(self) -> list[Effect]:
-        """The engine is stopped and every callback finished or was abandoned."""
+    def salvaged_output(self, item: OutputItem) -> None:
+        """Output the stopped engine still had (produced before it was stopped, never reported):
+        it belongs to the termination's items."""
+        if self.phase is Phase.TERMINATING:
+            self._recorded.append(item)
+
+    def termination_finished(self) -> tuple[tuple[OutputItem, ...], list[Effect]]:
+        """The engine is stopped and every callback finished or was abandoned.
+
+        Returns the undelivered items, for ``terminate``'s caller; when the session's shutdown
+        stopped the cell, they go to an attached observer instead.
+        """
         if self.phase is not Phase.TERMINATING:
-            return []
+            return (), []
+        items = self._undelivered()
+        self._frontier = None
         self.phase = Phase.CLOSED
-        return [Closed()]
+        effects: list[Effect] = []
+        obs = self._observer
+        if self._terminated_by_shutdown and obs is not None and obs.prepared is None:
+            obs.prepared = _Prepared.TERMINATED
+            obs.items = items
+            effects.append(WakeObserver(obs.token))
+            items = ()
+        effects.append(Closed())
+        return items, effects

@@ -165,6 +165,12 @@ class EngineCell(abc.ABC):
     async def step(self, inputs: Sequence[StepInput]) -> StepReport:
         """Apply tool results and fire timers in the given order, run to quiescence, report."""
 
+    async def stop(self) -> tuple[EngineEvent, ...]:
+        """Stop the JavaScript now, close, and return what the cell had produced but not yet
+        reported (so a termination loses no output). The default salvages nothing."""
+        self.close()
+        return ()
+
     @abc.abstractmethod
     def close(self) -> None:
         """Stop the cell's JavaScript at once and release its resources. Idempotent, never

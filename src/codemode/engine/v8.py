@@ -13,11 +13,13 @@ Rules this module keeps (each learned the hard way, see ENGINE-NOTES.md):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib.resources
 import json
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,7 +60,7 @@ PRELUDE = importlib.resources.files("codemode.engine").joinpath("prelude.js").re
 V8_FLAGS = ("--single-threaded", "--expose-gc")
 
 # Reading the outbox of a cell stopped for a limit must not itself hang.
-_SALVAGE_TIMEOUT = 0.5
+_SALVAGE_TIMEOUT = 0.2
 
 
 def _init_v8() -> None:
@@ -80,49 +82,178 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
 
 
+class _Isolate:
+    """One mini-racer context (an isolate on a thread of its own) with the prelude evaluated."""
+
+    def __init__(self, manager: Any, context: Any) -> None:
+        self.manager: Any | None = manager
+        self.context = context
+
+    def free(self) -> None:
+        manager, self.manager = self.manager, None
+        if manager is not None:
+            try:
+                manager.__exit__(None, None, None)
+            except Exception:  # pragma: no cover - native teardown failure
+                logger.exception("freeing a V8 context failed")
+
+
+async def _new_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
+    """Create an isolate off the event loop and evaluate the prelude in it. Never leaks: a
+    cancelled or failed creation frees what it made."""
+    from py_mini_racer._mini_racer import _make_context
+
+    manager = _make_context(loop)
+    created = loop.run_in_executor(None, manager.__enter__)
+    try:
+        context = await asyncio.shield(created)
+    except asyncio.CancelledError:
+        created.add_done_callback(lambda f: _free_if_created(f, manager))
+        raise
+    isolate = _Isolate(manager, context)
+    try:
+        context.set_hard_memory_limit(_POOL_HEAP_LIMIT)
+        await context.eval_cancelable(f"{PRELUDE}\n//# sourceURL=codemode-prelude.js")
+    except BaseException:
+        isolate.free()
+        raise
+    return isolate
+
+
+def _free_if_created(future: asyncio.Future[Any], manager: Any) -> None:
+    if not future.cancelled() and future.exception() is None:
+        _Isolate(manager, future.result()).free()
+
+
+# The prelude needs far less than this; the cell's own limit is set when it takes the isolate.
+_POOL_HEAP_LIMIT = 64 * 1024 * 1024
+
+
+class _IsolatePool:
+    """Isolates created ahead of time for one event loop, so a new cell skips isolate creation
+    and the prelude (ENGINE-NOTES 9). Bounded, refilled in the background, never shared: an
+    isolate is handed to exactly one cell and freed with it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self.loop = loop
+        self.size = size
+        self.users = 0
+        self._ready: collections.deque[_Isolate] = collections.deque()
+        self._filling: set[asyncio.Task[None]] = set()
+
+    async def take(self) -> _Isolate:
+        isolate = self._ready.popleft() if self._ready else None
+        self.refill()
+        if isolate is None:
+            isolate = await _new_isolate(self.loop)
+        return isolate
+
+    def refill(self) -> None:
+        while self.users > 0 and len(self._ready) + len(self._filling) < self.size:
+            task = self.loop.create_task(self._fill_one())
+            self._filling.add(task)
+            task.add_done_callback(self._filling.discard)
+
+    async def _fill_one(self) -> None:
+        try:
+            isolate = await _new_isolate(self.loop)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # pragma: no cover - native failure; the next take creates one
+            logger.exception("pre-creating a V8 isolate failed")
+            return
+        if self.users > 0 and len(self._ready) < self.size:
+            self._ready.append(isolate)
+        else:
+            isolate.free()
+
+    def close(self) -> None:
+        for task in list(self._filling):
+            task.cancel()
+        while self._ready:
+            self._ready.popleft().free()
+
+
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _IsolatePool] = (
+    weakref.WeakKeyDictionary()
+)
+
+DEFAULT_POOL_SIZE = 4
+
+
 class V8Engine(Engine):
-    """Runs each cell in a fresh V8 isolate on a thread of its own (mini-racer 0.14.1)."""
+    """Runs each cell in a fresh V8 isolate on a thread of its own (mini-racer 0.14.1).
+
+    Engines on one event loop share a pool of ``pool_size`` isolates created ahead of time
+    (the largest size asked for wins); the pool is freed when the last engine using it closes.
+    ``pool_size=0`` creates every isolate on demand.
+    """
 
     name = "v8"
 
-    def __init__(self) -> None:
+    def __init__(self, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
+        if pool_size < 0:
+            raise ValueError("pool_size must be at least 0")
         _init_v8()
+        self._pool_size = pool_size
+        self._pool: _IsolatePool | None = None
+        self._closed = False
+
+    def _acquire_pool(self) -> _IsolatePool:
+        if self._pool is None:
+            loop = asyncio.get_running_loop()
+            pool = _pools.get(loop)
+            if pool is None:
+                pool = _pools[loop] = _IsolatePool(loop, self._pool_size)
+            pool.size = max(pool.size, self._pool_size)
+            pool.users += 1
+            self._pool = pool
+        return self._pool
 
     async def open_cell(self, boot: CellBoot) -> EngineCell:
-        from py_mini_racer._mini_racer import _make_context
-
-        loop = asyncio.get_running_loop()
-        manager = _make_context(loop)
+        if self._closed:
+            raise EngineError("the V8 engine was closed")
+        pool = self._acquire_pool()
         try:
-            # Creating an isolate takes milliseconds of native work: keep it off the event loop.
-            context = await asyncio.to_thread(manager.__enter__)
+            isolate = await pool.take()
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # pragma: no cover - native failure
             raise EngineError(f"could not create a V8 isolate: {exc}") from exc
-        cell = _V8Cell(manager, context, boot)
+        cell = _V8Cell(isolate, boot)
         try:
             await cell.boot()
         except asyncio.CancelledError:
             cell.close()
             raise
-        except EngineLost as exc:
-            cell.close()
-            raise EngineError(f"could not start the V8 cell environment: {exc}") from exc
         except Exception as exc:
             cell.close()
             raise EngineError(f"could not start the V8 cell environment: {exc}") from exc
         return cell
 
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.users -= 1
+            if pool.users <= 0:
+                pool.close()
+                if _pools.get(pool.loop) is pool:
+                    del _pools[pool.loop]
+
 
 class _V8Cell(EngineCell):
-    def __init__(self, manager: Any, context: Any, boot: CellBoot) -> None:
-        self._manager = manager
-        self._context = context
+    def __init__(self, isolate: _Isolate, boot: CellBoot) -> None:
+        self._isolate = isolate
+        self._context = isolate.context
         self._boot = boot
         self._limits = boot.limits
         self._closed = False
         self._inflight: asyncio.Task[Any] | None = None
         self._cpu_used = 0.0
-        context.set_hard_memory_limit(boot.limits.max_heap_bytes)
+        self._context.set_hard_memory_limit(boot.limits.max_heap_bytes)
 
     @property
     def closed(self) -> bool:
@@ -145,8 +276,7 @@ class _V8Cell(EngineCell):
             ],
             "stored": dict(b.stored),
         }
-        boot = f"__codemode.boot({_dumps(config)});"
-        await self._eval(f"{PRELUDE}\n;{boot}\n//# sourceURL=codemode-prelude.js")
+        await self._eval(f"__codemode.boot({_dumps(config)})")
 
     async def run(self) -> StepReport:
         scan = scan_source(self._boot.source)
@@ -168,18 +298,35 @@ class _V8Cell(EngineCell):
                 parts.append(f'["t",{int(item.timer_id)}]')
         return await self._command(f"__codemode.step([{','.join(parts)}])")
 
+    async def stop(self) -> tuple[EngineEvent, ...]:
+        if self._closed:
+            return ()
+        inflight = self._inflight
+        if inflight is not None and not inflight.done():
+            # Abandoning an eval terminates its JavaScript and leaves the context usable.
+            inflight.cancel()
+            await asyncio.wait({inflight}, timeout=_SALVAGE_TIMEOUT)
+        events: tuple[EngineEvent, ...] = ()
+        try:
+            raw = await asyncio.wait_for(
+                self._context.eval_cancelable("__codemode.drain()"), _SALVAGE_TIMEOUT
+            )
+            events = self._parse(raw, 0.0).events
+        except asyncio.CancelledError:
+            self.close()
+            raise
+        except Exception:
+            logger.debug("nothing salvaged from cell %s", self._boot.cell_id, exc_info=True)
+        self.close()
+        return events
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         if self._inflight is not None:
             self._inflight.cancel()
-        manager, self._manager = self._manager, None
-        if manager is not None:
-            try:
-                manager.__exit__(None, None, None)
-            except Exception:  # pragma: no cover - native teardown failure
-                logger.exception("freeing a V8 context failed for cell %s", self._boot.cell_id)
+        self._isolate.free()
 
     # ------------------------------------------------------------------ internals
 
@@ -228,7 +375,8 @@ class _V8Cell(EngineCell):
             task.cancel()
             raise
         finally:
-            self._inflight = None
+            if task.done():
+                self._inflight = None  # else `stop` waits for the abandoned step to end
             self._cpu_used += time.perf_counter() - started
         if not done:
             task.cancel()
