@@ -309,6 +309,7 @@ class SessionRuntime:
         )
         core.admissions += 1
         core.admissions_idle.clear()
+        logger.debug("admitting %s cell %s", kind, cell_id)
         try:
             engine_cell = await core.engine.open_cell(boot)
         finally:
@@ -329,6 +330,7 @@ class SessionRuntime:
         )
         core.cells[cell_id] = actor
         actor.start()
+        logger.debug("admitted %s cell %s", kind, cell_id)
         return cell_id
 
     # ------------------------------------------------------------------ handles

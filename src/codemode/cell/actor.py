@@ -274,6 +274,7 @@ class CellActor:
 
     async def _pump(self) -> None:
         try:
+            self._log.debug("cell %s starts", self.cell_id)
             report = await self._engine.run()
             self._handle(report)
             while self.machine.is_live:
@@ -348,6 +349,7 @@ class CellActor:
     def _start_call(self, ev: ToolCallRequested) -> None:
         tool = self._tools[ev.tool_index]
         call = NestedToolCall(self.cell_id, ev.call_id, tool, ev.input)
+        self._log.debug("cell %s calls %s as %s", self.cell_id, tool.name, ev.call_id)
         name = f"codemode-{self.cell_id}-{ev.call_id}"
         task = self._loop.create_task(self._invoke(call), name=name)
         self._calls[ev.call_id] = task

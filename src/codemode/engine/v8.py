@@ -145,6 +145,7 @@ class _IsolatePool:
         isolate = self._ready.popleft() if self._ready else None
         self.refill()
         if isolate is None:
+            logger.debug("isolate pool empty: creating one on demand")
             isolate = await _new_isolate(self.loop)
         return isolate
 
