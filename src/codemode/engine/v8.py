@@ -18,6 +18,7 @@ import contextlib
 import importlib.resources
 import json
 import logging
+import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -82,6 +83,18 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
 
 
+# mini-racer context creation and teardown must never run concurrently: creating the process's
+# first isolates on several threads at once aborted the whole process inside V8
+# ("FATAL partition_address_space.cc: Check failed: !IsConfigurablePoolInitialized()"), seen
+# when the pool filled on worker threads. Both take a few milliseconds, so one lock costs little.
+_NATIVE_LOCK = threading.Lock()
+
+
+def _enter_context(manager: Any) -> Any:
+    with _NATIVE_LOCK:
+        return manager.__enter__()
+
+
 class _Isolate:
     """One mini-racer context (an isolate on a thread of its own) with the prelude evaluated."""
 
@@ -93,7 +106,8 @@ class _Isolate:
         manager, self.manager = self.manager, None
         if manager is not None:
             try:
-                manager.__exit__(None, None, None)
+                with _NATIVE_LOCK:
+                    manager.__exit__(None, None, None)
             except Exception:  # pragma: no cover - native teardown failure
                 logger.exception("freeing a V8 context failed")
 
@@ -104,7 +118,7 @@ async def _new_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
     from py_mini_racer._mini_racer import _make_context
 
     manager = _make_context(loop)
-    created = loop.run_in_executor(None, manager.__enter__)
+    created = loop.run_in_executor(None, _enter_context, manager)
     try:
         context = await asyncio.shield(created)
     except asyncio.CancelledError:
