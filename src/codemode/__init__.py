@@ -14,7 +14,11 @@ from codemode.errors import (
     IdempotencyConflict,
     InvalidGeneration,
     MissingCell,
+    ObservationConflict,
+    ProtocolError,
+    SessionLost,
     ShuttingDown,
+    UnknownSession,
     WrongCellKind,
 )
 from codemode.model import (
@@ -41,6 +45,7 @@ from codemode.model import (
     Yielded,
 )
 from codemode.session import SessionRuntime, tools_delegate
+from codemode.tools import CodeModeTools, ToolResult
 
 __version__ = "0.1.0"
 
@@ -53,6 +58,7 @@ __all__ = [
     "CellLimits",
     "ClosedCell",
     "CodeModeError",
+    "CodeModeTools",
     "Completed",
     "CreateCellRequest",
     "Engine",
@@ -64,19 +70,24 @@ __all__ = [
     "InvalidGeneration",
     "MissingCell",
     "NestedToolCall",
+    "ObservationConflict",
     "OutputItem",
     "PausableCell",
     "PausableCellEvent",
     "Pending",
     "PendingFrontier",
+    "ProtocolError",
     "ResumeOutcome",
     "SessionDelegate",
+    "SessionLost",
     "SessionRuntime",
     "ShuttingDown",
     "Terminated",
     "TextItem",
     "ToolDefinition",
     "ToolKind",
+    "ToolResult",
+    "UnknownSession",
     "WrongCellKind",
     "Yielded",
     "__version__",

@@ -17,7 +17,11 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidGeneration",
     "MissingCell",
+    "ObservationConflict",
+    "ProtocolError",
+    "SessionLost",
     "ShuttingDown",
+    "UnknownSession",
     "WrongCellKind",
 ]
 
@@ -130,3 +134,52 @@ class EngineError(CodeModeError):
 
     def fields(self) -> dict[str, object]:
         return {"text": self.text}
+
+
+# ---------------------------------------------------------------------------- the wire (SPEC 10.3)
+
+
+class UnknownSession(CodeModeError):
+    """The protocol server knows no session of that id (or its connection has ended)."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"code mode session {session_id} not found")
+        self.session_id = session_id
+
+    def fields(self) -> dict[str, object]:
+        return {"session_id": self.session_id}
+
+
+class ObservationConflict(_CellError):
+    """A ``cell/wait``, ``cell/waitToPending`` or ``observation/release`` named an observation
+    generation that does not fit the cell's record (SPEC 10.4); the message says how."""
+
+    def __init__(self, cell_id: str, generation: int, message: str) -> None:
+        super().__init__(cell_id, message)
+        self.generation = generation
+
+    def fields(self) -> dict[str, object]:
+        return {"cell_id": self.cell_id, "generation": self.generation}
+
+
+class SessionLost(CodeModeError):
+    """Client side: the connection to the protocol server ended; the session is gone."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"code mode session lost: {reason}")
+        self.reason = reason
+
+    def fields(self) -> dict[str, object]:
+        return {"reason": self.reason}
+
+
+class ProtocolError(CodeModeError):
+    """Client side: the peer broke the protocol or answered with a standard JSON-RPC error."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+    def fields(self) -> dict[str, object]:
+        return {"message": self.message, "code": self.code}
