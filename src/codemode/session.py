@@ -417,7 +417,7 @@ class SessionRuntime:
         actors = list(core.cells.values())
         if actors:
             await asyncio.gather(*(a.shutdown() for a in actors), return_exceptions=True)
-        core.engine.close()
+        await core.engine.aclose()
         self._finalizer.detach()
 
     async def __aenter__(self) -> SessionRuntime:

@@ -194,3 +194,7 @@ class Engine(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release engine-wide resources (pools). Cells already open stay usable."""
+
+    async def aclose(self) -> None:
+        """Close, and wait until the resources of every closed cell are released."""
+        self.close()

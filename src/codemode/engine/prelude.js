@@ -15,14 +15,17 @@
 // Outbox events, in the order the cell produced them:
 //   ["text", string]                   a text item
 //   ["image", url, detail]             an image item (detail lowercase)
-//   ["call", id, toolIndex, inputJson] a nested tool call was issued
+//   ["call", id, toolIndex, input]     a nested tool call was issued (input: its JSON value)
 //   ["notify", string]                 notify(...)
 //   ["yield"]                          yield_control() (continuing cells only)
 //   ["timer", id, delayMs]             setTimeout
 //   ["clear", id]                      clearTimeout of a live timer
-//   ["store", key, valueJson]          store(key, value)
+//   ["store", key, value]              store(key, value)
+// `pending` is only reported for pausable cells (a continuing cell never takes a frontier).
 // `settled` is null while the body runs, else {ok: true} or {ok: false, error: text} or
 // {ok: false, limit: fieldName}.
+// Each event is kept as JSON text from the moment it is emitted, with tool inputs and stored
+// values embedded as the JSON they were converted to, so the host decodes every value once.
 (function (global) {
   "use strict";
 
@@ -80,7 +83,9 @@
   const EXIT = ObjectFreeze({ toString() { return "exit"; } });
   const LIMIT = ObjectFreeze({ toString() { return "limit exceeded"; } });
 
-  const emit = (ev) => { outbox.push(ev); };
+  const emit = (ev) => { outbox[outbox.length] = JSONstringify(ev); };
+  // `json` is already JSON text: embed it as it is.
+  const emitRaw = (head, json) => { outbox[outbox.length] = JSONstringify(head).slice(0, -1) + "," + json + "]"; };
 
   function failLimit(field) {
     if (!limitHit && settled === null) {
@@ -256,7 +261,7 @@
       throw new TypeErrorCtor("Unable to store " + JSONstringify(k) + ". Only plain serializable objects can be stored.");
     }
     stored.set(k, json);
-    emit(["store", k, json]);
+    emitRaw(["store", k], json);
     return undefined;
   }
 
@@ -320,7 +325,7 @@
       if (pending.size + 1 > limits.maxParallel) failLimit("max_parallel_tool_calls");
       callsIssued += 1;
       const id = "tool-" + callsIssued;
-      emit(["call", id, index, json === undefined ? "{}" : json]);
+      emitRaw(["call", id, index], json === undefined ? "{}" : json);
       return new PromiseCtor((resolve, reject) => { pending.set(id, { resolve, reject }); });
     };
   }
@@ -527,9 +532,11 @@
     },
 
     drain() {
-      const report = { ev: outbox, pending: [...pending.keys()], settled };
+      const events = outbox;
       outbox = [];
-      return JSONstringify(report);
+      return '{"ev":[' + events.join(",") + '],"pending":' +
+        (pausable ? JSONstringify([...pending.keys()]) : "null") +
+        ',"settled":' + JSONstringify(settled) + "}";
     },
   });
 

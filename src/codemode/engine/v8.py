@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import importlib.resources
 import json
 import logging
@@ -103,13 +102,42 @@ class _Isolate:
         self.context = context
 
     def free(self) -> None:
+        """Release the isolate and its thread. On an event loop the native teardown runs on a
+        worker thread (it may wait for the native lock while the pool creates an isolate), so
+        the loop never waits; :func:`wait_freed` waits for it."""
         manager, self.manager = self.manager, None
-        if manager is not None:
-            try:
-                with _NATIVE_LOCK:
-                    manager.__exit__(None, None, None)
-            except Exception:  # pragma: no cover - native teardown failure
-                logger.exception("freeing a V8 context failed")
+        if manager is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or loop.is_closed():
+            _exit_context(manager)
+            return
+        future = loop.run_in_executor(None, _exit_context, manager)
+        _pending_frees.add(future)
+        future.add_done_callback(_pending_frees.discard)
+
+
+def _exit_context(manager: Any) -> None:
+    try:
+        with _NATIVE_LOCK:
+            manager.__exit__(None, None, None)
+    except Exception:  # pragma: no cover - native teardown failure
+        logger.exception("freeing a V8 context failed")
+
+
+_pending_frees: set[asyncio.Future[None]] = set()
+
+
+async def wait_freed() -> None:
+    """Wait (at most 5 s) until every isolate freed so far on this loop has released its
+    resources."""
+    loop = asyncio.get_running_loop()
+    mine = [f for f in _pending_frees if f.get_loop() is loop]
+    if mine:
+        await asyncio.wait(mine, timeout=5.0)
 
 
 async def _new_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
@@ -136,7 +164,7 @@ async def _new_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
 
 def _free_if_created(future: asyncio.Future[Any], manager: Any) -> None:
     if not future.cancelled() and future.exception() is None:
-        _Isolate(manager, future.result()).free()
+        _exit_context(manager)
 
 
 # The prelude needs far less than this; the cell's own limit is set when it takes the isolate.
@@ -235,16 +263,15 @@ class V8Engine(Engine):
             raise
         except Exception as exc:  # pragma: no cover - native failure
             raise EngineError(f"could not create a V8 isolate: {exc}") from exc
-        cell = _V8Cell(isolate, boot)
         try:
-            await cell.boot()
-        except asyncio.CancelledError:
-            cell.close()
-            raise
+            return _V8Cell(isolate, boot)
         except Exception as exc:
-            cell.close()
+            isolate.free()
             raise EngineError(f"could not start the V8 cell environment: {exc}") from exc
-        return cell
+
+    async def aclose(self) -> None:
+        self.close()
+        await wait_freed()
 
     def close(self) -> None:
         if self._closed:
@@ -267,14 +294,18 @@ class _V8Cell(EngineCell):
         self._limits = boot.limits
         self._closed = False
         self._inflight: asyncio.Task[Any] | None = None
+        self._out_of_cpu = False
         self._cpu_used = 0.0
         self._context.set_hard_memory_limit(boot.limits.max_heap_bytes)
+        self._boot_code = self._render_boot()  # serialised at admission: the snapshot is fixed
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    async def boot(self) -> None:
+    def _render_boot(self) -> str:
+        """The call that installs this cell's tools, stored values and limits. It runs in the
+        same eval as the body's start: one crossing fewer per cell."""
         b = self._boot
         idents = tool_identifiers(t.name for t in b.tools)
         config = {
@@ -291,7 +322,7 @@ class _V8Cell(EngineCell):
             ],
             "stored": dict(b.stored),
         }
-        await self._eval(f"__codemode.boot({_dumps(config)})")
+        return f"__codemode.boot({_dumps(config)});"
 
     async def run(self) -> StepReport:
         scan = scan_source(self._boot.source)
@@ -299,7 +330,7 @@ class _V8Cell(EngineCell):
             self.close()
             text = f"SyntaxError: Unsupported import in exec: {scan.static_import}"
             return StepReport((), (), Settlement(text))
-        return await self._command(f"__codemode.run({_dumps(scan.source)})")
+        return await self._command(f"{self._boot_code}__codemode.run({_dumps(scan.source)})")
 
     async def step(self, inputs: Sequence[StepInput]) -> StepReport:
         parts = []
@@ -378,29 +409,27 @@ class _V8Cell(EngineCell):
         return StepReport(events, (), settlement)
 
     async def _eval(self, code: str) -> Any:
+        """Run ``code`` in the isolate within the cell's remaining CPU budget.
+
+        Cancelling the caller abandons the eval, which terminates the running JavaScript.
+        """
         if self._closed:
             raise EngineLost("the cell's engine was closed")
-        remaining = self._limits.max_cpu_seconds - self._cpu_used
-        task: asyncio.Task[Any] = asyncio.ensure_future(self._context.eval_cancelable(code))
+        remaining = max(self._limits.max_cpu_seconds - self._cpu_used, 0.0)
+        loop = asyncio.get_running_loop()
+        task: asyncio.Task[Any] = loop.create_task(self._context.eval_cancelable(code))
         self._inflight = task
+        self._out_of_cpu = False
+        deadline = loop.call_later(remaining, self._cpu_deadline, task)
         started = time.perf_counter()
         try:
-            done, _ = await asyncio.wait({task}, timeout=max(remaining, 0.0))
+            return await task  # a cancelled caller cancels the eval too
         except asyncio.CancelledError:
-            task.cancel()
-            raise
-        finally:
-            if task.done():
-                self._inflight = None  # else `stop` waits for the abandoned step to end
-            self._cpu_used += time.perf_counter() - started
-        if not done:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            raise _LimitExceeded("max_cpu_seconds")
-        try:
-            return task.result()
-        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # our caller was cancelled
+            if self._out_of_cpu:
+                raise _LimitExceeded("max_cpu_seconds") from None
             raise EngineLost("the cell's engine was closed") from None
         except Exception as exc:
             from py_mini_racer import JSOOMException
@@ -408,6 +437,15 @@ class _V8Cell(EngineCell):
             if isinstance(exc, JSOOMException):
                 raise _LimitExceeded("max_heap_bytes") from exc
             raise EngineLost(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            deadline.cancel()
+            if task.done():
+                self._inflight = None  # else `stop` waits for the abandoned step to end
+            self._cpu_used += time.perf_counter() - started
+
+    def _cpu_deadline(self, task: asyncio.Task[Any]) -> None:
+        self._out_of_cpu = True
+        task.cancel()
 
     def _parse(self, raw: Any, cpu_seconds: float) -> StepReport:
         """Validate a drain; anything malformed means the bridge was broken from inside."""
@@ -415,7 +453,9 @@ class _V8Cell(EngineCell):
             data = json.loads(raw)
             events = tuple(_event(ev) for ev in data["ev"])
             pending = data["pending"]
-            if not isinstance(pending, list) or not all(isinstance(p, str) for p in pending):
+            if pending is None:
+                pending = []
+            elif not isinstance(pending, list) or not all(isinstance(p, str) for p in pending):
                 raise ValueError("bad pending list")
             settled = data["settled"]
             settlement: Settlement | None = None
@@ -447,7 +487,7 @@ def _event(ev: Any) -> EngineEvent:
     if tag == "image":
         return OutputProduced(ImageItem(str(ev[1]), ImageDetail(ev[2])))
     if tag == "call":
-        return ToolCallRequested(str(ev[1]), int(ev[2]), json.loads(ev[3]))
+        return ToolCallRequested(str(ev[1]), int(ev[2]), ev[3])
     if tag == "notify":
         return NotifyRequested(str(ev[1]))
     if tag == "yield":
@@ -457,5 +497,5 @@ def _event(ev: Any) -> EngineEvent:
     if tag == "clear":
         return TimerCleared(int(ev[1]))
     if tag == "store":
-        return StoreWritten(str(ev[1]), json.loads(ev[2]))
+        return StoreWritten(str(ev[1]), ev[2])
     raise ValueError(f"unknown event {tag!r}")
