@@ -251,7 +251,11 @@ class CellActor:
             elif isinstance(effect, RunEngine):
                 self._wake.set()
             elif isinstance(effect, BeginSettling):
-                self._settle_task = self._loop.create_task(self._settle())
+                if not self._calls and self._notes is None:
+                    # Nothing to deliver or cancel first: commit in this same step.
+                    self._commit_now()
+                else:
+                    self._settle_task = self._loop.create_task(self._settle())
             elif isinstance(effect, CommitWrites):
                 self._host.commit_writes(effect.writes)
             elif isinstance(effect, StopEngine):
@@ -427,6 +431,9 @@ class CellActor:
         if self._notes is not None:
             await self._notes.join()
         await self._cancel_and_wait(self._take_call_tasks())
+        self._commit_now()
+
+    def _commit_now(self) -> None:
         self._apply(self.machine.commit())
         if self._notifier is not None:
             self._notifier.cancel()
