@@ -335,35 +335,37 @@ class SessionRuntime:
 
     # ------------------------------------------------------------------ handles
 
-    def _actor(self, cell: Cell | PausableCell, expected: CellKind) -> CellActor:
-        if not isinstance(cell, Cell | PausableCell):
-            raise TypeError(f"expected a Cell or PausableCell handle, got {type(cell).__name__}")
-        if cell._owner is not self._core.owner:
-            raise ForeignHandle(cell.cell_id)
-        actor = self._core.cells.get(cell.cell_id)
+    def _find(self, cell: Cell | PausableCell | str) -> CellActor:
+        """The live cell a handle or raw id names: ``ForeignHandle``, then ``MissingCell``."""
+        if isinstance(cell, str):
+            cell_id = cell
+        elif isinstance(cell, Cell | PausableCell):
+            if cell._owner is not self._core.owner:
+                raise ForeignHandle(cell.cell_id)
+            cell_id = cell.cell_id
+        else:
+            raise TypeError(f"expected a cell handle or id, got {type(cell).__name__}")
+        actor = self._core.cells.get(cell_id)
         if actor is None:
-            raise MissingCell(cell.cell_id)
+            raise MissingCell(cell_id)
+        return actor
+
+    def _actor(self, cell: Cell | PausableCell | str, expected: CellKind) -> CellActor:
+        """:meth:`_find`, then ``WrongCellKind`` unless the cell is of the ``expected`` kind."""
+        actor = self._find(cell)
         if actor.kind is not expected:
-            raise WrongCellKind(cell.cell_id, str(expected), str(actor.kind))
+            raise WrongCellKind(actor.cell_id, str(expected), str(actor.kind))
         return actor
 
     def cell(self, cell_id: str) -> Cell:
         """A handle on the live continuing cell ``cell_id``."""
-        self._lookup(cell_id, CellKind.CONTINUING)
+        self._actor(str(cell_id), CellKind.CONTINUING)
         return Cell(cell_id, self._core.owner)
 
     def pausable_cell(self, cell_id: str) -> PausableCell:
         """A handle on the live pausable cell ``cell_id``."""
-        self._lookup(cell_id, CellKind.PAUSABLE)
+        self._actor(str(cell_id), CellKind.PAUSABLE)
         return PausableCell(cell_id, self._core.owner)
-
-    def _lookup(self, cell_id: str, expected: CellKind) -> CellActor:
-        actor = self._core.cells.get(cell_id)
-        if actor is None:
-            raise MissingCell(cell_id)
-        if actor.kind is not expected:
-            raise WrongCellKind(cell_id, str(expected), str(actor.kind))
-        return actor
 
     # ------------------------------------------------------------------ operations
 
@@ -388,19 +390,7 @@ class SessionRuntime:
 
     async def terminate(self, cell: Cell | PausableCell | str) -> Completed | Terminated:
         """Stop a cell of either kind (SPEC 7.1)."""
-        if isinstance(cell, str):
-            actor = self._core.cells.get(cell)
-            if actor is None:
-                raise MissingCell(cell)
-        else:
-            if not isinstance(cell, Cell | PausableCell):
-                raise TypeError(f"expected a cell handle or id, got {type(cell).__name__}")
-            if cell._owner is not self._core.owner:
-                raise ForeignHandle(cell.cell_id)
-            actor = self._core.cells.get(cell.cell_id)
-            if actor is None:
-                raise MissingCell(cell.cell_id)
-        return await actor.terminate()
+        return await self._find(cell).terminate()
 
     async def shutdown(self) -> None:
         """Terminate every cell and release the engine (SPEC 7.5). Idempotent; concurrent calls
