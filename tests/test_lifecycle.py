@@ -375,3 +375,30 @@ async def test_create_request_must_be_a_request(runtime: SessionRuntime) -> None
         await runtime.create_cell("text(1)")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         await runtime.create_cell(CreateCellRequest("text(1)", tools=["echo"]))  # type: ignore[list-item]
+
+
+def test_loop_closing_without_shutdown_stops_cells() -> None:
+    """SPEC 7.5: a runtime whose loop closes without a shutdown stops its cells' JavaScript,
+    even while the runtime object itself is still referenced."""
+    kept: list[SessionRuntime] = []
+
+    async def warm() -> None:
+        async with SessionRuntime(RecordingDelegate()) as rt:
+            await rt.wait(await rt.create_cell(request("text(1)")), 5)
+
+    async def leave_spinning() -> None:
+        rt = SessionRuntime(RecordingDelegate())
+        kept.append(rt)
+        await rt.create_cell(request("while (true) {}"))
+        await rt.create_cell(request("await new Promise(() => {})"))
+        await asyncio.sleep(0.05)
+
+    asyncio.run(warm())
+    base = engine_threads()
+    asyncio.run(leave_spinning())
+    for _ in range(100):  # up to 1 s
+        if engine_threads() <= base:
+            break
+        time.sleep(0.01)
+    assert engine_threads() <= base
+    assert kept[0].is_alive is False

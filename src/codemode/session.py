@@ -145,6 +145,12 @@ class _SessionCore:
     def cell_closed(self, cell_id: str) -> None:
         self.cells.pop(cell_id, None)
 
+    def loop_closing(self) -> None:
+        if self.alive or self.cells:
+            logger.warning("event loop closing without a shutdown: stopping every cell")
+            self.alive = False
+            self._abandon_now()
+
     def abandon(self) -> None:
         """The runtime was dropped without shutdown: stop every cell's JavaScript now."""
         self.alive = False

@@ -81,6 +81,11 @@ class CellHost(Protocol):
 
     def cell_closed(self, cell_id: str) -> None: ...
 
+    def loop_closing(self) -> None:
+        """A cell's driver was cancelled by someone other than the cell itself: the event loop
+        is being torn down without a shutdown (SPEC 7.5)."""
+        ...
+
 
 # Results whose probed size passes this are JSON-encoded on a worker thread.
 _OFFLOAD_BYTES = 256 * 1024
@@ -165,6 +170,7 @@ class CellActor:
         self._stop_task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._terminated_items: tuple[OutputItem, ...] = ()
+        self._stopping = False  # the actor itself cancels its pump
         self._log = logging.LoggerAdapter(logger, {"cell_id": cell_id})
 
     # ------------------------------------------------------------------ lifecycle
@@ -182,6 +188,7 @@ class CellActor:
 
     def abandon(self) -> None:
         """Stop the JavaScript at once without any cleanup (the runtime was dropped)."""
+        self._stopping = True
         self._engine.close()
         for task in (self._pump_task, self._settle_task, self._notifier, *self._calls.values()):
             if task is not None and not task.done():
@@ -309,6 +316,9 @@ class CellActor:
                 self._log.warning("engine of cell %s lost: %s", self.cell_id, exc)
                 self._apply(self.machine.engine_lost())
         except asyncio.CancelledError:
+            if not self._stopping:
+                self._engine.close()
+                self._host.loop_closing()
             raise
         except Exception:  # pragma: no cover - a bug in codemode itself
             self._log.exception("cell %s failed inside codemode", self.cell_id)
@@ -441,6 +451,7 @@ class CellActor:
     async def _stop(self) -> None:
         """Termination: stop the JavaScript, keep what it had produced, cancel every callback,
         close (SPEC 7.1, 7.3)."""
+        self._stopping = True
         pump = self._pump_task
         if pump is not None and not pump.done():
             pump.cancel()  # abandons the step in flight, which stops the JavaScript
