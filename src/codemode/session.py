@@ -131,6 +131,7 @@ class _SessionCore:
         self.stored: dict[str, Any] = {}
         self.keys: OrderedDict[str, _KeyRecord] = OrderedDict()
         self.admitting_keys: dict[str, asyncio.Future[None]] = {}
+        self.admission_tasks: set[asyncio.Task[str]] = set()
         self.admissions = 0
         self.admissions_idle = asyncio.Event()
         self.admissions_idle.set()
@@ -257,6 +258,9 @@ class SessionRuntime:
             core.admitting_keys[key] = done
             task = core.loop.create_task(self._admit_keyed(request, kind, key, fingerprint, done))
             # A cancelled caller leaves the admission running; it records the key (SPEC 6.7).
+            # asyncio holds tasks weakly: keep this one until it ends, whoever still awaits it.
+            core.admission_tasks.add(task)
+            task.add_done_callback(core.admission_tasks.discard)
             return await asyncio.shield(task)
 
     async def _admit_keyed(

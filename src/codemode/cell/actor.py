@@ -87,6 +87,9 @@ class CellHost(Protocol):
         ...
 
 
+# Delegate callbacks abandoned after the grace period, kept alive until they end.
+_ABANDONED: set[asyncio.Task[Any]] = set()
+
 # Results whose probed size passes this are JSON-encoded on a worker thread.
 _OFFLOAD_BYTES = 256 * 1024
 _PROBE_NODES = 1000
@@ -482,6 +485,11 @@ class CellActor:
         for task in pending:
             task.cancel()
         if pending:
-            # Callbacks that ignore cancellation are abandoned after the grace period.
-            await asyncio.wait(pending, timeout=CALLBACK_GRACE)
+            # Callbacks that ignore cancellation are abandoned after the grace period: no
+            # longer awaited, their results discarded. asyncio holds tasks weakly, so keep them
+            # until they end rather than let the garbage collector destroy them mid-flight.
+            _, late = await asyncio.wait(pending, timeout=CALLBACK_GRACE)
+            for task in late:
+                _ABANDONED.add(task)
+                task.add_done_callback(_ABANDONED.discard)
 

@@ -17,6 +17,7 @@ import collections
 import importlib.resources
 import json
 import logging
+import queue
 import threading
 import time
 import weakref
@@ -102,22 +103,12 @@ class _Isolate:
         self.context = context
 
     def free(self) -> None:
-        """Release the isolate and its thread. On an event loop the native teardown runs on a
-        worker thread (it may wait for the native lock while the pool creates an isolate), so
-        the loop never waits; :func:`wait_freed` waits for it."""
+        """Release the isolate and its thread, without blocking: the native teardown runs on
+        the reaper thread. Safe from any thread, including a garbage-collector finalizer running
+        on a thread that holds the native lock. :func:`wait_freed` waits for it."""
         manager, self.manager = self.manager, None
-        if manager is None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is None or loop.is_closed():
-            _exit_context(manager)
-            return
-        future = loop.run_in_executor(None, _exit_context, manager)
-        _pending_frees.add(future)
-        future.add_done_callback(_pending_frees.discard)
+        if manager is not None:
+            _REAPER.free(manager)
 
 
 def _exit_context(manager: Any) -> None:
@@ -128,16 +119,53 @@ def _exit_context(manager: Any) -> None:
         logger.exception("freeing a V8 context failed")
 
 
-_pending_frees: set[asyncio.Future[None]] = set()
+class _Reaper:
+    """One daemon thread that frees contexts, one at a time, in the order they were handed
+    over. Freeing never runs on the caller's thread, so it can neither stall the event loop on
+    the native lock nor deadlock a thread that already holds it."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._thread: threading.Thread | None = None
+
+    def free(self, manager: Any) -> None:
+        with self._cond:
+            self._pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="codemode-v8-reaper", daemon=True
+                )
+                self._thread.start()
+        self._queue.put(manager)
+
+    def _run(self) -> None:
+        while True:
+            manager = self._queue.get()
+            _exit_context(manager)
+            with self._cond:
+                self._pending -= 1
+                if self._pending == 0:
+                    self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until every context handed over so far is freed; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending == 0, timeout)
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+
+_REAPER = _Reaper()
 
 
 async def wait_freed() -> None:
-    """Wait (at most 5 s) until every isolate freed so far on this loop has released its
-    resources."""
-    loop = asyncio.get_running_loop()
-    mine = [f for f in _pending_frees if f.get_loop() is loop]
-    if mine:
-        await asyncio.wait(mine, timeout=5.0)
+    """Wait (at most 5 s) until every isolate freed so far has released its resources."""
+    if _REAPER.pending:
+        await asyncio.to_thread(_REAPER.wait_idle, 5.0)
 
 
 async def _new_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
@@ -149,7 +177,7 @@ async def _new_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
     created = loop.run_in_executor(None, _enter_context, manager)
     try:
         context = await asyncio.shield(created)
-    except asyncio.CancelledError:
+    except BaseException:  # cancelled, or the coroutine itself was garbage-collected
         created.add_done_callback(lambda f: _free_if_created(f, manager))
         raise
     isolate = _Isolate(manager, context)
@@ -164,7 +192,7 @@ async def _new_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
 
 def _free_if_created(future: asyncio.Future[Any], manager: Any) -> None:
     if not future.cancelled() and future.exception() is None:
-        _exit_context(manager)
+        _REAPER.free(manager)
 
 
 # The prelude needs far less than this; the cell's own limit is set when it takes the isolate.
