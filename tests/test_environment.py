@@ -432,3 +432,15 @@ async def test_unknown_tool_fails_the_cell_clearly(runtime: SessionRuntime, dele
     assert texts(ev) == ["a"]
     assert ev.error_text is not None and "TypeError: tools.nope is not a function" in ev.error_text
     assert delegate.calls == []
+
+
+async def test_a_warmed_pool_isolate_carries_nothing_into_the_cell(runtime: SessionRuntime) -> None:
+    # Pooled isolates run a throwaway cell to compile the prelude; none of its state may leak.
+    for _ in range(6):  # enough to take isolates that were pre-created and warmed
+        ev = await run(
+            runtime,
+            'text([String(load("k")), setTimeout(() => {}, 1), ALL_TOOLS.length,'
+            " typeof tools.t].join())",
+        )
+        assert texts(ev) == ["undefined,1,4,undefined"]
+        await asyncio.sleep(0.02)

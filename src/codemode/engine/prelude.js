@@ -464,7 +464,22 @@
 
   // ---------------------------------------------------------------- the bridge
   const bridge = ObjectFreeze({
+    // Every piece of per-cell state starts afresh here, so an isolate warmed up by a throwaway
+    // boot/run/drain (which compiles this file's hot functions ahead of time) carries nothing of
+    // it into the real cell.
     boot(config) {
+      outbox = [];
+      settled = null;
+      exited = false;
+      limitHit = false;
+      callsIssued = 0;
+      pending.clear();
+      timers.clear();
+      timerSeq = 0;
+      outputBytes = 0;
+      externalBytes = 0;
+      externalRecords = [];
+      sweepAt = 1024;
       pausable = config.pausable === true;
       limits = config.limits;
       toolDefs = config.tools;
