@@ -95,8 +95,8 @@ _OFFLOAD_BYTES = 256 * 1024
 _PROBE_NODES = 1000
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=True, allow_nan=False)
+_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False)
+_dumps = _ENCODER.encode  # one encoder for every result, not one per json.dumps call
 
 
 def _dumps_incrementally(value: Any) -> str:
@@ -175,6 +175,7 @@ class CellActor:
         self._terminated_items: tuple[OutputItem, ...] = ()
         self._stopping = False  # the actor itself cancels its pump
         self._log = logging.LoggerAdapter(logger, {"cell_id": cell_id})
+        self._debug = logger.isEnabledFor(logging.DEBUG)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -366,10 +367,9 @@ class CellActor:
     def _start_call(self, ev: ToolCallRequested) -> None:
         tool = self._tools[ev.tool_index]
         call = NestedToolCall(self.cell_id, ev.call_id, tool, ev.input)
-        self._log.debug("cell %s calls %s as %s", self.cell_id, tool.name, ev.call_id)
-        name = f"codemode-{self.cell_id}-{ev.call_id}"
-        task = self._loop.create_task(self._invoke(call), name=name)
-        self._calls[ev.call_id] = task
+        if self._debug:
+            self._log.debug("cell %s calls %s as %s", self.cell_id, tool.name, ev.call_id)
+        self._calls[ev.call_id] = self._loop.create_task(self._invoke(call))
 
     async def _invoke(self, call: NestedToolCall) -> None:
         name = call.tool.name

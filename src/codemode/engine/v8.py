@@ -79,8 +79,7 @@ class _LimitExceeded(Exception):
         self.field_name = field_name
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+_dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
 
 
 # mini-racer context creation and teardown must never run concurrently: creating the process's
@@ -392,10 +391,11 @@ class _V8Cell(EngineCell):
         parts = []
         for item in inputs:
             if isinstance(item, ToolResultInput):
+                # Call ids are the runtime's own "tool-N": no escaping needed.
                 if item.ok:
-                    parts.append(f'["r",{_dumps(item.call_id)},true,{item.value_json}]')
+                    parts.append(f'["r","{item.call_id}",true,{item.value_json}]')
                 else:
-                    parts.append(f'["r",{_dumps(item.call_id)},false,{_dumps(item.message)}]')
+                    parts.append(f'["r","{item.call_id}",false,{_dumps(item.message)}]')
             else:
                 parts.append(f'["t",{int(item.timer_id)}]')
         return await self._command(f"__codemode.step([{','.join(parts)}])")
@@ -543,7 +543,11 @@ def _event(ev: Any) -> EngineEvent:
     if tag == "image":
         return OutputProduced(ImageItem(str(ev[1]), ImageDetail(ev[2])))
     if tag == "call":
-        return ToolCallRequested(str(ev[1]), int(ev[2]), ev[3])
+        call_id = ev[1]
+        # Ids are embedded unescaped in later steps: accept only the prelude's own "tool-N".
+        if not (isinstance(call_id, str) and call_id[:5] == "tool-" and call_id[5:].isdigit()):
+            raise ValueError(f"bad call id {call_id!r}")
+        return ToolCallRequested(call_id, int(ev[2]), ev[3])
     if tag == "notify":
         return NotifyRequested(str(ev[1]))
     if tag == "yield":
