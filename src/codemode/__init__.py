@@ -44,6 +44,7 @@ from codemode.model import (
     ToolKind,
     Yielded,
 )
+from codemode.protocol.client import RemoteSession
 from codemode.session import SessionRuntime, tools_delegate
 from codemode.tools import CodeModeTools, ToolResult
 
@@ -77,6 +78,7 @@ __all__ = [
     "Pending",
     "PendingFrontier",
     "ProtocolError",
+    "RemoteSession",
     "ResumeOutcome",
     "SessionDelegate",
     "SessionLost",

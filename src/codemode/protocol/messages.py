@@ -1,0 +1,956 @@
+"""The codemode wire protocol's messages, defined once (SPEC section 10).
+
+Every method, its parameters and its result is described here with a small set of type builders
+(:class:`Obj`, :class:`Str`, :class:`Int`, ...). The same definitions
+
+- validate what a peer sends (the server answers ``-32602`` with the first mismatch; the client
+  raises :class:`~codemode.errors.ProtocolError` for a malformed result), and
+- generate the published JSON Schema, ``schema.json`` next to this file.
+
+Regenerate the schema after changing a definition, from the repository root::
+
+    .venv/bin/python -m codemode.protocol.schemagen --write
+
+(``--check`` exits 1 when the file is stale; a test does the same comparison.)
+
+This module also holds the mappings both sides share: exceptions to and from their wire form
+(``-32000`` with ``data = {"kind": <class name>, <fields in camelCase>}``), ``CellLimits`` to and
+from camelCase, and tool definitions to and from their wire form. Events and output items use
+:mod:`codemode.wire`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from codemode import errors as _errors
+from codemode.errors import CodeModeError, ProtocolError
+from codemode.model import CellLimits, ToolDefinition, ToolKind
+
+__all__ = [
+    "CLIENT_METHODS",
+    "CODEMODE_ERROR",
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "MAX_FRAME_BYTES",
+    "MAX_YIELD_AFTER_MS",
+    "METHODS",
+    "METHOD_NOT_FOUND",
+    "NOT_INITIALIZED",
+    "PARSE_ERROR",
+    "PROTOCOL_VERSION",
+    "REQUEST_CANCELLED",
+    "SCHEMA_PATH",
+    "SERVER_METHODS",
+    "SUPPORTED_VERSIONS",
+    "TOOL_ERROR",
+    "MethodDef",
+    "as_int",
+    "camel",
+    "codemode_version",
+    "error_from_wire",
+    "error_to_wire",
+    "generate_schema",
+    "limits_from_wire",
+    "limits_to_wire",
+    "schema_text",
+    "snake",
+    "tool_from_wire",
+    "tool_to_wire",
+]
+
+PROTOCOL_VERSION: Final = 1
+SUPPORTED_VERSIONS: Final = (1,)
+
+MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
+"""The largest frame either side accepts: a longer stdio line, or a larger WebSocket message,
+closes the connection (SPEC 10.1)."""
+
+# JSON-RPC error codes (SPEC 10.3).
+PARSE_ERROR: Final = -32700
+INVALID_REQUEST: Final = -32600
+METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
+INTERNAL_ERROR: Final = -32603
+NOT_INITIALIZED: Final = -32002
+REQUEST_CANCELLED: Final = -32800
+CODEMODE_ERROR: Final = -32000
+TOOL_ERROR: Final = -32001
+"""A client's answer to ``tool/invoke`` when the tool failed; the message rejects the call."""
+
+MAX_YIELD_AFTER_MS: Final = 1e15
+"""The largest ``yieldAfterMs`` (about 31 700 years): any budget fits in a float."""
+
+SCHEMA_PATH: Final = Path(__file__).resolve().parent / "schema.json"
+
+# ---------------------------------------------------------------------------- type builders
+
+
+class Type:
+    """A JSON type: renders itself as JSON Schema and checks a decoded JSON value."""
+
+    description: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def check(self, value: Any, path: str) -> str | None:
+        """``None`` when ``value`` fits, else a message naming the first mismatch at ``path``."""
+        raise NotImplementedError
+
+    def _with_description(self, schema: dict[str, Any]) -> dict[str, Any]:
+        if self.description:
+            schema["description"] = self.description
+        return schema
+
+
+def _is_int(value: Any) -> bool:
+    """A JSON integer: an int, or a float with no fraction (``1.0``), as JSON Schema counts."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def as_int(value: Any) -> int:
+    """A validated JSON integer as an ``int`` (``1.0`` -> ``1``)."""
+    return int(value)
+
+
+def _where(path: str) -> str:
+    return path or "params"
+
+
+@dataclass(frozen=True)
+class Str(Type):
+    description: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        return self._with_description({"type": "string"})
+
+    def check(self, value: Any, path: str) -> str | None:
+        return None if isinstance(value, str) else f"{_where(path)} must be a string"
+
+
+@dataclass(frozen=True)
+class Int(Type):
+    minimum: int | None = None
+    description: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "integer"}
+        if self.minimum is not None:
+            schema["minimum"] = self.minimum
+        return self._with_description(schema)
+
+    def check(self, value: Any, path: str) -> str | None:
+        if not _is_int(value):
+            return f"{_where(path)} must be an integer"
+        if self.minimum is not None and value < self.minimum:
+            return f"{_where(path)} must be at least {self.minimum}"
+        return None
+
+
+@dataclass(frozen=True)
+class Num(Type):
+    exclusive_minimum: float | None = None
+    maximum: float | None = None
+    description: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "number"}
+        if self.exclusive_minimum is not None:
+            schema["exclusiveMinimum"] = self.exclusive_minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        return self._with_description(schema)
+
+    def check(self, value: Any, path: str) -> str | None:
+        if not _is_number(value):
+            return f"{_where(path)} must be a finite number"
+        if self.exclusive_minimum is not None and not value > self.exclusive_minimum:
+            return f"{_where(path)} must be greater than {self.exclusive_minimum:g}"
+        if self.maximum is not None and value > self.maximum:
+            return f"{_where(path)} must be at most {self.maximum:g}"
+        return None
+
+
+@dataclass(frozen=True)
+class Bool(Type):
+    description: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        return self._with_description({"type": "boolean"})
+
+    def check(self, value: Any, path: str) -> str | None:
+        return None if isinstance(value, bool) else f"{_where(path)} must be a boolean"
+
+
+@dataclass(frozen=True)
+class Null(Type):
+    description: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        return self._with_description({"type": "null"})
+
+    def check(self, value: Any, path: str) -> str | None:
+        return None if value is None else f"{_where(path)} must be null"
+
+
+@dataclass(frozen=True)
+class AnyJson(Type):
+    description: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        return self._with_description({})
+
+    def check(self, value: Any, path: str) -> str | None:
+        return None
+
+
+@dataclass(frozen=True)
+class Const(Type):
+    value: Any
+    description: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        return self._with_description({"const": self.value})
+
+    def check(self, value: Any, path: str) -> str | None:
+        if _is_number(self.value):
+            same = _is_number(value) and value == self.value
+        else:
+            same = type(value) is type(self.value) and value == self.value
+        return None if same else f"{_where(path)} must be {json.dumps(self.value)}"
+
+
+@dataclass(frozen=True)
+class Enum(Type):
+    values: tuple[str, ...]
+    description: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        return self._with_description({"type": "string", "enum": list(self.values)})
+
+    def check(self, value: Any, path: str) -> str | None:
+        if isinstance(value, str) and value in self.values:
+            return None
+        return f"{_where(path)} must be one of {', '.join(json.dumps(v) for v in self.values)}"
+
+
+@dataclass(frozen=True)
+class Arr(Type):
+    items: Type
+    description: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        return self._with_description({"type": "array", "items": self.items.schema()})
+
+    def check(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, list):
+            return f"{_where(path)} must be an array"
+        for index, item in enumerate(value):
+            problem = self.items.check(item, f"{path}[{index}]")
+            if problem is not None:
+                return problem
+        return None
+
+
+@dataclass(frozen=True)
+class Field:
+    """A member of an :class:`Obj`."""
+
+    name: str
+    type: Type
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Obj(Type):
+    """A JSON object. Members not listed are allowed (and ignored) unless ``closed``."""
+
+    fields: tuple[Field, ...] = ()
+    closed: bool = False
+    description: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "object"}
+        if self.fields:
+            schema["properties"] = {f.name: f.type.schema() for f in self.fields}
+            required = [f.name for f in self.fields if f.required]
+            if required:
+                schema["required"] = required
+        if self.closed:
+            schema["additionalProperties"] = False
+        return self._with_description(schema)
+
+    def check(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, dict):
+            return f"{_where(path)} must be an object"
+        for f in self.fields:
+            sub = f"{path}.{f.name}" if path else f.name
+            if f.name not in value:
+                if f.required:
+                    return f"{sub} is required"
+                continue
+            problem = f.type.check(value[f.name], sub)
+            if problem is not None:
+                return problem
+        if self.closed:
+            extra = sorted(set(value) - {f.name for f in self.fields})
+            if extra:
+                return f"{_where(path)} has unknown members: {', '.join(extra)}"
+        return None
+
+
+@dataclass(frozen=True)
+class Union(Type):
+    """One of several types; an object union is told apart by its ``type`` member when all its
+    options have a ``type`` constant (so a mismatch names the right branch)."""
+
+    options: tuple[Type, ...]
+    description: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        return self._with_description({"anyOf": [o.schema() for o in self.options]})
+
+    def check(self, value: Any, path: str) -> str | None:
+        tagged = self._tagged()
+        if tagged is not None and isinstance(value, dict):
+            tag = value.get("type")
+            option = tagged.get(tag) if isinstance(tag, str) else None
+            if option is None:
+                tags = ", ".join(json.dumps(t) for t in tagged)
+                return f"{_where(path)}.type must be one of {tags}"
+            return option.check(value, path)
+        problems = []
+        for option in self.options:
+            problem = option.check(value, path)
+            if problem is None:
+                return None
+            problems.append(problem)
+        return " or ".join(problems)
+
+    def _tagged(self) -> dict[Any, Type] | None:
+        tags: dict[Any, Type] = {}
+        for option in self.options:
+            target = option.target if isinstance(option, Ref) else option
+            if not isinstance(target, Obj):
+                return None
+            tag = next((f.type for f in target.fields if f.name == "type"), None)
+            if not isinstance(tag, Const):
+                return None
+            tags[tag.value] = option
+        return tags
+
+
+def nullable(inner: Type) -> Union:
+    return Union((inner, Null()))
+
+
+_DEFINITIONS: dict[str, Type] = {}
+
+
+@dataclass(frozen=True)
+class Ref(Type):
+    """A named, shared definition: ``{"$ref": "#/$defs/<name>"}`` in the schema."""
+
+    name: str
+
+    @property
+    def target(self) -> Type:
+        return _DEFINITIONS[self.name]
+
+    def schema(self) -> dict[str, Any]:
+        return {"$ref": f"#/$defs/{self.name}"}
+
+    def check(self, value: Any, path: str) -> str | None:
+        return self.target.check(value, path)
+
+
+def define(name: str, type_: Type) -> Ref:
+    """Register a shared definition and return a reference to it."""
+    if name in _DEFINITIONS:
+        raise ValueError(f"duplicate definition {name}")
+    _DEFINITIONS[name] = type_
+    return Ref(name)
+
+
+# ---------------------------------------------------------------------------- shared values
+
+
+def camel(name: str) -> str:
+    """``max_heap_bytes`` -> ``maxHeapBytes``."""
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def snake(name: str) -> str:
+    """``maxHeapBytes`` -> ``max_heap_bytes``."""
+    return re.sub(r"(?<!^)([A-Z])", lambda m: "_" + m.group(1).lower(), name)
+
+
+SessionId = Str(description="A session id chosen by the server; known until its connection ends.")
+CellId = Str(description="A cell id (16 characters, SPEC 8.4).")
+RequestId = define(
+    "RequestId",
+    Union(
+        (Str(), Int()),
+        description="A request id: unique among its sender's pending requests.",
+    ),
+)
+
+Tool = define(
+    "Tool",
+    Obj(
+        (
+            Field(
+                "name", Str(description="The raw tool name, e.g. mcp__github__search_issues."), True
+            ),
+            Field("description", Str(), False),
+            Field("kind", Enum(("function", "freeform"), description="Default: function."), False),
+            Field("namespace", nullable(Str()), False),
+            Field("inputSchema", nullable(Obj()), False),
+            Field("outputSchema", nullable(Obj()), False),
+        ),
+        description="A nested tool enabled in a cell (SPEC 1.1).",
+    ),
+)
+
+ToolRef = define(
+    "ToolRef",
+    Obj(
+        (
+            Field("name", Str()),
+            Field("namespace", nullable(Str())),
+            Field("kind", Enum(("function", "freeform"))),
+        ),
+        description="The tool a nested call names.",
+    ),
+)
+
+TextItem = define(
+    "TextItem",
+    Obj((Field("type", Const("text")), Field("text", Str())), description="Text output."),
+)
+ImageItem = define(
+    "ImageItem",
+    Obj(
+        (
+            Field("type", Const("image")),
+            Field("imageUrl", Str(description="Always a data: URL.")),
+            Field("detail", nullable(Enum(("auto", "low", "high", "original")))),
+        ),
+        description="Image output.",
+    ),
+)
+Item = define("Item", Union((TextItem, ImageItem), description="An output item."))
+Items = Arr(Item)
+
+YieldedEvent = define(
+    "YieldedEvent",
+    Obj(
+        (Field("type", Const("yielded")), Field("items", Items)),
+        description="The budget ran out or the cell called yield_control(); it keeps running.",
+    ),
+)
+CompletedEvent = define(
+    "CompletedEvent",
+    Obj(
+        (
+            Field("type", Const("completed")),
+            Field("items", Items),
+            Field("errorText", nullable(Str())),
+        ),
+        description="The cell's body settled; errorText is set when it failed.",
+    ),
+)
+TerminatedEvent = define(
+    "TerminatedEvent",
+    Obj(
+        (Field("type", Const("terminated")), Field("items", Items)),
+        description="The cell was terminated (cell/terminate or the session's shutdown).",
+    ),
+)
+PendingEvent = define(
+    "PendingEvent",
+    Obj(
+        (
+            Field("type", Const("pending")),
+            Field("generation", Int(minimum=1)),
+            Field("items", Items),
+            Field("pendingToolCallIds", Arr(Str())),
+        ),
+        description="A pausable cell is paused at a frontier (SPEC 5.1).",
+    ),
+)
+CellEvent = define(
+    "CellEvent",
+    Union(
+        (YieldedEvent, CompletedEvent, TerminatedEvent),
+        description="The outcome of cell/wait.",
+    ),
+)
+PausableCellEvent = define(
+    "PausableCellEvent",
+    Union(
+        (PendingEvent, CompletedEvent, TerminatedEvent),
+        description="The outcome of cell/waitToPending.",
+    ),
+)
+TerminalEvent = define(
+    "TerminalEvent",
+    Union((CompletedEvent, TerminatedEvent), description="The outcome of cell/terminate."),
+)
+
+
+def _limit_fields() -> tuple[Field, ...]:
+    out = []
+    for f in dataclasses.fields(CellLimits):
+        if f.type in (float, "float"):
+            type_: Type = Num(exclusive_minimum=0)
+        else:
+            type_ = Int(minimum=1)
+        out.append(Field(camel(f.name), type_, False))
+    return tuple(out)
+
+
+Limits = define(
+    "Limits",
+    Obj(
+        _limit_fields(),
+        closed=True,
+        description="CellLimits fields in camelCase (SPEC 8.1); a missing field takes the "
+        "server's value.",
+    ),
+)
+
+ErrorData = define(
+    "CodeModeErrorData",
+    Obj(
+        (Field("kind", Str(description="The exception class name, e.g. MissingCell.")),),
+        description="data of a -32000 error: the exception's kind and its fields in camelCase.",
+    ),
+)
+ErrorObject = define(
+    "ErrorObject",
+    Obj(
+        (Field("code", Int()), Field("message", Str()), Field("data", AnyJson(), False)),
+        description="A JSON-RPC error.",
+    ),
+)
+
+EMPTY = Obj(description="An empty object.")
+
+# ---------------------------------------------------------------------------- methods
+
+CLIENT_TO_SERVER: Final = "client-to-server"
+SERVER_TO_CLIENT: Final = "server-to-client"
+BOTH: Final = "both"
+
+
+@dataclass(frozen=True)
+class MethodDef:
+    """One protocol method.
+
+    ``cancellable``: whether a ``$/cancelRequest`` stops a pending request of this method (the
+    others run to completion and are answered normally, SPEC 10.4).
+    """
+
+    name: str
+    direction: str
+    params: Obj
+    result: Type | None  # None: a notification (never answered)
+    description: str
+    cancellable: bool = False
+
+    @property
+    def def_name(self) -> str:
+        """``cell/waitToPending`` -> ``CellWaitToPending``."""
+        parts = re.split(r"[/$]+", self.name)
+        return "".join(p[:1].upper() + p[1:] for p in parts if p)
+
+
+def _session_cell(*more: Field) -> Obj:
+    return Obj((Field("sessionId", SessionId), Field("cellId", CellId), *more))
+
+
+OBSERVATION = Field(
+    "observation",
+    Int(minimum=0, description="The observation generation, numbered per cell from 0."),
+)
+
+METHOD_LIST: Final[tuple[MethodDef, ...]] = (
+    MethodDef(
+        "initialize",
+        CLIENT_TO_SERVER,
+        Obj(
+            (
+                Field("protocolVersion", Int()),
+                Field("clientInfo", Obj(), False),
+                Field(
+                    "capabilities",
+                    Obj(
+                        (
+                            Field(
+                                "notify",
+                                Bool(description="Whether the client wants cell/notify."),
+                                False,
+                            ),
+                        )
+                    ),
+                    False,
+                ),
+            )
+        ),
+        Obj(
+            (
+                Field("protocolVersion", Const(PROTOCOL_VERSION)),
+                Field("serverInfo", Obj((Field("name", Str()), Field("version", Str())))),
+                Field(
+                    "capabilities",
+                    Obj(
+                        (
+                            Field("cellKinds", Arr(Enum(("continuing", "pausable")))),
+                            Field("engines", Arr(Str())),
+                            Field("observationReplay", Bool()),
+                            Field("limits", Limits),
+                        )
+                    ),
+                ),
+            )
+        ),
+        "The client's first request. limits in the result are the server's ceilings.",
+    ),
+    MethodDef(
+        "session/open",
+        CLIENT_TO_SERVER,
+        Obj((Field("limits", Limits, False), Field("engine", Str(), False))),
+        Obj((Field("sessionId", SessionId),)),
+        'Open a session (a SessionRuntime). limits: at most the ceilings; engine: "v8".',
+        cancellable=True,
+    ),
+    MethodDef(
+        "session/shutdown",
+        CLIENT_TO_SERVER,
+        Obj((Field("sessionId", SessionId),)),
+        EMPTY,
+        "Shut the session down (SPEC 7.5). Idempotent.",
+    ),
+    MethodDef(
+        "cell/create",
+        CLIENT_TO_SERVER,
+        Obj(
+            (
+                Field("sessionId", SessionId),
+                Field("kind", Enum(("continuing", "pausable"))),
+                Field("source", Str()),
+                Field("tools", Arr(Tool), False),
+                Field("toolCallId", Str(), False),
+                Field("idempotencyKey", nullable(Str()), False),
+            )
+        ),
+        Obj((Field("cellId", CellId),)),
+        "Admit a cell (SPEC 1.4, 6).",
+        cancellable=True,
+    ),
+    MethodDef(
+        "cell/wait",
+        CLIENT_TO_SERVER,
+        _session_cell(
+            Field(
+                "yieldAfterMs",
+                Num(
+                    maximum=MAX_YIELD_AFTER_MS,
+                    description="The observation budget in milliseconds; negative counts as 0.",
+                ),
+            ),
+            OBSERVATION,
+        ),
+        CellEvent,
+        "Observe a continuing cell (SPEC 4); replayable by observation generation (SPEC 10.4).",
+        cancellable=True,
+    ),
+    MethodDef(
+        "cell/waitToPending",
+        CLIENT_TO_SERVER,
+        _session_cell(OBSERVATION),
+        PausableCellEvent,
+        "Observe a pausable cell to its frontier (SPEC 5.2); replayable like cell/wait.",
+        cancellable=True,
+    ),
+    MethodDef(
+        "cell/resume",
+        CLIENT_TO_SERVER,
+        _session_cell(Field("generation", Int())),
+        Obj((Field("outcome", Enum(("resumed", "already_running"))),)),
+        "Resume a pausable cell past a frontier (SPEC 5.3).",
+    ),
+    MethodDef(
+        "cell/terminate",
+        CLIENT_TO_SERVER,
+        _session_cell(),
+        TerminalEvent,
+        "Terminate a cell (SPEC 7.1). Not replayable.",
+    ),
+    MethodDef(
+        "observation/release",
+        CLIENT_TO_SERVER,
+        _session_cell(OBSERVATION),
+        EMPTY,
+        "Drop the payload of a terminal observation outcome (SPEC 10.4).",
+    ),
+    MethodDef(
+        "tool/invoke",
+        SERVER_TO_CLIENT,
+        _session_cell(
+            Field("callId", Str(description="tool-1, tool-2, ... within the cell.")),
+            Field("tool", ToolRef),
+            Field(
+                "input",
+                AnyJson(description="An object for function tools, a string for freeform tools."),
+            ),
+        ),
+        Obj((Field("output", AnyJson()),)),
+        "Run a nested tool call; an error response rejects the call with its message.",
+        cancellable=True,
+    ),
+    MethodDef(
+        "cell/notify",
+        SERVER_TO_CLIENT,
+        _session_cell(
+            Field("callId", Str(description="The toolCallId of the cell's create.")),
+            Field("text", Str()),
+        ),
+        EMPTY,
+        "An out-of-band progress message from notify(...) in a cell; errors are only logged.",
+        cancellable=True,
+    ),
+    MethodDef(
+        "$/cancelRequest",
+        BOTH,
+        Obj((Field("id", RequestId),)),
+        None,
+        "A notification: stop the peer's pending request of that id (SPEC 10.4).",
+    ),
+)
+
+METHODS: Final[Mapping[str, MethodDef]] = {m.name: m for m in METHOD_LIST}
+SERVER_METHODS: Final[Mapping[str, MethodDef]] = {
+    m.name: m for m in METHOD_LIST if m.direction in (CLIENT_TO_SERVER, BOTH)
+}
+"""Methods a server answers."""
+CLIENT_METHODS: Final[Mapping[str, MethodDef]] = {
+    m.name: m for m in METHOD_LIST if m.direction in (SERVER_TO_CLIENT, BOTH)
+}
+"""Methods a client answers."""
+
+# ---------------------------------------------------------------------------- value mappings
+
+
+def tool_to_wire(tool: ToolDefinition) -> dict[str, Any]:
+    """The wire form of a tool definition (every member written)."""
+    return {
+        "name": tool.name,
+        "description": tool.description,
+        "kind": str(tool.kind),
+        "namespace": tool.namespace,
+        "inputSchema": tool.input_schema,
+        "outputSchema": tool.output_schema,
+    }
+
+
+def tool_from_wire(data: Mapping[str, Any]) -> ToolDefinition:
+    """A tool definition from its (validated) wire form; missing members take their defaults."""
+    return ToolDefinition(
+        name=data["name"],
+        description=data.get("description") or "",
+        kind=ToolKind(data.get("kind") or "function"),
+        namespace=data.get("namespace"),
+        input_schema=data.get("inputSchema"),
+        output_schema=data.get("outputSchema"),
+    )
+
+
+def limits_to_wire(limits: CellLimits) -> dict[str, Any]:
+    """Every field of ``limits`` in camelCase."""
+    return {camel(f.name): getattr(limits, f.name) for f in dataclasses.fields(CellLimits)}
+
+
+def limits_from_wire(data: Mapping[str, Any], ceilings: CellLimits | None = None) -> CellLimits:
+    """Limits from camelCase fields. With ``ceilings`` (the server's side): missing fields take the
+    ceilings' values and a field above its ceiling raises ``ValueError``; without, missing fields
+    take the defaults. An invalid combination raises ``ValueError`` too."""
+    base = ceilings or CellLimits()
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(CellLimits):
+        default = getattr(base, f.name)
+        key = camel(f.name)
+        if key not in data:
+            values[f.name] = default
+            continue
+        value = data[key]
+        if isinstance(default, int) and _is_int(value):
+            value = int(value)
+        if ceilings is not None and value > default:
+            raise ValueError(f"limits.{key} ({value}) exceeds the server's ceiling ({default})")
+        values[f.name] = value
+    return CellLimits(**values)
+
+
+def _error_classes() -> dict[str, type[CodeModeError]]:
+    classes: dict[str, type[CodeModeError]] = {}
+    for name in _errors.__all__:
+        cls = getattr(_errors, name)
+        if isinstance(cls, type) and issubclass(cls, CodeModeError):
+            classes[name] = cls
+    return classes
+
+
+ERROR_CLASSES: Final[Mapping[str, type[CodeModeError]]] = _error_classes()
+"""Every exported :class:`CodeModeError` class by name: the values of ``data.kind``."""
+
+
+def error_to_wire(exc: CodeModeError) -> dict[str, Any]:
+    """The JSON-RPC error object of a :class:`CodeModeError` (SPEC 10.3)."""
+    data: dict[str, Any] = {"kind": type(exc).__name__}
+    for name, value in exc.fields().items():
+        data[camel(name)] = value
+    return {"code": CODEMODE_ERROR, "message": str(exc), "data": data}
+
+
+def error_from_wire(message: str, data: Any) -> CodeModeError:
+    """Rebuild the exception a ``-32000`` error names: the same class with the same fields.
+
+    Each class is rebuilt through its constructor, with its fields as keyword arguments (and the
+    wire ``message`` for a class whose constructor takes one, like ``ObservationConflict``). An
+    unknown kind or unusable fields give :class:`ProtocolError` with the message.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
+        return ProtocolError(message, CODEMODE_ERROR)
+    cls = ERROR_CLASSES.get(data["kind"])
+    if cls is None or cls is CodeModeError:
+        return ProtocolError(message, CODEMODE_ERROR)
+    fields = {snake(k): v for k, v in data.items() if k != "kind"}
+    try:
+        parameters = inspect.signature(cls.__init__).parameters
+        kwargs: dict[str, Any] = {}
+        for name in list(parameters)[1:]:
+            if name == "message" and name not in fields:
+                kwargs[name] = message
+            elif name in fields:
+                kwargs[name] = fields[name]
+            elif parameters[name].default is inspect.Parameter.empty:
+                return ProtocolError(message, CODEMODE_ERROR)
+        return cls(**kwargs)
+    except (TypeError, ValueError):
+        return ProtocolError(message, CODEMODE_ERROR)
+
+
+def codemode_version() -> str:
+    """The package version (read lazily: this module is imported while ``codemode`` loads)."""
+    import codemode
+
+    return str(codemode.__version__)
+
+
+# ---------------------------------------------------------------------------- the schema
+
+
+def _envelope(method: MethodDef) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "jsonrpc": {"const": "2.0"},
+        "method": {"const": method.name},
+        "params": {"$ref": f"#/$defs/{method.def_name}Params"},
+    }
+    required = ["jsonrpc", "method"]
+    if method.result is not None:
+        properties["id"] = {"$ref": "#/$defs/RequestId"}
+        required.append("id")
+    if any(f.required for f in method.params.fields):
+        required.append("params")
+    return {"type": "object", "properties": properties, "required": required}
+
+
+def generate_schema() -> dict[str, Any]:
+    """The JSON Schema of the protocol (draft 2020-12), built from the definitions above.
+
+    ``$defs`` holds every shared value type and, per method, ``<Name>Params`` and
+    ``<Name>Result``; ``x-methods`` lists each method's direction and cancellation; the root
+    accepts any one message (a request or notification of a known method, or a response).
+    """
+    defs: dict[str, Any] = {name: t.schema() for name, t in sorted(_DEFINITIONS.items())}
+    requests: list[dict[str, Any]] = []
+    methods: dict[str, Any] = {}
+    for m in METHOD_LIST:
+        defs[f"{m.def_name}Params"] = m.params.schema()
+        entry: dict[str, Any] = {
+            "direction": m.direction,
+            "description": m.description,
+            "params": {"$ref": f"#/$defs/{m.def_name}Params"},
+        }
+        if m.result is not None:
+            defs[f"{m.def_name}Result"] = m.result.schema()
+            entry["result"] = {"$ref": f"#/$defs/{m.def_name}Result"}
+            entry["cancellable"] = m.cancellable
+        else:
+            entry["notification"] = True
+        defs[f"{m.def_name}Message"] = _envelope(m)
+        requests.append({"$ref": f"#/$defs/{m.def_name}Message"})
+        methods[m.name] = entry
+    defs["Response"] = {
+        "type": "object",
+        "properties": {
+            "jsonrpc": {"const": "2.0"},
+            "id": {"anyOf": [{"$ref": "#/$defs/RequestId"}, {"type": "null"}]},
+            "result": {},
+            "error": {"$ref": "#/$defs/ErrorObject"},
+        },
+        "required": ["jsonrpc", "id"],
+        "oneOf": [{"required": ["result"]}, {"required": ["error"]}],
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "urn:codemode:protocol:1",
+        "title": "codemode wire protocol, version 1",
+        "description": "JSON-RPC 2.0 messages of `codemode serve` (SPEC section 10). Generated by "
+        "`python -m codemode.protocol.schemagen --write` from codemode/protocol/messages.py; "
+        "do not edit by hand.",
+        "anyOf": [*requests, {"$ref": "#/$defs/Response"}],
+        "x-protocolVersion": PROTOCOL_VERSION,
+        "x-errorCodes": {
+            "parseError": PARSE_ERROR,
+            "invalidRequest": INVALID_REQUEST,
+            "methodNotFound": METHOD_NOT_FOUND,
+            "invalidParams": INVALID_PARAMS,
+            "internalError": INTERNAL_ERROR,
+            "notInitialized": NOT_INITIALIZED,
+            "requestCancelled": REQUEST_CANCELLED,
+            "codemodeError": CODEMODE_ERROR,
+            "toolError": TOOL_ERROR,
+        },
+        "x-errorKinds": sorted(ERROR_CLASSES),
+        "x-methods": methods,
+        "$defs": defs,
+    }
+
+
+def schema_text() -> str:
+    """The exact text of ``schema.json``."""
+    return json.dumps(generate_schema(), indent=2, ensure_ascii=False) + "\n"

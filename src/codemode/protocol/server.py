@@ -1,0 +1,852 @@
+"""The protocol server: ``codemode serve`` (SPEC 10.1-10.5, 10.7).
+
+A thin adapter. Each ``session/open`` creates one :class:`~codemode.session.SessionRuntime`
+whose delegate forwards ``invoke_tool`` as a ``tool/invoke`` request to the client and ``notify``
+as ``cell/notify`` (and cancels them with ``$/cancelRequest`` when the runtime cancels the
+callback); every other method calls the runtime method of that name. All rules of sessions and
+cells stay in the runtime. What lives here is protocol state only:
+
+- the connection's handshake (``initialize``) and its sessions (ids stay known until the
+  connection ends; a connection's sessions are shut down when it ends, SPEC 10.5, and the
+  requests it had sent are still answered if the output is open, within
+  :data:`INCOMING_GRACE`);
+- the **observation records** of SPEC 10.4: per cell, the latest observation generation with its
+  request and its state (pending, finished with an event or an error, or released), so that a
+  re-sent ``cell/wait`` / ``cell/waitToPending`` replays its outcome.
+
+Decisions where the spec is silent:
+
+- Before ``initialize`` every request (known method or not) gets ``-32002``; notifications other
+  than ``$/cancelRequest`` are ignored. Unknown notifications are ignored, unknown requests get
+  ``-32601``. Unknown members of params are ignored; ``session/open`` limits must name
+  ``CellLimits`` fields.
+- Limits above a ceiling, or an engine other than ``"v8"``, get ``-32602``.
+- Cancelling one of several requests joined to one pending observation (replays) cancels that
+  observation; all of them are answered ``-32800``.
+- The cap of 4096 unreleased terminal records per session drops the oldest *payload*: that
+  record then answers like a released one. Records of closed cells beyond
+  :data:`MAX_RECORDS` per session are dropped entirely, oldest first.
+- A tool/invoke answered with an error rejects the call with the error's ``message``; a result
+  without ``output`` rejects it with a message saying so.
+- A ``$/cancelRequest`` of a ``cell/create`` cancels the runtime's create like a caller that went
+  away: a keyed admission still finishes and is recorded, an unkeyed one admits nothing or is
+  terminated (SPEC 6.7); the request is answered ``-32800`` unless it had already finished.
+- Integers may be sent as integral floats (``1.0``), as JSON Schema counts them;
+  ``yieldAfterMs`` is at most ``1e15``.
+- ``codemode serve`` on stdio keeps the original stdout for protocol lines and points file
+  descriptor 1 at stderr, so a stray ``print`` (or native output) cannot corrupt the stream.
+  SIGTERM and SIGINT stop it like the end of stdin (sessions shut down, exit 0).
+- WebSocket: only the path ``/`` is served (others get HTTP 404); binary messages are read as
+  UTF-8 text; per-message compression is off; the bound URL is printed on stderr as
+  ``codemode serve: listening on ws://HOST:PORT/`` (useful with port 0). ``--token-env`` without
+  ``--listen``, or naming an unset variable, is a usage error (exit 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import secrets
+import signal
+import sys
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, Final
+
+from codemode.engine.base import Engine
+from codemode.errors import (
+    BusyObserver,
+    CodeModeError,
+    MissingCell,
+    ObservationConflict,
+    UnknownSession,
+    WrongCellKind,
+)
+from codemode.model import (
+    CellLimits,
+    Completed,
+    CreateCellRequest,
+    NestedToolCall,
+    Pending,
+    Terminated,
+    Yielded,
+)
+from codemode.protocol.messages import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    MAX_FRAME_BYTES,
+    METHOD_NOT_FOUND,
+    NOT_INITIALIZED,
+    PROTOCOL_VERSION,
+    REQUEST_CANCELLED,
+    SERVER_METHODS,
+    SUPPORTED_VERSIONS,
+    as_int,
+    codemode_version,
+    error_to_wire,
+    limits_from_wire,
+    limits_to_wire,
+    tool_from_wire,
+)
+from codemode.protocol.rpc import ConnectionLost, Endpoint, IncomingRequest, RpcError
+from codemode.protocol.transport import Transport, WebSocketTransport, open_stdio
+from codemode.session import SessionRuntime
+from codemode.wire import event_to_wire
+
+__all__ = [
+    "MAX_RECORDS",
+    "MAX_TERMINAL_RECORDS",
+    "ProtocolServer",
+    "parse_listen",
+    "serve_main",
+    "serve_stdio",
+    "serve_websocket",
+]
+
+logger = logging.getLogger("codemode.protocol.server")
+
+MAX_TERMINAL_RECORDS: Final = 4096
+"""Unreleased terminal observation outcomes kept per session (SPEC 10.4); oldest dropped first."""
+MAX_RECORDS: Final = 65536
+"""Observation records (released ones and those of closed cells included) kept per session before
+records of closed cells are dropped, oldest first."""
+
+INCOMING_GRACE: Final = 5.0
+"""Seconds a connection that ended gives its running requests to finish and be answered."""
+ENGINES: Final = ("v8",)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class ToolCallRejected(Exception):
+    """A ``tool/invoke`` the client answered with an error (or could not answer)."""
+
+
+# ---------------------------------------------------------------------------- observation records
+
+PENDING, FINISHED, RELEASED = "pending", "finished", "released"
+
+
+@dataclass(eq=False)
+class _Record:
+    """The latest observation of one cell (SPEC 10.4)."""
+
+    generation: int
+    request: tuple[Any, ...]
+    task: asyncio.Task[Any] | None
+    state: str = PENDING
+    result: dict[str, Any] | None = None  # the event, when it finished with one
+    error: dict[str, Any] | None = None  # the JSON-RPC error object, when it failed
+    terminal: bool = False
+
+    def outcome(self) -> dict[str, Any]:
+        """The recorded event, or raise the recorded error."""
+        if self.error is not None:
+            raise RpcError(self.error["code"], self.error["message"], self.error.get("data"))
+        assert self.result is not None
+        return self.result
+
+
+# ---------------------------------------------------------------------------- the delegate
+
+
+class _ForwardingDelegate:
+    """The runtime's delegate: nested calls and notifications go to the client."""
+
+    def __init__(self, connection: _Connection, session_id: str) -> None:
+        self._connection = connection
+        self._session_id = session_id
+
+    async def invoke_tool(self, call: NestedToolCall) -> Any:
+        params = {
+            "sessionId": self._session_id,
+            "cellId": call.cell_id,
+            "callId": call.call_id,
+            "tool": {
+                "name": call.tool.name,
+                "namespace": call.tool.namespace,
+                "kind": str(call.tool.kind),
+            },
+            "input": call.input,
+        }
+        try:
+            result = await self._connection.endpoint.request("tool/invoke", params)
+        except RpcError as exc:
+            raise ToolCallRejected(exc.message or f"tool `{call.tool.name}` failed") from None
+        except ConnectionLost as exc:
+            raise ToolCallRejected(f"the client connection ended: {exc.reason}") from None
+        if not isinstance(result, dict) or "output" not in result:
+            raise ToolCallRejected(
+                f"the client answered tool/invoke for `{call.tool.name}` without an output"
+            )
+        return result["output"]
+
+    async def notify(self, call_id: str, cell_id: str, text: str) -> None:
+        if not self._connection.notify_enabled:
+            return
+        params = {"sessionId": self._session_id, "cellId": cell_id, "callId": call_id, "text": text}
+        try:
+            await self._connection.endpoint.request("cell/notify", params)
+        except RpcError as exc:
+            logger.warning(
+                "session %s cell %s: cell/notify failed: %s", self._session_id, cell_id, exc
+            )
+        except ConnectionLost as exc:
+            logger.debug("session %s cell %s: cell/notify lost: %s", self._session_id, cell_id, exc)
+
+
+# ---------------------------------------------------------------------------- one session
+
+
+@dataclass(eq=False)
+class _ServedSession:
+    session_id: str
+    runtime: SessionRuntime
+    records: dict[str, _Record] = field(default_factory=dict)
+    terminal: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    cell_ids: set[str] = field(default_factory=set)
+
+    def is_live(self, cell_id: str) -> bool:
+        """Whether the runtime still has the cell (asked through its public lookups)."""
+        try:
+            self.runtime.cell(cell_id)
+        except WrongCellKind:
+            return True
+        except MissingCell:
+            return False
+        return True
+
+    def live_cells(self) -> list[str]:
+        live = [c for c in self.cell_ids if self.is_live(c)]
+        self.cell_ids = set(live)
+        return live
+
+    def created(self, cell_id: str) -> None:
+        self.cell_ids.add(cell_id)
+        if len(self.cell_ids) > 2 * self.runtime.limits.max_live_cells + 64:
+            self.live_cells()
+
+    # ------------------------------------------------------------------ records
+
+    def store(self, cell_id: str, record: _Record) -> None:
+        self.records.pop(cell_id, None)
+        self.terminal.pop(cell_id, None)
+        self.records[cell_id] = record
+        if len(self.records) > MAX_RECORDS:
+            self._prune()
+
+    def finished(self, cell_id: str, record: _Record, task: asyncio.Task[Any]) -> None:
+        """The observation task of ``record`` ended: record its outcome."""
+        if task.cancelled():
+            record.error = {"code": REQUEST_CANCELLED, "message": "request cancelled"}
+            record.terminal = True
+        else:
+            exc = task.exception()
+            if exc is None:
+                event = task.result()
+                record.result = event_to_wire(event)
+                record.terminal = isinstance(event, Completed | Terminated)
+            elif isinstance(exc, CodeModeError):
+                record.error = error_to_wire(exc)
+                record.terminal = True
+            else:
+                logger.error(
+                    "session %s cell %s: observation failed inside codemode",
+                    self.session_id,
+                    cell_id,
+                    exc_info=exc,
+                )
+                record.error = {
+                    "code": INTERNAL_ERROR,
+                    "message": f"internal error: {type(exc).__name__}: {exc}",
+                }
+                record.terminal = True
+        record.state = FINISHED
+        record.task = None
+        if record.terminal and self.records.get(cell_id) is record:
+            self.terminal[cell_id] = None
+            while len(self.terminal) > MAX_TERMINAL_RECORDS:
+                oldest, _ = self.terminal.popitem(last=False)
+                self._release(self.records[oldest])
+
+    @staticmethod
+    def _release(record: _Record) -> None:
+        record.state = RELEASED
+        record.result = None
+        record.error = None
+
+    def release(self, cell_id: str, generation: int) -> None:
+        record = self.records.get(cell_id)
+        if record is None or generation < record.generation:
+            return
+        if generation > record.generation:
+            raise ObservationConflict(
+                cell_id,
+                generation,
+                f"cannot release future observation generation {generation} for cell "
+                f"{cell_id}; latest generation is {record.generation}",
+            )
+        if record.state == RELEASED:
+            return
+        if record.state == PENDING:
+            raise ObservationConflict(
+                cell_id,
+                generation,
+                f"observation generation {generation} for cell {cell_id} is still pending",
+            )
+        if not record.terminal:
+            raise ObservationConflict(
+                cell_id,
+                generation,
+                f"observation generation {generation} for cell {cell_id} is not terminal",
+            )
+        self._release(record)
+        self.terminal.pop(cell_id, None)
+
+    def _prune(self) -> None:
+        excess = len(self.records) - MAX_RECORDS
+        for cell_id in list(self.records):
+            if excess <= 0:
+                break
+            record = self.records[cell_id]
+            if record.state == PENDING or self.is_live(cell_id):
+                continue
+            del self.records[cell_id]
+            self.terminal.pop(cell_id, None)
+            excess -= 1
+
+
+# ---------------------------------------------------------------------------- one connection
+
+
+Handler = Callable[[IncomingRequest, dict[str, Any]], Coroutine[Any, Any, Any]]
+
+
+class _Connection:
+    """One client connection: its handshake state and its sessions."""
+
+    def __init__(self, server: ProtocolServer, transport: Transport) -> None:
+        self.server = server
+        self.name = transport.name
+        self.endpoint = Endpoint(transport, self, name=transport.name, id_prefix="s-")
+        self.initialized = False
+        self.notify_enabled = True
+        self.sessions: dict[str, _ServedSession] = {}
+        self.task: asyncio.Task[Any] | None = None  # the task serving this connection
+        self._closed: asyncio.Future[None] | None = None
+        self._handlers: dict[str, Handler] = {
+            "session/open": self._open,
+            "session/shutdown": self._shutdown_session,
+            "cell/create": self._create,
+            "cell/wait": self._observe,
+            "cell/waitToPending": self._observe,
+            "cell/resume": self._resume,
+            "cell/terminate": self._terminate,
+            "observation/release": self._release,
+        }
+
+    async def run(self) -> str:
+        """Serve until the connection ends (or this task is cancelled: the server stops), then
+        shut its sessions down."""
+        logger.info("%s: connected", self.name)
+        self.task = asyncio.current_task()
+        try:
+            reason = await self.endpoint.run()
+        except asyncio.CancelledError:
+            await asyncio.shield(self.close("the server is stopping"))
+            raise
+        await self.close(reason)
+        return reason
+
+    async def close(self, reason: str) -> None:
+        """Shut down every session of the connection (its outstanding tool calls and
+        notifications cancelled, SPEC 10.5), then close the transport. Idempotent."""
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
+            return
+        self._closed = asyncio.get_running_loop().create_future()
+        try:
+            await self._close(reason)
+        finally:
+            self._closed.set_result(None)
+
+    async def _close(self, reason: str) -> None:
+        logger.info(
+            "%s: connection ends (%s); shutting down %d sessions",
+            self.name,
+            reason,
+            len(self.sessions),
+        )
+        await self._shutdown_sessions()
+        # Requests already read still get their answers (stdin may close right after them);
+        # with every session shut down they end quickly. What is left then is cancelled.
+        await self.endpoint.drain_incoming(INCOMING_GRACE)
+        await self.endpoint.cancel_incoming()
+        await self._shutdown_sessions()  # any opened by a request that was still running
+        self.endpoint.fail_outgoing(f"the connection ended: {reason}")
+        await self.endpoint.close()
+        self.server._ended(self)
+
+    async def _shutdown_sessions(self) -> None:
+        sessions = [s for s in self.sessions.values() if s.runtime.is_alive]
+        if sessions:
+            await asyncio.gather(*(s.runtime.shutdown() for s in sessions), return_exceptions=True)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def dispatch_request(self, request: IncomingRequest, params: Any) -> Coroutine[Any, Any, Any]:
+        method = request.method
+        if method == "initialize":
+            return self._initialize(params)
+        if not self.initialized:
+            raise RpcError(NOT_INITIALIZED, "the server is not initialized: send initialize first")
+        definition = SERVER_METHODS.get(method)
+        handler = self._handlers.get(method)
+        if definition is None or handler is None:
+            raise RpcError(METHOD_NOT_FOUND, f"method not found: {method}")
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise RpcError(INVALID_PARAMS, "params must be an object")
+        problem = definition.params.check(params, "")
+        if problem is not None:
+            raise RpcError(INVALID_PARAMS, f"invalid params: {problem}")
+        if definition.cancellable:
+            request.on_cancel = lambda: _cancel_task(request)
+        return handler(request, params)
+
+    def dispatch_notification(self, method: str, params: Any) -> None:
+        logger.debug("%s: ignoring notification %s", self.name, method)
+
+    # ------------------------------------------------------------------ handshake
+
+    def _initialize(self, params: Any) -> Coroutine[Any, Any, Any]:
+        if self.initialized:
+            raise RpcError(INVALID_REQUEST, "initialize was already called on this connection")
+        supported = {"supportedVersions": list(SUPPORTED_VERSIONS)}
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise RpcError(INVALID_PARAMS, "params must be an object", supported)
+        problem = SERVER_METHODS["initialize"].params.check(params, "")
+        if problem is not None:
+            raise RpcError(INVALID_PARAMS, f"invalid params: {problem}", supported)
+        version = params["protocolVersion"]
+        if version not in SUPPORTED_VERSIONS:
+            raise RpcError(
+                INVALID_PARAMS,
+                f"unsupported protocol version {version}; this server supports "
+                f"{', '.join(map(str, SUPPORTED_VERSIONS))}",
+                supported,
+            )
+        self.initialized = True
+        self.notify_enabled = params.get("capabilities", {}).get("notify", True)
+        client = params.get("clientInfo") or {}
+        logger.info("%s: initialized by %s", self.name, client.get("name", "a client"))
+        return _value(
+            {
+                "protocolVersion": PROTOCOL_VERSION,
+                "serverInfo": {"name": "codemode", "version": codemode_version()},
+                "capabilities": {
+                    "cellKinds": ["continuing", "pausable"],
+                    "engines": list(ENGINES),
+                    "observationReplay": True,
+                    "limits": limits_to_wire(self.server.ceilings),
+                },
+            }
+        )
+
+    # ------------------------------------------------------------------ sessions
+
+    def _session(self, params: dict[str, Any]) -> _ServedSession:
+        session_id = params["sessionId"]
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise UnknownSession(session_id)
+        return session
+
+    async def _open(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
+        ceilings = self.server.ceilings
+        limits = ceilings
+        if "limits" in params:
+            try:
+                limits = limits_from_wire(params["limits"], ceilings)
+            except ValueError as exc:
+                raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
+        engine_name = params.get("engine", "v8")
+        if engine_name not in ENGINES:
+            raise RpcError(
+                INVALID_PARAMS,
+                f"invalid params: unknown engine {engine_name!r}; this server offers "
+                f"{', '.join(ENGINES)}",
+            )
+        session_id = f"s{secrets.token_hex(8)}"
+        engine = self.server.engine_factory() if self.server.engine_factory else None
+        runtime = SessionRuntime(
+            _ForwardingDelegate(self, session_id), limits=limits, engine=engine
+        )
+        session = _ServedSession(session_id, runtime)
+        self.sessions[session_id] = session
+        logger.info("%s: session %s opened", self.name, session_id)
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            # SPEC 10.4: a session opened for a cancelled session/open is shut down.
+            await asyncio.shield(runtime.shutdown())
+            raise
+        return {"sessionId": session_id}
+
+    async def _shutdown_session(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
+        session = self._session(params)
+        await session.runtime.shutdown()
+        logger.info("%s: session %s shut down", self.name, session.session_id)
+        return {}
+
+    # ------------------------------------------------------------------ cells
+
+    async def _create(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
+        session = self._session(params)
+        create = CreateCellRequest(
+            source=params["source"],
+            tools=tuple(tool_from_wire(t) for t in params.get("tools", ())),
+            tool_call_id=params.get("toolCallId", ""),
+            idempotency_key=params.get("idempotencyKey"),
+        )
+        if params["kind"] == "pausable":
+            cell_id = (await session.runtime.create_pausable_cell(create)).cell_id
+        else:
+            cell_id = (await session.runtime.create_cell(create)).cell_id
+        session.created(cell_id)
+        logger.debug(
+            "session %s: cell %s created (%s)", session.session_id, cell_id, params["kind"]
+        )
+        return {"cellId": cell_id}
+
+    def _observe(
+        self, request: IncomingRequest, params: dict[str, Any]
+    ) -> Coroutine[Any, Any, Any]:
+        """``cell/wait`` and ``cell/waitToPending``: the record of SPEC 10.4 is consulted and
+        updated synchronously, in arrival order; the returned coroutine awaits the outcome."""
+        session = self._session(params)
+        cell_id: str = params["cellId"]
+        generation = as_int(params["observation"])
+        method = request.method
+        key = (method, params["sessionId"], cell_id, generation, params.get("yieldAfterMs"))
+        record = session.records.get(cell_id)
+        if record is not None and generation == record.generation:
+            if record.request != key:
+                raise ObservationConflict(
+                    cell_id,
+                    generation,
+                    f"observation generation {generation} for cell {cell_id} was reused for a "
+                    "different request",
+                )
+            if record.state == RELEASED:
+                raise ObservationConflict(
+                    cell_id,
+                    generation,
+                    f"observation generation {generation} for cell {cell_id} was released",
+                )
+            logger.debug(
+                "session %s cell %s: replay of observation %d",
+                session.session_id,
+                cell_id,
+                generation,
+            )
+        else:
+            expected = 0 if record is None else record.generation + 1
+            if generation != expected:
+                if record is None:
+                    message = f"first observation for cell {cell_id} must use generation 0"
+                else:
+                    message = (
+                        f"expected observation generation {expected} for cell {cell_id}, "
+                        f"got {generation}"
+                    )
+                raise ObservationConflict(cell_id, generation, message)
+            if record is not None and record.state == PENDING:
+                raise BusyObserver(cell_id)
+            record = self._start_observation(session, cell_id, key, params)
+        task = record.task
+        if record.state == PENDING and task is not None:
+            # A cancel of this request (or of any replay joined to it) stops the observation;
+            # its outcome is then -32800 (SPEC 10.4).
+            request.on_cancel = lambda: _cancel_quietly(task)
+        else:
+            request.on_cancel = None
+        return _outcome(record)
+
+    def _start_observation(
+        self,
+        session: _ServedSession,
+        cell_id: str,
+        key: tuple[Any, ...],
+        params: dict[str, Any],
+    ) -> _Record:
+        runtime = session.runtime
+
+        async def observe() -> Yielded | Completed | Terminated | Pending:
+            if key[0] == "cell/wait":
+                return await runtime.wait(runtime.cell(cell_id), params["yieldAfterMs"] / 1000.0)
+            return await runtime.wait_to_pending(runtime.pausable_cell(cell_id))
+
+        task = asyncio.get_running_loop().create_task(
+            observe(), name=f"codemode-observe-{session.session_id}-{cell_id}-{key[3]}"
+        )
+        record = _Record(generation=key[3], request=key, task=task)
+        session.store(cell_id, record)
+        task.add_done_callback(lambda t: session.finished(cell_id, record, t))
+        return record
+
+    async def _resume(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
+        session = self._session(params)
+        runtime = session.runtime
+        outcome = await runtime.resume(
+            runtime.pausable_cell(params["cellId"]), as_int(params["generation"])
+        )
+        return {"outcome": outcome.value}
+
+    async def _terminate(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
+        session = self._session(params)
+        event = await session.runtime.terminate(params["cellId"])
+        return event_to_wire(event)
+
+    async def _release(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
+        session = self._session(params)
+        session.release(params["cellId"], as_int(params["observation"]))
+        return {}
+
+
+def _cancel_task(request: IncomingRequest) -> None:
+    if request.task is not None:
+        request.task.cancel()
+
+
+def _cancel_quietly(task: asyncio.Future[Any]) -> None:
+    task.cancel()
+
+
+async def _value(value: Any) -> Any:
+    return value
+
+
+async def _outcome(record: _Record) -> dict[str, Any]:
+    task = record.task
+    if record.state == PENDING and task is not None:
+        await asyncio.wait({task})
+    return record.outcome()
+
+
+# ---------------------------------------------------------------------------- the server
+
+
+class ProtocolServer:
+    """Serves protocol connections; every session it opens is limited by ``ceilings``.
+
+    One object serves any number of connections (one stdio connection for ``codemode serve``,
+    one per WebSocket with ``--listen``). :meth:`serve_connection` returns when its connection
+    has ended and all its sessions are shut down.
+    """
+
+    def __init__(
+        self,
+        ceilings: CellLimits | None = None,
+        *,
+        engine_factory: Callable[[], Engine] | None = None,
+    ) -> None:
+        self.ceilings = ceilings or CellLimits()
+        self.engine_factory = engine_factory
+        self._connections: set[_Connection] = set()
+        self._leaked_cells = 0
+
+    async def serve_connection(self, transport: Transport) -> str:
+        """Serve one connection until it ends; returns why it ended."""
+        connection = _Connection(self, transport)
+        self._connections.add(connection)
+        return await connection.run()
+
+    def _ended(self, connection: _Connection) -> None:
+        self._connections.discard(connection)
+        for session in connection.sessions.values():
+            live = session.live_cells()
+            if live:  # shutdown returns only when every cell closed: this would be a bug
+                logger.error(
+                    "session %s ended with live cells: %s", session.session_id, ", ".join(live)
+                )
+                self._leaked_cells += len(live)
+
+    def stats(self) -> dict[str, int]:
+        """Diagnostics: open connections and sessions, live cells in them, cells found still
+        live when their connection ended (always 0 unless there is a bug), and the clients'
+        requests running now."""
+        open_sessions = [s for c in self._connections for s in c.sessions.values()]
+        return {
+            "connections": len(self._connections),
+            "sessions": len(open_sessions),
+            "liveCells": sum(len(s.live_cells()) for s in open_sessions),
+            "liveCellsOfEndedSessions": self._leaked_cells,
+            "pendingRequests": sum(c.endpoint.incoming_count() for c in self._connections),
+        }
+
+    async def close(self) -> None:
+        """Stop serving: every connection's sessions are shut down and its transport closed."""
+        connections = list(self._connections)
+        tasks = [c.task for c in connections if c.task is not None and not c.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(
+            *tasks,
+            *(c.close("the server is stopping") for c in connections),
+            return_exceptions=True,
+        )
+
+
+# ---------------------------------------------------------------------------- entry points
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6); ``:PORT`` binds 127.0.0.1."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep:
+        raise ValueError(f"--listen expects HOST:PORT or :PORT, got {listen!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        host = "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"--listen: invalid port {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--listen: port {port} is out of range")
+    return host, port
+
+
+def _stop_on_signals(stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop)
+
+
+async def serve_stdio(ceilings: CellLimits) -> int:
+    """Serve one connection on stdin/stdout until stdin closes (or SIGTERM/SIGINT); its sessions
+    are shut down before returning 0."""
+    transport = await open_stdio()
+    server = ProtocolServer(ceilings)
+    task = asyncio.ensure_future(server.serve_connection(transport))
+    _stop_on_signals(lambda: _cancel_quietly(task))
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return EXIT_OK
+
+
+async def serve_websocket(
+    host: str,
+    port: int,
+    ceilings: CellLimits,
+    *,
+    token: str | None = None,
+    ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Serve WebSocket connections on ``ws://host:port/`` until ``stop`` is set (or SIGTERM or
+    SIGINT); then every session is shut down. With ``token``, the opening handshake must carry
+    ``Authorization: Bearer <token>`` (else HTTP 401). ``ready`` receives the URL once bound."""
+    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.http11 import Request, Response
+
+    server = ProtocolServer(ceilings)
+    stop_event = stop or asyncio.Event()
+    expected = f"Bearer {token}".encode() if token is not None else None
+
+    def process_request(connection: ServerConnection, request: Request) -> Response | None:
+        if request.path.split("?", 1)[0] != "/":
+            return connection.respond(HTTPStatus.NOT_FOUND, "codemode serves ws://HOST:PORT/\n")
+        if expected is not None:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                logger.warning(
+                    "refused a connection from %s: bad or missing bearer token",
+                    connection.remote_address,
+                )
+                response = connection.respond(
+                    HTTPStatus.UNAUTHORIZED, "missing or invalid bearer token\n"
+                )
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        return None
+
+    async def handler(websocket: ServerConnection) -> None:
+        peer = websocket.remote_address
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        await server.serve_connection(WebSocketTransport(websocket, f"ws {where}"))
+
+    async with serve(
+        handler,
+        host,
+        port,
+        process_request=process_request,
+        max_size=MAX_FRAME_BYTES,
+        compression=None,
+    ) as ws_server:
+        bound = ws_server.sockets[0].getsockname() if ws_server.sockets else (host, port)
+        shown = f"[{bound[0]}]" if ":" in str(bound[0]) else str(bound[0])
+        url = f"ws://{shown}:{bound[1]}/"
+        print(f"codemode serve: listening on {url}", file=sys.stderr, flush=True)
+        if ready is not None:
+            ready(url)
+        _stop_on_signals(stop_event.set)
+        await stop_event.wait()
+        await server.close()
+        ws_server.close()
+        await ws_server.wait_closed()
+    return EXIT_OK
+
+
+def _configure_logging() -> None:
+    level = os.environ.get("CODEMODE_LOG_LEVEL", "WARNING").upper()
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    try:
+        root.setLevel(level)
+    except ValueError:
+        root.setLevel(logging.WARNING)
+
+
+def serve_main(listen: str | None, token_env: str | None, limits: CellLimits) -> int:
+    """``codemode serve``: stdio (default) or WebSocket (``listen``); returns the exit status
+    (0 after a clean end, 1 when it cannot listen, 2 for a usage error). Logs go to stderr; set
+    ``CODEMODE_LOG_LEVEL`` (default WARNING) for more."""
+    _configure_logging()
+    token: str | None = None
+    if token_env is not None:
+        if listen is None:
+            print("codemode serve: --token-env needs --listen", file=sys.stderr)
+            return EXIT_USAGE
+        token = os.environ.get(token_env)
+        if not token:
+            print(
+                f"codemode serve: the environment variable {token_env} is not set", file=sys.stderr
+            )
+            return EXIT_USAGE
+    if listen is None:
+        return asyncio.run(serve_stdio(limits))
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        print(f"codemode serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return asyncio.run(serve_websocket(host, port, limits, token=token))
+    except OSError as exc:
+        print(f"codemode serve: cannot listen on {listen}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
