@@ -25,6 +25,7 @@ from codemode.model import (
     ImageItem,
     OutputItem,
     Pending,
+    SessionDelegate,
     Terminated,
     TextItem,
     ToolDefinition,
@@ -102,9 +103,7 @@ def demo_delegate(err: TextIO | None = None) -> Any:
 
 def example_source() -> str:
     """The bundled demo cell."""
-    return (
-        importlib.resources.files("codemode.examples").joinpath("demo.js").read_text("utf-8")
-    )
+    return importlib.resources.files("codemode.examples").joinpath("demo.js").read_text("utf-8")
 
 
 def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -161,7 +160,43 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run a pausable cell, resuming it at each frontier (frontiers go to stderr)",
     )
+    run.add_argument(
+        "--mcp-config",
+        metavar="PATH",
+        help="use the tools of the MCP servers listed in PATH instead of the demo tools",
+    )
     _add_limit_flags(run)
+
+    serve = sub.add_parser(
+        "serve",
+        help="speak the codemode protocol (JSON-RPC) on stdio or WebSocket",
+        description="Serve code-mode sessions over the wire protocol: newline-delimited JSON-RPC "
+        "on stdin/stdout (the default), or WebSocket with --listen. The limit flags set the "
+        "sessions' defaults and ceilings.",
+    )
+    serve.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="serve WebSocket on ws://HOST:PORT/ (:PORT binds 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--token-env",
+        metavar="NAME",
+        help="require 'Authorization: Bearer <value of the environment variable NAME>'",
+    )
+    _add_limit_flags(serve)
+
+    mcp = sub.add_parser(
+        "mcp",
+        help="an MCP server offering exec and wait over the tools of upstream MCP servers",
+        description="Run an MCP server whose only tools are exec and wait; the nested tools "
+        "are those of the upstream MCP servers listed in the config file.",
+    )
+    mcp.add_argument("--config", required=True, metavar="PATH", help='{"mcpServers": {...}} JSON')
+    mcp.add_argument(
+        "--http", metavar="HOST:PORT", help="serve streamable HTTP at /mcp instead of stdio"
+    )
+    _add_limit_flags(mcp)
     return parser
 
 
@@ -210,11 +245,18 @@ async def run_cell(
     as_json: bool,
     out: TextIO,
     err: TextIO,
+    tools: Sequence[ToolDefinition] = DEMO_TOOLS,
+    delegate: SessionDelegate | None = None,
 ) -> int:
-    """Run ``source`` in a fresh session with the demo tools; return the exit status."""
+    """Run ``source`` in a fresh session; return the exit status.
+
+    The cell gets ``tools``, run by ``delegate``: by default the demo tools and their delegate
+    (notifications to ``err``).
+    """
     printer = _Printer(out, err, as_json)
-    async with SessionRuntime(demo_delegate(err), limits=limits) as runtime:
-        request = CreateCellRequest(source, DEMO_TOOLS, tool_call_id="cli")
+    session_delegate = delegate if delegate is not None else demo_delegate(err)
+    async with SessionRuntime(session_delegate, limits=limits) as runtime:
+        request = CreateCellRequest(source, tuple(tools), tool_call_id="cli")
         final: Completed | Terminated
         try:
             if pausable:
@@ -252,9 +294,41 @@ async def run_cell(
     return EXIT_OK
 
 
+async def _run_with_mcp(
+    args: argparse.Namespace, source: str, limits: CellLimits, config_path: str
+) -> int:
+    """Run the cell with the tools of the upstream MCP servers of ``config_path`` (SPEC 10.7)."""
+    from codemode.mcp.config import ConfigError, load_config
+    from codemode.mcp.upstream import UpstreamSet
+
+    try:
+        configs = load_config(config_path)
+    except ConfigError as exc:
+        print(f"codemode: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+
+    async def notify(call_id: str, cell_id: str, text: str) -> None:
+        print(f"notify: {text}", file=sys.stderr, flush=True)
+
+    async with UpstreamSet(configs) as upstreams:
+        return await run_cell(
+            source,
+            limits=limits,
+            yield_after=args.yield_after,
+            pausable=args.pausable,
+            as_json=args.json,
+            out=sys.stdout,
+            err=sys.stderr,
+            tools=upstreams.tools,
+            delegate=upstreams.delegate(notify),
+        )
+
+
 async def _run_main(args: argparse.Namespace, source: str, limits: CellLimits) -> int:
-    task = asyncio.ensure_future(
-        run_cell(
+    if args.mcp_config is not None:
+        runner = _run_with_mcp(args, source, limits, args.mcp_config)
+    else:
+        runner = run_cell(
             source,
             limits=limits,
             yield_after=args.yield_after,
@@ -263,7 +337,7 @@ async def _run_main(args: argparse.Namespace, source: str, limits: CellLimits) -
             out=sys.stdout,
             err=sys.stderr,
         )
-    )
+    task = asyncio.ensure_future(runner)
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGINT, task.cancel)
@@ -295,5 +369,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"codemode: {exc}", file=sys.stderr)
             return EXIT_USAGE
         return asyncio.run(_run_main(args, source, limits))
+    try:
+        limits = limits_from_args(args)
+    except ValueError as exc:
+        print(f"codemode: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "serve":
+        from codemode.protocol.server import serve_main
+
+        return serve_main(listen=args.listen, token_env=args.token_env, limits=limits)
+    if args.command == "mcp":
+        from codemode.mcp.server import mcp_main
+
+        return mcp_main(config_path=args.config, http=args.http, limits=limits)
     parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse exits
     return EXIT_USAGE  # pragma: no cover
