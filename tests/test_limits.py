@@ -178,9 +178,11 @@ async def test_thousands_of_tool_calls(make_runtime: Any) -> None:
 
 
 async def test_megabytes_of_tool_result(runtime: SessionRuntime, make_runtime: Any) -> None:
+    big = "x" * (200 * 1024 * 1024)  # built before the heartbeat: the test's own work
+
     class Big(RecordingDelegate):
         async def invoke_tool(self, call: Any) -> Any:
-            return "x" * (200 * 1024 * 1024)
+            return big
 
     rt = make_runtime(d=Big())
     async with heartbeat():
