@@ -20,6 +20,7 @@ from codemode import (
     SessionRuntime,
     TextItem,
 )
+from codemode.engine.v8 import V8Engine, wait_freed
 from conftest import RecordingDelegate, engine_threads, request, rss_bytes
 from test_lifecycle import heartbeat
 
@@ -208,18 +209,22 @@ async def test_large_tool_results_do_not_stall_the_loop(make_runtime: Any) -> No
 
 
 async def test_500_cells_leave_threads_and_memory_where_they_started(
-    runtime: SessionRuntime,
+    delegate: RecordingDelegate,
 ) -> None:
-    async def one() -> None:
-        cell = await runtime.create_cell(request('text(await tools.echo({a: 1}))'))
-        assert isinstance(await runtime.wait(cell, 10), Completed)
+    # No isolate pool here: its pre-created isolates would count as threads.
+    async with SessionRuntime(delegate, engine=V8Engine(pool_size=0)) as runtime:
 
-    for _ in range(50):  # warm up allocators and the executor
-        await one()
-    threads, rss = engine_threads(), rss_bytes()
-    for _ in range(500):
-        await one()
-    await asyncio.sleep(0.1)
-    assert engine_threads() <= threads + 2
-    assert rss_bytes() - rss < 150 * 1024 * 1024
-    assert len(runtime._core.cells) == 0
+        async def one() -> None:
+            cell = await runtime.create_cell(request('text(await tools.echo({a: 1}))'))
+            assert isinstance(await runtime.wait(cell, 10), Completed)
+
+        for _ in range(50):  # warm up allocators and the executor
+            await one()
+        await wait_freed()
+        threads, rss = engine_threads(), rss_bytes()
+        for _ in range(500):
+            await one()
+        await wait_freed()
+        assert engine_threads() <= threads + 1
+        assert rss_bytes() - rss < 150 * 1024 * 1024
+        assert len(runtime._core.cells) == 0
