@@ -10,8 +10,6 @@ import asyncio
 import gc
 import time
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -27,69 +25,11 @@ from codemode import (
     SessionRuntime,
     ShuttingDown,
     Terminated,
-    TextItem,
-    ToolDefinition,
     WrongCellKind,
     Yielded,
 )
 from conftest import RecordingDelegate, engine_threads, request
-
-
-def T(*texts: str) -> tuple[TextItem, ...]:
-    return tuple(TextItem(t) for t in texts)
-
-
-class Heartbeat:
-    """Ticks every 5 ms; records the longest gap between ticks."""
-
-    def __init__(self) -> None:
-        self.ticks = 0
-        self.max_gap = 0.0
-
-    async def run(self) -> None:
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(0.005)
-            now = time.monotonic()
-            self.max_gap = max(self.max_gap, now - last)
-            last = now
-            self.ticks += 1
-
-
-@asynccontextmanager
-async def heartbeat() -> AsyncIterator[Heartbeat]:
-    hb = Heartbeat()
-    task = asyncio.ensure_future(hb.run())
-    try:
-        yield hb
-    finally:
-        task.cancel()
-    # Generous: catches a blocked loop (seconds), not scheduling noise.
-    assert hb.max_gap < 0.5, f"event loop stalled for {hb.max_gap:.3f} s"
-
-
-class StubbornDelegate(RecordingDelegate):
-    """``stubborn`` ignores cancellation for ``hold`` seconds."""
-
-    def __init__(self, hold: float = 5.0) -> None:
-        super().__init__()
-        self.hold = hold
-
-    async def invoke_tool(self, call: NestedToolCall) -> Any:
-        if call.tool.name != "stubborn":
-            return await super().invoke_tool(call)
-        self.calls.append(call)
-        self.invoked.set()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            self.cancelled.append(call.call_id)
-            await asyncio.sleep(self.hold)  # ignores the cancellation for a while
-        return None
-
-
-STUBBORN = ToolDefinition("stubborn")
-
+from scenarios import STUBBORN, StubbornDelegate, T, heartbeat
 
 # ---------------------------------------------------------------- handles
 

@@ -22,7 +22,7 @@ from codemode import (
 )
 from codemode.engine.v8 import V8Engine, wait_freed
 from conftest import RecordingDelegate, engine_threads, request, rss_bytes
-from test_lifecycle import heartbeat
+from scenarios import heartbeat
 
 
 async def finish(rt: SessionRuntime, source: str, budget: float = 20) -> Completed:

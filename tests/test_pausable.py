@@ -28,74 +28,18 @@ from codemode import (
     WrongCellKind,
 )
 from conftest import RecordingDelegate, request
+from scenarios import (
+    completion_of,
+    frontier_of,
+    gen1_of_two_sequential,
+    gen2_of_two_sequential,
+    still_pending,
+    texts,
+)
+from scenarios import drain_pausable as drain
 
 RESUMED = ResumeOutcome.RESUMED
 ALREADY_RUNNING = ResumeOutcome.ALREADY_RUNNING
-
-TWO_SEQUENTIAL = "await tools.block({n: 1}); await tools.block({n: 2}); text('done')"
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def texts(items: tuple[OutputItem, ...] | list[OutputItem]) -> list[str]:
-    return [i.text for i in items if isinstance(i, TextItem)]
-
-
-async def frontier_of(rt: SessionRuntime, cell: PausableCell) -> PendingFrontier:
-    """``wait_to_pending`` that must return a frontier within 5 s."""
-    event = await asyncio.wait_for(rt.wait_to_pending(cell), 5)
-    assert isinstance(event, Pending), event
-    return event.frontier
-
-
-async def completion_of(rt: SessionRuntime, cell: PausableCell) -> Completed:
-    event = await asyncio.wait_for(rt.wait_to_pending(cell), 5)
-    assert isinstance(event, Completed), event
-    return event
-
-
-async def still_pending(task: asyncio.Task[Any], seconds: float) -> None:
-    """The task has not finished after ``seconds``."""
-    await asyncio.sleep(seconds)
-    assert not task.done(), f"finished early: {task}"
-
-
-async def drain(
-    rt: SessionRuntime, cell: PausableCell, max_rounds: int = 20
-) -> tuple[list[PendingFrontier], Completed | Terminated]:
-    """Observe and resume until the cell ends; returns the frontiers seen and the last event."""
-    frontiers: list[PendingFrontier] = []
-    for _ in range(max_rounds):
-        event = await asyncio.wait_for(rt.wait_to_pending(cell), 5)
-        if not isinstance(event, Pending):
-            return frontiers, event
-        frontiers.append(event.frontier)
-        assert await rt.resume(cell, event.frontier.generation) is RESUMED
-    raise AssertionError(f"cell did not end within {max_rounds} rounds: {frontiers}")
-
-
-async def gen1_of_two_sequential(rt: SessionRuntime) -> tuple[PausableCell, PendingFrontier]:
-    cell = await rt.create_pausable_cell(request(TWO_SEQUENTIAL))
-    f1 = await frontier_of(rt, cell)
-    assert (f1.generation, f1.items, f1.pending_tool_call_ids) == (1, (), ("tool-1",))
-    return cell, f1
-
-
-async def gen2_of_two_sequential(
-    rt: SessionRuntime, delegate: RecordingDelegate
-) -> tuple[PausableCell, PendingFrontier]:
-    cell, _ = await gen1_of_two_sequential(rt)
-    outcomes = await asyncio.gather(rt.resume(cell, 1), rt.resume(cell, 1))
-    assert sorted(o.value for o in outcomes) == ["already_running", "resumed"]
-    delegate.release("tool-1")
-    await delegate.wait_calls(2)
-    f2 = await frontier_of(rt, cell)
-    assert (f2.generation, f2.items, f2.pending_tool_call_ids) == (2, (), ("tool-2",))
-    return cell, f2
-
-
-# ---------------------------------------------------------------------------- scenarios 37-50
 
 
 async def test_37_wrong_cell_kind_for_wait_wait_to_pending_resume_and_rehydration(

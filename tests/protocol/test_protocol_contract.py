@@ -22,7 +22,6 @@ from protocol_support import HANG, Harness, WebSocketServer, eventually
 from codemode import (
     AlreadyTerminating,
     BusyObserver,
-    Cell,
     CellKind,
     CellLimits,
     ClosedCell,
@@ -35,22 +34,32 @@ from codemode import (
     MissingCell,
     NestedToolCall,
     OutputItem,
-    PausableCell,
     Pending,
     PendingFrontier,
     ResumeOutcome,
     ShuttingDown,
     Terminated,
-    TextItem,
     ToolDefinition,
     WrongCellKind,
     Yielded,
 )
 from conftest import BLOCK, ECHO, RecordingDelegate, request
+from scenarios import (
+    STUBBORN,
+    StubbornDelegate,
+    T,
+    completion_of,
+    drain_continuing,
+    drain_pausable,
+    frontier_of,
+    gen1_of_two_sequential,
+    gen2_of_two_sequential,
+    still_pending,
+    texts,
+)
 
 RESUMED = ResumeOutcome.RESUMED
 ALREADY_RUNNING = ResumeOutcome.ALREADY_RUNNING
-TWO_SEQUENTIAL = "await tools.block({n: 1}); await tools.block({n: 2}); text('done')"
 
 LOCAL_AND_SPAWN = pytest.mark.parametrize("harness", ["local", "spawn"], indirect=True)
 EVERY_MODE = pytest.mark.parametrize("harness", ["local", "spawn", "ws"], indirect=True)
@@ -80,99 +89,6 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
 async def rt(harness: Harness, delegate: RecordingDelegate) -> Any:
     """A session of the harness's mode, on the recording delegate."""
     return await harness.session(delegate)
-
-
-def T(*texts: str) -> tuple[TextItem, ...]:
-    return tuple(TextItem(t) for t in texts)
-
-
-def texts(items: tuple[OutputItem, ...] | list[OutputItem]) -> list[str]:
-    return [i.text for i in items if isinstance(i, TextItem)]
-
-
-async def frontier_of(rt: Any, cell: PausableCell) -> PendingFrontier:
-    event = await asyncio.wait_for(rt.wait_to_pending(cell), HANG)
-    assert isinstance(event, Pending), event
-    frontier: PendingFrontier = event.frontier
-    return frontier
-
-
-async def completion_of(rt: Any, cell: PausableCell) -> Completed:
-    event = await asyncio.wait_for(rt.wait_to_pending(cell), HANG)
-    assert isinstance(event, Completed), event
-    return event
-
-
-async def still_pending(task: asyncio.Future[Any], seconds: float) -> None:
-    await asyncio.sleep(seconds)
-    assert not task.done(), f"finished early: {task}"
-
-
-async def drain_continuing(rt: Any, cell: Cell) -> tuple[list[OutputItem], Any]:
-    """Observe until the cell ends; all items and the last event."""
-    items: list[OutputItem] = []
-    for _ in range(50):
-        event = await asyncio.wait_for(rt.wait(cell, 10), HANG)
-        items.extend(event.items)
-        if not isinstance(event, Yielded):
-            return items, event
-    raise AssertionError("the cell did not end")
-
-
-async def drain_pausable(
-    rt: Any, cell: PausableCell, max_rounds: int = 20
-) -> tuple[list[PendingFrontier], Completed | Terminated]:
-    frontiers: list[PendingFrontier] = []
-    for _ in range(max_rounds):
-        event = await asyncio.wait_for(rt.wait_to_pending(cell), HANG)
-        if not isinstance(event, Pending):
-            return frontiers, event
-        frontiers.append(event.frontier)
-        assert await rt.resume(cell, event.frontier.generation) is RESUMED
-    raise AssertionError(f"cell did not end within {max_rounds} rounds: {frontiers}")
-
-
-async def gen1_of_two_sequential(rt: Any) -> tuple[PausableCell, PendingFrontier]:
-    cell = await rt.create_pausable_cell(request(TWO_SEQUENTIAL))
-    f1 = await frontier_of(rt, cell)
-    assert (f1.generation, f1.items, f1.pending_tool_call_ids) == (1, (), ("tool-1",))
-    return cell, f1
-
-
-async def gen2_of_two_sequential(
-    rt: Any, delegate: RecordingDelegate
-) -> tuple[PausableCell, PendingFrontier]:
-    cell, _ = await gen1_of_two_sequential(rt)
-    outcomes = await asyncio.gather(rt.resume(cell, 1), rt.resume(cell, 1))
-    assert sorted(o.value for o in outcomes) == ["already_running", "resumed"]
-    delegate.release("tool-1")
-    await delegate.wait_calls(2)
-    f2 = await frontier_of(rt, cell)
-    assert (f2.generation, f2.items, f2.pending_tool_call_ids) == (2, (), ("tool-2",))
-    return cell, f2
-
-
-class StubbornDelegate(RecordingDelegate):
-    """``stubborn`` ignores cancellation for ``hold`` seconds."""
-
-    def __init__(self, hold: float) -> None:
-        super().__init__()
-        self.hold = hold
-
-    async def invoke_tool(self, call: NestedToolCall) -> Any:
-        if call.tool.name != "stubborn":
-            return await super().invoke_tool(call)
-        self.calls.append(call)
-        self.invoked.set()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            self.cancelled.append(call.call_id)
-            await asyncio.sleep(self.hold)
-        return None
-
-
-STUBBORN = ToolDefinition("stubborn")
 
 
 # ---------------------------------------------------------------------------- continuing (27-36)
