@@ -408,19 +408,11 @@ class _V8Cell(EngineCell):
             # Abandoning an eval terminates its JavaScript and leaves the context usable.
             inflight.cancel()
             await asyncio.wait({inflight}, timeout=_SALVAGE_TIMEOUT)
-        events: tuple[EngineEvent, ...] = ()
         try:
-            raw = await asyncio.wait_for(
-                self._context.eval_cancelable("__codemode.drain()"), _SALVAGE_TIMEOUT
-            )
-            events = self._parse(raw, 0.0).events
-        except asyncio.CancelledError:
+            report = await self._drain_stopped()
+        finally:
             self.close()
-            raise
-        except Exception:
-            logger.debug("nothing salvaged from cell %s", self._boot.cell_id, exc_info=True)
-        self.close()
-        return events
+        return report.events if report is not None else ()
 
     def close(self) -> None:
         if self._closed:
@@ -448,21 +440,31 @@ class _V8Cell(EngineCell):
         return report
 
     async def _salvage(self, settlement: Settlement) -> StepReport:
-        """After a limit stopped the cell, read the output it recorded before, if V8 still can."""
-        if self._closed:
+        """After a limit stopped the cell, read the output it recorded before, if V8 still can.
+        A limit the prelude itself reported in that drain is the more precise settlement."""
+        report = await self._drain_stopped()
+        if report is None:
             return StepReport((), (), settlement)
+        reported = report.settlement
+        if reported is not None and (reported.error_text or "").startswith("exec cell exceeded"):
+            settlement = reported
+        return StepReport(report.events, (), settlement)
+
+    async def _drain_stopped(self) -> StepReport | None:
+        """One bounded drain of a cell whose JavaScript was stopped (an abandoned eval leaves the
+        context usable); None if V8 could not answer."""
+        if self._closed:
+            return None
         try:
             raw = await asyncio.wait_for(
                 self._context.eval_cancelable("__codemode.drain()"), _SALVAGE_TIMEOUT
             )
-            report = self._parse(raw, 0.0)
+            return self._parse(raw, 0.0)
+        except asyncio.CancelledError:
+            raise
         except Exception:
-            return StepReport((), (), settlement)
-        events = report.events
-        reported = report.settlement
-        if reported is not None and (reported.error_text or "").startswith("exec cell exceeded"):
-            settlement = reported
-        return StepReport(events, (), settlement)
+            logger.debug("nothing salvaged from cell %s", self._boot.cell_id, exc_info=True)
+            return None
 
     async def _eval(self, code: str) -> Any:
         """Run ``code`` in the isolate within the cell's remaining CPU budget.
