@@ -26,12 +26,13 @@ import itertools
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from latency import latency_ms
 
 from codemode import (
     CellLimits,
@@ -77,24 +78,12 @@ class Summary:
     max_ms: float
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    rank = max(1, min(len(sorted_values), round(fraction * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
-
-
 def summarize(stamps: list[float]) -> Summary:
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    ms = sorted(g * 1000.0 for g in gaps)
     return Summary(
         calls=len(gaps),
         calls_per_second=len(gaps) / (stamps[-1] - stamps[0]),
-        median_ms=statistics.median(ms),
-        p90_ms=percentile(ms, 0.90),
-        p99_ms=percentile(ms, 0.99),
-        mean_ms=statistics.fmean(ms),
-        min_ms=ms[0],
-        max_ms=ms[-1],
+        **latency_ms(gaps),
     )
 
 

@@ -24,12 +24,13 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from latency import latency_ms
 
 from codemode import (
     CellLimits,
@@ -86,23 +87,8 @@ class Summary:
     max_ms: float
 
 
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    rank = max(1, min(len(sorted_values), round(fraction * len(sorted_values) + 0.5)))
-    return sorted_values[rank - 1]
-
-
 def summarize(samples: list[float]) -> Summary:
-    ms = sorted(s * 1000.0 for s in samples)
-    return Summary(
-        rounds=len(ms),
-        median_ms=statistics.median(ms),
-        p90_ms=percentile(ms, 0.90),
-        p99_ms=percentile(ms, 0.99),
-        mean_ms=statistics.fmean(ms),
-        min_ms=ms[0],
-        max_ms=ms[-1],
-    )
+    return Summary(rounds=len(samples), **latency_ms(samples))
 
 
 async def next_frontier(rt: SessionRuntime, cell: PausableCell) -> PendingFrontier:
