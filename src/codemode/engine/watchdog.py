@@ -184,6 +184,9 @@ class _GuardedCell(EngineCell):
     def close(self) -> None:
         self.inner.close()
 
+    def watch_loss(self, callback: Callable[[str], None]) -> None:
+        self.inner.watch_loss(callback)
+
     def overrun(self, budget: int) -> None:
         """Called by the monitor: stop the command in flight; it reports the budget error."""
         task = self._task

@@ -35,7 +35,7 @@ import signal
 import sys
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from codemode.engine.base import (
@@ -56,6 +56,7 @@ from codemode.engine.base import (
     ToolResultInput,
     YieldRequested,
 )
+from codemode.engine.watchdog import rss_error_text
 from codemode.engine.worker_main import MAX_LINE, boot_to_json
 from codemode.errors import EngineError
 from codemode.model import ImageDetail, ImageItem, TextItem
@@ -130,6 +131,7 @@ class _Child:
         self.next_id = 0
         self.next_key = 0
         self.retired = False
+        self.draining = False  # takes no new cells (its memory watchdog fired); ends when idle
         self._ending = False
         self.stderr_tail: deque[bytes] = deque(maxlen=40)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -290,7 +292,7 @@ class _Child:
             "MemoryError" in tail
             or "out of memory" in tail.lower()
             or "allocation failed" in tail.lower()
-            or returncode in (133, 134, -int(signal.SIGKILL))
+            or returncode in (133, 134, -signal.SIGKILL, -signal.SIGTRAP, -signal.SIGABRT)
         )
         if memory and self.config.get("data_limit"):
             return f"it may have run out of memory (memory_limit_bytes={self.config['data_limit']})"
@@ -303,6 +305,8 @@ class _Child:
                 future.set_exception(EngineLost(text))
         for cell in list(self.cells.values()):
             cell._lost = text
+            if cell._inflight is None and cell._on_loss is not None:
+                self.loop.call_soon(cell._on_loss, text)  # it waits for a tool or a resume
         if not self.started.done():
             self._fail_start(text)
 
@@ -313,12 +317,12 @@ class _Child:
         if proc is not None and proc.stdin is not None and not proc.stdin.is_closing():
             proc.stdin.close()
 
-    async def wait_ended(self, timeout: float) -> None:
+    async def wait_ended(self, grace: float) -> None:
         proc = self.proc
         if proc is None:
             return
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(grace):
                 await proc.wait()
         except TimeoutError:
             self._kill()
@@ -348,10 +352,10 @@ class _Child:
         self.send(f'{head}"i":{i}{tail}\n'.encode())
         self.pending[i] = future
         proc = self.proc
-        if proc is not None and proc.stdin is not None:
-            if proc.stdin.transport.get_write_buffer_size() > 1 << 20:
-                with contextlib.suppress(OSError, RuntimeError):  # a dead child: see the reader
-                    await proc.stdin.drain()
+        stdin = proc.stdin if proc is not None else None
+        if stdin is not None and stdin.transport.get_write_buffer_size() > 1 << 20:
+            with contextlib.suppress(OSError, RuntimeError):  # a dead child: see the reader
+                await stdin.drain()
         return i, future
 
     def forget(self, i: int, send_cancel: bool = True) -> None:
@@ -500,7 +504,7 @@ class WorkerEngine(Engine):
 
     def _child_with_room(self) -> _Child:
         for child in self._children:
-            if child.lost is None and (
+            if child.lost is None and not child.draining and (
                 self.cells_per_worker is None or child.load < self.cells_per_worker
             ):
                 return child
@@ -509,7 +513,7 @@ class WorkerEngine(Engine):
         return child
 
     def _cell_closed(self, child: _Child) -> None:
-        if child.load == 0 and (self._closed or child.lost is not None):
+        if child.load == 0 and (self._closed or child.lost is not None or child.draining):
             self._retire(child)
         elif (
             child.load == 0
@@ -552,11 +556,17 @@ class _WorkerCell(EngineCell):
         self._closed = False
         self._lost: str | None = None
         self._inflight: int | None = None
+        self._on_loss: Callable[[str], None] | None = None
         self._head = '{"op":"%s","c":' + str(key) + ","
+        budget = child.config.get("rss_budget")
+        self._rss_error = rss_error_text(budget) if budget is not None else None
 
     @property
     def closed(self) -> bool:
         return self._closed or self._lost is not None
+
+    def watch_loss(self, callback: Callable[[str], None]) -> None:
+        self._on_loss = callback
 
     async def run(self) -> StepReport:
         return await self._command("run", "}")
@@ -654,6 +664,9 @@ class _WorkerCell(EngineCell):
             child.compromised(f"{op}: {exc}")
             raise EngineLost(f"the worker process sent a malformed answer ({exc})") from None
         if report.settlement is not None:
+            if report.settlement.error_text == self._rss_error:
+                # The allocator keeps what the cell grew: later cells get a fresh worker.
+                child.draining = True
             self._mark_closed()  # the child closed its cell after the settlement
         return report
 

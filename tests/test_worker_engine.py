@@ -1,0 +1,513 @@
+"""The worker-process engine (WorkerEngine) and the in-process RSS watchdog (GuardedEngine).
+
+Every test that runs hostile or crashing cells checks with a heartbeat that the host's event
+loop never stalls for more than 50 ms, and the native-memory tests check that the host's own
+resident memory stays flat while a worker grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codemode import (
+    CellLimits,
+    Completed,
+    EngineError,
+    Pending,
+    SessionRuntime,
+    Terminated,
+    TextItem,
+    ToolDefinition,
+    Yielded,
+)
+from codemode.engine.base import CellBoot
+from codemode.engine.watchdog import GuardedEngine, rss_error_text
+from codemode.engine.worker import WorkerEngine, _event, _Malformed, _report
+from conftest import RecordingDelegate, request, rss_bytes
+from scenarios import Heartbeat
+
+MiB = 1024 * 1024
+HANG = 30.0
+LOST = "exec runtime ended unexpectedly"
+INTL_FLOOD = (
+    'text("start"); const keep = [];'
+    "for (let i = 0; ; i++) keep.push(new Intl.DateTimeFormat('en', "
+    "{timeZone: 'UTC', hour: 'numeric', minute: String(i % 2 ? 'numeric' : '2-digit')}));"
+)
+
+
+def T(*texts: str) -> tuple[TextItem, ...]:
+    return tuple(TextItem(t) for t in texts)
+
+
+@contextlib.asynccontextmanager
+async def strict_heartbeat(limit: float = 0.05) -> AsyncIterator[Heartbeat]:
+    """The event loop never stalls for more than ``limit`` seconds inside the block."""
+    hb = Heartbeat()
+    task = asyncio.ensure_future(hb.run())
+    try:
+        yield hb
+    finally:
+        task.cancel()
+    assert hb.max_gap < limit, f"event loop stalled for {hb.max_gap:.3f} s"
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def until(predicate: Any) -> None:
+    async with asyncio.timeout(HANG):
+        while not predicate():  # noqa: ASYNC110 - polling process state
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def make_worker_runtime(
+    delegate: RecordingDelegate,
+) -> AsyncIterator[Any]:
+    created: list[SessionRuntime] = []
+
+    def make(limits: CellLimits | None = None, **engine_kw: Any) -> SessionRuntime:
+        rt = SessionRuntime(delegate, limits=limits, engine=WorkerEngine(**engine_kw))
+        created.append(rt)
+        return rt
+
+    try:
+        yield make
+    finally:
+        for rt in created:
+            await asyncio.wait_for(rt.shutdown(), HANG)
+
+
+@pytest.fixture
+async def wrt(make_worker_runtime: Any) -> SessionRuntime:
+    rt: SessionRuntime = make_worker_runtime()
+    return rt
+
+
+def engine_of(rt: SessionRuntime) -> WorkerEngine:
+    engine = rt._core.engine
+    assert isinstance(engine, WorkerEngine)
+    return engine
+
+
+# ---------------------------------------------------------------------- the contract basics
+
+
+async def test_continuing_cell_calls_tools_yields_and_stores(
+    wrt: SessionRuntime, delegate: RecordingDelegate
+) -> None:
+    cell = await wrt.create_cell(
+        request(
+            'text("a"); const r = await tools.echo({x: 1}); text(JSON.stringify(r));'
+            'yield_control(); const u = await tools.upper("hi"); text(u); store("k", {v: [1, 2]});'
+            'console.log("log", 2); notify("note");'
+        )
+    )
+    assert await asyncio.wait_for(wrt.wait(cell, HANG), HANG) == Yielded(T("a", '{"x":1}'))
+    assert await asyncio.wait_for(wrt.wait(cell, HANG), HANG) == Completed(T("HI", "log 2"))
+    assert delegate.names() == ["echo", "upper"]
+    assert delegate.calls[0].input == {"x": 1} and delegate.calls[1].input == "hi"
+    await until(lambda: len(delegate.notifications) == 1)
+    second = await wrt.create_cell(request('text(JSON.stringify(load("k")))'))
+    assert await asyncio.wait_for(wrt.wait(second, HANG), HANG) == Completed(T('{"v":[1,2]}'))
+
+
+async def test_errors_timers_and_limits_cross_the_pipe(make_worker_runtime: Any) -> None:
+    rt = make_worker_runtime(CellLimits(max_tool_calls=2))
+    cell = await rt.create_cell(
+        request(
+            "await new Promise(r => setTimeout(r, 20)); text('t');"
+            "try { await tools.fail({message: 'nope'}) } catch (e) { text(String(e.message)) }"
+            "await tools.echo({}); await tools.echo({});"
+        )
+    )
+    event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert event == Completed(T("t", "nope"), "exec cell exceeded max_tool_calls (2)")
+    cell = await rt.create_cell(request("throw new TypeError('boom')"))
+    event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert isinstance(event, Completed) and "TypeError: boom" in (event.error_text or "")
+
+
+async def test_pausable_cell_frontiers_and_resume(
+    wrt: SessionRuntime, delegate: RecordingDelegate
+) -> None:
+    cell = await wrt.create_pausable_cell(
+        request(
+            'text("p"); const [a, b] = await Promise.all([tools.echo({n: 1}), tools.echo({n: 2})]);'
+            'text(String(a.n + b.n)); await tools.echo({n: 3}); text("end")'
+        )
+    )
+    first = await asyncio.wait_for(wrt.wait_to_pending(cell), HANG)
+    assert isinstance(first, Pending)
+    assert first.frontier.items == T("p")
+    assert first.frontier.pending_tool_call_ids == ("tool-1", "tool-2")
+    await wrt.resume(cell, first.frontier.generation)
+    second = await asyncio.wait_for(wrt.wait_to_pending(cell), HANG)
+    assert isinstance(second, Pending)
+    assert second.frontier.items == T("3")
+    assert second.frontier.pending_tool_call_ids == ("tool-3",)
+    await wrt.resume(cell, second.frontier.generation)
+    last = await asyncio.wait_for(wrt.wait_to_pending(cell), HANG)
+    assert last == Completed(T("end"))
+
+
+async def test_one_worker_per_engine_started_lazily(make_worker_runtime: Any) -> None:
+    rt = make_worker_runtime()
+    engine = engine_of(rt)
+    assert engine.worker_pids() == []
+    cells = [await rt.create_cell(request(f"await tools.block({{}}); text('{n}')")) for n in "ab"]
+    await until(lambda: len(engine.worker_pids()) == 1)
+    assert len(engine.stats()) == 1 and engine.stats()[0]["cells"] == 2
+    other = make_worker_runtime(cells_per_worker=1)
+    two = [await other.create_cell(request("await tools.block({})")) for _ in range(2)]
+    assert len(set(engine_of(other).worker_pids())) == 2
+    for c in cells + two:
+        await rt.terminate(c.cell_id) if c in cells else await other.terminate(c.cell_id)
+
+
+# ---------------------------------------------------------------------- what the OS boundary buys
+
+
+async def test_native_memory_flood_ends_with_a_clear_error_and_host_rss_stays_flat(
+    make_worker_runtime: Any,
+) -> None:
+    rt = make_worker_runtime(CellLimits(max_cpu_seconds=60), rss_budget_bytes=400 * MiB)
+    warm = await rt.create_cell(request("text(new Intl.DateTimeFormat('en').format(0))"))
+    await asyncio.wait_for(rt.wait(warm, HANG), HANG)
+    pid = engine_of(rt).worker_pids()[0]
+    host_before = rss_bytes()
+    async with strict_heartbeat():
+        cell = await rt.create_cell(request(INTL_FLOOD))
+        event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert event == Completed(T("start"), rss_error_text(400 * MiB))
+    assert rss_bytes() - host_before < 30 * MiB, "the host grew: the memory was not the worker's"
+    # The grown worker takes no new cells and ends; the session goes on in a fresh one.
+    after = await rt.create_cell(request("text('fresh')"))
+    assert await asyncio.wait_for(rt.wait(after, HANG), HANG) == Completed(T("fresh"))
+    assert pid not in engine_of(rt).worker_pids()
+    await until(lambda: not alive(pid))
+
+
+async def test_os_memory_limit_kills_only_the_worker(make_worker_runtime: Any) -> None:
+    # No watchdog: the worker's RLIMIT_DATA is the last line (V8 itself commits ~0.6 GiB).
+    rt = make_worker_runtime(
+        CellLimits(max_cpu_seconds=60), rss_budget_bytes=None, memory_limit_bytes=1024 * MiB
+    )
+    host_before = rss_bytes()
+    async with strict_heartbeat():
+        cell = await rt.create_cell(request(INTL_FLOOD))
+        event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert event == Completed((), LOST)
+    assert rss_bytes() - host_before < 30 * MiB
+    again = await rt.create_cell(request("text('alive')"))
+    assert await asyncio.wait_for(rt.wait(again, HANG), HANG) == Completed(T("alive"))
+
+
+async def test_deep_json_parse_is_bounded(make_worker_runtime: Any) -> None:
+    rt = make_worker_runtime(
+        CellLimits(max_cpu_seconds=60, max_heap_bytes=512 * MiB), rss_budget_bytes=300 * MiB
+    )
+    host_before = rss_bytes()
+    async with strict_heartbeat():
+        cell = await rt.create_cell(
+            request('const s = "[".repeat(3e7) + "]".repeat(3e7); JSON.parse(s); text("parsed")')
+        )
+        event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert isinstance(event, Completed)
+    assert event.error_text in (rss_error_text(300 * MiB), LOST) or "RangeError" in str(
+        event.error_text
+    ), event
+    assert rss_bytes() - host_before < 30 * MiB
+    again = await rt.create_cell(request("text('alive')"))
+    assert await asyncio.wait_for(rt.wait(again, HANG), HANG) == Completed(T("alive"))
+
+
+async def test_sigkill_of_the_worker_mid_call_ends_its_cells_and_the_session_goes_on(
+    wrt: SessionRuntime, delegate: RecordingDelegate, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = engine_of(wrt)
+    one = await wrt.create_cell(request('text("one"); await tools.block({}); text("never")'))
+    two = await wrt.create_pausable_cell(request('text("two"); await tools.echo({})'))
+    frontier = await asyncio.wait_for(wrt.wait_to_pending(two), HANG)
+    assert isinstance(frontier, Pending)
+    await delegate.wait_calls(1)
+    [pid] = engine.worker_pids()
+    async with strict_heartbeat():
+        os.kill(pid, signal.SIGKILL)
+        assert await asyncio.wait_for(wrt.wait(one, HANG), HANG) == Completed(T("one"), LOST)
+        assert await asyncio.wait_for(wrt.wait_to_pending(two), HANG) == Completed((), LOST)
+    assert delegate.cancelled == ["tool-1"]
+    assert any(f"worker process {pid} was killed by SIGKILL" in r.message for r in caplog.records)
+    later = await wrt.create_cell(request('text(String(await tools.echo({n: 5}).then(r => r.n)))'))
+    assert await asyncio.wait_for(wrt.wait(later, HANG), HANG) == Completed(T("5"))
+    assert engine.worker_pids() and pid not in engine.worker_pids()
+
+
+async def test_a_dead_worker_ends_only_its_own_sessions_cells(
+    make_worker_runtime: Any, delegate: RecordingDelegate
+) -> None:
+    a, b = make_worker_runtime(), make_worker_runtime()
+    cell_a = await a.create_cell(request("await tools.block({}); text('a')"))
+    cell_b = await b.create_cell(request("await tools.block({}); text('b')"))
+    await delegate.wait_calls(2)
+    os.kill(engine_of(a).worker_pids()[0], signal.SIGKILL)
+    assert await asyncio.wait_for(a.wait(cell_a, HANG), HANG) == Completed((), LOST)
+    delegate.release()
+    assert await asyncio.wait_for(b.wait(cell_b, HANG), HANG) == Completed(T("b"))
+
+
+async def test_runaway_cells_are_terminated_within_milliseconds(wrt: SessionRuntime) -> None:
+    async with strict_heartbeat():
+        for source in (
+            'text("spin"); while (true) {}',
+            'text("a"); await new Promise(r => setTimeout(r, 1)); while (true) {}',
+            "await tools.echo({}); for (;;) {}",
+        ):
+            cell = await wrt.create_cell(request(source))
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            event = await asyncio.wait_for(wrt.terminate(cell), HANG)
+            assert time.monotonic() - started < 1.0
+            assert isinstance(event, Terminated)
+    cell = await wrt.create_cell(request('text("ok")'))
+    assert await asyncio.wait_for(wrt.wait(cell, HANG), HANG) == Completed(T("ok"))
+
+
+async def test_cpu_budget_is_enforced_in_the_worker(make_worker_runtime: Any) -> None:
+    rt = make_worker_runtime(CellLimits(max_cpu_seconds=0.3))
+    async with strict_heartbeat():
+        cell = await rt.create_cell(request('text("x"); while (true) {}'))
+        event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert event == Completed(T("x"), "exec cell exceeded max_cpu_seconds (0.3)")
+    assert engine_of(rt).stats()[0]["cpu_seconds"] >= 0.2
+
+
+async def test_no_worker_outlives_shutdown(delegate: RecordingDelegate) -> None:
+    pids: list[int] = []
+    for _ in range(2):
+        engine = WorkerEngine()
+        rt = SessionRuntime(delegate, engine=engine)
+        await rt.create_cell(request("await tools.block({})"))
+        await rt.create_cell(request("while (true) {}"))
+        await until(lambda engine=engine: len(engine.worker_pids()) == 1)  # type: ignore[misc]
+        pids += engine.worker_pids()
+        await asyncio.wait_for(rt.shutdown(), HANG)
+        assert engine.worker_pids() == []
+    for pid in pids:
+        assert not alive(pid), f"worker {pid} outlived its session"
+
+
+def test_workers_die_with_their_host(tmp_path: Path) -> None:
+    """A host killed outright (no cleanup at all) takes its workers with it."""
+    script = tmp_path / "host.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, sys
+            from codemode import SessionRuntime, CreateCellRequest, tools_delegate
+            from codemode.engine.worker import WorkerEngine
+
+            async def main():
+                engine = WorkerEngine()
+                rt = SessionRuntime(tools_delegate({}), engine=engine)
+                await rt.create_cell(CreateCellRequest("while (true) {}"))
+                while not engine.worker_pids():
+                    await asyncio.sleep(0.01)
+                print(engine.worker_pids()[0], flush=True)
+                await asyncio.sleep(3600)
+
+            asyncio.run(main())
+            """
+        )
+    )
+    host = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert host.stdout is not None
+        pid = int(host.stdout.readline())
+        assert alive(pid)
+    finally:
+        host.kill()
+        host.wait()
+    deadline = time.monotonic() + HANG
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(pid), "the worker outlived its host"
+
+
+# ---------------------------------------------------------------------- the host trusts nothing
+
+
+FAKE_WORKER = """
+import json, os, sys
+out = os.fdopen(1, "w")
+print(json.dumps({"ready": os.getpid()}), file=out, flush=True)
+MODE = %r
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("op") == "open":
+        print(json.dumps({"i": msg["i"]}), file=out, flush=True)
+    elif msg.get("op") == "run":
+        if MODE == "garbage":
+            print("not json at all", file=out, flush=True)
+        else:
+            report = {"ev": [["call", "tool-1", 7, {}]], "p": ["tool-1"], "s": None, "cpu": 0}
+            print(json.dumps({"i": msg["i"], "r": report}), file=out, flush=True)
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path) -> Iterator[Any]:
+    def make(mode: str) -> str:
+        stub = tmp_path / f"stub_{mode}.py"
+        stub.write_text(FAKE_WORKER % mode)
+        launcher = tmp_path / f"python_{mode}"
+        launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{stub}"\n')
+        launcher.chmod(0o755)
+        return str(launcher)
+
+    yield make
+
+
+@pytest.mark.parametrize("mode", ["forged", "garbage"])
+async def test_a_worker_that_breaks_the_protocol_is_killed(
+    make_worker_runtime: Any,
+    delegate: RecordingDelegate,
+    fake_python: Any,
+    mode: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rt = make_worker_runtime(python=fake_python(mode))
+    cell = await rt.create_cell(request("text('x')"))
+    event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert event == Completed((), LOST)
+    assert delegate.calls == []  # the forged call never reached the delegate
+    assert any("malformed answer" in r.message for r in caplog.records)
+    assert engine_of(rt).worker_pids() == []
+
+
+async def test_a_worker_that_cannot_start_raises_engine_error(
+    make_worker_runtime: Any, tmp_path: Path
+) -> None:
+    broken = tmp_path / "python_broken"
+    broken.write_text("#!/bin/sh\necho 'no python here' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    rt = make_worker_runtime(python=str(broken))
+    with pytest.raises(EngineError, match="worker process"):
+        await asyncio.wait_for(rt.create_cell(request("text('x')")), HANG)
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        [],
+        {"ev": [], "p": [], "s": None},
+        {"ev": [["call", "tool-1", 1, {}]], "p": [], "s": None, "cpu": 0},
+        {"ev": [["call", "tool-1", True, {}]], "p": [], "s": None, "cpu": 0},
+        {"ev": [["call", 'tool-1"]', 0, {}]], "p": [], "s": None, "cpu": 0},
+        {"ev": [["text", 5]], "p": [], "s": None, "cpu": 0},
+        {"ev": [["image", "data:", "huge"]], "p": [], "s": None, "cpu": 0},
+        {"ev": [["timer", 1, -1]], "p": [], "s": None, "cpu": 0},
+        {"ev": [["timer", 1.5, 1]], "p": [], "s": None, "cpu": 0},
+        {"ev": [["store", 1, 1]], "p": [], "s": None, "cpu": 0},
+        {"ev": [["exec", "x"]], "p": [], "s": None, "cpu": 0},
+        {"ev": [], "p": ["tool-1", "tool-1"], "s": None, "cpu": 0},
+        {"ev": [], "p": ["x"], "s": None, "cpu": 0},
+        {"ev": [], "p": [], "s": [1], "cpu": 0},
+        {"ev": [], "p": [], "s": None, "cpu": -1},
+        {"ev": [], "p": [], "s": None, "cpu": "1"},
+    ],
+)
+def test_forged_reports_are_rejected(report: Any) -> None:
+    with pytest.raises((_Malformed, KeyError, TypeError)):
+        _report(report, 1)
+
+
+def test_valid_reports_are_decoded() -> None:
+    report = _report(
+        {
+            "ev": [["text", "a"], ["call", "tool-2", 0, {"a": 1}], ["timer", 3, 0.5]],
+            "p": ["tool-2"],
+            "s": [None],
+            "cpu": 0.25,
+        },
+        1,
+    )
+    assert report.pending_call_ids == ("tool-2",)
+    assert report.settlement is not None and report.settlement.error_text is None
+    assert len(report.events) == 3
+    assert _event(["yield"], 0) is not None
+
+
+def test_worker_engine_takes_no_required_arguments() -> None:
+    engine = WorkerEngine()
+    assert engine.name == "worker"
+    with pytest.raises(ValueError):
+        WorkerEngine(memory_limit_bytes=0)
+    with pytest.raises(ValueError):
+        GuardedEngine(rss_budget_bytes=0)
+
+
+def test_the_wire_carries_only_json() -> None:
+    """The worker module never unpickles anything the child sends."""
+    source = Path(__file__).parents[1] / "src/codemode/engine/worker.py"
+    text = source.read_text()
+    assert "pickle" not in text and "marshal" not in text
+    assert json.loads('{"a": 1}') == {"a": 1}
+
+
+# ---------------------------------------------------------------------- in-process watchdog
+
+
+async def test_in_process_watchdog_stops_the_cell_that_grew_the_process(
+    delegate: RecordingDelegate,
+) -> None:
+    budget = rss_bytes() + 300 * MiB
+    engine = GuardedEngine(rss_budget_bytes=budget)
+    async with SessionRuntime(
+        delegate, engine=engine, limits=CellLimits(max_cpu_seconds=60)
+    ) as rt:
+        bystander = await rt.create_cell(request("await tools.block({}); text('calm')"))
+        async with strict_heartbeat():
+            cell = await rt.create_cell(request(INTL_FLOOD))
+            event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+        assert event == Completed(T("start"), rss_error_text(budget))
+        delegate.release()
+        assert await asyncio.wait_for(rt.wait(bystander, HANG), HANG) == Completed(T("calm"))
+
+
+async def test_watchdog_leaves_cells_under_budget_alone(delegate: RecordingDelegate) -> None:
+    engine = GuardedEngine(rss_budget_bytes=rss_bytes() + 2048 * MiB)
+    async with SessionRuntime(delegate, engine=engine) as rt:
+        cell = await rt.create_cell(
+            request("const a = []; for (let i = 0; i < 2000; i++) a.push(new Intl.Collator('de'));"
+                    "await tools.echo({}); text(String(a.length))")
+        )
+        assert await asyncio.wait_for(rt.wait(cell, HANG), HANG) == Completed(T("2000"))
+
+
+def test_boot_survives_the_wire() -> None:
+    from codemode.engine.worker_main import _boot, boot_to_json
+
+    tool = ToolDefinition("t", "d", namespace="ns", input_schema={"type": "object"})
+    boot = CellBoot("c1", "text(1)", (tool,), {"k": [1]}, CellLimits(max_tool_calls=3), True)
+    assert _boot(json.loads(json.dumps(boot_to_json(boot)))) == boot
