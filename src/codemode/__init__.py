@@ -4,6 +4,7 @@ The public API is the names below (SPEC section 1); everything else is internal.
 """
 
 from codemode.engine.base import Engine
+from codemode.engine.worker import WorkerEngine
 from codemode.errors import (
     AlreadyTerminating,
     BusyObserver,
@@ -90,6 +91,7 @@ __all__ = [
     "ToolKind",
     "ToolResult",
     "UnknownSession",
+    "WorkerEngine",
     "WrongCellKind",
     "Yielded",
     "__version__",

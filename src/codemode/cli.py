@@ -15,9 +15,11 @@ import importlib.resources
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from codemode.engine.base import Engine
+from codemode.engine.choice import engine_factory, using_default_engine
 from codemode.model import (
     CellLimits,
     Completed,
@@ -119,6 +121,45 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-live-cells", type=int, default=defaults.max_live_cells)
 
 
+def _add_engine_flags(parser: argparse.ArgumentParser, default: str) -> None:
+    group = parser.add_argument_group("engine (docs/engines.md)")
+    group.add_argument(
+        "--engine",
+        choices=("v8", "worker"),
+        default=default,
+        help="worker: each session's cells run in a worker process under OS limits; "
+        f"v8: in this process (trusted code only). Default: {default}",
+    )
+    group.add_argument(
+        "--rss-budget-bytes",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="worker: resident memory of one worker past which the cell that grew it is "
+        "stopped (default 1 GiB); v8: the same for this whole process (default: no budget)",
+    )
+    group.add_argument(
+        "--worker-memory-limit-bytes",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="RLIMIT_DATA of each worker process (default 4 GiB)",
+    )
+
+
+def engine_from_args(args: argparse.Namespace) -> Callable[[], Engine]:
+    """The engine factory named by the engine flags; ``ValueError`` if they are invalid."""
+    for name in ("rss_budget_bytes", "worker_memory_limit_bytes"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    return engine_factory(
+        args.engine,
+        rss_budget_bytes=args.rss_budget_bytes,
+        memory_limit_bytes=args.worker_memory_limit_bytes,
+    )
+
+
 def limits_from_args(args: argparse.Namespace) -> CellLimits:
     """The :class:`CellLimits` named by the limit flags; ``ValueError`` if they are invalid."""
     live = args.max_live_cells
@@ -166,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the tools of the MCP servers listed in PATH instead of the demo tools",
     )
     _add_limit_flags(run)
+    _add_engine_flags(run, "v8")
 
     serve = sub.add_parser(
         "serve",
@@ -185,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="require 'Authorization: Bearer <value of the environment variable NAME>'",
     )
     _add_limit_flags(serve)
+    _add_engine_flags(serve, "worker")
 
     mcp = sub.add_parser(
         "mcp",
@@ -197,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--http", metavar="HOST:PORT", help="serve streamable HTTP at /mcp instead of stdio"
     )
     _add_limit_flags(mcp)
+    _add_engine_flags(mcp, "worker")
     return parser
 
 
@@ -365,22 +409,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_USAGE
         try:
             limits = limits_from_args(args)
+            engine = engine_from_args(args)
         except ValueError as exc:
             print(f"codemode: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        return asyncio.run(_run_main(args, source, limits))
+        with using_default_engine(engine):
+            return asyncio.run(_run_main(args, source, limits))
     try:
         limits = limits_from_args(args)
+        engine = engine_from_args(args)
     except ValueError as exc:
         print(f"codemode: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    # Every session these fronts open gets a fresh engine of the chosen kind.
     if args.command == "serve":
         from codemode.protocol.server import serve_main
 
-        return serve_main(listen=args.listen, token_env=args.token_env, limits=limits)
+        with using_default_engine(engine):
+            return serve_main(listen=args.listen, token_env=args.token_env, limits=limits)
     if args.command == "mcp":
         from codemode.mcp.server import mcp_main
 
-        return mcp_main(config_path=args.config, http=args.http, limits=limits)
+        with using_default_engine(engine):
+            return mcp_main(config_path=args.config, http=args.http, limits=limits)
     parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse exits
     return EXIT_USAGE  # pragma: no cover
