@@ -511,3 +511,45 @@ def test_boot_survives_the_wire() -> None:
     tool = ToolDefinition("t", "d", namespace="ns", input_schema={"type": "object"})
     boot = CellBoot("c1", "text(1)", (tool,), {"k": [1]}, CellLimits(max_tool_calls=3), True)
     assert _boot(json.loads(json.dumps(boot_to_json(boot)))) == boot
+
+
+async def test_a_garbage_collected_runtime_ends_its_worker(delegate: RecordingDelegate) -> None:
+    import gc
+    import weakref
+
+    engine = WorkerEngine()
+    rt = SessionRuntime(delegate, engine=engine)
+    ref = weakref.ref(rt)
+    await rt.create_cell(request("while (true) {}"))
+    await until(lambda: len(engine.worker_pids()) == 1)
+    [pid] = engine.worker_pids()
+    del rt
+    gc.collect()
+    assert ref() is None
+    await until(lambda: not alive(pid))
+
+
+def test_default_engine_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from codemode.engine import V8Engine, default_engine, engine_factory, set_default_engine
+    from codemode.engine.choice import using_default_engine
+
+    monkeypatch.delenv("CODEMODE_ENGINE", raising=False)
+    assert isinstance(default_engine(), V8Engine)  # the library default stays in-process
+    monkeypatch.setenv("CODEMODE_ENGINE", "worker")
+    assert isinstance(default_engine(), WorkerEngine)
+    with using_default_engine(engine_factory("v8", rss_budget_bytes=8 * 1024 * MiB)):
+        assert isinstance(default_engine(), GuardedEngine)
+    assert isinstance(default_engine(), WorkerEngine)
+    set_default_engine(None)
+    with pytest.raises(ValueError):
+        engine_factory("quickjs")
+
+
+def test_serve_and_mcp_default_to_the_worker_engine() -> None:
+    from codemode.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["serve"]).engine == "worker"
+    assert parser.parse_args(["mcp", "--config", "x.json"]).engine == "worker"
+    assert parser.parse_args(["run", "--example"]).engine == "v8"
+    assert parser.parse_args(["serve", "--engine", "v8"]).engine == "v8"

@@ -8,6 +8,7 @@ every session they open gets its own worker process. See ``docs/engines.md``.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 
 from codemode.engine.base import Engine
@@ -83,9 +84,14 @@ def using_default_engine(factory: Callable[[], Engine] | None) -> Iterator[None]
 
 
 def default_engine() -> Engine:
-    """A fresh engine for a session created without one."""
+    """A fresh engine for a session created without one: the one set by
+    :func:`set_default_engine`, else the one named by the environment variable
+    ``CODEMODE_ENGINE`` (``v8`` or ``worker``), else the in-process :class:`V8Engine`."""
     if _default is not None:
         return _default()
+    name = os.environ.get("CODEMODE_ENGINE")
+    if name:
+        return engine_factory(name)()
     from codemode.engine.v8 import V8Engine
 
     return V8Engine()

@@ -1,0 +1,104 @@
+"""In-process V8Engine against WorkerEngine, side by side in one run.
+
+Per engine: cell start to completion (a trivial cell, in a warm session), sequential awaited
+nested calls per second, and 1000 nested calls in one ``Promise.all``. Prints a table and writes
+benchmarks/results/worker_engine.json. Run: .venv/bin/python benchmarks/worker_engine.py
+[--cells N] [--calls N] [--rounds N]. Figures are medians; the machine's noise is about 20 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from codemode import (
+    CellLimits,
+    Completed,
+    CreateCellRequest,
+    SessionRuntime,
+    ToolDefinition,
+    tools_delegate,
+)
+from codemode.engine import Engine, V8Engine, WorkerEngine
+
+ECHO = ToolDefinition("echo")
+
+
+async def echo(value: Any) -> Any:
+    return value
+
+
+async def run_cell(rt: SessionRuntime, source: str) -> None:
+    cell = await rt.create_cell(CreateCellRequest(source, (ECHO,)))
+    event = await rt.wait(cell, 120)
+    assert isinstance(event, Completed) and event.error_text is None, event
+
+
+async def measure(make: Callable[[], Engine], cells: int, calls: int, rounds: int) -> dict[str, Any]:
+    limits = CellLimits(max_tool_calls=calls * 2, max_parallel_tool_calls=calls)
+    t = time.perf_counter()
+    async with SessionRuntime(tools_delegate({"echo": echo}), limits=limits, engine=make()) as rt:
+        await run_cell(rt, 'text("hi")')
+        first_ms = (time.perf_counter() - t) * 1000  # includes starting a worker process
+        for _ in range(20):
+            await run_cell(rt, 'text("hi")')
+        start_ms = []
+        for _ in range(cells):
+            t = time.perf_counter()
+            await run_cell(rt, 'text("hi")')
+            start_ms.append((time.perf_counter() - t) * 1000)
+        seq = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            await run_cell(rt, f"for (let i = 0; i < {calls}; i++) await tools.echo({{i}})")
+            seq.append(calls / (time.perf_counter() - t))
+        par = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            await run_cell(
+                rt,
+                f"await Promise.all(Array.from({{length: {calls}}}, (_, i) => tools.echo({{i}})))",
+            )
+            par.append((time.perf_counter() - t) * 1000)
+    return {
+        "first_cell_ms": round(first_ms, 1),
+        "cell_start_ms_median": round(statistics.median(start_ms), 2),
+        "sequential_calls_per_s": round(statistics.median(seq)),
+        "sequential_us_per_call": round(1e6 / statistics.median(seq)),
+        "parallel_1000_ms": round(statistics.median(par), 1),
+    }
+
+
+async def main(cells: int, calls: int, rounds: int) -> dict[str, Any]:
+    results = {}
+    for name, make in (("v8 (in-process)", V8Engine), ("worker", WorkerEngine)):
+        results[name] = await measure(make, cells, calls, rounds)
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cells", type=int, default=200)
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    results = asyncio.run(main(args.cells, args.calls, args.rounds))
+    keys = list(next(iter(results.values())))
+    names = list(results)
+    print(f"{'':28}" + "".join(f"{n:>18}" for n in names) + f"{'worker / v8':>14}")
+    for key in keys:
+        a, b = results[names[0]][key], results[names[1]][key]
+        ratio = b / a if a else float("nan")
+        print(f"{key:28}" + "".join(f"{results[n][key]:>18}" for n in names) + f"{ratio:>14.2f}")
+    out = Path(__file__).parent / "results" / "worker_engine.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(
+        json.dumps({"python": platform.python_version(), "results": results}, indent=2) + "\n"
+    )
