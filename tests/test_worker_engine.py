@@ -553,3 +553,18 @@ def test_serve_and_mcp_default_to_the_worker_engine() -> None:
     assert parser.parse_args(["mcp", "--config", "x.json"]).engine == "worker"
     assert parser.parse_args(["run", "--example"]).engine == "v8"
     assert parser.parse_args(["serve", "--engine", "v8"]).engine == "v8"
+
+
+async def test_big_tool_results_cross_the_pipe_without_stalling_the_loop(
+    make_worker_runtime: Any, delegate: RecordingDelegate
+) -> None:
+    rt = make_worker_runtime(CellLimits(max_heap_bytes=256 * MiB))
+    big = "x" * (2 * MiB)
+    cell = await rt.create_cell(
+        request("const r = await tools.block({}); text(String(r.s.length)); store('k', r.s.length)")
+    )
+    await delegate.wait_calls(1)
+    async with strict_heartbeat():
+        delegate.release("tool-1", {"s": big})
+        event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert event == Completed(T(str(len(big))))

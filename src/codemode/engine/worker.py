@@ -344,12 +344,19 @@ class _Child:
         with contextlib.suppress(EngineLost, OSError, RuntimeError):
             self.send(line)
 
-    async def request(self, head: str, tail: str = "}") -> tuple[int, asyncio.Future[Any]]:
-        """Send ``head`` + ``"i": n`` + ``tail`` as one line; return the id and the answer."""
+    async def request(
+        self, head: str, tail: str | bytes = "}"
+    ) -> tuple[int, asyncio.Future[Any]]:
+        """Send ``head`` + ``"i": n`` + ``tail`` as one line (a ``bytes`` tail brings its own
+        newline); return the id and the future of the answer."""
         self.next_id += 1
         i = self.next_id
         future: asyncio.Future[dict[str, Any]] = self.loop.create_future()
-        self.send(f'{head}"i":{i}{tail}\n'.encode())
+        if isinstance(tail, str):
+            self.send(f'{head}"i":{i}{tail}\n'.encode())
+        else:  # a big line: written in two pieces rather than copied once more on the loop
+            self.send(f'{head}"i":{i}'.encode())
+            self.send(tail)
         self.pending[i] = future
         proc = self.proc
         stdin = proc.stdin if proc is not None else None
@@ -572,19 +579,10 @@ class _WorkerCell(EngineCell):
         return await self._command("run", "}")
 
     async def step(self, inputs: Sequence[StepInput]) -> StepReport:
-        parts = []
-        for item in inputs:
-            if isinstance(item, ToolResultInput):
-                if item.ok:
-                    value = item.value_json
-                    if "\n" in value:  # one message is one line
-                        value = _dumps(json.loads(value))
-                    parts.append(f'["r",{_dumps(item.call_id)},true,{value}]')
-                else:
-                    parts.append(f'["r",{_dumps(item.call_id)},false,{_dumps(item.message)}]')
-            else:
-                parts.append(f'["t",{int(item.timer_id)}]')
-        return await self._command("step", f',"in":[{",".join(parts)}]}}')
+        size = sum(len(i.value_json) for i in inputs if isinstance(i, ToolResultInput))
+        if size > _BIG_MESSAGE:  # big tool results: build the line off the event loop
+            return await self._command("step", await asyncio.to_thread(_step_tail_bytes, inputs))
+        return await self._command("step", _step_tail(inputs))
 
     async def stop(self) -> tuple[EngineEvent, ...]:
         if self.closed:
@@ -637,7 +635,7 @@ class _WorkerCell(EngineCell):
         if engine is not None:
             engine._cell_closed(child)
 
-    async def _command(self, op: str, tail: str) -> StepReport:
+    async def _command(self, op: str, tail: str | bytes) -> StepReport:
         if self._closed:
             raise EngineLost("the cell's engine was closed")
         if self._lost is not None:
@@ -669,6 +667,27 @@ class _WorkerCell(EngineCell):
                 child.draining = True
             self._mark_closed()  # the child closed its cell after the settlement
         return report
+
+
+def _step_tail(inputs: Sequence[StepInput]) -> str:
+    """The inputs of a step command, as the end of its line."""
+    parts = []
+    for item in inputs:
+        if isinstance(item, ToolResultInput):
+            if item.ok:
+                value = item.value_json
+                if "\n" in value:  # one message is one line
+                    value = _dumps(json.loads(value))
+                parts.append(f'["r",{_dumps(item.call_id)},true,{value}]')
+            else:
+                parts.append(f'["r",{_dumps(item.call_id)},false,{_dumps(item.message)}]')
+        else:
+            parts.append(f'["t",{int(item.timer_id)}]')
+    return f',"in":[{",".join(parts)}]}}'
+
+
+def _step_tail_bytes(inputs: Sequence[StepInput]) -> bytes:
+    return (_step_tail(inputs) + "\n").encode()
 
 
 # ------------------------------------------------------------------ validation of answers
