@@ -409,6 +409,10 @@ for line in sys.stdin:
     elif msg.get("op") == "run":
         if MODE == "garbage":
             print("not json at all", file=out, flush=True)
+        elif MODE == "mute":  # one valid report, then never another answer
+            report = {"ev": [["text", "hi"], ["call", "tool-1", 0, {}]], "p": ["tool-1"],
+                      "s": None, "cpu": 0}
+            print(json.dumps({"i": msg["i"], "r": report}), file=out, flush=True)
         else:
             report = {"ev": [["call", "tool-1", 7, {}]], "p": ["tool-1"], "s": None, "cpu": 0}
             print(json.dumps({"i": msg["i"], "r": report}), file=out, flush=True)
@@ -443,6 +447,22 @@ async def test_a_worker_that_breaks_the_protocol_is_killed(
     assert delegate.calls == []  # the forged call never reached the delegate
     assert any("malformed answer" in r.message for r in caplog.records)
     assert engine_of(rt).worker_pids() == []
+
+
+async def test_an_unresponsive_worker_is_killed_by_terminate(
+    make_worker_runtime: Any, delegate: RecordingDelegate, fake_python: Any
+) -> None:
+    rt = make_worker_runtime(python=fake_python("mute"))
+    cell = await rt.create_cell(request("text('hi'); await tools.echo({})"))
+    await delegate.wait_calls(1)
+    [pid] = engine_of(rt).worker_pids()
+    await asyncio.sleep(0.05)  # the echo result went to the worker, which never answers
+    async with strict_heartbeat():
+        started = time.monotonic()
+        event = await asyncio.wait_for(rt.terminate(cell), HANG)
+    assert time.monotonic() - started < 3.0
+    assert isinstance(event, Terminated)
+    await until(lambda: not alive(pid))
 
 
 async def test_a_worker_that_cannot_start_raises_engine_error(

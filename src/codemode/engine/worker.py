@@ -377,19 +377,16 @@ class _Child:
             self.send_quietly(f'{{"op":"cancel","i":{i}}}\n'.encode())
 
 
-# Every child process ever started and not yet reaped, for the exit-time cleanup.
-_LIVE_PROCS: weakref.WeakSet[asyncio.subprocess.Process] = weakref.WeakSet()
-
-
 def _track(engine: WorkerEngine | None, proc: asyncio.subprocess.Process) -> None:
-    _LIVE_PROCS.add(proc)
+    """A worker whose engine is garbage-collected is killed (its session was dropped)."""
     if engine is not None:
-        weakref.finalize(engine, _kill_pid, proc.pid)
+        weakref.finalize(engine, _kill_unreaped, proc)
 
 
-def _kill_pid(pid: int) -> None:
-    with contextlib.suppress(OSError):
-        os.kill(pid, signal.SIGKILL)
+def _kill_unreaped(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:  # not reaped yet, so the pid is still this worker's
+        with contextlib.suppress(OSError):
+            os.kill(proc.pid, signal.SIGKILL)
 
 
 class WorkerEngine(Engine):
