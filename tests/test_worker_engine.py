@@ -409,6 +409,9 @@ for line in sys.stdin:
     elif msg.get("op") == "run":
         if MODE == "garbage":
             print("not json at all", file=out, flush=True)
+        elif MODE == "huge":
+            report = {"ev": [["text", "x" * 3000000]], "p": [], "s": None, "cpu": 0}
+            print(json.dumps({"i": msg["i"], "r": report}), file=out, flush=True)
         elif MODE == "mute":  # one valid report, then never another answer
             report = {"ev": [["text", "hi"], ["call", "tool-1", 0, {}]], "p": ["tool-1"],
                       "s": None, "cpu": 0}
@@ -432,7 +435,7 @@ def fake_python(tmp_path: Path) -> Iterator[Any]:
     yield make
 
 
-@pytest.mark.parametrize("mode", ["forged", "garbage"])
+@pytest.mark.parametrize("mode", ["forged", "garbage", "huge"])
 async def test_a_worker_that_breaks_the_protocol_is_killed(
     make_worker_runtime: Any,
     delegate: RecordingDelegate,
@@ -440,7 +443,7 @@ async def test_a_worker_that_breaks_the_protocol_is_killed(
     mode: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    rt = make_worker_runtime(python=fake_python(mode))
+    rt = make_worker_runtime(python=fake_python(mode), max_message_bytes=1 << 20)
     cell = await rt.create_cell(request("text('x')"))
     event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
     assert event == Completed((), LOST)

@@ -57,7 +57,7 @@ from codemode.engine.base import (
     YieldRequested,
 )
 from codemode.engine.watchdog import rss_error_text
-from codemode.engine.worker_main import MAX_LINE, boot_to_json
+from codemode.engine.worker_main import boot_to_json
 from codemode.errors import EngineError
 from codemode.model import ImageDetail, ImageItem, TextItem
 
@@ -77,6 +77,10 @@ DEFAULT_MEMORY_LIMIT = 4 * GiB
 # The watchdog inside each worker: resident memory a worker may reach before the cell that grew
 # it is stopped. A worker with a few idle cells uses about 100 MiB.
 DEFAULT_RSS_BUDGET = 1 * GiB
+
+# The longest answer a worker may send (a report carries at most a cell's output, its calls'
+# inputs and its stored values, each far below this with the default limits).
+DEFAULT_MAX_MESSAGE = 256 * 1024 * 1024
 
 # How long an unanswered `stop` may take before the child is declared unresponsive and killed.
 STOP_TIMEOUT = 1.0
@@ -165,7 +169,7 @@ class _Child:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                limit=MAX_LINE,
+                limit=self.config["max_message_bytes"],
                 start_new_session=True,  # a Ctrl-C at the terminal is the host's to handle
             )
         except (OSError, ValueError) as exc:
@@ -400,7 +404,9 @@ class WorkerEngine(Engine):
     - ``cells_per_worker``: live cells one worker holds (default ``None``: all of this engine's);
     - ``pool_size``: isolates each worker creates ahead of time (default 2);
     - ``start_timeout``: seconds a worker may take to start (default 60);
-    - ``python``: the interpreter to run workers with (default ``sys.executable``).
+    - ``python``: the interpreter to run workers with (default ``sys.executable``);
+    - ``max_message_bytes``: the longest answer accepted from a worker (default 256 MiB); a
+      longer one counts as a protocol violation.
 
     Use one engine per session: a worker that dies ends the cells of its engine only.
     """
@@ -416,11 +422,13 @@ class WorkerEngine(Engine):
         pool_size: int = 2,
         start_timeout: float = 60.0,
         python: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
         for name, value in (
             ("memory_limit_bytes", memory_limit_bytes),
             ("rss_budget_bytes", rss_budget_bytes),
             ("cells_per_worker", cells_per_worker),
+            ("max_message_bytes", max_message_bytes),
         ):
             if value is not None and (isinstance(value, bool) or int(value) <= 0):
                 raise ValueError(f"{name} must be a positive integer or None")
@@ -435,6 +443,7 @@ class WorkerEngine(Engine):
             "pool_size": pool_size,
             "start_timeout": float(start_timeout),
             "python": python or sys.executable,
+            "max_message_bytes": int(max_message_bytes),
         }
         self._children: list[_Child] = []
         self._retired: set[_Child] = set()
