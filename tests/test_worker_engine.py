@@ -608,14 +608,23 @@ def test_default_engine_choice(monkeypatch: pytest.MonkeyPatch) -> None:
         engine_factory("quickjs")
 
 
-def test_serve_and_mcp_default_to_the_worker_engine() -> None:
-    from codemode.cli import build_parser
+def test_serve_and_mcp_default_to_the_worker_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from codemode.cli import build_parser, engine_from_args
 
+    monkeypatch.delenv("CODEMODE_ENGINE", raising=False)
     parser = build_parser()
-    assert parser.parse_args(["serve"]).engine == "worker"
-    assert parser.parse_args(["mcp", "--config", "x.json"]).engine == "worker"
-    assert parser.parse_args(["run", "--example"]).engine == "v8"
-    assert parser.parse_args(["serve", "--engine", "v8"]).engine == "v8"
+
+    def engine(*argv: str) -> Any:
+        return engine_from_args(parser.parse_args(list(argv)))()
+
+    assert isinstance(engine("serve"), WorkerEngine)
+    assert isinstance(engine("mcp", "--config", "x.json"), WorkerEngine)
+    assert not isinstance(engine("run", "--example"), WorkerEngine | GuardedEngine)
+    assert not isinstance(engine("serve", "--engine", "v8"), WorkerEngine)
+    assert isinstance(engine("serve", "--engine", "v8", "--rss-budget-bytes", "9"), GuardedEngine)
+    monkeypatch.setenv("CODEMODE_ENGINE", "v8")
+    assert not isinstance(engine("serve"), WorkerEngine)
+    assert isinstance(engine("run", "--example", "--engine", "worker"), WorkerEngine)
 
 
 async def test_big_tool_results_cross_the_pipe_without_stalling_the_loop(

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import importlib.resources
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -126,10 +127,12 @@ def _add_engine_flags(parser: argparse.ArgumentParser, default: str) -> None:
     group.add_argument(
         "--engine",
         choices=("v8", "worker"),
-        default=default,
+        default=None,
         help="worker: each session's cells run in a worker process under OS limits; "
-        f"v8: in this process (trusted code only). Default: {default}",
+        "v8: in this process (trusted code only). Default: the environment variable "
+        f"CODEMODE_ENGINE if set, else {default}",
     )
+    parser.set_defaults(default_engine=default)
     group.add_argument(
         "--rss-budget-bytes",
         type=int,
@@ -153,8 +156,9 @@ def engine_from_args(args: argparse.Namespace) -> Callable[[], Engine]:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    name = args.engine or os.environ.get("CODEMODE_ENGINE") or args.default_engine
     return engine_factory(
-        args.engine,
+        name,
         rss_budget_bytes=args.rss_budget_bytes,
         memory_limit_bytes=args.worker_memory_limit_bytes,
     )
