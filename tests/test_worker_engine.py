@@ -251,7 +251,7 @@ async def test_native_memory_flood_ends_with_a_clear_error_and_host_rss_stays_fl
 async def test_os_memory_limit_kills_only_the_worker(make_worker_runtime: Any) -> None:
     # No watchdog: the worker's RLIMIT_DATA is the last line (V8 itself commits ~0.6 GiB).
     rt = make_worker_runtime(
-        CellLimits(max_cpu_seconds=60), rss_budget_bytes=None, memory_limit_bytes=1024 * MiB
+        CellLimits(max_cpu_seconds=60), rss_budget_bytes=None, memory_limit_bytes=1280 * MiB
     )
     host_before = rss_bytes()
     async with strict_heartbeat():

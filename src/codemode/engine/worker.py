@@ -1,4 +1,4 @@
-"""The worker-process engine: V8 cells in child processes, behind a pipe (SPEC 8.3).
+"""The worker-process engine: V8 cells in child processes, behind a pipe (docs/engines.md).
 
 :class:`WorkerEngine` runs each cell in the in-process engine (:class:`V8Engine`) of a child
 Python process (:mod:`codemode.engine.worker_main`). Native memory (ICU, parser zones, regular
@@ -10,8 +10,8 @@ expression code) and native crashes cannot be bounded inside the host process; a
 - it dies with its parent (``PR_SET_PDEATHSIG`` and the end of its command pipe), and the host
   can kill it at any moment;
 - a child that dies (crash, OOM kill, limit) ends only the cells it held: their commands end
-  with :class:`EngineLost` (the cell completes with ``exec runtime ended unexpectedly``, SPEC
-  7.6, and the reason is logged), and the next cell gets a fresh child.
+  with :class:`EngineLost` (the cell completes with ``exec runtime ended unexpectedly``
+  and commits nothing; the reason is logged), and the next cell gets a fresh child.
 
 One child holds the cells of one engine, that is of one session (give each ``SessionRuntime``
 its own ``WorkerEngine``), or at most ``cells_per_worker`` cells. Children start lazily, at the
