@@ -640,3 +640,22 @@ async def test_big_tool_results_cross_the_pipe_without_stalling_the_loop(
         delegate.release("tool-1", {"s": big})
         event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
     assert event == Completed(T(str(len(big))))
+
+
+async def test_a_grown_worker_finishes_its_other_cells_before_it_ends(
+    make_worker_runtime: Any, delegate: RecordingDelegate
+) -> None:
+    rt = make_worker_runtime(CellLimits(max_cpu_seconds=60), rss_budget_bytes=400 * MiB)
+    bystander = await rt.create_cell(request("await tools.block({}); text('calm')"))
+    await delegate.wait_calls(1)
+    [pid] = engine_of(rt).worker_pids()
+    flood = await rt.create_cell(request(INTL_FLOOD))
+    event = await asyncio.wait_for(rt.wait(flood, HANG), HANG)
+    assert event == Completed(T("start"), rss_error_text(400 * MiB))
+    fresh = await rt.create_cell(request("text('fresh')"))  # goes to a new worker
+    assert await asyncio.wait_for(rt.wait(fresh, HANG), HANG) == Completed(T("fresh"))
+    assert alive(pid)  # still serving the bystander
+    delegate.release()
+    assert await asyncio.wait_for(rt.wait(bystander, HANG), HANG) == Completed(T("calm"))
+    await until(lambda: not alive(pid))
+    assert len(engine_of(rt).worker_pids()) == 1
