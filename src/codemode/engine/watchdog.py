@@ -20,6 +20,7 @@ import logging
 import os
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from codemode.engine.base import (
     CellBoot,
@@ -165,7 +166,7 @@ class _GuardedCell(EngineCell):
         self.cell_id = cell_id
         self._budget = budget
         self._monitor = monitor
-        self._task: asyncio.Task[StepReport] | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._overrun: int | None = None
 
     @property
@@ -196,23 +197,18 @@ class _GuardedCell(EngineCell):
     async def _guarded(self, command: Callable[[], Awaitable[StepReport]]) -> StepReport:
         if self._overrun is not None:
             return StepReport((), (), Settlement(rss_error_text(self._overrun)))
-
-        async def call() -> StepReport:
-            return await command()
-
-        task = asyncio.get_running_loop().create_task(call())
+        # The watchdog cancels the task running this command (no task of our own per command:
+        # this is every nested call's path) and takes its cancellation back below.
+        task = asyncio.current_task()
+        assert task is not None
         self._task = task
         run = _Run(self, self._budget, rss_bytes())
         self._monitor.add(run)
         try:
-            return await asyncio.shield(task)
+            return await command()
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                task.cancel()  # our caller was cancelled: abandon the command too
-                raise
-            if self._overrun is None:
-                raise
+            if self._overrun is None or task.uncancel() > 0:
+                raise  # our caller was cancelled (too): the engine abandoned the command
         finally:
             self._monitor.discard(run)
             self._task = None
