@@ -1,7 +1,9 @@
 """In-process V8Engine against WorkerEngine, side by side in one run.
 
 Per engine: cell start to completion (a trivial cell, in a warm session), sequential awaited
-nested calls per second, and 1000 nested calls in one ``Promise.all``. Prints a table and writes
+nested calls per second, and 1000 nested calls in one ``Promise.all``; then one engine step
+(apply a tool result, run, report) driven directly, median and p90, for V8Engine, GuardedEngine
+and WorkerEngine. Prints a table and writes
 benchmarks/results/worker_engine.json. Run: .venv/bin/python benchmarks/worker_engine.py
 [--cells N] [--calls N] [--rounds N]. Figures are medians; the machine's noise is about 20 %.
 """
@@ -26,7 +28,8 @@ from codemode import (
     ToolDefinition,
     tools_delegate,
 )
-from codemode.engine import Engine, V8Engine, WorkerEngine
+from codemode.engine import Engine, GuardedEngine, V8Engine, WorkerEngine
+from codemode.engine.base import CellBoot, ToolCallRequested, ToolResultInput
 
 ECHO = ToolDefinition("echo")
 
@@ -41,7 +44,9 @@ async def run_cell(rt: SessionRuntime, source: str) -> None:
     assert isinstance(event, Completed) and event.error_text is None, event
 
 
-async def measure(make: Callable[[], Engine], cells: int, calls: int, rounds: int) -> dict[str, Any]:
+async def measure(
+    make: Callable[[], Engine], cells: int, calls: int, rounds: int
+) -> dict[str, Any]:
     limits = CellLimits(max_tool_calls=calls * 2, max_parallel_tool_calls=calls)
     t = time.perf_counter()
     async with SessionRuntime(tools_delegate({"echo": echo}), limits=limits, engine=make()) as rt:
@@ -76,6 +81,33 @@ async def measure(make: Callable[[], Engine], cells: int, calls: int, rounds: in
     }
 
 
+async def engine_steps(engine: Engine, steps: int) -> dict[str, float]:
+    boot = CellBoot(
+        "bench",
+        f"for (let i = 0; i < {steps + 10}; i++) await tools.echo({{i}})",
+        (ECHO,),
+        {},
+        CellLimits(max_tool_calls=steps + 10),
+        False,
+    )
+    cell = await engine.open_cell(boot)
+    report = await cell.run()
+    times = []
+    for _ in range(steps):
+        call = report.events[-1]
+        assert isinstance(call, ToolCallRequested)
+        t = time.perf_counter()
+        report = await cell.step([ToolResultInput(call.call_id, True, '{"i":1}')])
+        times.append((time.perf_counter() - t) * 1e6)
+    cell.close()
+    await engine.aclose()
+    times.sort()
+    return {
+        "median_us": round(times[len(times) // 2]),
+        "p90_us": round(times[len(times) * 9 // 10]),
+    }
+
+
 async def main(cells: int, calls: int, rounds: int) -> dict[str, Any]:
     results = {}
     for name, make in (("v8 (in-process)", V8Engine), ("worker", WorkerEngine)):
@@ -83,13 +115,25 @@ async def main(cells: int, calls: int, rounds: int) -> dict[str, Any]:
     return results
 
 
+async def steps_main(steps: int) -> dict[str, Any]:
+    return {
+        "v8": await engine_steps(V8Engine(), steps),
+        "guarded v8": await engine_steps(
+            GuardedEngine(V8Engine(), rss_budget_bytes=1 << 40), steps
+        ),
+        "worker": await engine_steps(WorkerEngine(), steps),
+    }
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--cells", type=int, default=200)
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3000)
     args = parser.parse_args()
     results = asyncio.run(main(args.cells, args.calls, args.rounds))
+    steps = asyncio.run(steps_main(args.steps))
     keys = list(next(iter(results.values())))
     names = list(results)
     print(f"{'':28}" + "".join(f"{n:>18}" for n in names) + f"{'worker / v8':>14}")
@@ -97,8 +141,11 @@ if __name__ == "__main__":
         a, b = results[names[0]][key], results[names[1]][key]
         ratio = b / a if a else float("nan")
         print(f"{key:28}" + "".join(f"{results[n][key]:>18}" for n in names) + f"{ratio:>14.2f}")
+    print()
+    print(f"{'one engine step':28}{'median us':>18}{'p90 us':>18}")
+    for name, figures in steps.items():
+        print(f"{name:28}{figures['median_us']:>18}{figures['p90_us']:>18}")
     out = Path(__file__).parent / "results" / "worker_engine.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(
-        json.dumps({"python": platform.python_version(), "results": results}, indent=2) + "\n"
-    )
+    data = {"python": platform.python_version(), "results": results, "engine_steps": steps}
+    out.write_text(json.dumps(data, indent=2) + "\n")

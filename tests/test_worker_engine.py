@@ -298,7 +298,7 @@ async def test_sigkill_of_the_worker_mid_call_ends_its_cells_and_the_session_goe
         assert await asyncio.wait_for(wrt.wait_to_pending(two), HANG) == Completed((), LOST)
     assert delegate.cancelled == ["tool-1"]
     assert any(f"worker process {pid} was killed by SIGKILL" in r.message for r in caplog.records)
-    later = await wrt.create_cell(request('text(String(await tools.echo({n: 5}).then(r => r.n)))'))
+    later = await wrt.create_cell(request("text(String(await tools.echo({n: 5}).then(r => r.n)))"))
     assert await asyncio.wait_for(wrt.wait(later, HANG), HANG) == Completed(T("5"))
     assert engine.worker_pids() and pid not in engine.worker_pids()
 
@@ -546,9 +546,7 @@ async def test_in_process_watchdog_stops_the_cell_that_grew_the_process(
 ) -> None:
     budget = rss_bytes() + 300 * MiB
     engine = GuardedEngine(rss_budget_bytes=budget)
-    async with SessionRuntime(
-        delegate, engine=engine, limits=CellLimits(max_cpu_seconds=60)
-    ) as rt:
+    async with SessionRuntime(delegate, engine=engine, limits=CellLimits(max_cpu_seconds=60)) as rt:
         bystander = await rt.create_cell(request("await tools.block({}); text('calm')"))
         async with strict_heartbeat():
             cell = await rt.create_cell(request(INTL_FLOOD))
@@ -562,8 +560,10 @@ async def test_watchdog_leaves_cells_under_budget_alone(delegate: RecordingDeleg
     engine = GuardedEngine(rss_budget_bytes=rss_bytes() + 2048 * MiB)
     async with SessionRuntime(delegate, engine=engine) as rt:
         cell = await rt.create_cell(
-            request("const a = []; for (let i = 0; i < 2000; i++) a.push(new Intl.Collator('de'));"
-                    "await tools.echo({}); text(String(a.length))")
+            request(
+                "const a = []; for (let i = 0; i < 2000; i++) a.push(new Intl.Collator('de'));"
+                "await tools.echo({}); text(String(a.length))"
+            )
         )
         assert await asyncio.wait_for(rt.wait(cell, HANG), HANG) == Completed(T("2000"))
 

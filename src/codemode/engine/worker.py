@@ -348,9 +348,7 @@ class _Child:
         with contextlib.suppress(EngineLost, OSError, RuntimeError):
             self.send(line)
 
-    async def request(
-        self, head: str, tail: str | bytes = "}"
-    ) -> tuple[int, asyncio.Future[Any]]:
+    async def request(self, head: str, tail: str | bytes = "}") -> tuple[int, asyncio.Future[Any]]:
         """Send ``head`` + ``"i": n`` + ``tail`` as one line (a ``bytes`` tail brings its own
         newline); return the id and the future of the answer."""
         self.next_id += 1
@@ -517,8 +515,10 @@ class WorkerEngine(Engine):
 
     def _child_with_room(self) -> _Child:
         for child in self._children:
-            if child.lost is None and not child.draining and (
-                self.cells_per_worker is None or child.load < self.cells_per_worker
+            if (
+                child.lost is None
+                and not child.draining
+                and (self.cells_per_worker is None or child.load < self.cells_per_worker)
             ):
                 return child
         child = _Child(self)
