@@ -23,6 +23,7 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["main"]
@@ -211,28 +212,16 @@ class _Server:
 
 
 def _boot(data: dict[str, Any]) -> Any:
+    """The :class:`CellBoot` of :func:`boot_to_json`'s wire form."""
     from codemode.engine.base import CellBoot
     from codemode.model import CellLimits, ToolDefinition, ToolKind
 
-    tools = tuple(
-        ToolDefinition(
-            t["name"],
-            t["description"],
-            ToolKind(t["kind"]),
-            t["namespace"],
-            t["input_schema"],
-            t["output_schema"],
-        )
-        for t in data["tools"]
+    fields = dict(data)
+    fields["tools"] = tuple(
+        ToolDefinition(**{**t, "kind": ToolKind(t["kind"])}) for t in data["tools"]
     )
-    return CellBoot(
-        cell_id=data["cell_id"],
-        source=data["source"],
-        tools=tools,
-        stored=data["stored"],
-        limits=CellLimits(**data["limits"]),
-        pausable=bool(data["pausable"]),
-    )
+    fields["limits"] = CellLimits(**data["limits"])
+    return CellBoot(**fields)
 
 
 def _inputs(raw: list[Any]) -> list[Any]:
@@ -250,25 +239,19 @@ def _inputs(raw: list[Any]) -> list[Any]:
 
 
 def boot_to_json(boot: Any) -> dict[str, Any]:
-    """The wire form of a :class:`CellBoot` (used by the host)."""
-    return {
-        "cell_id": boot.cell_id,
-        "source": boot.source,
-        "tools": [
-            {
-                "name": t.name,
-                "description": t.description,
-                "kind": str(t.kind),
-                "namespace": t.namespace,
-                "input_schema": t.input_schema,
-                "output_schema": t.output_schema,
-            }
-            for t in boot.tools
-        ],
-        "stored": dict(boot.stored),
-        "limits": dataclasses.asdict(boot.limits),
-        "pausable": boot.pausable,
-    }
+    """The wire form of a :class:`CellBoot` (used by the host): every field, whatever fields
+    the dataclasses grow, with the tools and limits as objects."""
+    data: dict[str, Any] = {}
+    for field in dataclasses.fields(boot):
+        value = getattr(boot, field.name)
+        if field.name == "tools":
+            value = [{f.name: getattr(t, f.name) for f in dataclasses.fields(t)} for t in value]
+        elif field.name == "limits":
+            value = dataclasses.asdict(value)
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        data[field.name] = value
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
