@@ -1,7 +1,8 @@
 """In-process V8Engine against WorkerEngine, side by side in one run.
 
 Per engine: cell start to completion (a trivial cell, in a warm session), sequential awaited
-nested calls per second, and 1000 nested calls in one ``Promise.all``; then one engine step
+nested calls per second (an instant tool, and a tool that takes 1 ms), and 1000 nested calls
+in one ``Promise.all``; then one engine step
 (apply a tool result, run, report) driven directly, median and p90, for V8Engine, GuardedEngine
 and WorkerEngine. Prints a table and writes
 benchmarks/results/worker_engine.json. Run: .venv/bin/python benchmarks/worker_engine.py
@@ -32,14 +33,20 @@ from codemode.engine import Engine, GuardedEngine, V8Engine, WorkerEngine
 from codemode.engine.base import CellBoot, ToolCallRequested, ToolResultInput
 
 ECHO = ToolDefinition("echo")
+SLOW = ToolDefinition("slow", "Returns its input after 1 ms.")
 
 
 async def echo(value: Any) -> Any:
     return value
 
 
+async def slow(value: Any) -> Any:
+    await asyncio.sleep(0.001)
+    return value
+
+
 async def run_cell(rt: SessionRuntime, source: str) -> None:
-    cell = await rt.create_cell(CreateCellRequest(source, (ECHO,)))
+    cell = await rt.create_cell(CreateCellRequest(source, (ECHO, SLOW)))
     event = await rt.wait(cell, 120)
     assert isinstance(event, Completed) and event.error_text is None, event
 
@@ -49,7 +56,8 @@ async def measure(
 ) -> dict[str, Any]:
     limits = CellLimits(max_tool_calls=calls * 2, max_parallel_tool_calls=calls)
     t = time.perf_counter()
-    async with SessionRuntime(tools_delegate({"echo": echo}), limits=limits, engine=make()) as rt:
+    delegate = tools_delegate({"echo": echo, "slow": slow})
+    async with SessionRuntime(delegate, limits=limits, engine=make()) as rt:
         await run_cell(rt, 'text("hi")')
         first_ms = (time.perf_counter() - t) * 1000  # includes starting a worker process
         for _ in range(20):
@@ -64,6 +72,11 @@ async def measure(
             t = time.perf_counter()
             await run_cell(rt, f"for (let i = 0; i < {calls}; i++) await tools.echo({{i}})")
             seq.append(calls / (time.perf_counter() - t))
+        slow_us = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            await run_cell(rt, "for (let i = 0; i < 200; i++) await tools.slow({i})")
+            slow_us.append((time.perf_counter() - t) / 200 * 1e6)
         par = []
         for _ in range(rounds):
             t = time.perf_counter()
@@ -78,6 +91,7 @@ async def measure(
         "sequential_calls_per_s": round(statistics.median(seq)),
         "sequential_us_per_call": round(1e6 / statistics.median(seq)),
         "parallel_1000_ms": round(statistics.median(par), 1),
+        "sequential_1ms_tool_us_per_call": round(statistics.median(slow_us)),
     }
 
 
