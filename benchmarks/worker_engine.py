@@ -95,7 +95,8 @@ async def measure(
     }
 
 
-async def engine_steps(engine: Engine, steps: int) -> dict[str, float]:
+async def engine_steps(engine: Engine, steps: int, idle: float = 0.0) -> dict[str, float]:
+    """Median and p90 of one step; ``idle`` seconds of sleep before each (a tool at work)."""
     boot = CellBoot(
         "bench",
         f"for (let i = 0; i < {steps + 10}; i++) await tools.echo({{i}})",
@@ -110,6 +111,8 @@ async def engine_steps(engine: Engine, steps: int) -> dict[str, float]:
     for _ in range(steps):
         call = report.events[-1]
         assert isinstance(call, ToolCallRequested)
+        if idle:
+            time.sleep(idle)  # noqa: ASYNC251 - the point: let V8's thread fall asleep
         t = time.perf_counter()
         report = await cell.step([ToolResultInput(call.call_id, True, '{"i":1}')])
         times.append((time.perf_counter() - t) * 1e6)
@@ -135,6 +138,7 @@ async def steps_main(steps: int) -> dict[str, Any]:
         "guarded v8": await engine_steps(
             GuardedEngine(V8Engine(), rss_budget_bytes=1 << 40), steps
         ),
+        "v8 after 0.5 ms idle": await engine_steps(V8Engine(), steps, idle=0.0005),
         "worker": await engine_steps(WorkerEngine(), steps),
     }
 
