@@ -659,3 +659,53 @@ async def test_a_grown_worker_finishes_its_other_cells_before_it_ends(
     assert await asyncio.wait_for(rt.wait(bystander, HANG), HANG) == Completed(T("calm"))
     await until(lambda: not alive(pid))
     assert len(engine_of(rt).worker_pids()) == 1
+
+
+# ---------------------------------------------------------------------- the default of `serve`
+
+
+def worker_children(pid: int) -> list[int]:
+    """Live worker processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z" and b"worker_main" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+async def test_codemode_serve_runs_each_session_in_a_worker(delegate: RecordingDelegate) -> None:
+    from codemode import RemoteSession
+
+    remote = await RemoteSession.spawn(delegate)
+    try:
+        serve_pid = remote._process.pid  # type: ignore[union-attr]
+        cell = await remote.create_cell(request("text('w'); await tools.block({})"))
+        await delegate.wait_calls(1)
+        [worker] = worker_children(serve_pid)
+        os.kill(worker, signal.SIGKILL)
+        assert await asyncio.wait_for(remote.wait(cell, HANG), HANG) == Completed(T("w"), LOST)
+        again = await remote.create_cell(request("text('again')"))
+        assert await asyncio.wait_for(remote.wait(again, HANG), HANG) == Completed(T("again"))
+        [second] = worker_children(serve_pid)
+    finally:
+        await asyncio.wait_for(remote.shutdown(), HANG)
+    await until(lambda: not alive(second))
+
+    in_process = await RemoteSession.spawn(
+        delegate, command=[sys.executable, "-m", "codemode", "serve", "--engine", "v8"]
+    )
+    try:
+        cell = await in_process.create_cell(request("text('v8')"))
+        assert await asyncio.wait_for(in_process.wait(cell, HANG), HANG) == Completed(T("v8"))
+        assert worker_children(in_process._process.pid) == []  # type: ignore[union-attr]
+    finally:
+        await asyncio.wait_for(in_process.shutdown(), HANG)

@@ -20,7 +20,6 @@ import ctypes
 import dataclasses
 import json
 import os
-import resource
 import signal
 import sys
 from collections.abc import Mapping
@@ -49,6 +48,8 @@ def _die_with_parent(parent: int) -> None:
 
 def _limit_memory(data_bytes: int | None) -> None:
     if data_bytes is not None:
+        import resource  # POSIX only; the host never imports this function
+
         resource.setrlimit(resource.RLIMIT_DATA, (data_bytes, data_bytes))
 
 
