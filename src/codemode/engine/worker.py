@@ -137,7 +137,8 @@ class _Child:
         self.retired = False
         self.draining = False  # takes no new cells (its memory watchdog fired); ends when idle
         self._ending = False
-        self.stderr_tail: deque[bytes] = deque(maxlen=40)
+        self.stderr_tail: deque[bytes] = deque(maxlen=4)
+        self._killed = False  # by us: its exit says nothing about its memory
         self._tasks: set[asyncio.Task[None]] = set()
         self._spawn = self._task(self._start())
 
@@ -206,12 +207,14 @@ class _Child:
             engine._child_ended(self)
 
     async def _read_stderr(self) -> None:
+        """Drain the child's stderr (V8's fatal messages, Python tracebacks) in chunks, never
+        by lines, so no output can stop the draining; keep the last few KiB for the reason."""
         assert self.proc is not None and self.proc.stderr is not None
         stream = self.proc.stderr
         with contextlib.suppress(Exception):
-            while line := await stream.readline():
-                self.stderr_tail.append(line[:500])
-                logger.debug("worker %s: %s", self.pid, line[:500].decode("utf-8", "replace"))
+            while chunk := await stream.read(1 << 16):
+                self.stderr_tail.append(chunk[-4096:])
+                logger.debug("worker %s: %s", self.pid, chunk[:2000].decode("utf-8", "replace"))
 
     async def _read_answers(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -255,6 +258,7 @@ class _Child:
     def _kill(self) -> None:
         proc = self.proc
         if proc is not None and proc.returncode is None:
+            self._killed = True
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
 
@@ -298,7 +302,7 @@ class _Child:
             or "allocation failed" in tail.lower()
             or returncode in (133, 134, -signal.SIGKILL, -signal.SIGTRAP, -signal.SIGABRT)
         )
-        if memory and self.config.get("data_limit"):
+        if memory and not self._killed and self.config.get("data_limit"):
             return f"it may have run out of memory (memory_limit_bytes={self.config['data_limit']})"
         return ""
 
