@@ -56,6 +56,16 @@ def _otel() -> Any:
     return sys.modules.get(_TRACE_MODULE)
 
 
+_tracer_cache: list[Any] = []  # [otel module, its tracer]: OpenTelemetry's proxy tracer follows
+# a tracer provider set later, so one tracer serves the whole process.
+
+
+def _tracer(otel: Any) -> Any:
+    if not _tracer_cache or _tracer_cache[0] is not otel:
+        _tracer_cache[:] = [otel, otel.get_tracer(INSTRUMENTATION_NAME)]
+    return _tracer_cache[1]
+
+
 class CellTrace:
     """The span of one cell and the spans of its nested calls. Made by :func:`cell_started`."""
 
@@ -88,9 +98,8 @@ class CellTrace:
         }
         if tool.description:
             attributes["gen_ai.tool.description"] = tool.description
-        tracer = otel.get_tracer(INSTRUMENTATION_NAME)
         parent = otel.set_span_in_context(self._span)
-        span = tracer.start_span(
+        span = _tracer(otel).start_span(
             f"execute_tool {tool.name}",
             context=parent,
             kind=otel.SpanKind.INTERNAL,
@@ -132,7 +141,7 @@ def cell_started(cell_id: str, kind: str, tool_call_id: str) -> CellTrace | None
     attributes: dict[str, Any] = {"codemode.cell.id": cell_id, "codemode.cell.kind": kind}
     if tool_call_id:
         attributes["gen_ai.tool.call.id"] = tool_call_id
-    span = otel.get_tracer(INSTRUMENTATION_NAME).start_span(
+    span = _tracer(otel).start_span(
         CELL_SPAN_NAME, kind=otel.SpanKind.INTERNAL, attributes=attributes
     )
     return CellTrace(otel, span)
