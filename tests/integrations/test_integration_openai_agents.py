@@ -212,6 +212,20 @@ def _echo_delegate() -> Any:
     return tools_delegate({})
 
 
+def test_the_tools_work_across_event_loops() -> None:
+    """Each ``asyncio.run`` is a new loop: the owned session follows (a new one per loop, with
+    a fresh memory of call ids: the scripted model reuses ``call_1``)."""
+    tools = code_mode_tools([get_weather, get_population])
+    for units in ("K", "°F"):
+        model = ScriptedModel(CELL)
+        agent = Agent[Deps](name="a", model=model, tools=tools)
+        result = asyncio.run(
+            Runner.run(agent, "go", context=Deps(units=units), run_config=NO_TRACING)
+        )
+        assert result.final_output.endswith(f"sunny in Paris, 21 {units}; 2100000 people")
+    asyncio.run(close_code_mode_tools(tools))
+
+
 def test_a_wrapped_tool_named_exec_is_refused() -> None:
     @function_tool(name_override="exec")
     def clash() -> str:

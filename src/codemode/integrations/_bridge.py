@@ -72,8 +72,14 @@ class _Delegate:
 class _LazySession:
     """A :class:`CodeModeSession` that makes or borrows the real session on first use."""
 
-    def __init__(self, session: SessionArgument, delegate: SessionDelegate) -> None:
+    def __init__(
+        self,
+        session: SessionArgument,
+        delegate: SessionDelegate,
+        replaced: Callable[[], None] = lambda: None,
+    ) -> None:
         self._argument = session
+        self._replaced = replaced
         self._delegate = delegate
         self._session: CodeModeSession | None = None
         self._owned = session is None or not hasattr(session, "create_cell")
@@ -87,7 +93,21 @@ class _LazySession:
         limits = getattr(self._session or self._argument, "limits", None)
         return limits if isinstance(limits, CellLimits) else CellLimits()
 
+    def follow_loop(self) -> None:
+        """An owned session lives on the loop that made it. Called on a new loop (``run_sync``,
+        a second ``asyncio.run``), forget it: the next use starts a new session, and the old
+        one's cells stop when it is collected."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._session is not None and self._owned and self._loop is not loop:
+            logger.info("a new event loop: starting a new code mode session")
+            self._session = None
+            self._replaced()
+
     async def get(self) -> CodeModeSession:
+        self.follow_loop()
         if self._session is not None:
             return self._session
         loop = asyncio.get_running_loop()
@@ -126,6 +146,8 @@ class _LazySession:
         if session is None or not self._owned:
             self._session = session
             return
+        if self._loop is not asyncio.get_running_loop():
+            return  # made on another loop, which cannot run its shutdown any more
         shutdown = getattr(session, "shutdown", None)
         if shutdown is not None:
             await shutdown()
@@ -136,12 +158,15 @@ class Bridge:
 
     def __init__(self, session: SessionArgument, handler: NestedHandler) -> None:
         self.delegate: SessionDelegate = _Delegate(handler)
-        self.session = _LazySession(session, self.delegate)
         self._tools: dict[str, CodeModeTools] = {}
+        # A new session forgets the old one's cells: so do the tools' retry and carry state.
+        self.session = _LazySession(session, self.delegate, self._tools.clear)
 
     def code_mode_tools(self, tools: tuple[ToolDefinition, ...]) -> CodeModeTools:
-        """The ``CodeModeTools`` for this list of nested tools (made once per distinct list, so
-        a retried ``exec`` and the carried output of ``wait`` survive between run steps)."""
+        """The ``CodeModeTools`` for this list of nested tools (made once per distinct list and
+        session, so a retried ``exec`` and the carried output of ``wait`` survive between run
+        steps). Ask for it at each call rather than keeping it."""
+        self.session.follow_loop()
         key = json.dumps([asdict(t) for t in tools], sort_keys=True, default=repr)
         found = self._tools.get(key)
         if found is None:

@@ -38,7 +38,7 @@ from langchain_core.tools import BaseTool, InjectedToolCallId, StructuredTool
 from pydantic import BaseModel, Field
 
 from codemode.integrations._bridge import Bridge, SessionArgument, jsonable, tool_definition
-from codemode.model import ImageItem, NestedToolCall, TextItem
+from codemode.model import ImageItem, NestedToolCall, TextItem, ToolDefinition
 from codemode.tools.description import EXEC_TOOL_NAME, WAIT_TOOL_NAME
 from codemode.tools.exec_wait import CodeModeTools
 from codemode.tools.result import ToolResult
@@ -71,7 +71,7 @@ class _Adapter:
     def __init__(self, session: SessionArgument) -> None:
         self.by_name: dict[str, BaseTool] = {}
         self.bridge = Bridge(session, self.run_nested)
-        self.code_tools: CodeModeTools = self.bridge.code_mode_tools(())
+        self.definitions: tuple[ToolDefinition, ...] = ()
         self.current: contextvars.ContextVar[_Run | None] = contextvars.ContextVar(
             "codemode_langchain_run", default=None
         )
@@ -79,9 +79,10 @@ class _Adapter:
 
     def use(self, tools: Sequence[BaseTool]) -> CodeModeTools:
         """Make ``tools`` the nested tools of new cells; returns their ``CodeModeTools``."""
-        self.code_tools = self.bridge.code_mode_tools(tuple(_definition(t) for t in tools))
+        self.definitions = tuple(_definition(t) for t in tools)
+        code_tools = self.bridge.code_mode_tools(self.definitions)
         self.by_name.update({tool.name: tool for tool in tools})
-        return self.code_tools
+        return code_tools
 
     async def run_nested(self, call: NestedToolCall) -> Any:
         run = self.current.get() or self.latest
@@ -96,7 +97,8 @@ class _Adapter:
         self.latest = run
         token = self.current.set(run)
         try:
-            result = await self.code_tools.call(name, arguments, call_id)
+            code_tools = self.bridge.code_mode_tools(self.definitions)
+            result = await code_tools.call(name, arguments, call_id)
         finally:
             self.current.reset(token)
         return tool_content(result)
@@ -147,7 +149,7 @@ class _Adapter:
         ]
 
 
-def _definition(tool: BaseTool) -> Any:
+def _definition(tool: BaseTool) -> ToolDefinition:
     schema = tool.tool_call_schema
     input_schema: dict[str, Any]
     if isinstance(schema, dict):
@@ -205,7 +207,7 @@ class CodeModeMiddleware(AgentMiddleware):
     def __init__(self, *, session: SessionArgument = None) -> None:
         super().__init__()
         self._adapter = _Adapter(session)
-        self.tools = self._adapter.tools(self._adapter.code_tools)
+        self.tools = self._adapter.tools(self._adapter.use(()))
 
     def _rewrite(self, request: ModelRequest[Any]) -> ModelRequest[Any]:
         wrapped = [

@@ -39,7 +39,6 @@ from agents.tool_context import ToolContext
 from codemode.integrations._bridge import Bridge, SessionArgument, jsonable, tool_definition
 from codemode.model import ImageItem, NestedToolCall, TextItem
 from codemode.tools.description import EXEC_TOOL_NAME, WAIT_TOOL_NAME
-from codemode.tools.exec_wait import CodeModeTools
 from codemode.tools.result import ToolResult
 
 __all__ = ["close_code_mode_tools", "code_mode_tools", "mcp_function_tools"]
@@ -54,12 +53,11 @@ class _Adapter:
     def __init__(self, tools: Sequence[FunctionTool], session: SessionArgument) -> None:
         self.by_name = {tool.name: tool for tool in tools}
         self.bridge = Bridge(session, self.run_nested)
-        self.code_tools: CodeModeTools = self.bridge.code_mode_tools(
-            tuple(
-                tool_definition(t.name, t.description, t.params_json_schema, t.output_json_schema)
-                for t in tools
-            )
+        self.definitions = tuple(
+            tool_definition(t.name, t.description, t.params_json_schema, t.output_json_schema)
+            for t in tools
         )
+        self.bridge.code_mode_tools(self.definitions)  # checks the names now
         self.current: contextvars.ContextVar[_Run | None] = contextvars.ContextVar(
             "codemode_openai_agents_run", default=None
         )
@@ -88,7 +86,8 @@ class _Adapter:
         self.latest = run
         token = self.current.set(run)
         try:
-            return await self.code_tools.call(name, arguments, context.tool_call_id)
+            code_tools = self.bridge.code_mode_tools(self.definitions)
+            return await code_tools.call(name, arguments, context.tool_call_id)
         finally:
             self.current.reset(token)
 
@@ -112,7 +111,7 @@ def code_mode_tools(
     nested = [tool for tool in tools if _runs_nested(tool)]
     direct = [tool for tool in tools if not _runs_nested(tool)]
     adapter = _Adapter(nested, session)  # type: ignore[arg-type]
-    code_tools = adapter.code_tools
+    code_tools = adapter.bridge.code_mode_tools(adapter.definitions)
 
     async def run_exec_freeform(context: ToolContext[Any], source: str) -> str:
         return (await adapter.call(EXEC_TOOL_NAME, context, source)).text
