@@ -236,3 +236,49 @@ def test_importing_codemode_imports_no_framework_and_no_opentelemetry() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]"
+
+
+async def test_spans_nest_inside_an_instrumented_pydantic_ai_agent(
+    spans: InMemorySpanExporter,
+) -> None:
+    """pydantic-ai's span for ``exec`` > the cell > codemode's span per nested call >
+    pydantic-ai's own span for the wrapped tool: one trace."""
+    from pydantic_ai import Agent
+    from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
+    from pydantic_ai.models.function import FunctionModel
+    from pydantic_ai.toolsets import FunctionToolset
+
+    from codemode.integrations.pydantic_ai import CodeModeToolset
+
+    toolset: FunctionToolset[None] = FunctionToolset()
+
+    @toolset.tool_plain
+    def shout(word: str) -> str:
+        """Upper-cases a word."""
+        return word.upper()
+
+    def model(messages: list[Any], info: Any) -> ModelResponse:
+        if len(messages) == 1:
+            code = 'text((await Promise.all([tools.shout({word: "a"}), tools.shout({word: "b"})])).join(""))'
+            return ModelResponse(
+                parts=[ToolCallPart("exec", {"code": code}, tool_call_id="call_9")]
+            )
+        return ModelResponse(parts=[TextPart("done")])
+
+    from pydantic_ai.capabilities import Instrumentation
+
+    agent = Agent(
+        FunctionModel(model),
+        toolsets=[CodeModeToolset(toolset)],
+        capabilities=[Instrumentation()],
+    )
+    await agent.run("go")
+    exported = spans.get_finished_spans()
+    (cell,) = by_name(exported, "codemode.cell")
+    parent = next(s for s in exported if span_id(s) == parent_id(cell))
+    assert dict(parent.attributes or {}).get("gen_ai.tool.name") == "exec"  # pydantic-ai's span
+    ours = [s for s in by_name(exported, "execute_tool shout") if parent_id(s) == span_id(cell)]
+    assert len(ours) == 2
+    theirs = [s for s in by_name(exported, "execute_tool shout") if s not in ours]
+    assert sorted(parent_id(s) or 0 for s in theirs) == sorted(span_id(s) for s in ours)
+    assert {s.context.trace_id for s in exported if s.context} == {cell.context.trace_id}  # type: ignore[union-attr]

@@ -200,3 +200,20 @@ async def test_a_wrapped_tool_named_like_a_code_mode_tool_is_refused(name: str) 
     agent = Agent(FunctionModel(ScriptedModel("1")), toolsets=[CodeModeToolset(toolset)])
     with pytest.raises(ValueError, match=f"cannot be named `{name}`"):
         await agent.run("go")
+
+
+async def test_cells_run_in_codemode_serve_through_a_session_factory() -> None:
+    """``session`` may make a ``RemoteSession``: the cell runs in a ``codemode serve`` child
+    process and its nested calls come back to the agent's tools over the connection."""
+    from codemode.protocol.client import RemoteSession
+
+    model = ScriptedModel(CELL)
+    toolset = CodeModeToolset(
+        make_toolset(), session=lambda delegate: RemoteSession.spawn(delegate)
+    )
+    agent = Agent(FunctionModel(model), deps_type=Deps, toolsets=[toolset])
+    deps = Deps(units="°C")
+    result = await agent.run("go", deps=deps)
+    assert result.output.endswith("sunny in Paris, 21 °C; 2100000 people")
+    assert sorted(s[2] or "" for s in deps.seen) == ["call_1:tool-1", "call_1:tool-2"]
+    assert toolset.code_mode_session is None  # the spawned server was shut down with the run
