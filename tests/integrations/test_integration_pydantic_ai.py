@@ -217,3 +217,32 @@ async def test_cells_run_in_codemode_serve_through_a_session_factory() -> None:
     assert result.output.endswith("sunny in Paris, 21 °C; 2100000 people")
     assert sorted(s[2] or "" for s in deps.seen) == ["call_1:tool-1", "call_1:tool-2"]
     assert toolset.code_mode_session is None  # the spawned server was shut down with the run
+
+
+async def test_an_mcp_toolset_runs_in_a_cell() -> None:
+    """A pydantic-ai ``MCPToolset`` (a stdio MCP server: mcp-server-time) wrapped whole."""
+    import sys
+
+    from pydantic_ai.mcp import MCPToolset, StdioTransport
+
+    server = MCPToolset(
+        StdioTransport(
+            command=sys.executable, args=["-m", "mcp_server_time", "--local-timezone", "UTC"]
+        ),
+        id="time",
+    )
+    code = """
+    const [now, converted] = await Promise.all([
+      tools.get_current_time({timezone: "Europe/Paris"}),
+      tools.convert_time({source_timezone: "UTC", time: "12:00", target_timezone: "Asia/Tokyo"}),
+    ]);
+    text(JSON.stringify([now, converted]));
+    """
+    model = ScriptedModel(code)
+    agent = Agent(FunctionModel(model), toolsets=[CodeModeToolset(server)])
+    await agent.run("What time is it?")
+    description = model.infos[0].function_tools[0].description or ""
+    assert "convert_time(args: {" in description and "get_current_time(args: {" in description
+    content = model.returns[0].model_response_str()
+    assert content.startswith("Script completed"), content
+    assert "Europe/Paris" in content and "Asia/Tokyo" in content and "21:00" in content
