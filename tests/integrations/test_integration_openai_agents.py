@@ -24,6 +24,7 @@ from agents import (
     Usage,
     function_tool,
 )
+from agents.tracing import FunctionSpanData, TracingProcessor, set_trace_processors
 from openai.types.responses import (
     ResponseCustomToolCall,
     ResponseFunctionToolCall,
@@ -224,6 +225,52 @@ def test_the_tools_work_across_event_loops() -> None:
         )
         assert result.final_output.endswith(f"sunny in Paris, 21 {units}; 2100000 people")
     asyncio.run(close_code_mode_tools(tools))
+
+
+class Spans(TracingProcessor):
+    """Keeps the SDK's finished spans in memory (replaces the exporter: nothing is sent)."""
+
+    def __init__(self) -> None:
+        self.ended: list[Any] = []
+
+    def on_trace_start(self, trace: Any) -> None:
+        pass
+
+    def on_trace_end(self, trace: Any) -> None:
+        pass
+
+    def on_span_start(self, span: Any) -> None:
+        pass
+
+    def on_span_end(self, span: Any) -> None:
+        self.ended.append(span)
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self) -> None:
+        pass
+
+
+async def test_nested_calls_appear_in_the_sdks_trace_under_exec() -> None:
+    spans = Spans()
+    set_trace_processors([spans])
+    tools = code_mode_tools([get_weather, get_population])
+    try:
+        agent = Agent[Deps](name="a", model=ScriptedModel(CELL), tools=tools)
+        await Runner.run(agent, "go", context=Deps(units="K"))
+    finally:
+        set_trace_processors([])
+        await close_code_mode_tools(tools)
+    functions = {
+        s.span_data.name: s for s in spans.ended if isinstance(s.span_data, FunctionSpanData)
+    }
+    exec_span = next(s for s in spans.ended if getattr(s.span_data, "name", None) == "exec")
+    for name in ("get_weather", "get_population"):
+        assert functions[name].parent_id == exec_span.span_id
+        assert functions[name].trace_id == exec_span.trace_id
+    assert functions["get_weather"].span_data.input == '{"city": "Paris"}'
+    assert functions["get_population"].span_data.output == "2100000"
 
 
 def test_a_wrapped_tool_named_exec_is_refused() -> None:

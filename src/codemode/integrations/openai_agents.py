@@ -8,7 +8,8 @@ custom tools such as Chat Completions) and ``wait``. The wrapped tools are decla
 in ``exec``'s description; a cell's ``tools.<name>(args)`` calls the ``FunctionTool``'s
 ``on_invoke_tool`` with a ``ToolContext`` derived from the ``exec`` call's: the same run context
 (``context``, usage, agent, run config), the tool's name, the arguments as JSON, and the call id
-``{exec call id}:{tool-N}``. The MCP servers' tools join as ``FunctionTool`` s, listed once with
+``{exec call id}:{tool-N}``, inside a function span of the SDK's trace, child of ``exec``'s.
+The MCP servers' tools join as ``FunctionTool`` s, listed once with
 :func:`mcp_function_tools`.
 
 What a nested call reports to the cell: the tool's return value as JSON. A ``FunctionTool`` made
@@ -35,6 +36,7 @@ from agents import Agent, CustomTool, FunctionTool, RunContextWrapper, Tool
 from agents.mcp import MCPServer, MCPUtil
 from agents.tool import ToolOutputImage, ToolOutputText
 from agents.tool_context import ToolContext
+from agents.tracing import function_span, get_current_span
 
 from codemode.integrations._bridge import Bridge, SessionArgument, jsonable, tool_definition
 from codemode.model import ImageItem, NestedToolCall, TextItem
@@ -47,6 +49,7 @@ __all__ = ["close_code_mode_tools", "code_mode_tools", "mcp_function_tools"]
 @dataclass(frozen=True)
 class _Run:
     context: ToolContext[Any]
+    span: Any  # the SDK's trace span current in the exec or wait call (its function span)
 
 
 class _Adapter:
@@ -79,10 +82,15 @@ class _Adapter:
             agent=outer.agent,
             run_config=outer.run_config,
         )
-        return jsonable(await tool.on_invoke_tool(context, arguments))
+        # A function span in the SDK's own trace, child of exec's, as the runner makes for the
+        # tools it calls.
+        with function_span(tool.name, input=arguments, parent=run.span) as span:
+            result = jsonable(await tool.on_invoke_tool(context, arguments))
+            span.span_data.output = result if isinstance(result, str) else json.dumps(result)
+        return result
 
     async def call(self, name: str, context: ToolContext[Any], arguments: str) -> ToolResult:
-        run = _Run(context)
+        run = _Run(context, get_current_span())
         self.latest = run
         token = self.current.set(run)
         try:
