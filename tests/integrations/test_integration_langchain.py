@@ -186,6 +186,20 @@ async def test_a_failing_nested_tool_rejects_in_the_cell() -> None:
     assert str(model.tool_messages[0].content).endswith("Output:\n\ncaught: broken with 3")
 
 
+def test_synchronous_invoke() -> None:
+    """``agent.invoke``: the cells run on codemode's background loop."""
+    tools = code_mode_tools([get_weather, get_population])
+    model = make_model(CELL)
+    result = create_agent(model, tools=tools).invoke({"messages": [("user", "go")]})
+    check_result(model, result)
+    adapter = tools[0]._codemode_adapter  # type: ignore[attr-defined]
+    session = adapter.bridge.session._session
+    assert session is not None and session.is_alive
+    asyncio.run(close_code_mode_tools(tools))  # shuts it down on its own loop
+    assert adapter.bridge.session._session is None
+    assert not session.is_alive
+
+
 def test_a_wrapped_tool_named_wait_is_refused() -> None:
     @tool("wait")
     def clash() -> str:

@@ -146,11 +146,15 @@ class _LazySession:
         if session is None or not self._owned:
             self._session = session
             return
-        if self._loop is not asyncio.get_running_loop():
-            return  # made on another loop, which cannot run its shutdown any more
         shutdown = getattr(session, "shutdown", None)
-        if shutdown is not None:
+        if shutdown is None:
+            return
+        loop = self._loop
+        if loop is None or loop is asyncio.get_running_loop():
             await shutdown()
+        elif loop.is_running():  # another thread's loop (synchronous use): shut down there
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(shutdown(), loop))
+        # else: made on a loop that has ended, which cannot run its shutdown any more
 
 
 class Bridge:

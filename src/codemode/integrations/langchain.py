@@ -15,8 +15,10 @@ instead (provider tools given as dicts stay visible).
 
 What a nested call reports to the cell: the tool's output (its content, for a
 ``content_and_artifact`` tool) as JSON. A tool that raises rejects the call's promise with the
-message (a tool with ``handle_tool_error`` returns its error text instead). The tools are
-asynchronous: use ``ainvoke`` / ``astream`` on the agent. Tools whose arguments LangChain
+message (a tool with ``handle_tool_error`` returns its error text instead). Synchronous use
+(``invoke``, ``stream``) works too: its cells and nested calls run on a background event loop
+(a daemon thread codemode starts on first use), where the owned session then lives; asynchronous
+use (``ainvoke``, ``astream``) runs them on the caller's loop. Tools whose arguments LangChain
 injects (``ToolRuntime``, ``InjectedState``, ``InjectedToolCallId``) get no injection when called
 from a cell.
 
@@ -27,10 +29,12 @@ down).
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.runnables import RunnableConfig, ensure_config
@@ -44,6 +48,8 @@ from codemode.tools.exec_wait import CodeModeTools
 from codemode.tools.result import ToolResult
 
 __all__ = ["CodeModeMiddleware", "close_code_mode_tools", "code_mode_tools"]
+
+_T = TypeVar("_T")
 
 
 class _ExecArguments(BaseModel):
@@ -112,27 +118,38 @@ class _Adapter:
         async def run_exec(code: str, tool_call_id: str) -> Any:
             return await self.call(EXEC_TOOL_NAME, {"code": code}, tool_call_id, ensure_config())
 
-        async def run_wait(
+        def run_exec_sync(code: str, tool_call_id: str) -> Any:
+            call = self.call(EXEC_TOOL_NAME, {"code": code}, tool_call_id, ensure_config())
+            return _BACKGROUND.run(call)
+
+        def wait_arguments(
             cell_id: str,
-            tool_call_id: str,
             yield_time_ms: float | None = None,
             max_tokens: float | None = None,
             terminate: bool | None = None,
             until: str | None = None,
-        ) -> Any:
-            arguments = {
+        ) -> dict[str, Any]:
+            return {
                 "cell_id": cell_id,
                 "yield_time_ms": yield_time_ms,
                 "max_tokens": max_tokens,
                 "terminate": terminate,
                 "until": until,
             }
-            return await self.call(WAIT_TOOL_NAME, arguments, tool_call_id, ensure_config())
+
+        async def run_wait(tool_call_id: str, **arguments: Any) -> Any:
+            args = wait_arguments(**arguments)
+            return await self.call(WAIT_TOOL_NAME, args, tool_call_id, ensure_config())
+
+        def run_wait_sync(tool_call_id: str, **arguments: Any) -> Any:
+            args = wait_arguments(**arguments)
+            return _BACKGROUND.run(self.call(WAIT_TOOL_NAME, args, tool_call_id, ensure_config()))
 
         exec_spec = code_tools.exec_tool_spec()
         wait_spec = code_tools.wait_tool_spec()
         return [
             StructuredTool.from_function(
+                func=run_exec_sync,
                 coroutine=run_exec,
                 name=EXEC_TOOL_NAME,
                 description=exec_spec["description"],
@@ -140,6 +157,7 @@ class _Adapter:
                 infer_schema=False,
             ),
             StructuredTool.from_function(
+                func=run_wait_sync,
                 coroutine=run_wait,
                 name=WAIT_TOOL_NAME,
                 description=wait_spec["description"],
@@ -164,6 +182,29 @@ def _definition(tool: BaseTool) -> ToolDefinition:
 
 
 _ADAPTER_ATTRIBUTE = "_codemode_adapter"
+
+
+class _BackgroundLoop:
+    """The event loop of synchronous use (``invoke``, ``stream``): a daemon thread, started on
+    first use, where the owned session and the nested calls of synchronous runs live."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="codemode-langchain", daemon=True
+                )
+                thread.start()
+                self._loop = loop
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+
+_BACKGROUND = _BackgroundLoop()
 
 
 def code_mode_tools(
