@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -223,6 +224,69 @@ async def test_trace_context_crosses_codemode_serve(spans: InMemorySpanExporter)
     check_cell_trace(spans.get_finished_spans(), tools, error_type="ToolCallRejected")
     (inner,) = by_name(spans.get_finished_spans(), "inner break")
     assert inner.status.status_code is StatusCode.ERROR
+
+
+SERVER_WITH_EXPORTER = r"""
+import json, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+class FileExporter(SpanExporter):
+    def export(self, spans):
+        with open(sys.argv[1], "a") as out:
+            for s in spans:
+                out.write(json.dumps({
+                    "name": s.name,
+                    "trace_id": s.context.trace_id,
+                    "span_id": s.context.span_id,
+                    "parent_id": s.parent.span_id if s.parent else None,
+                    "remote_parent": bool(s.parent and s.parent.is_remote),
+                    "attributes": dict(s.attributes or {}),
+                }) + "\n")
+        return SpanExportResult.SUCCESS
+
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(FileExporter()))
+trace.set_tracer_provider(provider)
+from codemode.cli import main
+sys.exit(main(["serve"]))
+"""
+
+
+async def test_trace_context_crosses_a_codemode_serve_child_process(
+    spans: InMemorySpanExporter, tmp_path: Any
+) -> None:
+    """A real ``codemode serve`` child with its own exporter: its spans join the caller's trace."""
+    server_spans = tmp_path / "server-spans.jsonl"
+    tools = Tools()
+    command = [sys.executable, "-c", SERVER_WITH_EXPORTER, str(server_spans)]
+    async with await RemoteSession.spawn(tools, command=command) as session:
+        event = await run_cell(session, CELL)
+    assert event == Completed((TextItemOf("XYZ broken on purpose"),))
+    exported = spans.get_finished_spans()
+    (agent,) = by_name(exported, "agent step")
+    assert agent.context is not None
+    remote = [json.loads(line) for line in server_spans.read_text().splitlines()]
+    (cell,) = [s for s in remote if s["name"] == "codemode.cell"]
+    assert cell["trace_id"] == agent.context.trace_id
+    assert cell["parent_id"] == span_id(agent) and cell["remote_parent"]
+    assert cell["attributes"]["codemode.cell.outcome"] == "completed"
+    nested = {
+        s["attributes"]["gen_ai.tool.call.id"]: s
+        for s in remote
+        if s["name"].startswith("execute_tool")
+    }
+    assert sorted(nested) == ["tool-1", "tool-2", "tool-3"]
+    assert all(s["parent_id"] == cell["span_id"] for s in nested.values())
+    # The client's tools ran under the server's nested call spans.
+    for call_id, parent in tools.parents.items():
+        assert parent == nested[call_id]["span_id"]
+    inner = by_name(exported, "inner lookup") + by_name(exported, "inner break")
+    assert len(inner) == 3
+    assert all(
+        s.context is not None and s.context.trace_id == agent.context.trace_id for s in inner
+    )
 
 
 def test_importing_codemode_imports_no_framework_and_no_opentelemetry() -> None:
