@@ -246,3 +246,20 @@ async def test_an_mcp_toolset_runs_in_a_cell() -> None:
     content = model.returns[0].model_response_str()
     assert content.startswith("Script completed"), content
     assert "Europe/Paris" in content and "Asia/Tokyo" in content and "21:00" in content
+
+
+async def test_tools_needing_approval_stay_visible_to_the_model() -> None:
+    toolset = make_toolset()
+
+    @toolset.tool(requires_approval=True)
+    async def delete_city(ctx: RunContext[Deps], city: str) -> str:
+        """Deletes a city."""
+        return "deleted"
+
+    model = ScriptedModel('text(typeof tools.delete_city + " " + typeof tools.get_weather)')
+    agent = Agent(FunctionModel(model), deps_type=Deps, toolsets=[CodeModeToolset(toolset)])
+    await agent.run("go", deps=Deps(units="K"))
+    info = model.infos[0]
+    assert [t.name for t in info.function_tools] == ["exec", "wait", "delete_city"]
+    assert "delete_city" not in (info.function_tools[0].description or "")
+    assert model.returns[0].model_response_str().endswith("Output:\n\nundefined function")

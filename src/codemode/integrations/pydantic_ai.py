@@ -217,7 +217,7 @@ class CodeModeToolset(WrapperToolset[AgentDepsT]):
         ctx: RunContext[AgentDepsT],
         tool: ToolsetTool[AgentDepsT],
     ) -> Any:
-        if tool.toolset is not self or name not in (EXEC_TOOL_NAME, WAIT_TOOL_NAME):
+        if name not in (EXEC_TOOL_NAME, WAIT_TOOL_NAME):  # a tool a cell cannot run
             return await self.wrapped.call_tool(name, tool_args, ctx, tool)
         code_tools, _ = await self._split(ctx)
         run = _Run(ctx, self.wrapped)
