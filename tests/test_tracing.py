@@ -193,6 +193,23 @@ async def test_failed_and_terminated_cells(spans: InMemorySpanExporter) -> None:
     assert dict(slow.attributes or {})["error.type"] == "cancelled"
 
 
+async def test_content_is_recorded_only_when_opted_in(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = 'text((await tools.lookup({key: "q"})).value)'
+    async with SessionRuntime(Tools()) as session:
+        await run_cell(session, source)
+        (plain,) = by_name(spans.get_finished_spans(), "execute_tool lookup")
+        assert "gen_ai.tool.call.arguments" not in dict(plain.attributes or {})
+        spans.clear()
+        monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+        await run_cell(session, source, "call_2")
+    (captured,) = by_name(spans.get_finished_spans(), "execute_tool lookup")
+    attrs = dict(captured.attributes or {})
+    assert attrs["gen_ai.tool.call.arguments"] == '{"key": "q"}'
+    assert attrs["gen_ai.tool.call.result"] == '{"value": "Q"}'
+
+
 @contextlib.asynccontextmanager
 async def listening_server() -> AsyncIterator[str]:
     """``codemode serve --listen`` in this process (so its spans reach the same exporter),

@@ -17,8 +17,11 @@ What is traced, when the program has imported OpenTelemetry (``opentelemetry.tra
   ``tool-1``...), ``gen_ai.tool.type`` = ``function``, ``gen_ai.tool.description`` when the tool
   has one, and ``codemode.cell.id``. The span lasts as long as the delegate's call (its duration
   is the call's); the delegate runs with it as the current span, so spans the tool itself makes
-  are its children. A call that raises gets status ``ERROR``, the exception recorded and
-  ``error.type`` set to the exception's class name (``cancelled`` when it was cancelled).
+  are its children. With ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`` (the GenAI
+  conventions' opt-in for content) it also records ``gen_ai.tool.call.arguments`` and
+  ``gen_ai.tool.call.result`` as JSON. A call that raises gets status ``ERROR``, the exception
+  recorded and ``error.type`` set to the exception's class name (``cancelled`` when it was
+  cancelled).
 - **Across ``codemode serve``**: :func:`inject` writes the current trace context (W3C
   ``traceparent`` / ``tracestate``) into a protocol message's ``_meta`` member, as MCP does, and
   :func:`extracted` makes it current on the other side, so the server's cell span is a child of
@@ -31,6 +34,8 @@ lookup (:func:`cell_started` returns ``None`` and the hooks in the cell layer ar
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
@@ -38,6 +43,7 @@ from typing import Any, Final
 from codemode.model import ImageItem, NestedToolCall, OutputItem, SessionDelegate, TextItem
 
 __all__ = [
+    "CAPTURE_CONTENT_ENV",
     "CELL_SPAN_NAME",
     "INSTRUMENTATION_NAME",
     "CellTrace",
@@ -47,6 +53,8 @@ __all__ = [
 ]
 
 INSTRUMENTATION_NAME: Final = "codemode"
+CAPTURE_CONTENT_ENV: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+"""Set to ``true`` to record nested calls' arguments and results (they may hold sensitive data)."""
 CELL_SPAN_NAME: Final = "codemode.cell"
 _TRACE_MODULE: Final = "opentelemetry.trace"
 
@@ -69,11 +77,12 @@ def _tracer(otel: Any) -> Any:
 class CellTrace:
     """The span of one cell and the spans of its nested calls. Made by :func:`cell_started`."""
 
-    __slots__ = ("_otel", "_span", "output_bytes")
+    __slots__ = ("_capture", "_otel", "_span", "output_bytes")
 
-    def __init__(self, otel: Any, span: Any) -> None:
+    def __init__(self, otel: Any, span: Any, capture: bool = False) -> None:
         self._otel = otel
         self._span = span
+        self._capture = capture
         self.output_bytes = 0
 
     def output(self, item: OutputItem) -> None:
@@ -98,6 +107,8 @@ class CellTrace:
         }
         if tool.description:
             attributes["gen_ai.tool.description"] = tool.description
+        if self._capture:
+            attributes["gen_ai.tool.call.arguments"] = _json(call.input)
         parent = otel.set_span_in_context(self._span)
         span = _tracer(otel).start_span(
             f"execute_tool {tool.name}",
@@ -111,7 +122,10 @@ class CellTrace:
             span, end_on_exit=True, record_exception=False, set_status_on_exception=False
         ):
             try:
-                return await delegate.invoke_tool(call)
+                result = await delegate.invoke_tool(call)
+                if self._capture:
+                    span.set_attribute("gen_ai.tool.call.result", _json(result))
+                return result
             except BaseException as error:
                 cancelled = not isinstance(error, Exception)
                 error_type = "cancelled" if cancelled else type(error).__qualname__
@@ -144,7 +158,15 @@ def cell_started(cell_id: str, kind: str, tool_call_id: str) -> CellTrace | None
     span = _tracer(otel).start_span(
         CELL_SPAN_NAME, kind=otel.SpanKind.INTERNAL, attributes=attributes
     )
-    return CellTrace(otel, span)
+    capture = os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower() == "true"
+    return CellTrace(otel, span, capture)
+
+
+def _json(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def inject(meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
