@@ -5,6 +5,8 @@ cell calling two wrapped tools in parallel and answers from the result."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -208,3 +210,21 @@ def test_a_wrapped_tool_named_wait_is_refused() -> None:
 
     with pytest.raises(ValueError, match="cannot be named `wait`"):
         code_mode_tools([clash])
+
+
+def test_code_mode_tools_need_only_langchain_core() -> None:
+    code = (
+        "import sys\n"
+        "from langchain_core.tools import tool\n"
+        "from codemode.integrations.langchain import code_mode_tools\n"
+        "@tool\n"
+        "def f(x: int) -> int:\n"
+        "    '''Doubles.'''\n"
+        "    return 2 * x\n"
+        "code_mode_tools([f])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('langchain', 'langgraph')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]"

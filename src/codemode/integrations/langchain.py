@@ -9,7 +9,8 @@ and ``wait``, for any agent or loop that runs LangChain tools (``create_agent``,
 ``exec`` call, so callbacks and tracing (LangSmith) show each nested call as a child of ``exec``.
 
 :class:`CodeModeMiddleware` does the same inside ``langchain.agents.create_agent`` for the agent's
-own tools: ``create_agent(model, tools=[...], middleware=[CodeModeMiddleware()])``. Before each
+own tools: ``create_agent(model, tools=[...], middleware=[CodeModeMiddleware()])`` (it needs the
+full ``langchain`` package; ``code_mode_tools`` needs only ``langchain-core``). Before each
 model call it hides the agent's tools from the model and offers ``exec`` and ``wait`` over them
 instead (provider tools given as dicts stay visible).
 
@@ -32,11 +33,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from langchain.agents.middleware import AgentMiddleware, ModelRequest, ModelResponse
 from langchain_core.runnables import RunnableConfig, ensure_config
 from langchain_core.tools import BaseTool, InjectedToolCallId, StructuredTool
 from pydantic import BaseModel, Field
@@ -46,6 +46,9 @@ from codemode.model import ImageItem, NestedToolCall, TextItem, ToolDefinition
 from codemode.tools.description import EXEC_TOOL_NAME, WAIT_TOOL_NAME
 from codemode.tools.exec_wait import CodeModeTools
 from codemode.tools.result import ToolResult
+
+if TYPE_CHECKING:
+    from codemode.integrations._langchain_middleware import CodeModeMiddleware
 
 __all__ = ["CodeModeMiddleware", "close_code_mode_tools", "code_mode_tools"]
 
@@ -241,39 +244,11 @@ def tool_content(result: ToolResult) -> str | list[dict[str, Any]]:
     ]
 
 
-class CodeModeMiddleware(AgentMiddleware):
-    """``create_agent`` middleware: the model sees ``exec`` and ``wait`` instead of the agent's
-    tools, which run inside cells. Registers ``exec`` and ``wait`` with the agent."""
+def __getattr__(name: str) -> Any:
+    # The middleware needs the full ``langchain`` package; ``code_mode_tools`` only
+    # ``langchain-core``. Import it on first use.
+    if name == "CodeModeMiddleware":
+        from codemode.integrations._langchain_middleware import CodeModeMiddleware
 
-    def __init__(self, *, session: SessionArgument = None) -> None:
-        super().__init__()
-        self._adapter = _Adapter(session)
-        self.tools = self._adapter.tools(self._adapter.use(()))
-
-    def _rewrite(self, request: ModelRequest[Any]) -> ModelRequest[Any]:
-        wrapped = [
-            tool
-            for tool in request.tools
-            if isinstance(tool, BaseTool) and tool.name not in (EXEC_TOOL_NAME, WAIT_TOOL_NAME)
-        ]
-        others = [tool for tool in request.tools if not isinstance(tool, BaseTool)]
-        visible = self._adapter.tools(self._adapter.use(wrapped))
-        return request.override(tools=[*visible, *others])
-
-    def wrap_model_call(
-        self,
-        request: ModelRequest[Any],
-        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
-    ) -> ModelResponse[Any]:
-        return handler(self._rewrite(request))
-
-    async def awrap_model_call(
-        self,
-        request: ModelRequest[Any],
-        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
-    ) -> ModelResponse[Any]:
-        return await handler(self._rewrite(request))
-
-    async def aclose(self) -> None:
-        """Shut an owned session down (its running cells are terminated)."""
-        await self._adapter.bridge.aclose()
+        return CodeModeMiddleware
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
