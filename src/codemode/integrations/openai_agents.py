@@ -113,11 +113,14 @@ def code_mode_tools(
     tools: Sequence[Tool], *, session: SessionArgument = None, freeform: bool = True
 ) -> list[Tool]:
     """``exec`` and ``wait`` over ``tools``' function tools, then the tools a cell cannot run.
+    Tools with ``is_enabled=False`` are left out; a callable ``is_enabled`` is not consulted
+    for nested calls (the cell sees the tool).
 
     Raises ``ValueError`` when a wrapped tool is named ``exec`` or ``wait``.
     """
-    nested = [tool for tool in tools if _runs_nested(tool)]
-    direct = [tool for tool in tools if not _runs_nested(tool)]
+    enabled = [tool for tool in tools if getattr(tool, "is_enabled", True) is not False]
+    nested = [tool for tool in enabled if _runs_nested(tool)]
+    direct = [tool for tool in enabled if not _runs_nested(tool)]
     adapter = _Adapter(nested, session)  # type: ignore[arg-type]
     code_tools = adapter.bridge.code_mode_tools(adapter.definitions)
 
