@@ -37,10 +37,26 @@ SLOW = ToolDefinition("slow", "Never returns.")
 TOOLS = (LOOKUP, BREAK, SLOW)
 
 _EXPORTER = InMemorySpanExporter()
-_PROVIDER = TracerProvider()
-_PROVIDER.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-trace.set_tracer_provider(_PROVIDER)
-TRACER = trace.get_tracer("tests")
+_RECORDING: list[bool] = [False]
+
+
+class _WhileRecording(SimpleSpanProcessor):
+    """Exports only while a test of this module records: the provider is process-wide and
+    outlives these tests, and the rest of the suite should not fill the exporter."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if _RECORDING[0]:
+            super().on_end(span)
+
+
+TRACER = trace.get_tracer("tests")  # a proxy: it follows the provider set below
+
+
+def _install_provider() -> None:
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(_WhileRecording(_EXPORTER))
+        trace.set_tracer_provider(provider)
 
 
 class Tools:
@@ -66,9 +82,14 @@ class Tools:
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
+    _install_provider()
     _EXPORTER.clear()
-    yield _EXPORTER
-    _EXPORTER.clear()
+    _RECORDING[0] = True
+    try:
+        yield _EXPORTER
+    finally:
+        _RECORDING[0] = False
+        _EXPORTER.clear()
 
 
 def by_name(spans: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
