@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from codemode import tracing
 from codemode.cell.machine import (
     Attached,
     BeginSettling,
@@ -176,11 +177,13 @@ class CellActor:
         self._stopping = False  # the actor itself cancels its pump
         self._log = logging.LoggerAdapter(logger, {"cell_id": cell_id})
         self._debug = logger.isEnabledFor(logging.DEBUG)
+        self._trace: tracing.CellTrace | None = None  # OpenTelemetry spans, when imported
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Begin running the body in the background."""
+        self._trace = tracing.cell_started(self.cell_id, self.kind.value, self._tool_call_id)
         self._pump_task = self._loop.create_task(self._pump(), name=f"codemode-cell-{self.cell_id}")
 
     @property
@@ -278,6 +281,10 @@ class CellActor:
         if self._closed.is_set():
             return
         self._closed.set()
+        if self._trace is not None:
+            error = self.machine._completion_error
+            outcome = "terminated" if self._stopping else "failed" if error else "completed"
+            self._trace.closed(outcome, error)
         self._engine.close()
         self._wake.set()
         self._host.cell_closed(self.cell_id)
@@ -342,6 +349,8 @@ class CellActor:
         machine = self.machine
         for ev in report.events:
             if isinstance(ev, OutputProduced):
+                if self._trace is not None:
+                    self._trace.output(ev.item)
                 self._apply(machine.output(ev.item))
             elif isinstance(ev, ToolCallRequested):
                 self._start_call(ev)
@@ -374,7 +383,10 @@ class CellActor:
     async def _invoke(self, call: NestedToolCall) -> None:
         name = call.tool.name
         try:
-            value = await self._host.delegate.invoke_tool(call)
+            if self._trace is None:
+                value = await self._host.delegate.invoke_tool(call)
+            else:
+                value = await self._trace.invoke(self._host.delegate, call)
         except asyncio.CancelledError:
             if call.call_id in self._cancel_requested:
                 raise
@@ -461,6 +473,8 @@ class CellActor:
             await asyncio.wait({pump}, timeout=CALLBACK_GRACE)
         for event in await self._engine.stop():
             if isinstance(event, OutputProduced):
+                if self._trace is not None:
+                    self._trace.output(event.item)
                 self.machine.salvaged_output(event.item)
         tasks = self._take_call_tasks()
         for task in (self._settle_task, self._notifier):

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
+from codemode import tracing
 from codemode.errors import (
     AlreadyTerminating,
     BusyObserver,
@@ -438,6 +439,9 @@ class RemoteSession:
         }
         if request.idempotency_key is not None:
             params["idempotencyKey"] = request.idempotency_key
+        meta = tracing.inject()  # the caller's trace context, so the cell's spans join it
+        if meta is not None:
+            params["_meta"] = meta
         endpoint = self._endpoint
         assert endpoint is not None
         try:
@@ -868,7 +872,8 @@ class RemoteSession:
         tool = self._tool(params["cellId"], params["tool"])
         call = NestedToolCall(params["cellId"], params["callId"], tool, params["input"])
         try:
-            value = await self._delegate.invoke_tool(call)
+            with tracing.extracted(params.get("_meta")):
+                value = await self._delegate.invoke_tool(call)
         except asyncio.CancelledError:
             if request.cancel_requested or self._endpoint is None or self._endpoint.closing:
                 raise

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final
 
+from codemode import tracing
 from codemode.engine.base import Engine
 from codemode.errors import (
     BusyObserver,
@@ -174,6 +175,9 @@ class _ForwardingDelegate:
             },
             "input": call.input,
         }
+        meta = tracing.inject()  # the nested call's span, so the client's tool spans join it
+        if meta is not None:
+            params["_meta"] = meta
         try:
             result = await self._connection.endpoint.request("tool/invoke", params)
         except RpcError as exc:
@@ -517,10 +521,11 @@ class _Connection:
             tool_call_id=params.get("toolCallId", ""),
             idempotency_key=params.get("idempotencyKey"),
         )
-        if params["kind"] == "pausable":
-            cell_id = (await session.runtime.create_pausable_cell(create)).cell_id
-        else:
-            cell_id = (await session.runtime.create_cell(create)).cell_id
+        with tracing.extracted(params.get("_meta")):  # the client's trace context, if any
+            if params["kind"] == "pausable":
+                cell_id = (await session.runtime.create_pausable_cell(create)).cell_id
+            else:
+                cell_id = (await session.runtime.create_cell(create)).cell_id
         session.created(cell_id)
         logger.debug(
             "session %s: cell %s created (%s)", session.session_id, cell_id, params["kind"]
