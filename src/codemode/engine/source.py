@@ -31,7 +31,8 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from codemode.engine.source_ts import TypeScriptRefused, strip_types
+from codemode.engine.jsscan import _tokens
+from codemode.engine.source_ts import TypeScriptRefused, strip
 
 __all__ = [
     "CELL_FILE",
@@ -116,13 +117,13 @@ def prepare_source(source: str) -> PreparedSource:
     if _is_json_string(code):
         return PreparedSource(code, JSON_STRING_MESSAGE)
     try:
-        stripped = strip_types(code)
+        stripped = strip(code)
     except TypeScriptRefused as refused:
         line, column = position(code, refused.offset)
         return PreparedSource(code, syntax_error_text(refused.message, line, column), code)
-    if stripped is code:
+    if stripped.code is code:
         return PreparedSource(code)
-    return PreparedSource(stripped, None, code)
+    return PreparedSource(stripped.code, None, code if stripped.maybe_javascript else None)
 
 
 async def prepare_source_async(source: str) -> PreparedSource:
@@ -197,14 +198,34 @@ def syntax_error_from(engine_message: str, code: str) -> str | None:
     caret = _CARET.search(engine_message, head.end())
     column = len(caret.group(1)) + 1 if caret is not None else 1
     name, _, message = head.group(2).partition(": ")
-    if line > len(lines):  # at the closing brace V8 added: the source ended too early
-        line = len(lines)
-        column = _utf16_len(lines[-1]) + 1
-        if name == "SyntaxError":
+    stray = _stray_closing_brace(code)
+    stray_at = position(code, stray) if stray is not None else None
+    if stray_at is not None and (line, column) >= stray_at:
+        # The source closed the function around it early: V8 stumbles after that brace.
+        line, column = stray_at
+        name, message = "SyntaxError", "Unexpected token '}'"
+    elif line > len(lines):  # the source ended inside a block, a call, a string...
+        while len(lines) > 1 and not lines[-1].strip():
+            lines.pop()
+        line, column = len(lines), _utf16_len(lines[-1]) + 1
+        if message in ("Unexpected token '}'", "Unexpected token ')'"):
             message = "Unexpected end of input"
     line = max(line, 1)
     text = f"{name}: {message}" if message else name
     return f"{text}\n    at {CELL_FILE}:{line}:{column}"
+
+
+def _stray_closing_brace(code: str) -> int | None:
+    """The index of the first ``}`` that closes more braces than the source opened."""
+    depth = 0
+    for token in _tokens(code):
+        if token.kind == "punct" and token.text == "{":
+            depth += 1
+        elif token.kind == "punct" and token.text == "}":
+            depth -= 1
+            if depth < 0:
+                return token.start
+    return None
 
 
 # --------------------------------------------------------------------------- runtime frames

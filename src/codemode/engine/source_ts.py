@@ -8,8 +8,8 @@ The promise (the cell-environment reference, ``docs/cells.md``, "TypeScript"):
 - Otherwise every type-only piece (type annotations, ``interface`` and ``type`` declarations,
   ``as``/``satisfies`` with their type, non-null ``!``, type arguments and parameters, ``declare``
   statements and fields, ``implements``, overload signatures, ``abstract``, access modifiers on
-  class members, ``this`` parameters) is replaced by spaces, one per UTF-16 code unit, line breaks kept: every remaining token stays at
-  the line and column where it was written.
+  class members, ``this`` parameters) is replaced by spaces, one per UTF-16 code unit, line
+  breaks kept: every remaining token stays at the line and column where it was written.
 - TypeScript that needs code generation is refused with :class:`TypeScriptRefused`, which names
   the construct and its place: ``enum``, a ``namespace`` or ``module`` holding values, decorators,
   parameter properties (``constructor(private x)``).
@@ -23,11 +23,12 @@ used here are the grammar's internals).
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import tree_sitter
 import tree_sitter_typescript
 
-__all__ = ["TypeScriptRefused", "strip_types"]
+__all__ = ["Stripped", "TypeScriptRefused", "strip", "strip_types"]
 
 _TS = tree_sitter.Language(tree_sitter_typescript.language_typescript())
 
@@ -125,48 +126,79 @@ def _encode(source: str) -> bytes:
     return source.encode("utf-8", "surrogatepass")
 
 
-def strip_types(source: str) -> str:
-    """``source`` with TypeScript's type syntax blanked, or ``source`` itself (the same object)
-    when the TypeScript grammar finds none. Raises :class:`TypeScriptRefused` for TypeScript
-    needing code generation. Never raises anything else for any input string.
+@dataclass(frozen=True)
+class Stripped:
+    """What :func:`strip` made of a source.
 
-    A few sources read differently as TypeScript and as JavaScript (``a < b > (c)``); the caller
-    decides which reading wins by asking the engine whether the source as written compiles."""
+    ``code`` is the source with TypeScript's type syntax blanked (the same object when there was
+    none). ``maybe_javascript`` is False when the source is TypeScript whatever else it may be:
+    a call with type arguments that JavaScript would read as comparisons against type names
+    (``Promise.all<any>(xs)``, ``new Array<number>(3)``). When it is True and the source was
+    changed, the caller keeps the source as written if it compiles as JavaScript."""
+
+    code: str
+    maybe_javascript: bool = True
+
+
+def strip_types(source: str) -> str:
+    """:attr:`Stripped.code` of :func:`strip`."""
+    return strip(source).code
+
+
+def strip(source: str) -> Stripped:
+    """Blank TypeScript's type syntax in ``source``. Raises :class:`TypeScriptRefused` for
+    TypeScript needing code generation; never raises anything else for any input string."""
     data = _encode(source)
     root = _parser().parse(data).root_node
     captures = tree_sitter.QueryCursor(_QUERY).captures(root)
     if not captures:
-        return source
+        return Stripped(source)
     _refuse(captures, data, root)
-    ranges: list[tuple[int, int]] = []
+    ranges: list[tuple[int, int, tree_sitter.Node]] = []
     for node in captures.get("blank", []):
-        ranges.append((node.start_byte, node.end_byte))
+        ranges.append((node.start_byte, node.end_byte, node))
     for node in captures.get("modifier", []):
         parent = node.parent
         if parent is not None and parent.type in _PARAMETERS:
             raise TypeScriptRefused(_REFUSALS["paramprop"], _offset(data, node.start_byte))
-        ranges.append((node.start_byte, node.end_byte))
+        ranges.append((node.start_byte, node.end_byte, node))
     for node in captures.get("cast", []):
         for child in node.children:
             if child.type in ("as", "satisfies"):
-                ranges.append((child.start_byte, node.end_byte))
+                ranges.append((child.start_byte, node.end_byte, node))
                 break
     for node in captures.get("nonnull", []):
         last = node.child(node.child_count - 1)
         if last is not None and last.type == "!":
-            ranges.append((last.start_byte, last.end_byte))
+            ranges.append((last.start_byte, last.end_byte, node))
     for node in captures.get("thisparam", []):
         end = node.end_byte
         following = node.next_sibling
         if following is not None and following.type == ",":
             end = following.end_byte
-        ranges.append((node.start_byte, end))
+        ranges.append((node.start_byte, end, node))
     for node in captures.get("namespace", []):
-        ranges.append(_statement_range(node))
-    ranges = [r for r in ranges if not _in_error(root, r)]
-    if not ranges:
-        return source
-    return _blank(data, ranges)
+        start, end = _statement_range(node)
+        ranges.append((start, end, node))
+    kept = [r for r in ranges if not r[2].has_error and not _in_error(root, (r[0], r[1]))]
+    if not kept:
+        return Stripped(source)
+    certain = any(_typescript_only_call(r[2]) for r in kept)
+    return Stripped(_blank(data, [(r[0], r[1]) for r in kept]), not certain)
+
+
+_CALLS = ("call_expression", "new_expression", "instantiation_expression")
+
+
+def _typescript_only_call(node: tree_sitter.Node) -> bool:
+    """Type arguments of a call that JavaScript could only read as comparisons against type
+    names: anything but lower-case names that are not TypeScript's predefined types."""
+    if node.type != "type_arguments" or node.parent is None or node.parent.type not in _CALLS:
+        return False
+    return not all(
+        child.type == "type_identifier" and child.text is not None and child.text[:1].islower()
+        for child in node.named_children
+    )
 
 
 def _refuse(
@@ -181,11 +213,23 @@ def _refuse(
             if not _in_error(root, (node.start_byte, node.end_byte))
         )
     for node in captures.get("namespace", []):
-        if not _type_only_namespace(node) and not _in_error(root, (node.start_byte, node.end_byte)):
+        if _type_only_namespace(node) or _in_ambient(node):
+            continue
+        if not _in_error(root, (node.start_byte, node.end_byte)):
             found.append((node.start_byte, "namespace"))
     if found:
         start, kind = min(found)
         raise TypeScriptRefused(_REFUSALS[kind], _offset(data, start))
+
+
+def _in_ambient(node: tree_sitter.Node) -> bool:
+    """Whether the node is part of a ``declare`` statement (types only, blanked whole)."""
+    parent = node.parent
+    while parent is not None:
+        if parent.type == "ambient_declaration":
+            return True
+        parent = parent.parent
+    return False
 
 
 def _type_only_namespace(node: tree_sitter.Node) -> bool:
