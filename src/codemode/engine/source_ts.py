@@ -9,7 +9,9 @@ The promise (the cell-environment reference, ``docs/cells.md``, "TypeScript"):
   ``as``/``satisfies`` with their type, non-null ``!``, type arguments and parameters, ``declare``
   statements and fields, ``implements``, overload signatures, ``abstract``, access modifiers on
   class members, ``this`` parameters) is replaced by spaces, one per UTF-16 code unit, line
-  breaks kept: every remaining token stays at the line and column where it was written.
+  breaks kept: every remaining token stays at the line and column where it was written. A
+  removed statement keeps a ``;`` at its first column, so that automatic semicolon insertion
+  cannot join the statements around it.
 - TypeScript that needs code generation is refused with :class:`TypeScriptRefused`, which names
   the construct and its place: ``enum``, a ``namespace`` or ``module`` holding values, decorators,
   parameter properties (``constructor(private x)``).
@@ -184,7 +186,29 @@ def strip(source: str) -> Stripped:
     if not kept:
         return Stripped(source)
     certain = any(_typescript_only_call(r[2]) for r in kept)
-    return Stripped(_blank(data, [(r[0], r[1]) for r in kept]), not certain)
+    # A removed statement leaves an empty statement (`;`) where it began, so that JavaScript's
+    # automatic semicolon insertion cannot glue the statements around it together.
+    semicolons = {r[0] for r in kept if _is_statement(r[2])}
+    return Stripped(_blank(data, [(r[0], r[1]) for r in kept], semicolons), not certain)
+
+
+_STATEMENTS = (
+    "interface_declaration",
+    "type_alias_declaration",
+    "ambient_declaration",
+    "function_signature",
+    "internal_module",
+    "module",
+)
+
+
+def _is_statement(node: tree_sitter.Node) -> bool:
+    parent = node.parent
+    if parent is not None and parent.type == "expression_statement":
+        node, parent = parent, parent.parent  # a namespace held by an expression statement
+    return node.type in (*_STATEMENTS, "expression_statement") and (
+        parent is None or parent.type in ("program", "statement_block")
+    )
 
 
 _CALLS = ("call_expression", "new_expression", "instantiation_expression")
@@ -210,7 +234,7 @@ def _refuse(
         found.extend(
             (node.start_byte, kind)
             for node in captures.get(kind, [])
-            if not _in_error(root, (node.start_byte, node.end_byte))
+            if not _in_ambient(node) and not _in_error(root, (node.start_byte, node.end_byte))
         )
     for node in captures.get("namespace", []):
         if _type_only_namespace(node) or _in_ambient(node):
@@ -291,7 +315,7 @@ def _spaces(text: str) -> str:
     return "".join(out)
 
 
-def _blank(data: bytes, ranges: list[tuple[int, int]]) -> str:
+def _blank(data: bytes, ranges: list[tuple[int, int]], semicolons: set[int]) -> str:
     ranges.sort()
     merged: list[list[int]] = []
     for start, end in ranges:
@@ -303,7 +327,8 @@ def _blank(data: bytes, ranges: list[tuple[int, int]]) -> str:
     last = 0
     for start, end in merged:
         parts.append(data[last:start].decode("utf-8", "surrogatepass"))
-        parts.append(_spaces(data[start:end].decode("utf-8", "surrogatepass")))
+        blank = _spaces(data[start:end].decode("utf-8", "surrogatepass"))
+        parts.append(";" + blank[1:] if start in semicolons else blank)
         last = end
     parts.append(data[last:].decode("utf-8", "surrogatepass"))
     return "".join(parts)
