@@ -157,6 +157,15 @@ def test_each_construct_is_blanked_exactly() -> None:
         assert strip_types(source) == expected, source
 
 
+async def test_a_return_type_over_several_lines_keeps_its_arrow(session: SessionRuntime) -> None:
+    # JavaScript allows no line break before `=>`: it moves up to where the type began.
+    source = "const f = async (x: number): Promise<{\n  v: number;\n}> =>\n  ({ v: x });\ntext((await f(4)).v);"
+    stripped = strip_types(source)
+    assert stripped.split("\n")[0] == "const f = async (x        )=>" + " " * 9
+    assert stripped.split("\n")[3:] == source.split("\n")[3:]
+    assert texts(await run(session, source)) == ["4"]
+
+
 async def test_a_removed_statement_keeps_the_statements_around_it_apart(
     session: SessionRuntime,
 ) -> None:

@@ -24,6 +24,7 @@ used here are the grammar's internals).
 
 from __future__ import annotations
 
+import bisect
 import threading
 from dataclasses import dataclass
 
@@ -188,8 +189,30 @@ def strip(source: str) -> Stripped:
     certain = any(_typescript_only_call(r[2]) for r in kept)
     # A removed statement leaves an empty statement (`;`) where it began, so that JavaScript's
     # automatic semicolon insertion cannot glue the statements around it together.
-    semicolons = {r[0] for r in kept if _is_statement(r[2])}
-    return Stripped(_blank(data, [(r[0], r[1]) for r in kept], semicolons), not certain)
+    marks = {r[0]: ";" for r in kept if _is_statement(r[2])}
+    spans = [(r[0], r[1]) for r in kept]
+    for node in captures.get("blank", []):
+        arrow = _arrow_after_broken_return_type(node)
+        if arrow is not None and not node.has_error:
+            # JavaScript allows no line break before `=>`: move it up to where the type began.
+            spans.append((node.start_byte, arrow.end_byte))
+            marks[node.start_byte] = "=>"
+    return Stripped(_blank(data, spans, marks), not certain)
+
+
+_LINE_BREAK_BYTES = (b"\n", b"\r", "\u2028".encode(), "\u2029".encode())
+
+
+def _arrow_after_broken_return_type(node: tree_sitter.Node) -> tree_sitter.Node | None:
+    """The `=>` of an arrow function whose return type, about to be blanked, spans lines."""
+    parent = node.parent
+    if parent is None or parent.type != "arrow_function" or not node.type.endswith("annotation"):
+        return None
+    arrow = node.next_sibling
+    if arrow is None or arrow.type != "=>":
+        return None
+    text = node.text or b""
+    return arrow if any(brk in text for brk in _LINE_BREAK_BYTES) else None
 
 
 _STATEMENTS = (
@@ -315,7 +338,9 @@ def _spaces(text: str) -> str:
     return "".join(out)
 
 
-def _blank(data: bytes, ranges: list[tuple[int, int]], semicolons: set[int]) -> str:
+def _blank(data: bytes, ranges: list[tuple[int, int]], marks: dict[int, str]) -> str:
+    """``data`` with the byte ranges replaced by :func:`_spaces`, then each mark (ASCII text
+    at a byte offset inside a range) written over those spaces, unless a line break is there."""
     ranges.sort()
     merged: list[list[int]] = []
     for start, end in ranges:
@@ -323,12 +348,20 @@ def _blank(data: bytes, ranges: list[tuple[int, int]], semicolons: set[int]) -> 
             merged[-1][1] = max(merged[-1][1], end)
         else:
             merged.append([start, end])
+    offsets = sorted(marks)
     parts: list[str] = []
     last = 0
     for start, end in merged:
         parts.append(data[last:start].decode("utf-8", "surrogatepass"))
         blank = _spaces(data[start:end].decode("utf-8", "surrogatepass"))
-        parts.append(";" + blank[1:] if start in semicolons else blank)
+        for offset in offsets[
+            bisect.bisect_left(offsets, start) : bisect.bisect_left(offsets, end)
+        ]:
+            mark = marks[offset]
+            at = len(_spaces(data[start:offset].decode("utf-8", "surrogatepass")))
+            if blank[at : at + len(mark)] == " " * len(mark):
+                blank = blank[:at] + mark + blank[at + len(mark) :]
+        parts.append(blank)
         last = end
     parts.append(data[last:].decode("utf-8", "surrogatepass"))
     return "".join(parts)
