@@ -347,6 +347,7 @@ async def test_a_javascript_string_statement_is_not_a_json_string(
         ("if (x) {\n  text(1);", "SyntaxError: Unexpected end of input\n    at cell.js:2:11"),
         ('const s = "😀"; const t = ;', "SyntaxError: Unexpected token ';'\n    at cell.js:1:27"),
         ("\tconst q = ;", "SyntaxError: Unexpected token ';'\n    at cell.js:1:12"),
+        ("text(1);\n  ^\nconst = 2;", "SyntaxError: Unexpected token '^'\n    at cell.js:2:3"),
         (
             "with (a) {}",
             "SyntaxError: Strict mode code may not include a with statement\n    at cell.js:1:1",
@@ -420,6 +421,23 @@ async def test_exec_counts_the_pragma_line(session: SessionRuntime) -> None:
     assert "SyntaxError: Unexpected token ';'\n    at cell.js:2:11" in result.text
     result = await tools.exec("const a = ;", "c3")
     assert "SyntaxError: Unexpected token ';'\n    at cell.js:1:11" in result.text
+
+
+async def test_exec_runs_a_fenced_typescript_cell(session: SessionRuntime) -> None:
+    tools = CodeModeTools(session, CORPUS_TOOLS)
+    code = "```ts\nconst r = (await tools.search({ q: 'f' })) as { hits: { id: string }[] };\ntext(r.hits[0]!.id);\n```"
+    result = await tools.call("exec", {"code": code}, "c4")
+    assert not result.is_error
+    assert result.text.endswith("Output:\n\n1")
+    result = await tools.call("exec", {"code": '"text(1)"'}, "c5")
+    assert result.is_error and JSON_STRING_MESSAGE in result.text
+
+
+async def test_a_pausable_cell_locates_its_errors(session: SessionRuntime) -> None:
+    event = await run(session, "const a: number = 1;\nconst b = ;", pausable=True)
+    assert event.error_text == "SyntaxError: Unexpected token ';'\n    at cell.js:2:11"
+    event = await run(session, "await tools.echo({});\n  null.x;", pausable=True)
+    assert event.error_text is not None and frames(event.error_text) == ["cell.js:2:8"]
 
 
 def test_clean_error_text() -> None:

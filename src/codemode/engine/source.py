@@ -181,7 +181,7 @@ def compile_check(code: str) -> str:
 
 
 _V8_MESSAGE = re.compile(r"[^\n]*?:(\d+): ((?:[A-Za-z]*Error)(?:: [^\n]*)?)\n")
-_CARET = re.compile(r"( *)\^+\r?$", re.MULTILINE)
+_CARET = re.compile(r"( *)\^")
 
 
 def syntax_error_from(engine_message: str, code: str) -> str | None:
@@ -195,7 +195,9 @@ def syntax_error_from(engine_message: str, code: str) -> str | None:
         return None
     lines = _lines(code)
     line = int(head.group(1)) - _CHECK_LINES_BEFORE
-    caret = _CARET.search(engine_message, head.end())
+    # After the head: the offending source line, then spaces and carets under the error.
+    _, _, after_line = engine_message[head.end() :].partition("\n")
+    caret = _CARET.match(after_line)
     column = len(caret.group(1)) + 1 if caret is not None else 1
     name, _, message = head.group(2).partition(": ")
     stray = _stray_closing_brace(code)
