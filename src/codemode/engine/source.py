@@ -121,6 +121,8 @@ def prepare_source(source: str) -> PreparedSource:
     except TypeScriptRefused as refused:
         line, column = position(code, refused.offset)
         return PreparedSource(code, syntax_error_text(refused.message, line, column), code)
+    except RecursionError:  # absurdly nested namespaces: V8 judges the source as written
+        return PreparedSource(code)
     if stripped.code is code:
         return PreparedSource(code)
     return PreparedSource(stripped.code, None, code if stripped.maybe_javascript else None)
