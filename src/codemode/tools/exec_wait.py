@@ -349,7 +349,8 @@ class CodeModeTools:
     ) -> tuple[ToolResult, bool]:
         """Create and observe the cell; also say whether the result came from an observation."""
         request = CreateCellRequest(
-            source=parsed.code,
+            # The pragma line stays as an empty line: error positions count it (docs/cells.md).
+            source="\n" + parsed.code if parsed.has_pragma else parsed.code,
             tools=self._tools,
             tool_call_id=call_id,
             idempotency_key=call_id or None,
