@@ -263,7 +263,7 @@ def test_tool_reference() -> None:
             description="  Find things.  ",
             input_schema={
                 "type": "object",
-                "properties": {"q": {"type": "string"}, "limit": {"type": "integer"}},
+                "properties": {"limit": {"type": "number"}, "q": {"type": "string"}},
                 "required": ["q"],
             },
         ),

@@ -63,7 +63,7 @@ from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 
 from codemode.errors import CodeModeError
 from codemode.mcp.config import ConfigError, load_config
-from codemode.mcp.upstream import UpstreamSet
+from codemode.mcp.upstream import UpstreamSet, exec_annotations
 from codemode.model import CellLimits, ImageItem, NestedToolCall, OutputItem, TextItem
 from codemode.session import SessionRuntime
 from codemode.tools import CodeModeTools, ToolResult
@@ -90,6 +90,9 @@ INSTRUCTIONS: Final = (
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _STATE_KEY: Final = "codemode.mcp"
 _IMAGE_DETAIL_META: Final = "codex/imageDetail"
+_WAIT_ANNOTATIONS: Final = mcp_types.ToolAnnotations(
+    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+)
 
 
 # ---------------------------------------------------------------------- results
@@ -414,11 +417,15 @@ class McpFront:
                     name=EXEC_TOOL_NAME,
                     description=exec_spec["description"],
                     input_schema=exec_spec["parameters"],
+                    # Honest for every tool a cell can reach (see exec_annotations).
+                    annotations=exec_annotations(self.upstreams.enabled_tools),
                 ),
                 mcp_types.Tool(
                     name=WAIT_TOOL_NAME,
                     description=wait_spec["description"],
                     input_schema=wait_spec["parameters"],
+                    # wait observes, or stops a cell: no effect of its own on the world.
+                    annotations=_WAIT_ANNOTATIONS,
                 ),
             ]
         )
