@@ -194,6 +194,7 @@ GLOBALS = [
     "clearTimeout",
     "tools",
     "ALL_TOOLS",
+    "catalog",
 ]
 
 
