@@ -39,7 +39,9 @@ TOOLS = (
             "required": ["q"],
         },
     ),
-    ToolDefinition("mcp__github__create_issue", "Create an issue in a repository.", "function"),
+    ToolDefinition(
+        "mcp__github__create_issue", "Create an issue in a repository.", namespace="github"
+    ),
     ToolDefinition("slack-post-message", "Post a message to a Slack channel."),
     ToolDefinition("listChannels", "List the Slack channels the bot can see."),
     ToolDefinition("catalog", "A tool that happens to be named catalog."),

@@ -97,6 +97,7 @@ __all__ = [
     "RETRY_CACHE_ENTRIES",
     "CodeModeSession",
     "CodeModeTools",
+    "missing_cell_text",
 ]
 
 logger = logging.getLogger("codemode.tools")
@@ -152,6 +153,16 @@ class _WaitArguments:
 
 class _ArgumentError(ValueError):
     """Raw tool arguments that do not match the tool's schema; ``str`` is the detail."""
+
+
+def missing_cell_text(cell_id: str) -> str:
+    """The error of a ``wait`` (or retried ``exec``) on a cell that is unknown or closed: the
+    session's ``exec cell {cell_id} not found``, followed by the two reasons it can have, so the
+    model does not take it for a failure of its script."""
+    return (
+        f"exec cell {cell_id} not found: it never existed or its final result was already "
+        "returned (a cell closes once its final result has been returned)"
+    )
 
 
 def _usage_error(message: str, cell_id: str | None = None) -> ToolResult:
@@ -412,9 +423,10 @@ class CodeModeTools:
           with everything gathered.
 
         An unknown or closed cell gives ``Script failed`` with the error
-        ``exec cell {cell_id} not found``; other session errors are usage errors with the
-        exception's message. A running status with no output gets :data:`NO_NEW_OUTPUT_TEXT`.
-        ``max_tokens`` (default 10 000) is the budget of the returned output.
+        :func:`missing_cell_text` (``exec cell {cell_id} not found: ...``); other session errors
+        are usage errors with the exception's message. A running status with no output gets
+        :data:`NO_NEW_OUTPUT_TEXT`. ``max_tokens`` (default 10 000) is the budget of the returned
+        output.
         """
         started = time.monotonic()
         budget = DEFAULT_MAX_OUTPUT_TOKENS if max_tokens is None else max_tokens
@@ -495,7 +507,7 @@ class CodeModeTools:
         while anything else (cancellation included) is re-raised."""
         if isinstance(error, MissingCell):
             logger.info("cell %s not found", cell_id, extra={"cell_id": cell_id})
-            return Completed(tuple(undelivered), error_text=str(error))
+            return Completed(tuple(undelivered), error_text=missing_cell_text(cell_id))
         if undelivered:
             self._carried[cell_id] = undelivered + self._carried.get(cell_id, [])
         if isinstance(error, CodeModeError):
