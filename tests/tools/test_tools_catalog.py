@@ -326,3 +326,20 @@ def test_reference_json_is_rendered_once_per_tool_tuple() -> None:
     assert reference_json(tuple(tools)) is first  # tuple(t) is t
     copy = tuple(list(tools))
     assert reference_json(copy) == first
+
+
+async def test_catalog_over_a_remote_session(delegate: RecordingDelegate) -> None:
+    from codemode import RemoteSession
+
+    async with await RemoteSession.spawn(delegate) as session:
+        cell = await session.create_pausable_cell(
+            CreateCellRequest(
+                'text((await catalog.search("list channels", {limit: 1}))[0].name);'
+                'text(await catalog.describe("listChannels"));',
+                TOOLS,
+            )
+        )
+        event = await session.wait_to_pending(cell)
+    assert isinstance(event, Completed) and event.error_text is None, event
+    texts = [item.text for item in event.items]  # type: ignore[union-attr]
+    assert texts == ["listChannels", tool_reference_blocks(TOOLS)[3]]

@@ -685,9 +685,11 @@
       return PromiseCtor.reject(new ErrorCtor("unknown tool " + shown));
     }
 
+    const searchTools = search;
+    const describeTool = describe;
     const api = ObjectFreeze({
-      search: function search_(query, options) { return search(query, options); },
-      describe: function describe_(name) { return describe(name); },
+      search(query, options) { return searchTools(query, options); },
+      describe(name) { return describeTool(name); },
     });
 
     return {
