@@ -324,8 +324,20 @@ def test_reference_json_is_rendered_once_per_tool_tuple() -> None:
     assert reference_json(tools) is first
     assert json.loads(first) == tool_reference_blocks(tools)
     assert reference_json(tuple(tools)) is first  # tuple(t) is t
-    copy = tuple(list(tools))
-    assert reference_json(copy) == first
+    # Equal tools arriving afresh (as over the wire) are found by content.
+    copy = tuple(
+        ToolDefinition(t.name, t.description, t.kind, t.namespace, dict(t.input_schema or {}))
+        for t in tools
+    )
+    assert reference_json(copy) is first
+    # The order of properties is content: it shows in the declarations.
+    reordered = (
+        ToolDefinition("t", input_schema={"type": "object", "properties": {"b": {}, "a": {}}}),
+    )
+    ordered = (
+        ToolDefinition("t", input_schema={"type": "object", "properties": {"a": {}, "b": {}}}),
+    )
+    assert reference_json(reordered) != reference_json(ordered)
 
 
 async def test_catalog_over_a_remote_session(delegate: RecordingDelegate) -> None:
