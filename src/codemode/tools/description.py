@@ -6,10 +6,12 @@ golden-tested and cached by a host (prompt caching depends on byte-identical too
 :func:`exec_description` is made of blank-line separated sections, in the spec's order:
 
 1. with ``code_mode_only``, :data:`CODE_MODE_ONLY_TEXT`;
-2. the rules, the globals of the cell (one line each) and the per-cell limits read from the
-   ``limits`` argument;
+2. the rules, the globals of the cell (one line each, ``catalog`` included) and the per-cell
+   limits read from the ``limits`` argument; when some tool is MCP-shaped, the rule about failing
+   calls adds that such tools report their own failures as data (``isError: true``);
 3. when any tool's output schema is MCP-shaped (:func:`~codemode.tools.typescript.is_mcp_shaped`),
-   :data:`SHARED_MCP_TYPES`, whether or not tools are described;
+   :data:`SHARED_MCP_TYPES`, whether or not tools are described, ending with the rule that such a
+   tool resolves with ``isError: true`` rather than throwing, while a transport failure rejects;
 4. with ``describe_tools``, the tool reference: a ``## {namespace}`` heading each time the namespace
    changes from one tool to the next (a change back to no namespace gets
    ``## {NO_NAMESPACE_HEADING}``), then per tool a ``### `{identifier}``` heading, followed by
