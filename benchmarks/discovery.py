@@ -4,7 +4,8 @@ Generates catalogs of 50 and 5,000 tools (services x verbs x resources, each wit
 two-sentence description) and measures:
 
 - the size of the ``exec`` description (tokens = UTF-8 bytes / 4) with the full reference
-  ("before": no budget) and with the default 8,000-token reference budget ("after");
+  ("before": no budget), with the default 8,000-token reference budget ("after") and with the
+  one-line-per-tool listing forced (budget 0, "listed");
 - the per-cell cost of carrying the catalog (create-to-completion of a trivial cell);
 - search quality on the 5,000-tool catalog, in real V8: for sampled tools, a query built from
   words of the tool's own description, and the rank of that tool in ``catalog.search``'s answer
@@ -13,6 +14,9 @@ two-sentence description) and measures:
   harder: they often do not name the service). A naive baseline ranks by how many query words
   occur as substrings of name + description (what a model writes with ``ALL_TOOLS.filter``).
   ``random_among_matching`` is the rate of a random pick among the tools holding every query word.
+- the same on *real* descriptions: the 49 tools captured from five real MCP servers
+  (tests/tools/data/mcp_servers) hidden among 4,951 generated ones, each looked for with 5
+  queries of 3 random non-stopwords of its own description.
 
 Prints a table and writes benchmarks/results/discovery.json. Run:
     .venv/bin/python benchmarks/discovery.py [--queries N] [--seed S]
@@ -304,12 +308,38 @@ text(JSON.stringify([t1 - t0, t2 - t1]));
     return json.loads(event.items[0].text)  # type: ignore[union-attr,no-any-return]
 
 
+DATA = Path(__file__).resolve().parents[1] / "tests" / "tools" / "data" / "mcp_servers"
+
+
+def real_tools() -> list[ToolDefinition]:
+    """The tools of five real MCP servers, as ``codemode mcp`` maps them."""
+    import mcp.types as mcp_types
+
+    from codemode.mcp.upstream import nested_tool_definition, requires_task
+
+    tools = []
+    for path in sorted(DATA.glob("*.json")):
+        data = json.loads(path.read_text("utf-8"))
+        server = data["server"].replace("-", "_")
+        for raw in data["tools"]:
+            tool = mcp_types.Tool.model_validate(raw)
+            if not requires_task(tool):
+                tools.append(nested_tool_definition(server, tool))
+    return tools
+
+
+def description_words(tool: ToolDefinition) -> list[str]:
+    text = tool.description.split("\n\nAnnotations:")[0]
+    return [w for w in re.findall(r"[A-Za-z]{3,}", text) if w.lower() not in STOPWORDS]
+
+
 async def main(queries: int, seed: int) -> dict[str, Any]:
     small, large = generate(50, seed), generate(5000, seed)
     sizes = {
         str(len(tools)): {
             "before_tokens": description_tokens(tools, None),
             "after_tokens": description_tokens(tools, 8000),
+            "listed_tokens": description_tokens(tools, 0),  # the listing, whatever the size
         }
         for tools in (small, large)
     }
@@ -328,6 +358,17 @@ async def main(queries: int, seed: int) -> dict[str, Any]:
         first = await first_search_ms(rt, large)
         intent_ranks, intent_ms = await ranks_in_v8(rt, large, intent)
         words_ranks, words_ms = await ranks_in_v8(rt, large, words)
+        real = real_tools()
+        mixed = tuple(list(large[: len(large) - len(real)]) + real)
+        mixed_idents = tool_identifiers(t.name for t in mixed)
+        offset = len(mixed) - len(real)
+        real_queries = []
+        for i, tool in enumerate(real):
+            pool = description_words(tool)
+            for _ in range(5):
+                picked = rng.sample(pool, min(3, len(pool)))
+                real_queries.append((" ".join(picked), mixed_idents[offset + i]))
+        real_ranks, _ = await ranks_in_v8(rt, mixed, real_queries)
     baseline = {
         "intent": rates([baseline_rank(large, q, idents.index(e)) for q, e in intent]),
         "words": rates([baseline_rank(large, q, idents.index(e)) for q, e in words]),
@@ -341,10 +382,19 @@ async def main(queries: int, seed: int) -> dict[str, Any]:
         "first_describe_ms_5000": first[1],
         "search_ms_per_query_5000": round((intent_ms + words_ms) / 2, 2),
         "queries": queries,
-        "catalog_search": {"intent": rates(intent_ranks), "words": rates(words_ranks)},
-        "substring_baseline": baseline,
+        "catalog_search": {
+            "intent": rates(intent_ranks),
+            "words": rates(words_ranks),
+            "real_descriptions_among_5000": rates(real_ranks),
+        },
+        "substring_baseline": {
+            **baseline,
+            "real_descriptions_among_5000": rates(
+                [baseline_rank(mixed, q, mixed_idents.index(e)) for q, e in real_queries]
+            ),
+        },
         "random_among_matching": ideal,
-        "example_queries": {"intent": intent[:3], "words": words[:3]},
+        "example_queries": {"intent": intent[:3], "words": words[:3], "real": real_queries[:5]},
     }
 
 

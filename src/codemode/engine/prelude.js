@@ -465,9 +465,10 @@
   // ---------------------------------------------------------------- catalog (SPEC 9.6)
   // `catalog.search(query, {limit})` and `catalog.describe(name)` answer from what the cell got at
   // boot (the tools' identifiers and descriptions, and their reference entries as JSON text, parsed
-  // on the first describe): no host round trip, no tool call, no frontier. Ranking is BM25 over
-  // the words of identifiers (weighted up) and descriptions, with partial credit for a query word
-  // that begins a word of the tool; the index is built on the first search.
+  // on the first describe): no host round trip, no tool call, no frontier. Tools that match more
+  // of the query's words rank first; among those, BM25 over the words of identifiers (weighted up)
+  // and descriptions, with partial credit for a query word that begins a word of the tool. The
+  // index is built on the first search.
   const catalogApi = (function () {
     const StrLower = String.prototype.toLowerCase;
     const StrCharCodeAt = String.prototype.charCodeAt;
@@ -483,7 +484,7 @@
     const MapGet = Map.prototype.get;
     const MapSet = Map.prototype.set;
     const MapHas = Map.prototype.has;
-    const K1 = 1.2, B = 0.75, IDENT_WEIGHT = 2.5, PREFIX_WEIGHT = 0.4;
+    const K1 = 1.2, B = 0.75, IDENT_WEIGHT = 2.5, PREFIX_WEIGHT = 0.4, COORD = 1e6;
 
     let catalogTools = [];       // [{name, ident, description}]
     let referenceJson = null;    // JSON text of the reference entries, until parsed
@@ -579,8 +580,10 @@
       return MathLog(1 + (index.n - d + 0.5) / (d + 0.5));
     }
 
+    // Tools matching more of the query's words rank first; BM25 orders those matching as many.
     function score(doc, query, weights, whole) {
       let total = 0;
+      let matched = 0;
       for (let q = 0; q < query.length; q++) {
         const word = query[q];
         const w = weights[q];
@@ -600,12 +603,13 @@
             }
           }
         }
+        if (s > 0) matched++;
         total += s;
       }
       if (total > 0 && whole.length >= 4) {
         if (doc.key === whole) total += IDENT_WEIGHT * 2;
       }
-      return total;
+      return total > 0 ? matched * COORD + total : 0;
     }
 
     function search(query, options) {
