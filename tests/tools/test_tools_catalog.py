@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -355,3 +356,45 @@ async def test_catalog_over_a_remote_session(delegate: RecordingDelegate) -> Non
     assert isinstance(event, Completed) and event.error_text is None, event
     texts = [item.text for item in event.items]  # type: ignore[union-attr]
     assert texts == ["listChannels", tool_reference_blocks(TOOLS)[3]]
+
+
+async def test_real_tools_are_found_among_many_by_words_of_their_description(
+    runtime: SessionRuntime,
+) -> None:
+    import random
+    import re
+
+    import mcp.types as mcp_types
+
+    from codemode.mcp.upstream import nested_tool_definition, requires_task
+
+    data = Path(__file__).parent / "data" / "mcp_servers"
+    real = []
+    for path in sorted(data.glob("*.json")):
+        captured = json.loads(path.read_text("utf-8"))
+        for raw in captured["tools"]:
+            tool = mcp_types.Tool.model_validate(raw)
+            if not requires_task(tool):
+                real.append(nested_tool_definition(captured["server"].replace("-", "_"), tool))
+    tools = (*generated(), *real)
+    rng = random.Random(3)
+    queries = []
+    for tool in real:
+        words = re.findall(r"[A-Za-z]{4,}", tool.description.split("\n\nAnnotations:")[0])
+        queries.append((" ".join(rng.sample(words, min(3, len(words)))), tool.name))
+    out = await run(
+        runtime,
+        f"""
+        const ranks = [];
+        for (const [q, expected] of {json.dumps(queries)}) {{
+          const hits = await catalog.search(q, {{limit: 5}});
+          ranks.push(hits.findIndex(h => h.name === expected.replace(/[^A-Za-z0-9_$]/g, "_")) + 1);
+        }}
+        text(JSON.stringify(ranks));
+        """,
+        tools,
+    )
+    ranks = json.loads(out[0])
+    assert len(ranks) == len(real) >= 45
+    assert sum(1 for r in ranks if r == 1) / len(ranks) >= 0.8, ranks
+    assert sum(1 for r in ranks if r > 0) / len(ranks) >= 0.95, ranks
