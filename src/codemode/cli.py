@@ -3,6 +3,12 @@
 ``codemode run FILE`` runs one cell in a fresh session against the demo tools and prints its
 events as they arrive; ``codemode run --example`` runs the bundled demo cell. Exit status: 0 the
 cell succeeded, 1 it failed (its error on stderr), 2 usage error, 3 terminated (Ctrl-C).
+
+What the commands share (exit statuses, ``--version``, logging, ``HOST:PORT``) lives in
+:mod:`codemode.cli_common`. ``codemode mcp`` takes its config from ``--config PATH`` or, when that
+is absent, from ``$CODEMODE_MCP_CONFIG`` (the MCP Inspector's CLI claims ``--config`` for itself).
+When the reader of stdout goes away (``codemode run ... | head``), the command ends quietly with
+status 1: the cell is terminated with its session, and no traceback is printed.
 """
 
 from __future__ import annotations
@@ -13,11 +19,22 @@ import base64
 import contextlib
 import importlib.resources
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from codemode.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    configure_logging,
+    positive_seconds,
+    silence_stdout,
+    version_text,
+)
 from codemode.model import (
     CellLimits,
     Completed,
@@ -35,9 +52,11 @@ from codemode.model import (
 from codemode.session import SessionRuntime, tools_delegate
 from codemode.wire import event_to_wire
 
-__all__ = ["DEMO_TOOLS", "demo_delegate", "main"]
+__all__ = ["DEMO_TOOLS", "MCP_CONFIG_ENV", "demo_delegate", "main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TERMINATED = 0, 1, 2, 3
+MCP_CONFIG_ENV = "CODEMODE_MCP_CONFIG"
+"""The environment variable ``codemode mcp`` reads its config path from when ``--config`` is
+absent."""
 
 DEMO_TOOLS: tuple[ToolDefinition, ...] = (
     ToolDefinition(
@@ -137,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="codemode", description="Run LLM-written JavaScript cells that call tools."
     )
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",
@@ -149,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--example", action="store_true", help="run the bundled demo cell")
     run.add_argument(
         "--yield-after",
-        type=float,
+        type=positive_seconds,
         default=None,
         metavar="SECONDS",
         help="observe in steps of SECONDS, printing '--- yielded ---' between events",
@@ -192,7 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run an MCP server whose only tools are exec and wait; the nested tools "
         "are those of the upstream MCP servers listed in the config file.",
     )
-    mcp.add_argument("--config", required=True, metavar="PATH", help='{"mcpServers": {...}} JSON')
+    mcp.add_argument(
+        "--config",
+        metavar="PATH",
+        help='{"mcpServers": {...}} JSON; default: the path in $' + MCP_CONFIG_ENV,
+    )
     mcp.add_argument(
         "--http", metavar="HOST:PORT", help="serve streamable HTTP at /mcp instead of stdio"
     )
@@ -349,6 +373,16 @@ async def _run_main(args: argparse.Namespace, source: str, limits: CellLimits) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``codemode`` command; returns the exit status."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): the session has shut the cell down on the
+        # way out; end quietly, and keep the interpreter's last flush from raising again.
+        silence_stdout()
+        return EXIT_FAILED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -368,6 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"codemode: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        configure_logging("WARNING")  # stderr is the cell's: only problems, unless asked
         return asyncio.run(_run_main(args, source, limits))
     try:
         limits = limits_from_args(args)
@@ -381,6 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "mcp":
         from codemode.mcp.server import mcp_main
 
-        return mcp_main(config_path=args.config, http=args.http, limits=limits)
+        config_path = args.config or os.environ.get(MCP_CONFIG_ENV) or None
+        if config_path is None:
+            parser.error(f"mcp needs --config PATH or the {MCP_CONFIG_ENV} environment variable")
+        return mcp_main(config_path=config_path, http=args.http, limits=limits)
     parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse exits
     return EXIT_USAGE  # pragma: no cover

@@ -51,6 +51,7 @@ from codemode.model import (
     ToolFunction,
     Yielded,
 )
+from codemode.tools.catalog import reference_json
 
 __all__ = ["SessionRuntime", "new_cell_id", "tools_delegate"]
 
@@ -316,6 +317,7 @@ class SessionRuntime:
             stored=copy.deepcopy(core.stored),
             limits=core.limits,
             pausable=kind is CellKind.PAUSABLE,
+            tool_reference=reference_json(tools),
         )
         core.admissions += 1
         core.admissions_idle.clear()

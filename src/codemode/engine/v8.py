@@ -384,6 +384,9 @@ class _V8Cell(EngineCell):
             ],
             "stored": dict(b.stored),
         }
+        # The catalog's entries stay JSON text in the cell, parsed on first use (SPEC 9.6).
+        if b.tool_reference is not None:
+            config["reference"] = b.tool_reference
         return f"__codemode.boot({_dumps(config)});"
 
     async def run(self) -> StepReport:

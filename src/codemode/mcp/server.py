@@ -42,7 +42,6 @@ import base64
 import contextlib
 import itertools
 import logging
-import os
 import secrets
 import signal
 import sys
@@ -61,9 +60,16 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 
+from codemode.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    configure_logging,
+    parse_host_port,
+)
 from codemode.errors import CodeModeError
 from codemode.mcp.config import ConfigError, load_config
-from codemode.mcp.upstream import UpstreamSet
+from codemode.mcp.upstream import UpstreamSet, exec_annotations
 from codemode.model import CellLimits, ImageItem, NestedToolCall, OutputItem, TextItem
 from codemode.session import SessionRuntime
 from codemode.tools import CodeModeTools, ToolResult
@@ -87,9 +93,11 @@ INSTRUCTIONS: Final = (
     "as `tools.mcp__{server}__{tool}(args)` and prints what you need; use `wait` to follow a "
     "cell that is still running."
 )
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _STATE_KEY: Final = "codemode.mcp"
 _IMAGE_DETAIL_META: Final = "codex/imageDetail"
+_WAIT_ANNOTATIONS: Final = mcp_types.ToolAnnotations(
+    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+)
 
 
 # ---------------------------------------------------------------------- results
@@ -414,11 +422,15 @@ class McpFront:
                     name=EXEC_TOOL_NAME,
                     description=exec_spec["description"],
                     input_schema=exec_spec["parameters"],
+                    # Honest for every tool a cell can reach (see exec_annotations).
+                    annotations=exec_annotations(self.upstreams.enabled_tools),
                 ),
                 mcp_types.Tool(
                     name=WAIT_TOOL_NAME,
                     description=wait_spec["description"],
                     input_schema=wait_spec["parameters"],
+                    # wait observes, or stops a cell: no effect of its own on the world.
+                    annotations=_WAIT_ANNOTATIONS,
                 ),
             ]
         )
@@ -440,29 +452,14 @@ class McpFront:
 
 
 def parse_http_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``:PORT`` binds 127.0.0.1, ``[::1]:PORT`` for IPv6) as ``(host, port)``;
-    ``ValueError`` when it is not one."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError(f"--http expects HOST:PORT, got {text!r}")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"--http port must be 1-65535, got {port}")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, port
+    """``HOST:PORT`` (``:PORT`` binds 127.0.0.1, ``[::1]:PORT`` for IPv6) as
+    ``(host, port)``, the forms ``codemode serve --listen`` takes; ``ValueError`` when it is not
+    one. Port 0 is refused: the URL to connect to must be known."""
+    return parse_host_port(text, "--http", allow_port_zero=False)
 
 
 def _configure_logging() -> None:
-    root = logging.getLogger()
-    if root.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(logging.WARNING)
-    level = os.environ.get("CODEMODE_LOG_LEVEL", "INFO").upper()
-    known = logging.getLevelNamesMapping()
-    logging.getLogger("codemode").setLevel(known.get(level, logging.INFO))
+    configure_logging()  # as `codemode serve` and `codemode run` do
 
 
 async def serve_stdio(front: McpFront) -> None:

@@ -59,6 +59,14 @@ from http import HTTPStatus
 from typing import Any, Final
 
 from codemode import tracing
+
+from codemode.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    configure_logging,
+    parse_host_port,
+)
 from codemode.engine.base import Engine
 from codemode.errors import (
     BusyObserver,
@@ -121,7 +129,6 @@ records of closed cells are dropped, oldest first."""
 INCOMING_GRACE: Final = 5.0
 """Seconds a connection that ended gives its running requests to finish and be answered."""
 ENGINES: Final = ("v8",)
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class ToolCallRejected(Exception):
@@ -715,21 +722,9 @@ class ProtocolServer:
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6); ``:PORT`` binds 127.0.0.1."""
-    host, sep, port_text = listen.rpartition(":")
-    if not sep:
-        raise ValueError(f"--listen expects HOST:PORT or :PORT, got {listen!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host:
-        host = "127.0.0.1"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"--listen: invalid port {port_text!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"--listen: port {port} is out of range")
-    return host, port
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6); ``:PORT`` binds 127.0.0.1; port 0 picks a free
+    port. The same forms as ``codemode mcp --http`` (:mod:`codemode.cli_common`)."""
+    return parse_host_port(listen, "--listen")
 
 
 def _stop_on_signals(stop: Callable[[], None]) -> None:
@@ -815,22 +810,13 @@ async def serve_websocket(
 
 
 def _configure_logging() -> None:
-    level = os.environ.get("CODEMODE_LOG_LEVEL", "WARNING").upper()
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    try:
-        root.setLevel(level)
-    except ValueError:
-        root.setLevel(logging.WARNING)
+    configure_logging()  # as `codemode mcp` and `codemode run` do
 
 
 def serve_main(listen: str | None, token_env: str | None, limits: CellLimits) -> int:
     """``codemode serve``: stdio (default) or WebSocket (``listen``); returns the exit status
-    (0 after a clean end, 1 when it cannot listen, 2 for a usage error). Logs go to stderr; set
-    ``CODEMODE_LOG_LEVEL`` (default WARNING) for more."""
+    (0 after a clean end, 1 when it cannot listen, 2 for a usage error). Logs go to stderr as
+    :func:`codemode.cli_common.configure_logging` sets up (``CODEMODE_LOG_LEVEL``, default INFO)."""
     _configure_logging()
     token: str | None = None
     if token_env is not None:

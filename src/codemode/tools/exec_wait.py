@@ -70,7 +70,9 @@ from codemode.model import (
     ToolDefinition,
     Yielded,
 )
+from codemode.tools.catalog import reference_json
 from codemode.tools.description import (
+    DEFAULT_REFERENCE_BUDGET_TOKENS,
     EXEC_TOOL_NAME,
     WAIT_TOOL_NAME,
     exec_description,
@@ -95,6 +97,7 @@ __all__ = [
     "RETRY_CACHE_ENTRIES",
     "CodeModeSession",
     "CodeModeTools",
+    "missing_cell_text",
 ]
 
 logger = logging.getLogger("codemode.tools")
@@ -150,6 +153,16 @@ class _WaitArguments:
 
 class _ArgumentError(ValueError):
     """Raw tool arguments that do not match the tool's schema; ``str`` is the detail."""
+
+
+def missing_cell_text(cell_id: str) -> str:
+    """The error of a ``wait`` (or retried ``exec``) on a cell that is unknown or closed: the
+    session's ``exec cell {cell_id} not found``, followed by the two reasons it can have, so the
+    model does not take it for a failure of its script."""
+    return (
+        f"exec cell {cell_id} not found: it never existed or its final result was already "
+        "returned (a cell closes once its final result has been returned)"
+    )
 
 
 def _usage_error(message: str, cell_id: str | None = None) -> ToolResult:
@@ -211,12 +224,18 @@ class CodeModeTools:
         describe_tools: bool = True,
         code_mode_only: bool = False,
         max_wait_ms: int = DEFAULT_MAX_WAIT_MS,
+        reference_budget_tokens: int = DEFAULT_REFERENCE_BUDGET_TOKENS,
     ) -> None:
         """Bind the tools to ``session``.
 
+        ``reference_budget_tokens`` (SPEC 9.6): when the tool reference of the ``exec``
+        description would take more tokens than this, the description lists each tool by
+        identifier with the first line of its description only and explains the cell's
+        ``catalog`` (search and describe) instead.
+
         Raises ``ValueError`` when a nested tool is named ``exec`` or ``wait`` or when
-        ``max_wait_ms`` is not a positive integer, and ``TypeError`` for a tool that is not a
-        :class:`ToolDefinition`.
+        ``max_wait_ms`` is not a positive integer or ``reference_budget_tokens`` a negative one,
+        and ``TypeError`` for a tool that is not a :class:`ToolDefinition`.
         """
         tool_tuple = tuple(tools)
         for tool in tool_tuple:
@@ -229,6 +248,15 @@ class CodeModeTools:
                 )
         if isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, int) or max_wait_ms <= 0:
             raise ValueError(f"max_wait_ms must be a positive integer, got {max_wait_ms!r}")
+        if (
+            isinstance(reference_budget_tokens, bool)
+            or not isinstance(reference_budget_tokens, int)
+            or reference_budget_tokens < 0
+        ):
+            raise ValueError(
+                "reference_budget_tokens must be a non-negative integer, "
+                f"got {reference_budget_tokens!r}"
+            )
         self._session = session
         self._tools = tool_tuple
         self._max_wait_ms = max_wait_ms
@@ -238,8 +266,10 @@ class CodeModeTools:
             describe_tools=describe_tools,
             code_mode_only=code_mode_only,
             limits=limits if isinstance(limits, CellLimits) else CellLimits(),
+            reference_budget_tokens=reference_budget_tokens,
         )
         self._wait_description = wait_description(max_wait_ms)
+        reference_json(tool_tuple)  # rendered now, not when the session admits the first cell
         self._retry_cache = _RetryCache(RETRY_CACHE_ENTRIES, RETRY_CACHE_BYTES)
         self._exec_in_flight: dict[str, asyncio.Future[None]] = {}
         # Items delivered by the session but not yet to the model (see the module docstring).
@@ -394,9 +424,10 @@ class CodeModeTools:
           with everything gathered.
 
         An unknown or closed cell gives ``Script failed`` with the error
-        ``exec cell {cell_id} not found``; other session errors are usage errors with the
-        exception's message. A running status with no output gets :data:`NO_NEW_OUTPUT_TEXT`.
-        ``max_tokens`` (default 10 000) is the budget of the returned output.
+        :func:`missing_cell_text` (``exec cell {cell_id} not found: ...``); other session errors
+        are usage errors with the exception's message. A running status with no output gets
+        :data:`NO_NEW_OUTPUT_TEXT`. ``max_tokens`` (default 10 000) is the budget of the returned
+        output.
         """
         started = time.monotonic()
         budget = DEFAULT_MAX_OUTPUT_TOKENS if max_tokens is None else max_tokens
@@ -477,7 +508,7 @@ class CodeModeTools:
         while anything else (cancellation included) is re-raised."""
         if isinstance(error, MissingCell):
             logger.info("cell %s not found", cell_id, extra={"cell_id": cell_id})
-            return Completed(tuple(undelivered), error_text=str(error))
+            return Completed(tuple(undelivered), error_text=missing_cell_text(cell_id))
         if undelivered:
             self._carried[cell_id] = undelivered + self._carried.get(cell_id, [])
         if isinstance(error, CodeModeError):
