@@ -59,7 +59,6 @@ from http import HTTPStatus
 from typing import Any, Final
 
 from codemode import tracing
-
 from codemode.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
