@@ -41,10 +41,11 @@ import signal
 import sys
 from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
+from codemode.cell.machine import call_number
 from codemode.errors import (
     AlreadyTerminating,
     BusyObserver,
@@ -52,6 +53,7 @@ from codemode.errors import (
     CodeModeError,
     ForeignHandle,
     MissingCell,
+    NotAwaitingApproval,
     ObservationConflict,
     ProtocolError,
     SessionLost,
@@ -60,6 +62,7 @@ from codemode.errors import (
     WrongCellKind,
 )
 from codemode.model import (
+    ApprovalRequest,
     Cell,
     CellEvent,
     CellKind,
@@ -104,7 +107,7 @@ from codemode.protocol.rpc import (
     encode,
 )
 from codemode.protocol.transport import LineTransport, Transport, WebSocketTransport
-from codemode.wire import event_from_wire
+from codemode.wire import approvals_from_wire, event_from_wire
 
 __all__ = ["CHILD_EXIT_GRACE", "HANDSHAKE_TIMEOUT", "RemoteSession"]
 
@@ -147,6 +150,8 @@ class _CellRecord:
     observation: _Observation | None = None  # the outstanding one, if any
     observer_waiting: bool = False
     terminating: bool = False
+    # The cell's held calls as of its latest event or approval request (see awaiting_approval).
+    held: dict[str, ApprovalRequest] = field(default_factory=dict)
 
 
 def _signal_name(code: int) -> str:
@@ -618,9 +623,25 @@ class RemoteSession:
         except ConnectionLost:
             raise self._lost_error() from None
         try:
-            return event_from_wire(self._checked(method, result))
+            data = self._checked(method, result)
+            event = event_from_wire(data)
+            held = self._held_from_wire(cell_id, data)
         except ValueError as exc:
             raise ProtocolError(f"malformed {method} result from the server: {exc}") from None
+        if isinstance(event, Pending):
+            event = Pending(replace(event.frontier, awaiting_approval=held))
+        record = self._cells.get(cell_id)
+        if record is not None and isinstance(event, Yielded | Pending):
+            record.held = {a.call_id: a for a in held}
+        return event
+
+    def _held_from_wire(self, cell_id: str, data: dict[str, Any]) -> tuple[ApprovalRequest, ...]:
+        """The ``awaitingApproval`` of a result, each with the full tool definition this client
+        sent (the wire names only the tool)."""
+        return tuple(
+            replace(a, tool=self._tool(cell_id, _tool_ref(a.tool)))
+            for a in approvals_from_wire(data)
+        )
 
     def _cancel_observation(self, observation: _Observation) -> None:
         observation.cancel_wanted = True
@@ -697,6 +718,75 @@ class RemoteSession:
         event = event_from_wire(result)
         assert isinstance(event, Completed | Terminated)
         return event
+
+    # ------------------------------------------------------------------ approvals
+
+    def _any_record(self, cell: Cell | PausableCell | str) -> _CellRecord:
+        if isinstance(cell, str):
+            cell_id = cell
+        elif isinstance(cell, Cell | PausableCell):
+            if cell._owner is not self._owner:
+                raise ForeignHandle(cell.cell_id)
+            cell_id = cell.cell_id
+        else:
+            raise TypeError(f"expected a cell handle or id, got {type(cell).__name__}")
+        self._usable(cell_id)
+        record = self._cells.get(cell_id)
+        if record is None:
+            raise MissingCell(cell_id)
+        return record
+
+    def awaiting_approval(self, cell: Cell | PausableCell | str) -> tuple[ApprovalRequest, ...]:
+        """The cell's calls held for approval, sorted by call id, as this client last learned
+        them: from the cell's latest ``Yielded`` or ``Pending`` event (a call that becomes held
+        ends the current observation at once, so an observation brings it), less the calls it
+        has since decided. :meth:`fetch_awaiting_approval` asks the server instead."""
+        record = self._any_record(cell)
+        return tuple(sorted(record.held.values(), key=lambda a: call_number(a.call_id)))
+
+    async def fetch_awaiting_approval(
+        self, cell: Cell | PausableCell | str
+    ) -> tuple[ApprovalRequest, ...]:
+        """The cell's held calls as the server knows them now (and remember them)."""
+        record = self._any_record(cell)
+        params = {"sessionId": self._session_id, "cellId": record.cell_id}
+        try:
+            result = await self._call("cell/awaitingApproval", params, cancel=False)
+        except MissingCell:
+            self._forget(record.cell_id)
+            raise
+        held = self._held_from_wire(record.cell_id, {"awaitingApproval": result["calls"]})
+        record.held = {a.call_id: a for a in held}
+        return held
+
+    async def approve(self, cell: Cell | PausableCell | str, call_id: str) -> None:
+        """Let the held call reach the delegate (SessionRuntime.approve)."""
+        await self._decide(cell, "cell/approve", {"callId": str(call_id)})
+
+    async def reject(
+        self,
+        cell: Cell | PausableCell | str,
+        call_id: str,
+        reason: str = "the host rejected this call",
+    ) -> None:
+        """Reject the held call with ``reason`` (SessionRuntime.reject)."""
+        await self._decide(cell, "cell/reject", {"callId": str(call_id), "reason": str(reason)})
+
+    async def _decide(
+        self, cell: Cell | PausableCell | str, method: str, extra: dict[str, Any]
+    ) -> None:
+        record = self._any_record(cell)
+        params = {"sessionId": self._session_id, "cellId": record.cell_id, **extra}
+        try:
+            await self._call(method, params, cancel=False)
+        except NotAwaitingApproval:
+            record.held.pop(extra["callId"], None)
+            raise
+        except MissingCell:
+            if record.observation is None:
+                self._forget(record.cell_id)
+            raise
+        record.held.pop(extra["callId"], None)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -899,6 +989,10 @@ if TYPE_CHECKING:
 
     def _fits_code_mode_tools(session: RemoteSession) -> CodeModeSession:
         return session  # mypy checks that RemoteSession satisfies CodeModeSession
+
+
+def _tool_ref(tool: ToolDefinition) -> dict[str, Any]:
+    return {"name": tool.name, "namespace": tool.namespace, "kind": str(tool.kind)}
 
 
 def _cancel_task(request: IncomingRequest) -> None:
