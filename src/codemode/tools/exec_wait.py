@@ -70,6 +70,7 @@ from codemode.model import (
     ToolDefinition,
     Yielded,
 )
+from codemode.tools.approvals import awaiting_approval_item, held_calls
 from codemode.tools.description import (
     EXEC_TOOL_NAME,
     WAIT_TOOL_NAME,
@@ -136,6 +137,14 @@ class CodeModeSession(Protocol):
 
     def cell(self, cell_id: str, /) -> Cell:
         """A handle on a live continuing cell; ``MissingCell`` / ``WrongCellKind`` otherwise."""
+        ...
+
+    async def approve(self, cell: str, call_id: str, /) -> None:
+        """Let a held call reach the delegate (see ``docs/approvals.md``)."""
+        ...
+
+    async def reject(self, cell: str, call_id: str, reason: str, /) -> None:
+        """Reject a held call with ``reason`` (see ``docs/approvals.md``)."""
         ...
 
 
@@ -433,6 +442,8 @@ class CodeModeTools:
             event = await self._session.wait(cell, max(deadline - time.monotonic(), 0.0))
             if not isinstance(event, Yielded) or time.monotonic() >= deadline:
                 return event
+            if held_calls(self._session, cell_id):
+                return event  # it waits for the host's decision: report now
             gathered.extend(event.items)
             logger.debug(
                 "wait: cell %s yielded; observing on until it completes",
@@ -493,13 +504,32 @@ class CodeModeTools:
         note_nothing_new: bool,
     ) -> ToolResult:
         wall = time.monotonic() - started
+        held = awaiting_approval_item(held_calls(self._session, cell_id))
+        after = () if held is None or not isinstance(event, Yielded) else (held,)
         if note_nothing_new and isinstance(event, Yielded) and not event.items:
             header = TextItem(header_text(status_line(event, cell_id), wall))
             return ToolResult(
-                items=(header, TextItem(NO_NEW_OUTPUT_TEXT)), is_error=False, cell_id=cell_id
+                items=(header, TextItem(NO_NEW_OUTPUT_TEXT), *after),
+                is_error=False,
+                cell_id=cell_id,
             )
         items, failed = format_result(event, cell_id, wall, max_output_tokens)
-        return ToolResult(items=items, is_error=failed, cell_id=cell_id)
+        return ToolResult(items=(*items, *after), is_error=failed, cell_id=cell_id)
+
+    # ------------------------------------------------------------------ approvals (the host's)
+
+    async def approve(self, cell_id: str, call_id: str) -> None:
+        """Let the held call ``call_id`` of cell ``cell_id`` run (the session's ``approve``).
+        For the host, never a tool of the model; raises the session's errors
+        (``MissingCell``, ``NotAwaitingApproval``)."""
+        await self._session.approve(cell_id, call_id)
+
+    async def reject(
+        self, cell_id: str, call_id: str, reason: str = "the host rejected this call"
+    ) -> None:
+        """Reject the held call ``call_id``: its promise in the cell rejects with ``reason``
+        (the session's ``reject``). For the host; raises as :meth:`approve`."""
+        await self._session.reject(cell_id, call_id, reason)
 
 
 def _prepend(items: list[OutputItem], event: CellEvent) -> CellEvent:
