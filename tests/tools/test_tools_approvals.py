@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from codemode import (
+    ApprovalRequest,
     MissingCell,
     NotAwaitingApproval,
     RemoteSession,
@@ -86,3 +87,34 @@ async def test_a_wait_with_no_new_output_still_lists_held_calls(
         "(no new output)",
         "Awaiting approval: tool-1 delete_file {}",
     ]
+
+
+async def test_an_approver_decides_and_the_observation_goes_on(
+    runtime: SessionRuntime, delegate: RecordingDelegate
+) -> None:
+    asked: list[tuple[str, str, Any]] = []
+
+    async def approver(request: ApprovalRequest) -> bool | str:
+        asked.append((request.call_id, request.tool.name, request.input))
+        return True if request.input["path"].startswith("/tmp/") else "only /tmp may be deleted"
+
+    tools = CodeModeTools(runtime, [DELETE], approver=approver)
+    result = await tools.exec(SOURCE, "call-3")
+    assert texts(result)[0].startswith("Script completed")
+    assert texts(result)[1:] == ["checking", "deleted /tmp/é.txt", "only /tmp may be deleted"]
+    assert asked == [
+        ("tool-1", "delete_file", {"path": "/tmp/é.txt", "force": True}),
+        ("tool-2", "delete_file", {"path": "/etc"}),
+    ]
+    assert [c.call_id for c in delegate.calls] == ["tool-1"]
+
+
+async def test_an_approver_that_fails_rejects_with_its_message(runtime: SessionRuntime) -> None:
+    async def approver(request: ApprovalRequest) -> bool | str:
+        raise RuntimeError("policy service down")
+
+    tools = CodeModeTools(runtime, [DELETE], approver=approver)
+    result = await tools.exec(
+        "try { await tools.delete_file({}) } catch (e) { text(e.message) }", "call-4"
+    )
+    assert texts(result)[1:] == ["policy service down"]

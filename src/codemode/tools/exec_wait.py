@@ -58,6 +58,7 @@ from typing import Any, Final, Protocol
 
 from codemode.errors import BusyObserver, CodeModeError, MissingCell
 from codemode.model import (
+    ApprovalRequest,
     Cell,
     CellEvent,
     CellLimits,
@@ -94,6 +95,7 @@ __all__ = [
     "NO_NEW_OUTPUT_TEXT",
     "RETRY_CACHE_BYTES",
     "RETRY_CACHE_ENTRIES",
+    "Approver",
     "CodeModeSession",
     "CodeModeTools",
 ]
@@ -112,6 +114,10 @@ RETRY_CACHE_BYTES: Final = 16 * 1024 * 1024
 _UNTIL_VALUES: Final = ("yield", "completed")
 _WAIT_FIELDS: Final = ("cell_id", "yield_time_ms", "max_tokens", "terminate", "until")
 _PARSE_PREFIX: Final = "failed to parse function arguments: "
+
+Approver = Callable[[ApprovalRequest], Awaitable[bool | str]]
+"""Decides a held call for the host: ``True`` approves it, ``False`` rejects it with the default
+reason, a string rejects it with that reason (see ``docs/approvals.md``)."""
 
 _Observation = Callable[[list[OutputItem]], Awaitable[CellEvent]]
 """One observation of a cell: appends the items of intermediate events to its argument and returns
@@ -220,8 +226,15 @@ class CodeModeTools:
         describe_tools: bool = True,
         code_mode_only: bool = False,
         max_wait_ms: int = DEFAULT_MAX_WAIT_MS,
+        approver: Approver | None = None,
     ) -> None:
         """Bind the tools to ``session``.
+
+        ``approver``, when given, decides every held call an ``exec`` or ``wait`` observation
+        meets (a tool with ``needs_approval``): the observation then goes on, with a fresh
+        budget, instead of returning ``Awaiting approval`` lines to the model. An approver that
+        raises rejects the call with its message. Without one the host decides with
+        :meth:`approve` / :meth:`reject`.
 
         Raises ``ValueError`` when a nested tool is named ``exec`` or ``wait`` or when
         ``max_wait_ms`` is not a positive integer, and ``TypeError`` for a tool that is not a
@@ -254,6 +267,7 @@ class CodeModeTools:
         # Items delivered by the session but not yet to the model (see the module docstring).
         self._carried: dict[str, list[OutputItem]] = {}
         self._observing: set[str] = set()
+        self._approver = approver
 
     # ------------------------------------------------------------------ definitions
 
@@ -468,7 +482,7 @@ class CodeModeTools:
         self._observing.add(cell_id)
         gathered = self._carried.pop(cell_id, [])
         try:
-            event = await observe(gathered)
+            event = await self._observe_deciding(cell_id, observe, gathered)
         except BaseException as error:
             return self._after_failure(cell_id, gathered, error)
         finally:
@@ -477,6 +491,55 @@ class CodeModeTools:
             "cell %s observed: %s", cell_id, type(event).__name__, extra={"cell_id": cell_id}
         )
         return _prepend(gathered, event)
+
+    async def _observe_deciding(
+        self, cell_id: str, observe: _Observation, gathered: list[OutputItem]
+    ) -> CellEvent:
+        """``observe``; with an approver, each time it ends on new held calls, have them
+        decided and observe again (the output so far is kept in ``gathered``)."""
+        asked: set[str] = set()
+        while True:
+            event = await observe(gathered)
+            if self._approver is None or not isinstance(event, Yielded):
+                return event
+            fresh = [r for r in held_calls(self._session, cell_id) if r.call_id not in asked]
+            if not fresh:
+                return event
+            gathered.extend(event.items)
+            for request in fresh:
+                asked.add(request.call_id)
+                await self._decide(request)
+
+    async def _decide(self, request: ApprovalRequest) -> None:
+        assert self._approver is not None
+        try:
+            decision = await self._approver(request)
+        except Exception as error:
+            logger.warning(
+                "cell %s: the approver failed on %s: %s",
+                request.cell_id,
+                request.call_id,
+                error,
+                extra={"cell_id": request.cell_id},
+            )
+            decision = str(error) or type(error).__name__
+        try:
+            if decision is True:
+                await self._session.approve(request.cell_id, request.call_id)
+            elif decision is False:
+                await self._session.reject(
+                    request.cell_id, request.call_id, "the host rejected this call"
+                )
+            else:
+                await self._session.reject(request.cell_id, request.call_id, str(decision))
+        except CodeModeError as error:  # the cell ended meanwhile: nothing to decide
+            logger.info(
+                "cell %s: decision on %s not applied: %s",
+                request.cell_id,
+                request.call_id,
+                error,
+                extra={"cell_id": request.cell_id},
+            )
 
     def _after_failure(
         self, cell_id: str, undelivered: list[OutputItem], error: BaseException
