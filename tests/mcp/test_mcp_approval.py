@@ -16,6 +16,7 @@ from mcp.client.stdio import stdio_client
 from mcp_support import codemode_command, fake_entry, output, texts
 
 from codemode.mcp.approval import (
+    APPROVAL_NOTE,
     DECLINED_REASON,
     UNAVAILABLE_REASON,
     ApprovalPolicy,
@@ -107,9 +108,13 @@ async def test_an_elicitation_that_accepts_runs_the_call(tmp_path: Path) -> None
 
     config = write(tmp_path / "mcp.json", {"tools": ["mcp__fake__add"]})
     async with client(config, accept) as session:
+        (exec_tool, _) = (await session.list_tools()).tools
         result = await session.call_tool("exec", {"code": SOURCE})
     assert texts(result)[0].startswith("Script completed"), texts(result)
     assert output(result) == ["sum 5", "not gated"]
+    described = exec_tool.description or ""
+    add_section = described[described.index("mcp__fake__add") :]
+    assert APPROVAL_NOTE in add_section.split("mcp__fake__echo")[0]
     assert len(asked) == 1
     assert isinstance(asked[0], mcp_types.ElicitRequestFormParams)
     assert asked[0].message.startswith('Allow the tool call mcp__fake__add({"a":2,"b":3})?')

@@ -10,7 +10,8 @@ The configuration file may carry, next to ``mcpServers``::
   ``destructiveHint: true`` (an explicit ``true``; a tool without annotations is not assumed
   destructive, and ``readOnlyHint: true`` wins).
 
-Each call of such a tool is held by the session until it is decided. The server decides it inside
+Each call of such a tool is held by the session until it is decided (its description in the
+``exec`` tool says so, :data:`APPROVAL_NOTE`). The server decides it inside
 the ``exec``/``wait`` request that meets it: when the MCP client declared the ``elicitation``
 capability it is asked (a form with no fields: accept approves, decline or cancel rejects);
 otherwise, or when asking fails, the call is rejected with :data:`UNAVAILABLE_REASON`, so the
@@ -34,6 +35,7 @@ from codemode.mcp.upstream import UpstreamSet, nested_tool_name
 from codemode.model import ApprovalRequest, ToolDefinition
 
 __all__ = [
+    "APPROVAL_NOTE",
     "DECLINED_REASON",
     "UNAVAILABLE_REASON",
     "ApprovalPolicy",
@@ -50,6 +52,10 @@ UNAVAILABLE_REASON: Final = (
 )
 DECLINED_REASON: Final = "the user declined this call"
 CANCELLED_REASON: Final = "the user dismissed the approval of this call"
+APPROVAL_NOTE: Final = (
+    "Each call of this tool waits for the user's approval; a refused call rejects with the "
+    "user's reason."
+)
 _MAX_SHOWN_INPUT: Final = 2000
 
 
@@ -82,11 +88,15 @@ class ApprovalPolicy:
             for tool in upstream.tools:
                 annotations.setdefault(nested_tool_name(upstream.name, tool.name), tool.annotations)
         return tuple(
-            replace(t, needs_approval=True)
-            if self.needs_approval(t.name, annotations.get(t.name))
-            else t
-            for t in tools
+            _gated(t) if self.needs_approval(t.name, annotations.get(t.name)) else t for t in tools
         )
+
+
+def _gated(tool: ToolDefinition) -> ToolDefinition:
+    """``tool`` needing approval, its description saying so (the model then expects a wait
+    and a possible refusal)."""
+    description = f"{tool.description}\n\n{APPROVAL_NOTE}" if tool.description else APPROVAL_NOTE
+    return replace(tool, needs_approval=True, description=description)
 
 
 def parse_approval_policy(data: Any, source: str = "<config>") -> ApprovalPolicy:
@@ -94,6 +104,12 @@ def parse_approval_policy(data: Any, source: str = "<config>") -> ApprovalPolicy
 
     Raises :class:`~codemode.mcp.config.ConfigError` naming ``source`` when it is malformed.
     """
+    if isinstance(data, dict) and "approve" in data and "approval" not in data:
+        logger.warning(
+            'MCP config %s: ignoring "approve"; write "approval": {"tools": [...]} to require '
+            "approval of nested tools",
+            source,
+        )
     if not isinstance(data, dict) or "approval" not in data:
         return ApprovalPolicy()
     where = f'MCP config {source}: "approval"'
