@@ -125,6 +125,26 @@ async def test_terminate_drops_queued_calls(make_runtime: Any, delegate: Recordi
     assert sorted(delegate.cancelled) == ["tool-1", "tool-2", "tool-3"]
 
 
+async def test_completion_and_shutdown_drop_queued_calls(
+    make_runtime: Any, delegate: RecordingDelegate
+) -> None:
+    rt = make_runtime(CellLimits(max_parallel_tool_calls=2))
+    # The body does not await its calls: it completes with two at the delegate, three queued.
+    cell = await rt.create_cell(
+        request('for (let i = 0; i < 5; i++) tools.block({i}); text("done")')
+    )
+    assert await rt.wait(cell, 20) == Completed((TextItem("done"),))
+    assert [c.call_id for c in delegate.calls] == ["tool-1", "tool-2"]
+    assert sorted(delegate.cancelled) == ["tool-1", "tool-2"]
+    cell = await rt.create_cell(
+        request("await Promise.all(Array.from({length: 5}, () => tools.block({})))")
+    )
+    await delegate.wait_calls(4)
+    await rt.shutdown()
+    await asyncio.sleep(0.05)
+    assert len(delegate.calls) == 4  # the queued three never reached the delegate
+
+
 # ---------------------------------------------------------------- approvals: continuing cells
 
 

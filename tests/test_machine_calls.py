@@ -8,6 +8,8 @@ effects (which calls reach the delegate, when) and the events callers receive.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from codemode import (
     ApprovalRequest,
@@ -227,3 +229,64 @@ def test_a_pausable_hold_does_not_end_an_observation() -> None:
     m = CellMachine("p1", CellKind.PAUSABLE)
     attach(m)
     assert m.call_issued(call(m, 1, GATED)) == []  # the frontier will list it
+
+
+# ---------------------------------------------------------------- a property over any interleaving
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    bound=st.integers(min_value=1, max_value=4),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["issue", "gated", "return", "approve", "reject"]), st.integers(0, 50)
+        ),
+        max_size=60,
+    ),
+)
+def test_any_interleaving_keeps_the_bound_the_order_and_the_gate(
+    bound: int, steps: list[tuple[str, int]]
+) -> None:
+    """Whatever the order of issues, returns and decisions: never more than ``bound`` calls at
+    the delegate, plain calls reach it in issue order, every call at most once, and a held call
+    only after its approval (a rejected one never)."""
+    m = CellMachine("c1", CellKind.CONTINUING, max_parallel=bound)
+    issued = 0
+    at_delegate: list[str] = []
+    sent: list[str] = []
+    approved: set[str] = set()
+    rejected: set[str] = set()
+    gated: set[str] = set()
+
+    def apply(effects: list[object]) -> None:
+        for e in effects:
+            if isinstance(e, DispatchCall):
+                sent.append(e.call.call_id)
+                at_delegate.append(e.call.call_id)
+            elif isinstance(e, RejectCall):
+                rejected.add(e.call_id)
+        assert len(at_delegate) <= bound
+
+    for action, pick in steps:
+        if action in ("issue", "gated"):
+            issued += 1
+            tool = GATED if action == "gated" else PLAIN
+            if tool is GATED:
+                gated.add(f"tool-{issued}")
+            apply(m.call_issued(call(m, issued, tool)))
+        elif action == "return" and at_delegate:
+            apply(m.call_returned(at_delegate.pop(pick % len(at_delegate))))
+        elif action in ("approve", "reject") and m.awaiting_approval:
+            held = m.awaiting_approval[pick % len(m.awaiting_approval)].call_id
+            if action == "approve":
+                approved.add(held)
+                apply(m.approve(held))
+            else:
+                apply(m.reject(held, "no"))
+    assert len(sent) == len(set(sent))
+    assert not (set(sent) & rejected)
+    assert set(sent) & gated <= approved
+    plain_sent = [c for c in sent if c not in gated]
+    assert plain_sent == sorted(plain_sent, key=call_number)
+    # Nothing waits while a slot is free.
+    assert not m.calls_queued or m.calls_at_delegate == bound
