@@ -141,3 +141,40 @@ async def test_a_client_without_elicitation_gets_the_call_rejected(tmp_path: Pat
     assert output(result) == [UNAVAILABLE_REASON]
     assert "approval was unavailable" in UNAVAILABLE_REASON
     assert output(again) == ["next cell fine"]
+
+
+def test_codemode_run_rejects_held_calls(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from mcp_support import REPO
+
+    from codemode.cli import RUN_APPROVAL_REASON
+
+    config = write(tmp_path / "mcp.json", {"tools": ["mcp__fake__add"]})
+    cell = tmp_path / "cell.js"
+    cell.write_text(
+        GUARDED + 'text((await tools.mcp__fake__echo({text: "ok"})).structuredContent.text)'
+    )
+    for extra in ([], ["--pausable"]):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "codemode",
+                "run",
+                str(cell),
+                "--mcp-config",
+                str(config),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert RUN_APPROVAL_REASON in done.stdout, done.stdout
+        assert done.stdout.rstrip().endswith("ok")
+        assert "rejected tool-1 mcp__fake__add: no approval" in done.stderr
