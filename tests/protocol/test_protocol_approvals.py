@@ -107,6 +107,7 @@ async def test_pausable_frontier_lists_held_calls(
     assert rt.awaiting_approval(cell) == held
     await rt.reject(cell, "tool-2")
     assert await rt.wait_to_pending(cell) == event  # deciding does not advance the cell
+    assert rt.awaiting_approval(cell) == ()  # the repeated frontier does not bring it back
     assert await rt.resume(cell, event.frontier.generation) is ResumeOutcome.RESUMED
     final = await rt.wait_to_pending(cell)
     while isinstance(final, Pending):

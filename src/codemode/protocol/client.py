@@ -152,6 +152,7 @@ class _CellRecord:
     terminating: bool = False
     # The cell's held calls as of its latest event or approval request (see awaiting_approval).
     held: dict[str, ApprovalRequest] = field(default_factory=dict)
+    held_frontier: int = 0  # the frontier generation the held calls were last taken from
 
 
 def _signal_name(code: int) -> str:
@@ -631,8 +632,14 @@ class RemoteSession:
         if isinstance(event, Pending):
             event = Pending(replace(event.frontier, awaiting_approval=held))
         record = self._cells.get(cell_id)
-        if record is not None and isinstance(event, Yielded | Pending):
-            record.held = {a.call_id: a for a in held}
+        if record is not None:
+            if isinstance(event, Yielded):  # the server's list when it delivered the event
+                record.held = {a.call_id: a for a in held}
+            elif isinstance(event, Pending) and event.frontier.generation > record.held_frontier:
+                # A frontier's list is a snapshot: a repeated frontier must not bring back
+                # calls decided since.
+                record.held_frontier = event.frontier.generation
+                record.held = {a.call_id: a for a in held}
         return event
 
     def _held_from_wire(self, cell_id: str, data: dict[str, Any]) -> tuple[ApprovalRequest, ...]:
