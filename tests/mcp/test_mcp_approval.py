@@ -3,7 +3,11 @@ elicitation (accepting, declining) or, without elicitation, the call rejected as
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,8 +17,11 @@ import mcp.types as mcp_types
 import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import stdio_client
-from mcp_support import codemode_command, fake_entry, output, texts
+from mcp.client.streamable_http import streamable_http_client
+from mcp_support import REPO, codemode_command, fake_entry, free_port, output, texts
+from test_mcp_http import wait_for_port
 
+from codemode.cli import RUN_APPROVAL_REASON
 from codemode.mcp.approval import (
     APPROVAL_NOTE,
     DECLINED_REASON,
@@ -144,13 +151,6 @@ async def test_a_client_without_elicitation_gets_the_call_rejected(tmp_path: Pat
 
 
 def test_codemode_run_rejects_held_calls(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from mcp_support import REPO
-
-    from codemode.cli import RUN_APPROVAL_REASON
-
     config = write(tmp_path / "mcp.json", {"tools": ["mcp__fake__add"]})
     cell = tmp_path / "cell.js"
     cell.write_text(
@@ -178,3 +178,35 @@ def test_codemode_run_rejects_held_calls(tmp_path: Path) -> None:
         assert RUN_APPROVAL_REASON in done.stdout, done.stdout
         assert done.stdout.rstrip().endswith("ok")
         assert "rejected tool-1 mcp__fake__add: no approval" in done.stderr
+
+
+async def test_elicitation_over_streamable_http(tmp_path: Path) -> None:
+    asked: list[str] = []
+
+    async def accept(context: Any, params: mcp_types.ElicitRequestParams) -> mcp_types.ElicitResult:
+        asked.append(params.message)
+        return mcp_types.ElicitResult(action="accept", content={})
+
+    config = write(tmp_path / "mcp.json", {"tools": ["mcp__fake__add"]})
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "codemode", "mcp", "--config", str(config), "--http", f"127.0.0.1:{port}"),
+        cwd=REPO,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_for_port(port, process)
+        async with (
+            streamable_http_client(f"http://127.0.0.1:{port}/mcp") as (read, write_stream),
+            ClientSession(read, write_stream, elicitation_callback=accept) as session,
+        ):
+            await session.initialize()
+            result = await session.call_tool("exec", {"code": SOURCE})
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            await process.wait()
+    assert output(result) == ["sum 5", "not gated"], texts(result)
+    assert len(asked) == 1 and "mcp__fake__add" in asked[0]
