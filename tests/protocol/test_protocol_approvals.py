@@ -1,15 +1,15 @@
 """Approvals and the concurrency bound over the wire: the same scenarios against the in-process
-runtime and a ``RemoteSession`` on a spawned ``codemode serve`` (``cell/approve``,
+runtime and a ``RemoteSession`` on a spawned ``codemode serve`` and over WebSocket (``cell/approve``,
 ``cell/reject``, ``cell/awaitingApproval``, ``awaitingApproval`` on events)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from protocol_support import HANG, Harness, InProcessServer, RawClient
+from protocol_support import HANG, Harness, InProcessServer, RawClient, WebSocketServer
 
 from codemode import (
     ApprovalRequest,
@@ -28,12 +28,22 @@ from conftest import BLOCK, ECHO, RecordingDelegate, request
 
 DELETE = ToolDefinition("delete_file", "Deletes a file.", namespace="fs", needs_approval=True)
 TOOLS = (ECHO, BLOCK, DELETE)
-LOCAL_AND_SPAWN = pytest.mark.parametrize("harness", ["local", "spawn"], indirect=True)
+EVERY_MODE = pytest.mark.parametrize("harness", ["local", "spawn", "ws"], indirect=True)
+
+
+@pytest.fixture(scope="module")
+def ws_server() -> Iterator[WebSocketServer]:
+    server = WebSocketServer()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    h = Harness(request.param)
+    url = request.getfixturevalue("ws_server").url if request.param == "ws" else None
+    h = Harness(request.param, url)
     try:
         yield h
     finally:
@@ -48,7 +58,7 @@ async def until_held(rt: Any, cell: Any, items: list[Any]) -> None:
             items.extend(event.items)
 
 
-@LOCAL_AND_SPAWN
+@EVERY_MODE
 async def test_continuing_approve_and_reject(harness: Harness, delegate: RecordingDelegate) -> None:
     rt = await harness.session(delegate)
     cell = await rt.create_cell(
@@ -87,7 +97,7 @@ async def test_continuing_approve_and_reject(harness: Harness, delegate: Recordi
         rt.awaiting_approval(cell)
 
 
-@LOCAL_AND_SPAWN
+@EVERY_MODE
 async def test_pausable_frontier_lists_held_calls(
     harness: Harness, delegate: RecordingDelegate
 ) -> None:
@@ -116,7 +126,7 @@ async def test_pausable_frontier_lists_held_calls(
     assert final == Completed((TextItem('[{"k":1},"the host rejected this call"]'),))
 
 
-@LOCAL_AND_SPAWN
+@EVERY_MODE
 async def test_parallel_calls_beyond_the_bound_queue(
     harness: Harness, delegate: RecordingDelegate
 ) -> None:
