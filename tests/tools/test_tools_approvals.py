@@ -118,3 +118,15 @@ async def test_an_approver_that_fails_rejects_with_its_message(runtime: SessionR
         "try { await tools.delete_file({}) } catch (e) { text(e.message) }", "call-4"
     )
     assert texts(result)[1:] == ["policy service down"]
+
+
+def test_a_long_input_is_cut_in_the_middle() -> None:
+    from codemode.tools.approvals import MAX_INPUT_TOKENS, awaiting_approval_item
+
+    request = ApprovalRequest("c", "tool-1", DELETE, {"content": "x" * 100_000})
+    item = awaiting_approval_item([request])
+    assert item is not None
+    assert item.text.startswith('Awaiting approval: tool-1 delete_file {"content":"xxx')
+    assert "tokens truncated…" in item.text
+    assert len(item.text) < MAX_INPUT_TOKENS * 4 + 200
+    assert awaiting_approval_item([]) is None

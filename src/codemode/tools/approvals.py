@@ -2,8 +2,9 @@
 
 An ``exec``/``wait`` result of a running cell with held calls lists them after the output, one
 line each, ``Awaiting approval: {call_id} {tool name} {input as JSON}``, so the model knows why its
-cell waits. Deciding is the host's business (:meth:`CodeModeTools.approve` / ``.reject``), never a
-tool of the model.
+cell waits; an input longer than :data:`MAX_INPUT_TOKENS` tokens is cut in the middle with the
+``…N tokens truncated…`` marker of the results. Deciding is the host's business
+(:meth:`CodeModeTools.approve` / ``.reject``), never a tool of the model.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from typing import Any, Final
 
 from codemode.errors import CodeModeError
 from codemode.model import ApprovalRequest, TextItem
+from codemode.tools.render import middle_truncate
 
-__all__ = ["AWAITING_APPROVAL_PREFIX", "awaiting_approval_item", "held_calls"]
+__all__ = ["AWAITING_APPROVAL_PREFIX", "MAX_INPUT_TOKENS", "awaiting_approval_item", "held_calls"]
 
 AWAITING_APPROVAL_PREFIX: Final = "Awaiting approval: "
+MAX_INPUT_TOKENS: Final = 500
+"""The most (estimated) tokens of one held call's input shown to the model."""
 
 
 def held_calls(session: Any, cell_id: str) -> tuple[ApprovalRequest, ...]:
@@ -34,9 +38,10 @@ def held_calls(session: Any, cell_id: str) -> tuple[ApprovalRequest, ...]:
 
 def _input_json(value: Any) -> str:
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError):
-        return json.dumps(repr(value), ensure_ascii=False)
+        text = json.dumps(repr(value), ensure_ascii=False)
+    return middle_truncate(text, MAX_INPUT_TOKENS)
 
 
 def awaiting_approval_item(held: Sequence[ApprovalRequest]) -> TextItem | None:
