@@ -14,6 +14,7 @@ from codemode.errors import (
     IdempotencyConflict,
     InvalidGeneration,
     MissingCell,
+    NotAwaitingApproval,
     ObservationConflict,
     ProtocolError,
     SessionLost,
@@ -22,6 +23,7 @@ from codemode.errors import (
     WrongCellKind,
 )
 from codemode.model import (
+    ApprovalRequest,
     Cell,
     CellEvent,
     CellKind,
@@ -52,6 +54,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyTerminating",
+    "ApprovalRequest",
     "BusyObserver",
     "Cell",
     "CellEvent",
@@ -71,6 +74,7 @@ __all__ = [
     "InvalidGeneration",
     "MissingCell",
     "NestedToolCall",
+    "NotAwaitingApproval",
     "ObservationConflict",
     "OutputItem",
     "PausableCell",

@@ -292,6 +292,7 @@ async def run_cell(
                     if not isinstance(pevent, Pending):
                         final = pevent
                         break
+                    await _refuse_held_calls(runtime, cell_id, err)
                     await runtime.resume(pcell, pevent.frontier.generation)
             else:
                 cell = await runtime.create_cell(request)
@@ -303,6 +304,7 @@ async def run_cell(
                     if not isinstance(event, Yielded):
                         final = event
                         break
+                    await _refuse_held_calls(runtime, cell_id, err)
         except asyncio.CancelledError:
             # Ctrl-C: terminate the cell and report what it had produced.
             with contextlib.suppress(Exception):
@@ -318,15 +320,29 @@ async def run_cell(
     return EXIT_OK
 
 
+RUN_APPROVAL_REASON = (
+    "approval was unavailable: `codemode run` cannot ask for approval, so this call was not run"
+)
+
+
+async def _refuse_held_calls(runtime: SessionRuntime, cell_id: str, err: TextIO) -> None:
+    """`codemode run` has nobody to ask: calls held for approval are rejected, never run."""
+    for request in runtime.awaiting_approval(cell_id):
+        print(f"rejected {request.call_id} {request.tool.name}: no approval", file=err, flush=True)
+        await runtime.reject(cell_id, request.call_id, RUN_APPROVAL_REASON)
+
+
 async def _run_with_mcp(
     args: argparse.Namespace, source: str, limits: CellLimits, config_path: str
 ) -> int:
     """Run the cell with the tools of the upstream MCP servers of ``config_path`` (SPEC 10.7)."""
+    from codemode.mcp.approval import load_approval_policy
     from codemode.mcp.config import ConfigError, load_config
     from codemode.mcp.upstream import UpstreamSet
 
     try:
         configs = load_config(config_path)
+        approval = load_approval_policy(config_path)
     except ConfigError as exc:
         print(f"codemode: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
@@ -343,7 +359,7 @@ async def _run_with_mcp(
             as_json=args.json,
             out=sys.stdout,
             err=sys.stderr,
-            tools=upstreams.tools,
+            tools=approval.mark(upstreams),
             delegate=upstreams.delegate(notify),
         )
 

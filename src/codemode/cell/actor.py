@@ -30,8 +30,10 @@ from codemode.cell.machine import (
     CellMachine,
     Closed,
     CommitWrites,
+    DispatchCall,
     Effect,
     Immediate,
+    RejectCall,
     RunEngine,
     StopEngine,
     TerminationStarted,
@@ -53,6 +55,7 @@ from codemode.engine.base import (
     YieldRequested,
 )
 from codemode.model import (
+    ApprovalRequest,
     CellKind,
     Completed,
     NestedToolCall,
@@ -149,10 +152,11 @@ class CellActor:
         tool_call_id: str,
         host: CellHost,
         max_result_bytes: int,
+        max_parallel_calls: int = 100,
     ) -> None:
         self.cell_id = cell_id
         self.kind = kind
-        self.machine = CellMachine(cell_id, kind)
+        self.machine = CellMachine(cell_id, kind, max_parallel=max_parallel_calls)
         self._engine = engine_cell
         self._tools = tools
         self._tool_call_id = tool_call_id
@@ -249,6 +253,18 @@ class CellActor:
         await asyncio.shield(self._closed.wait())
         return Terminated(self._terminated_items)
 
+    def awaiting_approval(self) -> tuple[ApprovalRequest, ...]:
+        """The cell's held calls, sorted by call id."""
+        return self.machine.awaiting_approval
+
+    def approve(self, call_id: str) -> None:
+        """Send a held call to the delegate (``MissingCell`` / ``NotAwaitingApproval``)."""
+        self._apply(self.machine.approve(call_id))
+
+    def reject(self, call_id: str, reason: str) -> None:
+        """Reject a held call's promise with ``reason`` (raises as :meth:`approve`)."""
+        self._apply(self.machine.reject(call_id, reason))
+
     async def shutdown(self) -> None:
         """Terminate (or close) the cell for the session's shutdown and wait until it closed."""
         self._apply(self.machine.shutdown())
@@ -276,6 +292,12 @@ class CellActor:
                 self._stop_task = self._loop.create_task(self._stop())
             elif isinstance(effect, Closed):
                 self._on_closed()
+            elif isinstance(effect, DispatchCall):
+                call = effect.call
+                self._calls[call.call_id] = self._loop.create_task(self._invoke(call))
+            elif isinstance(effect, RejectCall):
+                self._ready.append(ToolResultInput(effect.call_id, False, message=effect.reason))
+                self._wake.set()
 
     def _on_closed(self) -> None:
         if self._closed.is_set():
@@ -378,7 +400,8 @@ class CellActor:
         call = NestedToolCall(self.cell_id, ev.call_id, tool, ev.input)
         if self._debug:
             self._log.debug("cell %s calls %s as %s", self.cell_id, tool.name, ev.call_id)
-        self._calls[ev.call_id] = self._loop.create_task(self._invoke(call))
+        # The machine decides when it reaches the delegate (a free slot, an approval).
+        self._apply(self.machine.call_issued(call))
 
     async def _invoke(self, call: NestedToolCall) -> None:
         name = call.tool.name
@@ -399,6 +422,7 @@ class CellActor:
         if self.machine.phase.value in ("running", "paused"):
             self._ready.append(result)
             self._wake.set()
+        self._apply(self.machine.call_returned(call.call_id))
 
     async def _encode_result(self, call_id: str, name: str, value: Any) -> ToolResultInput:
         """The JSON text of a delegate's result, without stalling the event loop on big ones.

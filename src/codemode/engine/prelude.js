@@ -322,7 +322,6 @@
         return PromiseCtor.reject(new TypeErrorCtor("tool `" + name + "` expects a JSON object for arguments"));
       }
       if (callsIssued + 1 > limits.maxToolCalls) failLimit("max_tool_calls");
-      if (pending.size + 1 > limits.maxParallel) failLimit("max_parallel_tool_calls");
       callsIssued += 1;
       const id = "tool-" + callsIssued;
       emitRaw(["call", id, index], json === undefined ? "{}" : json);

@@ -24,6 +24,11 @@ with ``code_mode_only=True``; this module only adapts them to MCP:
   ``wait`` goes to the ``CodeModeTools`` whose ``exec`` returned its cell (else the current
   one), so output that object carries over for the cell is not lost.
 
+- Approvals: tools named by the configuration's ``approval`` key (glob patterns, and upstream
+  ``destructiveHint`` with ``"destructive": true``) need approval; each held call is decided
+  inside the ``exec``/``wait`` request that meets it, by elicitation when the client supports
+  it, else rejected as unavailable (:mod:`codemode.mcp.approval`, ``docs/approvals.md``).
+
 Connections and sessions: one :class:`~codemode.session.SessionRuntime` serves one MCP connection.
 Over stdio the process serves exactly one connection. Over streamable HTTP each MCP session
 (``Mcp-Session-Id``) is one connection, and its runtime is shut down when the session ends;
@@ -40,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import itertools
 import logging
 import secrets
@@ -68,9 +74,22 @@ from codemode.cli_common import (
     parse_host_port,
 )
 from codemode.errors import CodeModeError
+from codemode.mcp.approval import (
+    UNAVAILABLE_REASON,
+    ApprovalPolicy,
+    ask_by_elicitation,
+    load_approval_policy,
+)
 from codemode.mcp.config import ConfigError, load_config
 from codemode.mcp.upstream import UpstreamSet, exec_annotations
-from codemode.model import CellLimits, ImageItem, NestedToolCall, OutputItem, TextItem
+from codemode.model import (
+    ApprovalRequest,
+    CellLimits,
+    ImageItem,
+    NestedToolCall,
+    OutputItem,
+    TextItem,
+)
 from codemode.session import SessionRuntime
 from codemode.tools import CodeModeTools, ToolResult
 from codemode.tools.description import EXEC_TOOL_NAME, WAIT_TOOL_NAME
@@ -97,6 +116,10 @@ _STATE_KEY: Final = "codemode.mcp"
 _IMAGE_DETAIL_META: Final = "codex/imageDetail"
 _WAIT_ANNOTATIONS: Final = mcp_types.ToolAnnotations(
     read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+)
+# The MCP request being served in this task: where an approval is asked (docs/approvals.md).
+_REQUEST: contextvars.ContextVar[tuple[ServerSession, mcp_types.RequestId | None]] = (
+    contextvars.ContextVar("codemode_mcp_request")
 )
 
 
@@ -172,9 +195,10 @@ class _ConnectionFront:
             self._generation = upstreams.generation
             self._tools = CodeModeTools(
                 self.runtime,
-                upstreams.tools,
+                self._front.approval.mark(upstreams),
                 code_mode_only=True,
                 max_wait_ms=self._front.max_wait_ms,
+                approver=self._approve,
             )
         return self._tools
 
@@ -188,6 +212,7 @@ class _ConnectionFront:
         """Run ``exec`` or ``wait`` for one ``tools/call`` request."""
         self.remember(ctx.session)
         observer = _Observer(ctx.session, ctx.request_id, progress_token_from_params(ctx.params))
+        _REQUEST.set((ctx.session, ctx.request_id))
         if name == EXEC_TOOL_NAME:
             return await self._exec(observer, arguments)
         return await self._wait(observer, arguments)
@@ -223,6 +248,13 @@ class _ConnectionFront:
                 self._wait_observers.pop(cell_id, None)
                 if not self._cell_alive(cell_id):
                     self._owners.pop(cell_id, None)
+
+    async def _approve(self, request: ApprovalRequest) -> bool | str:
+        """Decide a held call by asking the client of the request that met it."""
+        current = _REQUEST.get(None)
+        if current is None:
+            return UNAVAILABLE_REASON
+        return await ask_by_elicitation(current[0], current[1], request)
 
     def _cell_alive(self, cell_id: str) -> bool:
         try:
@@ -327,9 +359,11 @@ class McpFront:
         *,
         single_connection: bool = False,
         max_wait_ms: int = 600_000,
+        approval: ApprovalPolicy | None = None,
     ) -> None:
         """``single_connection``: the transport serves one connection (stdio), so every request
-        belongs to it."""
+        belongs to it. ``approval``: which nested tools need the client's approval."""
+        self.approval = approval if approval is not None else ApprovalPolicy()
         self.upstreams = upstreams
         self.limits = limits if limits is not None else CellLimits()
         self.max_wait_ms = max_wait_ms
@@ -497,7 +531,12 @@ async def serve_http(front: McpFront, host: str, port: int, stop: asyncio.Event)
         watcher.cancel()
 
 
-async def _run(configs: Any, http: tuple[str, int] | None, limits: CellLimits) -> int:
+async def _run(
+    configs: Any,
+    http: tuple[str, int] | None,
+    limits: CellLimits,
+    approval: ApprovalPolicy | None = None,
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     main_task = asyncio.current_task()
@@ -515,7 +554,7 @@ async def _run(configs: Any, http: tuple[str, int] | None, limits: CellLimits) -
             loop.add_signal_handler(sig, on_signal)
     try:
         async with UpstreamSet(configs) as upstreams:
-            front = McpFront(upstreams, limits, single_connection=http is None)
+            front = McpFront(upstreams, limits, single_connection=http is None, approval=approval)
             try:
                 if http is None:
                     await serve_stdio(front)
@@ -543,6 +582,7 @@ def mcp_main(config_path: str, http: str | None, limits: CellLimits) -> int:
     _configure_logging()
     try:
         configs = load_config(config_path)
+        approval = load_approval_policy(config_path)
     except ConfigError as error:
         print(f"codemode: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE
@@ -556,6 +596,6 @@ def mcp_main(config_path: str, http: str | None, limits: CellLimits) -> int:
     if not configs:
         logger.warning("the MCP config %s lists no servers; cells get no nested tools", config_path)
     try:
-        return asyncio.run(_run(configs, address, limits))
+        return asyncio.run(_run(configs, address, limits, approval))
     except KeyboardInterrupt:
         return EXIT_OK

@@ -76,6 +76,7 @@ from codemode.errors import (
     WrongCellKind,
 )
 from codemode.model import (
+    ApprovalRequest,
     CellLimits,
     Completed,
     CreateCellRequest,
@@ -105,7 +106,7 @@ from codemode.protocol.messages import (
 from codemode.protocol.rpc import ConnectionLost, Endpoint, IncomingRequest, RpcError
 from codemode.protocol.transport import Transport, WebSocketTransport, open_stdio
 from codemode.session import SessionRuntime
-from codemode.wire import event_to_wire
+from codemode.wire import approval_to_wire, event_to_wire
 
 __all__ = [
     "MAX_RECORDS",
@@ -236,6 +237,15 @@ class _ServedSession:
         self.cell_ids = set(live)
         return live
 
+    def held_calls(self, cell_id: str, event: object) -> tuple[ApprovalRequest, ...]:
+        """The cell's held calls, sent with a ``yielded`` event (a frontier carries its own)."""
+        if not isinstance(event, Yielded):
+            return ()
+        try:
+            return self.runtime.awaiting_approval(cell_id)
+        except MissingCell:
+            return ()
+
     def created(self, cell_id: str) -> None:
         self.cell_ids.add(cell_id)
         if len(self.cell_ids) > 2 * self.runtime.limits.max_live_cells + 64:
@@ -259,7 +269,7 @@ class _ServedSession:
             exc = task.exception()
             if exc is None:
                 event = task.result()
-                record.result = event_to_wire(event)
+                record.result = event_to_wire(event, self.held_calls(cell_id, event))
                 record.terminal = isinstance(event, Completed | Terminated)
             elif isinstance(exc, CodeModeError):
                 record.error = error_to_wire(exc)
@@ -357,6 +367,9 @@ class _Connection:
             "cell/waitToPending": self._observe,
             "cell/resume": self._resume,
             "cell/terminate": self._terminate,
+            "cell/awaitingApproval": self._awaiting_approval,
+            "cell/approve": self._approve,
+            "cell/reject": self._reject,
             "observation/release": self._release,
         }
 
@@ -626,6 +639,24 @@ class _Connection:
         session = self._session(params)
         event = await session.runtime.terminate(params["cellId"])
         return event_to_wire(event)
+
+    async def _awaiting_approval(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
+        session = self._session(params)
+        held = session.runtime.awaiting_approval(params["cellId"])
+        return {"calls": [approval_to_wire(a) for a in held]}
+
+    async def _approve(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
+        session = self._session(params)
+        await session.runtime.approve(params["cellId"], params["callId"])
+        return {}
+
+    async def _reject(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
+        session = self._session(params)
+        if "reason" in params:
+            await session.runtime.reject(params["cellId"], params["callId"], params["reason"])
+        else:
+            await session.runtime.reject(params["cellId"], params["callId"])
+        return {}
 
     async def _release(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
         session = self._session(params)

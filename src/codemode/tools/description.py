@@ -212,7 +212,7 @@ def _format_bytes(n: int) -> str:
 def _limits_text(limits: CellLimits) -> str:
     return (
         f"Limits per cell: at most {limits.max_tool_calls} tool calls in all and "
-        f"{limits.max_parallel_tool_calls} outstanding at once, "
+        f"{limits.max_parallel_tool_calls} outstanding at once (more wait their turn), "
         f"{_format_bytes(limits.max_output_bytes)} of output, "
         f"{_format_bytes(limits.max_heap_bytes)} of memory and "
         f"{limits.max_cpu_seconds:g} seconds of JavaScript CPU time (waiting for tools or timers "
