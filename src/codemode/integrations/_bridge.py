@@ -136,6 +136,12 @@ class _LazySession:
     async def terminate(self, cell: Cell, /) -> Completed | Terminated:
         return await (await self.get()).terminate(cell)
 
+    async def approve(self, cell: str, call_id: str, /) -> None:
+        await (await self.get()).approve(cell, call_id)
+
+    async def reject(self, cell: str, call_id: str, reason: str, /) -> None:
+        await (await self.get()).reject(cell, call_id, reason)
+
     def cell(self, cell_id: str, /) -> Cell:
         if self._session is None:
             raise MissingCell(cell_id)
