@@ -15,6 +15,7 @@ from codemode.errors import (
     IdempotencyConflict,
     InvalidGeneration,
     MissingCell,
+    NotAwaitingApproval,
     ObservationConflict,
     ProtocolError,
     SessionLost,
@@ -23,6 +24,7 @@ from codemode.errors import (
     WrongCellKind,
 )
 from codemode.model import (
+    ApprovalRequest,
     Cell,
     CellEvent,
     CellKind,
@@ -53,6 +55,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyTerminating",
+    "ApprovalRequest",
     "BusyObserver",
     "Cell",
     "CellEvent",
@@ -72,6 +75,7 @@ __all__ = [
     "InvalidGeneration",
     "MissingCell",
     "NestedToolCall",
+    "NotAwaitingApproval",
     "ObservationConflict",
     "OutputItem",
     "PausableCell",

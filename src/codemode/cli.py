@@ -3,6 +3,12 @@
 ``codemode run FILE`` runs one cell in a fresh session against the demo tools and prints its
 events as they arrive; ``codemode run --example`` runs the bundled demo cell. Exit status: 0 the
 cell succeeded, 1 it failed (its error on stderr), 2 usage error, 3 terminated (Ctrl-C).
+
+What the commands share (exit statuses, ``--version``, logging, ``HOST:PORT``) lives in
+:mod:`codemode.cli_common`. ``codemode mcp`` takes its config from ``--config PATH`` or, when that
+is absent, from ``$CODEMODE_MCP_CONFIG`` (the MCP Inspector's CLI claims ``--config`` for itself).
+When the reader of stdout goes away (``codemode run ... | head``), the command ends quietly with
+status 1: the cell is terminated with its session, and no traceback is printed.
 """
 
 from __future__ import annotations
@@ -19,6 +25,16 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from codemode.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    configure_logging,
+    positive_seconds,
+    silence_stdout,
+    version_text,
+)
 from codemode.engine.base import Engine
 from codemode.engine.choice import engine_factory, using_default_engine
 from codemode.model import (
@@ -38,9 +54,11 @@ from codemode.model import (
 from codemode.session import SessionRuntime, tools_delegate
 from codemode.wire import event_to_wire
 
-__all__ = ["DEMO_TOOLS", "demo_delegate", "main"]
+__all__ = ["DEMO_TOOLS", "MCP_CONFIG_ENV", "demo_delegate", "main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TERMINATED = 0, 1, 2, 3
+MCP_CONFIG_ENV = "CODEMODE_MCP_CONFIG"
+"""The environment variable ``codemode mcp`` reads its config path from when ``--config`` is
+absent."""
 
 DEMO_TOOLS: tuple[ToolDefinition, ...] = (
     ToolDefinition(
@@ -182,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="codemode", description="Run LLM-written JavaScript cells that call tools."
     )
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",
@@ -194,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--example", action="store_true", help="run the bundled demo cell")
     run.add_argument(
         "--yield-after",
-        type=float,
+        type=positive_seconds,
         default=None,
         metavar="SECONDS",
         help="observe in steps of SECONDS, printing '--- yielded ---' between events",
@@ -239,7 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run an MCP server whose only tools are exec and wait; the nested tools "
         "are those of the upstream MCP servers listed in the config file.",
     )
-    mcp.add_argument("--config", required=True, metavar="PATH", help='{"mcpServers": {...}} JSON')
+    mcp.add_argument(
+        "--config",
+        metavar="PATH",
+        help='{"mcpServers": {...}} JSON; default: the path in $' + MCP_CONFIG_ENV,
+    )
     mcp.add_argument(
         "--http", metavar="HOST:PORT", help="serve streamable HTTP at /mcp instead of stdio"
     )
@@ -316,6 +339,7 @@ async def run_cell(
                     if not isinstance(pevent, Pending):
                         final = pevent
                         break
+                    await _refuse_held_calls(runtime, cell_id, err)
                     await runtime.resume(pcell, pevent.frontier.generation)
             else:
                 cell = await runtime.create_cell(request)
@@ -327,6 +351,7 @@ async def run_cell(
                     if not isinstance(event, Yielded):
                         final = event
                         break
+                    await _refuse_held_calls(runtime, cell_id, err)
         except asyncio.CancelledError:
             # Ctrl-C: terminate the cell and report what it had produced.
             with contextlib.suppress(Exception):
@@ -342,15 +367,29 @@ async def run_cell(
     return EXIT_OK
 
 
+RUN_APPROVAL_REASON = (
+    "approval was unavailable: `codemode run` cannot ask for approval, so this call was not run"
+)
+
+
+async def _refuse_held_calls(runtime: SessionRuntime, cell_id: str, err: TextIO) -> None:
+    """`codemode run` has nobody to ask: calls held for approval are rejected, never run."""
+    for request in runtime.awaiting_approval(cell_id):
+        print(f"rejected {request.call_id} {request.tool.name}: no approval", file=err, flush=True)
+        await runtime.reject(cell_id, request.call_id, RUN_APPROVAL_REASON)
+
+
 async def _run_with_mcp(
     args: argparse.Namespace, source: str, limits: CellLimits, config_path: str
 ) -> int:
     """Run the cell with the tools of the upstream MCP servers of ``config_path`` (SPEC 10.7)."""
+    from codemode.mcp.approval import load_approval_policy
     from codemode.mcp.config import ConfigError, load_config
     from codemode.mcp.upstream import UpstreamSet
 
     try:
         configs = load_config(config_path)
+        approval = load_approval_policy(config_path)
     except ConfigError as exc:
         print(f"codemode: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
@@ -367,7 +406,7 @@ async def _run_with_mcp(
             as_json=args.json,
             out=sys.stdout,
             err=sys.stderr,
-            tools=upstreams.tools,
+            tools=approval.mark(upstreams),
             delegate=upstreams.delegate(notify),
         )
 
@@ -397,6 +436,16 @@ async def _run_main(args: argparse.Namespace, source: str, limits: CellLimits) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``codemode`` command; returns the exit status."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): the session has shut the cell down on the
+        # way out; end quietly, and keep the interpreter's last flush from raising again.
+        silence_stdout()
+        return EXIT_FAILED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -417,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"codemode: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        configure_logging("WARNING")  # stderr is the cell's: only problems, unless asked
         with using_default_engine(engine):
             return asyncio.run(_run_main(args, source, limits))
     try:
@@ -434,7 +484,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "mcp":
         from codemode.mcp.server import mcp_main
 
+        config_path = args.config or os.environ.get(MCP_CONFIG_ENV) or None
+        if config_path is None:
+            parser.error(f"mcp needs --config PATH or the {MCP_CONFIG_ENV} environment variable")
         with using_default_engine(engine):
-            return mcp_main(config_path=args.config, http=args.http, limits=limits)
+            return mcp_main(config_path=config_path, http=args.http, limits=limits)
     parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse exits
     return EXIT_USAGE  # pragma: no cover

@@ -55,6 +55,10 @@ class CellBoot:
     stored: Mapping[str, Any]
     limits: CellLimits
     pausable: bool
+    # JSON text of an array holding each tool's reference entry (its heading, description and
+    # TypeScript declaration), in ``tools`` order: what the cell's ``catalog.describe`` answers
+    # (SPEC 9.6). None: ``catalog.describe`` gives the description alone.
+    tool_reference: str | None = None
 
 
 # ---------------------------------------------------------------------------- what a cell did

@@ -24,6 +24,11 @@ with ``code_mode_only=True``; this module only adapts them to MCP:
   ``wait`` goes to the ``CodeModeTools`` whose ``exec`` returned its cell (else the current
   one), so output that object carries over for the cell is not lost.
 
+- Approvals: tools named by the configuration's ``approval`` key (glob patterns, and upstream
+  ``destructiveHint`` with ``"destructive": true``) need approval; each held call is decided
+  inside the ``exec``/``wait`` request that meets it, by elicitation when the client supports
+  it, else rejected as unavailable (:mod:`codemode.mcp.approval`, ``docs/approvals.md``).
+
 Connections and sessions: one :class:`~codemode.session.SessionRuntime` serves one MCP connection.
 Over stdio the process serves exactly one connection. Over streamable HTTP each MCP session
 (``Mcp-Session-Id``) is one connection, and its runtime is shut down when the session ends;
@@ -40,9 +45,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import itertools
 import logging
-import os
 import secrets
 import signal
 import sys
@@ -61,10 +66,30 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 
+from codemode.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    configure_logging,
+    parse_host_port,
+)
 from codemode.errors import CodeModeError
+from codemode.mcp.approval import (
+    UNAVAILABLE_REASON,
+    ApprovalPolicy,
+    ask_by_elicitation,
+    load_approval_policy,
+)
 from codemode.mcp.config import ConfigError, load_config
-from codemode.mcp.upstream import UpstreamSet
-from codemode.model import CellLimits, ImageItem, NestedToolCall, OutputItem, TextItem
+from codemode.mcp.upstream import UpstreamSet, exec_annotations
+from codemode.model import (
+    ApprovalRequest,
+    CellLimits,
+    ImageItem,
+    NestedToolCall,
+    OutputItem,
+    TextItem,
+)
 from codemode.session import SessionRuntime
 from codemode.tools import CodeModeTools, ToolResult
 from codemode.tools.description import EXEC_TOOL_NAME, WAIT_TOOL_NAME
@@ -87,9 +112,15 @@ INSTRUCTIONS: Final = (
     "as `tools.mcp__{server}__{tool}(args)` and prints what you need; use `wait` to follow a "
     "cell that is still running."
 )
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _STATE_KEY: Final = "codemode.mcp"
 _IMAGE_DETAIL_META: Final = "codex/imageDetail"
+_WAIT_ANNOTATIONS: Final = mcp_types.ToolAnnotations(
+    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+)
+# The MCP request being served in this task: where an approval is asked (docs/approvals.md).
+_REQUEST: contextvars.ContextVar[tuple[ServerSession, mcp_types.RequestId | None]] = (
+    contextvars.ContextVar("codemode_mcp_request")
+)
 
 
 # ---------------------------------------------------------------------- results
@@ -164,9 +195,10 @@ class _ConnectionFront:
             self._generation = upstreams.generation
             self._tools = CodeModeTools(
                 self.runtime,
-                upstreams.tools,
+                self._front.approval.mark(upstreams),
                 code_mode_only=True,
                 max_wait_ms=self._front.max_wait_ms,
+                approver=self._approve,
             )
         return self._tools
 
@@ -180,6 +212,7 @@ class _ConnectionFront:
         """Run ``exec`` or ``wait`` for one ``tools/call`` request."""
         self.remember(ctx.session)
         observer = _Observer(ctx.session, ctx.request_id, progress_token_from_params(ctx.params))
+        _REQUEST.set((ctx.session, ctx.request_id))
         if name == EXEC_TOOL_NAME:
             return await self._exec(observer, arguments)
         return await self._wait(observer, arguments)
@@ -215,6 +248,13 @@ class _ConnectionFront:
                 self._wait_observers.pop(cell_id, None)
                 if not self._cell_alive(cell_id):
                     self._owners.pop(cell_id, None)
+
+    async def _approve(self, request: ApprovalRequest) -> bool | str:
+        """Decide a held call by asking the client of the request that met it."""
+        current = _REQUEST.get(None)
+        if current is None:
+            return UNAVAILABLE_REASON
+        return await ask_by_elicitation(current[0], current[1], request)
 
     def _cell_alive(self, cell_id: str) -> bool:
         try:
@@ -319,9 +359,11 @@ class McpFront:
         *,
         single_connection: bool = False,
         max_wait_ms: int = 600_000,
+        approval: ApprovalPolicy | None = None,
     ) -> None:
         """``single_connection``: the transport serves one connection (stdio), so every request
-        belongs to it."""
+        belongs to it. ``approval``: which nested tools need the client's approval."""
+        self.approval = approval if approval is not None else ApprovalPolicy()
         self.upstreams = upstreams
         self.limits = limits if limits is not None else CellLimits()
         self.max_wait_ms = max_wait_ms
@@ -414,11 +456,15 @@ class McpFront:
                     name=EXEC_TOOL_NAME,
                     description=exec_spec["description"],
                     input_schema=exec_spec["parameters"],
+                    # Honest for every tool a cell can reach (see exec_annotations).
+                    annotations=exec_annotations(self.upstreams.enabled_tools),
                 ),
                 mcp_types.Tool(
                     name=WAIT_TOOL_NAME,
                     description=wait_spec["description"],
                     input_schema=wait_spec["parameters"],
+                    # wait observes, or stops a cell: no effect of its own on the world.
+                    annotations=_WAIT_ANNOTATIONS,
                 ),
             ]
         )
@@ -440,29 +486,14 @@ class McpFront:
 
 
 def parse_http_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``:PORT`` binds 127.0.0.1, ``[::1]:PORT`` for IPv6) as ``(host, port)``;
-    ``ValueError`` when it is not one."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError(f"--http expects HOST:PORT, got {text!r}")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"--http port must be 1-65535, got {port}")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, port
+    """``HOST:PORT`` (``:PORT`` binds 127.0.0.1, ``[::1]:PORT`` for IPv6) as
+    ``(host, port)``, the forms ``codemode serve --listen`` takes; ``ValueError`` when it is not
+    one. Port 0 is refused: the URL to connect to must be known."""
+    return parse_host_port(text, "--http", allow_port_zero=False)
 
 
 def _configure_logging() -> None:
-    root = logging.getLogger()
-    if root.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(logging.WARNING)
-    level = os.environ.get("CODEMODE_LOG_LEVEL", "INFO").upper()
-    known = logging.getLevelNamesMapping()
-    logging.getLogger("codemode").setLevel(known.get(level, logging.INFO))
+    configure_logging()  # as `codemode serve` and `codemode run` do
 
 
 async def serve_stdio(front: McpFront) -> None:
@@ -500,7 +531,12 @@ async def serve_http(front: McpFront, host: str, port: int, stop: asyncio.Event)
         watcher.cancel()
 
 
-async def _run(configs: Any, http: tuple[str, int] | None, limits: CellLimits) -> int:
+async def _run(
+    configs: Any,
+    http: tuple[str, int] | None,
+    limits: CellLimits,
+    approval: ApprovalPolicy | None = None,
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     main_task = asyncio.current_task()
@@ -518,7 +554,7 @@ async def _run(configs: Any, http: tuple[str, int] | None, limits: CellLimits) -
             loop.add_signal_handler(sig, on_signal)
     try:
         async with UpstreamSet(configs) as upstreams:
-            front = McpFront(upstreams, limits, single_connection=http is None)
+            front = McpFront(upstreams, limits, single_connection=http is None, approval=approval)
             try:
                 if http is None:
                     await serve_stdio(front)
@@ -546,6 +582,7 @@ def mcp_main(config_path: str, http: str | None, limits: CellLimits) -> int:
     _configure_logging()
     try:
         configs = load_config(config_path)
+        approval = load_approval_policy(config_path)
     except ConfigError as error:
         print(f"codemode: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE
@@ -559,6 +596,6 @@ def mcp_main(config_path: str, http: str | None, limits: CellLimits) -> int:
     if not configs:
         logger.warning("the MCP config %s lists no servers; cells get no nested tools", config_path)
     try:
-        return asyncio.run(_run(configs, address, limits))
+        return asyncio.run(_run(configs, address, limits, approval))
     except KeyboardInterrupt:
         return EXIT_OK

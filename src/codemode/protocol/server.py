@@ -58,6 +58,14 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final
 
+from codemode import tracing
+from codemode.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    configure_logging,
+    parse_host_port,
+)
 from codemode.engine.base import Engine
 from codemode.errors import (
     BusyObserver,
@@ -68,6 +76,7 @@ from codemode.errors import (
     WrongCellKind,
 )
 from codemode.model import (
+    ApprovalRequest,
     CellLimits,
     Completed,
     CreateCellRequest,
@@ -97,7 +106,7 @@ from codemode.protocol.messages import (
 from codemode.protocol.rpc import ConnectionLost, Endpoint, IncomingRequest, RpcError
 from codemode.protocol.transport import Transport, WebSocketTransport, open_stdio
 from codemode.session import SessionRuntime
-from codemode.wire import event_to_wire
+from codemode.wire import approval_to_wire, event_to_wire
 
 __all__ = [
     "MAX_RECORDS",
@@ -120,7 +129,6 @@ records of closed cells are dropped, oldest first."""
 INCOMING_GRACE: Final = 5.0
 """Seconds a connection that ended gives its running requests to finish and be answered."""
 ENGINES: Final = ("v8",)
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class ToolCallRejected(Exception):
@@ -174,6 +182,9 @@ class _ForwardingDelegate:
             },
             "input": call.input,
         }
+        meta = tracing.inject()  # the nested call's span, so the client's tool spans join it
+        if meta is not None:
+            params["_meta"] = meta
         try:
             result = await self._connection.endpoint.request("tool/invoke", params)
         except RpcError as exc:
@@ -226,6 +237,15 @@ class _ServedSession:
         self.cell_ids = set(live)
         return live
 
+    def held_calls(self, cell_id: str, event: object) -> tuple[ApprovalRequest, ...]:
+        """The cell's held calls, sent with a ``yielded`` event (a frontier carries its own)."""
+        if not isinstance(event, Yielded):
+            return ()
+        try:
+            return self.runtime.awaiting_approval(cell_id)
+        except MissingCell:
+            return ()
+
     def created(self, cell_id: str) -> None:
         self.cell_ids.add(cell_id)
         if len(self.cell_ids) > 2 * self.runtime.limits.max_live_cells + 64:
@@ -249,7 +269,7 @@ class _ServedSession:
             exc = task.exception()
             if exc is None:
                 event = task.result()
-                record.result = event_to_wire(event)
+                record.result = event_to_wire(event, self.held_calls(cell_id, event))
                 record.terminal = isinstance(event, Completed | Terminated)
             elif isinstance(exc, CodeModeError):
                 record.error = error_to_wire(exc)
@@ -347,6 +367,9 @@ class _Connection:
             "cell/waitToPending": self._observe,
             "cell/resume": self._resume,
             "cell/terminate": self._terminate,
+            "cell/awaitingApproval": self._awaiting_approval,
+            "cell/approve": self._approve,
+            "cell/reject": self._reject,
             "observation/release": self._release,
         }
 
@@ -517,10 +540,11 @@ class _Connection:
             tool_call_id=params.get("toolCallId", ""),
             idempotency_key=params.get("idempotencyKey"),
         )
-        if params["kind"] == "pausable":
-            cell_id = (await session.runtime.create_pausable_cell(create)).cell_id
-        else:
-            cell_id = (await session.runtime.create_cell(create)).cell_id
+        with tracing.extracted(params.get("_meta")):  # the client's trace context, if any
+            if params["kind"] == "pausable":
+                cell_id = (await session.runtime.create_pausable_cell(create)).cell_id
+            else:
+                cell_id = (await session.runtime.create_cell(create)).cell_id
         session.created(cell_id)
         logger.debug(
             "session %s: cell %s created (%s)", session.session_id, cell_id, params["kind"]
@@ -616,6 +640,24 @@ class _Connection:
         event = await session.runtime.terminate(params["cellId"])
         return event_to_wire(event)
 
+    async def _awaiting_approval(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
+        session = self._session(params)
+        held = session.runtime.awaiting_approval(params["cellId"])
+        return {"calls": [approval_to_wire(a) for a in held]}
+
+    async def _approve(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
+        session = self._session(params)
+        await session.runtime.approve(params["cellId"], params["callId"])
+        return {}
+
+    async def _reject(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
+        session = self._session(params)
+        if "reason" in params:
+            await session.runtime.reject(params["cellId"], params["callId"], params["reason"])
+        else:
+            await session.runtime.reject(params["cellId"], params["callId"])
+        return {}
+
     async def _release(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
         session = self._session(params)
         session.release(params["cellId"], as_int(params["observation"]))
@@ -710,21 +752,9 @@ class ProtocolServer:
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6); ``:PORT`` binds 127.0.0.1."""
-    host, sep, port_text = listen.rpartition(":")
-    if not sep:
-        raise ValueError(f"--listen expects HOST:PORT or :PORT, got {listen!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host:
-        host = "127.0.0.1"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"--listen: invalid port {port_text!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"--listen: port {port} is out of range")
-    return host, port
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6); ``:PORT`` binds 127.0.0.1; port 0 picks a free
+    port. The same forms as ``codemode mcp --http`` (:mod:`codemode.cli_common`)."""
+    return parse_host_port(listen, "--listen")
 
 
 def _stop_on_signals(stop: Callable[[], None]) -> None:
@@ -810,22 +840,13 @@ async def serve_websocket(
 
 
 def _configure_logging() -> None:
-    level = os.environ.get("CODEMODE_LOG_LEVEL", "WARNING").upper()
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    try:
-        root.setLevel(level)
-    except ValueError:
-        root.setLevel(logging.WARNING)
+    configure_logging()  # as `codemode mcp` and `codemode run` do
 
 
 def serve_main(listen: str | None, token_env: str | None, limits: CellLimits) -> int:
     """``codemode serve``: stdio (default) or WebSocket (``listen``); returns the exit status
-    (0 after a clean end, 1 when it cannot listen, 2 for a usage error). Logs go to stderr; set
-    ``CODEMODE_LOG_LEVEL`` (default WARNING) for more."""
+    (0 after a clean end, 1 when it cannot listen, 2 for a usage error). Logs go to stderr as
+    :func:`codemode.cli_common.configure_logging` sets up (``CODEMODE_LOG_LEVEL``, default INFO)."""
     _configure_logging()
     token: str | None = None
     if token_env is not None:
