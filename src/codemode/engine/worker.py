@@ -323,7 +323,8 @@ class _Child:
         self.retired = True
         proc = self.proc
         if proc is not None and proc.stdin is not None and not proc.stdin.is_closing():
-            proc.stdin.close()
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the pipe closes anyway
+                proc.stdin.close()
 
     async def wait_ended(self, grace: float) -> None:
         proc = self.proc
