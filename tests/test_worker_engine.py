@@ -709,3 +709,30 @@ async def test_codemode_serve_runs_each_session_in_a_worker(delegate: RecordingD
         assert worker_children(in_process._process.pid) == []  # type: ignore[union-attr]
     finally:
         await asyncio.wait_for(in_process.shutdown(), HANG)
+
+
+_KEPT: list[Any] = []
+
+
+def test_a_loop_closed_without_shutdown_ends_its_workers() -> None:
+    """`asyncio.run` returning with a live session (no shutdown, runtime still referenced)."""
+    from codemode import CreateCellRequest, tools_delegate
+
+    pids: list[int] = []
+
+    async def main() -> None:
+        engine = WorkerEngine()
+        rt = SessionRuntime(tools_delegate({}), engine=engine)
+        _KEPT.append(rt)
+        await rt.create_cell(CreateCellRequest("while (true) {}"))
+        await until(lambda: len(engine.worker_pids()) == 1)
+        pids.extend(engine.worker_pids())
+
+    try:
+        asyncio.run(main())
+        deadline = time.monotonic() + HANG
+        while alive(pids[0]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not alive(pids[0]), "the worker outlived its event loop"
+    finally:
+        _KEPT.clear()

@@ -186,6 +186,9 @@ class _Child:
             first = _loads(line) if line.endswith(b"\n") else None
             if not isinstance(first, dict) or first.get("ready") != proc.pid:
                 raise _Malformed(f"unexpected first line {line[:200]!r}")
+        except asyncio.CancelledError:
+            self._abandon_process()
+            raise
         except Exception as exc:
             await self._end(f"did not start ({type(exc).__name__}: {exc})")
             self._fail_start(self.lost or "the worker process did not start")
@@ -238,6 +241,7 @@ class _Child:
                 if future is not None and not future.done():
                     future.set_result(msg)
         except asyncio.CancelledError:
+            self._abandon_process()
             raise
         except Exception as exc:  # a line over the limit, not JSON, not an answer
             reason = f"sent a malformed answer ({type(exc).__name__}: {str(exc)[:200]})"
@@ -254,6 +258,16 @@ class _Child:
         self.lost = self.lost or f"the worker process {self.pid} {reason}"  # refuse commands now
         self._kill()
         self._task(self._end(reason))
+
+    def _abandon_process(self) -> None:
+        """The event loop is going away (``asyncio.run`` cancels every task before it closes the
+        loop): the worker cannot be driven any more, so end it and its transport now."""
+        self.lost = self.lost or "the event loop of the worker's host ended"
+        self._kill()
+        transport = getattr(self.proc, "_transport", None)
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.close()
 
     def _kill(self) -> None:
         proc = self.proc
