@@ -327,7 +327,7 @@ async def test_runaway_cells_are_terminated_within_milliseconds(wrt: SessionRunt
             await asyncio.sleep(0.2)
             started = time.monotonic()
             event = await asyncio.wait_for(wrt.terminate(cell), HANG)
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 2.0  # typically milliseconds; a loaded CI
             assert isinstance(event, Terminated)
     cell = await wrt.create_cell(request('text("ok")'))
     assert await asyncio.wait_for(wrt.wait(cell, HANG), HANG) == Completed(T("ok"))
