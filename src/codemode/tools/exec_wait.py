@@ -85,6 +85,11 @@ from codemode.tools.pragma import (
     PragmaError,
     parse_exec_source,
 )
+from codemode.tools.python_description import (
+    is_python_session,
+    python_exec_description,
+    python_pragma_source,
+)
 from codemode.tools.render import format_result, header_text, status_line
 from codemode.tools.result import ToolResult
 
@@ -233,7 +238,9 @@ class CodeModeTools:
         self._tools = tool_tuple
         self._max_wait_ms = max_wait_ms
         limits = getattr(session, "limits", None)
-        self._exec_description = exec_description(
+        self._python = is_python_session(session)
+        describe = python_exec_description if self._python else exec_description
+        self._exec_description = describe(
             tool_tuple,
             describe_tools=describe_tools,
             code_mode_only=code_mode_only,
@@ -311,6 +318,8 @@ class CodeModeTools:
         (see the module docstring).
         """
         started = time.monotonic()
+        if self._python:
+            source = python_pragma_source(source)
         try:
             parsed = parse_exec_source(source)
         except PragmaError as error:
