@@ -47,7 +47,7 @@ import secrets
 import signal
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
@@ -61,6 +61,8 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 
+from codemode.engine.base import Engine
+from codemode.engine.choice import engine_factory
 from codemode.errors import CodeModeError
 from codemode.mcp.config import ConfigError, load_config
 from codemode.mcp.upstream import UpstreamSet
@@ -143,7 +145,8 @@ class _ConnectionFront:
     def __init__(self, front: McpFront, label: str) -> None:
         self._front = front
         self.label = label
-        self.runtime = SessionRuntime(_ConnectionDelegate(self), limits=front.limits)
+        engine = front.engine_factory() if front.engine_factory is not None else None
+        self.runtime = SessionRuntime(_ConnectionDelegate(self), limits=front.limits, engine=engine)
         self._tools: CodeModeTools | None = None
         self._generation = -1
         self._owners: dict[str, CodeModeTools] = {}
@@ -319,9 +322,11 @@ class McpFront:
         *,
         single_connection: bool = False,
         max_wait_ms: int = 600_000,
+        engine_factory: Callable[[], Engine] | None = None,
     ) -> None:
         """``single_connection``: the transport serves one connection (stdio), so every request
-        belongs to it."""
+        belongs to it. ``engine_factory`` makes each connection's engine (None: V8)."""
+        self.engine_factory = engine_factory
         self.upstreams = upstreams
         self.limits = limits if limits is not None else CellLimits()
         self.max_wait_ms = max_wait_ms
@@ -500,7 +505,9 @@ async def serve_http(front: McpFront, host: str, port: int, stop: asyncio.Event)
         watcher.cancel()
 
 
-async def _run(configs: Any, http: tuple[str, int] | None, limits: CellLimits) -> int:
+async def _run(
+    configs: Any, http: tuple[str, int] | None, limits: CellLimits, engine: str = "v8"
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     main_task = asyncio.current_task()
@@ -518,7 +525,12 @@ async def _run(configs: Any, http: tuple[str, int] | None, limits: CellLimits) -
             loop.add_signal_handler(sig, on_signal)
     try:
         async with UpstreamSet(configs) as upstreams:
-            front = McpFront(upstreams, limits, single_connection=http is None)
+            front = McpFront(
+                upstreams,
+                limits,
+                single_connection=http is None,
+                engine_factory=engine_factory(engine),
+            )
             try:
                 if http is None:
                     await serve_stdio(front)
@@ -535,7 +547,7 @@ async def _run(configs: Any, http: tuple[str, int] | None, limits: CellLimits) -
     return EXIT_OK
 
 
-def mcp_main(config_path: str, http: str | None, limits: CellLimits) -> int:
+def mcp_main(config_path: str, http: str | None, limits: CellLimits, engine: str = "v8") -> int:
     """Entry point of ``codemode mcp --config PATH [--http HOST:PORT]``; returns the exit status.
 
     0 when stdin closes (stdio) or on SIGINT/SIGTERM, after the sessions and the upstream servers
@@ -559,6 +571,6 @@ def mcp_main(config_path: str, http: str | None, limits: CellLimits) -> int:
     if not configs:
         logger.warning("the MCP config %s lists no servers; cells get no nested tools", config_path)
     try:
-        return asyncio.run(_run(configs, address, limits))
+        return asyncio.run(_run(configs, address, limits, engine))
     except KeyboardInterrupt:
         return EXIT_OK
