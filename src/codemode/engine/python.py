@@ -381,7 +381,9 @@ class PythonCell(EngineCell):
     @property
     def pending_call_ids(self) -> tuple[str, ...]:
         """The calls the cell waits for at its current frontier, sorted by number."""
-        return self._pending_ids()
+        if self._snapshot is None:
+            return ()
+        return tuple(sorted(self._tool_of_future.values(), key=_call_number))
 
     @property
     def pending_timer_ids(self) -> tuple[int, ...]:
@@ -436,8 +438,10 @@ class PythonCell(EngineCell):
         released = self._release_queued()
         if snapshot is None or not results:
             return StepReport(tuple(released), self._pending_ids(), None)
-        pending = set(snapshot.pending_call_ids)
-        applicable = {k: v for k, v in results.items() if k in pending}
+        # Every future the host has not answered yet is pending in Monty: no need to ask it.
+        applicable = {
+            k: v for k, v in results.items() if k in self._tool_of_future or k in self._timers
+        }
         for future_id in applicable:
             self._forget_future(future_id)
         if not applicable:
@@ -535,13 +539,11 @@ class PythonCell(EngineCell):
     # ------------------------------------------------------------------ internals
 
     def _pending_ids(self) -> tuple[str, ...]:
-        snapshot = self._snapshot
-        if snapshot is None:
+        """The unsettled calls at a quiescent point; a continuing cell never takes a frontier,
+        so it skips the list (SPEC 5.1)."""
+        if self._snapshot is None or not self._boot.pausable:
             return ()
-        ids = [
-            self._tool_of_future[f] for f in snapshot.pending_call_ids if f in self._tool_of_future
-        ]
-        return tuple(sorted(ids, key=_call_number))
+        return tuple(sorted(self._tool_of_future.values(), key=_call_number))
 
     def _forget_future(self, future_id: int) -> None:
         call_id = self._tool_of_future.pop(future_id, None)
