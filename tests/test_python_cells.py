@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,7 +36,7 @@ from codemode import (
     ToolDefinition,
     Yielded,
 )
-from codemode.engine.base import CellBoot
+from codemode.engine.base import CellBoot, EngineLost, ToolResultInput
 from codemode.engine.python_env import python_tool_identifiers
 from conftest import RecordingDelegate, request
 from scenarios import (
@@ -717,6 +719,46 @@ async def test_heartbeat_never_stalls_more_than_50ms(
         if hb.max_gap < 0.05:
             break
     assert min(gaps) < 0.05, f"event loop stalled for {[round(g, 3) for g in gaps]} s"
+
+
+async def test_engine_loss_ends_the_cell_and_the_host_goes_on(
+    py: SessionRuntime, delegate: RecordingDelegate
+) -> None:
+    engine = PythonEngine()
+    boot = CellBoot(
+        "c3",
+        "await tools.echo()\ntext('after')",
+        (ToolDefinition("echo"),),
+        {},
+        CellLimits(),
+        False,
+    )
+    try:
+        cell = await engine.open_cell(boot)
+        report = await cell.run()
+        assert report.settlement is None
+        pid = cell.worker_pid  # type: ignore[attr-defined]
+        assert isinstance(pid, int)
+        os.kill(pid, signal.SIGKILL)  # the worker this test's engine started
+        with pytest.raises(EngineLost):
+            await cell.step([ToolResultInput("tool-1", True, "{}")])
+        cell.close()
+        again = await engine.open_cell(boot)  # the pool replaced the worker
+        assert (await again.run()).settlement is None
+        again.close()
+    finally:
+        await engine.aclose()
+    # Through a session: the cell completes with the fixed text and keeps its output.
+    cell_handle = await py.create_cell(request("text('a')\nawait tools.block()\ntext('b')"))
+    await delegate.wait_calls(1)
+    actor = py._core.cells[cell_handle.cell_id]  # the engine cell, to kill its worker
+    pid = actor._engine.worker_pid
+    os.kill(pid, signal.SIGKILL)
+    delegate.release()
+    assert await asyncio.wait_for(py.wait(cell_handle, 10), 15) == Completed(
+        T("a"), "exec runtime ended unexpectedly"
+    )
+    assert await finish(py, "text('next')") == Completed(T("next"))
 
 
 # ---------------------------------------------------------------------------- dump and load

@@ -148,7 +148,8 @@ class PythonEngine(Engine):
 
     ``min_workers`` workers are kept warm (a new cell starts in well under a millisecond);
     at most ``max_workers`` run at once (further cells wait for a worker at admission). The pool
-    belongs to the event loop of the first cell and is released by :meth:`aclose`.
+    belongs to the event loop of the first cell and is released by :meth:`aclose`, which also
+    stops the engine's cells: give each session its own ``PythonEngine``.
     """
 
     name = "python"
@@ -384,6 +385,15 @@ class PythonCell(EngineCell):
         if self._snapshot is None:
             return ()
         return tuple(sorted(self._tool_of_future.values(), key=_call_number))
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The process id of the cell's Monty worker, when no exchange with it is in flight
+        (diagnostics and tests)."""
+        if self._closed:
+            return None
+        pid = self._session.worker_pid
+        return pid if isinstance(pid, int) else None
 
     @property
     def pending_timer_ids(self) -> tuple[int, ...]:
