@@ -101,9 +101,10 @@ def demo_delegate(err: TextIO | None = None) -> Any:
     )
 
 
-def example_source() -> str:
-    """The bundled demo cell."""
-    return importlib.resources.files("codemode.examples").joinpath("demo.js").read_text("utf-8")
+def example_source(python: bool = False) -> str:
+    """The bundled demo cell (in Python with ``python``)."""
+    name = "demo_python.cell" if python else "demo.js"
+    return importlib.resources.files("codemode.examples").joinpath(name).read_text("utf-8")
 
 
 def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -383,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         if args.example:
-            source = example_source()
+            source = example_source(args.python)
         elif args.file == "-":
             source = sys.stdin.read()
         else:

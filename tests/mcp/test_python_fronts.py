@@ -88,3 +88,13 @@ def test_engine_flag_rejects_unknown_names() -> None:
     r = codemode("serve", "--engine", "lua")
     assert r.returncode == 2
     assert "invalid choice: 'lua'" in r.stderr
+
+
+def test_bundled_python_example() -> None:
+    r = codemode("run", "--example", "--python")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == 'echo   -> {"greeting": "hello from a cell"}'
+    assert "--- yielded ---" in lines
+    assert lines[-1] == "done"
+    assert "notify: calling echo, sleep and upper in parallel" in r.stderr
