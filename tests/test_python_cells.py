@@ -5,12 +5,14 @@ and dumping a paused cell into another process."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from codemode import (
     Yielded,
 )
 from codemode.engine.base import CellBoot, EngineLost, ToolResultInput
-from codemode.engine.python_env import python_tool_identifiers
+from codemode.engine.python_env import check_imports, python_tool_identifiers
 from conftest import RecordingDelegate, request
 from scenarios import (
     T,
@@ -236,6 +238,26 @@ async def test_imports_only_of_allowed_modules(py: SessionRuntime) -> None:
         )
     ev = await finish(py, "from os import path")
     assert ev.error_text is not None and "Unsupported import in exec: os" in ev.error_text
+
+
+@pytest.mark.parametrize(
+    ("source", "found"),
+    [
+        ("import json, os", ("os", 1)),
+        ("import json as j, math", None),
+        ("from json import dumps", None),
+        ("from . import x", (".", 1)),
+        ("x = 1; import sys", ("sys", 1)),
+        ("def f():\n    import random\n", ("random", 2)),
+        ('text("import os")', None),
+        ("# import os\nimport re", None),
+        ("from datetime import (date,\n  time)", None),
+        ("import os.path", ("os.path", 1)),
+        ("if True:\n    from asyncio import gather\n    import subprocess", ("subprocess", 3)),
+    ],
+)
+def test_import_scan(source: str, found: tuple[str, int] | None) -> None:
+    assert check_imports(source) == found
 
 
 async def test_no_filesystem_or_network(py: SessionRuntime) -> None:
@@ -605,6 +627,62 @@ async def test_terminate_returns_unobserved_output(
     assert delegate.cancelled == ["tool-1"]
     with pytest.raises(MissingCell):
         await py.wait(cell, 1)
+
+
+def _worker_cpu_ticks() -> dict[int, int]:
+    """CPU ticks of each live Monty worker process that is a child of this process."""
+    out: dict[int, int] = {}
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv0 = fh.read().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        if int(fields[1]) == me and argv0.endswith(b"/monty") and fields[0] != b"Z":
+            out[int(entry)] = int(fields[11]) + int(fields[12])
+    return out
+
+
+def spinning_workers() -> int:
+    """Monty workers of this process that burnt CPU during the last 0.2 s."""
+    before = _worker_cpu_ticks()
+    time.sleep(0.2)
+    after = _worker_cpu_ticks()
+    return sum(1 for pid, t in after.items() if t - before.get(pid, t) >= 5)
+
+
+async def test_65_garbage_collected_runtime_stops_its_python_cells() -> None:
+    rt = SessionRuntime(RecordingDelegate(), engine=PythonEngine())
+    alive = weakref.ref(rt)
+    await rt.create_cell(request("while True:\n    pass"))
+    await asyncio.sleep(0.1)
+    assert spinning_workers() == 1
+    del rt
+    gc.collect()
+    assert alive() is None, "the runtime is still referenced"
+    await asyncio.sleep(0.1)
+    assert spinning_workers() == 0
+
+
+def test_loop_closing_without_shutdown_stops_python_cells() -> None:
+    kept: list[SessionRuntime] = []
+
+    async def leave_spinning() -> None:
+        rt = SessionRuntime(RecordingDelegate(), engine=PythonEngine())
+        kept.append(rt)
+        await rt.create_cell(request("while True:\n    pass"))
+        await rt.create_cell(request("await tools.block()"))
+        await asyncio.sleep(0.1)
+        assert spinning_workers() == 1
+
+    asyncio.run(leave_spinning())
+    assert spinning_workers() == 0
+    assert kept[0].is_alive is False
 
 
 # ---------------------------------------------------------------------------- limits

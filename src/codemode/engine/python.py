@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -319,6 +321,23 @@ def _monty_children(binary_name: str) -> int:
     return count
 
 
+def _kill_worker(pid: int | None, binary_name: str) -> None:
+    """SIGKILL a cell's worker, if ``pid`` is still a child of this process running Monty (a pid
+    is never reused while its zombie is not reaped, but a reaped one may be)."""
+    if pid is None:
+        return
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv0 = fh.read().split(b"\0", 1)[0].decode(errors="replace")
+        if int(fields[1]) != os.getpid() or argv0.rsplit("/", 1)[-1] != binary_name:
+            return
+        os.kill(pid, signal.SIGKILL)
+    except (OSError, IndexError, ValueError):
+        return
+
+
 async def _wait_workers_gone(binary_name: str) -> None:
     deadline = time.monotonic() + 0.5
     while _monty_children(binary_name) and time.monotonic() < deadline:  # noqa: ASYNC110 - polls /proc
@@ -372,6 +391,8 @@ class PythonCell(EngineCell):
         self._timers: set[int] = set()  # Monty future ids of sleeps
         self._at_delegate: set[str] = set()
         self._queued: collections.deque[tuple[str, int, Any]] = collections.deque()
+        pid = session.worker_pid  # no exchange is in flight yet, so Monty knows it
+        self._pid: int | None = pid if isinstance(pid, int) else None
 
     # ------------------------------------------------------------------ EngineCell
 
@@ -475,13 +496,22 @@ class PythonCell(EngineCell):
             return
         self._closed = True
         self._snapshot = None
+        on_loop = threading.get_ident() == getattr(self._loop, "_thread_id", None)
         inflight = self._inflight
         if inflight is not None and not inflight.done():
-            inflight.cancel()  # discards the worker: its Python stops at once
-        if threading.get_ident() == getattr(self._loop, "_thread_id", None):
-            self._release_task = self._loop.create_task(self._release())
-        elif not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._schedule_release)
+            # The worker may be spinning: kill it now (safe from any thread), and abandon the
+            # turn (which would discard the worker too, but only once the loop runs again).
+            _kill_worker(self._pid, self._engine._binary_name())
+            if on_loop:
+                inflight.cancel()
+        try:
+            if on_loop:
+                self._release_task = self._loop.create_task(self._release())
+            else:
+                self._loop.call_soon_threadsafe(self._schedule_release)
+        except RuntimeError:  # the loop is closed: nobody can return the worker to its pool
+            _kill_worker(self._pid, self._engine._binary_name())
+            self._released.set()
 
     def _schedule_release(self) -> None:
         if self._release_task is None:
@@ -498,7 +528,8 @@ class PythonCell(EngineCell):
                 "releasing the Monty session of %s failed", self._boot.cell_id, exc_info=True
             )
         finally:
-            self._released.set()
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._released.set()
             self._engine._forget(self)
 
     async def released(self) -> None:

@@ -9,11 +9,12 @@ as untrusted and checks it here.
 
 from __future__ import annotations
 
-import ast
+import io
 import json
 import keyword
 import math
 import re
+import tokenize
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -157,26 +158,59 @@ def build_prelude(identifiers: Sequence[str]) -> str:
 
 def check_imports(source: str) -> tuple[str, int] | None:
     """The first import of a module a cell may not import, as ``(module, line)``; None when every
-    import is allowed or the source does not parse (the sandbox then reports the syntax error)."""
+    import is allowed or the source does not tokenize (the sandbox then reports the error).
+
+    Statements are found with :mod:`tokenize` (CPython 3.11's AST conversion is not safe to use
+    from a busy host: it raised ``SystemError: AST constructor recursion depth mismatch``)."""
     try:
-        flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-        tree = compile(source, "cell.py", "exec", flags=flags, dont_inherit=True)
-    except (SyntaxError, ValueError):
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError, ValueError):
         return None
-    found: list[tuple[int, int, str]] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.split(".")[0] not in ALLOWED_IMPORTS:
-                    found.append((node.lineno, node.col_offset, alias.name))
-        elif isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            if node.level or module.split(".")[0] not in ALLOWED_IMPORTS:
-                found.append((node.lineno, node.col_offset, "." * node.level + module))
-    if not found:
-        return None
-    line, _, module = min(found)
-    return module, line
+    starts = {tokenize.NEWLINE, tokenize.NL, tokenize.INDENT, tokenize.DEDENT}
+    significant = [t for t in tokens if t.type not in (tokenize.COMMENT, tokenize.NL)]
+    previous: tokenize.TokenInfo | None = None
+    for index, tok in enumerate(significant):
+        at_start = previous is None or previous.type in starts or previous.string == ";"
+        previous = tok
+        if not at_start or tok.type != tokenize.NAME or tok.string not in ("import", "from"):
+            continue
+        if tok.string == "from":
+            module = _dotted(significant, index + 1)
+            if module and (module[0] == "." or module.split(".")[0] not in ALLOWED_IMPORTS):
+                return module, tok.start[0]
+            continue
+        position = index + 1
+        while position < len(significant):
+            module = _dotted(significant, position)
+            if module and module.split(".")[0] not in ALLOWED_IMPORTS:
+                return module, tok.start[0]
+            # skip to the next `,` of this statement (past an `as` alias), or stop
+            while position < len(significant) and significant[position].string not in (",", ";"):
+                if significant[position].type in (tokenize.NEWLINE, tokenize.ENDMARKER):
+                    break
+                position += 1
+            if position < len(significant) and significant[position].string == ",":
+                position += 1
+                continue
+            break
+    return None
+
+
+def _dotted(tokens: list[tokenize.TokenInfo], index: int) -> str:
+    """The dotted module name starting at ``tokens[index]`` (leading dots kept)."""
+    parts: list[str] = []
+    while index < len(tokens):
+        tok = tokens[index]
+        if tok.type == tokenize.OP and tok.string in (".", "..."):
+            parts.append(tok.string)
+        elif tok.type == tokenize.NAME and tok.string not in ("import", "as"):
+            if parts and parts[-1] not in (".", "..."):
+                break
+            parts.append(tok.string)
+        else:
+            break
+        index += 1
+    return "".join(parts)
 
 
 def _dumps(value: Any) -> str:
