@@ -685,6 +685,84 @@ def test_loop_closing_without_shutdown_stops_python_cells() -> None:
     assert kept[0].is_alive is False
 
 
+async def test_34_cancelled_wait_loses_nothing(
+    py: SessionRuntime, delegate: RecordingDelegate
+) -> None:
+    cell = await py.create_cell(
+        request("text('a')\nawait tools.block()\ntext('b')\nawait tools.block()\ntext('c')")
+    )
+    await delegate.wait_calls(1)
+    waiter = asyncio.ensure_future(py.wait(cell, 60))
+    await asyncio.sleep(0.02)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    delegate.release("tool-1")
+    await delegate.wait_calls(2)
+    delegate.release("tool-2")
+    await asyncio.sleep(0.05)
+    assert await py.wait(cell, 5) == Completed(T("a", "b", "c"))
+
+
+async def test_49_resume_before_the_first_frontier_is_invalid_generation_none(
+    py: SessionRuntime,
+) -> None:
+    busy = await py.create_pausable_cell(
+        request("x = 0\nfor i in range(3000000):\n    x += i\nawait tools.block()")
+    )
+    with pytest.raises(InvalidGeneration) as exc:
+        await py.resume(busy, 1)
+    assert (exc.value.requested, exc.value.latest) == (1, None)
+    await py.terminate(busy)
+
+
+async def test_50_terminate_returns_an_unobserved_frontier(
+    py: SessionRuntime, delegate: RecordingDelegate
+) -> None:
+    cell = await py.create_pausable_cell(
+        request("text('x')\nawait tools.block(n=1)\ntext('y')\nawait tools.block(n=2)")
+    )
+    g1 = await frontier_of(py, cell)
+    assert texts(g1.items) == ["x"]
+    assert await py.resume(cell, 1) is RESUMED
+    delegate.release("tool-1")
+    await delegate.wait_calls(2)  # its second frontier is taken, unobserved
+    await asyncio.sleep(0.05)
+    assert await asyncio.wait_for(py.terminate(cell), 5) == Terminated(T("y"))
+
+
+async def test_61_concurrent_and_cancelled_shutdowns(
+    make_py: Any, delegate: RecordingDelegate
+) -> None:
+    rt = make_py()
+    cell = await rt.create_cell(request("await tools.block()"))
+    await delegate.wait_calls(1)
+    s1 = asyncio.ensure_future(rt.shutdown())
+    s2 = asyncio.ensure_future(rt.shutdown())
+    await asyncio.wait_for(asyncio.gather(s1, s2), 3)
+    with pytest.raises(MissingCell):
+        await rt.wait(cell, 0)
+    rt2 = make_py()
+    await rt2.create_cell(request("while True:\n    pass"))
+    s3 = asyncio.ensure_future(rt2.shutdown())
+    await asyncio.sleep(0)
+    s3.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await s3
+    assert rt2.is_alive is False
+    await asyncio.wait_for(rt2.shutdown(), 3)
+
+
+async def test_63_termination_beats_a_completion_waiting_to_commit(make_py: Any) -> None:
+    d = RecordingDelegate()
+    d.notify_gate = asyncio.Event()
+    rt = make_py(d=d)
+    cell = await rt.create_cell(request("store('k', 1)\nnotify('n')\ntext('done')"))
+    await asyncio.wait_for(d.notify_started.wait(), 5)
+    assert await rt.terminate(cell) == Terminated(T("done"))
+    assert await finish(rt, "text(load('k'))") == Completed(T("None"))
+
+
 # ---------------------------------------------------------------------------- limits
 
 
