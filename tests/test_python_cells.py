@@ -961,7 +961,7 @@ async def test_paused_cell_dumps_to_bytes_and_continues_in_another_process(tmp_p
         report = await cell.run()
         assert report.settlement is None
         assert report.pending_call_ids == ("tool-1", "tool-2")
-        blob = await cell.dump()  # type: ignore[attr-defined]
+        blob = await cell.dump()
         assert len(blob) < 64 * 1024
         cell.close()
         # Loading into a fresh engine checks the boot.
@@ -1002,6 +1002,6 @@ async def test_dump_needs_a_frontier() -> None:
         from codemode import EngineError
 
         with pytest.raises(EngineError):
-            await cell.dump()  # type: ignore[attr-defined]
+            await cell.dump()
     finally:
         await engine.aclose()
