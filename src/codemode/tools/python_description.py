@@ -46,7 +46,8 @@ values saved with `store` carry over to later `exec` calls.
 - Nested tools are async methods of the global `tools` object, keyed by identifier (the tool \
 name with every character not allowed in a Python identifier replaced by `_`, a keyword \
 followed by `_`): `hits = await tools.search(q="x")`. Run independent calls in parallel with \
-`await asyncio.gather(tools.a(...), tools.b(...))`.
+`await asyncio.gather(tools.a(...), tools.b(...))` (`asyncio` offers `gather` and \
+`sleep` only: no `create_task`, `wait_for` or timeouts).
 - A function tool takes keyword arguments, or one `dict` (no argument sends `{{}}`); a freeform \
 tool takes one `str`. Both return a JSON value (dicts, lists, str, int, float, bool, None); a \
 failing tool raises `RuntimeError` with its message.
