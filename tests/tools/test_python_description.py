@@ -146,6 +146,12 @@ async def test_code_mode_tools_over_a_python_session(delegate: RecordingDelegate
         )
         assert not result.is_error, result.text
         assert result.text.endswith("Output:\n\ngot 1")
+        blank = await tools.exec("  \n", "call-3")
+        assert blank.is_error
+        assert blank.text.startswith("exec expects raw Python source text (non-empty).")
+        assert "`# @exec: {" in blank.text
+        lonely = await tools.exec('# @exec: {"yield_time_ms": 5}\n  ', "call-4")
+        assert lonely.text == "exec pragma must be followed by Python source on subsequent lines"
         failed = await tools.exec("raise ValueError('no')", "call-2")
         assert failed.is_error and "ValueError: no\n    at cell.py:1:7" in failed.text
     async with SessionRuntime(delegate) as js_session:

@@ -89,6 +89,7 @@ from codemode.tools.python_description import (
     is_python_session,
     python_exec_description,
     python_pragma_source,
+    python_usage_text,
 )
 from codemode.tools.render import format_result, header_text, status_line
 from codemode.tools.result import ToolResult
@@ -324,7 +325,8 @@ class CodeModeTools:
             parsed = parse_exec_source(source)
         except PragmaError as error:
             logger.info("exec call %s: rejected source: %s", call_id, error.message)
-            return _usage_error(error.message)
+            message = python_usage_text(error.message) if self._python else error.message
+            return _usage_error(message)
         if not call_id:
             result, _ = await self._run_exec(parsed, call_id, started)
             return result

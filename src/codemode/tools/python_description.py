@@ -31,6 +31,7 @@ __all__ = [
     "python_pragma_source",
     "python_stub_module",
     "python_tool_declaration",
+    "python_usage_text",
 ]
 
 PYTHON_CODE_MODE_ONLY_TEXT: Final = CODE_MODE_ONLY_TEXT.replace("JavaScript", "Python")
@@ -506,3 +507,13 @@ def python_pragma_source(source: str) -> str:
         indent = source[: len(source) - len(stripped)]
         return indent + "//" + stripped[1:]
     return source
+
+
+def python_usage_text(message: str) -> str:
+    """A pragma usage error of ``exec`` worded for Python cells (``# @exec:``, Python source)."""
+    return (
+        message.replace("raw JavaScript source text", "raw Python source text")
+        .replace("Provide JS only", "Provide Python only")
+        .replace("followed by JavaScript source", "followed by Python source")
+        .replace("`// @exec:", "`# @exec:")
+    )
