@@ -764,6 +764,24 @@ async def test_63_termination_beats_a_completion_waiting_to_commit(make_py: Any)
     assert await finish(rt, "text(load('k'))") == Completed(T("None"))
 
 
+async def test_a_cell_beyond_max_workers_fails_its_create_after_the_checkout_timeout(
+    delegate: RecordingDelegate,
+) -> None:
+    from codemode import EngineError
+
+    engine = PythonEngine(max_workers=1, checkout_timeout=0.3)
+    async with SessionRuntime(delegate, engine=engine) as rt:
+        first = await rt.create_cell(request("await tools.block()\ntext('one')"))
+        await delegate.wait_calls(1)
+        with pytest.raises(EngineError) as info:
+            await asyncio.wait_for(rt.create_cell(request("text('two')")), 10)
+        assert "could not start a Monty worker" in str(info.value)
+        delegate.release()
+        assert await rt.wait(first, 10) == Completed(T("one"))
+        await asyncio.sleep(0.1)  # the worker goes back to the pool
+        assert await finish(rt, "text('three')") == Completed(T("three"))
+
+
 # ---------------------------------------------------------------------------- limits
 
 

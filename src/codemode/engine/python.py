@@ -149,7 +149,9 @@ class PythonEngine(Engine):
     """Runs each cell as Python in the Monty sandbox: one Monty worker process per live cell.
 
     ``min_workers`` workers are kept warm (a new cell starts in well under a millisecond);
-    at most ``max_workers`` run at once (further cells wait for a worker at admission). The pool
+    at most ``max_workers`` run at once (default: the session's ``max_live_cells``); a cell
+    beyond it waits for a worker at admission, at most ``checkout_timeout`` seconds, then its
+    create fails with ``EngineError``. The pool
     belongs to the event loop of the first cell and is released by :meth:`aclose`, which also
     stops the engine's cells: give each session its own ``PythonEngine``.
     """
@@ -157,12 +159,20 @@ class PythonEngine(Engine):
     name = "python"
 
     def __init__(
-        self, *, min_workers: int = 1, max_workers: int = 256, binary_path: str | None = None
+        self,
+        *,
+        min_workers: int = 1,
+        max_workers: int | None = None,
+        checkout_timeout: float = 30.0,
+        binary_path: str | None = None,
     ) -> None:
-        if min_workers < 0 or max_workers < 1 or min_workers > max_workers:
+        if min_workers < 0 or (max_workers is not None and max_workers < max(min_workers, 1)):
             raise ValueError("need 0 <= min_workers <= max_workers and max_workers >= 1")
+        if not checkout_timeout > 0:
+            raise ValueError("checkout_timeout must be positive")
         self._min_workers = min_workers
         self._max_workers = max_workers
+        self._checkout_timeout = checkout_timeout
         self._binary_path = binary_path
         self._pool: Any = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
@@ -171,7 +181,7 @@ class PythonEngine(Engine):
         self._closing: asyncio.Task[None] | None = None
         self._cells: set[PythonCell] = set()
 
-    async def _acquire_pool(self) -> Any:
+    async def _acquire_pool(self, max_live_cells: int) -> Any:
         loop = asyncio.get_running_loop()
         if self._pool_loop is not None and self._pool_loop is not loop:
             raise EngineError("a PythonEngine serves the event loop of its first cell only")
@@ -185,7 +195,8 @@ class PythonEngine(Engine):
                 pool = monty.AsyncMonty(
                     binary_path=self._binary_path,
                     min_processes=self._min_workers,
-                    max_processes=self._max_workers,
+                    max_processes=self._max_workers or max(max_live_cells, self._min_workers),
+                    checkout_timeout=self._checkout_timeout,
                 )
                 try:
                     await pool.__aenter__()
@@ -198,7 +209,7 @@ class PythonEngine(Engine):
     async def _checkout(self, boot: CellBoot) -> Any:
         if self._closed:
             raise EngineError("the Python engine was closed")
-        pool = await self._acquire_pool()
+        pool = await self._acquire_pool(boot.limits.max_live_cells)
         limits = boot.limits
         manager = pool.checkout(
             script_name="cell.py",
