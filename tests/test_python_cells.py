@@ -936,6 +936,22 @@ async def test_engine_loss_ends_the_cell_and_the_host_goes_on(
     assert await finish(py, "text('next')") == Completed(T("next"))
 
 
+async def test_worker_death_between_commands_is_reported() -> None:
+    engine = PythonEngine()
+    boot = CellBoot("c4", "await tools.echo()", (ToolDefinition("echo"),), {}, CellLimits(), True)
+    try:
+        cell = await engine.open_cell(boot)
+        assert (await cell.run()).settlement is None
+        lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        cell.watch_loss(lost.set_result)  # type: ignore[attr-defined]
+        pid = cell.worker_pid  # type: ignore[attr-defined]
+        os.kill(pid, signal.SIGKILL)
+        assert "worker process ended" in await asyncio.wait_for(lost, 5)
+        cell.close()
+    finally:
+        await engine.aclose()
+
+
 # ---------------------------------------------------------------------------- dump and load
 
 

@@ -404,6 +404,8 @@ class PythonCell(EngineCell):
         self._queued: collections.deque[tuple[str, int, Any]] = collections.deque()
         pid = session.worker_pid  # no exchange is in flight yet, so Monty knows it
         self._pid: int | None = pid if isinstance(pid, int) else None
+        self._pidfd: int | None = None
+        self._on_loss: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------ EngineCell
 
@@ -426,6 +428,37 @@ class PythonCell(EngineCell):
             return None
         pid = self._session.worker_pid
         return pid if isinstance(pid, int) else None
+
+    def watch_loss(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` on the event loop if the cell's worker process dies while no
+        exchange with it is in flight (it waited for a tool, or was paused); a death during an
+        exchange ends that command with :class:`EngineLost` instead. Linux (pidfd); elsewhere a
+        loss is found by the next command."""
+        self._on_loss = callback
+        if self._pidfd is not None or self._pid is None or self._closed:
+            return
+        try:
+            fd = os.pidfd_open(self._pid)
+            self._loop.add_reader(fd, self._worker_exited)
+        except (AttributeError, OSError, NotImplementedError, ValueError):
+            return
+        self._pidfd = fd
+
+    def _worker_exited(self) -> None:
+        self._unwatch()
+        if self._closed or (self._inflight is not None and not self._inflight.done()):
+            return
+        callback = self._on_loss
+        if callback is not None:
+            callback("the cell's Monty worker process ended")
+
+    def _unwatch(self) -> None:
+        fd, self._pidfd = self._pidfd, None
+        if fd is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     @property
     def pending_timer_ids(self) -> tuple[int, ...]:
@@ -508,6 +541,8 @@ class PythonCell(EngineCell):
         self._closed = True
         self._snapshot = None
         on_loop = threading.get_ident() == getattr(self._loop, "_thread_id", None)
+        if on_loop:
+            self._unwatch()
         inflight = self._inflight
         if inflight is not None and not inflight.done():
             # The worker may be spinning: kill it now (safe from any thread), and abandon the
