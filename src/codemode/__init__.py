@@ -4,6 +4,7 @@ The public API is the names below (SPEC section 1); everything else is internal.
 """
 
 from codemode.engine.base import Engine
+from codemode.engine.python import PythonEngine
 from codemode.errors import (
     AlreadyTerminating,
     BusyObserver,
@@ -82,6 +83,7 @@ __all__ = [
     "Pending",
     "PendingFrontier",
     "ProtocolError",
+    "PythonEngine",
     "RemoteSession",
     "ResumeOutcome",
     "SessionDelegate",

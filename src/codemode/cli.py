@@ -120,9 +120,10 @@ def demo_delegate(err: TextIO | None = None) -> Any:
     )
 
 
-def example_source() -> str:
-    """The bundled demo cell."""
-    return importlib.resources.files("codemode.examples").joinpath("demo.js").read_text("utf-8")
+def example_source(python: bool = False) -> str:
+    """The bundled demo cell (in Python with ``python``)."""
+    name = "demo_python.cell" if python else "demo.js"
+    return importlib.resources.files("codemode.examples").joinpath(name).read_text("utf-8")
 
 
 def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -165,7 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(echo, sleep, fail, upper) and print its events as they arrive.",
     )
     src = run.add_mutually_exclusive_group(required=True)
-    src.add_argument("file", nargs="?", help="the cell's JavaScript source; - reads stdin")
+    src.add_argument(
+        "file",
+        nargs="?",
+        help="the cell's source (JavaScript; Python with --python or a .py name); - reads stdin",
+    )
     src.add_argument("--example", action="store_true", help="run the bundled demo cell")
     run.add_argument(
         "--yield-after",
@@ -179,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--pausable",
         action="store_true",
         help="run a pausable cell, resuming it at each frontier (frontiers go to stderr)",
+    )
+    run.add_argument(
+        "--python",
+        action="store_true",
+        help="the cell is Python, run on the Monty sandbox (implied by a FILE ending in .py)",
     )
     run.add_argument(
         "--mcp-config",
@@ -204,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="require 'Authorization: Bearer <value of the environment variable NAME>'",
     )
+    _add_engine_flag(serve)
     _add_limit_flags(serve)
 
     mcp = sub.add_parser(
@@ -220,8 +231,20 @@ def build_parser() -> argparse.ArgumentParser:
     mcp.add_argument(
         "--http", metavar="HOST:PORT", help="serve streamable HTTP at /mcp instead of stdio"
     )
+    _add_engine_flag(mcp)
     _add_limit_flags(mcp)
     return parser
+
+
+def _add_engine_flag(parser: argparse.ArgumentParser) -> None:
+    from codemode.engine.choice import ENGINE_CHOICES
+
+    parser.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default="v8",
+        help="the sessions' engine: v8 (JavaScript cells, the default) or python (Python cells)",
+    )
 
 
 def _image_bytes(item: ImageItem) -> int:
@@ -271,15 +294,21 @@ async def run_cell(
     err: TextIO,
     tools: Sequence[ToolDefinition] = DEMO_TOOLS,
     delegate: SessionDelegate | None = None,
+    python: bool = False,
 ) -> int:
     """Run ``source`` in a fresh session; return the exit status.
 
     The cell gets ``tools``, run by ``delegate``: by default the demo tools and their delegate
-    (notifications to ``err``).
+    (notifications to ``err``). With ``python`` the cell is Python, run by a ``PythonEngine``.
     """
     printer = _Printer(out, err, as_json)
     session_delegate = delegate if delegate is not None else demo_delegate(err)
-    async with SessionRuntime(session_delegate, limits=limits) as runtime:
+    engine = None
+    if python:
+        from codemode.engine.python import PythonEngine
+
+        engine = PythonEngine()
+    async with SessionRuntime(session_delegate, limits=limits, engine=engine) as runtime:
         request = CreateCellRequest(source, tuple(tools), tool_call_id="cli")
         final: Completed | Terminated
         try:
@@ -361,6 +390,7 @@ async def _run_with_mcp(
             err=sys.stderr,
             tools=approval.mark(upstreams),
             delegate=upstreams.delegate(notify),
+            python=args.python,
         )
 
 
@@ -376,6 +406,7 @@ async def _run_main(args: argparse.Namespace, source: str, limits: CellLimits) -
             as_json=args.json,
             out=sys.stdout,
             err=sys.stderr,
+            python=args.python,
         )
     task = asyncio.ensure_future(runner)
     loop = asyncio.get_running_loop()
@@ -403,7 +434,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         if args.example:
-            source = example_source()
+            source = example_source(args.python)
         elif args.file == "-":
             source = sys.stdin.read()
         else:
@@ -413,6 +444,8 @@ def _main(argv: Sequence[str] | None) -> int:
             except OSError as exc:
                 print(f"codemode: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
                 return EXIT_USAGE
+            if args.file.endswith(".py"):
+                args.python = True
         try:
             limits = limits_from_args(args)
         except ValueError as exc:
@@ -428,13 +461,15 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "serve":
         from codemode.protocol.server import serve_main
 
-        return serve_main(listen=args.listen, token_env=args.token_env, limits=limits)
+        return serve_main(
+            listen=args.listen, token_env=args.token_env, limits=limits, engine=args.engine
+        )
     if args.command == "mcp":
         from codemode.mcp.server import mcp_main
 
         config_path = args.config or os.environ.get(MCP_CONFIG_ENV) or None
         if config_path is None:
             parser.error(f"mcp needs --config PATH or the {MCP_CONFIG_ENV} environment variable")
-        return mcp_main(config_path=config_path, http=args.http, limits=limits)
+        return mcp_main(config_path=config_path, http=args.http, limits=limits, engine=args.engine)
     parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse exits
     return EXIT_USAGE  # pragma: no cover
