@@ -28,7 +28,6 @@ another process (:meth:`PythonCell.dump`, :meth:`PythonEngine.load_cell`).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import hashlib
@@ -400,8 +399,6 @@ class PythonCell(EngineCell):
         self._tool_of_future: dict[int, str] = {}  # Monty future id -> "tool-N"
         self._future_of_tool: dict[str, int] = {}
         self._timers: set[int] = set()  # Monty future ids of sleeps
-        self._at_delegate: set[str] = set()
-        self._queued: collections.deque[tuple[str, int, Any]] = collections.deque()
         pid = session.worker_pid  # no exchange is in flight yet, so Monty knows it
         self._pid: int | None = pid if isinstance(pid, int) else None
         self._pidfd: int | None = None
@@ -495,7 +492,6 @@ class PythonCell(EngineCell):
                 future_id = self._future_of_tool.get(item.call_id)
                 if future_id is None:
                     continue
-                self._at_delegate.discard(item.call_id)
                 if item.ok:
                     try:
                         value = json.loads(item.value_json)
@@ -510,9 +506,8 @@ class PythonCell(EngineCell):
             elif item.timer_id in self._timers:
                 results[item.timer_id] = {"return_value": None}
         snapshot = self._snapshot
-        released = self._release_queued()
         if snapshot is None or not results:
-            return StepReport(tuple(released), self._pending_ids(), None)
+            return StepReport((), self._pending_ids(), None)
         # Every future the host has not answered yet is pending in Monty: no need to ask it.
         applicable = {
             k: v for k, v in results.items() if k in self._tool_of_future or k in self._timers
@@ -520,10 +515,9 @@ class PythonCell(EngineCell):
         for future_id in applicable:
             self._forget_future(future_id)
         if not applicable:
-            return StepReport(tuple(released), self._pending_ids(), None)
+            return StepReport((), self._pending_ids(), None)
         self._snapshot = None
-        self._events.extend(released)
-        return await self._command(lambda: snapshot.resume(applicable), keep_events=True)
+        return await self._command(lambda: snapshot.resume(applicable))
 
     async def stop(self) -> tuple[EngineEvent, ...]:
         inflight = self._inflight
@@ -598,8 +592,6 @@ class PythonCell(EngineCell):
             "cpu_used": self._cpu_used,
             "tool_of_future": {str(k): v for k, v in self._tool_of_future.items()},
             "timers": sorted(self._timers),
-            "at_delegate": sorted(self._at_delegate),
-            "queued": [list(q) for q in self._queued],
         }
         return _DUMP_MAGIC + json.dumps(host, separators=(",", ":")).encode() + b"\n" + blob
 
@@ -611,8 +603,6 @@ class PythonCell(EngineCell):
             self._tool_of_future = {int(k): str(v) for k, v in host["tool_of_future"].items()}
             self._future_of_tool = {v: k for k, v in self._tool_of_future.items()}
             self._timers = {int(t) for t in host["timers"]}
-            self._at_delegate = {str(c) for c in host["at_delegate"]}
-            self._queued = collections.deque((str(c), int(i), v) for c, i, v in host["queued"])
         except (KeyError, TypeError, ValueError) as exc:
             raise EngineError(f"corrupt dumped Python cell: {exc}") from exc
         try:
@@ -638,23 +628,9 @@ class PythonCell(EngineCell):
             self._future_of_tool.pop(call_id, None)
         self._timers.discard(future_id)
 
-    def _release_queued(self) -> list[EngineEvent]:
-        """Calls waiting for a free slot under ``max_parallel_tool_calls`` (SPEC 8.2)."""
-        events: list[EngineEvent] = []
-        while self._queued and len(self._at_delegate) < self._limits.max_parallel_tool_calls:
-            call_id, index, value = self._queued.popleft()
-            if call_id not in self._future_of_tool:
-                continue  # settled meanwhile (cannot happen: it never reached the delegate)
-            self._at_delegate.add(call_id)
-            events.append(ToolCallRequested(call_id, index, value))
-        return events
-
-    async def _command(
-        self, start: Callable[[], Awaitable[Any]], *, keep_events: bool = False
-    ) -> StepReport:
+    async def _command(self, start: Callable[[], Awaitable[Any]]) -> StepReport:
         """Run one turn and answer snapshots until the cell is quiescent or settled."""
-        if not keep_events:
-            self._events = []
+        self._events = []
         cpu_before = self._cpu_used
         settlement: Settlement | None = None
         try:
@@ -778,11 +754,9 @@ class PythonCell(EngineCell):
             call_id = f"tool-{self._calls_issued}"
             self._tool_of_future[int(future_id)] = call_id
             self._future_of_tool[call_id] = int(future_id)
-            if len(self._at_delegate) < self._limits.max_parallel_tool_calls:
-                self._at_delegate.add(call_id)
-                self._events.append(ToolCallRequested(call_id, index, value))
-            else:
-                self._queued.append((call_id, index, value))
+            # Every call is reported at issue; the cell layer holds those beyond
+            # max_parallel_tool_calls until a slot frees (docs/safety.md).
+            self._events.append(ToolCallRequested(call_id, index, value))
             return {"future": ...}
         raise HelperError(f"unknown helper {op!r}")
 
