@@ -4,6 +4,7 @@ The public API is the names below (SPEC section 1); everything else is internal.
 """
 
 from codemode.engine.base import Engine
+from codemode.engine.python import PythonEngine
 from codemode.engine.worker import WorkerEngine
 from codemode.errors import (
     AlreadyTerminating,
@@ -83,6 +84,7 @@ __all__ = [
     "Pending",
     "PendingFrontier",
     "ProtocolError",
+    "PythonEngine",
     "RemoteSession",
     "ResumeOutcome",
     "SessionDelegate",

@@ -36,7 +36,12 @@ from codemode.cli_common import (
     version_text,
 )
 from codemode.engine.base import Engine
-from codemode.engine.choice import engine_factory, using_default_engine
+from codemode.engine.choice import (
+    ENGINE_CHOICES,
+    engine_factory,
+    engine_options,
+    using_default_engine,
+)
 from codemode.model import (
     CellLimits,
     Completed,
@@ -122,9 +127,10 @@ def demo_delegate(err: TextIO | None = None) -> Any:
     )
 
 
-def example_source() -> str:
-    """The bundled demo cell."""
-    return importlib.resources.files("codemode.examples").joinpath("demo.js").read_text("utf-8")
+def example_source(python: bool = False) -> str:
+    """The bundled demo cell (in Python with ``python``)."""
+    name = "demo_python.cell" if python else "demo.js"
+    return importlib.resources.files("codemode.examples").joinpath(name).read_text("utf-8")
 
 
 def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -140,15 +146,18 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-live-cells", type=int, default=defaults.max_live_cells)
 
 
-def _add_engine_flags(parser: argparse.ArgumentParser, default: str) -> None:
+def _add_engine_flags(
+    parser: argparse.ArgumentParser, default: str, choices: Sequence[str] = ENGINE_CHOICES
+) -> None:
     group = parser.add_argument_group("engine (docs/engines.md)")
+    python = ", python: Python cells on Monty" if "python" in choices else ""
     group.add_argument(
         "--engine",
-        choices=("v8", "worker"),
+        choices=choices,
         default=None,
-        help="worker: each session's cells run in a worker process under OS limits; "
-        "v8: in this process (trusted code only). Default: the environment variable "
-        f"CODEMODE_ENGINE if set, else {default}",
+        help="worker: JavaScript cells on V8 in a worker process per session, under OS limits; "
+        f"v8: the same in this process (trusted code only){python}. Default: the environment "
+        f"variable CODEMODE_ENGINE if set, else {default}",
     )
     parser.set_defaults(default_engine=default)
     group.add_argument(
@@ -168,15 +177,23 @@ def _add_engine_flags(parser: argparse.ArgumentParser, default: str) -> None:
     )
 
 
+def engine_name_from_args(args: argparse.Namespace) -> str:
+    """The engine named by ``--engine``, else ``$CODEMODE_ENGINE``, else the command's default;
+    ``ValueError`` if the engine flags are invalid."""
+    for option in ("rss_budget_bytes", "worker_memory_limit_bytes"):
+        value = getattr(args, option)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{option.replace('_', '-')} must be positive")
+    name: str = args.engine or os.environ.get("CODEMODE_ENGINE") or args.default_engine
+    if name not in ENGINE_CHOICES:
+        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_CHOICES)}")
+    return name
+
+
 def engine_from_args(args: argparse.Namespace) -> Callable[[], Engine]:
     """The engine factory named by the engine flags; ``ValueError`` if they are invalid."""
-    for name in ("rss_budget_bytes", "worker_memory_limit_bytes"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
-    name = args.engine or os.environ.get("CODEMODE_ENGINE") or args.default_engine
     return engine_factory(
-        name,
+        engine_name_from_args(args),
         rss_budget_bytes=args.rss_budget_bytes,
         memory_limit_bytes=args.worker_memory_limit_bytes,
     )
@@ -209,7 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(echo, sleep, fail, upper) and print its events as they arrive.",
     )
     src = run.add_mutually_exclusive_group(required=True)
-    src.add_argument("file", nargs="?", help="the cell's JavaScript source; - reads stdin")
+    src.add_argument(
+        "file",
+        nargs="?",
+        help="the cell's source (JavaScript; Python with --python or a .py name); - reads stdin",
+    )
     src.add_argument("--example", action="store_true", help="run the bundled demo cell")
     run.add_argument(
         "--yield-after",
@@ -225,12 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a pausable cell, resuming it at each frontier (frontiers go to stderr)",
     )
     run.add_argument(
+        "--python",
+        action="store_true",
+        help="the cell is Python, run on the Monty sandbox (implied by a FILE ending in .py)",
+    )
+    run.add_argument(
         "--mcp-config",
         metavar="PATH",
         help="use the tools of the MCP servers listed in PATH instead of the demo tools",
     )
     _add_limit_flags(run)
-    _add_engine_flags(run, "v8")
+    _add_engine_flags(run, "v8", ("v8", "worker"))
 
     serve = sub.add_parser(
         "serve",
@@ -318,15 +344,21 @@ async def run_cell(
     err: TextIO,
     tools: Sequence[ToolDefinition] = DEMO_TOOLS,
     delegate: SessionDelegate | None = None,
+    python: bool = False,
 ) -> int:
     """Run ``source`` in a fresh session; return the exit status.
 
     The cell gets ``tools``, run by ``delegate``: by default the demo tools and their delegate
-    (notifications to ``err``).
+    (notifications to ``err``). With ``python`` the cell is Python, run by a ``PythonEngine``.
     """
     printer = _Printer(out, err, as_json)
     session_delegate = delegate if delegate is not None else demo_delegate(err)
-    async with SessionRuntime(session_delegate, limits=limits) as runtime:
+    engine = None
+    if python:
+        from codemode.engine.python import PythonEngine
+
+        engine = PythonEngine()
+    async with SessionRuntime(session_delegate, limits=limits, engine=engine) as runtime:
         request = CreateCellRequest(source, tuple(tools), tool_call_id="cli")
         final: Completed | Terminated
         try:
@@ -408,6 +440,7 @@ async def _run_with_mcp(
             err=sys.stderr,
             tools=approval.mark(upstreams),
             delegate=upstreams.delegate(notify),
+            python=args.python,
         )
 
 
@@ -423,6 +456,7 @@ async def _run_main(args: argparse.Namespace, source: str, limits: CellLimits) -
             as_json=args.json,
             out=sys.stdout,
             err=sys.stderr,
+            python=args.python,
         )
     task = asyncio.ensure_future(runner)
     loop = asyncio.get_running_loop()
@@ -450,7 +484,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         if args.example:
-            source = example_source()
+            source = example_source(args.python)
         elif args.file == "-":
             source = sys.stdin.read()
         else:
@@ -460,6 +494,8 @@ def _main(argv: Sequence[str] | None) -> int:
             except OSError as exc:
                 print(f"codemode: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
                 return EXIT_USAGE
+            if args.file.endswith(".py"):
+                args.python = True
         try:
             limits = limits_from_args(args)
             engine = engine_from_args(args)
@@ -471,23 +507,30 @@ def _main(argv: Sequence[str] | None) -> int:
             return asyncio.run(_run_main(args, source, limits))
     try:
         limits = limits_from_args(args)
-        engine = engine_from_args(args)
+        engine_name = engine_name_from_args(args)
     except ValueError as exc:
         print(f"codemode: {exc}", file=sys.stderr)
         return EXIT_USAGE
     # Every session these fronts open gets a fresh engine of the chosen kind.
+    options = engine_options(
+        rss_budget_bytes=args.rss_budget_bytes, memory_limit_bytes=args.worker_memory_limit_bytes
+    )
     if args.command == "serve":
         from codemode.protocol.server import serve_main
 
-        with using_default_engine(engine):
-            return serve_main(listen=args.listen, token_env=args.token_env, limits=limits)
+        with options:
+            return serve_main(
+                listen=args.listen, token_env=args.token_env, limits=limits, engine=engine_name
+            )
     if args.command == "mcp":
         from codemode.mcp.server import mcp_main
 
         config_path = args.config or os.environ.get(MCP_CONFIG_ENV) or None
         if config_path is None:
             parser.error(f"mcp needs --config PATH or the {MCP_CONFIG_ENV} environment variable")
-        with using_default_engine(engine):
-            return mcp_main(config_path=config_path, http=args.http, limits=limits)
+        with options:
+            return mcp_main(
+                config_path=config_path, http=args.http, limits=limits, engine=engine_name
+            )
     parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse exits
     return EXIT_USAGE  # pragma: no cover

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from codemode.errors import EngineError
 from codemode.model import CellLimits, OutputItem, ToolDefinition
 
 __all__ = [
@@ -190,6 +191,12 @@ class EngineCell(abc.ABC):
     def closed(self) -> bool:
         """True once the engine cell can run no more JavaScript."""
 
+    async def dump(self) -> bytes:
+        """The cell at its current frontier as bytes that :meth:`Engine.load_cell` of the same
+        kind of engine (in any process) continues from, without replay. Engines that cannot
+        snapshot a cell raise ``EngineError`` (the default)."""
+        raise EngineError("this engine cannot dump a cell")
+
 
 class Engine(abc.ABC):
     """A kind of sandbox. Opens one :class:`EngineCell` per cell."""
@@ -207,3 +214,8 @@ class Engine(abc.ABC):
     async def aclose(self) -> None:
         """Close, and wait until the resources of every closed cell are released."""
         self.close()
+
+    async def load_cell(self, boot: CellBoot, state: bytes) -> EngineCell:
+        """Restore a cell from :meth:`EngineCell.dump`; its next command is ``step``. Engines
+        that cannot raise ``EngineError`` (the default)."""
+        raise EngineError(f"the {self.name} engine cannot load a dumped cell")

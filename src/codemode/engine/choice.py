@@ -1,8 +1,11 @@
-"""Which engine a ``SessionRuntime`` gets when none is passed, and the engines by name.
+"""Engines by name, for the fronts' ``--engine`` flag, and the default engine of a session.
+
+``worker`` runs JavaScript cells on V8 in worker processes (docs/engines.md), ``v8`` runs them on
+V8 in this process, ``python`` runs Python cells on Monty (docs/python-cells.md). On the wire
+both V8 engines are ``v8``: they run the same cells.
 
 The library default is the in-process :class:`V8Engine`. ``codemode serve`` and ``codemode mcp``
-switch the process default to :class:`WorkerEngine` (``--engine worker``, their default), so
-every session they open gets its own worker process. See ``docs/engines.md``.
+default to ``worker``, so every session they open gets its own worker process.
 """
 
 from __future__ import annotations
@@ -10,20 +13,28 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from typing import Final
 
 from codemode.engine.base import Engine
 
 __all__ = [
+    "ENGINE_CHOICES",
     "ENGINE_NAMES",
     "default_engine",
     "engine_factory",
+    "engine_options",
     "set_default_engine",
     "using_default_engine",
+    "wire_engine_name",
 ]
 
-ENGINE_NAMES = ("v8", "worker")
+ENGINE_CHOICES: Final = ("worker", "v8", "python")
+ENGINE_NAMES: Final = ENGINE_CHOICES
 
 _default: Callable[[], Engine] | None = None
+# Set by the command line (--rss-budget-bytes, --worker-memory-limit-bytes) for the factories
+# the fronts build by name.
+_options: dict[str, int | None] = {"rss_budget_bytes": None, "memory_limit_bytes": None}
 
 
 def engine_factory(
@@ -32,13 +43,18 @@ def engine_factory(
     rss_budget_bytes: int | None = None,
     memory_limit_bytes: int | None = None,
 ) -> Callable[[], Engine]:
-    """A factory of fresh engines of kind ``name`` (``"v8"`` or ``"worker"``).
+    """A factory of fresh engines named ``name`` (``worker``, ``v8`` or ``python``); raises
+    ``ValueError`` for an unknown name.
 
-    ``rss_budget_bytes``: for ``"worker"``, the RSS budget of each worker process (``None``: the
-    worker default); for ``"v8"``, a process-wide budget enforced by :class:`GuardedEngine`
+    ``rss_budget_bytes``: for ``worker``, the RSS budget of each worker process (``None``: the
+    worker default); for ``v8``, a process-wide budget enforced by :class:`GuardedEngine`
     (``None``: no watchdog). ``memory_limit_bytes``: ``RLIMIT_DATA`` of each worker (``None``:
-    the default); ignored for ``"v8"``.
+    the default). Options not given come from :func:`engine_options`.
     """
+    if rss_budget_bytes is None:
+        rss_budget_bytes = _options["rss_budget_bytes"]
+    if memory_limit_bytes is None:
+        memory_limit_bytes = _options["memory_limit_bytes"]
     if name == "v8":
         from codemode.engine.v8 import V8Engine
 
@@ -62,7 +78,30 @@ def engine_factory(
             return WorkerEngine(memory_limit_bytes=data, rss_budget_bytes=rss)
 
         return worker
-    raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}")
+    if name == "python":
+        from codemode.engine.python import PythonEngine
+
+        return PythonEngine
+    raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_CHOICES)}")
+
+
+def wire_engine_name(name: str) -> str:
+    """The protocol's name of the engine ``name`` (``session/open``'s ``engine``): ``v8`` for
+    both V8 engines."""
+    return "v8" if name in ("v8", "worker") else name
+
+
+@contextlib.contextmanager
+def engine_options(
+    *, rss_budget_bytes: int | None = None, memory_limit_bytes: int | None = None
+) -> Iterator[None]:
+    """Defaults for :func:`engine_factory` inside the block (the command line's flags)."""
+    previous = dict(_options)
+    _options.update(rss_budget_bytes=rss_budget_bytes, memory_limit_bytes=memory_limit_bytes)
+    try:
+        yield
+    finally:
+        _options.update(previous)
 
 
 def set_default_engine(factory: Callable[[], Engine] | None) -> None:
@@ -86,7 +125,8 @@ def using_default_engine(factory: Callable[[], Engine] | None) -> Iterator[None]
 def default_engine() -> Engine:
     """A fresh engine for a session created without one: the one set by
     :func:`set_default_engine`, else the one named by the environment variable
-    ``CODEMODE_ENGINE`` (``v8`` or ``worker``), else the in-process :class:`V8Engine`."""
+    ``CODEMODE_ENGINE`` (``worker``, ``v8`` or ``python``), else the in-process
+    :class:`V8Engine`."""
     if _default is not None:
         return _default()
     name = os.environ.get("CODEMODE_ENGINE")

@@ -52,7 +52,7 @@ import secrets
 import signal
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes
@@ -73,6 +73,8 @@ from codemode.cli_common import (
     configure_logging,
     parse_host_port,
 )
+from codemode.engine.base import Engine
+from codemode.engine.choice import engine_factory
 from codemode.errors import CodeModeError
 from codemode.mcp.approval import (
     UNAVAILABLE_REASON,
@@ -174,7 +176,8 @@ class _ConnectionFront:
     def __init__(self, front: McpFront, label: str) -> None:
         self._front = front
         self.label = label
-        self.runtime = SessionRuntime(_ConnectionDelegate(self), limits=front.limits)
+        engine = front.engine_factory() if front.engine_factory is not None else None
+        self.runtime = SessionRuntime(_ConnectionDelegate(self), limits=front.limits, engine=engine)
         self._tools: CodeModeTools | None = None
         self._generation = -1
         self._owners: dict[str, CodeModeTools] = {}
@@ -360,10 +363,13 @@ class McpFront:
         single_connection: bool = False,
         max_wait_ms: int = 600_000,
         approval: ApprovalPolicy | None = None,
+        engine_factory: Callable[[], Engine] | None = None,
     ) -> None:
         """``single_connection``: the transport serves one connection (stdio), so every request
-        belongs to it. ``approval``: which nested tools need the client's approval."""
+        belongs to it. ``approval``: which nested tools need the client's approval.
+        ``engine_factory`` makes each connection's engine (None: V8)."""
         self.approval = approval if approval is not None else ApprovalPolicy()
+        self.engine_factory = engine_factory
         self.upstreams = upstreams
         self.limits = limits if limits is not None else CellLimits()
         self.max_wait_ms = max_wait_ms
@@ -536,6 +542,7 @@ async def _run(
     http: tuple[str, int] | None,
     limits: CellLimits,
     approval: ApprovalPolicy | None = None,
+    engine: str = "v8",
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -554,7 +561,13 @@ async def _run(
             loop.add_signal_handler(sig, on_signal)
     try:
         async with UpstreamSet(configs) as upstreams:
-            front = McpFront(upstreams, limits, single_connection=http is None, approval=approval)
+            front = McpFront(
+                upstreams,
+                limits,
+                single_connection=http is None,
+                approval=approval,
+                engine_factory=engine_factory(engine),
+            )
             try:
                 if http is None:
                     await serve_stdio(front)
@@ -571,7 +584,7 @@ async def _run(
     return EXIT_OK
 
 
-def mcp_main(config_path: str, http: str | None, limits: CellLimits) -> int:
+def mcp_main(config_path: str, http: str | None, limits: CellLimits, engine: str = "v8") -> int:
     """Entry point of ``codemode mcp --config PATH [--http HOST:PORT]``; returns the exit status.
 
     0 when stdin closes (stdio) or on SIGINT/SIGTERM, after the sessions and the upstream servers
@@ -596,6 +609,6 @@ def mcp_main(config_path: str, http: str | None, limits: CellLimits) -> int:
     if not configs:
         logger.warning("the MCP config %s lists no servers; cells get no nested tools", config_path)
     try:
-        return asyncio.run(_run(configs, address, limits, approval))
+        return asyncio.run(_run(configs, address, limits, approval, engine))
     except KeyboardInterrupt:
         return EXIT_OK

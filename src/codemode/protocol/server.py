@@ -67,6 +67,7 @@ from codemode.cli_common import (
     parse_host_port,
 )
 from codemode.engine.base import Engine
+from codemode.engine.choice import engine_factory, wire_engine_name
 from codemode.errors import (
     BusyObserver,
     CodeModeError,
@@ -477,7 +478,7 @@ class _Connection:
                 "serverInfo": {"name": "codemode", "version": codemode_version()},
                 "capabilities": {
                     "cellKinds": ["continuing", "pausable"],
-                    "engines": list(ENGINES),
+                    "engines": [self.server.engine_name],
                     "observationReplay": True,
                     "limits": limits_to_wire(self.server.ceilings),
                 },
@@ -501,12 +502,12 @@ class _Connection:
                 limits = limits_from_wire(params["limits"], ceilings)
             except ValueError as exc:
                 raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
-        engine_name = params.get("engine", "v8")
-        if engine_name not in ENGINES:
+        engine_name = params.get("engine", self.server.engine_name)
+        if engine_name != self.server.engine_name:
             raise RpcError(
                 INVALID_PARAMS,
                 f"invalid params: unknown engine {engine_name!r}; this server offers "
-                f"{', '.join(ENGINES)}",
+                f"{self.server.engine_name}",
             )
         session_id = f"s{secrets.token_hex(8)}"
         engine = self.server.engine_factory() if self.server.engine_factory else None
@@ -700,9 +701,11 @@ class ProtocolServer:
         ceilings: CellLimits | None = None,
         *,
         engine_factory: Callable[[], Engine] | None = None,
+        engine_name: str = ENGINES[0],
     ) -> None:
         self.ceilings = ceilings or CellLimits()
         self.engine_factory = engine_factory
+        self.engine_name = engine_name  # what session/open offers ("v8", "python")
         self._connections: set[_Connection] = set()
         self._leaked_cells = 0
 
@@ -764,11 +767,13 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
             loop.add_signal_handler(sig, stop)
 
 
-async def serve_stdio(ceilings: CellLimits) -> int:
+async def serve_stdio(ceilings: CellLimits, engine: str = "v8") -> int:
     """Serve one connection on stdin/stdout until stdin closes (or SIGTERM/SIGINT); its sessions
-    are shut down before returning 0."""
+    are shut down before returning 0. ``engine`` names the sessions' engine (``v8``, ``python``)."""
     transport = await open_stdio()
-    server = ProtocolServer(ceilings)
+    server = ProtocolServer(
+        ceilings, engine_factory=engine_factory(engine), engine_name=wire_engine_name(engine)
+    )
     task = asyncio.ensure_future(server.serve_connection(transport))
     _stop_on_signals(lambda: _cancel_quietly(task))
     with contextlib.suppress(asyncio.CancelledError):
@@ -784,14 +789,18 @@ async def serve_websocket(
     token: str | None = None,
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
+    engine: str = "v8",
 ) -> int:
     """Serve WebSocket connections on ``ws://host:port/`` until ``stop`` is set (or SIGTERM or
     SIGINT); then every session is shut down. With ``token``, the opening handshake must carry
-    ``Authorization: Bearer <token>`` (else HTTP 401). ``ready`` receives the URL once bound."""
+    ``Authorization: Bearer <token>`` (else HTTP 401). ``ready`` receives the URL once bound.
+    ``engine`` names the sessions' engine (``v8``, ``python``)."""
     from websockets.asyncio.server import ServerConnection, serve
     from websockets.http11 import Request, Response
 
-    server = ProtocolServer(ceilings)
+    server = ProtocolServer(
+        ceilings, engine_factory=engine_factory(engine), engine_name=wire_engine_name(engine)
+    )
     stop_event = stop or asyncio.Event()
     expected = f"Bearer {token}".encode() if token is not None else None
 
@@ -843,7 +852,9 @@ def _configure_logging() -> None:
     configure_logging()  # as `codemode mcp` and `codemode run` do
 
 
-def serve_main(listen: str | None, token_env: str | None, limits: CellLimits) -> int:
+def serve_main(
+    listen: str | None, token_env: str | None, limits: CellLimits, engine: str = "v8"
+) -> int:
     """``codemode serve``: stdio (default) or WebSocket (``listen``); returns the exit status
     (0 after a clean end, 1 when it cannot listen, 2 for a usage error). Logs go to stderr as
     :func:`codemode.cli_common.configure_logging` sets up (``CODEMODE_LOG_LEVEL``, default INFO)."""
@@ -860,14 +871,14 @@ def serve_main(listen: str | None, token_env: str | None, limits: CellLimits) ->
             )
             return EXIT_USAGE
     if listen is None:
-        return asyncio.run(serve_stdio(limits))
+        return asyncio.run(serve_stdio(limits, engine))
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
         print(f"codemode serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return asyncio.run(serve_websocket(host, port, limits, token=token))
+        return asyncio.run(serve_websocket(host, port, limits, token=token, engine=engine))
     except OSError as exc:
         print(f"codemode serve: cannot listen on {listen}: {exc}", file=sys.stderr)
         return EXIT_FAILED

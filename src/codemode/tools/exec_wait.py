@@ -89,6 +89,12 @@ from codemode.tools.pragma import (
     PragmaError,
     parse_exec_source,
 )
+from codemode.tools.python_description import (
+    is_python_session,
+    python_exec_description,
+    python_pragma_source,
+    python_usage_text,
+)
 from codemode.tools.render import format_result, header_text, status_line
 from codemode.tools.result import ToolResult
 
@@ -283,13 +289,24 @@ class CodeModeTools:
         self._tools = tool_tuple
         self._max_wait_ms = max_wait_ms
         limits = getattr(session, "limits", None)
-        self._exec_description = exec_description(
-            tool_tuple,
-            describe_tools=describe_tools,
-            code_mode_only=code_mode_only,
-            limits=limits if isinstance(limits, CellLimits) else CellLimits(),
-            reference_budget_tokens=reference_budget_tokens,
-        )
+        self._python = is_python_session(session)
+        cell_limits = limits if isinstance(limits, CellLimits) else CellLimits()
+        if self._python:
+            # Python cells have no `catalog` global: their description always declares every tool.
+            self._exec_description = python_exec_description(
+                tool_tuple,
+                describe_tools=describe_tools,
+                code_mode_only=code_mode_only,
+                limits=cell_limits,
+            )
+        else:
+            self._exec_description = exec_description(
+                tool_tuple,
+                describe_tools=describe_tools,
+                code_mode_only=code_mode_only,
+                limits=cell_limits,
+                reference_budget_tokens=reference_budget_tokens,
+            )
         self._wait_description = wait_description(max_wait_ms)
         reference_json(tool_tuple)  # rendered now, not when the session admits the first cell
         self._retry_cache = _RetryCache(RETRY_CACHE_ENTRIES, RETRY_CACHE_BYTES)
@@ -364,11 +381,14 @@ class CodeModeTools:
         (see the module docstring).
         """
         started = time.monotonic()
+        if self._python:
+            source = python_pragma_source(source)
         try:
             parsed = parse_exec_source(source)
         except PragmaError as error:
             logger.info("exec call %s: rejected source: %s", call_id, error.message)
-            return _usage_error(error.message)
+            message = python_usage_text(error.message) if self._python else error.message
+            return _usage_error(message)
         if not call_id:
             result, _ = await self._run_exec(parsed, call_id, started)
             return result
