@@ -264,6 +264,11 @@ class _Child:
         loop): the worker cannot be driven any more, so end it and its transport now."""
         self.lost = self.lost or "the event loop of the worker's host ended"
         self._kill()
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Close the subprocess transport now, on its loop: asyncio never does it for us, and
+        one collected after its loop closed complains ("Event loop is closed")."""
         transport = getattr(self.proc, "_transport", None)
         if transport is not None:
             with contextlib.suppress(Exception):
@@ -304,6 +309,8 @@ class _Child:
         if not self.retired or returncode != 0:
             logger.warning("%s", text)
         self._fail_all(text)
+        if returncode is not None:
+            self._close_transport()
         engine = self.engine_ref()
         if engine is not None:
             engine._child_ended(self)
