@@ -79,6 +79,11 @@ class CellHost(Protocol):
 
     def commit_writes(self, writes: dict[str, Any]) -> None: ...
 
+    def writes_refused(self, writes: dict[str, Any]) -> str | None:
+        """The error text if committing ``writes`` (key -> JSON text) would pass the session's
+        stored-values budget, else None."""
+        ...
+
     def cell_closed(self, cell_id: str) -> None: ...
 
     def loop_closing(self) -> None:
@@ -352,6 +357,7 @@ class CellActor:
                 heapq.heappush(self._timer_heap, (due, ev.timer_id))
             elif isinstance(ev, TimerCleared):
                 self._timers.pop(ev.timer_id, None)
+                self._compact_timer_heap()
             elif isinstance(ev, NotifyRequested):
                 self._enqueue_notification(ev.text)
             elif isinstance(ev, YieldRequested):
@@ -361,6 +367,12 @@ class CellActor:
         self._pending_ids = report.pending_call_ids
         if report.settlement is not None:
             self._apply(machine.body_settled(report.settlement.error_text))
+
+    def _compact_timer_heap(self) -> None:
+        """Cleared timers leave the heap once they are most of it (amortised O(1) a clear)."""
+        if len(self._timer_heap) > 2 * len(self._timers) + 64:
+            self._timer_heap = [(due, tid) for tid, due in self._timers.items()]
+            heapq.heapify(self._timer_heap)
 
     # ------------------------------------------------------------------ nested calls
 
@@ -447,6 +459,11 @@ class CellActor:
         self._commit_now()
 
     def _commit_now(self) -> None:
+        writes = self.machine.uncommitted_writes()
+        if writes:
+            refused = self._host.writes_refused(writes)
+            if refused is not None:
+                self.machine.refuse_writes(refused)
         self._apply(self.machine.commit())
         if self._notifier is not None:
             self._notifier.cancel()

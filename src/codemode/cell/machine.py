@@ -281,6 +281,17 @@ class CellMachine:
         self.phase = Phase.SETTLING
         return [BeginSettling()]
 
+    def uncommitted_writes(self) -> dict[str, Any]:
+        """The writes a commit would apply now (empty if they are to be discarded)."""
+        return {} if self._discard_writes else self._writes
+
+    def refuse_writes(self, error_text: str) -> None:
+        """The session cannot take this cell's writes (``max_stored_bytes``): the completion
+        commits nothing and fails with ``error_text``."""
+        if self.phase is Phase.SETTLING:
+            self._discard_writes = True
+            self._completion_error = error_text
+
     def commit(self) -> list[Effect]:
         """The single linearisation point of a natural completion (SPEC 7.2).
 

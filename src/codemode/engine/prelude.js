@@ -47,10 +47,51 @@
   const PromiseCtor = Promise;
   const ProxyCtor = Proxy;
   const TypeErrorCtor = TypeError;
+  const RangeErrorCtor = RangeError;
   const ErrorCtor = Error;
   const globalEval = eval;
   const gcFn = typeof global.gc === "function" ? global.gc : null;
   const IntrinsicArrayBuffer = ArrayBuffer;
+  // Hardening (docs/safety.md): the bridge's own state never goes through a method or accessor
+  // the cell could replace after the prelude ran; the host re-checks every report anyway.
+  const MathMax = Math.max;
+  const ObjectHasOwn = Object.prototype.hasOwnProperty;
+  const uncurry = (f) => (self, ...args) => ReflectApply(f, self, args);
+  const getter = (proto, name) => uncurry(Object.getOwnPropertyDescriptor(proto, name).get);
+  const mapGet = uncurry(Map.prototype.get);
+  const mapSet = uncurry(Map.prototype.set);
+  const mapHas = uncurry(Map.prototype.has);
+  const mapDelete = uncurry(Map.prototype.delete);
+  const mapClear = uncurry(Map.prototype.clear);
+  const mapForEach = uncurry(Map.prototype.forEach);
+  const mapSize = getter(Map.prototype, "size");
+  const weakSetHas = uncurry(WeakSet.prototype.has);
+  const weakSetAdd = uncurry(WeakSet.prototype.add);
+  const weakRefDeref = uncurry(WeakRef.prototype.deref);
+  const bufferByteLength = getter(ArrayBuffer.prototype, "byteLength");
+  const bufferMaxByteLength = getter(ArrayBuffer.prototype, "maxByteLength");
+  const bufferResizable = getter(ArrayBuffer.prototype, "resizable");
+  const typedArrayBuffer = getter(Object.getPrototypeOf(Uint8Array.prototype), "buffer");
+  const hasOwn = (o, k) => ReflectApply(ObjectHasOwn, o, [k]);
+  // A Map whose methods are fixed now (own properties of a frozen object).
+  function makeMap() {
+    const m = new MapCtor();
+    return ObjectFreeze({
+      get: (k) => mapGet(m, k),
+      set: (k, v) => { mapSet(m, k, v); },
+      has: (k) => mapHas(m, k),
+      delete: (k) => mapDelete(m, k),
+      clear: () => { mapClear(m); },
+      forEach: (f) => { mapForEach(m, f); },
+      get size() { return mapSize(m); },
+    });
+  }
+  // Timers one cell may hold live at once (the host holds the same bound).
+  const MAX_LIVE_TIMERS = 10000;
+  // Nesting depth of one stored value (the host holds the same bound).
+  const MAX_STORED_DEPTH = 128;
+  // Every output item costs at least this many bytes (its framing; the host counts the same).
+  const MIN_ITEM_BYTES = 16;
 
   // Globals the sandbox removes (SPEC 2.8) or replaces with its own (timers, console).
   for (const name of [
@@ -65,17 +106,23 @@
   }
 
   // ---------------------------------------------------------------- state of the cell
-  let outbox = [];
+  let outbox = "";              // JSON texts of events, comma-separated
+  let lastYield = false;        // the outbox ends with a yield: consecutive ones are one
   let settled = null;           // the terminal report, once decided
   let exited = false;           // exit() was called: helpers are no-ops
   let limitHit = false;         // a limit was exceeded: helpers throw
   let pausable = false;
   let toolDefs = [];            // [{name, ident, kind}]
-  let stored = new MapCtor();   // key -> JSON text (the cell's snapshot plus its own writes)
+  let stored = makeMap();       // key -> JSON text (the cell's own writes)
+  let freshStores = makeMap();  // key -> JSON text, written since the last drain
+  let snapshotText = "{}";      // the session's values at admission, parsed on first use
+  let snapshot = null;
+  let storedBytes = 0;          // what the cell's view of the stored values costs
   let limits = { maxToolCalls: 1000, maxParallel: 100, maxOutputBytes: 1048576, maxExternalBytes: 67108864 };
   let callsIssued = 0;
-  const pending = new MapCtor(); // call id -> {resolve, reject}
-  const timers = new MapCtor();  // timer id -> callback
+  const pending = makeMap(); // call id -> {resolve, reject}
+  const timers = makeMap();  // timer id -> callback
+  const freshTimers = makeMap(); // timer id -> delay (ms), set since the last drain
   let timerSeq = 0;
   let outputBytes = 0;
 
@@ -83,9 +130,19 @@
   const EXIT = ObjectFreeze({ toString() { return "exit"; } });
   const LIMIT = ObjectFreeze({ toString() { return "limit exceeded"; } });
 
-  const emit = (ev) => { outbox[outbox.length] = JSONstringify(ev); };
+  const push = (evText) => {
+    outbox = outbox === "" ? evText : outbox + "," + evText;
+    lastYield = false;
+  };
+  // Events hold primitives only, stringified one by one (no toJSON lookup on arrays).
+  const headText = (head) => {
+    let s = "[";
+    for (let i = 0; i < head.length; i++) s += (i === 0 ? "" : ",") + JSONstringify(head[i]);
+    return s;
+  };
+  const emit = (ev) => { push(headText(ev) + "]"); };
   // `json` is already JSON text: embed it as it is.
-  const emitRaw = (head, json) => { outbox[outbox.length] = JSONstringify(head).slice(0, -1) + "," + json + "]"; };
+  const emitRaw = (head, json) => { push(headText(head) + "," + json + "]"); };
 
   function failLimit(field) {
     if (!limitHit && settled === null) {
@@ -116,7 +173,7 @@
   }
 
   function countOutput(s) {
-    const n = utf8Length(s);
+    const n = MathMax(utf8Length(s), MIN_ITEM_BYTES);
     if (outputBytes + n > limits.maxOutputBytes) failLimit("max_output_bytes");
     outputBytes += n;
   }
@@ -260,22 +317,64 @@
     if (json === undefined) {
       throw new TypeErrorCtor("Unable to store " + JSONstringify(k) + ". Only plain serializable objects can be stored.");
     }
+    if (jsonDepth(json) > MAX_STORED_DEPTH) {
+      throw new TypeErrorCtor("Unable to store " + JSONstringify(k) + ". Values nested deeper than " + MAX_STORED_DEPTH + " levels cannot be stored.");
+    }
+    const total = storedBytes - storedSize(k) + entrySize(k, json);
+    if (total > limits.maxStoredBytes) failLimit("max_stored_bytes");
+    storedBytes = total;
     stored.set(k, json);
-    emitRaw(["store", k], json);
+    freshStores.set(k, json);
     return undefined;
+  }
+
+  function getSnapshot() {
+    if (snapshot === null) snapshot = JSONparse(snapshotText);
+    return snapshot;
+  }
+
+  function snapshotJSON(k) {
+    const snap = getSnapshot();
+    return hasOwn(snap, k) ? JSONstringify(snap[k]) : undefined;
+  }
+
+  const entrySize = (k, json) => utf8Length(JSONstringify(k)) + 2 + utf8Length(json);
+
+  function storedSize(k) {
+    let json = stored.get(k);
+    if (json === undefined) json = snapshotJSON(k);
+    return json === undefined ? 0 : entrySize(k, json);
+  }
+
+  // Nesting depth of a JSON text (brackets outside strings).
+  function jsonDepth(json) {
+    let depth = 0;
+    let max = 0;
+    let inString = false;
+    for (let i = 0; i < json.length; i++) {
+      const c = json.charCodeAt(i);
+      if (inString) {
+        if (c === 92) i++;
+        else if (c === 34) inString = false;
+      } else if (c === 34) inString = true;
+      else if (c === 91 || c === 123) { if (++depth > max) max = depth; }
+      else if (c === 93 || c === 125) depth--;
+    }
+    return max;
   }
 
   function load(key) {
     let k;
     try { k = StringCtor(key); } catch (_) { throw new TypeErrorCtor("load key must be a string"); }
-    const json = stored.get(k);
+    let json = stored.get(k);
+    if (json === undefined) json = snapshotJSON(k);
     return json === undefined ? undefined : JSONparse(json);
   }
 
   // ---------------------------------------------------------------- control
   function yield_control() {
     if (!checkAlive()) return undefined;
-    if (!pausable) emit(["yield"]);
+    if (!pausable && !lastYield) { push('["yield"]'); lastYield = true; }
     return undefined;
   }
 
@@ -293,9 +392,12 @@
     let ms = NumberCtor(delay);
     ms = NumberIsFinite(ms) && ms > 0 ? MathTrunc(ms) : 0;
     if (!checkAlive()) return undefined;
+    if (timers.size >= MAX_LIVE_TIMERS) {
+      throw new RangeErrorCtor("setTimeout: more than " + MAX_LIVE_TIMERS + " live timers");
+    }
     const id = ++timerSeq;
     timers.set(id, callback);
-    emit(["timer", id, ms]);
+    freshTimers.set(id, ms);
     return id;
   }
 
@@ -303,7 +405,8 @@
     if (id === undefined || id === null) return undefined;
     if (typeof id !== "number") throw new TypeErrorCtor("clearTimeout expects a numeric timeout id");
     if (!NumberIsFinite(id) || id <= 0) return undefined;
-    if (timers.delete(id)) emit(["clear", id]);
+    // A timer set since the last drain is forgotten here; the host never hears of it.
+    if (timers.delete(id) && !freshTimers.delete(id)) emit(["clear", id]);
     return undefined;
   }
 
@@ -467,14 +570,17 @@
     // Every piece of per-cell state starts afresh here, so an isolate warmed up by a throwaway
     // boot/run/drain (which compiles this file's hot functions ahead of time) carries nothing of
     // it into the real cell.
-    boot(config) {
-      outbox = [];
+    boot(configText, storedText) {
+      const config = JSONparse(configText);
+      outbox = "";
+      lastYield = false;
       settled = null;
       exited = false;
       limitHit = false;
       callsIssued = 0;
       pending.clear();
       timers.clear();
+      freshTimers.clear();
       timerSeq = 0;
       outputBytes = 0;
       externalBytes = 0;
@@ -483,8 +589,11 @@
       pausable = config.pausable === true;
       limits = config.limits;
       toolDefs = config.tools;
-      stored = new MapCtor();
-      for (const key of Object.keys(config.stored)) stored.set(key, JSONstringify(config.stored[key]));
+      stored = makeMap();
+      freshStores = makeMap();
+      snapshotText = typeof storedText === "string" ? storedText : "{}";
+      snapshot = null;
+      storedBytes = config.storedBytes;
       const toolsObject = {};
       const all = [];
       toolDefs.forEach((t, index) => {
@@ -524,8 +633,15 @@
       );
     },
 
-    step(inputs) {
-      for (const input of inputs) {
+    start(configText, storedText, source) {
+      bridge.boot(configText, storedText);
+      bridge.run(source);
+    },
+
+    step(inputsText) {
+      const inputs = JSONparse(inputsText);
+      for (let i = 0; i < inputs.length; i++) {
+        const input = inputs[i];
         if (settled !== null) return;
         if (input[0] === "r") {
           const entry = pending.get(input[1]);
@@ -547,15 +663,30 @@
     },
 
     drain() {
+      freshTimers.forEach((ms, id) => { emit(["timer", id, ms]); });
+      freshTimers.clear();
+      freshStores.forEach((json, k) => { emit(["store", k, json]); });
+      freshStores.clear();
       const events = outbox;
-      outbox = [];
-      return '{"ev":[' + events.join(",") + '],"pending":' +
-        (pausable ? JSONstringify([...pending.keys()]) : "null") +
-        ',"settled":' + JSONstringify(settled) + "}";
+      outbox = "";
+      lastYield = false;
+      let ids = "null";
+      if (pausable) {
+        ids = "";
+        pending.forEach((_, id) => { ids += (ids === "" ? "" : ",") + JSONstringify(id); });
+        ids = "[" + ids + "]";
+      }
+      let end = "null";
+      if (settled !== null) {
+        if (settled.ok) end = '{"ok":true}';
+        else if (hasOwn(settled, "limit")) end = '{"ok":false,"limit":' + JSONstringify(settled.limit) + "}";
+        else end = '{"ok":false,"error":' + JSONstringify(settled.error) + "}";
+      }
+      return '{"ev":[' + events + '],"pending":' + ids + ',"settled":' + end + "}";
     },
   });
 
-  ObjectDefineProperty(global, "__codemode", {
-    value: bridge, writable: false, configurable: false, enumerable: false,
-  });
+  // The bridge is the completion value of this script: only the host holds it (no global
+  // names it), so a cell can neither call it nor boot it again.
+  return bridge;
 })(globalThis);

@@ -24,29 +24,23 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from codemode.cell.authority import CellAuthority
+from codemode.cell.stored import StoredSnapshot
 from codemode.engine.base import (
     CellBoot,
     Engine,
     EngineCell,
     EngineEvent,
     EngineLost,
-    NotifyRequested,
-    OutputProduced,
     Settlement,
     StepInput,
     StepReport,
-    StoreWritten,
-    TimerCleared,
-    TimerSet,
-    ToolCallRequested,
     ToolResultInput,
-    YieldRequested,
     limit_error_text,
 )
 from codemode.engine.jsscan import scan_source
 from codemode.errors import EngineError
 from codemode.identifiers import tool_identifiers
-from codemode.model import ImageDetail, ImageItem, TextItem
 
 __all__ = ["V8Engine"]
 
@@ -94,12 +88,46 @@ def _enter_context(manager: Any) -> Any:
         return manager.__enter__()
 
 
+class _Bridge:
+    """The host's handles on the prelude's bridge functions (docs/safety.md).
+
+    The prelude returns its bridge as the completion value of its script, so no global names
+    it: only these handles reach it, and a cell can neither call nor re-boot it. Every call
+    passes its data as string arguments (never spliced into source: no compilation, nothing in
+    the compilation cache) and is an abandonable mini-racer task, like ``eval_cancelable``.
+    """
+
+    def __init__(self, context: Any, bridge: Any, arrays: Any) -> None:
+        self.context = context
+        self.bridge = bridge
+        self.start = bridge["start"]
+        self.step = bridge["step"]
+        self.drain = bridge["drain"]
+        # Reused argument arrays, one per arity (setting a slot is one quick native call).
+        self.argv: tuple[Any, ...] = (arrays[0], arrays[1], None, arrays[2])
+
+    async def call(self, fn: Any, *args: str) -> Any:
+        argv = self.argv[len(args)]
+        for i, arg in enumerate(args):
+            argv[i] = arg
+        ctx = self.context
+        # mini-racer 0.14.1 internals (pinned): `call_function_cancelable` minus its per-call
+        # argument array, which it builds with a blocking eval.
+        return await ctx._run_cancelable_mr_task(
+            ctx._dll.mr_call_function,
+            fn.raw_handle.raw,
+            self.bridge.raw_handle.raw,
+            argv.raw_handle.raw,
+        )
+
+
 class _Isolate:
     """One mini-racer context (an isolate on a thread of its own) with the prelude evaluated."""
 
     def __init__(self, manager: Any, context: Any) -> None:
         self.manager: Any | None = manager
         self.context = context
+        self.bridge: _Bridge | None = None
 
     def free(self) -> None:
         """Release the isolate and its thread, without blocking: the native teardown runs on
@@ -182,11 +210,15 @@ async def _new_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
     isolate = _Isolate(manager, context)
     try:
         context.set_hard_memory_limit(_POOL_HEAP_LIMIT)
-        await context.eval_cancelable(f"{PRELUDE}\n//# sourceURL=codemode-prelude.js")
+        bridge_object = await context.eval_cancelable(
+            f"{PRELUDE}\n//# sourceURL=codemode-prelude.js"
+        )
+        arrays = await context.eval_cancelable("[[], [0], [0, 0, 0]]")
+        bridge = isolate.bridge = _Bridge(context, bridge_object, arrays)
         # A throwaway cell compiles the prelude's hot paths now rather than in a real cell's
         # first step (about 0.4 ms); `boot` resets every piece of per-cell state.
-        await context.eval_cancelable(_WARM_UP)
-        await context.eval_cancelable("__codemode.drain()")
+        await bridge.call(bridge.start, *_WARM_UP)
+        await bridge.call(bridge.drain)
     except BaseException:
         isolate.free()
         raise
@@ -199,15 +231,14 @@ def _free_if_created(future: asyncio.Future[Any], manager: Any) -> None:
 
 
 _WARM_UP = (
-    '__codemode.boot({"pausable": false, "limits": {"maxToolCalls": 10, "maxParallel": 10, '
-    '"maxOutputBytes": 4096, "maxExternalBytes": 4096}, "stored": {"k": 1}, '
-    '"tools": [{"name": "t", "ident": "t", "kind": "function", "description": ""}]});'
-    "__codemode.run("
-    + json.dumps(
-        'text("w"); console.log("w", 1); store("k", load("k")); yield_control();'
-        'clearTimeout(setTimeout(() => {}, 1)); tools.t({a: 1}); await tools.t({});'
-    )
-    + ");"
+    '{"pausable": false, "limits": {"maxToolCalls": 10, "maxParallel": 10, '
+    '"maxOutputBytes": 4096, "maxExternalBytes": 4096, "maxStoredBytes": 4096}, '
+    '"storedBytes": 7, "tools": [{"name": "t", "ident": "t", "kind": "function", '
+    '"description": ""}]}',
+    '{"k":1}',
+    'text("w"); console.log("w", 1); store("k", load("k")); yield_control();'
+    "clearTimeout(setTimeout(() => {}, 1)); setTimeout(() => {}, 1); tools.t({a: 1});"
+    "await tools.t({});",
 )
 
 # The prelude needs far less than this; the cell's own limit is set when it takes the isolate.
@@ -351,16 +382,23 @@ class _V8Cell(EngineCell):
         self._inflight: asyncio.Task[Any] | None = None
         self._out_of_cpu = False
         self._cpu_used = 0.0
+        assert isolate.bridge is not None
+        self._bridge = isolate.bridge
         self._context.set_hard_memory_limit(boot.limits.max_heap_bytes)
-        self._boot_code = self._render_boot()  # serialised at admission: the snapshot is fixed
+        self._stored = StoredSnapshot.from_values(boot.stored)
+        self._authority = CellAuthority(
+            boot.tools, boot.limits, pausable=boot.pausable, stored=self._stored
+        )
+        self._boot_config = self._render_boot()  # serialised at admission: the snapshot is fixed
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     def _render_boot(self) -> str:
-        """The call that installs this cell's tools, stored values and limits. It runs in the
-        same eval as the body's start: one crossing fewer per cell."""
+        """The configuration that installs this cell's tools and limits. It is given to the
+        same bridge call as the body's start (one crossing fewer per cell), with the stored
+        values' JSON text beside it, parsed inside the cell."""
         b = self._boot
         idents = tool_identifiers(t.name for t in b.tools)
         config = {
@@ -370,14 +408,15 @@ class _V8Cell(EngineCell):
                 "maxParallel": b.limits.max_parallel_tool_calls,
                 "maxOutputBytes": b.limits.max_output_bytes,
                 "maxExternalBytes": b.limits.max_heap_bytes,
+                "maxStoredBytes": b.limits.max_stored_bytes,
             },
+            "storedBytes": self._stored.total_bytes,
             "tools": [
                 {"name": t.name, "ident": ident, "kind": str(t.kind), "description": t.description}
                 for t, ident in zip(b.tools, idents, strict=True)
             ],
-            "stored": dict(b.stored),
         }
-        return f"__codemode.boot({_dumps(config)});"
+        return _dumps(config)
 
     async def run(self) -> StepReport:
         scan = scan_source(self._boot.source)
@@ -385,9 +424,12 @@ class _V8Cell(EngineCell):
             self.close()
             text = f"SyntaxError: Unsupported import in exec: {scan.static_import}"
             return StepReport((), (), Settlement(text))
-        return await self._command(f"{self._boot_code}__codemode.run({_dumps(scan.source)})")
+        stored_json = self._stored.json_text()
+        bridge = self._bridge
+        return await self._command(bridge.start, self._boot_config, stored_json, scan.source)
 
     async def step(self, inputs: Sequence[StepInput]) -> StepReport:
+        self._authority.inputs(inputs)
         parts = []
         for item in inputs:
             if isinstance(item, ToolResultInput):
@@ -398,7 +440,7 @@ class _V8Cell(EngineCell):
                     parts.append(f'["r","{item.call_id}",false,{_dumps(item.message)}]')
             else:
                 parts.append(f'["t",{int(item.timer_id)}]')
-        return await self._command(f"__codemode.step([{','.join(parts)}])")
+        return await self._command(self._bridge.step, f"[{','.join(parts)}]")
 
     async def stop(self) -> tuple[EngineEvent, ...]:
         if self._closed:
@@ -424,17 +466,17 @@ class _V8Cell(EngineCell):
 
     # ------------------------------------------------------------------ internals
 
-    async def _command(self, code: str) -> StepReport:
+    async def _command(self, fn: Any, *args: str) -> StepReport:
         """Run one step and the drain that follows it (microtasks run between the two)."""
         cpu_before = self._cpu_used
         try:
-            await self._eval(code)
-            raw = await self._eval("__codemode.drain()")
+            await self._eval(fn, *args)
+            raw = await self._eval(self._bridge.drain)
         except _LimitExceeded as exc:
             report = await self._salvage(Settlement(limit_error_text(self._limits, exc.field_name)))
             self.close()
             return report
-        report = self._parse(raw, self._cpu_used - cpu_before)
+        report = await self._parse(raw, self._cpu_used - cpu_before)
         if report.settlement is not None:
             self.close()  # after completion no JavaScript of the cell runs (SPEC 2.1)
         return report
@@ -457,31 +499,33 @@ class _V8Cell(EngineCell):
             return None
         try:
             raw = await asyncio.wait_for(
-                self._context.eval_cancelable("__codemode.drain()"), _SALVAGE_TIMEOUT
+                self._bridge.call(self._bridge.drain), _SALVAGE_TIMEOUT
             )
-            return self._parse(raw, 0.0)
+            return await self._parse(raw, 0.0)
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.debug("nothing salvaged from cell %s", self._boot.cell_id, exc_info=True)
             return None
 
-    async def _eval(self, code: str) -> Any:
-        """Run ``code`` in the isolate within the cell's remaining CPU budget.
+    async def _eval(self, fn: Any, *args: str) -> Any:
+        """Call the bridge function ``fn`` within the cell's remaining CPU budget.
 
-        Cancelling the caller abandons the eval, which terminates the running JavaScript.
+        Cancelling the caller abandons the call, which terminates the running JavaScript. A
+        heap-limit hit anywhere in it (microtasks included, which V8 runs at the end of the call)
+        is a ``max_heap_bytes`` limit, even when the call itself came back normally.
         """
         if self._closed:
             raise EngineLost("the cell's engine was closed")
         remaining = max(self._limits.max_cpu_seconds - self._cpu_used, 0.0)
         loop = asyncio.get_running_loop()
-        task: asyncio.Task[Any] = loop.create_task(self._context.eval_cancelable(code))
+        task: asyncio.Task[Any] = loop.create_task(self._bridge.call(fn, *args))
         self._inflight = task
         self._out_of_cpu = False
         deadline = loop.call_later(remaining, self._cpu_deadline, task)
         started = time.perf_counter()
         try:
-            return await task  # a cancelled caller cancels the eval too
+            result = await task  # a cancelled caller cancels the eval too
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
@@ -494,70 +538,29 @@ class _V8Cell(EngineCell):
 
             if isinstance(exc, JSOOMException):
                 raise _LimitExceeded("max_heap_bytes") from exc
+            if self._context.was_hard_memory_limit_reached():
+                raise _LimitExceeded("max_heap_bytes") from exc
             raise EngineLost(f"{type(exc).__name__}: {exc}") from exc
         finally:
             deadline.cancel()
             if task.done():
                 self._inflight = None  # else `stop` waits for the abandoned step to end
             self._cpu_used += time.perf_counter() - started
+        if self._context.was_hard_memory_limit_reached():
+            raise _LimitExceeded("max_heap_bytes")
+        return result
 
     def _cpu_deadline(self, task: asyncio.Task[Any]) -> None:
         self._out_of_cpu = True
         task.cancel()
 
-    def _parse(self, raw: Any, cpu_seconds: float) -> StepReport:
-        """Validate a drain; anything malformed means the bridge was broken from inside."""
-        try:
-            data = json.loads(raw)
-            events = tuple(_event(ev) for ev in data["ev"])
-            pending = data["pending"]
-            if pending is None:
-                pending = []
-            elif not isinstance(pending, list) or not all(isinstance(p, str) for p in pending):
-                raise ValueError("bad pending list")
-            settled = data["settled"]
-            settlement: Settlement | None = None
-            if settled is not None:
-                if settled.get("ok") is True:
-                    settlement = Settlement(None)
-                elif isinstance(settled.get("limit"), str):
-                    field_name = settled["limit"]
-                    if not hasattr(self._limits, field_name):
-                        raise ValueError(f"unknown limit {field_name!r}")
-                    settlement = Settlement(limit_error_text(self._limits, field_name))
-                else:
-                    settlement = Settlement(str(settled.get("error", "uncaught exception")))
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-            raise EngineLost(f"malformed report from the cell environment: {exc}") from exc
-        pending_sorted = tuple(sorted(pending, key=_call_number))
-        return StepReport(events, pending_sorted, settlement, cpu_seconds)
+    async def _parse(self, raw: Any, cpu_seconds: float) -> StepReport:
+        """Check a drain report on the host (:class:`CellAuthority`); a large one on a worker
+        thread, decoded event by event, so the event loop keeps getting the GIL."""
+        if isinstance(raw, str) and len(raw) > _THREAD_REPORT_CHARS:
+            return await asyncio.to_thread(self._authority.accept_raw, raw, cpu_seconds)
+        return self._authority.accept_raw(raw, cpu_seconds)
 
 
-def _call_number(call_id: str) -> tuple[int, str]:
-    _, _, n = call_id.partition("-")
-    return (int(n), call_id) if n.isdigit() else (0, call_id)
-
-
-def _event(ev: Any) -> EngineEvent:
-    tag = ev[0]
-    if tag == "text":
-        return OutputProduced(TextItem(str(ev[1])))
-    if tag == "image":
-        return OutputProduced(ImageItem(str(ev[1]), ImageDetail(ev[2])))
-    if tag == "call":
-        call_id = ev[1]
-        # Ids are embedded unescaped in later steps: accept only the prelude's own "tool-N".
-        if not (isinstance(call_id, str) and call_id[:5] == "tool-" and call_id[5:].isdigit()):
-            raise ValueError(f"bad call id {call_id!r}")
-        return ToolCallRequested(call_id, int(ev[2]), ev[3])
-    if tag == "notify":
-        return NotifyRequested(str(ev[1]))
-    if tag == "yield":
-        return YieldRequested()
-    if tag == "timer":
-        return TimerSet(int(ev[1]), float(ev[2]) / 1000.0)
-    if tag == "clear":
-        return TimerCleared(int(ev[1]))
-    if tag == "store":
-        return StoreWritten(str(ev[1]), ev[2])
-    raise ValueError(f"unknown event {tag!r}")
+# Drain reports longer than this are checked on a worker thread.
+_THREAD_REPORT_CHARS = 64 * 1024
