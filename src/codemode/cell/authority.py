@@ -103,6 +103,16 @@ def _loads(text: str) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
+_HEAD = '{"ev":['
+
+
+def _raw_decode(text: str, index: int) -> tuple[Any, int]:
+    try:
+        return _decoder.raw_decode(text, index)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def _utf8(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
@@ -218,19 +228,56 @@ class CellAuthority:
             self._ended = True
         return StepReport(tuple(events), pending_ids, settlement, cpu_seconds)
 
+    def salvage(self, items: Sequence[tuple[int, str]]) -> tuple[EngineEvent, ...]:
+        """Output read from a stopped cell's journal (kind 1: text; kind 2: ``detail url``),
+        checked like reported output; stops at the first item that breaks a rule."""
+        events: list[EngineEvent] = []
+        try:
+            for kind, text in items:
+                if kind == 1:
+                    events.append(self._event(["text", text]))
+                elif kind == 2:
+                    detail, _, url = text.partition(" ")
+                    events.append(self._event(["image", url, detail]))
+                else:
+                    break
+        except ReportRefused:
+            pass
+        return tuple(events)
+
     def _end(self, events: tuple[EngineEvent, ...], text: str, cpu: float) -> StepReport:
         self._ended = True
         return StepReport(events, (), Settlement(text), cpu)
 
     @staticmethod
     def _decode(raw: str) -> tuple[Any, Any, Any]:
+        """Decode ``{"ev":[...],"pending":...,"settled":...}`` event by event (so a worker
+        thread decoding a large report gives the GIL back between events)."""
         try:
-            data = _loads(raw)
+            if not raw.startswith(_HEAD):
+                raise ValueError("not a drain object")
+            events: list[Any] = []
+            i = len(_HEAD)
+            if raw.startswith("]", i):
+                i += 1
+            else:
+                while True:
+                    event, i = _raw_decode(raw, i)
+                    events.append(event)
+                    sep = raw[i : i + 1]
+                    i += 1
+                    if sep == "]":
+                        break
+                    if sep != ",":
+                        raise ValueError("events not separated by commas")
+            if not raw.startswith(",", i):
+                raise ValueError("not a drain object")
+            rest = _loads("{" + raw[i + 1 :])
         except ValueError as exc:
-            raise _refuse(f"malformed JSON ({exc})") from None
-        if not isinstance(data, dict) or set(data) != {"ev", "pending", "settled"}:
+            raise _refuse(f"malformed JSON ({str(exc)[:80]})") from None
+        if not isinstance(rest, dict) or set(rest) != {"pending", "settled"}:
             raise _refuse("not a drain object")
-        return data["ev"], data["pending"], data["settled"]
+        return events, rest["pending"], rest["settled"]
 
     # ------------------------------------------------------------------ one event
 

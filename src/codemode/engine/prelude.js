@@ -55,6 +55,8 @@
   // Hardening (docs/safety.md): the bridge's own state never goes through a method or accessor
   // the cell could replace after the prelude ran; the host re-checks every report anyway.
   const MathMax = Math.max;
+  const Uint16ArrayCtor = Uint16Array;
+  const Uint32ArrayCtor = Uint32Array;
   const ObjectHasOwn = Object.prototype.hasOwnProperty;
   const uncurry = (f) => (self, ...args) => ReflectApply(f, self, args);
   const getter = (proto, name) => uncurry(Object.getOwnPropertyDescriptor(proto, name).get);
@@ -140,7 +142,39 @@
     for (let i = 0; i < head.length; i++) s += (i === 0 ? "" : ",") + JSONstringify(head[i]);
     return s;
   };
-  const emit = (ev) => { push(headText(ev) + "]"); };
+  const emit = (ev) => {
+    push(headText(ev) + "]");
+    if (ev[0] === "text") journalWrite(1, ev[1]);
+    else if (ev[0] === "image") journalWrite(2, ev[2] + " " + ev[1]);
+  };
+
+  // The output journal: output events since the last drain, also written as UTF-16 records
+  // into a buffer whose memory the host reads directly. When a cell spins in a continuation
+  // (V8 runs those after the host's call returned, where stopping it also stops any drain),
+  // the host still salvages what it wrote. Records: [kind, length low, length high, units...];
+  // units 0-1 (one 32-bit word, written last) hold the committed end.
+  let journal = null;
+  let journalEnd = null;
+  let journalAt = 2;
+  const charCodeAt = uncurry(String.prototype.charCodeAt);
+  function journalReset(units) {
+    const buffer = new IntrinsicArrayBuffer(units * 2);
+    journal = new Uint16ArrayCtor(buffer);
+    journalEnd = new Uint32ArrayCtor(buffer, 0, 1);
+    journalAt = 2;
+    return buffer;
+  }
+  function journalWrite(kind, s) {
+    if (journal === null) return;
+    const n = s.length;
+    if (journalAt + 3 + n > journal.length) return;  // full: the drain still has them
+    journal[journalAt] = kind;
+    journal[journalAt + 1] = n & 0xffff;
+    journal[journalAt + 2] = n >>> 16;
+    for (let i = 0; i < n; i++) journal[journalAt + 3 + i] = charCodeAt(s, i);
+    journalAt += 3 + n;
+    journalEnd[0] = journalAt;
+  }
   // `json` is already JSON text: embed it as it is.
   const emitRaw = (head, json) => { push(headText(head) + "," + json + "]"); };
 
@@ -633,9 +667,13 @@
       );
     },
 
+    // Returns the output journal's buffer (the host keeps a view of its memory).
     start(configText, storedText, source) {
       bridge.boot(configText, storedText);
+      const units = MathMax(2 * limits.maxOutputBytes + 1024, 1024);
+      const buffer = journalReset(units > 8388608 ? 8388608 : units);
       bridge.run(source);
+      return buffer;
     },
 
     step(inputsText) {
@@ -670,6 +708,7 @@
       const events = outbox;
       outbox = "";
       lastYield = false;
+      if (journal !== null) { journalAt = 2; journalEnd[0] = 2; }
       let ids = "null";
       if (pausable) {
         ids = "";

@@ -76,11 +76,13 @@ class _LimitExceeded(Exception):
 _dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
 
 
-# mini-racer context creation and teardown must never run concurrently: creating the process's
-# first isolates on several threads at once aborted the whole process inside V8
+# mini-racer context creation must never run concurrently: creating the process's first
+# isolates on several threads at once aborted the whole process inside V8
 # ("FATAL partition_address_space.cc: Check failed: !IsConfigurablePoolInitialized()"), seen
-# when the pool filled on worker threads. Both take a few milliseconds, so one lock costs little.
+# when the pool filled on worker threads. Creation takes a few milliseconds, so one lock costs
+# little. Teardown takes its own lock (see _exit_context).
 _NATIVE_LOCK = threading.Lock()
+_FREE_LOCK = threading.Lock()
 
 
 def _enter_context(manager: Any) -> Any:
@@ -139,8 +141,12 @@ class _Isolate:
 
 
 def _exit_context(manager: Any) -> None:
+    # Not under the native lock: freeing a context waits for its isolate's thread, which may be
+    # stuck for seconds in a long native builtin (JSON.parse, normalize) before it notices the
+    # termination; holding the lock meanwhile blocked every other session's cell creation.
+    # Creation still never runs concurrently with creation; frees run one at a time (reaper).
     try:
-        with _NATIVE_LOCK:
+        with _FREE_LOCK:
             manager.__exit__(None, None, None)
     except Exception:  # pragma: no cover - native teardown failure
         logger.exception("freeing a V8 context failed")
@@ -390,6 +396,7 @@ class _V8Cell(EngineCell):
             boot.tools, boot.limits, pausable=boot.pausable, stored=self._stored
         )
         self._boot_config = self._render_boot()  # serialised at admission: the snapshot is fixed
+        self._journal: memoryview | None = None  # the output journal's memory (see prelude)
 
     @property
     def closed(self) -> bool:
@@ -452,9 +459,24 @@ class _V8Cell(EngineCell):
             await asyncio.wait({inflight}, timeout=_SALVAGE_TIMEOUT)
         try:
             report = await self._drain_stopped()
+            events = report.events if report is not None else self._read_journal()
         finally:
             self.close()
-        return report.events if report is not None else ()
+        return events
+
+    def _read_journal(self) -> tuple[EngineEvent, ...]:
+        """The output the cell wrote since its last drain, read from the journal's memory
+        without running JavaScript (the isolate may be spinning in a continuation, where
+        stopping it also stops any drain). Only while the isolate lives: never after close."""
+        view = self._journal
+        if view is None or self._closed:
+            return ()
+        try:
+            data = bytes(view)  # one copy; the cell may still be writing past the end mark
+            return self._authority.salvage(_journal_items(data))
+        except Exception:  # pragma: no cover - a journal is best effort
+            logger.debug("journal of cell %s unreadable", self._boot.cell_id, exc_info=True)
+            return ()
 
     def close(self) -> None:
         if self._closed:
@@ -470,7 +492,9 @@ class _V8Cell(EngineCell):
         """Run one step and the drain that follows it (microtasks run between the two)."""
         cpu_before = self._cpu_used
         try:
-            await self._eval(fn, *args)
+            value = await self._eval(fn, *args)
+            if isinstance(value, memoryview) and fn is self._bridge.start:
+                self._journal = value
             raw = await self._eval(self._bridge.drain)
         except _LimitExceeded as exc:
             report = await self._salvage(Settlement(limit_error_text(self._limits, exc.field_name)))
@@ -486,7 +510,7 @@ class _V8Cell(EngineCell):
         A limit the prelude itself reported in that drain is the more precise settlement."""
         report = await self._drain_stopped()
         if report is None:
-            return StepReport((), (), settlement)
+            return StepReport(self._read_journal(), (), settlement)
         reported = report.settlement
         if reported is not None and (reported.error_text or "").startswith("exec cell exceeded"):
             settlement = reported
@@ -560,6 +584,25 @@ class _V8Cell(EngineCell):
         if isinstance(raw, str) and len(raw) > _THREAD_REPORT_CHARS:
             return await asyncio.to_thread(self._authority.accept_raw, raw, cpu_seconds)
         return self._authority.accept_raw(raw, cpu_seconds)
+
+
+def _journal_items(data: bytes) -> list[tuple[int, str]]:
+    """Decode journal records up to the committed end (see the prelude's output journal)."""
+    units = len(data) // 2
+    end = min(int.from_bytes(data[0:4], "little"), units)
+    items: list[tuple[int, str]] = []
+    at = 2
+    while at + 3 <= end:
+        kind = int.from_bytes(data[2 * at : 2 * at + 2], "little")
+        n = int.from_bytes(data[2 * at + 2 : 2 * at + 4], "little")
+        n |= int.from_bytes(data[2 * at + 4 : 2 * at + 6], "little") << 16
+        start = at + 3
+        if start + n > end:
+            break
+        text = data[2 * start : 2 * (start + n)].decode("utf-16-le", "surrogatepass")
+        items.append((kind, text))
+        at = start + n
+    return items
 
 
 # Drain reports longer than this are checked on a worker thread.
