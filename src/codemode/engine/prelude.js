@@ -60,6 +60,7 @@
   const ObjectHasOwn = Object.prototype.hasOwnProperty;
   const uncurry = (f) => (self, ...args) => ReflectApply(f, self, args);
   const getter = (proto, name) => uncurry(Object.getOwnPropertyDescriptor(proto, name).get);
+  const promiseThen = uncurry(Promise.prototype.then);
   const mapGet = uncurry(Map.prototype.get);
   const mapSet = uncurry(Map.prototype.set);
   const mapHas = uncurry(Map.prototype.has);
@@ -471,17 +472,21 @@
   // V8's heap limit does not see ArrayBuffer backing stores (ENGINE-NOTES 2), so every way of
   // allocating one goes through `account`, which holds live bytes to limits.maxExternalBytes.
   // Live bytes are found by sweeping weak references after a full GC when the budget runs out.
+  // Every method and accessor used here was captured before the cell ran, and the records live
+  // in a Map wrapper, so a cell that replaces WeakRef/WeakSet methods, ArrayBuffer accessors,
+  // Symbol.hasInstance or Array.prototype cannot switch the accounting off.
   let externalBytes = 0;
-  let externalRecords = [];
+  let externalRecords = makeMap();  // serial -> {ref, n}
+  let recordSerial = 0;
   let sweepAt = 1024;
   const accounted = new WeakSetCtor();
 
   function sweep() {
-    const kept = [];
+    const kept = makeMap();
     let total = 0;
-    for (const rec of externalRecords) {
-      if (rec.ref.deref() !== undefined) { kept.push(rec); total += rec.n; }
-    }
+    externalRecords.forEach((rec, serial) => {
+      if (weakRefDeref(rec.ref) !== undefined) { kept.set(serial, rec); total += rec.n; }
+    });
     externalRecords = kept;
     externalBytes = total;
   }
@@ -494,17 +499,31 @@
     if (externalBytes + n > limits.maxExternalBytes) failLimit("max_heap_bytes");
   }
 
-  function account(buffer) {
-    if (!(buffer instanceof IntrinsicArrayBuffer) || accounted.has(buffer)) return;
-    const n = buffer.resizable ? buffer.maxByteLength : buffer.byteLength;
-    reserve(n);
-    accounted.add(buffer);
-    externalBytes += n;
-    externalRecords.push({ ref: new WeakRefCtor(buffer), n });
-    if (externalRecords.length > sweepAt) {
-      sweep();
-      sweepAt = Math.max(1024, externalRecords.length * 2);
+  // The bytes a buffer holds or may grow to; -1 when `buffer` is no ArrayBuffer (brand check
+  // through the captured accessors, never instanceof).
+  function bufferBytes(buffer) {
+    try {
+      return bufferResizable(buffer) ? bufferMaxByteLength(buffer) : bufferByteLength(buffer);
+    } catch (_) {
+      return -1;
     }
+  }
+
+  function account(buffer) {
+    const n = bufferBytes(buffer);
+    if (n < 0 || weakSetHas(accounted, buffer)) return;
+    reserve(n);
+    weakSetAdd(accounted, buffer);
+    externalBytes += n;
+    externalRecords.set(++recordSerial, { ref: new WeakRefCtor(buffer), n });
+    if (externalRecords.size > sweepAt) {
+      sweep();
+      sweepAt = MathMax(1024, externalRecords.size * 2);
+    }
+  }
+
+  function viewBuffer(view) {
+    try { return typedArrayBuffer(view); } catch (_) { return null; }
   }
 
   function requestedLength(v) {
@@ -517,23 +536,26 @@
     if (typeof Intrinsic !== "function") return;
     const isBuffer = name === "ArrayBuffer";
     const bytesPerElement = isBuffer ? 1 : Intrinsic.BYTES_PER_ELEMENT;
+    // A handler without a prototype: a trap the cell adds to Object.prototype never runs (it
+    // would be handed the intrinsic constructor).
     const wrapper = new ProxyCtor(Intrinsic, {
+      __proto__: null,
       construct(target, args, newTarget) {
         const a0 = args[0];
         if (isBuffer) {
           let n = requestedLength(a0);
           const opts = args[1];
           if (opts !== null && typeof opts === "object" && opts.maxByteLength !== undefined) {
-            n = Math.max(n, requestedLength(opts.maxByteLength));
+            n = MathMax(n, requestedLength(opts.maxByteLength));
           }
           reserve(n);
         } else if (a0 === null || typeof a0 !== "object") {
           reserve(requestedLength(a0) * bytesPerElement);
-        } else if (!(a0 instanceof IntrinsicArrayBuffer)) {
+        } else if (bufferBytes(a0) < 0) {
           reserve(requestedLength(a0.length) * bytesPerElement);
         }
         const obj = ReflectConstruct(target, args, newTarget === wrapper ? target : newTarget);
-        account(isBuffer ? obj : obj.buffer);
+        account(isBuffer ? obj : viewBuffer(obj));
         return obj;
       },
     });
@@ -543,20 +565,23 @@
     ObjectDefineProperty(global, name, {
       value: wrapper, writable: true, configurable: true, enumerable: false,
     });
+    ObjectFreeze(Intrinsic);  // through the proxy, a cell could otherwise redefine its statics
   }
 
-  function wrapResultMethod(proto, method, resultBuffer) {
-    const original = proto[method];
+  // `before(args)` reserves what the call is about to allocate, when that is known up front.
+  function wrapResultMethod(owner, method, resultBuffer, before) {
+    const original = owner[method];
     if (typeof original !== "function") return;
-    ObjectDefineProperty(proto, method, {
+    ObjectDefineProperty(owner, method, {
       value: {
         [method]() {
+          if (before !== undefined) before(arguments);
           const result = ReflectApply(original, this, arguments);
           account(resultBuffer(result));
           return result;
         },
       }[method],
-      writable: true, configurable: true, enumerable: false,
+      writable: false, configurable: false, enumerable: false,
     });
   }
 
@@ -566,10 +591,18 @@
   ];
   const TypedArrayPrototype = Object.getPrototypeOf(Uint8Array.prototype);
   for (const m of ["toReversed", "toSorted", "with", "slice", "map", "filter"]) {
-    wrapResultMethod(TypedArrayPrototype, m, (r) => r.buffer);
+    wrapResultMethod(TypedArrayPrototype, m, viewBuffer);
   }
+  const reserveNewLength = (args) => { if (args.length > 0) reserve(requestedLength(args[0])); };
   for (const m of ["slice", "transfer", "transferToFixedLength"]) {
-    wrapResultMethod(IntrinsicArrayBuffer.prototype, m, (r) => r);
+    wrapResultMethod(IntrinsicArrayBuffer.prototype, m, (r) => r, m === "slice" ? undefined : reserveNewLength);
+  }
+  // Statics that allocate without calling `this` (base64 / hex decoding).
+  for (const m of ["fromBase64", "fromHex"]) {
+    wrapResultMethod(Uint8Array, m, viewBuffer, (args) => {
+      const text = args[0];
+      if (typeof text === "string") reserve(m === "fromHex" ? text.length >>> 1 : ((text.length * 3) >>> 2) + 3);
+    });
   }
   wrapAllocator("ArrayBuffer");
   for (const name of typedArrayNames) wrapAllocator(name);
@@ -618,7 +651,8 @@
       timerSeq = 0;
       outputBytes = 0;
       externalBytes = 0;
-      externalRecords = [];
+      externalRecords = makeMap();
+      recordSerial = 0;
       sweepAt = 1024;
       pausable = config.pausable === true;
       limits = config.limits;
@@ -658,7 +692,8 @@
         settleBody(e, true);
         return;
       }
-      promise.then(
+      promiseThen(
+        promise,
         () => settleBody(undefined, false),
         (e) => {
           if (e === EXIT || e === LIMIT) return;
