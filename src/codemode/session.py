@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from codemode.cell.actor import CellActor
-from codemode.cell.stored import StoredSnapshot
+from codemode.cell.stored import StoredBudgetExceeded, StoredSnapshot
 from codemode.engine.base import CellBoot, Engine, limit_error_text
 from codemode.errors import (
     EngineError,
@@ -132,6 +132,8 @@ class _SessionCore:
         self.alive = True
         self.cells: dict[str, CellActor] = {}
         self.stored = StoredSnapshot()  # immutable; each commit makes a new one
+        # (snapshot, writes, result) of the merge writes_refused just checked
+        self._merged: tuple[StoredSnapshot, dict[str, Any], StoredSnapshot] | None = None
         self.keys: OrderedDict[str, _KeyRecord] = OrderedDict()
         self.admitting_keys: dict[str, asyncio.Future[None]] = {}
         self.admission_tasks: set[asyncio.Task[str]] = set()
@@ -144,12 +146,20 @@ class _SessionCore:
 
     # CellHost
     def commit_writes(self, writes: dict[str, Any]) -> None:
-        # writes_refused was asked first, in this same step; a refusal here is a bug.
-        self.stored = self.stored.merged(writes, self.limits.max_stored_bytes)
+        # writes_refused was asked first, in this same step, and merged them already.
+        merged, self._merged = self._merged, None
+        if merged is not None and merged[0] is self.stored and merged[1] == writes:
+            self.stored = merged[2]
+        else:
+            self.stored = self.stored.merged(writes, self.limits.max_stored_bytes)
 
     def writes_refused(self, writes: dict[str, Any]) -> str | None:
-        if self.stored.total_after(writes) > self.limits.max_stored_bytes:
+        try:
+            merged = self.stored.merged(writes, self.limits.max_stored_bytes)
+        except StoredBudgetExceeded:
+            self._merged = None
             return limit_error_text(self.limits, "max_stored_bytes")
+        self._merged = (self.stored, dict(writes), merged)
         return None
 
     def cell_closed(self, cell_id: str) -> None:

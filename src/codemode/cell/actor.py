@@ -43,6 +43,7 @@ from codemode.engine.base import (
     OutputProduced,
     StepInput,
     StepReport,
+    StoresWritten,
     StoreWritten,
     TimerCleared,
     TimerFired,
@@ -364,6 +365,8 @@ class CellActor:
                 self._apply(machine.yield_requested())
             elif isinstance(ev, StoreWritten):
                 machine.store_written(ev.key, ev.value)
+            elif isinstance(ev, StoresWritten):
+                machine.stores_written(ev.writes)
         self._pending_ids = report.pending_call_ids
         if report.settlement is not None:
             self._apply(machine.body_settled(report.settlement.error_text))

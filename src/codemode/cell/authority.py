@@ -40,7 +40,7 @@ from codemode.engine.base import (
     Settlement,
     StepInput,
     StepReport,
-    StoreWritten,
+    StoresWritten,
     TimerCleared,
     TimerFired,
     TimerSet,
@@ -165,6 +165,7 @@ class CellAuthority:
         self._live_timers: set[int] = set()
         self._last_timer = 0
         self._ended = False
+        self._batch: dict[str, str] = {}  # store writes of the report being checked
 
     # ------------------------------------------------------------------ what the host gave
 
@@ -207,12 +208,15 @@ class CellAuthority:
         if self._ended:
             return StepReport((), (), Settlement(refused_text("a report after the cell ended")))
         events: list[EngineEvent] = []
+        self._batch = {}
         try:
             if not isinstance(events_raw, list):
                 raise _refuse("the events are not a list")
             previous_yield = False
             for ev in events_raw:
                 event = self._event(ev)
+                if event is None:
+                    continue  # a store: batched
                 if isinstance(event, YieldRequested):
                     if previous_yield:
                         continue  # consecutive yields are one
@@ -223,7 +227,9 @@ class CellAuthority:
             pending_ids = self._pending(pending)
             settlement = self._settlement(settled)
         except ReportRefused as exc:
+            self._flush_batch(events)  # writes before the offending event count
             return self._end(tuple(events), exc.error_text, cpu_seconds)
+        self._flush_batch(events)
         if settlement is not None:
             self._ended = True
         return StepReport(tuple(events), pending_ids, settlement, cpu_seconds)
@@ -235,15 +241,22 @@ class CellAuthority:
         try:
             for kind, text in items:
                 if kind == 1:
-                    events.append(self._event(["text", text]))
+                    event = self._event(["text", text])
                 elif kind == 2:
                     detail, _, url = text.partition(" ")
-                    events.append(self._event(["image", url, detail]))
+                    event = self._event(["image", url, detail])
                 else:
                     break
+                if event is not None:
+                    events.append(event)
         except ReportRefused:
             pass
         return tuple(events)
+
+    def _flush_batch(self, events: list[EngineEvent]) -> None:
+        if self._batch:
+            events.append(StoresWritten(self._batch))
+            self._batch = {}
 
     def _end(self, events: tuple[EngineEvent, ...], text: str, cpu: float) -> StepReport:
         self._ended = True
@@ -281,7 +294,7 @@ class CellAuthority:
 
     # ------------------------------------------------------------------ one event
 
-    def _event(self, ev: Any) -> EngineEvent:
+    def _event(self, ev: Any) -> EngineEvent | None:
         if not isinstance(ev, list) or not ev or not isinstance(ev[0], str):
             raise _refuse("an event is not a tagged array")
         tag = ev[0]
@@ -312,7 +325,8 @@ class CellAuthority:
             self._live_timers.discard(timer_id)
             return TimerCleared(timer_id)
         if tag == "store" and n == 3:
-            return self._store(ev[1], ev[2])
+            self._store(ev[1], ev[2])
+            return None
         raise _refuse(f"an unknown or malformed event {tag[:40]!r}")
 
     def _charge(self, text: str) -> None:
@@ -355,14 +369,14 @@ class CellAuthority:
         self._live_timers.add(timer_id)
         return TimerSet(timer_id, float(delay_ms) / 1000.0)
 
-    def _store(self, key: Any, value_json: Any) -> StoreWritten:
+    def _store(self, key: Any, value_json: Any) -> None:
         if not isinstance(key, str) or not isinstance(value_json, str):
             raise _refuse("a store that is not a key and a JSON text")
         try:
             value = _loads(value_json)
         except ValueError as exc:
             raise _refuse(f"stored value {key[:40]!r} is not finite JSON ({exc})") from None
-        if not _depth_at_most(value, MAX_STORED_DEPTH):
+        if value_json[:1] in "[{" and not _depth_at_most(value, MAX_STORED_DEPTH):
             raise _refuse(f"stored value {key[:40]!r} nests deeper than {MAX_STORED_DEPTH}")
         size = entry_bytes(key, value_json)
         before = self._writes.get(key)
@@ -373,7 +387,7 @@ class CellAuthority:
             raise ReportRefused(limit_error_text(self._limits, "max_stored_bytes"))
         self._stored_bytes = total
         self._writes[key] = size
-        return StoreWritten(key, value_json)
+        self._batch[key] = value_json
 
     # ------------------------------------------------------------------ the rest
 
@@ -409,4 +423,3 @@ class CellAuthority:
             if isinstance(error, str):
                 return Settlement(error)
         raise _refuse("a malformed settlement")
-

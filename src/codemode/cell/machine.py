@@ -17,6 +17,7 @@ observer's task resumes; a cancelled observer gives a prepared event back, so no
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,6 +220,11 @@ class CellMachine:
         """The cell stored a value; it is committed with the completion, if ever."""
         if self.phase in (Phase.RUNNING, Phase.SETTLING):
             self._writes[key] = value
+
+    def stores_written(self, writes: Mapping[str, Any]) -> None:
+        """Many ``store_written`` at once, in order."""
+        if self.phase in (Phase.RUNNING, Phase.SETTLING):
+            self._writes.update(writes)
 
     def yield_requested(self) -> list[Effect]:
         """``yield_control()`` (SPEC 4 rules 3 and 5; a no-op for pausable cells)."""

@@ -30,6 +30,7 @@ __all__ = [
     "StepInput",
     "StepReport",
     "StoreWritten",
+    "StoresWritten",
     "TimerCleared",
     "TimerFired",
     "TimerSet",
@@ -101,6 +102,13 @@ class StoreWritten:
     value: Any
 
 
+@dataclass(frozen=True)
+class StoresWritten:
+    """Many stored-value writes at once: key -> the value's JSON text (last write per key)."""
+
+    writes: Mapping[str, str]
+
+
 EngineEvent = (
     ToolCallRequested
     | OutputProduced
@@ -109,6 +117,7 @@ EngineEvent = (
     | TimerSet
     | TimerCleared
     | StoreWritten
+    | StoresWritten
 )
 
 

@@ -61,6 +61,7 @@
   const uncurry = (f) => (self, ...args) => ReflectApply(f, self, args);
   const getter = (proto, name) => uncurry(Object.getOwnPropertyDescriptor(proto, name).get);
   const promiseThen = uncurry(Promise.prototype.then);
+  const PromiseResolve = Promise.resolve;
   const mapGet = uncurry(Map.prototype.get);
   const mapSet = uncurry(Map.prototype.set);
   const mapHas = uncurry(Map.prototype.has);
@@ -120,7 +121,11 @@
   let freshStores = makeMap();  // key -> JSON text, written since the last drain
   let snapshotText = "{}";      // the session's values at admission, parsed on first use
   let snapshot = null;
-  let storedBytes = 0;          // what the cell's view of the stored values costs
+  let storedBytes = 0;          // what the snapshot costs (max_stored_bytes)
+  let ownSizes = makeMap();     // key -> what the cell's own write costs
+  let ownBytes = 0;
+  let creditBytes = 0;          // what the snapshot held under the keys the cell wrote...
+  let creditKnown = false;      // ...once worked out
   let limits = { maxToolCalls: 1000, maxParallel: 100, maxOutputBytes: 1048576, maxExternalBytes: 67108864 };
   let callsIssued = 0;
   const pending = makeMap(); // call id -> {resolve, reject}
@@ -355,9 +360,25 @@
     if (jsonDepth(json) > MAX_STORED_DEPTH) {
       throw new TypeErrorCtor("Unable to store " + JSONstringify(k) + ". Values nested deeper than " + MAX_STORED_DEPTH + " levels cannot be stored.");
     }
-    const total = storedBytes - storedSize(k) + entrySize(k, json);
-    if (total > limits.maxStoredBytes) failLimit("max_stored_bytes");
-    storedBytes = total;
+    // The cell's view costs the snapshot, plus its own writes, minus what the snapshot held
+    // under the keys it overwrote. That credit needs the parsed snapshot, so it is only worked
+    // out once the cheaper upper bound passes the budget.
+    const size = entrySize(k, json);
+    const prev = ownSizes.get(k);
+    const own = ownBytes - (prev === undefined ? 0 : prev) + size;
+    let credit = creditBytes;
+    if (creditKnown && prev === undefined) credit += snapshotSize(k);
+    if (storedBytes + own - credit > limits.maxStoredBytes) {
+      if (!creditKnown) {
+        credit = prev === undefined ? snapshotSize(k) : 0;
+        ownSizes.forEach((_, key) => { credit += snapshotSize(key); });
+        creditKnown = true;
+      }
+      if (storedBytes + own - credit > limits.maxStoredBytes) failLimit("max_stored_bytes");
+    }
+    ownSizes.set(k, size);
+    ownBytes = own;
+    creditBytes = credit;
     stored.set(k, json);
     freshStores.set(k, json);
     return undefined;
@@ -375,9 +396,8 @@
 
   const entrySize = (k, json) => utf8Length(JSONstringify(k)) + 2 + utf8Length(json);
 
-  function storedSize(k) {
-    let json = stored.get(k);
-    if (json === undefined) json = snapshotJSON(k);
+  function snapshotSize(k) {
+    const json = snapshotJSON(k);
     return json === undefined ? 0 : entrySize(k, json);
   }
 
@@ -662,6 +682,10 @@
       snapshotText = typeof storedText === "string" ? storedText : "{}";
       snapshot = null;
       storedBytes = config.storedBytes;
+      ownSizes = makeMap();
+      ownBytes = 0;
+      creditBytes = 0;
+      creditKnown = false;
       const toolsObject = {};
       const all = [];
       toolDefs.forEach((t, index) => {
@@ -687,7 +711,7 @@
       }
       let promise;
       try {
-        promise = PromiseCtor.resolve(typeof body === "function" ? body() : body);
+        promise = ReflectApply(PromiseResolve, PromiseCtor, [typeof body === "function" ? body() : body]);
       } catch (e) {
         settleBody(e, true);
         return;

@@ -111,7 +111,11 @@ class _Bridge:
     async def call(self, fn: Any, *args: str) -> Any:
         argv = self.argv[len(args)]
         for i, arg in enumerate(args):
-            argv[i] = arg
+            if len(arg) > _THREAD_ARG_CHARS:
+                # Copying a large string into the isolate blocks until V8 made it: off the loop.
+                await asyncio.to_thread(argv.__setitem__, i, arg)
+            else:
+                argv[i] = arg
         ctx = self.context
         # mini-racer 0.14.1 internals (pinned): `call_function_cancelable` minus its per-call
         # argument array, which it builds with a blocking eval.
@@ -604,6 +608,9 @@ def _journal_items(data: bytes) -> list[tuple[int, str]]:
         at = start + n
     return items
 
+
+# Arguments longer than this are copied into the isolate from a worker thread.
+_THREAD_ARG_CHARS = 256 * 1024
 
 # Drain reports longer than this are checked on a worker thread.
 _THREAD_REPORT_CHARS = 64 * 1024
