@@ -6,9 +6,11 @@ checks that the authority never raises and never lets anything past a rule.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +33,7 @@ from codemode.engine.base import (
     ToolResultInput,
     YieldRequested,
 )
-from codemode.model import CellLimits, ToolDefinition, ToolKind
+from codemode.model import CellLimits, Completed, TextItem, ToolDefinition, ToolKind
 
 FN = ToolDefinition("fn")
 FREE = ToolDefinition("free", kind=ToolKind.FREEFORM)
@@ -315,3 +317,62 @@ def test_forged_reports_never_break_a_rule(
         assert len(set(report.pending_call_ids)) == len(report.pending_call_ids)
         if report.settlement is not None:
             assert a.ended
+
+
+# ---------------------------------------------------------------------------- wired in V8
+
+
+def _forge(monkeypatch: pytest.MonkeyPatch, forged: str) -> list[str]:
+    """Make the V8 engine read ``forged`` as the first drain after the body started."""
+    from codemode.engine import v8
+
+    original = v8._V8Cell._eval
+    seen: list[str] = []
+
+    async def _eval(self: Any, fn: Any, *args: str) -> Any:
+        result = await original(self, fn, *args)
+        if fn is self._bridge.drain and not seen:
+            seen.append(result)
+            return forged
+        return result
+
+    monkeypatch.setattr(v8._V8Cell, "_eval", _eval)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("forged", "expected"),
+    [
+        (
+            drain([["call", f"tool-{i}", 0, {}] for i in range(1, 5001)]),
+            "exec cell exceeded max_tool_calls (10)",
+        ),
+        (drain([["call", "tool-1", 0, "str"]]), REFUSED),
+        (drain([["call", "tool-1", 3, {"a": 1}]]), REFUSED),  # upper is freeform
+        ('{"ev":[["call","tool-1",0,{"x":NaN}]],"pending":null,"settled":null}', REFUSED),
+        (drain([["call", "tool-1", 0, {}], ["call", "tool-1", 0, {}]]), REFUSED),
+        (drain([["text", ""]] * 100_000), "exec cell exceeded max_output_bytes (1048576)"),
+        ("not json at all", REFUSED),
+    ],
+)
+async def test_the_engine_ends_a_cell_whose_report_breaks_a_rule(
+    monkeypatch: pytest.MonkeyPatch, forged: str, expected: str
+) -> None:
+    from codemode import SessionRuntime
+    from conftest import RecordingDelegate, request
+
+    _forge(monkeypatch, forged)
+    delegate = RecordingDelegate()
+    rt = SessionRuntime(delegate, limits=CellLimits(max_tool_calls=10))
+    try:
+        cell = await rt.create_cell(request("await tools.block({})"))
+        ev = await asyncio.wait_for(rt.wait(cell, 20), 25)
+        assert isinstance(ev, Completed), ev
+        assert ev.error_text is not None and ev.error_text.startswith(expected), ev.error_text
+        assert len(delegate.calls) <= 10  # only calls within every rule reach it
+        assert all(isinstance(c.input, dict) for c in delegate.calls)
+        delegate.release()
+        nxt = await rt.create_cell(request("text(1)"))
+        assert await asyncio.wait_for(rt.wait(nxt, 20), 25) == Completed((TextItem("1"),))
+    finally:
+        await asyncio.wait_for(rt.shutdown(), 10)
