@@ -133,7 +133,7 @@ class _SessionCore:
         self.cells: dict[str, CellActor] = {}
         self.stored = StoredSnapshot()  # immutable; each commit makes a new one
         # (snapshot, writes, result) of the merge writes_refused just checked
-        self._merged: tuple[StoredSnapshot, dict[str, Any], StoredSnapshot] | None = None
+        self._merged: tuple[StoredSnapshot, dict[str, Any], StoredSnapshot | None] | None = None
         self.keys: OrderedDict[str, _KeyRecord] = OrderedDict()
         self.admitting_keys: dict[str, asyncio.Future[None]] = {}
         self.admission_tasks: set[asyncio.Task[str]] = set()
@@ -148,18 +148,29 @@ class _SessionCore:
     def commit_writes(self, writes: dict[str, Any]) -> None:
         # writes_refused was asked first, in this same step, and merged them already.
         merged, self._merged = self._merged, None
-        if merged is not None and merged[0] is self.stored and merged[1] == writes:
+        if (
+            merged is not None
+            and merged[2] is not None
+            and merged[0] is self.stored
+            and merged[1] == writes
+        ):
             self.stored = merged[2]
         else:
             self.stored = self.stored.merged(writes, self.limits.max_stored_bytes)
 
-    def writes_refused(self, writes: dict[str, Any]) -> str | None:
+    def prepare_writes(self, writes: dict[str, Any]) -> Any:
+        base = self.stored
         try:
-            merged = self.stored.merged(writes, self.limits.max_stored_bytes)
+            return (base, writes, base.merged(writes, self.limits.max_stored_bytes))
         except StoredBudgetExceeded:
-            self._merged = None
+            return (base, writes, None)
+
+    def writes_refused(self, writes: dict[str, Any], prepared: Any = None) -> str | None:
+        if prepared is None or prepared[0] is not self.stored or prepared[1] != writes:
+            prepared = self.prepare_writes(dict(writes))
+        self._merged = prepared
+        if prepared[2] is None:
             return limit_error_text(self.limits, "max_stored_bytes")
-        self._merged = (self.stored, dict(writes), merged)
         return None
 
     def cell_closed(self, cell_id: str) -> None:
