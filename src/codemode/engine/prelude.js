@@ -1,11 +1,13 @@
 // The cell environment of codemode (SPEC section 2), evaluated once in every fresh V8 context.
 //
-// The host talks to this file only through `globalThis.__codemode`, with JSON in and JSON out:
+// The host talks to this file only through the bridge object this script evaluates to (no global
+// names it, so a cell cannot reach it), with strings in (parsed here) and JSON text out:
 //
-//   __codemode.boot(config)   install tools, stored values and limits; returns nothing
-//   __codemode.run(source)    compile the cell body and start it; returns nothing
-//   __codemode.step(inputs)   apply tool results and fire timers, in the given order
-//   __codemode.drain()        a JSON string: {ev: [...], pending: [...], settled: ...}
+//   bridge.start(config, stored, source)  install tools and limits, the stored values' JSON
+//                                         text, compile the body and start it; returns the
+//                                         output journal's buffer
+//   bridge.step(inputs)                   apply tool results and fire timers, in order
+//   bridge.drain()                        {ev: [...], pending: [...], settled: ...} as JSON text
 //
 // JavaScript runs only while the host is inside one of these calls, and V8 flushes microtasks at
 // the end of each call, so after a drain the cell is quiescent: `pending` lists exactly the tool
@@ -20,12 +22,15 @@
 //   ["yield"]                          yield_control() (continuing cells only)
 //   ["timer", id, delayMs]             setTimeout
 //   ["clear", id]                      clearTimeout of a live timer
-//   ["store", key, value]              store(key, value)
+//   ["store", key, valueJSON]          store(key, value), the value's JSON as a string
+// Timers set and stores written since the last drain are emitted by the drain (a timer cleared
+// before then never reaches the host; a key's last write wins). The host re-checks everything
+// (codemode.cell.authority); the checks here are the fast, friendly first line.
 // `pending` is only reported for pausable cells (a continuing cell never takes a frontier).
 // `settled` is null while the body runs, else {ok: true} or {ok: false, error: text} or
 // {ok: false, limit: fieldName}.
-// Each event is kept as JSON text from the moment it is emitted, with tool inputs and stored
-// values embedded as the JSON they were converted to, so the host decodes every value once.
+// Each event is kept as JSON text from the moment it is emitted, with tool inputs embedded as the
+// JSON they were converted to, so the host decodes every value once.
 (function (global) {
   "use strict";
 
