@@ -182,6 +182,82 @@ async def test_overriding_builtins_changes_nothing_the_host_accepts(
     await next_cell_works(rt)
 
 
+# ---------------------------------------------------------------------------- every route
+
+
+PNG = "data:image/png;base64," + "A" * 200
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        'for (;;) text("é".repeat(100))',
+        'for (;;) console.log("x", "é".repeat(100))',
+        'for (;;) notify("n".repeat(100))',
+        f'for (;;) image("{PNG}")',
+        f'for (;;) image({{type: "image", data: "{"A" * 200}", mimeType: "image/png"}})',
+        'await tools.echo({}); for (;;) text("")',
+        'setTimeout(() => { for (;;) console.error("") }, 1); await tools.block({})',
+        'String.prototype.charCodeAt = () => 65; for (;;) text("é".repeat(100))',
+    ],
+)
+async def test_output_limit_on_every_route(
+    make_rt: Callable[..., SessionRuntime], delegate: RecordingDelegate, source: str
+) -> None:
+    rt = make_rt(CellLimits(max_output_bytes=4096))
+    async with heartbeat():
+        ev = await finish(rt, source)
+    assert ev.error_text == "exec cell exceeded max_output_bytes (4096)", ev.error_text
+    cost = 0
+    for item in ev.items:
+        content = item.text if isinstance(item, TextItem) else item.image_url
+        cost += max(len(content.encode()), 16)
+    assert cost <= 4096
+    delegate.release()
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "for (;;) await tools.echo({})",
+        "await Promise.all(Array.from({length: 50}, (_, i) => tools.echo({i})))",
+        "for (let i = 0; i < 50; i++) setTimeout(() => tools.echo({i}), 0); await tools.block({})",
+        "await tools.echo({}).then(async () => { for (;;) await tools.echo({}) })",
+        "for (let i = 0; i < 50; i++) { try { await tools.upper('x') } catch (e) {} }",
+    ],
+)
+async def test_call_limit_on_every_route(
+    make_rt: Callable[..., SessionRuntime], delegate: RecordingDelegate, source: str
+) -> None:
+    rt = make_rt(CellLimits(max_tool_calls=8))
+    async with heartbeat():
+        ev = await finish(rt, source)
+    assert ev.error_text == "exec cell exceeded max_tool_calls (8)", ev.error_text
+    assert len(delegate.calls) <= 8
+    delegate.release()
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "while (true) {}",
+        "await tools.echo({}); while (true) {}",
+        "setTimeout(() => { while (true) {} }, 1); await tools.block({})",
+        "await Promise.resolve().then(() => { while (true) {} })",
+    ],
+)
+async def test_cpu_limit_on_every_route(
+    make_rt: Callable[..., SessionRuntime], delegate: RecordingDelegate, source: str
+) -> None:
+    rt = make_rt(CellLimits(max_cpu_seconds=0.5))
+    async with heartbeat():
+        ev = await finish(rt, 'text("before");' + source)
+    assert ev.error_text == "exec cell exceeded max_cpu_seconds (0.5)", ev.error_text
+    assert ev.items == (TextItem("before"),)
+    delegate.release()
+    await next_cell_works(rt)
+
+
 # ---------------------------------------------------------------------------- 3: heap limit
 
 
