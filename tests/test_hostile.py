@@ -378,6 +378,20 @@ async def test_stored_value_poison(make_rt: Callable[..., SessionRuntime]) -> No
     )
 
 
+async def test_a_full_store_does_not_poison_later_cells(
+    make_rt: Callable[..., SessionRuntime],
+) -> None:
+    rt = make_rt()
+    for key in "abc":  # 15 MB of the 16 MiB budget
+        assert await finish(rt, f'store("{key}", "x".repeat(5000000))') == Completed(())
+    ev = await finish(rt, 'store("d", "y".repeat(5000000))')
+    assert ev.error_text == f"exec cell exceeded max_stored_bytes ({16 * MiB})"
+    assert await finish(rt, "text(1)") == Completed((TextItem("1"),))
+    ev = await finish(rt, "const a = []; for (let i = 0; i < 3e5; i++) a.push({i}); text(a.length)")
+    assert ev == Completed((TextItem("300000"),))
+    assert await finish(rt, 'text(load("c").length)') == Completed((TextItem("5000000"),))
+
+
 async def test_tool_result_proto_key_is_data(
     make_rt: Callable[..., SessionRuntime], delegate: RecordingDelegate
 ) -> None:
