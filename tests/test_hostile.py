@@ -244,6 +244,12 @@ async def test_call_limit_on_every_route(
         "await tools.echo({}); while (true) {}",
         "setTimeout(() => { while (true) {} }, 1); await tools.block({})",
         "await Promise.resolve().then(() => { while (true) {} })",
+        # a cleanup callback V8 would run between the host's calls
+        "const fr = new FinalizationRegistry(() => { while (true) {} });"
+        "(function () { for (let i = 0; i < 100; i++) fr.register({}, i) })();"
+        "for (let j = 0; j < 50; j++) {"
+        "  const g = []; for (let i = 0; i < 1e5; i++) g.push({a: i}); await tools.echo({j}) }"
+        "await tools.block({})",
     ],
 )
 async def test_cpu_limit_on_every_route(

@@ -630,6 +630,48 @@
     });
   }
   wrapAllocator("ArrayBuffer");
+
+  // FinalizationRegistry callbacks would run the cell's JavaScript in tasks V8 posts between the
+  // host's calls, where nothing bounds or stops them. The callback V8 runs only queues the
+  // cell's; the queue runs at the start of the host's next step, inside that call.
+  const cleanups = makeMap();
+  let cleanupSerial = 0;
+  const IntrinsicFinalizationRegistry = global.FinalizationRegistry;
+  if (typeof IntrinsicFinalizationRegistry === "function") {
+    const registryWrapper = new ProxyCtor(IntrinsicFinalizationRegistry, {
+      __proto__: null,
+      construct(target, args, newTarget) {
+        const callback = args[0];
+        if (typeof callback !== "function") {
+          throw new TypeErrorCtor("FinalizationRegistry: cleanup must be callable");
+        }
+        const queue = (held) => { cleanups.set(++cleanupSerial, { callback, held }); };
+        return ReflectConstruct(target, [queue], newTarget === registryWrapper ? target : newTarget);
+      },
+    });
+    ObjectDefineProperty(IntrinsicFinalizationRegistry.prototype, "constructor", {
+      value: registryWrapper, writable: true, configurable: true, enumerable: false,
+    });
+    ObjectDefineProperty(global, "FinalizationRegistry", {
+      value: registryWrapper, writable: true, configurable: true, enumerable: false,
+    });
+    ObjectFreeze(IntrinsicFinalizationRegistry);
+  }
+
+  function runCleanups() {
+    if (cleanups.size === 0) return;
+    const due = [];
+    cleanups.forEach((entry) => { due[due.length] = entry; });
+    cleanups.clear();
+    for (let i = 0; i < due.length; i++) {
+      if (settled !== null) return;
+      try {
+        due[i].callback(due[i].held);
+      } catch (e) {
+        if (e !== EXIT && e !== LIMIT) settleBody(e, true);
+      }
+    }
+  }
   for (const name of typedArrayNames) wrapAllocator(name);
 
   // ---------------------------------------------------------------- globals
@@ -741,6 +783,7 @@
     },
 
     step(inputsText) {
+      runCleanups();
       const inputs = JSONparse(inputsText);
       for (let i = 0; i < inputs.length; i++) {
         const input = inputs[i];
