@@ -20,11 +20,10 @@ import collections
 import importlib.resources
 import json
 import logging
-import queue
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from codemode.cell.authority import CellAuthority
@@ -85,7 +84,6 @@ _dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", "
 # when the pool filled on worker threads. Creation takes a few milliseconds, so one lock costs
 # little. Teardown takes its own lock (see _exit_context).
 _NATIVE_LOCK = threading.Lock()
-_FREE_LOCK = threading.Lock()
 
 
 def _enter_context(manager: Any) -> Any:
@@ -138,52 +136,53 @@ class _Isolate:
         self.context = context
         self.bridge: _Bridge | None = None
 
-    def free(self) -> None:
+    def free(self) -> threading.Event | None:
         """Release the isolate and its thread, without blocking: the native teardown runs on
-        the reaper thread. Safe from any thread, including a garbage-collector finalizer running
-        on a thread that holds the native lock. :func:`wait_freed` waits for it."""
+        a reaper thread. Safe from any thread, including a garbage-collector finalizer running
+        on a thread that holds the native lock. Returns an event set once it is freed (None if
+        it was already handed over); :func:`wait_freed` waits for every one."""
         manager, self.manager = self.manager, None
         if manager is not None:
-            _REAPER.free(manager)
+            return _REAPER.free(manager)
+        return None
 
 
 def _exit_context(manager: Any) -> None:
     # Not under the native lock: freeing a context waits for its isolate's thread, which may be
     # stuck for seconds in a long native builtin (JSON.parse, normalize) before it notices the
     # termination; holding the lock meanwhile blocked every other session's cell creation.
-    # Creation still never runs concurrently with creation; frees run one at a time (reaper).
+    # Creation still never runs concurrently with creation.
     try:
-        with _FREE_LOCK:
-            manager.__exit__(None, None, None)
+        manager.__exit__(None, None, None)
     except Exception:  # pragma: no cover - native teardown failure
         logger.exception("freeing a V8 context failed")
 
 
 class _Reaper:
-    """One daemon thread that frees contexts, one at a time, in the order they were handed
-    over. Freeing never runs on the caller's thread, so it can neither stall the event loop on
-    the native lock nor deadlock a thread that already holds it."""
+    """Frees contexts on daemon threads of its own, one thread per context, so that freeing
+    never runs on the caller's thread (it can neither stall the event loop nor deadlock a thread
+    that holds the native lock), and an isolate stuck for seconds in a long native builtin
+    delays the release of no other isolate."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._pending = 0
-        self._thread: threading.Thread | None = None
 
-    def free(self, manager: Any) -> None:
+    def free(self, manager: Any) -> threading.Event:
+        """Start freeing ``manager``; the event is set once it is freed."""
+        done = threading.Event()
         with self._cond:
             self._pending += 1
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="codemode-v8-reaper", daemon=True
-                )
-                self._thread.start()
-        self._queue.put(manager)
+        threading.Thread(
+            target=self._free_one, args=(manager, done), name="codemode-v8-reaper", daemon=True
+        ).start()
+        return done
 
-    def _run(self) -> None:
-        while True:
-            manager = self._queue.get()
+    def _free_one(self, manager: Any, done: threading.Event) -> None:
+        try:
             _exit_context(manager)
+        finally:
+            done.set()
             with self._cond:
                 self._pending -= 1
                 if self._pending == 0:
@@ -200,6 +199,13 @@ class _Reaper:
 
 
 _REAPER = _Reaper()
+
+
+def _wait_all(events: list[threading.Event], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for event in events:
+        if not event.wait(max(deadline - time.monotonic(), 0.0)):
+            return
 
 
 async def wait_freed() -> None:
@@ -305,14 +311,19 @@ class _IsolatePool:
         else:
             isolate.free()
 
-    def close(self) -> None:
+    def close(self) -> list[threading.Event]:
+        """Free the ready isolates; returns the events set once each is freed."""
         if self._refill_handle is not None:
             self._refill_handle.cancel()
             self._refill_handle = None
         for task in list(self._filling):
             task.cancel()
+        freeing = []
         while self._ready:
-            self._ready.popleft().free()
+            done = self._ready.popleft().free()
+            if done is not None:
+                freeing.append(done)
+        return freeing
 
 
 _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _IsolatePool] = (
@@ -340,6 +351,7 @@ class V8Engine(Engine):
         self._pool_size = pool_size
         self._pool: _IsolatePool | None = None
         self._closed = False
+        self._freeing: list[threading.Event] = []  # this engine's cells' isolates
 
     def _acquire_pool(self) -> _IsolatePool:
         if self._pool is None:
@@ -363,14 +375,23 @@ class V8Engine(Engine):
         except Exception as exc:  # pragma: no cover - native failure
             raise EngineError(f"could not create a V8 isolate: {exc}") from exc
         try:
-            return _V8Cell(isolate, boot)
+            return _V8Cell(isolate, boot, self._track_free)
         except Exception as exc:
             isolate.free()
             raise EngineError(f"could not start the V8 cell environment: {exc}") from exc
 
+    def _track_free(self, done: threading.Event) -> None:
+        self._freeing = [e for e in self._freeing if not e.is_set()]
+        self._freeing.append(done)
+
     async def aclose(self) -> None:
+        """Close, and wait (at most 5 s) until the isolates of this engine's cells are freed;
+        an isolate of another engine, stuck in a long native call, delays nobody else."""
         self.close()
-        await wait_freed()
+        pending = [e for e in self._freeing if not e.is_set()]
+        self._freeing = []
+        if pending:
+            await asyncio.to_thread(_wait_all, pending, 5.0)
 
     def close(self) -> None:
         if self._closed:
@@ -380,14 +401,20 @@ class V8Engine(Engine):
         if pool is not None:
             pool.users -= 1
             if pool.users <= 0:
-                pool.close()
+                self._freeing.extend(pool.close())
                 if _pools.get(pool.loop) is pool:
                     del _pools[pool.loop]
 
 
 class _V8Cell(EngineCell):
-    def __init__(self, isolate: _Isolate, boot: CellBoot) -> None:
+    def __init__(
+        self,
+        isolate: _Isolate,
+        boot: CellBoot,
+        on_free: Callable[[threading.Event], None] | None = None,
+    ) -> None:
         self._isolate = isolate
+        self._on_free = on_free
         self._context = isolate.context
         self._boot = boot
         self._limits = boot.limits
@@ -491,7 +518,9 @@ class _V8Cell(EngineCell):
         self._closed = True
         if self._inflight is not None:
             self._inflight.cancel()
-        self._isolate.free()
+        done = self._isolate.free()
+        if done is not None and self._on_free is not None:
+            self._on_free(done)
 
     # ------------------------------------------------------------------ internals
 
