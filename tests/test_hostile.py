@@ -264,6 +264,33 @@ async def test_cpu_limit_on_every_route(
     await next_cell_works(rt)
 
 
+@pytest.mark.parametrize(
+    ("source", "field"),
+    [
+        ('for (;;) { try { text("x".repeat(1000)) } catch (e) {} }', "max_output_bytes"),
+        (
+            'await tools.echo({}); for (;;) { try { notify("n".repeat(999)) } catch (e) {} }',
+            "max_output_bytes",
+        ),
+        ("for (;;) { try { tools.echo({}) } catch (e) {} }", "max_tool_calls"),
+        (
+            "await tools.echo({}); for (;;) { try { new Uint8Array(8 << 20) } catch (e) {} }",
+            "max_heap_bytes",
+        ),
+    ],
+)
+async def test_a_limit_caught_in_an_endless_loop_still_ends_the_cell_at_once(
+    make_rt: Callable[..., SessionRuntime], source: str, field: str
+) -> None:
+    rt = make_rt(CellLimits(max_tool_calls=10, max_output_bytes=8192))
+    started = time.monotonic()
+    async with heartbeat():
+        ev = await finish(rt, source)
+    assert ev.error_text is not None and ev.error_text.startswith(f"exec cell exceeded {field} ")
+    assert time.monotonic() - started < 10.0  # not the 30 s CPU budget
+    await next_cell_works(rt)
+
+
 # ---------------------------------------------------------------------------- 3: heap limit
 
 

@@ -163,17 +163,23 @@
   // into a buffer whose memory the host reads directly. When a cell spins in a continuation
   // (V8 runs those after the host's call returned, where stopping it also stops any drain),
   // the host still salvages what it wrote. Records: [kind, length low, length high, units...];
-  // units 0-1 (one 32-bit word, written last) hold the committed end.
+  // units 0-1 (one 32-bit word, written last) hold the committed end, units 2-3 a limit the cell
+  // hit (1 + its index in FLAGGED_LIMITS), records start at unit 4.
   let journal = null;
   let journalEnd = null;
-  let journalAt = 2;
+  let journalFlag = null;
+  let journalAt = 4;
   const charCodeAt = uncurry(String.prototype.charCodeAt);
-  function journalReset(units) {
-    const buffer = new IntrinsicArrayBuffer(units * 2);
-    journal = new Uint16ArrayCtor(buffer);
-    journalEnd = new Uint32ArrayCtor(buffer, 0, 1);
-    journalAt = 2;
-    return buffer;
+  // One journal per isolate, made now: the host holds a view of its memory before any cell
+  // runs. 4 Mi units (8 MiB of address space, committed only as far as it is written).
+  const journalBuffer = new IntrinsicArrayBuffer(4194304 * 2);
+  function journalReset() {
+    journal = new Uint16ArrayCtor(journalBuffer);
+    journalEnd = new Uint32ArrayCtor(journalBuffer, 0, 1);
+    journalFlag = new Uint32ArrayCtor(journalBuffer, 4, 1);
+    journalAt = 4;
+    journalEnd[0] = 4;
+    journalFlag[0] = 0;
   }
   function journalWrite(kind, s) {
     if (journal === null) return;
@@ -189,10 +195,18 @@
   // `json` is already JSON text: embed it as it is.
   const emitRaw = (head, json) => { push(headText(head) + "," + json + "]"); };
 
+  // Limits the journal can flag to the host (the host keeps the same list).
+  const FLAGGED_LIMITS = ["max_tool_calls", "max_parallel_tool_calls", "max_output_bytes", "max_heap_bytes", "max_stored_bytes"];
+
   function failLimit(field) {
     if (!limitHit && settled === null) {
       limitHit = true;
       settled = { ok: false, limit: field };
+      // Tell the host at once, through memory it reads while JavaScript runs: a cell that
+      // catches the unwinding in a loop is stopped by the host rather than spinning on.
+      if (journalFlag !== null) {
+        for (let i = 0; i < FLAGGED_LIMITS.length; i++) if (FLAGGED_LIMITS[i] === field) journalFlag[0] = i + 1;
+      }
     }
     throw LIMIT;
   }
@@ -773,13 +787,15 @@
       );
     },
 
-    // Returns the output journal's buffer (the host keeps a view of its memory).
     start(configText, storedText, source) {
       bridge.boot(configText, storedText);
-      const units = MathMax(2 * limits.maxOutputBytes + 1024, 1024);
-      const buffer = journalReset(units > 8388608 ? 8388608 : units);
+      journalReset();
       bridge.run(source);
-      return buffer;
+    },
+
+    // The output journal's buffer (the host keeps a view of its memory).
+    journal() {
+      return journalBuffer;
     },
 
     step(inputsText) {
@@ -815,7 +831,7 @@
       const events = outbox;
       outbox = "";
       lastYield = false;
-      if (journal !== null) { journalAt = 2; journalEnd[0] = 2; }
+      if (journal !== null) { journalAt = 4; journalEnd[0] = 4; }
       let ids = "null";
       if (pausable) {
         ids = "";

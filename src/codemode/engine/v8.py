@@ -106,6 +106,7 @@ class _Bridge:
         self.start = bridge["start"]
         self.step = bridge["step"]
         self.drain = bridge["drain"]
+        self.journal = bridge["journal"]
         # Reused argument arrays, one per arity (setting a slot is one quick native call).
         self.argv: tuple[Any, ...] = (arrays[0], arrays[1], None, arrays[2])
 
@@ -135,6 +136,7 @@ class _Isolate:
         self.manager: Any | None = manager
         self.context = context
         self.bridge: _Bridge | None = None
+        self.journal: memoryview | None = None  # the output journal's memory (see prelude)
 
     def free(self) -> threading.Event | None:
         """Release the isolate and its thread, without blocking: the native teardown runs on
@@ -238,6 +240,9 @@ async def _new_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
         # first step (about 0.4 ms); `boot` resets every piece of per-cell state.
         await bridge.call(bridge.start, *_WARM_UP)
         await bridge.call(bridge.drain)
+        journal = await bridge.call(bridge.journal)
+        if isinstance(journal, memoryview):
+            isolate.journal = journal
     except BaseException:
         isolate.free()
         raise
@@ -421,6 +426,8 @@ class _V8Cell(EngineCell):
         self._closed = False
         self._inflight: asyncio.Task[Any] | None = None
         self._out_of_cpu = False
+        self._flagged: str | None = None
+        self._poll_handle: asyncio.TimerHandle | None = None
         self._cpu_used = 0.0
         assert isolate.bridge is not None
         self._bridge = isolate.bridge
@@ -430,7 +437,7 @@ class _V8Cell(EngineCell):
             boot.tools, boot.limits, pausable=boot.pausable, stored=self._stored
         )
         self._boot_config = self._render_boot()  # serialised at admission: the snapshot is fixed
-        self._journal: memoryview | None = None  # the output journal's memory (see prelude)
+        self._journal = isolate.journal
 
     @property
     def closed(self) -> bool:
@@ -528,9 +535,7 @@ class _V8Cell(EngineCell):
         """Run one step and the drain that follows it (microtasks run between the two)."""
         cpu_before = self._cpu_used
         try:
-            value = await self._eval(fn, *args)
-            if isinstance(value, memoryview) and fn is self._bridge.start:
-                self._journal = value
+            await self._eval(fn, *args)
             raw = await self._eval(self._bridge.drain)
         except _LimitExceeded as exc:
             report = await self._salvage(Settlement(limit_error_text(self._limits, exc.field_name)))
@@ -583,6 +588,8 @@ class _V8Cell(EngineCell):
         self._inflight = task
         self._out_of_cpu = False
         deadline = loop.call_later(remaining, self._cpu_deadline, task)
+        self._flagged = None
+        self._poll_handle = loop.call_later(_FLAG_POLL, self._poll_flag, task)
         started = time.perf_counter()
         try:
             result = await task  # a cancelled caller cancels the eval too
@@ -592,6 +599,8 @@ class _V8Cell(EngineCell):
                 raise  # our caller was cancelled
             if self._out_of_cpu:
                 raise _LimitExceeded("max_cpu_seconds") from None
+            if self._flagged is not None:
+                raise _LimitExceeded(self._flagged) from None
             raise EngineLost("the cell's engine was closed") from None
         except Exception as exc:
             from py_mini_racer import JSOOMException
@@ -603,6 +612,9 @@ class _V8Cell(EngineCell):
             raise EngineLost(f"{type(exc).__name__}: {exc}") from exc
         finally:
             deadline.cancel()
+            if self._poll_handle is not None:
+                self._poll_handle.cancel()
+                self._poll_handle = None
             if task.done():
                 self._inflight = None  # else `stop` waits for the abandoned step to end
             self._cpu_used += time.perf_counter() - started
@@ -613,6 +625,30 @@ class _V8Cell(EngineCell):
     def _cpu_deadline(self, task: asyncio.Task[Any]) -> None:
         self._out_of_cpu = True
         task.cancel()
+
+    def _limit_flag(self) -> str | None:
+        """The limit the cell flagged in its journal while running, if any."""
+        view = self._journal
+        if view is None or self._closed or len(view) < 8:
+            return None
+        code = int.from_bytes(view[4:8], "little")
+        if 1 <= code <= len(_FLAGGED_LIMITS):
+            return _FLAGGED_LIMITS[code - 1]
+        return None
+
+    def _poll_flag(self, task: asyncio.Task[Any]) -> None:
+        """While a step runs: a limit the cell hit ends the step now, even if the cell caught
+        the unwinding and spins on (its report still names the limit)."""
+        if task.done():
+            return
+        flagged = self._limit_flag()
+        if flagged is not None:
+            self._flagged = flagged
+            task.cancel()
+            return
+        self._poll_handle = asyncio.get_running_loop().call_later(
+            _FLAG_POLL, self._poll_flag, task
+        )
 
     async def _parse(self, raw: Any, cpu_seconds: float) -> StepReport:
         """Check a drain report on the host (:class:`CellAuthority`); a large one on a worker
@@ -627,7 +663,7 @@ def _journal_items(data: bytes) -> list[tuple[int, str]]:
     units = len(data) // 2
     end = min(int.from_bytes(data[0:4], "little"), units)
     items: list[tuple[int, str]] = []
-    at = 2
+    at = 4
     while at + 3 <= end:
         kind = int.from_bytes(data[2 * at : 2 * at + 2], "little")
         n = int.from_bytes(data[2 * at + 2 : 2 * at + 4], "little")
@@ -640,6 +676,18 @@ def _journal_items(data: bytes) -> list[tuple[int, str]]:
         at = start + n
     return items
 
+
+# The limits a cell's journal can flag (the prelude's FLAGGED_LIMITS, in order).
+_FLAGGED_LIMITS = (
+    "max_tool_calls",
+    "max_parallel_tool_calls",
+    "max_output_bytes",
+    "max_heap_bytes",
+    "max_stored_bytes",
+)
+
+# How often a running step looks at its cell's limit flag.
+_FLAG_POLL = 0.02
 
 # Arguments longer than this are copied into the isolate from a worker thread.
 _THREAD_ARG_CHARS = 256 * 1024
