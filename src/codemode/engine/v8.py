@@ -145,8 +145,22 @@ class _Isolate:
         it was already handed over); :func:`wait_freed` waits for every one."""
         manager, self.manager = self.manager, None
         if manager is not None:
+            _disarm_value_handles(self.context)
             return _REAPER.free(manager)
         return None
+
+
+def _no_free(raw: Any) -> None:
+    del raw
+
+
+def _disarm_value_handles(context: Any) -> None:
+    """From now on no value handle of ``context`` frees itself: freeing a value while another
+    thread frees its context aborted the process inside V8 (a handle's ``__del__`` on the loop
+    thread, racing the reaper). The context's teardown frees every value it still holds.
+    mini-racer 0.14.1 internals (pinned): each handle calls ``context._free(raw)``, looked up
+    when it is collected."""
+    object.__setattr__(context, "_free", _no_free)
 
 
 def _exit_context(manager: Any) -> None:
