@@ -16,6 +16,7 @@ Rules this module keeps (each learned the hard way, see ENGINE-NOTES.md):
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import importlib.resources
 import json
@@ -215,6 +216,15 @@ class _Reaper:
 
 
 _REAPER = _Reaper()
+
+
+def _wait_for_frees_at_exit() -> None:
+    # A context still being freed (an isolate stuck in a long native call) when the interpreter
+    # exits would race V8's process-wide teardown; give the frees in flight time to finish.
+    _REAPER.wait_idle(30.0)
+
+
+atexit.register(_wait_for_frees_at_exit)
 
 
 def _wait_all(events: list[threading.Event], timeout: float) -> None:
