@@ -239,6 +239,8 @@ class CellLimits:
             pauses do not count.
         max_live_cells: cells of one session admitted and not yet closed.
         max_idempotency_keys: idempotency keys one session retains; at least ``max_live_cells``.
+        max_stored_bytes: UTF-8 bytes of the JSON of one session's stored values; a ``store``
+            or a commit that would pass it ends the cell with this limit's error.
     """
 
     max_heap_bytes: int = 64 * MiB
@@ -248,6 +250,7 @@ class CellLimits:
     max_cpu_seconds: float = 30.0
     max_live_cells: int = 256
     max_idempotency_keys: int = 10_000
+    max_stored_bytes: int = 16 * MiB
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -9,7 +9,6 @@ the cell layer; the methods here check the handle, find the cell and delegate.
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 import json
 import logging
@@ -23,7 +22,8 @@ from types import TracebackType
 from typing import Any
 
 from codemode.cell.actor import CellActor
-from codemode.engine.base import CellBoot, Engine
+from codemode.cell.stored import StoredBudgetExceeded, StoredSnapshot
+from codemode.engine.base import CellBoot, Engine, limit_error_text
 from codemode.errors import (
     EngineError,
     ForeignHandle,
@@ -121,6 +121,9 @@ def tools_delegate(
     return _FunctionDelegate(tools, notify)
 
 
+# A stored-values map with more keys than this has its JSON joined on a worker thread.
+_THREAD_SNAPSHOT_KEYS = 10_000
+
 class _SessionCore:
     """The state a session's cells share. Cells reference this, never the runtime object."""
 
@@ -130,7 +133,9 @@ class _SessionCore:
         self.engine = engine
         self.alive = True
         self.cells: dict[str, CellActor] = {}
-        self.stored: dict[str, Any] = {}
+        self.stored = StoredSnapshot()  # immutable; each commit makes a new one
+        # (snapshot, writes, result) of the merge writes_refused just checked
+        self._merged: tuple[StoredSnapshot, dict[str, Any], StoredSnapshot | None] | None = None
         self.keys: OrderedDict[str, _KeyRecord] = OrderedDict()
         self.admitting_keys: dict[str, asyncio.Future[None]] = {}
         self.admission_tasks: set[asyncio.Task[str]] = set()
@@ -143,7 +148,32 @@ class _SessionCore:
 
     # CellHost
     def commit_writes(self, writes: dict[str, Any]) -> None:
-        self.stored.update(writes)
+        # writes_refused was asked first, in this same step, and merged them already.
+        merged, self._merged = self._merged, None
+        if (
+            merged is not None
+            and merged[2] is not None
+            and merged[0] is self.stored
+            and merged[1] == writes
+        ):
+            self.stored = merged[2]
+        else:
+            self.stored = self.stored.merged(writes, self.limits.max_stored_bytes)
+
+    def prepare_writes(self, writes: dict[str, Any]) -> Any:
+        base = self.stored
+        try:
+            return (base, writes, base.merged(writes, self.limits.max_stored_bytes))
+        except StoredBudgetExceeded:
+            return (base, writes, None)
+
+    def writes_refused(self, writes: dict[str, Any], prepared: Any = None) -> str | None:
+        if prepared is None or prepared[0] is not self.stored or prepared[1] != writes:
+            prepared = self.prepare_writes(dict(writes))
+        self._merged = prepared
+        if prepared[2] is None:
+            return limit_error_text(self.limits, "max_stored_bytes")
+        return None
 
     def cell_closed(self, cell_id: str) -> None:
         self.cells.pop(cell_id, None)
@@ -311,11 +341,12 @@ class SessionRuntime:
         for tool in tools:
             if not isinstance(tool, ToolDefinition):
                 raise TypeError(f"tools must be ToolDefinition objects, got {type(tool).__name__}")
+        stored = core.stored
         boot = CellBoot(
             cell_id=cell_id,
             source=request.source,
             tools=tools,
-            stored=copy.deepcopy(core.stored),
+            stored=stored,
             limits=core.limits,
             pausable=kind is CellKind.PAUSABLE,
             tool_reference=reference_json(tools),
@@ -324,6 +355,9 @@ class SessionRuntime:
         core.admissions_idle.clear()
         logger.debug("admitting %s cell %s", kind, cell_id)
         try:
+            if not stored.json_ready and len(stored) > _THREAD_SNAPSHOT_KEYS:
+                # Join a large map's JSON off the loop (once per commit).
+                await asyncio.to_thread(stored.json_text)
             engine_cell = await core.engine.open_cell(boot)
         finally:
             core.admissions -= 1

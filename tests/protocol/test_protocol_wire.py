@@ -81,6 +81,7 @@ async def test_79_handshake() -> None:
             "maxCpuSeconds": 30.0,
             "maxLiveCells": 9,
             "maxIdempotencyKeys": 10_000,
+            "maxStoredBytes": 16 * 1024 * 1024,
         }
         err = await error_of(client, "initialize", {"protocolVersion": 1})
         assert err.code == -32600

@@ -46,6 +46,7 @@ from codemode.engine.base import (
     OutputProduced,
     StepInput,
     StepReport,
+    StoresWritten,
     StoreWritten,
     TimerCleared,
     TimerFired,
@@ -83,6 +84,16 @@ class CellHost(Protocol):
 
     def commit_writes(self, writes: dict[str, Any]) -> None: ...
 
+    def prepare_writes(self, writes: dict[str, Any]) -> Any:
+        """Work out, on any thread, what committing ``writes`` would make of the session's
+        stored values; handed to ``writes_refused``."""
+        ...
+
+    def writes_refused(self, writes: dict[str, Any], prepared: Any = None) -> str | None:
+        """The error text if committing ``writes`` (key -> JSON text) would pass the session's
+        stored-values budget, else None. Commits that follow use the merge worked out here."""
+        ...
+
     def cell_closed(self, cell_id: str) -> None: ...
 
     def loop_closing(self) -> None:
@@ -93,6 +104,9 @@ class CellHost(Protocol):
 
 # Delegate callbacks abandoned after the grace period, kept alive until they end.
 _ABANDONED: set[asyncio.Task[Any]] = set()
+
+# Commits of more stored writes than this are merged on a worker thread first.
+_THREAD_WRITES = 10_000
 
 # Results whose probed size passes this are JSON-encoded on a worker thread.
 _OFFLOAD_BYTES = 256 * 1024
@@ -289,7 +303,8 @@ class CellActor:
             elif isinstance(effect, RunEngine):
                 self._wake.set()
             elif isinstance(effect, BeginSettling):
-                if not self._calls and self._notes is None:
+                large = len(self.machine.uncommitted_writes()) > _THREAD_WRITES
+                if not self._calls and self._notes is None and not large:
                     # Nothing to deliver or cancel first: commit in this same step.
                     self._commit_now()
                 else:
@@ -391,15 +406,24 @@ class CellActor:
                 heapq.heappush(self._timer_heap, (due, ev.timer_id))
             elif isinstance(ev, TimerCleared):
                 self._timers.pop(ev.timer_id, None)
+                self._compact_timer_heap()
             elif isinstance(ev, NotifyRequested):
                 self._enqueue_notification(ev.text)
             elif isinstance(ev, YieldRequested):
                 self._apply(machine.yield_requested())
             elif isinstance(ev, StoreWritten):
                 machine.store_written(ev.key, ev.value)
+            elif isinstance(ev, StoresWritten):
+                machine.stores_written(ev.writes)
         self._pending_ids = report.pending_call_ids
         if report.settlement is not None:
             self._apply(machine.body_settled(report.settlement.error_text))
+
+    def _compact_timer_heap(self) -> None:
+        """Cleared timers leave the heap once they are most of it (amortised O(1) a clear)."""
+        if len(self._timer_heap) > 2 * len(self._timers) + 64:
+            self._timer_heap = [(due, tid) for tid, due in self._timers.items()]
+            heapq.heapify(self._timer_heap)
 
     # ------------------------------------------------------------------ nested calls
 
@@ -488,9 +512,20 @@ class CellActor:
         if self._notes is not None:
             await self._notes.join()
         await self._cancel_and_wait(self._take_call_tasks())
-        self._commit_now()
+        prepared = None
+        writes = self.machine.uncommitted_writes()
+        if len(writes) > _THREAD_WRITES:
+            # Merge many writes into the session's map off the loop; the commit below uses the
+            # result if the map did not change meanwhile.
+            prepared = await asyncio.to_thread(self._host.prepare_writes, dict(writes))
+        self._commit_now(prepared)
 
-    def _commit_now(self) -> None:
+    def _commit_now(self, prepared: Any = None) -> None:
+        writes = self.machine.uncommitted_writes()
+        if writes:
+            refused = self._host.writes_refused(writes, prepared)
+            if refused is not None:
+                self.machine.refuse_writes(refused)
         self._apply(self.machine.commit())
         if self._notifier is not None:
             self._notifier.cancel()

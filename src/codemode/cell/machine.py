@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -368,6 +369,11 @@ class CellMachine:
         if self.phase in (Phase.RUNNING, Phase.SETTLING):
             self._writes[key] = value
 
+    def stores_written(self, writes: Mapping[str, Any]) -> None:
+        """Many ``store_written`` at once, in order."""
+        if self.phase in (Phase.RUNNING, Phase.SETTLING):
+            self._writes.update(writes)
+
     def yield_requested(self) -> list[Effect]:
         """``yield_control()`` (SPEC 4 rules 3 and 5; a no-op for pausable cells)."""
         if self.kind is CellKind.PAUSABLE or self.phase is not Phase.RUNNING:
@@ -434,6 +440,17 @@ class CellMachine:
         self.phase = Phase.SETTLING
         self._drop_waiting_calls()
         return [BeginSettling()]
+
+    def uncommitted_writes(self) -> dict[str, Any]:
+        """The writes a commit would apply now (empty if they are to be discarded)."""
+        return {} if self._discard_writes else self._writes
+
+    def refuse_writes(self, error_text: str) -> None:
+        """The session cannot take this cell's writes (``max_stored_bytes``): the completion
+        commits nothing and fails with ``error_text``."""
+        if self.phase is Phase.SETTLING:
+            self._discard_writes = True
+            self._completion_error = error_text
 
     def commit(self) -> list[Effect]:
         """The single linearisation point of a natural completion (SPEC 7.2).

@@ -31,6 +31,7 @@ __all__ = [
     "StepInput",
     "StepReport",
     "StoreWritten",
+    "StoresWritten",
     "TimerCleared",
     "TimerFired",
     "TimerSet",
@@ -106,6 +107,13 @@ class StoreWritten:
     value: Any
 
 
+@dataclass(frozen=True)
+class StoresWritten:
+    """Many stored-value writes at once: key -> the value's JSON text (last write per key)."""
+
+    writes: Mapping[str, str]
+
+
 EngineEvent = (
     ToolCallRequested
     | OutputProduced
@@ -114,6 +122,7 @@ EngineEvent = (
     | TimerSet
     | TimerCleared
     | StoreWritten
+    | StoresWritten
 )
 
 

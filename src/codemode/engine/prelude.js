@@ -1,11 +1,13 @@
 // The cell environment of codemode (SPEC section 2), evaluated once in every fresh V8 context.
 //
-// The host talks to this file only through `globalThis.__codemode`, with JSON in and JSON out:
+// The host talks to this file only through the bridge object this script evaluates to (no global
+// names it, so a cell cannot reach it), with strings in (parsed here) and JSON text out:
 //
-//   __codemode.boot(config)   install tools, stored values and limits; returns nothing
-//   __codemode.run(source)    compile the cell body and start it; returns nothing
-//   __codemode.step(inputs)   apply tool results and fire timers, in the given order
-//   __codemode.drain()        a JSON string: {ev: [...], pending: [...], settled: ...}
+//   bridge.start(config, stored, source)  install tools and limits, the stored values' JSON
+//                                         text, compile the body and start it; returns the
+//                                         output journal's buffer
+//   bridge.step(inputs)                   apply tool results and fire timers, in order
+//   bridge.drain()                        {ev: [...], pending: [...], settled: ...} as JSON text
 //
 // JavaScript runs only while the host is inside one of these calls, and V8 flushes microtasks at
 // the end of each call, so after a drain the cell is quiescent: `pending` lists exactly the tool
@@ -20,12 +22,15 @@
 //   ["yield"]                          yield_control() (continuing cells only)
 //   ["timer", id, delayMs]             setTimeout
 //   ["clear", id]                      clearTimeout of a live timer
-//   ["store", key, value]              store(key, value)
+//   ["store", key, valueJSON]          store(key, value), the value's JSON as a string
+// Timers set and stores written since the last drain are emitted by the drain (a timer cleared
+// before then never reaches the host; a key's last write wins). The host re-checks everything
+// (codemode.cell.authority); the checks here are the fast, friendly first line.
 // `pending` is only reported for pausable cells (a continuing cell never takes a frontier).
 // `settled` is null while the body runs, else {ok: true} or {ok: false, error: text} or
 // {ok: false, limit: fieldName}.
-// Each event is kept as JSON text from the moment it is emitted, with tool inputs and stored
-// values embedded as the JSON they were converted to, so the host decodes every value once.
+// Each event is kept as JSON text from the moment it is emitted, with tool inputs embedded as the
+// JSON they were converted to, so the host decodes every value once.
 (function (global) {
   "use strict";
 
@@ -47,10 +52,56 @@
   const PromiseCtor = Promise;
   const ProxyCtor = Proxy;
   const TypeErrorCtor = TypeError;
+  const RangeErrorCtor = RangeError;
   const ErrorCtor = Error;
   const globalEval = eval;
+  const AsyncFunctionCtor = Object.getPrototypeOf(async function () {}).constructor;
   const gcFn = typeof global.gc === "function" ? global.gc : null;
   const IntrinsicArrayBuffer = ArrayBuffer;
+  // Hardening (docs/safety.md): the bridge's own state never goes through a method or accessor
+  // the cell could replace after the prelude ran; the host re-checks every report anyway.
+  const MathMax = Math.max;
+  const Uint16ArrayCtor = Uint16Array;
+  const Uint32ArrayCtor = Uint32Array;
+  const ObjectHasOwn = Object.prototype.hasOwnProperty;
+  const uncurry = (f) => (self, ...args) => ReflectApply(f, self, args);
+  const getter = (proto, name) => uncurry(Object.getOwnPropertyDescriptor(proto, name).get);
+  const promiseThen = uncurry(Promise.prototype.then);
+  const PromiseResolve = Promise.resolve;
+  const mapGet = uncurry(Map.prototype.get);
+  const mapSet = uncurry(Map.prototype.set);
+  const mapHas = uncurry(Map.prototype.has);
+  const mapDelete = uncurry(Map.prototype.delete);
+  const mapClear = uncurry(Map.prototype.clear);
+  const mapForEach = uncurry(Map.prototype.forEach);
+  const mapSize = getter(Map.prototype, "size");
+  const weakSetHas = uncurry(WeakSet.prototype.has);
+  const weakSetAdd = uncurry(WeakSet.prototype.add);
+  const weakRefDeref = uncurry(WeakRef.prototype.deref);
+  const bufferByteLength = getter(ArrayBuffer.prototype, "byteLength");
+  const bufferMaxByteLength = getter(ArrayBuffer.prototype, "maxByteLength");
+  const bufferResizable = getter(ArrayBuffer.prototype, "resizable");
+  const typedArrayBuffer = getter(Object.getPrototypeOf(Uint8Array.prototype), "buffer");
+  const hasOwn = (o, k) => ReflectApply(ObjectHasOwn, o, [k]);
+  // A Map whose methods are fixed now (own properties of a frozen object).
+  function makeMap() {
+    const m = new MapCtor();
+    return ObjectFreeze({
+      get: (k) => mapGet(m, k),
+      set: (k, v) => { mapSet(m, k, v); },
+      has: (k) => mapHas(m, k),
+      delete: (k) => mapDelete(m, k),
+      clear: () => { mapClear(m); },
+      forEach: (f) => { mapForEach(m, f); },
+      get size() { return mapSize(m); },
+    });
+  }
+  // Timers one cell may hold live at once (the host holds the same bound).
+  const MAX_LIVE_TIMERS = 10000;
+  // Nesting depth of one stored value (the host holds the same bound).
+  const MAX_STORED_DEPTH = 128;
+  // Every output item costs at least this many bytes (its framing; the host counts the same).
+  const MIN_ITEM_BYTES = 16;
 
   // Globals the sandbox removes (SPEC 2.8) or replaces with its own (timers, console).
   for (const name of [
@@ -65,17 +116,27 @@
   }
 
   // ---------------------------------------------------------------- state of the cell
-  let outbox = [];
+  let outbox = "";              // JSON texts of events, comma-separated
+  let lastYield = false;        // the outbox ends with a yield: consecutive ones are one
   let settled = null;           // the terminal report, once decided
   let exited = false;           // exit() was called: helpers are no-ops
   let limitHit = false;         // a limit was exceeded: helpers throw
   let pausable = false;
   let toolDefs = [];            // [{name, ident, kind}]
-  let stored = new MapCtor();   // key -> JSON text (the cell's snapshot plus its own writes)
+  let stored = makeMap();       // key -> JSON text (the cell's own writes)
+  let freshStores = makeMap();  // key -> JSON text, written since the last drain
+  let snapshotText = "{}";      // the session's values at admission, parsed on first use
+  let snapshot = null;
+  let storedBytes = 0;          // what the snapshot costs (max_stored_bytes)
+  let ownSizes = makeMap();     // key -> what the cell's own write costs
+  let ownBytes = 0;
+  let creditBytes = 0;          // what the snapshot held under the keys the cell wrote...
+  let creditKnown = false;      // ...once worked out
   let limits = { maxToolCalls: 1000, maxParallel: 100, maxOutputBytes: 1048576, maxExternalBytes: 67108864 };
   let callsIssued = 0;
-  const pending = new MapCtor(); // call id -> {resolve, reject}
-  const timers = new MapCtor();  // timer id -> callback
+  const pending = makeMap(); // call id -> {resolve, reject}
+  const timers = makeMap();  // timer id -> callback
+  const freshTimers = makeMap(); // timer id -> delay (ms), set since the last drain
   let timerSeq = 0;
   let outputBytes = 0;
 
@@ -83,14 +144,70 @@
   const EXIT = ObjectFreeze({ toString() { return "exit"; } });
   const LIMIT = ObjectFreeze({ toString() { return "limit exceeded"; } });
 
-  const emit = (ev) => { outbox[outbox.length] = JSONstringify(ev); };
+  const push = (evText) => {
+    outbox = outbox === "" ? evText : outbox + "," + evText;
+    lastYield = false;
+  };
+  // Events hold primitives only, stringified one by one (no toJSON lookup on arrays).
+  const headText = (head) => {
+    let s = "[";
+    for (let i = 0; i < head.length; i++) s += (i === 0 ? "" : ",") + JSONstringify(head[i]);
+    return s;
+  };
+  const emit = (ev) => {
+    push(headText(ev) + "]");
+    if (ev[0] === "text") journalWrite(1, ev[1]);
+    else if (ev[0] === "image") journalWrite(2, ev[2] + " " + ev[1]);
+  };
+
+  // The output journal: output events since the last drain, also written as UTF-16 records
+  // into a buffer whose memory the host reads directly. When a cell spins in a continuation
+  // (V8 runs those after the host's call returned, where stopping it also stops any drain),
+  // the host still salvages what it wrote. Records: [kind, length low, length high, units...];
+  // units 0-1 (one 32-bit word, written last) hold the committed end, units 2-3 a limit the cell
+  // hit (1 + its index in FLAGGED_LIMITS), records start at unit 4.
+  let journal = null;
+  let journalEnd = null;
+  let journalFlag = null;
+  let journalAt = 4;
+  const charCodeAt = uncurry(String.prototype.charCodeAt);
+  // One journal per isolate, made now: the host holds a view of its memory before any cell
+  // runs. 4 Mi units (8 MiB of address space, committed only as far as it is written).
+  const journalBuffer = new IntrinsicArrayBuffer(4194304 * 2);
+  function journalReset() {
+    journal = new Uint16ArrayCtor(journalBuffer);
+    journalEnd = new Uint32ArrayCtor(journalBuffer, 0, 1);
+    journalFlag = new Uint32ArrayCtor(journalBuffer, 4, 1);
+    journalAt = 4;
+    journalEnd[0] = 4;
+    journalFlag[0] = 0;
+  }
+  function journalWrite(kind, s) {
+    if (journal === null) return;
+    const n = s.length;
+    if (journalAt + 3 + n > journal.length) return;  // full: the drain still has them
+    journal[journalAt] = kind;
+    journal[journalAt + 1] = n & 0xffff;
+    journal[journalAt + 2] = n >>> 16;
+    for (let i = 0; i < n; i++) journal[journalAt + 3 + i] = charCodeAt(s, i);
+    journalAt += 3 + n;
+    journalEnd[0] = journalAt;
+  }
   // `json` is already JSON text: embed it as it is.
-  const emitRaw = (head, json) => { outbox[outbox.length] = JSONstringify(head).slice(0, -1) + "," + json + "]"; };
+  const emitRaw = (head, json) => { push(headText(head) + "," + json + "]"); };
+
+  // Limits the journal can flag to the host (the host keeps the same list).
+  const FLAGGED_LIMITS = ["max_tool_calls", "max_parallel_tool_calls", "max_output_bytes", "max_heap_bytes", "max_stored_bytes"];
 
   function failLimit(field) {
     if (!limitHit && settled === null) {
       limitHit = true;
       settled = { ok: false, limit: field };
+      // Tell the host at once, through memory it reads while JavaScript runs: a cell that
+      // catches the unwinding in a loop is stopped by the host rather than spinning on.
+      if (journalFlag !== null) {
+        for (let i = 0; i < FLAGGED_LIMITS.length; i++) if (FLAGGED_LIMITS[i] === field) journalFlag[0] = i + 1;
+      }
     }
     throw LIMIT;
   }
@@ -116,7 +233,7 @@
   }
 
   function countOutput(s) {
-    const n = utf8Length(s);
+    const n = MathMax(utf8Length(s), MIN_ITEM_BYTES);
     if (outputBytes + n > limits.maxOutputBytes) failLimit("max_output_bytes");
     outputBytes += n;
   }
@@ -260,22 +377,79 @@
     if (json === undefined) {
       throw new TypeErrorCtor("Unable to store " + JSONstringify(k) + ". Only plain serializable objects can be stored.");
     }
+    if (jsonDepth(json) > MAX_STORED_DEPTH) {
+      throw new TypeErrorCtor("Unable to store " + JSONstringify(k) + ". Values nested deeper than " + MAX_STORED_DEPTH + " levels cannot be stored.");
+    }
+    // The cell's view costs the snapshot, plus its own writes, minus what the snapshot held
+    // under the keys it overwrote. That credit needs the parsed snapshot, so it is only worked
+    // out once the cheaper upper bound passes the budget.
+    const size = entrySize(k, json);
+    const prev = ownSizes.get(k);
+    const own = ownBytes - (prev === undefined ? 0 : prev) + size;
+    let credit = creditBytes;
+    if (creditKnown && prev === undefined) credit += snapshotSize(k);
+    if (storedBytes + own - credit > limits.maxStoredBytes) {
+      if (!creditKnown) {
+        credit = prev === undefined ? snapshotSize(k) : 0;
+        ownSizes.forEach((_, key) => { credit += snapshotSize(key); });
+        creditKnown = true;
+      }
+      if (storedBytes + own - credit > limits.maxStoredBytes) failLimit("max_stored_bytes");
+    }
+    ownSizes.set(k, size);
+    ownBytes = own;
+    creditBytes = credit;
     stored.set(k, json);
-    emitRaw(["store", k], json);
+    freshStores.set(k, json);
     return undefined;
+  }
+
+  function getSnapshot() {
+    if (snapshot === null) snapshot = JSONparse(snapshotText);
+    return snapshot;
+  }
+
+  function snapshotJSON(k) {
+    const snap = getSnapshot();
+    return hasOwn(snap, k) ? JSONstringify(snap[k]) : undefined;
+  }
+
+  const entrySize = (k, json) => utf8Length(JSONstringify(k)) + 2 + utf8Length(json);
+
+  function snapshotSize(k) {
+    const json = snapshotJSON(k);
+    return json === undefined ? 0 : entrySize(k, json);
+  }
+
+  // Nesting depth of a JSON text (brackets outside strings).
+  function jsonDepth(json) {
+    let depth = 0;
+    let max = 0;
+    let inString = false;
+    for (let i = 0; i < json.length; i++) {
+      const c = json.charCodeAt(i);
+      if (inString) {
+        if (c === 92) i++;
+        else if (c === 34) inString = false;
+      } else if (c === 34) inString = true;
+      else if (c === 91 || c === 123) { if (++depth > max) max = depth; }
+      else if (c === 93 || c === 125) depth--;
+    }
+    return max;
   }
 
   function load(key) {
     let k;
     try { k = StringCtor(key); } catch (_) { throw new TypeErrorCtor("load key must be a string"); }
-    const json = stored.get(k);
+    let json = stored.get(k);
+    if (json === undefined) json = snapshotJSON(k);
     return json === undefined ? undefined : JSONparse(json);
   }
 
   // ---------------------------------------------------------------- control
   function yield_control() {
     if (!checkAlive()) return undefined;
-    if (!pausable) emit(["yield"]);
+    if (!pausable && !lastYield) { push('["yield"]'); lastYield = true; }
     return undefined;
   }
 
@@ -293,9 +467,12 @@
     let ms = NumberCtor(delay);
     ms = NumberIsFinite(ms) && ms > 0 ? MathTrunc(ms) : 0;
     if (!checkAlive()) return undefined;
+    if (timers.size >= MAX_LIVE_TIMERS) {
+      throw new RangeErrorCtor("setTimeout: more than " + MAX_LIVE_TIMERS + " live timers");
+    }
     const id = ++timerSeq;
     timers.set(id, callback);
-    emit(["timer", id, ms]);
+    freshTimers.set(id, ms);
     return id;
   }
 
@@ -303,7 +480,8 @@
     if (id === undefined || id === null) return undefined;
     if (typeof id !== "number") throw new TypeErrorCtor("clearTimeout expects a numeric timeout id");
     if (!NumberIsFinite(id) || id <= 0) return undefined;
-    if (timers.delete(id)) emit(["clear", id]);
+    // A timer set since the last drain is forgotten here; the host never hears of it.
+    if (timers.delete(id) && !freshTimers.delete(id)) emit(["clear", id]);
     return undefined;
   }
 
@@ -333,17 +511,21 @@
   // V8's heap limit does not see ArrayBuffer backing stores (ENGINE-NOTES 2), so every way of
   // allocating one goes through `account`, which holds live bytes to limits.maxExternalBytes.
   // Live bytes are found by sweeping weak references after a full GC when the budget runs out.
+  // Every method and accessor used here was captured before the cell ran, and the records live
+  // in a Map wrapper, so a cell that replaces WeakRef/WeakSet methods, ArrayBuffer accessors,
+  // Symbol.hasInstance or Array.prototype cannot switch the accounting off.
   let externalBytes = 0;
-  let externalRecords = [];
+  let externalRecords = makeMap();  // serial -> {ref, n}
+  let recordSerial = 0;
   let sweepAt = 1024;
   const accounted = new WeakSetCtor();
 
   function sweep() {
-    const kept = [];
+    const kept = makeMap();
     let total = 0;
-    for (const rec of externalRecords) {
-      if (rec.ref.deref() !== undefined) { kept.push(rec); total += rec.n; }
-    }
+    externalRecords.forEach((rec, serial) => {
+      if (weakRefDeref(rec.ref) !== undefined) { kept.set(serial, rec); total += rec.n; }
+    });
     externalRecords = kept;
     externalBytes = total;
   }
@@ -356,17 +538,31 @@
     if (externalBytes + n > limits.maxExternalBytes) failLimit("max_heap_bytes");
   }
 
-  function account(buffer) {
-    if (!(buffer instanceof IntrinsicArrayBuffer) || accounted.has(buffer)) return;
-    const n = buffer.resizable ? buffer.maxByteLength : buffer.byteLength;
-    reserve(n);
-    accounted.add(buffer);
-    externalBytes += n;
-    externalRecords.push({ ref: new WeakRefCtor(buffer), n });
-    if (externalRecords.length > sweepAt) {
-      sweep();
-      sweepAt = Math.max(1024, externalRecords.length * 2);
+  // The bytes a buffer holds or may grow to; -1 when `buffer` is no ArrayBuffer (brand check
+  // through the captured accessors, never instanceof).
+  function bufferBytes(buffer) {
+    try {
+      return bufferResizable(buffer) ? bufferMaxByteLength(buffer) : bufferByteLength(buffer);
+    } catch (_) {
+      return -1;
     }
+  }
+
+  function account(buffer) {
+    const n = bufferBytes(buffer);
+    if (n < 0 || weakSetHas(accounted, buffer)) return;
+    reserve(n);
+    weakSetAdd(accounted, buffer);
+    externalBytes += n;
+    externalRecords.set(++recordSerial, { ref: new WeakRefCtor(buffer), n });
+    if (externalRecords.size > sweepAt) {
+      sweep();
+      sweepAt = MathMax(1024, externalRecords.size * 2);
+    }
+  }
+
+  function viewBuffer(view) {
+    try { return typedArrayBuffer(view); } catch (_) { return null; }
   }
 
   function requestedLength(v) {
@@ -379,23 +575,26 @@
     if (typeof Intrinsic !== "function") return;
     const isBuffer = name === "ArrayBuffer";
     const bytesPerElement = isBuffer ? 1 : Intrinsic.BYTES_PER_ELEMENT;
+    // A handler without a prototype: a trap the cell adds to Object.prototype never runs (it
+    // would be handed the intrinsic constructor).
     const wrapper = new ProxyCtor(Intrinsic, {
+      __proto__: null,
       construct(target, args, newTarget) {
         const a0 = args[0];
         if (isBuffer) {
           let n = requestedLength(a0);
           const opts = args[1];
           if (opts !== null && typeof opts === "object" && opts.maxByteLength !== undefined) {
-            n = Math.max(n, requestedLength(opts.maxByteLength));
+            n = MathMax(n, requestedLength(opts.maxByteLength));
           }
           reserve(n);
         } else if (a0 === null || typeof a0 !== "object") {
           reserve(requestedLength(a0) * bytesPerElement);
-        } else if (!(a0 instanceof IntrinsicArrayBuffer)) {
+        } else if (bufferBytes(a0) < 0) {
           reserve(requestedLength(a0.length) * bytesPerElement);
         }
         const obj = ReflectConstruct(target, args, newTarget === wrapper ? target : newTarget);
-        account(isBuffer ? obj : obj.buffer);
+        account(isBuffer ? obj : viewBuffer(obj));
         return obj;
       },
     });
@@ -405,20 +604,23 @@
     ObjectDefineProperty(global, name, {
       value: wrapper, writable: true, configurable: true, enumerable: false,
     });
+    ObjectFreeze(Intrinsic);  // through the proxy, a cell could otherwise redefine its statics
   }
 
-  function wrapResultMethod(proto, method, resultBuffer) {
-    const original = proto[method];
+  // `before(args)` reserves what the call is about to allocate, when that is known up front.
+  function wrapResultMethod(owner, method, resultBuffer, before) {
+    const original = owner[method];
     if (typeof original !== "function") return;
-    ObjectDefineProperty(proto, method, {
+    ObjectDefineProperty(owner, method, {
       value: {
         [method]() {
+          if (before !== undefined) before(arguments);
           const result = ReflectApply(original, this, arguments);
           account(resultBuffer(result));
           return result;
         },
       }[method],
-      writable: true, configurable: true, enumerable: false,
+      writable: false, configurable: false, enumerable: false,
     });
   }
 
@@ -428,12 +630,62 @@
   ];
   const TypedArrayPrototype = Object.getPrototypeOf(Uint8Array.prototype);
   for (const m of ["toReversed", "toSorted", "with", "slice", "map", "filter"]) {
-    wrapResultMethod(TypedArrayPrototype, m, (r) => r.buffer);
+    wrapResultMethod(TypedArrayPrototype, m, viewBuffer);
   }
+  const reserveNewLength = (args) => { if (args.length > 0) reserve(requestedLength(args[0])); };
   for (const m of ["slice", "transfer", "transferToFixedLength"]) {
-    wrapResultMethod(IntrinsicArrayBuffer.prototype, m, (r) => r);
+    wrapResultMethod(IntrinsicArrayBuffer.prototype, m, (r) => r, m === "slice" ? undefined : reserveNewLength);
+  }
+  // Statics that allocate without calling `this` (base64 / hex decoding).
+  for (const m of ["fromBase64", "fromHex"]) {
+    wrapResultMethod(Uint8Array, m, viewBuffer, (args) => {
+      const text = args[0];
+      if (typeof text === "string") reserve(m === "fromHex" ? text.length >>> 1 : ((text.length * 3) >>> 2) + 3);
+    });
   }
   wrapAllocator("ArrayBuffer");
+
+  // FinalizationRegistry callbacks would run the cell's JavaScript in tasks V8 posts between the
+  // host's calls, where nothing bounds or stops them. The callback V8 runs only queues the
+  // cell's; the queue runs at the start of the host's next step, inside that call.
+  const cleanups = makeMap();
+  let cleanupSerial = 0;
+  const IntrinsicFinalizationRegistry = global.FinalizationRegistry;
+  if (typeof IntrinsicFinalizationRegistry === "function") {
+    const registryWrapper = new ProxyCtor(IntrinsicFinalizationRegistry, {
+      __proto__: null,
+      construct(target, args, newTarget) {
+        const callback = args[0];
+        if (typeof callback !== "function") {
+          throw new TypeErrorCtor("FinalizationRegistry: cleanup must be callable");
+        }
+        const queue = (held) => { cleanups.set(++cleanupSerial, { callback, held }); };
+        return ReflectConstruct(target, [queue], newTarget === registryWrapper ? target : newTarget);
+      },
+    });
+    ObjectDefineProperty(IntrinsicFinalizationRegistry.prototype, "constructor", {
+      value: registryWrapper, writable: true, configurable: true, enumerable: false,
+    });
+    ObjectDefineProperty(global, "FinalizationRegistry", {
+      value: registryWrapper, writable: true, configurable: true, enumerable: false,
+    });
+    ObjectFreeze(IntrinsicFinalizationRegistry);
+  }
+
+  function runCleanups() {
+    if (cleanups.size === 0) return;
+    const due = [];
+    cleanups.forEach((entry) => { due[due.length] = entry; });
+    cleanups.clear();
+    for (let i = 0; i < due.length; i++) {
+      if (settled !== null) return;
+      try {
+        due[i].callback(due[i].held);
+      } catch (e) {
+        if (e !== EXIT && e !== LIMIT) settleBody(e, true);
+      }
+    }
+  }
   for (const name of typedArrayNames) wrapAllocator(name);
 
   // ---------------------------------------------------------------- globals
@@ -717,25 +969,36 @@
     // Every piece of per-cell state starts afresh here, so an isolate warmed up by a throwaway
     // boot/run/drain (which compiles this file's hot functions ahead of time) carries nothing of
     // it into the real cell.
-    boot(config) {
-      outbox = [];
+    boot(configText, storedText) {
+      const config = JSONparse(configText);
+      outbox = "";
+      lastYield = false;
       settled = null;
       exited = false;
       limitHit = false;
       callsIssued = 0;
       pending.clear();
       timers.clear();
+      freshTimers.clear();
       timerSeq = 0;
       outputBytes = 0;
       externalBytes = 0;
-      externalRecords = [];
+      externalRecords = makeMap();
+      recordSerial = 0;
       sweepAt = 1024;
       pausable = config.pausable === true;
       limits = config.limits;
       toolDefs = config.tools;
       catalogApi.reset(toolDefs, config.reference);
-      stored = new MapCtor();
-      for (const key of Object.keys(config.stored)) stored.set(key, JSONstringify(config.stored[key]));
+      stored = makeMap();
+      freshStores = makeMap();
+      snapshotText = typeof storedText === "string" ? storedText : "{}";
+      snapshot = null;
+      storedBytes = config.storedBytes;
+      ownSizes = makeMap();
+      ownBytes = 0;
+      creditBytes = 0;
+      creditKnown = false;
       const toolsObject = {};
       const all = [];
       toolDefs.forEach((t, index) => {
@@ -761,12 +1024,13 @@
       }
       let promise;
       try {
-        promise = PromiseCtor.resolve(typeof body === "function" ? body() : body);
+        promise = ReflectApply(PromiseResolve, PromiseCtor, [typeof body === "function" ? body() : body]);
       } catch (e) {
         settleBody(e, true);
         return;
       }
-      promise.then(
+      promiseThen(
+        promise,
         () => settleBody(undefined, false),
         (e) => {
           if (e === EXIT || e === LIMIT) return;
@@ -775,8 +1039,37 @@
       );
     },
 
-    step(inputs) {
-      for (const input of inputs) {
+    // Compile a body alone, running none of it: true when it is valid JavaScript (the host asks
+    // this before choosing between a source as written and its stripped TypeScript).
+    compiles(source) {
+      try {
+        new AsyncFunctionCtor('"use strict";\n' + source);
+        return true;
+      } catch (_) {
+        return false;
+      }
+    },
+
+    start(configText, storedText, source) {
+      // The body is first compiled on its own by the function constructor (so it cannot close
+      // the wrapper early), and its SyntaxError, uncaught here, reaches the host with V8's own
+      // line and caret, which the host reports as `cell.js:LINE:COLUMN` (docs/cells.md).
+      new AsyncFunctionCtor('"use strict";\n' + source);
+      bridge.boot(configText, storedText);
+      journalReset();
+      bridge.run(source);
+    },
+
+    // The output journal's buffer (the host keeps a view of its memory).
+    journal() {
+      return journalBuffer;
+    },
+
+    step(inputsText) {
+      runCleanups();
+      const inputs = JSONparse(inputsText);
+      for (let i = 0; i < inputs.length; i++) {
+        const input = inputs[i];
         if (settled !== null) return;
         if (input[0] === "r") {
           const entry = pending.get(input[1]);
@@ -798,15 +1091,31 @@
     },
 
     drain() {
+      freshTimers.forEach((ms, id) => { emit(["timer", id, ms]); });
+      freshTimers.clear();
+      freshStores.forEach((json, k) => { emit(["store", k, json]); });
+      freshStores.clear();
       const events = outbox;
-      outbox = [];
-      return '{"ev":[' + events.join(",") + '],"pending":' +
-        (pausable ? JSONstringify([...pending.keys()]) : "null") +
-        ',"settled":' + JSONstringify(settled) + "}";
+      outbox = "";
+      lastYield = false;
+      if (journal !== null) { journalAt = 4; journalEnd[0] = 4; }
+      let ids = "null";
+      if (pausable) {
+        ids = "";
+        pending.forEach((_, id) => { ids += (ids === "" ? "" : ",") + JSONstringify(id); });
+        ids = "[" + ids + "]";
+      }
+      let end = "null";
+      if (settled !== null) {
+        if (settled.ok) end = '{"ok":true}';
+        else if (hasOwn(settled, "limit")) end = '{"ok":false,"limit":' + JSONstringify(settled.limit) + "}";
+        else end = '{"ok":false,"error":' + JSONstringify(settled.error) + "}";
+      }
+      return '{"ev":[' + events + '],"pending":' + ids + ',"settled":' + end + "}";
     },
   });
 
-  ObjectDefineProperty(global, "__codemode", {
-    value: bridge, writable: false, configurable: false, enumerable: false,
-  });
+  // The bridge is the completion value of this script: only the host holds it (no global
+  // names it), so a cell can neither call it nor boot it again.
+  return bridge;
 })(globalThis);

@@ -3,9 +3,12 @@
 Rules this module keeps (each learned the hard way, see ENGINE-NOTES.md):
 
 - every context gets a hard heap limit, so V8's own out-of-memory handling never aborts the process;
-- only JSON text crosses the boundary; Python never holds a JavaScript object or promise;
-- every host-to-JavaScript step is an ``eval_cancelable`` awaited on the event loop, so a busy
-  isolate never blocks the loop, and a runaway step can be abandoned;
+- only strings cross the boundary, as call arguments (data, never spliced into source); Python
+  holds only the prelude's bridge functions, which no global names (docs/safety.md);
+- every host-to-JavaScript step is an abandonable mini-racer task awaited on the event loop, so a
+  busy isolate never blocks the loop, and a runaway step can be abandoned;
+- every report the cell sends is checked by the host (:class:`CellAuthority`), and a heap-limit
+  hit is detected after every step, continuations included;
 - a runaway cell is stopped by cancelling its eval (and, at the end, freeing its context), which
   terminates execution on the isolate's own thread.
 """
@@ -13,47 +16,40 @@ Rules this module keeps (each learned the hard way, see ENGINE-NOTES.md):
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
+import dataclasses
 import importlib.resources
 import json
 import logging
-import queue
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from codemode.cell.authority import CellAuthority
+from codemode.cell.stored import StoredSnapshot
 from codemode.engine.base import (
     CellBoot,
     Engine,
     EngineCell,
     EngineEvent,
     EngineLost,
-    NotifyRequested,
-    OutputProduced,
     Settlement,
     StepInput,
     StepReport,
-    StoreWritten,
-    TimerCleared,
-    TimerSet,
-    ToolCallRequested,
     ToolResultInput,
-    YieldRequested,
     limit_error_text,
 )
 from codemode.engine.jsscan import scan_source
 from codemode.engine.source import (
     clean_error_text,
-    compile_check,
-    compiles_expression,
     prepare_source_async,
     syntax_error_from,
 )
 from codemode.errors import EngineError
 from codemode.identifiers import tool_identifiers
-from codemode.model import ImageDetail, ImageItem, TextItem
 
 __all__ = ["V8Engine"]
 
@@ -89,10 +85,11 @@ class _LimitExceeded(Exception):
 _dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
 
 
-# mini-racer context creation and teardown must never run concurrently: creating the process's
-# first isolates on several threads at once aborted the whole process inside V8
+# mini-racer context creation must never run concurrently: creating the process's first
+# isolates on several threads at once aborted the whole process inside V8
 # ("FATAL partition_address_space.cc: Check failed: !IsConfigurablePoolInitialized()"), seen
-# when the pool filled on worker threads. Both take a few milliseconds, so one lock costs little.
+# when the pool filled on worker threads. Creation takes a few milliseconds, so one lock costs
+# little. Teardown takes its own lock (see _exit_context).
 _NATIVE_LOCK = threading.Lock()
 
 
@@ -101,55 +98,115 @@ def _enter_context(manager: Any) -> Any:
         return manager.__enter__()
 
 
+class _Bridge:
+    """The host's handles on the prelude's bridge functions (docs/safety.md).
+
+    The prelude returns its bridge as the completion value of its script, so no global names
+    it: only these handles reach it, and a cell can neither call nor re-boot it. Every call
+    passes its data as string arguments (never spliced into source: no compilation, nothing in
+    the compilation cache) and is an abandonable mini-racer task, like ``eval_cancelable``.
+    """
+
+    def __init__(self, context: Any, bridge: Any, arrays: Any) -> None:
+        self.context = context
+        self.bridge = bridge
+        self.start = bridge["start"]
+        self.step = bridge["step"]
+        self.drain = bridge["drain"]
+        self.journal = bridge["journal"]
+        self.compiles = bridge["compiles"]
+        # Reused argument arrays, one per arity (setting a slot is one quick native call).
+        self.argv: tuple[Any, ...] = (arrays[0], arrays[1], None, arrays[2])
+
+    async def call(self, fn: Any, *args: str) -> Any:
+        argv = self.argv[len(args)]
+        for i, arg in enumerate(args):
+            if len(arg) > _THREAD_ARG_CHARS:
+                # Copying a large string into the isolate blocks until V8 made it: off the loop.
+                await asyncio.to_thread(argv.__setitem__, i, arg)
+            else:
+                argv[i] = arg
+        ctx = self.context
+        # mini-racer 0.14.1 internals (pinned): `call_function_cancelable` minus its per-call
+        # argument array, which it builds with a blocking eval.
+        return await ctx._run_cancelable_mr_task(
+            ctx._dll.mr_call_function,
+            fn.raw_handle.raw,
+            self.bridge.raw_handle.raw,
+            argv.raw_handle.raw,
+        )
+
+
 class _Isolate:
     """One mini-racer context (an isolate on a thread of its own) with the prelude evaluated."""
 
     def __init__(self, manager: Any, context: Any) -> None:
         self.manager: Any | None = manager
         self.context = context
+        self.bridge: _Bridge | None = None
+        self.journal: memoryview | None = None  # the output journal's memory (see prelude)
 
-    def free(self) -> None:
+    def free(self) -> threading.Event | None:
         """Release the isolate and its thread, without blocking: the native teardown runs on
-        the reaper thread. Safe from any thread, including a garbage-collector finalizer running
-        on a thread that holds the native lock. :func:`wait_freed` waits for it."""
+        a reaper thread. Safe from any thread, including a garbage-collector finalizer running
+        on a thread that holds the native lock. Returns an event set once it is freed (None if
+        it was already handed over); :func:`wait_freed` waits for every one."""
         manager, self.manager = self.manager, None
         if manager is not None:
-            _REAPER.free(manager)
+            _disarm_value_handles(self.context)
+            return _REAPER.free(manager)
+        return None
+
+
+def _no_free(raw: Any) -> None:
+    del raw
+
+
+def _disarm_value_handles(context: Any) -> None:
+    """From now on no value handle of ``context`` frees itself: freeing a value while another
+    thread frees its context aborted the process inside V8 (a handle's ``__del__`` on the loop
+    thread, racing the reaper). The context's teardown frees every value it still holds.
+    mini-racer 0.14.1 internals (pinned): each handle calls ``context._free(raw)``, looked up
+    when it is collected."""
+    object.__setattr__(context, "_free", _no_free)
 
 
 def _exit_context(manager: Any) -> None:
+    # Not under the native lock: freeing a context waits for its isolate's thread, which may be
+    # stuck for seconds in a long native builtin (JSON.parse, normalize) before it notices the
+    # termination; holding the lock meanwhile blocked every other session's cell creation.
+    # Creation still never runs concurrently with creation.
     try:
-        with _NATIVE_LOCK:
-            manager.__exit__(None, None, None)
+        manager.__exit__(None, None, None)
     except Exception:  # pragma: no cover - native teardown failure
         logger.exception("freeing a V8 context failed")
 
 
 class _Reaper:
-    """One daemon thread that frees contexts, one at a time, in the order they were handed
-    over. Freeing never runs on the caller's thread, so it can neither stall the event loop on
-    the native lock nor deadlock a thread that already holds it."""
+    """Frees contexts on daemon threads of its own, one thread per context, so that freeing
+    never runs on the caller's thread (it can neither stall the event loop nor deadlock a thread
+    that holds the native lock), and an isolate stuck for seconds in a long native builtin
+    delays the release of no other isolate."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._pending = 0
-        self._thread: threading.Thread | None = None
 
-    def free(self, manager: Any) -> None:
+    def free(self, manager: Any) -> threading.Event:
+        """Start freeing ``manager``; the event is set once it is freed."""
+        done = threading.Event()
         with self._cond:
             self._pending += 1
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="codemode-v8-reaper", daemon=True
-                )
-                self._thread.start()
-        self._queue.put(manager)
+        threading.Thread(
+            target=self._free_one, args=(manager, done), name="codemode-v8-reaper", daemon=True
+        ).start()
+        return done
 
-    def _run(self) -> None:
-        while True:
-            manager = self._queue.get()
+    def _free_one(self, manager: Any, done: threading.Event) -> None:
+        try:
             _exit_context(manager)
+        finally:
+            done.set()
             with self._cond:
                 self._pending -= 1
                 if self._pending == 0:
@@ -166,6 +223,22 @@ class _Reaper:
 
 
 _REAPER = _Reaper()
+
+
+def _wait_for_frees_at_exit() -> None:
+    # A context still being freed (an isolate stuck in a long native call) when the interpreter
+    # exits would race V8's process-wide teardown; give the frees in flight time to finish.
+    _REAPER.wait_idle(30.0)
+
+
+atexit.register(_wait_for_frees_at_exit)
+
+
+def _wait_all(events: list[threading.Event], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for event in events:
+        if not event.wait(max(deadline - time.monotonic(), 0.0)):
+            return
 
 
 async def wait_freed() -> None:
@@ -189,11 +262,18 @@ async def _new_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
     isolate = _Isolate(manager, context)
     try:
         context.set_hard_memory_limit(_POOL_HEAP_LIMIT)
-        await context.eval_cancelable(f"{PRELUDE}\n//# sourceURL=codemode-prelude.js")
+        bridge_object = await context.eval_cancelable(
+            f"{PRELUDE}\n//# sourceURL=codemode-prelude.js"
+        )
+        arrays = await context.eval_cancelable("[[], [0], [0, 0, 0]]")
+        bridge = isolate.bridge = _Bridge(context, bridge_object, arrays)
         # A throwaway cell compiles the prelude's hot paths now rather than in a real cell's
         # first step (about 0.4 ms); `boot` resets every piece of per-cell state.
-        await context.eval_cancelable(_WARM_UP)
-        await context.eval_cancelable("__codemode.drain()")
+        await bridge.call(bridge.start, *_WARM_UP)
+        await bridge.call(bridge.drain)
+        journal = await bridge.call(bridge.journal)
+        if isinstance(journal, memoryview):
+            isolate.journal = journal
     except BaseException:
         isolate.free()
         raise
@@ -206,15 +286,14 @@ def _free_if_created(future: asyncio.Future[Any], manager: Any) -> None:
 
 
 _WARM_UP = (
-    '__codemode.boot({"pausable": false, "limits": {"maxToolCalls": 10, "maxParallel": 10, '
-    '"maxOutputBytes": 4096, "maxExternalBytes": 4096}, "stored": {"k": 1}, '
-    '"tools": [{"name": "t", "ident": "t", "kind": "function", "description": ""}]});'
-    "__codemode.run("
-    + json.dumps(
-        'text("w"); console.log("w", 1); store("k", load("k")); yield_control();'
-        'clearTimeout(setTimeout(() => {}, 1)); tools.t({a: 1}); await tools.t({});'
-    )
-    + ");"
+    '{"pausable": false, "limits": {"maxToolCalls": 10, "maxParallel": 10, '
+    '"maxOutputBytes": 4096, "maxExternalBytes": 4096, "maxStoredBytes": 4096}, '
+    '"storedBytes": 7, "tools": [{"name": "t", "ident": "t", "kind": "function", '
+    '"description": ""}]}',
+    '{"k":1}',
+    'text("w"); console.log("w", 1); store("k", load("k")); yield_control();'
+    "clearTimeout(setTimeout(() => {}, 1)); setTimeout(() => {}, 1); tools.t({a: 1});"
+    "await tools.t({});",
 )
 
 # The prelude needs far less than this; the cell's own limit is set when it takes the isolate.
@@ -268,14 +347,19 @@ class _IsolatePool:
         else:
             isolate.free()
 
-    def close(self) -> None:
+    def close(self) -> list[threading.Event]:
+        """Free the ready isolates; returns the events set once each is freed."""
         if self._refill_handle is not None:
             self._refill_handle.cancel()
             self._refill_handle = None
         for task in list(self._filling):
             task.cancel()
+        freeing = []
         while self._ready:
-            self._ready.popleft().free()
+            done = self._ready.popleft().free()
+            if done is not None:
+                freeing.append(done)
+        return freeing
 
 
 _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _IsolatePool] = (
@@ -303,6 +387,7 @@ class V8Engine(Engine):
         self._pool_size = pool_size
         self._pool: _IsolatePool | None = None
         self._closed = False
+        self._freeing: list[threading.Event] = []  # this engine's cells' isolates
 
     def _acquire_pool(self) -> _IsolatePool:
         if self._pool is None:
@@ -326,14 +411,23 @@ class V8Engine(Engine):
         except Exception as exc:  # pragma: no cover - native failure
             raise EngineError(f"could not create a V8 isolate: {exc}") from exc
         try:
-            return _V8Cell(isolate, boot)
+            return _V8Cell(isolate, boot, self._track_free)
         except Exception as exc:
             isolate.free()
             raise EngineError(f"could not start the V8 cell environment: {exc}") from exc
 
+    def _track_free(self, done: threading.Event) -> None:
+        self._freeing = [e for e in self._freeing if not e.is_set()]
+        self._freeing.append(done)
+
     async def aclose(self) -> None:
+        """Close, and wait (at most 5 s) until the isolates of this engine's cells are freed;
+        an isolate of another engine, stuck in a long native call, delays nobody else."""
         self.close()
-        await wait_freed()
+        pending = [e for e in self._freeing if not e.is_set()]
+        self._freeing = []
+        if pending:
+            await asyncio.to_thread(_wait_all, pending, 5.0)
 
     def close(self) -> None:
         if self._closed:
@@ -343,31 +437,47 @@ class V8Engine(Engine):
         if pool is not None:
             pool.users -= 1
             if pool.users <= 0:
-                pool.close()
+                self._freeing.extend(pool.close())
                 if _pools.get(pool.loop) is pool:
                     del _pools[pool.loop]
 
 
 class _V8Cell(EngineCell):
-    def __init__(self, isolate: _Isolate, boot: CellBoot) -> None:
+    def __init__(
+        self,
+        isolate: _Isolate,
+        boot: CellBoot,
+        on_free: Callable[[threading.Event], None] | None = None,
+    ) -> None:
         self._isolate = isolate
+        self._on_free = on_free
         self._context = isolate.context
         self._boot = boot
         self._limits = boot.limits
         self._closed = False
         self._inflight: asyncio.Task[Any] | None = None
         self._out_of_cpu = False
+        self._flagged: str | None = None
+        self._poll_handle: asyncio.TimerHandle | None = None
         self._cpu_used = 0.0
+        assert isolate.bridge is not None
+        self._bridge = isolate.bridge
         self._context.set_hard_memory_limit(boot.limits.max_heap_bytes)
-        self._boot_code = self._render_boot()  # serialised at admission: the snapshot is fixed
+        self._stored = StoredSnapshot.from_values(boot.stored)
+        self._authority = CellAuthority(
+            boot.tools, boot.limits, pausable=boot.pausable, stored=self._stored
+        )
+        self._boot_config = self._render_boot()  # serialised at admission: the snapshot is fixed
+        self._journal = isolate.journal
 
     @property
     def closed(self) -> bool:
         return self._closed
 
     def _render_boot(self) -> str:
-        """The call that installs this cell's tools, stored values and limits. It runs in the
-        same eval as the body's start: one crossing fewer per cell."""
+        """The configuration that installs this cell's tools and limits. It is given to the
+        same bridge call as the body's start (one crossing fewer per cell), with the stored
+        values' JSON text beside it, parsed inside the cell."""
         b = self._boot
         idents = tool_identifiers(t.name for t in b.tools)
         config = {
@@ -377,22 +487,23 @@ class _V8Cell(EngineCell):
                 "maxParallel": b.limits.max_parallel_tool_calls,
                 "maxOutputBytes": b.limits.max_output_bytes,
                 "maxExternalBytes": b.limits.max_heap_bytes,
+                "maxStoredBytes": b.limits.max_stored_bytes,
             },
+            "storedBytes": self._stored.total_bytes,
             "tools": [
                 {"name": t.name, "ident": ident, "kind": str(t.kind), "description": t.description}
                 for t, ident in zip(b.tools, idents, strict=True)
             ],
-            "stored": dict(b.stored),
         }
-        # The catalog's entries stay JSON text in the cell, parsed on first use (SPEC 9.6).
+        # The catalog entries stay JSON text in the cell, parsed on first use (docs/model-tools.md)
         if b.tool_reference is not None:
             config["reference"] = b.tool_reference
-        return f"__codemode.boot({_dumps(config)});"
+        return _dumps(config)
 
     async def run(self) -> StepReport:
         prepared = await prepare_source_async(self._boot.source)
         if prepared.as_written is not None and await self._eval(
-            compiles_expression(prepared.as_written)
+            self._bridge.compiles, prepared.as_written
         ):
             prepared = prepared.as_javascript()  # valid JavaScript runs as written
         if prepared.error_text is not None:
@@ -403,11 +514,10 @@ class _V8Cell(EngineCell):
             self.close()
             text = f"SyntaxError: Unsupported import in exec: {scan.static_import}"
             return StepReport((), (), Settlement(text))
-        check = compile_check(scan.source)
+        stored_json = self._stored.json_text()
+        bridge = self._bridge
         try:
-            return await self._command(
-                f"{check}{self._boot_code}__codemode.run({_dumps(scan.source)})"
-            )
+            return await self._command(bridge.start, self._boot_config, stored_json, scan.source)
         except EngineLost as lost:
             located = syntax_error_from(str(lost.__cause__ or ""), scan.source)
             if located is None:
@@ -416,6 +526,7 @@ class _V8Cell(EngineCell):
             return StepReport((), (), Settlement(located))
 
     async def step(self, inputs: Sequence[StepInput]) -> StepReport:
+        self._authority.inputs(inputs)
         parts = []
         for item in inputs:
             if isinstance(item, ToolResultInput):
@@ -426,7 +537,7 @@ class _V8Cell(EngineCell):
                     parts.append(f'["r","{item.call_id}",false,{_dumps(item.message)}]')
             else:
                 parts.append(f'["t",{int(item.timer_id)}]')
-        return await self._command(f"__codemode.step([{','.join(parts)}])")
+        return await self._command(self._bridge.step, f"[{','.join(parts)}]")
 
     async def stop(self) -> tuple[EngineEvent, ...]:
         if self._closed:
@@ -438,9 +549,24 @@ class _V8Cell(EngineCell):
             await asyncio.wait({inflight}, timeout=_SALVAGE_TIMEOUT)
         try:
             report = await self._drain_stopped()
+            events = report.events if report is not None else self._read_journal()
         finally:
             self.close()
-        return report.events if report is not None else ()
+        return events
+
+    def _read_journal(self) -> tuple[EngineEvent, ...]:
+        """The output the cell wrote since its last drain, read from the journal's memory
+        without running JavaScript (the isolate may be spinning in a continuation, where
+        stopping it also stops any drain). Only while the isolate lives: never after close."""
+        view = self._journal
+        if view is None or self._closed:
+            return ()
+        try:
+            data = bytes(view)  # one copy; the cell may still be writing past the end mark
+            return self._authority.salvage(_journal_items(data))
+        except Exception:  # pragma: no cover - a journal is best effort
+            logger.debug("journal of cell %s unreadable", self._boot.cell_id, exc_info=True)
+            return ()
 
     def close(self) -> None:
         if self._closed:
@@ -448,21 +574,23 @@ class _V8Cell(EngineCell):
         self._closed = True
         if self._inflight is not None:
             self._inflight.cancel()
-        self._isolate.free()
+        done = self._isolate.free()
+        if done is not None and self._on_free is not None:
+            self._on_free(done)
 
     # ------------------------------------------------------------------ internals
 
-    async def _command(self, code: str) -> StepReport:
+    async def _command(self, fn: Any, *args: str) -> StepReport:
         """Run one step and the drain that follows it (microtasks run between the two)."""
         cpu_before = self._cpu_used
         try:
-            await self._eval(code)
-            raw = await self._eval("__codemode.drain()")
+            await self._eval(fn, *args)
+            raw = await self._eval(self._bridge.drain)
         except _LimitExceeded as exc:
             report = await self._salvage(Settlement(limit_error_text(self._limits, exc.field_name)))
             self.close()
             return report
-        report = self._parse(raw, self._cpu_used - cpu_before)
+        report = await self._parse(raw, self._cpu_used - cpu_before)
         if report.settlement is not None:
             self.close()  # after completion no JavaScript of the cell runs (SPEC 2.1)
         return report
@@ -472,7 +600,7 @@ class _V8Cell(EngineCell):
         A limit the prelude itself reported in that drain is the more precise settlement."""
         report = await self._drain_stopped()
         if report is None:
-            return StepReport((), (), settlement)
+            return StepReport(self._read_journal(), (), settlement)
         reported = report.settlement
         if reported is not None and (reported.error_text or "").startswith("exec cell exceeded"):
             settlement = reported
@@ -485,108 +613,142 @@ class _V8Cell(EngineCell):
             return None
         try:
             raw = await asyncio.wait_for(
-                self._context.eval_cancelable("__codemode.drain()"), _SALVAGE_TIMEOUT
+                self._bridge.call(self._bridge.drain), _SALVAGE_TIMEOUT
             )
-            return self._parse(raw, 0.0)
+            return await self._parse(raw, 0.0)
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.debug("nothing salvaged from cell %s", self._boot.cell_id, exc_info=True)
             return None
 
-    async def _eval(self, code: str) -> Any:
-        """Run ``code`` in the isolate within the cell's remaining CPU budget.
+    async def _eval(self, fn: Any, *args: str) -> Any:
+        """Call the bridge function ``fn`` within the cell's remaining CPU budget.
 
-        Cancelling the caller abandons the eval, which terminates the running JavaScript.
+        Cancelling the caller abandons the call, which terminates the running JavaScript. A
+        heap-limit hit anywhere in it (microtasks included, which V8 runs at the end of the call)
+        is a ``max_heap_bytes`` limit, even when the call itself came back normally.
         """
         if self._closed:
             raise EngineLost("the cell's engine was closed")
         remaining = max(self._limits.max_cpu_seconds - self._cpu_used, 0.0)
         loop = asyncio.get_running_loop()
-        task: asyncio.Task[Any] = loop.create_task(self._context.eval_cancelable(code))
+        task: asyncio.Task[Any] = loop.create_task(self._bridge.call(fn, *args))
         self._inflight = task
         self._out_of_cpu = False
         deadline = loop.call_later(remaining, self._cpu_deadline, task)
+        self._flagged = None
+        self._poll_handle = loop.call_later(_FLAG_POLL, self._poll_flag, task)
         started = time.perf_counter()
         try:
-            return await task  # a cancelled caller cancels the eval too
+            result = await task  # a cancelled caller cancels the eval too
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise  # our caller was cancelled
             if self._out_of_cpu:
                 raise _LimitExceeded("max_cpu_seconds") from None
+            if self._flagged is not None:
+                raise _LimitExceeded(self._flagged) from None
             raise EngineLost("the cell's engine was closed") from None
         except Exception as exc:
             from py_mini_racer import JSOOMException
 
             if isinstance(exc, JSOOMException):
                 raise _LimitExceeded("max_heap_bytes") from exc
+            if self._context.was_hard_memory_limit_reached():
+                raise _LimitExceeded("max_heap_bytes") from exc
             raise EngineLost(f"{type(exc).__name__}: {exc}") from exc
         finally:
             deadline.cancel()
+            if self._poll_handle is not None:
+                self._poll_handle.cancel()
+                self._poll_handle = None
             if task.done():
                 self._inflight = None  # else `stop` waits for the abandoned step to end
             self._cpu_used += time.perf_counter() - started
+        if self._context.was_hard_memory_limit_reached():
+            raise _LimitExceeded("max_heap_bytes")
+        return result
 
     def _cpu_deadline(self, task: asyncio.Task[Any]) -> None:
         self._out_of_cpu = True
         task.cancel()
 
-    def _parse(self, raw: Any, cpu_seconds: float) -> StepReport:
-        """Validate a drain; anything malformed means the bridge was broken from inside."""
-        try:
-            data = json.loads(raw)
-            events = tuple(_event(ev) for ev in data["ev"])
-            pending = data["pending"]
-            if pending is None:
-                pending = []
-            elif not isinstance(pending, list) or not all(isinstance(p, str) for p in pending):
-                raise ValueError("bad pending list")
-            settled = data["settled"]
-            settlement: Settlement | None = None
-            if settled is not None:
-                if settled.get("ok") is True:
-                    settlement = Settlement(None)
-                elif isinstance(settled.get("limit"), str):
-                    field_name = settled["limit"]
-                    if not hasattr(self._limits, field_name):
-                        raise ValueError(f"unknown limit {field_name!r}")
-                    settlement = Settlement(limit_error_text(self._limits, field_name))
-                else:
-                    error = str(settled.get("error", "uncaught exception"))
-                    settlement = Settlement(clean_error_text(error))
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-            raise EngineLost(f"malformed report from the cell environment: {exc}") from exc
-        pending_sorted = tuple(sorted(pending, key=_call_number))
-        return StepReport(events, pending_sorted, settlement, cpu_seconds)
+    def _limit_flag(self) -> str | None:
+        """The limit the cell flagged in its journal while running, if any."""
+        view = self._journal
+        if view is None or self._closed or len(view) < 8:
+            return None
+        code = int.from_bytes(view[4:8], "little")
+        if 1 <= code <= len(_FLAGGED_LIMITS):
+            return _FLAGGED_LIMITS[code - 1]
+        return None
+
+    def _poll_flag(self, task: asyncio.Task[Any]) -> None:
+        """While a step runs: a limit the cell hit ends the step now, even if the cell caught
+        the unwinding and spins on (its report still names the limit)."""
+        if task.done():
+            return
+        flagged = self._limit_flag()
+        if flagged is not None:
+            self._flagged = flagged
+            task.cancel()
+            return
+        self._poll_handle = asyncio.get_running_loop().call_later(
+            _FLAG_POLL, self._poll_flag, task
+        )
+
+    async def _parse(self, raw: Any, cpu_seconds: float) -> StepReport:
+        """Check a drain report on the host (:class:`CellAuthority`); a large one on a worker
+        thread, decoded event by event, so the event loop keeps getting the GIL."""
+        if isinstance(raw, str) and len(raw) > _THREAD_REPORT_CHARS:
+            report = await asyncio.to_thread(self._authority.accept_raw, raw, cpu_seconds)
+        else:
+            report = self._authority.accept_raw(raw, cpu_seconds)
+        settlement = report.settlement
+        if settlement is None or settlement.error_text is None:
+            return report
+        # Stack frames name their place in the cell as written, and only there (docs/cells.md).
+        located = clean_error_text(settlement.error_text)
+        if located == settlement.error_text:
+            return report
+        return dataclasses.replace(report, settlement=Settlement(located))
 
 
-def _call_number(call_id: str) -> tuple[int, str]:
-    _, _, n = call_id.partition("-")
-    return (int(n), call_id) if n.isdigit() else (0, call_id)
+def _journal_items(data: bytes) -> list[tuple[int, str]]:
+    """Decode journal records up to the committed end (see the prelude's output journal)."""
+    units = len(data) // 2
+    end = min(int.from_bytes(data[0:4], "little"), units)
+    items: list[tuple[int, str]] = []
+    at = 4
+    while at + 3 <= end:
+        kind = int.from_bytes(data[2 * at : 2 * at + 2], "little")
+        n = int.from_bytes(data[2 * at + 2 : 2 * at + 4], "little")
+        n |= int.from_bytes(data[2 * at + 4 : 2 * at + 6], "little") << 16
+        start = at + 3
+        if start + n > end:
+            break
+        text = data[2 * start : 2 * (start + n)].decode("utf-16-le", "surrogatepass")
+        items.append((kind, text))
+        at = start + n
+    return items
 
 
-def _event(ev: Any) -> EngineEvent:
-    tag = ev[0]
-    if tag == "text":
-        return OutputProduced(TextItem(str(ev[1])))
-    if tag == "image":
-        return OutputProduced(ImageItem(str(ev[1]), ImageDetail(ev[2])))
-    if tag == "call":
-        call_id = ev[1]
-        # Ids are embedded unescaped in later steps: accept only the prelude's own "tool-N".
-        if not (isinstance(call_id, str) and call_id[:5] == "tool-" and call_id[5:].isdigit()):
-            raise ValueError(f"bad call id {call_id!r}")
-        return ToolCallRequested(call_id, int(ev[2]), ev[3])
-    if tag == "notify":
-        return NotifyRequested(str(ev[1]))
-    if tag == "yield":
-        return YieldRequested()
-    if tag == "timer":
-        return TimerSet(int(ev[1]), float(ev[2]) / 1000.0)
-    if tag == "clear":
-        return TimerCleared(int(ev[1]))
-    if tag == "store":
-        return StoreWritten(str(ev[1]), ev[2])
-    raise ValueError(f"unknown event {tag!r}")
+# The limits a cell's journal can flag (the prelude's FLAGGED_LIMITS, in order).
+_FLAGGED_LIMITS = (
+    "max_tool_calls",
+    "max_parallel_tool_calls",
+    "max_output_bytes",
+    "max_heap_bytes",
+    "max_stored_bytes",
+)
+
+# How often a running step looks at its cell's limit flag.
+_FLAG_POLL = 0.02
+
+# Arguments longer than this are copied into the isolate from a worker thread.
+_THREAD_ARG_CHARS = 256 * 1024
+
+# Drain reports longer than this are checked on a worker thread.
+_THREAD_REPORT_CHARS = 64 * 1024

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -38,6 +39,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from codemode.cell.authority import MAX_STORED_DEPTH, depth_at_most, json_loads_finite
+from codemode.cell.stored import StoredSnapshot
 from codemode.engine.base import (
     CellBoot,
     Engine,
@@ -49,6 +52,7 @@ from codemode.engine.base import (
     Settlement,
     StepInput,
     StepReport,
+    StoresWritten,
     StoreWritten,
     TimerCleared,
     TimerSet,
@@ -482,9 +486,12 @@ class WorkerEngine(Engine):
         child.opening += 1
         try:
             await asyncio.shield(child.started)
-            body = _dumps(boot_to_json(boot)) if not boot.stored else None
-            if body is None:  # stored values may be large: encode them off the loop
-                body = await asyncio.to_thread(_dumps, boot_to_json(boot))
+            if not boot.stored:
+                body = _dumps(boot_to_json(boot))
+            elif isinstance(boot.stored, StoredSnapshot) and boot.stored.json_ready:
+                body = _boot_body(boot)
+            else:  # a large map is joined on a thread (in pieces: the loop keeps the GIL)
+                body = await asyncio.to_thread(_boot_body, boot)
             child.next_key += 1
             key = child.next_key
             i, future = await child.request('{"op":"open",', f',"c":{key},"boot":{body}}}')
@@ -689,7 +696,11 @@ class _WorkerCell(EngineCell):
                 self._lost = str(answer["lost"])[:1000]
                 self._mark_closed()
                 raise EngineLost(f"the worker reported: {self._lost}")
-            report = _report(answer["r"], self._tool_count)
+            data = answer["r"]
+            if _report_weight(data) > _BIG_REPORT_ENTRIES:  # checked off the event loop
+                report = await asyncio.to_thread(_report, data, self._tool_count)
+            else:
+                report = _report(data, self._tool_count)
         except (_Malformed, KeyError, TypeError, ValueError, IndexError) as exc:
             child.compromised(f"{op}: {exc}")
             raise EngineLost(f"the worker process sent a malformed answer ({exc})") from None
@@ -723,6 +734,32 @@ def _step_tail_bytes(inputs: Sequence[StepInput]) -> bytes:
 
 
 # ------------------------------------------------------------------ validation of answers
+
+
+def _boot_body(boot: CellBoot) -> str:
+    """The wire form of ``boot`` with the stored values embedded as the snapshot's own JSON
+    text: a large map is never decoded and encoded again in one GIL-holding call."""
+    head = boot_to_json(dataclasses.replace(boot, stored={}))
+    del head["stored"]
+    stored = boot.stored
+    stored_json = stored.json_text() if isinstance(stored, StoredSnapshot) else _dumps(dict(stored))
+    return _dumps(head)[:-1] + ',"stored":' + stored_json + "}"
+
+
+# Reports with more entries (events and stored writes) than this are checked on a thread.
+_BIG_REPORT_ENTRIES = 2000
+
+
+def _report_weight(data: Any) -> int:
+    """How many entries checking ``data`` means, counted cheaply (without checking it)."""
+    events = data.get("ev") if isinstance(data, dict) else None
+    if not isinstance(events, list):
+        return 0
+    weight = len(events)
+    for ev in events:
+        if isinstance(ev, list) and len(ev) == 2 and ev[0] == "stores" and isinstance(ev[1], dict):
+            weight += len(ev[1])
+    return weight
 
 
 def _report(data: Any, tool_count: int) -> StepReport:
@@ -769,6 +806,23 @@ def _str(value: Any) -> str:
     return value
 
 
+def _stored_writes(raw: Any) -> dict[str, str]:
+    """A batch of stored writes from the worker: key -> finite JSON text, nested within the
+    stored-value depth bound (the same checks the in-process authority makes)."""
+    if not isinstance(raw, dict):
+        raise _Malformed("stored writes are not an object")
+    for key, text in raw.items():
+        if not isinstance(key, str) or not isinstance(text, str):
+            raise _Malformed("a stored write is not a key and a JSON text")
+        try:
+            value = json_loads_finite(text)
+        except ValueError:
+            raise _Malformed(f"stored value {key[:40]!r} is not finite JSON") from None
+        if text[:1] in "[{" and not depth_at_most(value, MAX_STORED_DEPTH):
+            raise _Malformed(f"stored value {key[:40]!r} nests too deep")
+    return raw
+
+
 def _event(ev: Any, tool_count: int) -> EngineEvent:
     if not isinstance(ev, list) or not ev:
         raise _Malformed("an event is not a list")
@@ -803,4 +857,6 @@ def _event(ev: Any, tool_count: int) -> EngineEvent:
         return TimerCleared(_int(ev[1]))
     if tag == "store" and n == 3:
         return StoreWritten(_str(ev[1]), ev[2])
+    if tag == "stores" and n == 2:
+        return StoresWritten(_stored_writes(ev[1]))
     raise _Malformed(f"unknown event {str(tag)[:20]!r}")

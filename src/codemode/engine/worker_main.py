@@ -69,6 +69,7 @@ def _event(ev: Any) -> list[Any]:
     from codemode.engine.base import (
         NotifyRequested,
         OutputProduced,
+        StoresWritten,
         StoreWritten,
         TimerCleared,
         TimerSet,
@@ -95,6 +96,8 @@ def _event(ev: Any) -> list[Any]:
         return ["clear", ev.timer_id]
     if isinstance(ev, StoreWritten):
         return ["store", ev.key, ev.value]
+    if isinstance(ev, StoresWritten):
+        return ["stores", dict(ev.writes)]
     raise TypeError(f"unknown engine event {type(ev).__name__}")
 
 
