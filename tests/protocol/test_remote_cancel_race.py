@@ -1,0 +1,51 @@
+"""Issue 12 point 4: an observation cancelled by its caller, then the cell terminated, over a real
+``codemode serve`` child. The server may have answered the cancelled ``cell/wait`` first; the
+event the client keeps for the next observer must not be dropped by ``terminate``. Nothing is
+lost and nothing is delivered twice, in every trial."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from codemode import Completed, RemoteSession, Terminated, TextItem, Yielded
+from conftest import RecordingDelegate, request
+
+TRIALS = 60
+
+
+def _texts(event: Yielded | Completed | Terminated) -> list[str]:
+    return [item.text for item in event.items if isinstance(item, TextItem)]
+
+
+async def test_cancelled_wait_then_terminate_keeps_the_output(
+    delegate: RecordingDelegate,
+) -> None:
+    rng = random.Random(12)
+    session = await RemoteSession.spawn(delegate)
+    lost: list[int] = []
+    twice: list[int] = []
+    try:
+        for trial in range(TRIALS):
+            cell = await session.create_cell(
+                request(f'text("out-{trial}"); await new Promise(r => setTimeout(r, 60000));')
+            )
+            waiter = asyncio.ensure_future(session.wait(cell, 0.02))
+            # Cancel around the moment the server answers (its budget is 20 ms).
+            await asyncio.sleep(rng.uniform(0.0, 0.06))
+            waiter.cancel()
+            seen: list[str] = []
+            try:
+                seen += _texts(await waiter)
+            except asyncio.CancelledError:
+                pass
+            seen += _texts(await asyncio.wait_for(session.terminate(cell), 20))
+            count = seen.count(f"out-{trial}")
+            if count == 0:
+                lost.append(trial)
+            elif count > 1:
+                twice.append(trial)
+    finally:
+        await asyncio.wait_for(session.shutdown(), 20)
+    assert lost == [], f"{len(lost)} of {TRIALS} trials lost the output: {lost}"
+    assert twice == [], f"{len(twice)} of {TRIALS} trials delivered it twice: {twice}"
