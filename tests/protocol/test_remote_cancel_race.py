@@ -6,6 +6,7 @@ lost and nothing is delivered twice, in every trial."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 
 from codemode import Completed, RemoteSession, Terminated, TextItem, Yielded
@@ -35,10 +36,8 @@ async def test_cancelled_wait_then_terminate_keeps_the_output(
             await asyncio.sleep(rng.uniform(0.0, 0.06))
             waiter.cancel()
             seen: list[str] = []
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 seen += _texts(await waiter)
-            except asyncio.CancelledError:
-                pass
             seen += _texts(await asyncio.wait_for(session.terminate(cell), 20))
             count = seen.count(f"out-{trial}")
             if count == 0:

@@ -66,6 +66,7 @@ from codemode.mcp.config import ConfigError, load_config
 from codemode.mcp.upstream import UpstreamSet
 from codemode.model import CellLimits, ImageItem, NestedToolCall, OutputItem, TextItem
 from codemode.session import SessionRuntime
+from codemode.textsafe import valid_text
 from codemode.tools import CodeModeTools, ToolResult
 from codemode.tools.description import EXEC_TOOL_NAME, WAIT_TOOL_NAME
 
@@ -229,6 +230,7 @@ class _ConnectionFront:
 
     async def notify(self, call_id: str, cell_id: str, text: str) -> None:
         """Deliver a cell's ``notify(text)`` (see the module docstring)."""
+        text = valid_text(text)  # results are ToolResults, already valid (codemode.textsafe)
         observer = self._wait_observers.get(cell_id) or self._exec_observers.get(call_id)
         if observer is not None and observer.progress_token is not None:
             observer.sent += 1

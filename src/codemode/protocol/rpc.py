@@ -40,6 +40,7 @@ from codemode.protocol.messages import (
     error_to_wire,
 )
 from codemode.protocol.transport import FrameTooLarge, Transport, TransportClosed
+from codemode.textsafe import valid_json
 
 __all__ = [
     "ConnectionLost",
@@ -144,8 +145,14 @@ def _parse(text: str) -> Any:
 
 
 def encode(message: Any) -> str:
-    """The compact JSON text of a message (ASCII, so lone surrogates survive the trip)."""
-    return json.dumps(message, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    """The compact JSON text of a message, in ASCII. This is the protocol's one boundary for
+    valid Unicode (:mod:`codemode.textsafe`): a lone surrogate in any string becomes U+FFFD."""
+    text = json.dumps(message, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    if "\\ud" in text:  # an escaped surrogate: maybe a lone one (json.dumps writes lower case)
+        cleaned = valid_json(message)
+        if cleaned is not message:
+            text = json.dumps(cleaned, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return text
 
 
 class Endpoint:
