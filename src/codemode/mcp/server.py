@@ -62,6 +62,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 
 from codemode.errors import CodeModeError
+from codemode.mcp.cancel import ExecCells
 from codemode.mcp.config import ConfigError, load_config
 from codemode.mcp.upstream import UpstreamSet
 from codemode.model import CellLimits, ImageItem, NestedToolCall, OutputItem, TextItem
@@ -145,6 +146,7 @@ class _ConnectionFront:
         self._front = front
         self.label = label
         self.runtime = SessionRuntime(_ConnectionDelegate(self), limits=front.limits)
+        self.exec_cells = ExecCells(self.runtime)  # a cancelled exec terminates its cell
         self._tools: CodeModeTools | None = None
         self._generation = -1
         self._owners: dict[str, CodeModeTools] = {}
@@ -164,7 +166,7 @@ class _ConnectionFront:
         if self._tools is None or self._generation != upstreams.generation:
             self._generation = upstreams.generation
             self._tools = CodeModeTools(
-                self.runtime,
+                self.exec_cells,
                 upstreams.tools,
                 code_mode_only=True,
                 max_wait_ms=self._front.max_wait_ms,
@@ -191,8 +193,12 @@ class _ConnectionFront:
         self._exec_observers[call_id] = observer
         try:
             result = await tools.call(EXEC_TOOL_NAME, arguments, call_id)
+        except asyncio.CancelledError:
+            self.exec_cells.cancelled(call_id)  # notifications/cancelled: stop the cell
+            raise
         finally:
             del self._exec_observers[call_id]
+            self.exec_cells.finished(call_id)
         self._prune_owners()
         if result.cell_id is not None and self._cell_alive(result.cell_id):
             self._owners[result.cell_id] = tools
@@ -261,6 +267,7 @@ class _ConnectionFront:
         self._closed = True
         self._front.forget(self)
         await self.runtime.shutdown()
+        await self.exec_cells.aclose()
         logger.info("%s closed", self.label)
 
 
@@ -285,6 +292,7 @@ class _ConnectionDelegate:
         self._connection = connection
 
     async def invoke_tool(self, call: NestedToolCall) -> Any:
+        await self._connection.exec_cells.check_call(call.cell_id)
         return await self._connection.upstreams.invoke_tool(call)
 
     async def notify(self, call_id: str, cell_id: str, text: str) -> None:
