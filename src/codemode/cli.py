@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="require 'Authorization: Bearer <value of the environment variable NAME>'",
     )
     _add_limit_flags(serve)
+    from codemode.protocol.policy import add_serve_flags
+
+    add_serve_flags(serve)
 
     mcp = sub.add_parser(
         "mcp",
@@ -375,9 +378,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"codemode: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.command == "serve":
+        from codemode.protocol.policy import policy_from_args
         from codemode.protocol.server import serve_main
 
-        return serve_main(listen=args.listen, token_env=args.token_env, limits=limits)
+        try:
+            policy = policy_from_args(args)
+        except ValueError as exc:
+            print(f"codemode: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return serve_main(
+            listen=args.listen, token_env=args.token_env, limits=limits, policy=policy
+        )
     if args.command == "mcp":
         from codemode.mcp.server import mcp_main
 
