@@ -226,6 +226,9 @@ class Endpoint:
                 reason = "end of input"
                 break
             await self._frame(frame)
+            # Let the request just started run up to its first wait, so that an answer ready at
+            # once counts in the queued bytes before the next frame is read (backpressure).
+            await asyncio.sleep(0)
         self.input_end_reason = reason
         return reason
 
