@@ -49,7 +49,7 @@ import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import unquote_to_bytes
 
 import mcp.types as mcp_types
@@ -90,6 +90,8 @@ INSTRUCTIONS: Final = (
     "cell that is still running."
 )
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+HTTP_SHUTDOWN_GRACE: Final = 0.1
+"""Seconds open HTTP connections get to finish when ``codemode mcp --http`` stops."""
 _STATE_KEY: Final = "codemode.mcp"
 _IMAGE_DETAIL_META: Final = "codex/imageDetail"
 
@@ -492,7 +494,16 @@ async def serve_http(front: McpFront, host: str, port: int, stop: asyncio.Event)
             yield
 
     app = front.server().streamable_http_app(streamable_http_path="/mcp", host=host)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        # Open streams (a client's SSE channel) are cut after this on SIGTERM, so the process
+        # exits within a second (issue 12.3); uvicorn accepts a float here despite its hint.
+        timeout_graceful_shutdown=cast(int, HTTP_SHUTDOWN_GRACE),
+    )
     server = _Server(config)
 
     async def stopper() -> None:
@@ -518,6 +529,7 @@ async def _run(configs: Any, http: tuple[str, int] | None, limits: CellLimits) -
 
     def on_signal() -> None:
         nonlocal stopping
+        logger.debug("stopping on a signal")
         stop.set()
         if http is None and main_task is not None and not stopping:
             stopping = True
@@ -536,6 +548,8 @@ async def _run(configs: Any, http: tuple[str, int] | None, limits: CellLimits) -
                     await serve_http(front, http[0], http[1], stop)
             finally:
                 await front.aclose()
+                logger.debug("sessions closed; stopping the upstream servers")
+        logger.debug("upstream servers stopped")
     except asyncio.CancelledError:
         if not stopping:
             raise
@@ -569,6 +583,8 @@ def mcp_main(config_path: str, http: str | None, limits: CellLimits) -> int:
     if not configs:
         logger.warning("the MCP config %s lists no servers; cells get no nested tools", config_path)
     try:
-        return asyncio.run(_run(configs, address, limits))
+        status = asyncio.run(_run(configs, address, limits))
     except KeyboardInterrupt:
         return EXIT_OK
+    logger.debug("exiting with status %d", status)
+    return status

@@ -51,12 +51,12 @@ import httpx2
 import mcp.types as mcp_types
 from anyio.streams.memory import MemoryObjectSendStream
 from mcp.client.session import ClientSession, IncomingMessage
-from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 
 from codemode.mcp.config import HttpServerConfig, StdioServerConfig, UpstreamConfig
+from codemode.mcp.process import guarded_stdio_client
 from codemode.model import NestedToolCall, SessionDelegate, ToolDefinition, ToolKind
 
 __all__ = [
@@ -237,13 +237,11 @@ class Upstream:
     def _transport(self) -> contextlib.AbstractAsyncContextManager[Any]:
         config = self.config
         if isinstance(config, StdioServerConfig):
-            params = StdioServerParameters(
-                command=config.command,
-                args=list(config.args),
-                env=dict(config.env) or None,
-                cwd=config.cwd,
+            # Its own process group under a guardian with a parent-death signal: the server
+            # never outlives codemode, and stopping it takes under a second (issue 12.3).
+            return guarded_stdio_client(
+                config.command, list(config.args), dict(config.env) or None, config.cwd
             )
-            return stdio_client(params)
         assert isinstance(config, HttpServerConfig)
         return _http_transport(config)
 
