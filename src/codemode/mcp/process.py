@@ -16,7 +16,9 @@ other POSIX systems with ``prctl``): the same newline-delimited JSON-RPC as the 
   behind dies too). The whole shutdown takes well under a second, so ``codemode mcp`` exits
   within one second of its stdin closing or SIGTERM even with a call in flight.
 
-A command that cannot be found raises :class:`FileNotFoundError` before anything starts.
+A command that cannot be found raises :class:`FileNotFoundError` before anything starts. Linux
+sends the parent-death signal when the *thread* that started the guardian ends, so start upstream
+servers from a thread that lives as long as they should (the event loop's thread does).
 """
 
 from __future__ import annotations
