@@ -9,8 +9,8 @@ import asyncio
 import contextlib
 import random
 
-from codemode import Completed, RemoteSession, Terminated, TextItem, Yielded
-from conftest import RecordingDelegate, request
+from codemode import Completed, Pending, RemoteSession, Terminated, TextItem, Yielded
+from conftest import BLOCK, RecordingDelegate, request
 
 TRIALS = 60
 
@@ -29,8 +29,9 @@ async def test_cancelled_wait_then_terminate_keeps_the_output(
     try:
         for trial in range(TRIALS):
             cell = await session.create_cell(
-                request(f'text("out-{trial}"); await new Promise(r => setTimeout(r, 60000));')
+                request(f'text("out-{trial}"); await tools.block({{}});', BLOCK)
             )
+            await delegate.wait_calls(trial + 1)  # the text was produced before the call
             waiter = asyncio.ensure_future(session.wait(cell, 0.02))
             # Cancel around the moment the server answers (its budget is 20 ms).
             await asyncio.sleep(rng.uniform(0.0, 0.06))
@@ -48,3 +49,29 @@ async def test_cancelled_wait_then_terminate_keeps_the_output(
         await asyncio.wait_for(session.shutdown(), 20)
     assert lost == [], f"{len(lost)} of {TRIALS} trials lost the output: {lost}"
     assert twice == [], f"{len(twice)} of {TRIALS} trials delivered it twice: {twice}"
+
+
+async def test_cancelled_wait_to_pending_then_terminate_keeps_the_output() -> None:
+    rng = random.Random(13)
+    delegate = RecordingDelegate()
+    session = await RemoteSession.spawn(delegate)
+    counts: list[int] = []
+    try:
+        for trial in range(TRIALS // 2):
+            cell = await session.create_pausable_cell(
+                request(f'text("out-{trial}"); await tools.block({{}});', BLOCK)
+            )
+            await delegate.wait_calls(trial + 1)
+            waiter = asyncio.ensure_future(session.wait_to_pending(cell))
+            await asyncio.sleep(rng.uniform(0.0, 0.012))
+            waiter.cancel()
+            seen: list[str] = []
+            with contextlib.suppress(asyncio.CancelledError):
+                event = await waiter
+                assert isinstance(event, Pending)
+                seen += [i.text for i in event.frontier.items if isinstance(i, TextItem)]
+            seen += _texts(await asyncio.wait_for(session.terminate(cell), 20))
+            counts.append(seen.count(f"out-{trial}"))
+    finally:
+        await asyncio.wait_for(session.shutdown(), 20)
+    assert counts == [1] * (TRIALS // 2), counts

@@ -67,6 +67,7 @@ from codemode.model import (
     Completed,
     CreateCellRequest,
     NestedToolCall,
+    OutputItem,
     PausableCell,
     PausableCellEvent,
     Pending,
@@ -703,10 +704,15 @@ class RemoteSession:
         self._forget(cell_id)
         event = event_from_wire(result)
         assert isinstance(event, Completed | Terminated)
-        if isinstance(kept, Yielded) and kept.items:
+        kept_items: tuple[OutputItem, ...] = ()
+        if isinstance(kept, Yielded):
+            kept_items = kept.items
+        elif isinstance(kept, Pending):
+            kept_items = kept.frontier.items
+        if kept_items:
             # Output the server delivered to an observation whose caller went away: it was kept
             # for the cell's next observer, and terminate is the last one (SPEC 10.6).
-            items = (*kept.items, *event.items)
+            items = (*kept_items, *event.items)
             if isinstance(event, Completed):
                 return Completed(items, event.error_text)
             return Terminated(items)
