@@ -484,6 +484,15 @@ async def serve_stdio(front: McpFront) -> None:
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
+def _quiet_stop(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's errors about cutting open streams when it stops (HTTP_SHUTDOWN_GRACE):
+    stopping with a client connected is normal, not an error."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, asyncio.CancelledError):
+        return False
+    return "timeout graceful shutdown exceeded" not in record.getMessage()
+
+
 async def serve_http(front: McpFront, host: str, port: int, stop: asyncio.Event) -> None:
     """Serve streamable HTTP at ``http://{host}:{port}/mcp`` until ``stop`` is set."""
     import uvicorn
@@ -494,6 +503,7 @@ async def serve_http(front: McpFront, host: str, port: int, stop: asyncio.Event)
             yield
 
     app = front.server().streamable_http_app(streamable_http_path="/mcp", host=host)
+    logging.getLogger("uvicorn.error").addFilter(_quiet_stop)
     config = uvicorn.Config(
         app,
         host=host,
