@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from protocol_support import HANG, SERVE, InProcessServer
+from protocol_support import HANG, SERVE, InProcessServer, WebSocketServer
+from websockets.asyncio.client import connect
 
 from codemode.protocol.policy import ServePolicy
 from codemode.protocol.server import ProtocolServer
@@ -191,3 +192,48 @@ async def test_server_wide_caps() -> None:
         await a.close()
         await b.close()
         await server.close()
+
+
+async def test_a_websocket_client_that_does_not_read_is_not_read_either() -> None:
+    server = WebSocketServer()
+    try:
+        async with connect(server.url, max_size=None, open_timeout=HANG) as ws:
+            ids = iter(range(1, 10_000))
+
+            async def call(method: str, params: Any) -> Any:
+                request_id = next(ids)
+                message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+                await ws.send(json.dumps(message))
+                while True:
+                    answer = json.loads(await asyncio.wait_for(ws.recv(), HANG))
+                    if answer.get("id") == request_id:
+                        assert "result" in answer, answer
+                        return answer["result"]
+
+            await call("initialize", {"protocolVersion": 1, "clientInfo": {"name": "slow-ws"}})
+            session = (await call("session/open", {}))["sessionId"]
+            create = {
+                "sessionId": session,
+                "kind": "continuing",
+                "source": 'text("x".repeat(900000))',
+                "tools": [],
+                "toolCallId": "big",
+            }
+            cell = (await call("cell/create", create))["cellId"]
+            wait = {"sessionId": session, "cellId": cell, "yieldAfterMs": 20000, "observation": 0}
+            first = await call("cell/wait", wait)
+            before = peak_rss(server.process.pid)
+            for n in range(400):  # ~360 MB of answers if the server kept answering
+                request = {"jsonrpc": "2.0", "id": 1000 + n, "method": "cell/wait", "params": wait}
+                await asyncio.wait_for(ws.send(json.dumps(request)), HANG)
+            await asyncio.sleep(3)
+            grown = peak_rss(server.process.pid) - before
+            assert grown < 150 * MB, f"peak RSS grew by {grown / MB:.0f} MB"
+            print(f"slow WebSocket reader: peak RSS +{grown / MB:.1f} MB")
+            answered = set()
+            while len(answered) < 400:
+                answer = json.loads(await asyncio.wait_for(ws.recv(), HANG))
+                assert answer["result"] == first
+                answered.add(answer["id"])
+    finally:
+        assert server.stop() == 0
