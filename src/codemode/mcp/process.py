@@ -57,9 +57,11 @@ def kill_group(*_):
         os._exit(137)
 signal.signal(signal.SIGTERM, kill_group)
 signal.signal(signal.SIGHUP, kill_group)
-libc = ctypes.CDLL(None, use_errno=True)
-if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
-    sys.stderr.write("codemode guardian: prctl(PR_SET_PDEATHSIG) failed\n")
+try:
+    if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+        sys.stderr.write("codemode guardian: prctl(PR_SET_PDEATHSIG) failed\n")
+except AttributeError:  # not Linux: no parent-death signal; shutdown still kills the group
+    pass
 if os.getppid() != parent:  # codemode died before the request took effect
     kill_group()
 pid = os.fork()

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ import httpx2
 import mcp.types as mcp_types
 from anyio.streams.memory import MemoryObjectSendStream
 from mcp.client.session import ClientSession, IncomingMessage
+from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
@@ -239,9 +241,17 @@ class Upstream:
         if isinstance(config, StdioServerConfig):
             # Its own process group under a guardian with a parent-death signal: the server
             # never outlives codemode, and stopping it takes under a second (issue 12.3).
-            return guarded_stdio_client(
-                config.command, list(config.args), dict(config.env) or None, config.cwd
+            if os.name == "posix":
+                return guarded_stdio_client(
+                    config.command, list(config.args), dict(config.env) or None, config.cwd
+                )
+            params = StdioServerParameters(
+                command=config.command,
+                args=list(config.args),
+                env=dict(config.env) or None,
+                cwd=config.cwd,
             )
+            return stdio_client(params)
         assert isinstance(config, HttpServerConfig)
         return _http_transport(config)
 
