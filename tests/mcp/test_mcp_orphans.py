@@ -147,3 +147,22 @@ async def test_sigterm_over_http(tmp_path: Path) -> None:
     assert returncode == 0
     assert took < 1.9
     assert await _all_gone(list(pids.values())) == []
+
+
+async def test_sigterm_over_stdio(tmp_path: Path) -> None:
+    record = tmp_path / "exit.json"
+    async with (
+        stdio_client(_command(_config(tmp_path), record)) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        pids = await _family(session)
+        await session.call_tool("exec", {"code": IN_FLIGHT})
+        signalled = time.monotonic()
+        os.kill(pids["codemode"], signal.SIGTERM)
+        assert await _all_gone(list(pids.values())) == []
+    exit_info = json.loads(record.read_text())
+    took = exit_info["exited"] - signalled
+    print(f"codemode mcp exited {took:.2f} s after SIGTERM")
+    assert exit_info["returncode"] == 0
+    assert took < 1.9

@@ -64,6 +64,7 @@ from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 from codemode.errors import CodeModeError
 from codemode.mcp.cancel import ExecCells
 from codemode.mcp.config import ConfigError, load_config
+from codemode.mcp.stdin import open_stdin_lines
 from codemode.mcp.upstream import UpstreamSet
 from codemode.model import CellLimits, ImageItem, NestedToolCall, OutputItem, TextItem
 from codemode.session import SessionRuntime
@@ -480,7 +481,9 @@ def _configure_logging() -> None:
 async def serve_stdio(front: McpFront) -> None:
     """Serve one MCP connection on stdin/stdout until stdin closes."""
     server = front.server()
-    async with stdio_server() as (read_stream, write_stream):
+    # stdin read on the event loop, so SIGTERM need not wait for the client's next line.
+    stdin = await open_stdin_lines()
+    async with stdio_server(stdin=cast(Any, stdin)) as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
