@@ -64,7 +64,6 @@ from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 from codemode.errors import CodeModeError
 from codemode.mcp.cancel import ExecCells
 from codemode.mcp.config import ConfigError, load_config
-from codemode.mcp.stdin import open_stdin_lines
 from codemode.mcp.upstream import UpstreamSet
 from codemode.model import CellLimits, ImageItem, NestedToolCall, OutputItem, TextItem
 from codemode.session import SessionRuntime
@@ -93,6 +92,8 @@ INSTRUCTIONS: Final = (
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 HTTP_SHUTDOWN_GRACE: Final = 0.1
 """Seconds open HTTP connections get to finish when ``codemode mcp --http`` stops."""
+SIGNAL_EXIT_GRACE: Final = 0.8
+"""Seconds ``codemode mcp`` (stdio) spends closing sessions and upstreams on SIGTERM/SIGINT."""
 _STATE_KEY: Final = "codemode.mcp"
 _IMAGE_DETAIL_META: Final = "codex/imageDetail"
 
@@ -481,9 +482,7 @@ def _configure_logging() -> None:
 async def serve_stdio(front: McpFront) -> None:
     """Serve one MCP connection on stdin/stdout until stdin closes."""
     server = front.server()
-    # stdin read on the event loop, so SIGTERM need not wait for the client's next line.
-    stdin = await open_stdin_lines()
-    async with stdio_server(stdin=cast(Any, stdin)) as (read_stream, write_stream):
+    async with stdio_server() as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
@@ -537,16 +536,21 @@ async def serve_http(front: McpFront, host: str, port: int, stop: asyncio.Event)
 async def _run(configs: Any, http: tuple[str, int] | None, limits: CellLimits) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    main_task = asyncio.current_task()
     stopping = False
+    running: list[Any] = []  # the front and the upstreams, once they exist
+    background: set[asyncio.Task[None]] = set()
 
     def on_signal() -> None:
         nonlocal stopping
         logger.debug("stopping on a signal")
         stop.set()
-        if http is None and main_task is not None and not stopping:
+        if http is None and not stopping:
+            # The SDK reads stdin in a worker thread that no cancellation interrupts (it would
+            # wait for the client's next line): close the sessions and the upstream servers
+            # here, then end the process (issue 12.3).
             stopping = True
-            main_task.cancel()
+            task = loop.create_task(_exit_after_cleanup(running))
+            background.add(task)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -554,6 +558,7 @@ async def _run(configs: Any, http: tuple[str, int] | None, limits: CellLimits) -
     try:
         async with UpstreamSet(configs) as upstreams:
             front = McpFront(upstreams, limits, single_connection=http is None)
+            running.extend((front, upstreams))
             try:
                 if http is None:
                     await serve_stdio(front)
@@ -570,6 +575,23 @@ async def _run(configs: Any, http: tuple[str, int] | None, limits: CellLimits) -
         print(f"codemode: {error}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     return EXIT_OK
+
+
+async def _exit_after_cleanup(running: list[Any]) -> None:
+    """Close the sessions, then the upstream servers (bounded by :data:`SIGNAL_EXIT_GRACE`), and
+    end the process with status 0."""
+    try:
+        async with asyncio.timeout(SIGNAL_EXIT_GRACE):
+            for part in running:
+                await part.aclose()
+    except BaseException as error:  # exiting anyway; the guardians kill what is left
+        logger.warning("stopping on a signal: cleanup incomplete: %r", error)
+    finally:
+        logger.debug("exiting on a signal")
+        logging.shutdown()
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(EXIT_OK)
 
 
 def mcp_main(config_path: str, http: str | None, limits: CellLimits) -> int:
