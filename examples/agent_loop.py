@@ -5,6 +5,12 @@ The model sees two tools, ``exec`` and ``wait`` (their specs come from ``CodeMod
 JavaScript cell that calls them in parallel, prints a summary, hands the first part back with
 ``yield_control()`` and keeps working; ``wait`` collects the rest.
 
+A second demo (:func:`approval_main`) is an approval round trip: the tool ``send_sms`` is marked
+``needs_approval``, so its calls are held until the host decides. The model's ``exec`` result
+ends with ``Awaiting approval: tool-1 send_sms {...}``; the host (a stand-in for the user)
+approves it with ``CodeModeTools.approve``, the model ``wait``s, the next call is held, the host
+rejects it with a reason, and the model's program sees that reason as a rejected promise.
+
 ``ScriptedModel`` plays the model: it answers each turn with pre-scripted output items in the
 OpenAI Responses shape (``function_call`` / ``custom_tool_call`` items, then a ``message``). Swap it
 for a real client (``client.responses.create(model=..., input=..., tools=...)``) and the loop stays
@@ -22,7 +28,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from codemode import ImageItem, SessionRuntime, TextItem, ToolDefinition, tools_delegate
+from codemode import (
+    ApprovalRequest,
+    ImageItem,
+    MissingCell,
+    SessionRuntime,
+    TextItem,
+    ToolDefinition,
+    tools_delegate,
+)
 from codemode.tools import CodeModeTools, ToolResult
 from codemode.tools.description import to_openai_responses
 
@@ -62,6 +76,19 @@ WEATHER_TOOLS = (
 
 TEMPERATURES = {"Paris": 18.5, "Oslo": 9.0, "Lima": 22.0}
 
+SEND_SMS = ToolDefinition(
+    "send_sms",
+    "Sends a text message; the user approves each one before it is sent.",
+    input_schema={
+        "type": "object",
+        "properties": {"to": {"type": "string"}, "text": {"type": "string"}},
+        "required": ["to", "text"],
+        "additionalProperties": False,
+    },
+    output_schema={"type": "object", "properties": {"id": {"type": "string"}}},
+    needs_approval=True,
+)
+
 
 class WeatherService:
     """The host-side implementation of the weather tools; records its calls and how many ran at
@@ -92,6 +119,10 @@ class WeatherService:
         city = str(args["city"])
         await self._call("get_forecast", city, self.forecast_latency)
         return {"city": city, "summary": "sunny, 24 °C"}
+
+    async def send_sms(self, args: dict[str, Any]) -> dict[str, Any]:
+        await self._call("send_sms", str(args["to"]), self.latency)
+        return {"id": f"sms-{len(self.calls)}"}
 
 
 # --------------------------------------------------------------------------- the fake model
@@ -184,6 +215,52 @@ def demo_script(*, freeform: bool = False) -> list[Step]:
     ]
 
 
+SMS_CELL = """\
+const weather = await tools.get_weather({ city: "Lima" });
+const sent = await tools.send_sms({ to: "+51 1 555 0100", text: `Lima: ${weather.temp_c} °C` });
+text(`sent ${sent.id}`);
+try {
+  await tools.send_sms({ to: "+1 900 555 0199", text: "Lima is warm" });
+  text("second message sent");
+} catch (e) {
+  text(`second message not sent: ${e.message}`);
+}
+"""
+
+
+def approval_script() -> list[Step]:
+    """The model's turns in the approval demo: run a cell that sends two messages, wait while
+    the user decides each held call, then answer."""
+    return [
+        [exec_call("call_exec_sms", SMS_CELL, freeform=False)],
+        lambda conversation: [
+            wait_call(
+                "call_wait_sms_1", {"cell_id": last_cell_id(conversation), "until": "completed"}
+            )
+        ],
+        lambda conversation: [
+            wait_call(
+                "call_wait_sms_2", {"cell_id": last_cell_id(conversation), "until": "completed"}
+            )
+        ],
+        [
+            assistant_message(
+                "I texted Lima's weather to your phone; the second number was refused."
+            )
+        ],
+    ]
+
+
+CONTACTS = ("+51 1 555 0100",)
+
+
+async def user_review(request: ApprovalRequest) -> bool | str:
+    """Stands in for the user asked to approve a held call: messages to contacts only."""
+    if request.tool.name == "send_sms" and request.input.get("to") in CONTACTS:
+        return True
+    return f"{request.input.get('to')} is not in the user's contacts"
+
+
 # --------------------------------------------------------------------------- the agent loop
 
 
@@ -223,6 +300,31 @@ class AgentRun:
         return ""
 
 
+Reviewer = Callable[[ApprovalRequest], Any]
+
+
+async def decide_held_calls(
+    session: SessionRuntime, code_mode: CodeModeTools, result: ToolResult, review: Reviewer
+) -> list[tuple[ApprovalRequest, bool | str]]:
+    """The host's side of an approval round trip: after a tool result, ask ``review`` about each
+    call the cell holds and approve or reject it. Returns the decisions."""
+    if result.cell_id is None:
+        return []
+    try:
+        held = session.awaiting_approval(result.cell_id)
+    except MissingCell:  # the cell has ended: nothing is held
+        return []
+    decisions: list[tuple[ApprovalRequest, bool | str]] = []
+    for request in held:
+        decision = await review(request)
+        decisions.append((request, decision))
+        if decision is True:
+            await code_mode.approve(request.cell_id, request.call_id)
+        else:
+            await code_mode.reject(request.cell_id, request.call_id, str(decision))
+    return decisions
+
+
 async def run_agent(
     model: ScriptedModel,
     code_mode: CodeModeTools,
@@ -230,9 +332,11 @@ async def run_agent(
     *,
     freeform_exec: bool = False,
     max_turns: int = 10,
+    after_tool_call: Callable[[ToolResult], Any] | None = None,
 ) -> AgentRun:
     """Ask ``model`` until it answers without calling a tool; run each of its tool calls through
-    ``code_mode`` and feed the results back."""
+    ``code_mode`` and feed the results back. ``after_tool_call`` (an async function), when given,
+    sees each result before the model does (the host's approvals go there)."""
     tools = [
         to_openai_responses(code_mode.exec_tool_spec(freeform=freeform_exec)),
         to_openai_responses(code_mode.wait_tool_spec()),
@@ -251,6 +355,8 @@ async def run_agent(
             arguments = call["input"] if freeform else call["arguments"]
             result = await code_mode.call(call["name"], arguments, call["call_id"])
             results.append((call, result))
+            if after_tool_call is not None:
+                await after_tool_call(result)
             conversation.append(
                 {
                     "type": "custom_tool_call_output" if freeform else "function_call_output",
@@ -284,5 +390,37 @@ async def main(*, freeform_exec: bool = False, verbose: bool = True) -> AgentRun
     return run
 
 
+async def approval_main(*, verbose: bool = True) -> tuple[AgentRun, WeatherService, list[Any]]:
+    """Run the approval demo: the user approves one message and refuses the other."""
+    weather = WeatherService()
+    delegate = tools_delegate({"get_weather": weather.get_weather, "send_sms": weather.send_sms})
+    decisions: list[Any] = []
+    async with SessionRuntime(delegate) as session:
+        code_mode = CodeModeTools(session, (*WEATHER_TOOLS, SEND_SMS), code_mode_only=True)
+
+        async def review_held_calls(result: ToolResult) -> None:
+            if verbose:
+                print(f"--- tool result\n{result.text}")
+            decided = await decide_held_calls(session, code_mode, result, user_review)
+            decisions.extend(decided)
+            if verbose:
+                for request, decision in decided:
+                    verdict = "approved" if decision is True else f"rejected: {decision}"
+                    print(f"--- user: {request.call_id} {request.tool.name} {verdict}")
+
+        model = ScriptedModel(approval_script())
+        run = await run_agent(
+            model,
+            code_mode,
+            "Text me Lima's weather.",
+            after_tool_call=review_held_calls,
+        )
+    if verbose:
+        print(f"--- answer\n{run.answer}")
+    return run, weather, decisions
+
+
 if __name__ == "__main__":
+    asyncio.run(approval_main())
+    print()
     asyncio.run(main())

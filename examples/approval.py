@@ -1,19 +1,20 @@
-"""Human approval of tool calls, built on the pending frontiers of a pausable cell (SPEC 5).
+"""Human approval of every tool call of a program, with codemode's approval gate.
 
-A program written by a model wants to call tools, some of them dangerous. The host runs it as a
-*pausable* cell. At each pending frontier the program is stopped and the host knows exactly which
-calls it is waiting on (``pending_tool_call_ids``); it shows each new call to an approver (a human;
-here a policy function stands in) before anything happens:
+A program written by a model wants to call tools, some of them dangerous. The host marks its tools
+``needs_approval=True`` and runs the program as a *pausable* cell. At each pending frontier the
+program is stopped and ``frontier.awaiting_approval`` lists the calls held for a decision; the host
+shows each to an approver (a human; here a policy function stands in) before anything happens:
 
-- an approved call is executed by the host and its result resolves the promise in the program;
-- a rejected call is never executed: its promise rejects with
-  ``call to `delete_repo` was rejected by the approver: <reason>``, which the program can catch
-  (``try``/``catch``, ``Promise.allSettled``) to change course.
+- ``runtime.approve(cell, call_id)``: the call reaches the delegate, which runs the tool, and its
+  result resolves the promise in the program;
+- ``runtime.reject(cell, call_id, reason)``: the call never runs; its promise rejects with an
+  ``Error`` whose message is the reason (here ``call to `delete_repo` was rejected by the
+  approver: <reason>``), which the program can catch (``try``/``catch``,
+  ``Promise.allSettled``) to change course.
 
 Then the host resumes the frontier, and the program runs to its next frontier or to its end.
-Because nothing runs while the cell is paused, the approver can take its time (a real one could
-answer a web form minutes later) and the program sees the decisions exactly as if the tools had
-answered.
+Deciding never advances a paused cell, so the approver can take its time (a real one could answer
+a web form minutes later). See ``docs/approvals.md``.
 
 Run ``python examples/approval.py`` for a demo.
 """
@@ -23,18 +24,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from codemode import (
     Completed,
     CreateCellRequest,
-    NestedToolCall,
     OutputItem,
     Pending,
     SessionRuntime,
     TextItem,
     ToolDefinition,
+    tools_delegate,
 )
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "AuditEntry",
     "Decision",
     "ProposedCall",
-    "RejectedByApprover",
     "demo_policy",
     "main",
     "rejection_message",
@@ -98,40 +98,8 @@ class ApprovalRun:
         return [i.text for i in self.items if isinstance(i, TextItem)]
 
 
-class RejectedByApprover(Exception):
-    """Rejects a call's promise in the program; its message is what the program sees."""
-
-
 def rejection_message(call: ProposedCall, reason: str) -> str:
     return f"call to `{call.tool}` was rejected by the approver: {reason}"
-
-
-class _GateDelegate:
-    """Parks every nested call until the host decides it (SPEC 5.4 step 1)."""
-
-    def __init__(self) -> None:
-        self._futures: dict[str, asyncio.Future[Any]] = {}
-        self._calls: dict[str, NestedToolCall] = {}
-        self._invoked: dict[str, asyncio.Event] = {}
-
-    def _event(self, call_id: str) -> asyncio.Event:
-        return self._invoked.setdefault(call_id, asyncio.Event())
-
-    async def invoke_tool(self, call: NestedToolCall) -> Any:
-        future = self._futures.setdefault(call.call_id, asyncio.get_running_loop().create_future())
-        self._calls[call.call_id] = call
-        self._event(call.call_id).set()
-        return await future
-
-    async def call_of(self, call_id: str) -> NestedToolCall:
-        await self._event(call_id).wait()
-        return self._calls[call_id]
-
-    def future_of(self, call_id: str) -> asyncio.Future[Any]:
-        return self._futures[call_id]
-
-    async def notify(self, call_id: str, cell_id: str, text: str) -> None:
-        return None
 
 
 class ApprovalHost:
@@ -152,12 +120,10 @@ class ApprovalHost:
 
     async def run(self, source: str) -> ApprovalRun:
         """Run one program to its end, deciding each call at the frontier where it appears."""
-        delegate = _GateDelegate()
         run = ApprovalRun()
-        executing: set[asyncio.Task[None]] = set()
-        decided: set[str] = set()
-        async with SessionRuntime(delegate) as runtime:
-            cell = await runtime.create_pausable_cell(CreateCellRequest(source, self._definitions))
+        gated = tuple(replace(d, needs_approval=True) for d in self._definitions)
+        async with SessionRuntime(tools_delegate(self._implementations)) as runtime:
+            cell = await runtime.create_pausable_cell(CreateCellRequest(source, gated))
             while True:
                 event = await runtime.wait_to_pending(cell)
                 if not isinstance(event, Pending):
@@ -168,33 +134,27 @@ class ApprovalHost:
                 for item in frontier.items:
                     if isinstance(item, TextItem):
                         self._log(f"  program: {item.text}")
-                new = [c for c in frontier.pending_tool_call_ids if c not in decided]
                 self._log(
                     f"frontier {frontier.generation}: waiting on "
                     f"{', '.join(frontier.pending_tool_call_ids) or 'nothing'}"
-                    f" ({len(new)} new)"
+                    f" ({len(frontier.awaiting_approval)} awaiting approval)"
                 )
-                for call_id in new:
-                    decided.add(call_id)
-                    call = await delegate.call_of(call_id)
-                    proposed = ProposedCall(call_id, call.tool.name, call.input)
+                for request in frontier.awaiting_approval:
+                    proposed = ProposedCall(request.call_id, request.tool.name, request.input)
                     decision = await self._decide(proposed)
                     run.audit.append(AuditEntry(frontier.generation, proposed, decision))
                     verdict = "APPROVED" if decision.approved else "REJECTED"
                     self._log(
-                        f"  {call_id} {proposed.tool}({proposed.input}) -> {verdict}"
+                        f"  {request.call_id} {proposed.tool}({proposed.input}) -> {verdict}"
                         + (f": {decision.reason}" if decision.reason else "")
                     )
-                    future = delegate.future_of(call_id)
                     if decision.approved:
-                        task = asyncio.create_task(self._execute(proposed, future))
-                        executing.add(task)
-                        task.add_done_callback(executing.discard)
+                        await runtime.approve(cell, request.call_id)
                     else:
-                        message = rejection_message(proposed, decision.reason)
-                        future.set_exception(RejectedByApprover(message))
-                # Resolving and resuming may happen in any order (SPEC 5.4 step 4): the
-                # program waits for approved calls still executing.
+                        reason = rejection_message(proposed, decision.reason)
+                        await runtime.reject(cell, request.call_id, reason)
+                # Deciding does not advance the cell: resume it. It first waits for the results
+                # of approved calls still running, then goes on to its next frontier.
                 await runtime.resume(cell, frontier.generation)
             assert isinstance(event, Completed), event
             run.items.extend(event.items)
@@ -210,20 +170,6 @@ class ApprovalHost:
             decision = await decision
         assert isinstance(decision, Decision)
         return decision
-
-    async def _execute(self, call: ProposedCall, future: asyncio.Future[Any]) -> None:
-        """Run an approved call on the host; its result (or error) goes to the program."""
-        try:
-            impl = self._implementations[call.tool]
-            result = impl(call.input)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as exc:
-            if not future.done():
-                future.set_exception(exc)
-        else:
-            if not future.done():
-                future.set_result(result)
 
 
 # --------------------------------------------------------------------------- demo

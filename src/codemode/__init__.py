@@ -4,6 +4,7 @@ The public API is the names below (SPEC section 1); everything else is internal.
 """
 
 from codemode.engine.base import Engine
+from codemode.engine.python import PythonEngine
 from codemode.errors import (
     AlreadyTerminating,
     BusyObserver,
@@ -14,6 +15,7 @@ from codemode.errors import (
     IdempotencyConflict,
     InvalidGeneration,
     MissingCell,
+    NotAwaitingApproval,
     ObservationConflict,
     ProtocolError,
     SessionLost,
@@ -22,6 +24,7 @@ from codemode.errors import (
     WrongCellKind,
 )
 from codemode.model import (
+    ApprovalRequest,
     Cell,
     CellEvent,
     CellKind,
@@ -52,6 +55,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyTerminating",
+    "ApprovalRequest",
     "BusyObserver",
     "Cell",
     "CellEvent",
@@ -71,6 +75,7 @@ __all__ = [
     "InvalidGeneration",
     "MissingCell",
     "NestedToolCall",
+    "NotAwaitingApproval",
     "ObservationConflict",
     "OutputItem",
     "PausableCell",
@@ -78,6 +83,7 @@ __all__ = [
     "Pending",
     "PendingFrontier",
     "ProtocolError",
+    "PythonEngine",
     "RemoteSession",
     "ResumeOutcome",
     "SessionDelegate",

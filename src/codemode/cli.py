@@ -3,6 +3,12 @@
 ``codemode run FILE`` runs one cell in a fresh session against the demo tools and prints its
 events as they arrive; ``codemode run --example`` runs the bundled demo cell. Exit status: 0 the
 cell succeeded, 1 it failed (its error on stderr), 2 usage error, 3 terminated (Ctrl-C).
+
+What the commands share (exit statuses, ``--version``, logging, ``HOST:PORT``) lives in
+:mod:`codemode.cli_common`. ``codemode mcp`` takes its config from ``--config PATH`` or, when that
+is absent, from ``$CODEMODE_MCP_CONFIG`` (the MCP Inspector's CLI claims ``--config`` for itself).
+When the reader of stdout goes away (``codemode run ... | head``), the command ends quietly with
+status 1: the cell is terminated with its session, and no traceback is printed.
 """
 
 from __future__ import annotations
@@ -13,11 +19,22 @@ import base64
 import contextlib
 import importlib.resources
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from codemode.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    configure_logging,
+    positive_seconds,
+    silence_stdout,
+    version_text,
+)
 from codemode.model import (
     CellLimits,
     Completed,
@@ -35,9 +52,11 @@ from codemode.model import (
 from codemode.session import SessionRuntime, tools_delegate
 from codemode.wire import event_to_wire
 
-__all__ = ["DEMO_TOOLS", "demo_delegate", "main"]
+__all__ = ["DEMO_TOOLS", "MCP_CONFIG_ENV", "demo_delegate", "main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TERMINATED = 0, 1, 2, 3
+MCP_CONFIG_ENV = "CODEMODE_MCP_CONFIG"
+"""The environment variable ``codemode mcp`` reads its config path from when ``--config`` is
+absent."""
 
 DEMO_TOOLS: tuple[ToolDefinition, ...] = (
     ToolDefinition(
@@ -101,9 +120,10 @@ def demo_delegate(err: TextIO | None = None) -> Any:
     )
 
 
-def example_source() -> str:
-    """The bundled demo cell."""
-    return importlib.resources.files("codemode.examples").joinpath("demo.js").read_text("utf-8")
+def example_source(python: bool = False) -> str:
+    """The bundled demo cell (in Python with ``python``)."""
+    name = "demo_python.cell" if python else "demo.js"
+    return importlib.resources.files("codemode.examples").joinpath(name).read_text("utf-8")
 
 
 def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="codemode", description="Run LLM-written JavaScript cells that call tools."
     )
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",
@@ -145,11 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(echo, sleep, fail, upper) and print its events as they arrive.",
     )
     src = run.add_mutually_exclusive_group(required=True)
-    src.add_argument("file", nargs="?", help="the cell's JavaScript source; - reads stdin")
+    src.add_argument(
+        "file",
+        nargs="?",
+        help="the cell's source (JavaScript; Python with --python or a .py name); - reads stdin",
+    )
     src.add_argument("--example", action="store_true", help="run the bundled demo cell")
     run.add_argument(
         "--yield-after",
-        type=float,
+        type=positive_seconds,
         default=None,
         metavar="SECONDS",
         help="observe in steps of SECONDS, printing '--- yielded ---' between events",
@@ -159,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--pausable",
         action="store_true",
         help="run a pausable cell, resuming it at each frontier (frontiers go to stderr)",
+    )
+    run.add_argument(
+        "--python",
+        action="store_true",
+        help="the cell is Python, run on the Monty sandbox (implied by a FILE ending in .py)",
     )
     run.add_argument(
         "--mcp-config",
@@ -184,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="require 'Authorization: Bearer <value of the environment variable NAME>'",
     )
+    _add_engine_flag(serve)
     _add_limit_flags(serve)
     from codemode.protocol.policy import add_serve_flags
 
@@ -195,12 +226,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run an MCP server whose only tools are exec and wait; the nested tools "
         "are those of the upstream MCP servers listed in the config file.",
     )
-    mcp.add_argument("--config", required=True, metavar="PATH", help='{"mcpServers": {...}} JSON')
+    mcp.add_argument(
+        "--config",
+        metavar="PATH",
+        help='{"mcpServers": {...}} JSON; default: the path in $' + MCP_CONFIG_ENV,
+    )
     mcp.add_argument(
         "--http", metavar="HOST:PORT", help="serve streamable HTTP at /mcp instead of stdio"
     )
+    _add_engine_flag(mcp)
     _add_limit_flags(mcp)
     return parser
+
+
+def _add_engine_flag(parser: argparse.ArgumentParser) -> None:
+    from codemode.engine.choice import ENGINE_CHOICES
+
+    parser.add_argument(
+        "--engine",
+        choices=ENGINE_CHOICES,
+        default="v8",
+        help="the sessions' engine: v8 (JavaScript cells, the default) or python (Python cells)",
+    )
 
 
 def _image_bytes(item: ImageItem) -> int:
@@ -250,15 +297,21 @@ async def run_cell(
     err: TextIO,
     tools: Sequence[ToolDefinition] = DEMO_TOOLS,
     delegate: SessionDelegate | None = None,
+    python: bool = False,
 ) -> int:
     """Run ``source`` in a fresh session; return the exit status.
 
     The cell gets ``tools``, run by ``delegate``: by default the demo tools and their delegate
-    (notifications to ``err``).
+    (notifications to ``err``). With ``python`` the cell is Python, run by a ``PythonEngine``.
     """
     printer = _Printer(out, err, as_json)
     session_delegate = delegate if delegate is not None else demo_delegate(err)
-    async with SessionRuntime(session_delegate, limits=limits) as runtime:
+    engine = None
+    if python:
+        from codemode.engine.python import PythonEngine
+
+        engine = PythonEngine()
+    async with SessionRuntime(session_delegate, limits=limits, engine=engine) as runtime:
         request = CreateCellRequest(source, tuple(tools), tool_call_id="cli")
         final: Completed | Terminated
         try:
@@ -271,6 +324,7 @@ async def run_cell(
                     if not isinstance(pevent, Pending):
                         final = pevent
                         break
+                    await _refuse_held_calls(runtime, cell_id, err)
                     await runtime.resume(pcell, pevent.frontier.generation)
             else:
                 cell = await runtime.create_cell(request)
@@ -282,6 +336,7 @@ async def run_cell(
                     if not isinstance(event, Yielded):
                         final = event
                         break
+                    await _refuse_held_calls(runtime, cell_id, err)
         except asyncio.CancelledError:
             # Ctrl-C: terminate the cell and report what it had produced.
             with contextlib.suppress(Exception):
@@ -297,15 +352,29 @@ async def run_cell(
     return EXIT_OK
 
 
+RUN_APPROVAL_REASON = (
+    "approval was unavailable: `codemode run` cannot ask for approval, so this call was not run"
+)
+
+
+async def _refuse_held_calls(runtime: SessionRuntime, cell_id: str, err: TextIO) -> None:
+    """`codemode run` has nobody to ask: calls held for approval are rejected, never run."""
+    for request in runtime.awaiting_approval(cell_id):
+        print(f"rejected {request.call_id} {request.tool.name}: no approval", file=err, flush=True)
+        await runtime.reject(cell_id, request.call_id, RUN_APPROVAL_REASON)
+
+
 async def _run_with_mcp(
     args: argparse.Namespace, source: str, limits: CellLimits, config_path: str
 ) -> int:
     """Run the cell with the tools of the upstream MCP servers of ``config_path`` (SPEC 10.7)."""
+    from codemode.mcp.approval import load_approval_policy
     from codemode.mcp.config import ConfigError, load_config
     from codemode.mcp.upstream import UpstreamSet
 
     try:
         configs = load_config(config_path)
+        approval = load_approval_policy(config_path)
     except ConfigError as exc:
         print(f"codemode: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
@@ -322,8 +391,9 @@ async def _run_with_mcp(
             as_json=args.json,
             out=sys.stdout,
             err=sys.stderr,
-            tools=upstreams.tools,
+            tools=approval.mark(upstreams),
             delegate=upstreams.delegate(notify),
+            python=args.python,
         )
 
 
@@ -339,6 +409,7 @@ async def _run_main(args: argparse.Namespace, source: str, limits: CellLimits) -
             as_json=args.json,
             out=sys.stdout,
             err=sys.stderr,
+            python=args.python,
         )
     task = asyncio.ensure_future(runner)
     loop = asyncio.get_running_loop()
@@ -352,11 +423,21 @@ async def _run_main(args: argparse.Namespace, source: str, limits: CellLimits) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``codemode`` command; returns the exit status."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): the session has shut the cell down on the
+        # way out; end quietly, and keep the interpreter's last flush from raising again.
+        silence_stdout()
+        return EXIT_FAILED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":
         if args.example:
-            source = example_source()
+            source = example_source(args.python)
         elif args.file == "-":
             source = sys.stdin.read()
         else:
@@ -366,11 +447,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             except OSError as exc:
                 print(f"codemode: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
                 return EXIT_USAGE
+            if args.file.endswith(".py"):
+                args.python = True
         try:
             limits = limits_from_args(args)
         except ValueError as exc:
             print(f"codemode: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        configure_logging("WARNING")  # stderr is the cell's: only problems, unless asked
         return asyncio.run(_run_main(args, source, limits))
     try:
         limits = limits_from_args(args)
@@ -387,11 +471,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"codemode: {exc}", file=sys.stderr)
             return EXIT_USAGE
         return serve_main(
-            listen=args.listen, token_env=args.token_env, limits=limits, policy=policy
+            listen=args.listen,
+            token_env=args.token_env,
+            limits=limits,
+            engine=args.engine,
+            policy=policy,
         )
     if args.command == "mcp":
         from codemode.mcp.server import mcp_main
 
-        return mcp_main(config_path=args.config, http=args.http, limits=limits)
+        config_path = args.config or os.environ.get(MCP_CONFIG_ENV) or None
+        if config_path is None:
+            parser.error(f"mcp needs --config PATH or the {MCP_CONFIG_ENV} environment variable")
+        return mcp_main(config_path=config_path, http=args.http, limits=limits, engine=args.engine)
     parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse exits
     return EXIT_USAGE  # pragma: no cover

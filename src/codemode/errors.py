@@ -17,6 +17,7 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidGeneration",
     "MissingCell",
+    "NotAwaitingApproval",
     "ObservationConflict",
     "ProtocolError",
     "SessionLost",
@@ -112,6 +113,17 @@ class InvalidGeneration(_CellError):
 
     def fields(self) -> dict[str, object]:
         return {"cell_id": self.cell_id, "requested": self.requested, "latest": self.latest}
+
+
+class NotAwaitingApproval(_CellError):
+    """``approve`` or ``reject`` named a call that is not held for approval in that cell."""
+
+    def __init__(self, cell_id: str, call_id: str) -> None:
+        super().__init__(cell_id, f"exec cell {cell_id} has no call {call_id} awaiting approval")
+        self.call_id = call_id
+
+    def fields(self) -> dict[str, object]:
+        return {"cell_id": self.cell_id, "call_id": self.call_id}
 
 
 class IdempotencyConflict(CodeModeError):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "ApprovalRequest",
     "Cell",
     "CellEvent",
     "CellKind",
@@ -55,6 +56,8 @@ class ToolDefinition:
     namespace: str | None = None
     input_schema: dict[str, Any] | None = None
     output_schema: dict[str, Any] | None = None
+    needs_approval: bool = False
+    """Each call of this tool is held until the host approves it (see ``docs/approvals.md``)."""
 
 
 @dataclass(frozen=True)
@@ -146,12 +149,28 @@ class Terminated:
 
 
 @dataclass(frozen=True)
+class ApprovalRequest:
+    """A nested call held until the host approves or rejects it (see ``docs/approvals.md``).
+
+    ``call_id`` was assigned when the cell issued the call; ``input`` is what the delegate will
+    receive if the call is approved.
+    """
+
+    cell_id: str
+    call_id: str
+    tool: ToolDefinition
+    input: Any
+
+
+@dataclass(frozen=True)
 class PendingFrontier:
     """A pausable cell's quiescent point: it waits only on tool calls or timers."""
 
     generation: int
     items: tuple[OutputItem, ...]
     pending_tool_call_ids: tuple[str, ...]
+    awaiting_approval: tuple[ApprovalRequest, ...] = ()
+    """The held calls among the pending ones, sorted by call id (see ``docs/approvals.md``)."""
 
 
 @dataclass(frozen=True)
@@ -213,7 +232,8 @@ class CellLimits:
         max_heap_bytes: memory of one cell's JavaScript; V8's heap and the contents of
             ``ArrayBuffer``s and typed arrays are each held to this many bytes.
         max_tool_calls: nested tool calls one cell may issue in its life.
-        max_parallel_tool_calls: calls of one cell issued and not yet settled at one time.
+        max_parallel_tool_calls: calls of one cell at the delegate at one time; further calls
+            wait, in issue order, until an earlier one settles (they are not an error).
         max_output_bytes: UTF-8 bytes of one cell's text items, image URLs and notifications.
         max_cpu_seconds: time one cell's JavaScript may run; waiting for tools or timers and
             pauses do not count.

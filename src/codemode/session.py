@@ -33,6 +33,7 @@ from codemode.errors import (
     WrongCellKind,
 )
 from codemode.model import (
+    ApprovalRequest,
     Cell,
     CellEvent,
     CellKind,
@@ -51,6 +52,7 @@ from codemode.model import (
     ToolFunction,
     Yielded,
 )
+from codemode.tools.catalog import reference_json
 
 __all__ = ["SessionRuntime", "new_cell_id", "tools_delegate"]
 
@@ -316,6 +318,7 @@ class SessionRuntime:
             stored=copy.deepcopy(core.stored),
             limits=core.limits,
             pausable=kind is CellKind.PAUSABLE,
+            tool_reference=reference_json(tools),
         )
         core.admissions += 1
         core.admissions_idle.clear()
@@ -337,6 +340,7 @@ class SessionRuntime:
             request.tool_call_id,
             core,
             max_result_bytes=core.limits.max_heap_bytes,
+            max_parallel_calls=core.limits.max_parallel_tool_calls,
         )
         core.cells[cell_id] = actor
         actor.start()
@@ -401,6 +405,36 @@ class SessionRuntime:
     async def terminate(self, cell: Cell | PausableCell | str) -> Completed | Terminated:
         """Stop a cell of either kind (SPEC 7.1)."""
         return await self._find(cell).terminate()
+
+    # ------------------------------------------------------------------ approvals
+
+    def awaiting_approval(self, cell: Cell | PausableCell | str) -> tuple[ApprovalRequest, ...]:
+        """The calls of ``cell`` held for the host's approval, sorted by call id.
+
+        Raises ``ForeignHandle`` or ``MissingCell`` (unknown or closed cell). See
+        ``docs/approvals.md``.
+        """
+        return self._find(cell).awaiting_approval()
+
+    async def approve(self, cell: Cell | PausableCell | str, call_id: str) -> None:
+        """Let the held call ``call_id`` reach the delegate; it is an ordinary call from now on
+        (a pausable cell is not advanced: resume it as usual).
+
+        Raises ``ForeignHandle``, ``MissingCell``, or ``NotAwaitingApproval`` when the call is
+        not held (never issued, already decided, or dropped because the cell stopped).
+        """
+        self._find(cell).approve(str(call_id))
+
+    async def reject(
+        self,
+        cell: Cell | PausableCell | str,
+        call_id: str,
+        reason: str = "the host rejected this call",
+    ) -> None:
+        """Reject the held call ``call_id``: its promise in the cell rejects with an ``Error``
+        whose message is ``reason`` (a pausable cell sees it once resumed). Raises as
+        :meth:`approve`."""
+        self._find(cell).reject(str(call_id), str(reason))
 
     async def shutdown(self) -> None:
         """Terminate every cell and release the engine (SPEC 7.5). Idempotent; concurrent calls

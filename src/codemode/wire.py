@@ -5,9 +5,11 @@ One definition used by the command line's ``--json`` output and by the protocol.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from codemode.model import (
+    ApprovalRequest,
     Completed,
     ImageDetail,
     ImageItem,
@@ -16,10 +18,20 @@ from codemode.model import (
     PendingFrontier,
     Terminated,
     TextItem,
+    ToolDefinition,
+    ToolKind,
     Yielded,
 )
 
-__all__ = ["event_from_wire", "event_to_wire", "item_from_wire", "item_to_wire"]
+__all__ = [
+    "approval_from_wire",
+    "approval_to_wire",
+    "approvals_from_wire",
+    "event_from_wire",
+    "event_to_wire",
+    "item_from_wire",
+    "item_to_wire",
+]
 
 AnyEvent = Yielded | Completed | Terminated | Pending
 
@@ -43,10 +55,49 @@ def item_from_wire(data: dict[str, Any]) -> OutputItem:
     raise ValueError(f"not an output item: {data!r}")
 
 
-def event_to_wire(event: AnyEvent) -> dict[str, Any]:
-    """The wire form of an event."""
+def approval_to_wire(request: ApprovalRequest) -> dict[str, Any]:
+    """``{cellId, callId, tool: {name, namespace, kind}, input}``."""
+    tool = request.tool
+    return {
+        "cellId": request.cell_id,
+        "callId": request.call_id,
+        "tool": {"name": tool.name, "namespace": tool.namespace, "kind": str(tool.kind)},
+        "input": request.input,
+    }
+
+
+def approval_from_wire(data: dict[str, Any]) -> ApprovalRequest:
+    """The inverse of :func:`approval_to_wire` (the tool rebuilt from its name, namespace and
+    kind); raises ``ValueError`` for anything else."""
+    try:
+        tool = data["tool"]
+        definition = ToolDefinition(
+            str(tool["name"]),
+            kind=ToolKind(tool.get("kind") or "function"),
+            namespace=tool.get("namespace"),
+            needs_approval=True,
+        )
+        return ApprovalRequest(str(data["cellId"]), str(data["callId"]), definition, data["input"])
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not an approval request: {data!r}") from exc
+
+
+def approvals_from_wire(data: dict[str, Any]) -> tuple[ApprovalRequest, ...]:
+    """The ``awaitingApproval`` member of an event (absent: none)."""
+    return tuple(approval_from_wire(a) for a in data.get("awaitingApproval") or ())
+
+
+def event_to_wire(
+    event: AnyEvent, awaiting_approval: Sequence[ApprovalRequest] = ()
+) -> dict[str, Any]:
+    """The wire form of an event. A ``yielded`` event carries ``awaiting_approval`` (the cell's
+    held calls when it was delivered) and a ``pending`` one its frontier's, as
+    ``awaitingApproval``; the member is left out when there are none."""
     if isinstance(event, Yielded):
-        return {"type": "yielded", "items": [item_to_wire(i) for i in event.items]}
+        data: dict[str, Any] = {"type": "yielded", "items": [item_to_wire(i) for i in event.items]}
+        if awaiting_approval:
+            data["awaitingApproval"] = [approval_to_wire(a) for a in awaiting_approval]
+        return data
     if isinstance(event, Completed):
         return {
             "type": "completed",
@@ -56,12 +107,15 @@ def event_to_wire(event: AnyEvent) -> dict[str, Any]:
     if isinstance(event, Terminated):
         return {"type": "terminated", "items": [item_to_wire(i) for i in event.items]}
     f = event.frontier
-    return {
+    pending = {
         "type": "pending",
         "generation": f.generation,
         "items": [item_to_wire(i) for i in f.items],
         "pendingToolCallIds": list(f.pending_tool_call_ids),
     }
+    if f.awaiting_approval:
+        pending["awaitingApproval"] = [approval_to_wire(a) for a in f.awaiting_approval]
+    return pending
 
 
 def event_from_wire(data: dict[str, Any]) -> AnyEvent:
@@ -77,5 +131,6 @@ def event_from_wire(data: dict[str, Any]) -> AnyEvent:
         return Terminated(items)
     if kind == "pending":
         ids = tuple(str(i) for i in data.get("pendingToolCallIds", []))
-        return Pending(PendingFrontier(int(data["generation"]), items, ids))
+        held = approvals_from_wire(data)
+        return Pending(PendingFrontier(int(data["generation"]), items, ids, held))
     raise ValueError(f"not an event: {data!r}")

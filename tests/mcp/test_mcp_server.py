@@ -23,6 +23,7 @@ from mcp_support import (
 )
 
 from codemode.tools.description import CODE_MODE_ONLY_TEXT
+from codemode.tools.exec_wait import missing_cell_text
 
 
 async def test_scenario_86_fake_upstream_lists_only_exec_and_wait(tmp_path: Path) -> None:
@@ -114,7 +115,7 @@ async def test_exec_and_wait_over_two_upstreams(tmp_path: Path) -> None:
         ]
         result = await session.call_tool("wait", {"cell_id": cell_id})
         assert result.is_error
-        assert texts(result)[-1] == f"Script error:\nexec cell {cell_id} not found"
+        assert texts(result)[-1] == f"Script error:\n{missing_cell_text(cell_id)}"
 
         # A failing cell and an upstream error result.
         result = await session.call_tool(

@@ -87,7 +87,7 @@ async def test_every_page_of_tools_becomes_a_typed_nested_tool() -> None:
         assert output_type(by_name["mcp__fake__image"]) == "CallToolResult<unknown>"
         # mcp-server-time's output schema uses local $refs; they still resolve.
         convert = output_type(by_name["mcp__time__convert_time"])
-        assert "target: { datetime: string; day_of_week: string;" in convert
+        assert "target: { timezone: string; datetime: string; day_of_week: string;" in convert
 
         async with code_mode(upstreams) as tools:
             description = tools.exec_tool_spec()["description"]

@@ -212,6 +212,7 @@ def sample_error(name: str) -> errors.CodeModeError:
         "InvalidGeneration": errors.InvalidGeneration("c1", 3, None),
         "IdempotencyConflict": errors.IdempotencyConflict("k"),
         "ForeignHandle": errors.ForeignHandle("c1"),
+        "NotAwaitingApproval": errors.NotAwaitingApproval("c1", "tool-3"),
         "EngineError": errors.EngineError("engine broke"),
         "UnknownSession": errors.UnknownSession("s9"),
         "ObservationConflict": errors.ObservationConflict("c1", 4, "observation generation 4 ..."),

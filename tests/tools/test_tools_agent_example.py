@@ -14,6 +14,7 @@ import pytest
 from codemode import SessionRuntime, TextItem, tools_delegate
 from codemode.tools import CodeModeTools
 from codemode.tools.description import CODE_MODE_ONLY_TEXT, to_openai_responses
+from codemode.tools.exec_wait import missing_cell_text
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "agent_loop.py"
 
@@ -77,7 +78,7 @@ async def test_exec_in_parallel_then_wait_then_not_found(
         # A second wait on the closed cell: a failed script with the not-found error.
         assert gone_result.is_error
         assert texts(gone_result)[0].startswith("Script failed\n")
-        assert texts(gone_result)[1:] == [f"Script error:\nexec cell {cell_id} not found"]
+        assert texts(gone_result)[1:] == [f"Script error:\n{missing_cell_text(cell_id)}"]
 
     # Every tool call got its output, under its call id, in the conversation.
     outputs = {

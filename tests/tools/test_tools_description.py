@@ -194,6 +194,7 @@ GLOBALS = [
     "clearTimeout",
     "tools",
     "ALL_TOOLS",
+    "catalog",
 ]
 
 
@@ -263,7 +264,7 @@ def test_tool_reference() -> None:
             description="  Find things.  ",
             input_schema={
                 "type": "object",
-                "properties": {"q": {"type": "string"}, "limit": {"type": "integer"}},
+                "properties": {"limit": {"type": "number"}, "q": {"type": "string"}},
                 "required": ["q"],
             },
         ),
@@ -346,3 +347,19 @@ def test_wait_description() -> None:
         'prefer one `wait` with `until: "completed"` over repeated polling',
     ]:
         assert needle in text, needle
+
+
+def test_failure_rule_tells_the_truth_for_mcp_shaped_tools() -> None:
+    plain = [ToolDefinition("a")]
+    mcp = [*plain, ToolDefinition("b", output_schema=MCP_OUTPUT)]
+    plain_text, mcp_text = describe(plain), describe(mcp)
+    assert "Both resolve to a JSON value; a failing call rejects with an `Error`.\n" in plain_text
+    assert "isError" not in plain_text
+    assert (
+        "a failing call rejects with an `Error`, except that tools returning `CallToolResult` "
+        "report their own failures as data (`isError: true`, see Shared MCP types below)."
+    ) in mcp_text
+    rule = mcp_text[mcp_text.index(SHARED_MCP_TYPES) :]
+    assert "reports its own failure by resolving with `isError: true`" in rule
+    assert "check `result.isError`, it does not throw" in rule
+    assert "Only a transport failure" in rule and "rejects with an `Error`" in rule

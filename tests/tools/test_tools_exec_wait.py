@@ -24,7 +24,7 @@ from codemode.tools.description import (
     wait_description,
     wait_tool_spec_dict,
 )
-from codemode.tools.exec_wait import NO_NEW_OUTPUT_TEXT
+from codemode.tools.exec_wait import NO_NEW_OUTPUT_TEXT, missing_cell_text
 from codemode.tools.pragma import BLANK_SOURCE_MESSAGE, MISSING_CODE_MESSAGE, NOT_OBJECT_MESSAGE
 from conftest import BLOCK, DEFAULT_TOOLS, ECHO, RecordingDelegate
 
@@ -225,11 +225,11 @@ async def test_terminated_header_is_not_an_error(tools: CodeModeTools) -> None:
 async def test_scenario_74_wait_on_unknown_id(tools: CodeModeTools) -> None:
     result = await tools.wait("nosuchcell")
     assert status(result) == "Script failed"
-    assert body(result) == ["Script error:\nexec cell nosuchcell not found"]
+    assert body(result) == [f"Script error:\n{missing_cell_text('nosuchcell')}"]
     assert result.is_error
     assert result.cell_id == "nosuchcell"
     terminated = await tools.wait("nosuchcell", terminate=True)
-    assert body(terminated) == ["Script error:\nexec cell nosuchcell not found"]
+    assert body(terminated) == [f"Script error:\n{missing_cell_text('nosuchcell')}"]
 
 
 async def test_scenario_74_terminate(tools: CodeModeTools, delegate: RecordingDelegate) -> None:
@@ -243,7 +243,7 @@ async def test_scenario_74_terminate(tools: CodeModeTools, delegate: RecordingDe
     assert body(terminated) == []
     assert delegate.cancelled == ["tool-1"]
     again = await tools.wait(cell_id)
-    assert body(again) == [f"Script error:\nexec cell {cell_id} not found"]
+    assert body(again) == [f"Script error:\n{missing_cell_text(cell_id)}"]
 
 
 async def test_terminate_returns_a_completion_not_yet_delivered(
@@ -424,7 +424,7 @@ async def test_gathered_output_of_a_vanished_cell_comes_with_not_found(
     await runtime.terminate(cell_id)  # closed behind the tools' back
     gone = await tools.wait(cell_id)
     assert status(gone) == "Script failed"
-    assert body(gone) == ["a", f"Script error:\nexec cell {cell_id} not found"]
+    assert body(gone) == ["a", f"Script error:\n{missing_cell_text(cell_id)}"]
 
 
 # --- scenario 76: truncation through exec -----------------------------------------------------
@@ -545,7 +545,7 @@ async def test_scenario_78_evicted_result_falls_back_to_the_closed_cell(
     await code_mode.exec("text(2)", "call-2")
     retry = await code_mode.exec(ONE_CALL, "call-1")
     assert status(retry) == "Script failed"
-    assert body(retry) == [f"Script error:\nexec cell {first.cell_id} not found"]
+    assert body(retry) == [f"Script error:\n{missing_cell_text(first.cell_id)}"]
     assert delegate.names() == ["echo"]
 
 

@@ -623,6 +623,14 @@ CASES: dict[str, Any] = {
     "exec_description_no_tools.md": lambda: exec_description(
         (), describe_tools=True, code_mode_only=False, limits=CellLimits()
     ),
+    # The same tools with a reference budget they exceed: the discovery listing (SPEC 9.6).
+    "exec_description_discovery.md": lambda: exec_description(
+        TOOLS,
+        describe_tools=True,
+        code_mode_only=True,
+        limits=CellLimits(),
+        reference_budget_tokens=1000,
+    ),
     "wait_description.md": lambda: wait_description(600_000),
 }
 

@@ -198,13 +198,126 @@ def test_array_is_inferred_without_type() -> None:
 # --- objects -----------------------------------------------------------------------------------
 
 
-def test_properties_sorted_optional_unless_required() -> None:
+def test_properties_keep_schema_order_optional_unless_required() -> None:
     schema = {
         "type": "object",
-        "properties": {"q": {"type": "string"}, "limit": {"type": "integer"}},
+        "properties": {"q": {"type": "string"}, "limit": {"type": "number"}},
         "required": ["q", "missing"],
     }
-    assert ts(schema) == "{ limit?: number; q: string; }"
+    assert ts(schema) == "{ q: string; limit?: number; }"
+
+
+def test_properties_are_never_sorted() -> None:
+    # move_file(source, destination): the upstream's order carries its meaning.
+    properties = {"source": {"type": "string"}, "destination": {"type": "string"}}
+    schema = {"type": "object", "properties": properties, "required": ["source", "destination"]}
+    assert ts(schema) == "{ source: string; destination: string; }"
+    reverse = {**schema, "properties": dict(reversed(list(properties.items())))}
+    assert ts(reverse) == "{ destination: string; source: string; }"
+
+
+def test_comment_holds_description_then_what_the_type_loses_in_order() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "n": {
+                "pattern": "^[0-9]+$",
+                "maxLength": 9,
+                "minLength": 1,
+                "maximum": 10,
+                "minimum": 1,
+                "default": 3,
+                "format": "int32",
+                "type": "integer",
+                "description": "Number of results",
+            },
+            "s": {"type": "string", "format": "uri", "maxLength": 5, "pattern": "^a"},
+            "xs": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 4},
+            "ex": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1.5},
+            "old": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 9},
+            "d": {"type": "object", "default": {"a": [1, "x"]}},
+            "plain": {"type": "string"},
+        },
+    }
+    assert ts(schema) == (
+        "{\n"
+        "  // Number of results; integer; format: int32; default: 3; min: 1; max: 10; "
+        "minLength: 1; maxLength: 9; pattern: ^[0-9]+$\n"
+        "  n?: number;\n"
+        "  // format: uri; maxLength: 5; pattern: ^a\n"
+        "  s?: string;\n"
+        "  // minItems: 1; maxItems: 4\n"
+        "  xs?: Array<string>;\n"
+        "  // > 0; < 1.5\n"
+        "  ex?: number;\n"
+        "  // > 0; max: 9\n"
+        "  old?: number;\n"
+        '  // default: {"a": [1, "x"]}\n'
+        "  d?: { [key: string]: unknown; };\n"
+        "  plain?: string;\n"
+        "}"
+    )
+
+
+def test_the_spec_example_comment() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "limit": {
+                "type": "integer",
+                "description": "Number of results",
+                "default": 3,
+                "minimum": 1,
+                "maximum": 10,
+            }
+        },
+    }
+    assert ts(schema) == (
+        "{\n  // Number of results; integer; default: 3; min: 1; max: 10\n  limit?: number;\n}"
+    )
+
+
+def test_integer_alone_makes_a_comment() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": ["integer", "null"]}}}
+    assert ts(schema) == "{\n  // integer\n  n?: number | null;\n}"
+
+
+def test_optional_value_as_pydantic_writes_it_keeps_its_constraints() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "n": {
+                "anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}],
+                "default": None,
+                "description": "Page size.",
+            }
+        },
+    }
+    assert ts(schema) == (
+        "{\n  // Page size.; integer; default: null; min: 1\n  n?: number | null;\n}"
+    )
+
+
+def test_multi_line_description_gets_constraints_on_its_last_line() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "description": "First.\n\n  Second.  "}},
+    }
+    assert ts(schema) == "{\n  // First.\n  // Second.; integer\n  n?: number;\n}"
+
+
+@pytest.mark.parametrize("brk", ["\n", "\r", "\u2028", "\u2029"])
+def test_line_terminators_never_end_a_comment_early(brk: str) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"p": {"type": "string", "pattern": f"a{brk}b", "default": f"x{brk}y"}},
+    }
+    rendered = ts(schema)
+    lines = rendered.split("\n")
+    assert len(lines) == 4
+    assert lines[1].startswith("  // default: ")
+    assert brk not in lines[1]
+    assert lines[1].endswith("b")
 
 
 @pytest.mark.parametrize(
@@ -276,13 +389,13 @@ def test_property_descriptions_put_one_property_per_line() -> None:
         "type": "object",
         "properties": {
             "q": {"type": "string", "description": "The query."},
-            "limit": {"type": "integer"},
+            "limit": {"type": "number"},
         },
         "required": ["q"],
         "additionalProperties": {"type": "string"},
     }
     assert ts(schema) == (
-        "{\n  limit?: number;\n  // The query.\n  q: string;\n  [key: string]: string;\n}"
+        "{\n  // The query.\n  q: string;\n  limit?: number;\n  [key: string]: string;\n}"
     )
 
 
@@ -322,15 +435,15 @@ def test_nested_multi_line_objects_indent_two_spaces_per_level() -> None:
     }
     assert ts(schema) == (
         "{\n"
-        "  list?: Array<{\n"
-        "    // X.\n"
-        "    x?: number;\n"
-        "  }>;\n"
         "  // Outer.\n"
         "  outer?: {\n"
         "    // Inner.\n"
         "    inner?: string;\n"
         "  };\n"
+        "  list?: Array<{\n"
+        "    // X.\n"
+        "    x?: number;\n"
+        "  }>;\n"
         "}"
     )
 
@@ -363,7 +476,7 @@ def test_recursive_ref_is_expanded_twice_along_one_path_then_unknown() -> None:
         },
     }
     assert ts(schema) == (
-        "{ children?: Array<{ children?: Array<unknown>; name: string; }>; name: string; }"
+        "{ name: string; children?: Array<{ name: string; children?: Array<unknown>; }>; }"
     )
 
 
@@ -474,7 +587,7 @@ def test_mcp_output_renders_call_tool_result_of_structured_content() -> None:
             isError={"type": "boolean"},
             **{"_meta": {"type": "object"}},
         )
-        | {"$defs": {"R": {"type": "object", "properties": {"n": {"type": "integer"}}}}},
+        | {"$defs": {"R": {"type": "object", "properties": {"n": {"type": "number"}}}}},
     )
     assert output_type(tool) == "CallToolResult<{ n?: number; }>"
 
@@ -504,7 +617,7 @@ def test_declaration_of_the_spec_example() -> None:
         name="search",
         input_schema={
             "type": "object",
-            "properties": {"q": {"type": "string"}, "limit": {"type": "integer"}},
+            "properties": {"limit": {"type": "number"}, "q": {"type": "string"}},
             "required": ["q"],
         },
     )
@@ -515,7 +628,7 @@ def test_declaration_of_the_spec_example() -> None:
 
 def test_declaration_args_optional_when_nothing_is_required() -> None:
     tool = ToolDefinition(
-        name="list", input_schema={"type": "object", "properties": {"n": {"type": "integer"}}}
+        name="list", input_schema={"type": "object", "properties": {"n": {"type": "number"}}}
     )
     assert render_tool_declaration(tool, "list") == (
         "declare const tools: { list(args?: { n?: number; }): Promise<unknown>; };"

@@ -23,14 +23,17 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from codemode import tracing
 from codemode.cell.machine import (
     Attached,
     BeginSettling,
     CellMachine,
     Closed,
     CommitWrites,
+    DispatchCall,
     Effect,
     Immediate,
+    RejectCall,
     RunEngine,
     StopEngine,
     TerminationStarted,
@@ -52,6 +55,7 @@ from codemode.engine.base import (
     YieldRequested,
 )
 from codemode.model import (
+    ApprovalRequest,
     CellKind,
     Completed,
     NestedToolCall,
@@ -148,10 +152,11 @@ class CellActor:
         tool_call_id: str,
         host: CellHost,
         max_result_bytes: int,
+        max_parallel_calls: int = 100,
     ) -> None:
         self.cell_id = cell_id
         self.kind = kind
-        self.machine = CellMachine(cell_id, kind)
+        self.machine = CellMachine(cell_id, kind, max_parallel=max_parallel_calls)
         self._engine = engine_cell
         self._tools = tools
         self._tool_call_id = tool_call_id
@@ -176,11 +181,13 @@ class CellActor:
         self._stopping = False  # the actor itself cancels its pump
         self._log = logging.LoggerAdapter(logger, {"cell_id": cell_id})
         self._debug = logger.isEnabledFor(logging.DEBUG)
+        self._trace: tracing.CellTrace | None = None  # OpenTelemetry spans, when imported
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Begin running the body in the background."""
+        self._trace = tracing.cell_started(self.cell_id, self.kind.value, self._tool_call_id)
         self._pump_task = self._loop.create_task(self._pump(), name=f"codemode-cell-{self.cell_id}")
 
     @property
@@ -246,6 +253,18 @@ class CellActor:
         await asyncio.shield(self._closed.wait())
         return Terminated(self._terminated_items)
 
+    def awaiting_approval(self) -> tuple[ApprovalRequest, ...]:
+        """The cell's held calls, sorted by call id."""
+        return self.machine.awaiting_approval
+
+    def approve(self, call_id: str) -> None:
+        """Send a held call to the delegate (``MissingCell`` / ``NotAwaitingApproval``)."""
+        self._apply(self.machine.approve(call_id))
+
+    def reject(self, call_id: str, reason: str) -> None:
+        """Reject a held call's promise with ``reason`` (raises as :meth:`approve`)."""
+        self._apply(self.machine.reject(call_id, reason))
+
     async def shutdown(self) -> None:
         """Terminate (or close) the cell for the session's shutdown and wait until it closed."""
         self._apply(self.machine.shutdown())
@@ -273,11 +292,21 @@ class CellActor:
                 self._stop_task = self._loop.create_task(self._stop())
             elif isinstance(effect, Closed):
                 self._on_closed()
+            elif isinstance(effect, DispatchCall):
+                call = effect.call
+                self._calls[call.call_id] = self._loop.create_task(self._invoke(call))
+            elif isinstance(effect, RejectCall):
+                self._ready.append(ToolResultInput(effect.call_id, False, message=effect.reason))
+                self._wake.set()
 
     def _on_closed(self) -> None:
         if self._closed.is_set():
             return
         self._closed.set()
+        if self._trace is not None:
+            error = self.machine._completion_error
+            outcome = "terminated" if self._stopping else "failed" if error else "completed"
+            self._trace.closed(outcome, error)
         self._engine.close()
         self._wake.set()
         self._host.cell_closed(self.cell_id)
@@ -342,6 +371,8 @@ class CellActor:
         machine = self.machine
         for ev in report.events:
             if isinstance(ev, OutputProduced):
+                if self._trace is not None:
+                    self._trace.output(ev.item)
                 self._apply(machine.output(ev.item))
             elif isinstance(ev, ToolCallRequested):
                 self._start_call(ev)
@@ -369,12 +400,16 @@ class CellActor:
         call = NestedToolCall(self.cell_id, ev.call_id, tool, ev.input)
         if self._debug:
             self._log.debug("cell %s calls %s as %s", self.cell_id, tool.name, ev.call_id)
-        self._calls[ev.call_id] = self._loop.create_task(self._invoke(call))
+        # The machine decides when it reaches the delegate (a free slot, an approval).
+        self._apply(self.machine.call_issued(call))
 
     async def _invoke(self, call: NestedToolCall) -> None:
         name = call.tool.name
         try:
-            value = await self._host.delegate.invoke_tool(call)
+            if self._trace is None:
+                value = await self._host.delegate.invoke_tool(call)
+            else:
+                value = await self._trace.invoke(self._host.delegate, call)
         except asyncio.CancelledError:
             if call.call_id in self._cancel_requested:
                 raise
@@ -387,6 +422,7 @@ class CellActor:
         if self.machine.phase.value in ("running", "paused"):
             self._ready.append(result)
             self._wake.set()
+        self._apply(self.machine.call_returned(call.call_id))
 
     async def _encode_result(self, call_id: str, name: str, value: Any) -> ToolResultInput:
         """The JSON text of a delegate's result, without stalling the event loop on big ones.
@@ -461,6 +497,8 @@ class CellActor:
             await asyncio.wait({pump}, timeout=CALLBACK_GRACE)
         for event in await self._engine.stop():
             if isinstance(event, OutputProduced):
+                if self._trace is not None:
+                    self._trace.output(event.item)
                 self.machine.salvaged_output(event.item)
         tasks = self._take_call_tasks()
         for task in (self._settle_task, self._notifier):

@@ -7,6 +7,13 @@ takes one input (something the engine did, or something a caller asked) and retu
 committing stored values. The asyncio driver (:mod:`codemode.cell.actor`) feeds it inputs in the
 order they happen on the event loop, so the tests can replay any interleaving deterministically.
 
+The machine also decides when each nested call reaches the delegate: at most ``max_parallel``
+calls of the cell are at the delegate at once, further ones wait in issue order for a free slot;
+a call of a tool that ``needs_approval`` is *held* until the host approves it (then it queues like
+any call) or rejects it (then its promise rejects with the host's reason). Calls still waiting
+(queued or held) when the cell settles, is terminated or the session shuts down never reach the
+delegate. See ``docs/approvals.md``.
+
 Vocabulary (SPEC section 4): *recorded* output has reached the runtime and was not yet delivered;
 an *observer* is a ``wait``/``wait_to_pending`` call in progress; *delivered* means returned to a
 caller. An observer's event is *prepared* by the machine at the instant its reason occurs (a
@@ -17,6 +24,7 @@ observer's task resumes; a cancelled observer gives a prepared event back, so no
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +34,13 @@ from codemode.errors import (
     ClosedCell,
     InvalidGeneration,
     MissingCell,
+    NotAwaitingApproval,
 )
 from codemode.model import (
+    ApprovalRequest,
     CellKind,
     Completed,
+    NestedToolCall,
     OutputItem,
     Pending,
     PendingFrontier,
@@ -44,9 +55,11 @@ __all__ = [
     "CellMachine",
     "Closed",
     "CommitWrites",
+    "DispatchCall",
     "Effect",
     "Immediate",
     "Phase",
+    "RejectCall",
     "RunEngine",
     "StopEngine",
     "TerminationStarted",
@@ -106,7 +119,39 @@ class Closed:
     """The cell has closed: drop it from the session's registry."""
 
 
-Effect = WakeObserver | RunEngine | BeginSettling | CommitWrites | StopEngine | Closed
+@dataclass(frozen=True)
+class DispatchCall:
+    """Hand this nested call to the delegate now; report its end with
+    :meth:`CellMachine.call_returned`."""
+
+    call: NestedToolCall
+
+
+@dataclass(frozen=True)
+class RejectCall:
+    """Reject this held call's promise in the cell with ``reason``, as a tool error the engine
+    consumes when the cell may run (never advancing a paused cell by itself)."""
+
+    call_id: str
+    reason: str
+
+
+Effect = (
+    WakeObserver
+    | RunEngine
+    | BeginSettling
+    | CommitWrites
+    | StopEngine
+    | Closed
+    | DispatchCall
+    | RejectCall
+)
+
+
+def call_number(call_id: str) -> int:
+    """The number of a call id (``tool-12`` -> 12), its order of issue; -1 if it has none."""
+    _, _, digits = call_id.rpartition("-")
+    return int(digits) if digits.isdigit() else -1
 
 
 # ---------------------------------------------------------------------------- call results
@@ -151,6 +196,7 @@ class _Observer:
     prepared: _Prepared | None = None
     items: tuple[OutputItem, ...] = ()
     from_stash: bool = False
+    by_hold: bool = False  # ended because a call became held
     frontier: PendingFrontier | None = None
 
 
@@ -181,6 +227,13 @@ class CellMachine:
     _last_resumed: int | None = None
     _progressed: bool = True  # processed work since the last frontier or resume
     _terminated_by_shutdown: bool = False
+    # nested calls: at most max_parallel at the delegate, the rest queued in issue order; calls
+    # of tools that need approval held until the host decides
+    max_parallel: int = 100
+    _at_delegate: set[str] = field(default_factory=set)
+    _queued: deque[NestedToolCall] = field(default_factory=deque)
+    _held: dict[str, NestedToolCall] = field(default_factory=dict)
+    _hold_notice: bool = False  # a call became held with nobody observing (continuing cells)
 
     # ------------------------------------------------------------------ queries
 
@@ -206,6 +259,101 @@ class CellMachine:
     @property
     def has_observer(self) -> bool:
         return self._observer is not None
+
+    @property
+    def awaiting_approval(self) -> tuple[ApprovalRequest, ...]:
+        """The held calls, sorted by call id (issue order)."""
+        return tuple(
+            ApprovalRequest(c.cell_id, c.call_id, c.tool, c.input)
+            for c in sorted(self._held.values(), key=lambda c: call_number(c.call_id))
+        )
+
+    @property
+    def calls_at_delegate(self) -> int:
+        """How many nested calls are at the delegate now."""
+        return len(self._at_delegate)
+
+    @property
+    def calls_queued(self) -> tuple[str, ...]:
+        """The ids of the calls waiting for a free slot, in issue order."""
+        return tuple(c.call_id for c in self._queued)
+
+    # ------------------------------------------------------------------ nested calls
+
+    def call_issued(self, call: NestedToolCall) -> list[Effect]:
+        """The cell issued a nested call (its id assigned, counted against the limits).
+
+        A call of a tool that needs approval is held: it reaches no delegate until
+        :meth:`approve`; in a continuing cell the current observation ends at once with
+        ``Yielded`` (or, with nobody observing, the next observation does). Any other call
+        reaches the delegate now if fewer than ``max_parallel`` calls are there, else it waits
+        its turn in issue order.
+        """
+        if self.phase not in (Phase.RUNNING, Phase.PAUSED):
+            return []
+        if call.tool.needs_approval:
+            self._held[call.call_id] = call
+            return self._announce_hold()
+        self._queued.append(call)
+        return self._dispatch()
+
+    def call_returned(self, call_id: str) -> list[Effect]:
+        """The delegate's coroutine for ``call_id`` ended: its slot goes to the next queued call."""
+        self._at_delegate.discard(call_id)
+        return self._dispatch()
+
+    def approve(self, call_id: str) -> list[Effect]:
+        """The host approved a held call: from now on it is an ordinary call (it may queue).
+
+        Raises ``MissingCell`` for a closed cell and ``NotAwaitingApproval`` for a call that is
+        not held (never issued, already decided, or dropped when the cell stopped).
+        """
+        call = self._take_held(call_id)
+        self._queued.append(call)
+        return self._dispatch()
+
+    def reject(self, call_id: str, reason: str) -> list[Effect]:
+        """The host rejected a held call: its promise rejects with ``reason``. Raises as
+        :meth:`approve`. A paused cell sees the rejection only after it is resumed."""
+        self._take_held(call_id)
+        return [RejectCall(call_id, reason)]
+
+    def _take_held(self, call_id: str) -> NestedToolCall:
+        if self.phase is Phase.CLOSED:
+            raise MissingCell(self.cell_id)
+        call = self._held.pop(call_id, None)
+        if call is None:
+            raise NotAwaitingApproval(self.cell_id, call_id)
+        return call
+
+    def _announce_hold(self) -> list[Effect]:
+        if self.kind is CellKind.PAUSABLE:
+            return []  # the frontier lists it
+        obs = self._observer
+        if obs is None:
+            self._hold_notice = True
+            return []
+        if obs.prepared is None:
+            effects = self._prepare_yield(obs)
+            obs.by_hold = True
+            return effects
+        return []  # its observer is about to return anyway
+
+    def _dispatch(self) -> list[Effect]:
+        if self.phase not in (Phase.RUNNING, Phase.PAUSED):
+            return []
+        effects: list[Effect] = []
+        while self._queued and len(self._at_delegate) < self.max_parallel:
+            call = self._queued.popleft()
+            self._at_delegate.add(call.call_id)
+            effects.append(DispatchCall(call))
+        return effects
+
+    def _drop_waiting_calls(self) -> None:
+        """The cell stops: calls queued or held never reach the delegate."""
+        self._queued.clear()
+        self._held.clear()
+        self._hold_notice = False
 
     # ------------------------------------------------------------------ engine inputs
 
@@ -250,7 +398,11 @@ class CellMachine:
             return []
         self._progressed = False
         self._generation += 1
-        frontier = PendingFrontier(self._generation, tuple(self._recorded), pending_call_ids)
+        pending = set(pending_call_ids)
+        held = tuple(r for r in self.awaiting_approval if r.call_id in pending)
+        frontier = PendingFrontier(
+            self._generation, tuple(self._recorded), pending_call_ids, held
+        )
         self._recorded.clear()
         self._frontier = _Frontier(frontier)
         self.phase = Phase.PAUSED
@@ -267,6 +419,7 @@ class CellMachine:
             return []
         self._completion_error = error_text
         self.phase = Phase.SETTLING
+        self._drop_waiting_calls()
         return [BeginSettling()]
 
     def engine_lost(self) -> list[Effect]:
@@ -279,6 +432,7 @@ class CellMachine:
         self._discard_writes = True
         self._completion_error = "exec runtime ended unexpectedly"
         self.phase = Phase.SETTLING
+        self._drop_waiting_calls()
         return [BeginSettling()]
 
     def commit(self) -> list[Effect]:
@@ -319,6 +473,7 @@ class CellMachine:
         if self.kind is CellKind.CONTINUING and self._stash is not None:
             items, self._stash = self._stash, None
             self._delivered_any = True
+            self._hold_notice = False
             return Immediate(Yielded(items))
         if self.kind is CellKind.PAUSABLE and self._frontier is not None:
             self._frontier.delivered = True
@@ -327,6 +482,13 @@ class CellMachine:
         if self.phase is Phase.COMPLETED:
             event = self._take_completion()
             return Immediate(event, (Closed(),))
+        if self._hold_notice:
+            # A call became held while nobody observed: this observation ends at once.
+            self._hold_notice = False
+            self._delivered_any = True
+            items = tuple(self._recorded)
+            self._recorded.clear()
+            return Immediate(Yielded(items))
         token = self._next_token
         self._next_token += 1
         self._observer = _Observer(token)
@@ -348,6 +510,7 @@ class CellMachine:
         self._delivered_any = True
         kind = obs.prepared
         if kind is _Prepared.YIELDED:
+            self._hold_notice = False
             return Yielded(obs.items), []
         if kind is _Prepared.PENDING:
             assert obs.frontier is not None
@@ -369,6 +532,8 @@ class CellMachine:
                 self._stash = obs.items
             else:
                 self._recorded[:0] = obs.items
+            if obs.by_hold and self._held and self.phase is Phase.RUNNING:
+                self._hold_notice = True  # the host did not learn of the hold yet
         elif obs.prepared is _Prepared.PENDING and obs.frontier is not None:
             current = self._frontier.frontier if self._frontier is not None else None
             if obs.frontier is not current:
@@ -492,6 +657,7 @@ class CellMachine:
     def _enter_terminating(self, *, by_shutdown: bool) -> None:
         self.phase = Phase.TERMINATING
         self._writes.clear()
+        self._drop_waiting_calls()
         self._terminated_by_shutdown = by_shutdown
 
     def salvaged_output(self, item: OutputItem) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from codemode.errors import EngineError
 from codemode.model import CellLimits, OutputItem, ToolDefinition
 
 __all__ = [
@@ -55,6 +56,10 @@ class CellBoot:
     stored: Mapping[str, Any]
     limits: CellLimits
     pausable: bool
+    # JSON text of an array holding each tool's reference entry (its heading, description and
+    # TypeScript declaration), in ``tools`` order: what the cell's ``catalog.describe`` answers
+    # (SPEC 9.6). None: ``catalog.describe`` gives the description alone.
+    tool_reference: str | None = None
 
 
 # ---------------------------------------------------------------------------- what a cell did
@@ -181,6 +186,12 @@ class EngineCell(abc.ABC):
     def closed(self) -> bool:
         """True once the engine cell can run no more JavaScript."""
 
+    async def dump(self) -> bytes:
+        """The cell at its current frontier as bytes that :meth:`Engine.load_cell` of the same
+        kind of engine (in any process) continues from, without replay. Engines that cannot
+        snapshot a cell raise ``EngineError`` (the default)."""
+        raise EngineError("this engine cannot dump a cell")
+
 
 class Engine(abc.ABC):
     """A kind of sandbox. Opens one :class:`EngineCell` per cell."""
@@ -198,3 +209,8 @@ class Engine(abc.ABC):
     async def aclose(self) -> None:
         """Close, and wait until the resources of every closed cell are released."""
         self.close()
+
+    async def load_cell(self, boot: CellBoot, state: bytes) -> EngineCell:
+        """Restore a cell from :meth:`EngineCell.dump`; its next command is ``step``. Engines
+        that cannot raise ``EngineError`` (the default)."""
+        raise EngineError(f"the {self.name} engine cannot load a dumped cell")

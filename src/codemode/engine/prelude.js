@@ -322,7 +322,6 @@
         return PromiseCtor.reject(new TypeErrorCtor("tool `" + name + "` expects a JSON object for arguments"));
       }
       if (callsIssued + 1 > limits.maxToolCalls) failLimit("max_tool_calls");
-      if (pending.size + 1 > limits.maxParallel) failLimit("max_parallel_tool_calls");
       callsIssued += 1;
       const id = "tool-" + callsIssued;
       emitRaw(["call", id, index], json === undefined ? "{}" : json);
@@ -462,6 +461,257 @@
     return PromiseCtor.reject(new ErrorCtor("unsupported import in exec"));
   }
 
+  // ---------------------------------------------------------------- catalog (SPEC 9.6)
+  // `catalog.search(query, {limit})` and `catalog.describe(name)` answer from what the cell got at
+  // boot (the tools' identifiers and descriptions, and their reference entries as JSON text, parsed
+  // on the first describe): no host round trip, no tool call, no frontier. Tools that match more
+  // of the query's words rank first; among those, BM25 over the words of identifiers (weighted up)
+  // and descriptions, with partial credit for a query word that begins a word of the tool. The
+  // index is built on the first search.
+  const catalogApi = (function () {
+    const StrLower = String.prototype.toLowerCase;
+    const StrCharCodeAt = String.prototype.charCodeAt;
+    const StrSlice = String.prototype.slice;
+    const StrStartsWith = String.prototype.startsWith;
+    const ArraySort = Array.prototype.sort;
+    const MathLog = Math.log;
+    const MathFloor = Math.floor;
+    const NumberIsInteger = Number.isInteger;
+    const SetCtor = Set;
+    const SetHas = Set.prototype.has;
+    const SetAdd = Set.prototype.add;
+    const MapGet = Map.prototype.get;
+    const MapSet = Map.prototype.set;
+    const MapHas = Map.prototype.has;
+    const K1 = 1.2, B = 0.75, IDENT_WEIGHT = 2.5, PREFIX_WEIGHT = 0.4, COORD = 1e6;
+
+    let catalogTools = [];       // [{name, ident, description}]
+    let referenceJson = null;    // JSON text of the reference entries, until parsed
+    let reference = null;        // the parsed entries (an array of strings), or false if unusable
+    let index = null;            // built by the first search
+
+    const lower = (s) => ReflectApply(StrLower, s, []);
+    const code = (s, i) => ReflectApply(StrCharCodeAt, s, [i]);
+    const slice = (s, a, b) => ReflectApply(StrSlice, s, [a, b]);
+    const mapGet = (m, k) => ReflectApply(MapGet, m, [k]);
+    const mapSet = (m, k, v) => ReflectApply(MapSet, m, [k, v]);
+    const mapHas = (m, k) => ReflectApply(MapHas, m, [k]);
+    const setHas = (m, k) => ReflectApply(SetHas, m, [k]);
+
+    // A word as it is compared: lower case, a plural "s" (or "ies") folded away.
+    function normalize(word) {
+      let w = lower(word);
+      const n = w.length;
+      if (n > 4 && slice(w, n - 3, n) === "ies") w = slice(w, 0, n - 3) + "y";
+      else if (n > 3 && code(w, n - 1) === 115 && code(w, n - 2) !== 115) w = slice(w, 0, n - 1);
+      return w;
+    }
+
+    // The words of a text: runs of letters and digits (any non-ASCII character counts as a
+    // letter), also split where a lower-case letter or digit meets an upper-case one (camelCase).
+    function words(text) {
+      const out = [];
+      let start = -1;
+      let prevLower = false;
+      const n = text.length;
+      for (let i = 0; i <= n; i++) {
+        const c = i < n ? code(text, i) : 32;
+        const upper = c >= 65 && c <= 90;
+        const lowerOrDigit = (c >= 97 && c <= 122) || (c >= 48 && c <= 57);
+        const word = upper || lowerOrDigit || c >= 128;
+        if (start >= 0 && (!word || (upper && prevLower))) {
+          out[out.length] = normalize(slice(text, start, i));
+          start = -1;
+        }
+        if (word && start < 0) start = i;
+        prevLower = lowerOrDigit || c >= 128;
+      }
+      return out;
+    }
+
+    function buildIndex() {
+      const docs = [];
+      const df = new MapCtor();
+      let totalLength = 0;
+      for (let i = 0; i < catalogTools.length; i++) {
+        const t = catalogTools[i];
+        const ident = new SetCtor();
+        const all = new SetCtor();
+        const distinct = [];
+        const add = (w) => {
+          if (!setHas(all, w)) {
+            ReflectApply(SetAdd, all, [w]);
+            distinct[distinct.length] = w;
+          }
+        };
+        const identWords = words(t.ident);
+        for (let k = 0; k < identWords.length; k++) {
+          ReflectApply(SetAdd, ident, [identWords[k]]);
+          add(identWords[k]);
+        }
+        const tf = new MapCtor();
+        const descWords = words(t.description);
+        for (let k = 0; k < descWords.length; k++) {
+          const w = descWords[k];
+          mapSet(tf, w, (mapHas(tf, w) ? mapGet(tf, w) : 0) + 1);
+          add(w);
+        }
+        for (let k = 0; k < distinct.length; k++) {
+          const w = distinct[k];
+          mapSet(df, w, (mapHas(df, w) ? mapGet(df, w) : 0) + 1);
+        }
+        totalLength += descWords.length;
+        docs[docs.length] = { ident, tf, length: descWords.length, distinct, key: compact(t.ident) };
+      }
+      const n = catalogTools.length;
+      return { docs, df, n, avgLength: n > 0 ? totalLength / n || 1 : 1 };
+    }
+
+    function compact(text) {
+      const list = words(text);
+      let out = "";
+      for (let k = 0; k < list.length; k++) out += list[k];
+      return out;
+    }
+
+    function idf(word) {
+      const d = mapHas(index.df, word) ? mapGet(index.df, word) : 0;
+      return MathLog(1 + (index.n - d + 0.5) / (d + 0.5));
+    }
+
+    // Tools matching more of the query's words rank first; BM25 orders those matching as many.
+    function score(doc, query, weights, whole) {
+      let total = 0;
+      let matched = 0;
+      for (let q = 0; q < query.length; q++) {
+        const word = query[q];
+        const w = weights[q];
+        let s = 0;
+        if (setHas(doc.ident, word)) s += IDENT_WEIGHT * w;
+        const tf = mapHas(doc.tf, word) ? mapGet(doc.tf, word) : 0;
+        if (tf > 0) {
+          s += w * (tf * (K1 + 1)) / (tf + K1 * (1 - B + (B * doc.length) / index.avgLength));
+        }
+        if (s === 0 && word.length >= 3) {
+          const distinct = doc.distinct;
+          for (let k = 0; k < distinct.length; k++) {
+            const d = distinct[k];
+            if (d.length > word.length && ReflectApply(StrStartsWith, d, [word])) {
+              s = PREFIX_WEIGHT * w;
+              break;
+            }
+          }
+        }
+        if (s > 0) matched++;
+        total += s;
+      }
+      if (total > 0 && whole.length >= 4) {
+        if (doc.key === whole) total += IDENT_WEIGHT * 2;
+      }
+      return total > 0 ? matched * COORD + total : 0;
+    }
+
+    function search(query, options) {
+      if (typeof query !== "string") {
+        return PromiseCtor.reject(new TypeErrorCtor("catalog.search expects a query string"));
+      }
+      let limit = 10;
+      if (options !== undefined) {
+        if (options === null || typeof options !== "object") {
+          return PromiseCtor.reject(new TypeErrorCtor("catalog.search options must be an object like {limit: 10}"));
+        }
+        const given = options.limit;
+        if (given !== undefined) {
+          if (typeof given !== "number" || !NumberIsInteger(given) || given < 1) {
+            return PromiseCtor.reject(new TypeErrorCtor("catalog.search limit must be a positive integer"));
+          }
+          limit = given;
+        }
+      }
+      if (index === null) index = buildIndex();
+      const seen = new SetCtor();
+      const terms = [];
+      const weights = [];
+      const queryWords = words(query);
+      for (let k = 0; k < queryWords.length; k++) {
+        const w = queryWords[k];
+        if (setHas(seen, w)) continue;
+        ReflectApply(SetAdd, seen, [w]);
+        terms[terms.length] = w;
+        weights[weights.length] = idf(w);
+      }
+      const whole = compact(query);
+      const hits = [];
+      if (terms.length > 0) {
+        for (let i = 0; i < index.docs.length; i++) {
+          const s = score(index.docs[i], terms, weights, whole);
+          if (s > 0) hits[hits.length] = [s, i];
+        }
+      }
+      ReflectApply(ArraySort, hits, [(a, b) => (b[0] - a[0]) || (a[1] - b[1])]);
+      const result = [];
+      const count = hits.length < limit ? hits.length : MathFloor(limit);
+      for (let k = 0; k < count; k++) {
+        const t = catalogTools[hits[k][1]];
+        result[result.length] = { name: t.ident, description: t.description };
+      }
+      return PromiseCtor.resolve(result);
+    }
+
+    function referenceEntry(i) {
+      if (reference === null) {
+        reference = false;
+        if (typeof referenceJson === "string") {
+          try {
+            const parsed = JSONparse(referenceJson);
+            if (ArrayIsArray(parsed) && parsed.length === catalogTools.length) reference = parsed;
+          } catch (_) { /* unusable: descriptions alone */ }
+        }
+        referenceJson = null;
+      }
+      if (reference !== false && typeof reference[i] === "string") return reference[i];
+      const t = catalogTools[i];
+      return "### `" + t.ident + "`\n" + t.description;
+    }
+
+    function describe(name) {
+      if (typeof name === "string") {
+        for (let i = 0; i < catalogTools.length; i++) {
+          if (catalogTools[i].ident === name) return PromiseCtor.resolve(referenceEntry(i));
+        }
+        for (let i = 0; i < catalogTools.length; i++) {
+          if (catalogTools[i].name === name) return PromiseCtor.resolve(referenceEntry(i));
+        }
+      }
+      let shown;
+      try { shown = StringCtor(name); } catch (_) { shown = typeof name; }
+      return PromiseCtor.reject(new ErrorCtor("unknown tool " + shown));
+    }
+
+    const searchTools = search;
+    const describeTool = describe;
+    const api = ObjectFreeze({
+      search(query, options) { return searchTools(query, options); },
+      describe(name) { return describeTool(name); },
+    });
+
+    return {
+      // Called by boot: this cell's tools and their reference entries (JSON text or undefined).
+      reset(tools, json) {
+        const list = [];
+        for (let i = 0; i < tools.length; i++) {
+          const t = tools[i];
+          list[list.length] = { name: t.name, ident: t.ident, description: StringCtor(t.description) };
+        }
+        catalogTools = list;
+        referenceJson = typeof json === "string" ? json : null;
+        reference = null;
+        index = null;
+        defineGlobal("catalog", api);
+      },
+    };
+  })();
+
   // ---------------------------------------------------------------- the bridge
   const bridge = ObjectFreeze({
     // Every piece of per-cell state starts afresh here, so an isolate warmed up by a throwaway
@@ -483,6 +733,7 @@
       pausable = config.pausable === true;
       limits = config.limits;
       toolDefs = config.tools;
+      catalogApi.reset(toolDefs, config.reference);
       stored = new MapCtor();
       for (const key of Object.keys(config.stored)) stored.set(key, JSONstringify(config.stored[key]));
       const toolsObject = {};

@@ -44,6 +44,13 @@ from codemode.engine.base import (
     limit_error_text,
 )
 from codemode.engine.jsscan import scan_source
+from codemode.engine.source import (
+    clean_error_text,
+    compile_check,
+    compiles_expression,
+    prepare_source_async,
+    syntax_error_from,
+)
 from codemode.errors import EngineError
 from codemode.identifiers import tool_identifiers
 from codemode.model import ImageDetail, ImageItem, TextItem
@@ -377,15 +384,36 @@ class _V8Cell(EngineCell):
             ],
             "stored": dict(b.stored),
         }
+        # The catalog's entries stay JSON text in the cell, parsed on first use (SPEC 9.6).
+        if b.tool_reference is not None:
+            config["reference"] = b.tool_reference
         return f"__codemode.boot({_dumps(config)});"
 
     async def run(self) -> StepReport:
-        scan = scan_source(self._boot.source)
+        prepared = await prepare_source_async(self._boot.source)
+        if prepared.as_written is not None and await self._eval(
+            compiles_expression(prepared.as_written)
+        ):
+            prepared = prepared.as_javascript()  # valid JavaScript runs as written
+        if prepared.error_text is not None:
+            self.close()
+            return StepReport((), (), Settlement(prepared.error_text))
+        scan = scan_source(prepared.code)
         if scan.static_import is not None:
             self.close()
             text = f"SyntaxError: Unsupported import in exec: {scan.static_import}"
             return StepReport((), (), Settlement(text))
-        return await self._command(f"{self._boot_code}__codemode.run({_dumps(scan.source)})")
+        check = compile_check(scan.source)
+        try:
+            return await self._command(
+                f"{check}{self._boot_code}__codemode.run({_dumps(scan.source)})"
+            )
+        except EngineLost as lost:
+            located = syntax_error_from(str(lost.__cause__ or ""), scan.source)
+            if located is None:
+                raise
+            self.close()
+            return StepReport((), (), Settlement(located))
 
     async def step(self, inputs: Sequence[StepInput]) -> StepReport:
         parts = []
@@ -526,7 +554,8 @@ class _V8Cell(EngineCell):
                         raise ValueError(f"unknown limit {field_name!r}")
                     settlement = Settlement(limit_error_text(self._limits, field_name))
                 else:
-                    settlement = Settlement(str(settled.get("error", "uncaught exception")))
+                    error = str(settled.get("error", "uncaught exception"))
+                    settlement = Settlement(clean_error_text(error))
         except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
             raise EngineLost(f"malformed report from the cell environment: {exc}") from exc
         pending_sorted = tuple(sorted(pending, key=_call_number))

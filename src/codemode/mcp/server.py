@@ -24,6 +24,11 @@ with ``code_mode_only=True``; this module only adapts them to MCP:
   ``wait`` goes to the ``CodeModeTools`` whose ``exec`` returned its cell (else the current
   one), so output that object carries over for the cell is not lost.
 
+- Approvals: tools named by the configuration's ``approval`` key (glob patterns, and upstream
+  ``destructiveHint`` with ``"destructive": true``) need approval; each held call is decided
+  inside the ``exec``/``wait`` request that meets it, by elicitation when the client supports
+  it, else rejected as unavailable (:mod:`codemode.mcp.approval`, ``docs/approvals.md``).
+
 Connections and sessions: one :class:`~codemode.session.SessionRuntime` serves one MCP connection.
 Over stdio the process serves exactly one connection. Over streamable HTTP each MCP session
 (``Mcp-Session-Id``) is one connection, and its runtime is shut down when the session ends;
@@ -40,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import itertools
 import logging
 import os
@@ -47,7 +53,7 @@ import secrets
 import signal
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
 from urllib.parse import unquote_to_bytes
@@ -61,11 +67,33 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 
+from codemode.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    configure_logging,
+    parse_host_port,
+)
+from codemode.engine.base import Engine
+from codemode.engine.choice import engine_factory
 from codemode.errors import CodeModeError
+from codemode.mcp.approval import (
+    UNAVAILABLE_REASON,
+    ApprovalPolicy,
+    ask_by_elicitation,
+    load_approval_policy,
+)
 from codemode.mcp.cancel import ExecCells
 from codemode.mcp.config import ConfigError, load_config
-from codemode.mcp.upstream import UpstreamSet
-from codemode.model import CellLimits, ImageItem, NestedToolCall, OutputItem, TextItem
+from codemode.mcp.upstream import UpstreamSet, exec_annotations
+from codemode.model import (
+    ApprovalRequest,
+    CellLimits,
+    ImageItem,
+    NestedToolCall,
+    OutputItem,
+    TextItem,
+)
 from codemode.session import SessionRuntime
 from codemode.textsafe import valid_text
 from codemode.tools import CodeModeTools, ToolResult
@@ -89,13 +117,19 @@ INSTRUCTIONS: Final = (
     "as `tools.mcp__{server}__{tool}(args)` and prints what you need; use `wait` to follow a "
     "cell that is still running."
 )
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 HTTP_SHUTDOWN_GRACE: Final = 0.1
 """Seconds open HTTP connections get to finish when ``codemode mcp --http`` stops."""
 SIGNAL_EXIT_GRACE: Final = 0.8
 """Seconds ``codemode mcp`` (stdio) spends closing sessions and upstreams on SIGTERM/SIGINT."""
 _STATE_KEY: Final = "codemode.mcp"
 _IMAGE_DETAIL_META: Final = "codex/imageDetail"
+_WAIT_ANNOTATIONS: Final = mcp_types.ToolAnnotations(
+    read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+)
+# The MCP request being served in this task: where an approval is asked (docs/approvals.md).
+_REQUEST: contextvars.ContextVar[tuple[ServerSession, mcp_types.RequestId | None]] = (
+    contextvars.ContextVar("codemode_mcp_request")
+)
 
 
 # ---------------------------------------------------------------------- results
@@ -149,7 +183,8 @@ class _ConnectionFront:
     def __init__(self, front: McpFront, label: str) -> None:
         self._front = front
         self.label = label
-        self.runtime = SessionRuntime(_ConnectionDelegate(self), limits=front.limits)
+        engine = front.engine_factory() if front.engine_factory is not None else None
+        self.runtime = SessionRuntime(_ConnectionDelegate(self), limits=front.limits, engine=engine)
         self.exec_cells = ExecCells(self.runtime)  # a cancelled exec terminates its cell
         self._tools: CodeModeTools | None = None
         self._generation = -1
@@ -171,9 +206,10 @@ class _ConnectionFront:
             self._generation = upstreams.generation
             self._tools = CodeModeTools(
                 self.exec_cells,
-                upstreams.tools,
+                self._front.approval.mark(upstreams),
                 code_mode_only=True,
                 max_wait_ms=self._front.max_wait_ms,
+                approver=self._approve,
             )
         return self._tools
 
@@ -187,6 +223,7 @@ class _ConnectionFront:
         """Run ``exec`` or ``wait`` for one ``tools/call`` request."""
         self.remember(ctx.session)
         observer = _Observer(ctx.session, ctx.request_id, progress_token_from_params(ctx.params))
+        _REQUEST.set((ctx.session, ctx.request_id))
         if name == EXEC_TOOL_NAME:
             return await self._exec(observer, arguments)
         return await self._wait(observer, arguments)
@@ -226,6 +263,13 @@ class _ConnectionFront:
                 self._wait_observers.pop(cell_id, None)
                 if not self._cell_alive(cell_id):
                     self._owners.pop(cell_id, None)
+
+    async def _approve(self, request: ApprovalRequest) -> bool | str:
+        """Decide a held call by asking the client of the request that met it."""
+        current = _REQUEST.get(None)
+        if current is None:
+            return UNAVAILABLE_REASON
+        return await ask_by_elicitation(current[0], current[1], request)
 
     def _cell_alive(self, cell_id: str) -> bool:
         try:
@@ -333,9 +377,14 @@ class McpFront:
         *,
         single_connection: bool = False,
         max_wait_ms: int = 600_000,
+        approval: ApprovalPolicy | None = None,
+        engine_factory: Callable[[], Engine] | None = None,
     ) -> None:
         """``single_connection``: the transport serves one connection (stdio), so every request
-        belongs to it."""
+        belongs to it. ``approval``: which nested tools need the client's approval.
+        ``engine_factory`` makes each connection's engine (None: V8)."""
+        self.approval = approval if approval is not None else ApprovalPolicy()
+        self.engine_factory = engine_factory
         self.upstreams = upstreams
         self.limits = limits if limits is not None else CellLimits()
         self.max_wait_ms = max_wait_ms
@@ -428,11 +477,15 @@ class McpFront:
                     name=EXEC_TOOL_NAME,
                     description=exec_spec["description"],
                     input_schema=exec_spec["parameters"],
+                    # Honest for every tool a cell can reach (see exec_annotations).
+                    annotations=exec_annotations(self.upstreams.enabled_tools),
                 ),
                 mcp_types.Tool(
                     name=WAIT_TOOL_NAME,
                     description=wait_spec["description"],
                     input_schema=wait_spec["parameters"],
+                    # wait observes, or stops a cell: no effect of its own on the world.
+                    annotations=_WAIT_ANNOTATIONS,
                 ),
             ]
         )
@@ -454,29 +507,14 @@ class McpFront:
 
 
 def parse_http_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``:PORT`` binds 127.0.0.1, ``[::1]:PORT`` for IPv6) as ``(host, port)``;
-    ``ValueError`` when it is not one."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit():
-        raise ValueError(f"--http expects HOST:PORT, got {text!r}")
-    port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"--http port must be 1-65535, got {port}")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, port
+    """``HOST:PORT`` (``:PORT`` binds 127.0.0.1, ``[::1]:PORT`` for IPv6) as
+    ``(host, port)``, the forms ``codemode serve --listen`` takes; ``ValueError`` when it is not
+    one. Port 0 is refused: the URL to connect to must be known."""
+    return parse_host_port(text, "--http", allow_port_zero=False)
 
 
 def _configure_logging() -> None:
-    root = logging.getLogger()
-    if root.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(logging.WARNING)
-    level = os.environ.get("CODEMODE_LOG_LEVEL", "INFO").upper()
-    known = logging.getLevelNamesMapping()
-    logging.getLogger("codemode").setLevel(known.get(level, logging.INFO))
+    configure_logging()  # as `codemode serve` and `codemode run` do
 
 
 async def serve_stdio(front: McpFront) -> None:
@@ -533,7 +571,13 @@ async def serve_http(front: McpFront, host: str, port: int, stop: asyncio.Event)
         watcher.cancel()
 
 
-async def _run(configs: Any, http: tuple[str, int] | None, limits: CellLimits) -> int:
+async def _run(
+    configs: Any,
+    http: tuple[str, int] | None,
+    limits: CellLimits,
+    approval: ApprovalPolicy | None = None,
+    engine: str = "v8",
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     stopping = False
@@ -557,7 +601,13 @@ async def _run(configs: Any, http: tuple[str, int] | None, limits: CellLimits) -
             loop.add_signal_handler(sig, on_signal)
     try:
         async with UpstreamSet(configs) as upstreams:
-            front = McpFront(upstreams, limits, single_connection=http is None)
+            front = McpFront(
+                upstreams,
+                limits,
+                single_connection=http is None,
+                approval=approval,
+                engine_factory=engine_factory(engine),
+            )
             running.extend((front, upstreams))
             try:
                 if http is None:
@@ -594,7 +644,7 @@ async def _exit_after_cleanup(running: list[Any]) -> None:
         os._exit(EXIT_OK)
 
 
-def mcp_main(config_path: str, http: str | None, limits: CellLimits) -> int:
+def mcp_main(config_path: str, http: str | None, limits: CellLimits, engine: str = "v8") -> int:
     """Entry point of ``codemode mcp --config PATH [--http HOST:PORT]``; returns the exit status.
 
     0 when stdin closes (stdio) or on SIGINT/SIGTERM, after the sessions and the upstream servers
@@ -605,6 +655,7 @@ def mcp_main(config_path: str, http: str | None, limits: CellLimits) -> int:
     _configure_logging()
     try:
         configs = load_config(config_path)
+        approval = load_approval_policy(config_path)
     except ConfigError as error:
         print(f"codemode: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE
@@ -618,7 +669,7 @@ def mcp_main(config_path: str, http: str | None, limits: CellLimits) -> int:
     if not configs:
         logger.warning("the MCP config %s lists no servers; cells get no nested tools", config_path)
     try:
-        status = asyncio.run(_run(configs, address, limits))
+        status = asyncio.run(_run(configs, address, limits, approval, engine))
     except KeyboardInterrupt:
         return EXIT_OK
     logger.debug("exiting with status %d", status)

@@ -33,6 +33,12 @@ Decided here, where the spec is silent:
   ``a``/``b__c``): the first in configuration order wins, the other is logged and left out.
 - **Result JSON.** ``CallToolResult`` as the upstream sent it, camelCase, ``null`` fields left
   out; the SDK-internal ``resultType: "complete"`` marker is dropped.
+- **Tasks.** A tool whose ``execution.taskSupport`` is ``"required"`` can only run as an MCP task,
+  never through a plain ``tools/call``: it is left out (with a log line saying why).
+- **Annotations.** The hints an upstream tool declares (``readOnlyHint``, ``destructiveHint``,
+  ``idempotentHint``, ``openWorldHint``) are appended to its nested description as a last line,
+  ``Annotations: readOnlyHint: true; openWorldHint: false`` (only the hints it gives), so the model
+  sees them in the declarations; :func:`exec_annotations` derives the ``exec`` tool's own.
 """
 
 from __future__ import annotations
@@ -67,8 +73,11 @@ __all__ = [
     "UpstreamError",
     "UpstreamSet",
     "call_result_json",
+    "exec_annotations",
     "mcp_output_schema",
+    "nested_tool_definition",
     "nested_tool_name",
+    "requires_task",
 ]
 
 logger = logging.getLogger("codemode.mcp")
@@ -125,8 +134,72 @@ def call_result_json(result: mcp_types.CallToolResult) -> dict[str, Any]:
     return data
 
 
-def _tool_definition(server: str, tool: mcp_types.Tool) -> ToolDefinition:
+_HINTS: Final = (
+    ("readOnlyHint", "read_only_hint"),
+    ("destructiveHint", "destructive_hint"),
+    ("idempotentHint", "idempotent_hint"),
+    ("openWorldHint", "open_world_hint"),
+)
+
+
+def annotations_line(tool: mcp_types.Tool) -> str | None:
+    """``Annotations: readOnlyHint: true; ...``: the behaviour hints ``tool`` declares, in the
+    MCP order, or None when it declares none."""
+    annotations = tool.annotations
+    if annotations is None:
+        return None
+    parts = []
+    for wire, field in _HINTS:
+        value = getattr(annotations, field, None)
+        if isinstance(value, bool):
+            parts.append(f"{wire}: {'true' if value else 'false'}")
+    return "Annotations: " + "; ".join(parts) if parts else None
+
+
+def requires_task(tool: mcp_types.Tool) -> bool:
+    """Whether ``tool`` can only run as an MCP task (``execution.taskSupport == "required"``),
+    which a plain ``tools/call`` cannot do."""
+    execution = tool.execution
+    return execution is not None and execution.task_support == "required"
+
+
+def exec_annotations(tools: Sequence[mcp_types.Tool]) -> mcp_types.ToolAnnotations:
+    """The annotations of ``exec`` given the upstream tools its cells can call, honest for all
+    of them (MCP defaults for hints a tool leaves out: not read-only, destructive, not idempotent,
+    open world): ``readOnlyHint`` only if every tool is read-only; ``destructiveHint`` if any
+    tool that is not read-only may be destructive; ``idempotentHint`` only if every tool is
+    read-only or idempotent; ``openWorldHint`` if any tool may reach an open world. With no
+    tools, a cell can only compute: read-only, not destructive, idempotent, closed world."""
+    read_only = all(_hint(t, "read_only_hint", False) for t in tools)
+    destructive = any(
+        not _hint(t, "read_only_hint", False) and _hint(t, "destructive_hint", True) for t in tools
+    )
+    idempotent = all(
+        _hint(t, "read_only_hint", False) or _hint(t, "idempotent_hint", False) for t in tools
+    )
+    open_world = any(_hint(t, "open_world_hint", True) for t in tools)
+    return mcp_types.ToolAnnotations(
+        read_only_hint=read_only,
+        destructive_hint=destructive,
+        idempotent_hint=idempotent,
+        open_world_hint=open_world,
+    )
+
+
+def _hint(tool: mcp_types.Tool, field: str, default: bool) -> bool:
+    value = getattr(tool.annotations, field, None) if tool.annotations is not None else None
+    return value if isinstance(value, bool) else default
+
+
+def nested_tool_definition(server: str, tool: mcp_types.Tool) -> ToolDefinition:
+    """The nested function tool for ``tool`` of ``server`` (SPEC 10.7): ``mcp__{server}__{tool}``
+    in namespace ``server``, the upstream description (its title when it has none) with the
+    annotations line appended (see the module docstring), its ``inputSchema``, and the MCP-shaped
+    output schema of its ``outputSchema``."""
     description = tool.description or tool.title or ""
+    hints = annotations_line(tool)
+    if hints is not None:
+        description = f"{description.rstrip()}\n\n{hints}" if description.strip() else hints
     return ToolDefinition(
         name=nested_tool_name(server, tool.name),
         description=description,
@@ -490,6 +563,7 @@ class UpstreamSet:
         self._upstreams: list[Upstream] = []
         self._routes: dict[str, tuple[Upstream, str]] = {}
         self._tools: tuple[ToolDefinition, ...] = ()
+        self._enabled_tools: tuple[mcp_types.Tool, ...] = ()
         self._listeners: list[ToolsListener] = []
         self._generation = 0
         self._started = False
@@ -550,6 +624,12 @@ class UpstreamSet:
         return self._tools
 
     @property
+    def enabled_tools(self) -> tuple[mcp_types.Tool, ...]:
+        """The upstream tools behind :attr:`tools`, as the servers listed them, in the same
+        order (what :func:`exec_annotations` summarises)."""
+        return self._enabled_tools
+
+    @property
     def generation(self) -> int:
         """Increases each time :attr:`tools` changes."""
         return self._generation
@@ -569,10 +649,19 @@ class UpstreamSet:
 
     def _rebuild(self) -> None:
         definitions: list[ToolDefinition] = []
+        enabled: list[mcp_types.Tool] = []
         taken: dict[str, Upstream] = {}
         for upstream in self._upstreams:
             for tool in upstream.tools:
-                definition = _tool_definition(upstream.name, tool)
+                if requires_task(tool):
+                    logger.warning(
+                        "MCP server `%s`: leaving out tool `%s`: its execution.taskSupport is "
+                        '"required" (it runs only as an MCP task), which tools/call cannot do',
+                        upstream.name,
+                        tool.name,
+                    )
+                    continue
+                definition = nested_tool_definition(upstream.name, tool)
                 owner = taken.get(definition.name)
                 if owner is not None:
                     logger.warning(
@@ -586,8 +675,10 @@ class UpstreamSet:
                     continue
                 taken[definition.name] = upstream
                 definitions.append(definition)
+                enabled.append(tool)
                 self._routes[definition.name] = (upstream, tool.name)
         new = tuple(definitions)
+        self._enabled_tools = tuple(enabled)
         if new == self._tools and self._generation > 0:
             return
         self._tools = new

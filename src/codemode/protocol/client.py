@@ -41,10 +41,12 @@ import signal
 import sys
 from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
+from codemode import tracing
+from codemode.cell.machine import call_number
 from codemode.errors import (
     AlreadyTerminating,
     BusyObserver,
@@ -52,6 +54,7 @@ from codemode.errors import (
     CodeModeError,
     ForeignHandle,
     MissingCell,
+    NotAwaitingApproval,
     ObservationConflict,
     ProtocolError,
     SessionLost,
@@ -60,6 +63,7 @@ from codemode.errors import (
     WrongCellKind,
 )
 from codemode.model import (
+    ApprovalRequest,
     Cell,
     CellEvent,
     CellKind,
@@ -105,7 +109,7 @@ from codemode.protocol.rpc import (
     encode,
 )
 from codemode.protocol.transport import LineTransport, Transport, WebSocketTransport
-from codemode.wire import event_from_wire
+from codemode.wire import approvals_from_wire, event_from_wire
 
 __all__ = ["CHILD_EXIT_GRACE", "HANDSHAKE_TIMEOUT", "RemoteSession"]
 
@@ -148,6 +152,9 @@ class _CellRecord:
     observation: _Observation | None = None  # the outstanding one, if any
     observer_waiting: bool = False
     terminating: bool = False
+    # The cell's held calls as of its latest event or approval request (see awaiting_approval).
+    held: dict[str, ApprovalRequest] = field(default_factory=dict)
+    held_frontier: int = 0  # the frontier generation the held calls were last taken from
 
 
 def _signal_name(code: int) -> str:
@@ -439,6 +446,9 @@ class RemoteSession:
         }
         if request.idempotency_key is not None:
             params["idempotencyKey"] = request.idempotency_key
+        meta = tracing.inject()  # the caller's trace context, so the cell's spans join it
+        if meta is not None:
+            params["_meta"] = meta
         endpoint = self._endpoint
         assert endpoint is not None
         try:
@@ -619,9 +629,31 @@ class RemoteSession:
         except ConnectionLost:
             raise self._lost_error() from None
         try:
-            return event_from_wire(self._checked(method, result))
+            data = self._checked(method, result)
+            event = event_from_wire(data)
+            held = self._held_from_wire(cell_id, data)
         except ValueError as exc:
             raise ProtocolError(f"malformed {method} result from the server: {exc}") from None
+        if isinstance(event, Pending):
+            event = Pending(replace(event.frontier, awaiting_approval=held))
+        record = self._cells.get(cell_id)
+        if record is not None:
+            if isinstance(event, Yielded):  # the server's list when it delivered the event
+                record.held = {a.call_id: a for a in held}
+            elif isinstance(event, Pending) and event.frontier.generation > record.held_frontier:
+                # A frontier's list is a snapshot: a repeated frontier must not bring back
+                # calls decided since.
+                record.held_frontier = event.frontier.generation
+                record.held = {a.call_id: a for a in held}
+        return event
+
+    def _held_from_wire(self, cell_id: str, data: dict[str, Any]) -> tuple[ApprovalRequest, ...]:
+        """The ``awaitingApproval`` of a result, each with the full tool definition this client
+        sent (the wire names only the tool)."""
+        return tuple(
+            replace(a, tool=self._tool(cell_id, _tool_ref(a.tool)))
+            for a in approvals_from_wire(data)
+        )
 
     def _cancel_observation(self, observation: _Observation) -> None:
         observation.cancel_wanted = True
@@ -737,6 +769,75 @@ class RemoteSession:
         if isinstance(event, Completed | Terminated):
             self._release(record.cell_id, observation.generation)
         return event
+
+    # ------------------------------------------------------------------ approvals
+
+    def _any_record(self, cell: Cell | PausableCell | str) -> _CellRecord:
+        if isinstance(cell, str):
+            cell_id = cell
+        elif isinstance(cell, Cell | PausableCell):
+            if cell._owner is not self._owner:
+                raise ForeignHandle(cell.cell_id)
+            cell_id = cell.cell_id
+        else:
+            raise TypeError(f"expected a cell handle or id, got {type(cell).__name__}")
+        self._usable(cell_id)
+        record = self._cells.get(cell_id)
+        if record is None:
+            raise MissingCell(cell_id)
+        return record
+
+    def awaiting_approval(self, cell: Cell | PausableCell | str) -> tuple[ApprovalRequest, ...]:
+        """The cell's calls held for approval, sorted by call id, as this client last learned
+        them: from the cell's latest ``Yielded`` or ``Pending`` event (a call that becomes held
+        ends the current observation at once, so an observation brings it), less the calls it
+        has since decided. :meth:`fetch_awaiting_approval` asks the server instead."""
+        record = self._any_record(cell)
+        return tuple(sorted(record.held.values(), key=lambda a: call_number(a.call_id)))
+
+    async def fetch_awaiting_approval(
+        self, cell: Cell | PausableCell | str
+    ) -> tuple[ApprovalRequest, ...]:
+        """The cell's held calls as the server knows them now (and remember them)."""
+        record = self._any_record(cell)
+        params = {"sessionId": self._session_id, "cellId": record.cell_id}
+        try:
+            result = await self._call("cell/awaitingApproval", params, cancel=False)
+        except MissingCell:
+            self._forget(record.cell_id)
+            raise
+        held = self._held_from_wire(record.cell_id, {"awaitingApproval": result["calls"]})
+        record.held = {a.call_id: a for a in held}
+        return held
+
+    async def approve(self, cell: Cell | PausableCell | str, call_id: str) -> None:
+        """Let the held call reach the delegate (SessionRuntime.approve)."""
+        await self._decide(cell, "cell/approve", {"callId": str(call_id)})
+
+    async def reject(
+        self,
+        cell: Cell | PausableCell | str,
+        call_id: str,
+        reason: str = "the host rejected this call",
+    ) -> None:
+        """Reject the held call with ``reason`` (SessionRuntime.reject)."""
+        await self._decide(cell, "cell/reject", {"callId": str(call_id), "reason": str(reason)})
+
+    async def _decide(
+        self, cell: Cell | PausableCell | str, method: str, extra: dict[str, Any]
+    ) -> None:
+        record = self._any_record(cell)
+        params = {"sessionId": self._session_id, "cellId": record.cell_id, **extra}
+        try:
+            await self._call(method, params, cancel=False)
+        except NotAwaitingApproval:
+            record.held.pop(extra["callId"], None)
+            raise
+        except MissingCell:
+            if record.observation is None:
+                self._forget(record.cell_id)
+            raise
+        record.held.pop(extra["callId"], None)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -908,7 +1009,8 @@ class RemoteSession:
         tool = self._tool(params["cellId"], params["tool"])
         call = NestedToolCall(params["cellId"], params["callId"], tool, params["input"])
         try:
-            value = await self._delegate.invoke_tool(call)
+            with tracing.extracted(params.get("_meta")):
+                value = await self._delegate.invoke_tool(call)
         except asyncio.CancelledError:
             if request.cancel_requested or self._endpoint is None or self._endpoint.closing:
                 raise
@@ -939,6 +1041,10 @@ if TYPE_CHECKING:
 
     def _fits_code_mode_tools(session: RemoteSession) -> CodeModeSession:
         return session  # mypy checks that RemoteSession satisfies CodeModeSession
+
+
+def _tool_ref(tool: ToolDefinition) -> dict[str, Any]:
+    return {"name": tool.name, "namespace": tool.namespace, "kind": str(tool.kind)}
 
 
 def _cancel_task(request: IncomingRequest) -> None:

@@ -428,6 +428,11 @@ Tool = define(
             Field("namespace", nullable(Str()), False),
             Field("inputSchema", nullable(Obj()), False),
             Field("outputSchema", nullable(Obj()), False),
+            Field(
+                "needsApproval",
+                Bool(description="Hold each call until the host approves it. Default: false."),
+                False,
+            ),
         ),
         description="A nested tool enabled in a cell (SPEC 1.1).",
     ),
@@ -463,11 +468,30 @@ ImageItem = define(
 Item = define("Item", Union((TextItem, ImageItem), description="An output item."))
 Items = Arr(Item)
 
+ApprovalRequest = define(
+    "ApprovalRequest",
+    Obj(
+        (
+            Field("cellId", CellId),
+            Field("callId", Str(description="The call's id, assigned at issue.")),
+            Field("tool", ToolRef),
+            Field("input", AnyJson(description="What the delegate receives if it is approved.")),
+        ),
+        description="A nested call held until the host approves or rejects it.",
+    ),
+)
+AWAITING_APPROVAL = Field(
+    "awaitingApproval",
+    Arr(ApprovalRequest, description="Held calls, sorted by call id; absent when none."),
+    False,
+)
+
 YieldedEvent = define(
     "YieldedEvent",
     Obj(
-        (Field("type", Const("yielded")), Field("items", Items)),
-        description="The budget ran out or the cell called yield_control(); it keeps running.",
+        (Field("type", Const("yielded")), Field("items", Items), AWAITING_APPROVAL),
+        description="The budget ran out, the cell called yield_control() or a call became "
+        "held; it keeps running. awaitingApproval: the cell's held calls when it was delivered.",
     ),
 )
 CompletedEvent = define(
@@ -496,8 +520,10 @@ PendingEvent = define(
             Field("generation", Int(minimum=1)),
             Field("items", Items),
             Field("pendingToolCallIds", Arr(Str())),
+            AWAITING_APPROVAL,
         ),
-        description="A pausable cell is paused at a frontier (SPEC 5.1).",
+        description="A pausable cell is paused at a frontier (SPEC 5.1); awaitingApproval: "
+        "the held calls among the pending ones.",
     ),
 )
 CellEvent = define(
@@ -710,6 +736,34 @@ METHOD_LIST: Final[tuple[MethodDef, ...]] = (
         "Terminate a cell (SPEC 7.1). Not replayable.",
     ),
     MethodDef(
+        "cell/awaitingApproval",
+        CLIENT_TO_SERVER,
+        _session_cell(),
+        Obj((Field("calls", Arr(ApprovalRequest)),)),
+        "The cell's calls held for approval, sorted by call id.",
+    ),
+    MethodDef(
+        "cell/approve",
+        CLIENT_TO_SERVER,
+        _session_cell(Field("callId", Str())),
+        EMPTY,
+        "Let a held call reach the delegate (NotAwaitingApproval if it is not held).",
+    ),
+    MethodDef(
+        "cell/reject",
+        CLIENT_TO_SERVER,
+        _session_cell(
+            Field("callId", Str()),
+            Field(
+                "reason",
+                Str(description='Default: "the host rejected this call".'),
+                False,
+            ),
+        ),
+        EMPTY,
+        "Reject a held call: its promise rejects with an Error whose message is reason.",
+    ),
+    MethodDef(
         "observation/release",
         CLIENT_TO_SERVER,
         _session_cell(OBSERVATION),
@@ -765,8 +819,9 @@ CLIENT_METHODS: Final[Mapping[str, MethodDef]] = {
 
 
 def tool_to_wire(tool: ToolDefinition) -> dict[str, Any]:
-    """The wire form of a tool definition (every member written)."""
-    return {
+    """The wire form of a tool definition (every member written; ``needsApproval`` only when
+    true, so peers that predate approvals see the same messages)."""
+    wire: dict[str, Any] = {
         "name": tool.name,
         "description": tool.description,
         "kind": str(tool.kind),
@@ -774,6 +829,9 @@ def tool_to_wire(tool: ToolDefinition) -> dict[str, Any]:
         "inputSchema": tool.input_schema,
         "outputSchema": tool.output_schema,
     }
+    if tool.needs_approval:
+        wire["needsApproval"] = True
+    return wire
 
 
 def tool_from_wire(data: Mapping[str, Any]) -> ToolDefinition:
@@ -785,6 +843,7 @@ def tool_from_wire(data: Mapping[str, Any]) -> ToolDefinition:
         namespace=data.get("namespace"),
         input_schema=data.get("inputSchema"),
         output_schema=data.get("outputSchema"),
+        needs_approval=bool(data.get("needsApproval", False)),
     )
 
 

@@ -58,7 +58,16 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final
 
+from codemode import tracing
+from codemode.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    configure_logging,
+    parse_host_port,
+)
 from codemode.engine.base import Engine
+from codemode.engine.choice import engine_factory
 from codemode.errors import (
     BusyObserver,
     CodeModeError,
@@ -69,6 +78,7 @@ from codemode.errors import (
     WrongCellKind,
 )
 from codemode.model import (
+    ApprovalRequest,
     CellLimits,
     Completed,
     CreateCellRequest,
@@ -99,7 +109,7 @@ from codemode.protocol.policy import UNREADY_FRAME_BYTES, ServePolicy, is_loopba
 from codemode.protocol.rpc import ConnectionLost, Endpoint, IncomingRequest, RpcError
 from codemode.protocol.transport import Transport, WebSocketTransport, open_stdio
 from codemode.session import SessionRuntime
-from codemode.wire import event_to_wire
+from codemode.wire import approval_to_wire, event_to_wire
 
 __all__ = [
     "MAX_RECORDS",
@@ -122,7 +132,6 @@ records of closed cells are dropped, oldest first."""
 INCOMING_GRACE: Final = 5.0
 """Seconds a connection that ended gives its running requests to finish and be answered."""
 ENGINES: Final = ("v8",)
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class ToolCallRejected(Exception):
@@ -176,6 +185,9 @@ class _ForwardingDelegate:
             },
             "input": call.input,
         }
+        meta = tracing.inject()  # the nested call's span, so the client's tool spans join it
+        if meta is not None:
+            params["_meta"] = meta
         try:
             result = await self._connection.endpoint.request("tool/invoke", params)
         except RpcError as exc:
@@ -228,6 +240,15 @@ class _ServedSession:
         self.cell_ids = set(live)
         return live
 
+    def held_calls(self, cell_id: str, event: object) -> tuple[ApprovalRequest, ...]:
+        """The cell's held calls, sent with a ``yielded`` event (a frontier carries its own)."""
+        if not isinstance(event, Yielded):
+            return ()
+        try:
+            return self.runtime.awaiting_approval(cell_id)
+        except MissingCell:
+            return ()
+
     def created(self, cell_id: str) -> None:
         self.cell_ids.add(cell_id)
         if len(self.cell_ids) > 2 * self.runtime.limits.max_live_cells + 64:
@@ -251,7 +272,7 @@ class _ServedSession:
             exc = task.exception()
             if exc is None:
                 event = task.result()
-                record.result = event_to_wire(event)
+                record.result = event_to_wire(event, self.held_calls(cell_id, event))
                 record.terminal = isinstance(event, Completed | Terminated)
             elif isinstance(exc, CodeModeError):
                 record.error = error_to_wire(exc)
@@ -355,6 +376,9 @@ class _Connection:
             "cell/waitToPending": self._observe,
             "cell/resume": self._resume,
             "cell/terminate": self._terminate,
+            "cell/awaitingApproval": self._awaiting_approval,
+            "cell/approve": self._approve,
+            "cell/reject": self._reject,
             "observation/release": self._release,
         }
 
@@ -463,7 +487,7 @@ class _Connection:
                 "serverInfo": {"name": "codemode", "version": codemode_version()},
                 "capabilities": {
                     "cellKinds": ["continuing", "pausable"],
-                    "engines": list(ENGINES),
+                    "engines": [self.server.engine_name],
                     "observationReplay": True,
                     "limits": limits_to_wire(self.server.ceilings),
                 },
@@ -487,12 +511,12 @@ class _Connection:
                 limits = limits_from_wire(params["limits"], ceilings)
             except ValueError as exc:
                 raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
-        engine_name = params.get("engine", "v8")
-        if engine_name not in ENGINES:
+        engine_name = params.get("engine", self.server.engine_name)
+        if engine_name != self.server.engine_name:
             raise RpcError(
                 INVALID_PARAMS,
                 f"invalid params: unknown engine {engine_name!r}; this server offers "
-                f"{', '.join(ENGINES)}",
+                f"{self.server.engine_name}",
             )
         self.server.check_session_cap()
         session_id = f"s{secrets.token_hex(8)}"
@@ -527,7 +551,7 @@ class _Connection:
             tool_call_id=params.get("toolCallId", ""),
             idempotency_key=params.get("idempotencyKey"),
         )
-        with self.server.cell_admission():
+        with self.server.cell_admission(), tracing.extracted(params.get("_meta")):
             if params["kind"] == "pausable":
                 cell_id = (await session.runtime.create_pausable_cell(create)).cell_id
             else:
@@ -627,6 +651,24 @@ class _Connection:
         event = await session.runtime.terminate(params["cellId"])
         return event_to_wire(event)
 
+    async def _awaiting_approval(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
+        session = self._session(params)
+        held = session.runtime.awaiting_approval(params["cellId"])
+        return {"calls": [approval_to_wire(a) for a in held]}
+
+    async def _approve(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
+        session = self._session(params)
+        await session.runtime.approve(params["cellId"], params["callId"])
+        return {}
+
+    async def _reject(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
+        session = self._session(params)
+        if "reason" in params:
+            await session.runtime.reject(params["cellId"], params["callId"], params["reason"])
+        else:
+            await session.runtime.reject(params["cellId"], params["callId"])
+        return {}
+
     async def _release(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
         session = self._session(params)
         session.release(params["cellId"], as_int(params["observation"]))
@@ -669,10 +711,12 @@ class ProtocolServer:
         ceilings: CellLimits | None = None,
         *,
         engine_factory: Callable[[], Engine] | None = None,
+        engine_name: str = ENGINES[0],
         policy: ServePolicy | None = None,
     ) -> None:
         self.ceilings = ceilings or CellLimits()
         self.engine_factory = engine_factory
+        self.engine_name = engine_name  # what session/open offers ("v8", "python")
         self.policy = policy or ServePolicy()
         self._connections: set[_Connection] = set()
         self._leaked_cells = 0
@@ -755,21 +799,9 @@ class ProtocolServer:
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6); ``:PORT`` binds 127.0.0.1."""
-    host, sep, port_text = listen.rpartition(":")
-    if not sep:
-        raise ValueError(f"--listen expects HOST:PORT or :PORT, got {listen!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host:
-        host = "127.0.0.1"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"--listen: invalid port {port_text!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"--listen: port {port} is out of range")
-    return host, port
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6); ``:PORT`` binds 127.0.0.1; port 0 picks a free
+    port. The same forms as ``codemode mcp --http`` (:mod:`codemode.cli_common`)."""
+    return parse_host_port(listen, "--listen")
 
 
 def _stop_on_signals(stop: Callable[[], None]) -> None:
@@ -779,11 +811,15 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
             loop.add_signal_handler(sig, stop)
 
 
-async def serve_stdio(ceilings: CellLimits, policy: ServePolicy | None = None) -> int:
+async def serve_stdio(
+    ceilings: CellLimits, engine: str = "v8", policy: ServePolicy | None = None
+) -> int:
     """Serve one connection on stdin/stdout until stdin closes (or SIGTERM/SIGINT); its sessions
-    are shut down before returning 0."""
+    are shut down before returning 0. ``engine`` names the sessions' engine (``v8``, ``python``)."""
     transport = await open_stdio()
-    server = ProtocolServer(ceilings, policy=policy)
+    server = ProtocolServer(
+        ceilings, engine_factory=engine_factory(engine), engine_name=engine, policy=policy
+    )
     task = asyncio.ensure_future(server.serve_connection(transport))
     _stop_on_signals(lambda: _cancel_quietly(task))
     with contextlib.suppress(asyncio.CancelledError):
@@ -799,15 +835,19 @@ async def serve_websocket(
     token: str | None = None,
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
+    engine: str = "v8",
     policy: ServePolicy | None = None,
 ) -> int:
     """Serve WebSocket connections on ``ws://host:port/`` until ``stop`` is set (or SIGTERM or
     SIGINT); then every session is shut down. With ``token``, the opening handshake must carry
-    ``Authorization: Bearer <token>`` (else HTTP 401). ``ready`` receives the URL once bound."""
+    ``Authorization: Bearer <token>`` (else HTTP 401). ``ready`` receives the URL once bound.
+    ``engine`` names the sessions' engine (``v8``, ``python``)."""
     from websockets.asyncio.server import ServerConnection, serve
     from websockets.http11 import Request, Response
 
-    server = ProtocolServer(ceilings, policy=policy)
+    server = ProtocolServer(
+        ceilings, engine_factory=engine_factory(engine), engine_name=engine, policy=policy
+    )
     stop_event = stop or asyncio.Event()
     expected = f"Bearer {token}".encode() if token is not None else None
     allowed_origins = server.policy.allow_origins
@@ -868,28 +908,20 @@ async def serve_websocket(
 
 
 def _configure_logging() -> None:
-    level = os.environ.get("CODEMODE_LOG_LEVEL", "WARNING").upper()
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    try:
-        root.setLevel(level)
-    except ValueError:
-        root.setLevel(logging.WARNING)
+    configure_logging()  # as `codemode mcp` and `codemode run` do
 
 
 def serve_main(
     listen: str | None,
     token_env: str | None,
     limits: CellLimits,
+    engine: str = "v8",
     policy: ServePolicy | None = None,
 ) -> int:
     """``codemode serve``: stdio (default) or WebSocket (``listen``); returns the exit status
     (0 after a clean end, 1 when it cannot listen, 2 for a usage error: among them a
-    non-loopback ``listen`` without a token or ``--no-auth``). Logs go to stderr; set
-    ``CODEMODE_LOG_LEVEL`` (default WARNING) for more."""
+    non-loopback ``listen`` without a token or ``--no-auth``). Logs go to stderr as
+    :func:`codemode.cli_common.configure_logging` sets up (``CODEMODE_LOG_LEVEL``, default INFO)."""
     _configure_logging()
     policy = policy or ServePolicy()
     token: str | None = None
@@ -909,7 +941,7 @@ def serve_main(
             )
             return EXIT_USAGE
     if listen is None:
-        return asyncio.run(serve_stdio(limits, policy))
+        return asyncio.run(serve_stdio(limits, engine, policy))
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
@@ -923,7 +955,9 @@ def serve_main(
         )
         return EXIT_USAGE
     try:
-        return asyncio.run(serve_websocket(host, port, limits, token=token, policy=policy))
+        return asyncio.run(
+            serve_websocket(host, port, limits, token=token, engine=engine, policy=policy)
+        )
     except OSError as exc:
         print(f"codemode serve: cannot listen on {listen}: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -6,15 +6,25 @@ golden-tested and cached by a host (prompt caching depends on byte-identical too
 :func:`exec_description` is made of blank-line separated sections, in the spec's order:
 
 1. with ``code_mode_only``, :data:`CODE_MODE_ONLY_TEXT`;
-2. the rules, the globals of the cell (one line each) and the per-cell limits read from the
-   ``limits`` argument;
+2. the rules, the globals of the cell (one line each, ``catalog`` included) and the per-cell
+   limits read from the ``limits`` argument; when some tool is MCP-shaped, the rule about failing
+   calls adds that such tools report their own failures as data (``isError: true``);
 3. when any tool's output schema is MCP-shaped (:func:`~codemode.tools.typescript.is_mcp_shaped`),
-   :data:`SHARED_MCP_TYPES`, whether or not tools are described;
+   :data:`SHARED_MCP_TYPES`, whether or not tools are described, ending with the rule that such a
+   tool resolves with ``isError: true`` rather than throwing, while a transport failure rejects;
 4. with ``describe_tools``, the tool reference: a ``## {namespace}`` heading each time the namespace
    changes from one tool to the next (a change back to no namespace gets
    ``## {NO_NAMESPACE_HEADING}``), then per tool a ``### `{identifier}``` heading, followed by
    `` (`{raw name}`)`` when the two differ, its description (stripped; left out when empty) and its
-   declaration in a ``ts`` code fence. Without ``describe_tools``, :data:`ALL_TOOLS_TEXT` instead.
+   declaration in a ``ts`` code fence (:func:`tool_reference_blocks`). Without ``describe_tools``,
+   :data:`ALL_TOOLS_TEXT` instead.
+
+**Discovery (SPEC 9.6).** When the reference would take more than ``reference_budget_tokens``
+tokens (⌈UTF-8 bytes / 4⌉), it is replaced by a listing: the same namespace headings, then one
+line per tool, ``- `{identifier}`: {first line}``, the first non-blank line of its description cut
+to :data:`FIRST_LINE_MAX_CHARS` characters (an ellipsis marks a cut), followed by
+:data:`DISCOVERY_TEXT`, which explains the cell's ``catalog`` global. ``catalog`` itself is always
+there (a line among the globals says so), whatever the size of the reference.
 
 The adapters re-key a spec for another API. The freeform (custom) ``exec`` tool only exists in the
 OpenAI Responses API; :func:`to_openai_chat` and :func:`to_anthropic` turn it into a function tool
@@ -30,20 +40,26 @@ from typing import Any, Final
 
 from codemode.identifiers import tool_identifiers
 from codemode.model import CellLimits, ToolDefinition
+from codemode.tools.render import estimate_tokens
 from codemode.tools.typescript import is_mcp_shaped, render_tool_declaration
 
 __all__ = [
     "ALL_TOOLS_TEXT",
     "CODE_MODE_ONLY_TEXT",
+    "DEFAULT_REFERENCE_BUDGET_TOKENS",
+    "DISCOVERY_TEXT",
     "EXEC_TOOL_NAME",
+    "FIRST_LINE_MAX_CHARS",
     "NO_NAMESPACE_HEADING",
     "SHARED_MCP_TYPES",
     "WAIT_TOOL_NAME",
     "exec_description",
     "exec_tool_spec_dict",
+    "first_line",
     "to_anthropic",
     "to_openai_chat",
     "to_openai_responses",
+    "tool_reference_blocks",
     "wait_description",
     "wait_tool_spec_dict",
 ]
@@ -51,6 +67,12 @@ __all__ = [
 EXEC_TOOL_NAME: Final = "exec"
 WAIT_TOOL_NAME: Final = "wait"
 NO_NAMESPACE_HEADING: Final = "Other tools"
+
+DEFAULT_REFERENCE_BUDGET_TOKENS: Final = 8000
+"""Above this many tokens the tool reference becomes a one-line-per-tool listing (SPEC 9.6)."""
+
+FIRST_LINE_MAX_CHARS: Final = 160
+"""The longest first description line of the discovery listing, in characters."""
 
 CODE_MODE_ONLY_TEXT: Final = (
     "Only `exec` and `wait` can be called directly. Every other tool is reachable only from "
@@ -67,7 +89,7 @@ name with every character not allowed in a JavaScript identifier replaced by `_`
 `const hits = await tools.search({q: "x"});`. Independent calls can run in parallel with \
 `Promise.all`.
 - A function tool takes one JSON object (no argument sends `{}`); a freeform tool takes one \
-string. Both resolve to a JSON value; a failing tool rejects with an `Error`.
+string. Both resolve to a JSON value; a failing call rejects with an `Error`.
 - There is no Node, filesystem, network, `require`, `fetch` or `import` of any kind: the outside \
 world is reachable only through `tools`.
 - Send raw JavaScript source only: not JSON, not a quoted string, not a markdown code fence.
@@ -106,7 +128,11 @@ does not keep the cell alive, so sleep with `await new Promise(r => setTimeout(r
 - `clearTimeout(id)`: cancels a timer created by `setTimeout`.
 - `tools`: the nested tools, one async function per tool, keyed by identifier.
 - `ALL_TOOLS`: an array of `{name, description}`, one per nested tool, `name` being its key on \
-`tools`."""
+`tools`.
+- `catalog`: finds and explains nested tools without calling any: \
+`await catalog.search(query, {limit: 10})` returns the best matches as `[{name, description}]`, \
+`await catalog.describe(name)` returns one tool's full description and TypeScript declaration as \
+a string (it throws `unknown tool {name}` for a name that is not a tool)."""
 
 SHARED_MCP_TYPES: Final = """\
 Shared MCP types (the result of a tool declared as returning `CallToolResult<T>`):
@@ -133,17 +159,43 @@ type EmbeddedResource = { type: "resource"; resource: { uri: string; mimeType?: 
 text: string; } | { uri: string; mimeType?: string; blob: string; }; \
 annotations?: Annotations; _meta?: { [key: string]: unknown; }; };
 ```
-`data` and `blob` are base64. Forward an image block with `image(result.content[0])`."""
+`data` and `blob` are base64. Forward an image block with `image(result.content[0])`.
+A tool returning `CallToolResult` reports its own failure by resolving with `isError: true` (the \
+reason is in `content`): check `result.isError`, it does not throw, so `try`/`catch` alone misses \
+it. Only a transport failure (the server unreachable, crashed or timed out) rejects with an \
+`Error`."""
 
 ALL_TOOLS_TEXT: Final = (
     "The nested tools are not listed here. To find one, filter `ALL_TOOLS` by `name` and "
     "`description` (for example "
     '`ALL_TOOLS.filter(t => /issue/i.test(t.name + " " + t.description))`) and print only the '
-    "few matches you need; do not print the whole `ALL_TOOLS` array."
+    "few matches you need; do not print the whole `ALL_TOOLS` array. Before calling a tool, print "
+    "`await catalog.describe(name)` for its argument and result types."
+)
+
+DISCOVERY_TEXT: Final = """\
+Only the first line of each tool's description is listed above. Discover the rest inside `exec` \
+with the global `catalog` (its answers come from the cell itself: they count as no tool call):
+- `await catalog.search(query, {limit: 10})`: the tools whose identifier and description best \
+match the words of `query`, best first, as `[{name, description}]` (`name` is the key on `tools`).
+- `await catalog.describe(name)`: one tool's full description and TypeScript declaration, as a \
+string; print it before calling a tool whose arguments you have not seen. It throws \
+`unknown tool {name}` for a name that is not a tool.
+For example: `text(await catalog.describe((await catalog.search("create issue"))[0].name));`"""
+
+
+_FAILURE_RULE: Final = "a failing call rejects with an `Error`."
+_FAILURE_RULE_MCP: Final = (
+    "a failing call rejects with an `Error`, except that tools returning `CallToolResult` report "
+    "their own failures as data (`isError: true`, see Shared MCP types below)."
 )
 
 _NO_TOOLS_TEXT: Final = "No nested tools are enabled: `tools` is empty."
 _REFERENCE_INTRO: Final = "Nested tools (call each as `tools.<identifier>`):"
+_LISTING_INTRO: Final = (
+    "Nested tools ({count}), listed by identifier with the first line of their description "
+    "(call each as `tools.<identifier>`):"
+)
 
 _MiB: Final = 1024 * 1024
 _KiB: Final = 1024
@@ -160,7 +212,7 @@ def _format_bytes(n: int) -> str:
 def _limits_text(limits: CellLimits) -> str:
     return (
         f"Limits per cell: at most {limits.max_tool_calls} tool calls in all and "
-        f"{limits.max_parallel_tool_calls} outstanding at once, "
+        f"{limits.max_parallel_tool_calls} outstanding at once (more wait their turn), "
         f"{_format_bytes(limits.max_output_bytes)} of output, "
         f"{_format_bytes(limits.max_heap_bytes)} of memory and "
         f"{limits.max_cpu_seconds:g} seconds of JavaScript CPU time (waiting for tools or timers "
@@ -176,20 +228,69 @@ def _tool_heading(identifier: str, name: str) -> str:
     return f"### `{identifier}` (`{name}`)"
 
 
-def _reference(tools: Sequence[ToolDefinition]) -> str:
-    blocks = [_REFERENCE_INTRO]
+def _tool_block(tool: ToolDefinition, identifier: str) -> str:
+    lines = [_tool_heading(identifier, tool.name)]
+    description = tool.description.strip()
+    if description:
+        lines.append(description)
+    lines.extend(["```ts", render_tool_declaration(tool, identifier), "```"])
+    return "\n".join(lines)
+
+
+def tool_reference_blocks(tools: Sequence[ToolDefinition]) -> list[str]:
+    """Each tool's entry of the reference, in order: its ``### `identifier``` heading (with the
+    raw name when it differs), its stripped description (left out when empty) and its declaration
+    in a ``ts`` fence. ``catalog.describe`` in a cell answers with these very texts."""
+    identifiers = tool_identifiers(t.name for t in tools)
+    return [_tool_block(t, i) for t, i in zip(tools, identifiers, strict=True)]
+
+
+def _namespaced(tools: Sequence[ToolDefinition], entries: Sequence[str], intro: str) -> str:
+    blocks = [intro]
     current: str | None = None
-    for tool, identifier in zip(tools, tool_identifiers(t.name for t in tools), strict=True):
+    for tool, entry in zip(tools, entries, strict=True):
         if tool.namespace != current:
             heading = tool.namespace if tool.namespace is not None else NO_NAMESPACE_HEADING
             blocks.append(f"## {heading}")
             current = tool.namespace
-        lines = [_tool_heading(identifier, tool.name)]
-        description = tool.description.strip()
-        if description:
-            lines.append(description)
-        lines.extend(["```ts", render_tool_declaration(tool, identifier), "```"])
+        blocks.append(entry)
+    return "\n\n".join(blocks)
+
+
+def _reference(tools: Sequence[ToolDefinition]) -> str:
+    return _namespaced(tools, tool_reference_blocks(tools), _REFERENCE_INTRO)
+
+
+def first_line(description: str) -> str:
+    """The first non-blank line of ``description``, stripped and cut to
+    :data:`FIRST_LINE_MAX_CHARS` characters (``…`` ending a cut one); ``""`` when blank."""
+    for line in description.splitlines():
+        line = line.strip()
+        if line:
+            if len(line) > FIRST_LINE_MAX_CHARS:
+                return line[: FIRST_LINE_MAX_CHARS - 1].rstrip() + "…"
+            return line
+    return ""
+
+
+def _listing(tools: Sequence[ToolDefinition]) -> str:
+    identifiers = tool_identifiers(t.name for t in tools)
+    blocks: list[str] = [_LISTING_INTRO.format(count=len(tools))]
+    current: str | None = None
+    lines: list[str] = []
+    for tool, identifier in zip(tools, identifiers, strict=True):
+        if tool.namespace != current:
+            if lines:
+                blocks.append("\n".join(lines))
+                lines = []
+            heading = tool.namespace if tool.namespace is not None else NO_NAMESPACE_HEADING
+            blocks.append(f"## {heading}")
+            current = tool.namespace
+        line = first_line(tool.description)
+        lines.append(f"- `{identifier}`: {line}" if line else f"- `{identifier}`")
+    if lines:
         blocks.append("\n".join(lines))
+    blocks.append(DISCOVERY_TEXT)
     return "\n\n".join(blocks)
 
 
@@ -199,6 +300,7 @@ def exec_description(
     describe_tools: bool,
     code_mode_only: bool,
     limits: CellLimits,
+    reference_budget_tokens: int | None = None,
 ) -> str:
     """The description of the ``exec`` tool for a session whose cells get ``tools``.
 
@@ -207,17 +309,26 @@ def exec_description(
     ``limits``, the Shared MCP types block (when some tool's output is MCP-shaped) and either the
     tool reference (``describe_tools``; tools in request order, identifiers from
     :func:`codemode.identifiers.tool_identifiers`) or the sentence about filtering ``ALL_TOOLS``.
+    A reference of more than ``reference_budget_tokens`` tokens (``None``: no budget) becomes the
+    discovery listing of the module docstring.
     """
     sections: list[str] = []
     if code_mode_only:
         sections.append(CODE_MODE_ONLY_TEXT)
-    sections.extend([_RULES_TEXT, _GLOBALS_TEXT, _limits_text(limits)])
-    if any(is_mcp_shaped(tool.output_schema) for tool in tools):
+    mcp_shaped = any(is_mcp_shaped(tool.output_schema) for tool in tools)
+    rules = _RULES_TEXT.replace(_FAILURE_RULE, _FAILURE_RULE_MCP) if mcp_shaped else _RULES_TEXT
+    sections.extend([rules, _GLOBALS_TEXT, _limits_text(limits)])
+    if mcp_shaped:
         sections.append(SHARED_MCP_TYPES)
     if not describe_tools:
         sections.append(ALL_TOOLS_TEXT)
     elif tools:
-        sections.append(_reference(tools))
+        reference = _reference(tools)
+        if reference_budget_tokens is not None and estimate_tokens(reference) > max(
+            reference_budget_tokens, 0
+        ):
+            reference = _listing(tools)
+        sections.append(reference)
     else:
         sections.append(_NO_TOOLS_TEXT)
     return "\n\n".join(sections)

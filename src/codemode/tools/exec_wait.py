@@ -58,6 +58,7 @@ from typing import Any, Final, Protocol
 
 from codemode.errors import BusyObserver, CodeModeError, MissingCell
 from codemode.model import (
+    ApprovalRequest,
     Cell,
     CellEvent,
     CellLimits,
@@ -70,7 +71,10 @@ from codemode.model import (
     ToolDefinition,
     Yielded,
 )
+from codemode.tools.approvals import awaiting_approval_item, held_calls
+from codemode.tools.catalog import reference_json
 from codemode.tools.description import (
+    DEFAULT_REFERENCE_BUDGET_TOKENS,
     EXEC_TOOL_NAME,
     WAIT_TOOL_NAME,
     exec_description,
@@ -85,6 +89,12 @@ from codemode.tools.pragma import (
     PragmaError,
     parse_exec_source,
 )
+from codemode.tools.python_description import (
+    is_python_session,
+    python_exec_description,
+    python_pragma_source,
+    python_usage_text,
+)
 from codemode.tools.render import format_result, header_text, status_line
 from codemode.tools.result import ToolResult
 
@@ -93,8 +103,10 @@ __all__ = [
     "NO_NEW_OUTPUT_TEXT",
     "RETRY_CACHE_BYTES",
     "RETRY_CACHE_ENTRIES",
+    "Approver",
     "CodeModeSession",
     "CodeModeTools",
+    "missing_cell_text",
 ]
 
 logger = logging.getLogger("codemode.tools")
@@ -111,6 +123,10 @@ RETRY_CACHE_BYTES: Final = 16 * 1024 * 1024
 _UNTIL_VALUES: Final = ("yield", "completed")
 _WAIT_FIELDS: Final = ("cell_id", "yield_time_ms", "max_tokens", "terminate", "until")
 _PARSE_PREFIX: Final = "failed to parse function arguments: "
+
+Approver = Callable[[ApprovalRequest], Awaitable[bool | str]]
+"""Decides a held call for the host: ``True`` approves it, ``False`` rejects it with the default
+reason, a string rejects it with that reason (see ``docs/approvals.md``)."""
 
 _Observation = Callable[[list[OutputItem]], Awaitable[CellEvent]]
 """One observation of a cell: appends the items of intermediate events to its argument and returns
@@ -138,6 +154,14 @@ class CodeModeSession(Protocol):
         """A handle on a live continuing cell; ``MissingCell`` / ``WrongCellKind`` otherwise."""
         ...
 
+    async def approve(self, cell: str, call_id: str, /) -> None:
+        """Let a held call reach the delegate (see ``docs/approvals.md``)."""
+        ...
+
+    async def reject(self, cell: str, call_id: str, reason: str, /) -> None:
+        """Reject a held call with ``reason`` (see ``docs/approvals.md``)."""
+        ...
+
 
 @dataclass(frozen=True)
 class _WaitArguments:
@@ -150,6 +174,16 @@ class _WaitArguments:
 
 class _ArgumentError(ValueError):
     """Raw tool arguments that do not match the tool's schema; ``str`` is the detail."""
+
+
+def missing_cell_text(cell_id: str) -> str:
+    """The error of a ``wait`` (or retried ``exec``) on a cell that is unknown or closed: the
+    session's ``exec cell {cell_id} not found``, followed by the two reasons it can have, so the
+    model does not take it for a failure of its script."""
+    return (
+        f"exec cell {cell_id} not found: it never existed or its final result was already "
+        "returned (a cell closes once its final result has been returned)"
+    )
 
 
 def _usage_error(message: str, cell_id: str | None = None) -> ToolResult:
@@ -211,12 +245,25 @@ class CodeModeTools:
         describe_tools: bool = True,
         code_mode_only: bool = False,
         max_wait_ms: int = DEFAULT_MAX_WAIT_MS,
+        reference_budget_tokens: int = DEFAULT_REFERENCE_BUDGET_TOKENS,
+        approver: Approver | None = None,
     ) -> None:
         """Bind the tools to ``session``.
 
+        ``reference_budget_tokens``: when the tool reference of the ``exec`` description would
+        take more tokens than this, the description lists each tool by identifier with the first
+        line of its description only and explains the cell's ``catalog`` (search and describe)
+        instead (docs/model-tools.md).
+
+        ``approver``, when given, decides every held call an ``exec`` or ``wait`` observation
+        meets (a tool with ``needs_approval``): the observation then goes on, with a fresh
+        budget, instead of returning ``Awaiting approval`` lines to the model. An approver that
+        raises rejects the call with its message. Without one the host decides with
+        :meth:`approve` / :meth:`reject`.
+
         Raises ``ValueError`` when a nested tool is named ``exec`` or ``wait`` or when
-        ``max_wait_ms`` is not a positive integer, and ``TypeError`` for a tool that is not a
-        :class:`ToolDefinition`.
+        ``max_wait_ms`` is not a positive integer or ``reference_budget_tokens`` a negative one,
+        and ``TypeError`` for a tool that is not a :class:`ToolDefinition`.
         """
         tool_tuple = tuple(tools)
         for tool in tool_tuple:
@@ -229,22 +276,45 @@ class CodeModeTools:
                 )
         if isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, int) or max_wait_ms <= 0:
             raise ValueError(f"max_wait_ms must be a positive integer, got {max_wait_ms!r}")
+        if (
+            isinstance(reference_budget_tokens, bool)
+            or not isinstance(reference_budget_tokens, int)
+            or reference_budget_tokens < 0
+        ):
+            raise ValueError(
+                "reference_budget_tokens must be a non-negative integer, "
+                f"got {reference_budget_tokens!r}"
+            )
         self._session = session
         self._tools = tool_tuple
         self._max_wait_ms = max_wait_ms
         limits = getattr(session, "limits", None)
-        self._exec_description = exec_description(
-            tool_tuple,
-            describe_tools=describe_tools,
-            code_mode_only=code_mode_only,
-            limits=limits if isinstance(limits, CellLimits) else CellLimits(),
-        )
+        self._python = is_python_session(session)
+        cell_limits = limits if isinstance(limits, CellLimits) else CellLimits()
+        if self._python:
+            # Python cells have no `catalog` global: their description always declares every tool.
+            self._exec_description = python_exec_description(
+                tool_tuple,
+                describe_tools=describe_tools,
+                code_mode_only=code_mode_only,
+                limits=cell_limits,
+            )
+        else:
+            self._exec_description = exec_description(
+                tool_tuple,
+                describe_tools=describe_tools,
+                code_mode_only=code_mode_only,
+                limits=cell_limits,
+                reference_budget_tokens=reference_budget_tokens,
+            )
         self._wait_description = wait_description(max_wait_ms)
+        reference_json(tool_tuple)  # rendered now, not when the session admits the first cell
         self._retry_cache = _RetryCache(RETRY_CACHE_ENTRIES, RETRY_CACHE_BYTES)
         self._exec_in_flight: dict[str, asyncio.Future[None]] = {}
         # Items delivered by the session but not yet to the model (see the module docstring).
         self._carried: dict[str, list[OutputItem]] = {}
         self._observing: set[str] = set()
+        self._approver = approver
 
     # ------------------------------------------------------------------ definitions
 
@@ -311,11 +381,14 @@ class CodeModeTools:
         (see the module docstring).
         """
         started = time.monotonic()
+        if self._python:
+            source = python_pragma_source(source)
         try:
             parsed = parse_exec_source(source)
         except PragmaError as error:
             logger.info("exec call %s: rejected source: %s", call_id, error.message)
-            return _usage_error(error.message)
+            message = python_usage_text(error.message) if self._python else error.message
+            return _usage_error(message)
         if not call_id:
             result, _ = await self._run_exec(parsed, call_id, started)
             return result
@@ -349,7 +422,8 @@ class CodeModeTools:
     ) -> tuple[ToolResult, bool]:
         """Create and observe the cell; also say whether the result came from an observation."""
         request = CreateCellRequest(
-            source=parsed.code,
+            # The pragma line stays as an empty line: error positions count it (docs/cells.md).
+            source="\n" + parsed.code if parsed.has_pragma else parsed.code,
             tools=self._tools,
             tool_call_id=call_id,
             idempotency_key=call_id or None,
@@ -393,9 +467,10 @@ class CodeModeTools:
           with everything gathered.
 
         An unknown or closed cell gives ``Script failed`` with the error
-        ``exec cell {cell_id} not found``; other session errors are usage errors with the
-        exception's message. A running status with no output gets :data:`NO_NEW_OUTPUT_TEXT`.
-        ``max_tokens`` (default 10 000) is the budget of the returned output.
+        :func:`missing_cell_text` (``exec cell {cell_id} not found: ...``); other session errors
+        are usage errors with the exception's message. A running status with no output gets
+        :data:`NO_NEW_OUTPUT_TEXT`. ``max_tokens`` (default 10 000) is the budget of the returned
+        output.
         """
         started = time.monotonic()
         budget = DEFAULT_MAX_OUTPUT_TOKENS if max_tokens is None else max_tokens
@@ -433,6 +508,8 @@ class CodeModeTools:
             event = await self._session.wait(cell, max(deadline - time.monotonic(), 0.0))
             if not isinstance(event, Yielded) or time.monotonic() >= deadline:
                 return event
+            if held_calls(self._session, cell_id):
+                return event  # it waits for the host's decision: report now
             gathered.extend(event.items)
             logger.debug(
                 "wait: cell %s yielded; observing on until it completes",
@@ -457,7 +534,7 @@ class CodeModeTools:
         self._observing.add(cell_id)
         gathered = self._carried.pop(cell_id, [])
         try:
-            event = await observe(gathered)
+            event = await self._observe_deciding(cell_id, observe, gathered)
         except BaseException as error:
             return self._after_failure(cell_id, gathered, error)
         finally:
@@ -466,6 +543,55 @@ class CodeModeTools:
             "cell %s observed: %s", cell_id, type(event).__name__, extra={"cell_id": cell_id}
         )
         return _prepend(gathered, event)
+
+    async def _observe_deciding(
+        self, cell_id: str, observe: _Observation, gathered: list[OutputItem]
+    ) -> CellEvent:
+        """``observe``; with an approver, each time it ends on new held calls, have them
+        decided and observe again (the output so far is kept in ``gathered``)."""
+        asked: set[str] = set()
+        while True:
+            event = await observe(gathered)
+            if self._approver is None or not isinstance(event, Yielded):
+                return event
+            fresh = [r for r in held_calls(self._session, cell_id) if r.call_id not in asked]
+            if not fresh:
+                return event
+            gathered.extend(event.items)
+            for request in fresh:
+                asked.add(request.call_id)
+                await self._decide(request)
+
+    async def _decide(self, request: ApprovalRequest) -> None:
+        assert self._approver is not None
+        try:
+            decision = await self._approver(request)
+        except Exception as error:
+            logger.warning(
+                "cell %s: the approver failed on %s: %s",
+                request.cell_id,
+                request.call_id,
+                error,
+                extra={"cell_id": request.cell_id},
+            )
+            decision = str(error) or type(error).__name__
+        try:
+            if decision is True:
+                await self._session.approve(request.cell_id, request.call_id)
+            elif decision is False:
+                await self._session.reject(
+                    request.cell_id, request.call_id, "the host rejected this call"
+                )
+            else:
+                await self._session.reject(request.cell_id, request.call_id, str(decision))
+        except CodeModeError as error:  # the cell ended meanwhile: nothing to decide
+            logger.info(
+                "cell %s: decision on %s not applied: %s",
+                request.cell_id,
+                request.call_id,
+                error,
+                extra={"cell_id": request.cell_id},
+            )
 
     def _after_failure(
         self, cell_id: str, undelivered: list[OutputItem], error: BaseException
@@ -476,7 +602,7 @@ class CodeModeTools:
         while anything else (cancellation included) is re-raised."""
         if isinstance(error, MissingCell):
             logger.info("cell %s not found", cell_id, extra={"cell_id": cell_id})
-            return Completed(tuple(undelivered), error_text=str(error))
+            return Completed(tuple(undelivered), error_text=missing_cell_text(cell_id))
         if undelivered:
             self._carried[cell_id] = undelivered + self._carried.get(cell_id, [])
         if isinstance(error, CodeModeError):
@@ -493,13 +619,32 @@ class CodeModeTools:
         note_nothing_new: bool,
     ) -> ToolResult:
         wall = time.monotonic() - started
+        held = awaiting_approval_item(held_calls(self._session, cell_id))
+        after = () if held is None or not isinstance(event, Yielded) else (held,)
         if note_nothing_new and isinstance(event, Yielded) and not event.items:
             header = TextItem(header_text(status_line(event, cell_id), wall))
             return ToolResult(
-                items=(header, TextItem(NO_NEW_OUTPUT_TEXT)), is_error=False, cell_id=cell_id
+                items=(header, TextItem(NO_NEW_OUTPUT_TEXT), *after),
+                is_error=False,
+                cell_id=cell_id,
             )
         items, failed = format_result(event, cell_id, wall, max_output_tokens)
-        return ToolResult(items=items, is_error=failed, cell_id=cell_id)
+        return ToolResult(items=(*items, *after), is_error=failed, cell_id=cell_id)
+
+    # ------------------------------------------------------------------ approvals (the host's)
+
+    async def approve(self, cell_id: str, call_id: str) -> None:
+        """Let the held call ``call_id`` of cell ``cell_id`` run (the session's ``approve``).
+        For the host, never a tool of the model; raises the session's errors
+        (``MissingCell``, ``NotAwaitingApproval``)."""
+        await self._session.approve(cell_id, call_id)
+
+    async def reject(
+        self, cell_id: str, call_id: str, reason: str = "the host rejected this call"
+    ) -> None:
+        """Reject the held call ``call_id``: its promise in the cell rejects with ``reason``
+        (the session's ``reject``). For the host; raises as :meth:`approve`."""
+        await self._session.reject(cell_id, call_id, reason)
 
 
 def _prepend(items: list[OutputItem], event: CellEvent) -> CellEvent:

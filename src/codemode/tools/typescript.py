@@ -1,8 +1,9 @@
 """JSON Schema to TypeScript, for the nested-tool declarations of the ``exec`` description.
 
 SPEC section 9.5 ("TypeScript from JSON Schema"). Everything here is pure and deterministic: the
-same schema always renders to the same text, whatever the dict order of its keys (properties are
-sorted).
+same schema always renders to the same text. Properties keep the schema's own order (the order
+its author chose, which often carries meaning: ``source`` before ``destination``); they are never
+sorted.
 
 The rules, in the order they are tried on a schema object:
 
@@ -34,18 +35,29 @@ drafts) is a tuple ``[A, B]``; when ``items`` (``additionalItems`` for the old f
 and is not ``false`` the tuple gets a rest element ``[A, B, ...Array<T>]``. Otherwise ``items`` is
 ``Array<T>`` and neither is ``unknown[]``.
 
-Objects: properties sorted by name (code point order), each ``name: T;`` or ``name?: T;`` when not
+Objects: properties in the schema's order, each ``name: T;`` or ``name?: T;`` when not
 in ``required``; a name that is not an identifier (the mapping of :mod:`codemode.identifiers` would
 change it) is JSON-quoted. ``additionalProperties`` as a schema adds ``[key: string]: T;``, ``true``
 adds ``[key: string]: unknown;``, ``false`` adds nothing; absent, it adds
 ``[key: string]: unknown;`` only when there are no properties. No members at all is ``{}``.
 
 Layout: an object is one line, ``{ a: string; b?: number; }``, unless one of its properties has a
-non-blank string ``description`` or one of its members spans several lines. Then it is written one
-member per line: ``{`` on the opening line, each member on its own line indented by two spaces
-(:data:`INDENT`) more than the line that opened the object, a property with a description preceded
-by one ``// line`` comment per non-blank line of the description (stripped), and ``}`` at the
-opening line's indentation. Nested multi-line objects are indented one more step per level.
+comment (below) or one of its members spans several lines. Then it is written one member per
+line: ``{`` on the opening line, each member on its own line indented by two spaces
+(:data:`INDENT`) more than the line that opened the object, a property with a comment preceded by
+its ``// `` lines, and ``}`` at the opening line's indentation. Nested multi-line objects are
+indented one more step per level.
+
+A property's comment (:func:`property_comment`) holds its non-blank ``description`` (one ``//``
+line per non-blank line, stripped), followed on the last line by what the TypeScript type alone
+loses, ``; ``-separated in this order: ``integer`` (``type`` is or includes ``"integer"``),
+``format: {format}``, ``default: {JSON}``, ``min: {n}`` / ``> {n}`` (``minimum`` /
+``exclusiveMinimum``, or draft-4 ``exclusiveMinimum: true``), ``max: {n}`` / ``< {n}``,
+``minLength``/``maxLength``/``minItems``/``maxItems: {n}``, ``pattern: {regex}``; e.g.
+``// Number of results; integer; default: 3; min: 1; max: 10``. The keywords are read from the
+property's schema, or, for the ``anyOf``/``oneOf`` of one schema and ``null`` (an optional value
+as pydantic writes it), from that one schema. Line terminators inside a comment are escaped
+(``\n``), so a comment never ends early.
 
 Precedence: unions bind loosest, then intersections; everything else (keywords, literals, objects,
 tuples, ``Array<...>``) is atomic. A union inside an intersection, or before a ``[]`` suffix, is
@@ -82,6 +94,7 @@ __all__ = [
     "input_type",
     "is_mcp_shaped",
     "output_type",
+    "property_comment",
     "property_name",
     "render_tool_declaration",
     "schema_to_typescript",
@@ -164,13 +177,115 @@ def _intersection(members: Sequence[_Type]) -> _Type:
     return _Type(" & ".join(m.at_least(_Prec.INTERSECTION) for m in unique), _Prec.INTERSECTION)
 
 
-def _comment_lines(schema: Any) -> list[str]:
+# Every character Python or TypeScript treats as ending a line, escaped inside comments.
+_LINE_BREAKS: Final = {
+    "\n": "\\n",
+    "\r": "\\r",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+    "\x0b": "\\x0b",
+    "\x0c": "\\x0c",
+    "\x1c": "\\x1c",
+    "\x1d": "\\x1d",
+    "\x1e": "\\x1e",
+    "\x85": "\\x85",
+}
+_LINE_BREAK_TABLE: Final = str.maketrans(_LINE_BREAKS)
+
+
+def _one_line(text: str) -> str:
+    return text.translate(_LINE_BREAK_TABLE)
+
+
+def _number_text(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return None
+
+
+def _constraint_source(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The schema whose keywords describe a property: itself, or the one non-null branch of an
+    ``anyOf``/``oneOf`` of one schema and ``null`` when the property itself has no ``type``."""
+    if "type" in schema:
+        return schema
+    for keyword in ("anyOf", "oneOf"):
+        variants = schema.get(keyword)
+        if isinstance(variants, list):
+            others = [
+                v for v in variants if not (isinstance(v, Mapping) and v.get("type") == "null")
+            ]
+            if len(others) == 1 and len(others) < len(variants) and isinstance(others[0], Mapping):
+                merged = dict(others[0])
+                for key, value in schema.items():
+                    if key not in (keyword, "description"):
+                        merged.setdefault(key, value)
+                return merged
+    return schema
+
+
+def _constraints(schema: Mapping[str, Any]) -> list[str]:
+    """What the TypeScript type of ``schema`` alone loses, in the order of the module docstring."""
+    source = _constraint_source(schema)
+    parts: list[str] = []
+    type_ = source.get("type")
+    if type_ == "integer" or (isinstance(type_, list) and "integer" in type_):
+        parts.append("integer")
+    format_ = source.get("format")
+    if isinstance(format_, str) and format_:
+        parts.append(f"format: {_one_line(format_)}")
+    if "default" in source:
+        try:
+            default = json.dumps(source["default"], ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError):
+            default = None
+        if default is not None:
+            parts.append(f"default: {_one_line(default)}")
+    for inclusive, exclusive, name, strict in (
+        ("minimum", "exclusiveMinimum", "min", ">"),
+        ("maximum", "exclusiveMaximum", "max", "<"),
+    ):
+        bound = _number_text(source.get(inclusive))
+        exclusive_value = source.get(exclusive)
+        if bound is not None:
+            # Draft 4 wrote an exclusive bound as `exclusiveMinimum: true` beside `minimum`.
+            parts.append(f"{strict} {bound}" if exclusive_value is True else f"{name}: {bound}")
+        exclusive_bound = _number_text(exclusive_value)
+        if exclusive_bound is not None:
+            parts.append(f"{strict} {exclusive_bound}")
+    for keyword in ("minLength", "maxLength", "minItems", "maxItems"):
+        count = _number_text(source.get(keyword))
+        if count is not None:
+            parts.append(f"{keyword}: {count}")
+    pattern = source.get("pattern")
+    if isinstance(pattern, str):
+        parts.append(f"pattern: {_one_line(pattern)}")
+    return parts
+
+
+def property_comment(schema: Any) -> list[str]:
+    """The ``//`` comment lines (without the ``// ``) that precede a property of this schema:
+    its description's non-blank lines, the last one followed by what the type loses (see the
+    module docstring), ``; ``-separated. Empty when there is nothing to say."""
     if not isinstance(schema, Mapping):
         return []
     description = schema.get("description")
-    if not isinstance(description, str):
-        return []
-    return [line.strip() for line in description.splitlines() if line.strip()]
+    lines = (
+        [line.strip() for line in description.splitlines() if line.strip()]
+        if isinstance(description, str)
+        else []
+    )
+    lines = [_one_line(line) for line in lines]
+    constraints = _constraints(schema)
+    if constraints:
+        tail = "; ".join(constraints)
+        if lines:
+            lines[-1] = f"{lines[-1]}; {tail}"
+        else:
+            lines.append(tail)
+    return lines
 
 
 def _ref_tokens(ref: str) -> tuple[str, ...] | None:
@@ -291,14 +406,14 @@ class _Renderer:
             if isinstance(required_list, list)
             else set()
         )
-        names = sorted(name for name in properties if isinstance(name, str))
+        names = [name for name in properties if isinstance(name, str)]
 
         members: list[tuple[list[str], str]] = []
         for name in names:
             sub = properties[name]
             optional = "" if name in required else "?"
             text = self.render(sub, refs, depth).text
-            members.append((_comment_lines(sub), f"{property_name(name)}{optional}: {text};"))
+            members.append((property_comment(sub), f"{property_name(name)}{optional}: {text};"))
 
         additional = schema.get("additionalProperties", _MISSING)
         index: str | None
