@@ -5,6 +5,7 @@ The public API is the names below (SPEC section 1); everything else is internal.
 
 from codemode.engine.base import Engine
 from codemode.engine.python import PythonEngine
+from codemode.engine.worker import WorkerEngine
 from codemode.errors import (
     AlreadyTerminating,
     BusyObserver,
@@ -96,6 +97,7 @@ __all__ = [
     "ToolKind",
     "ToolResult",
     "UnknownSession",
+    "WorkerEngine",
     "WrongCellKind",
     "Yielded",
     "__version__",

@@ -22,7 +22,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from codemode.cli_common import (
@@ -34,6 +34,13 @@ from codemode.cli_common import (
     positive_seconds,
     silence_stdout,
     version_text,
+)
+from codemode.engine.base import Engine
+from codemode.engine.choice import (
+    ENGINE_CHOICES,
+    engine_factory,
+    engine_options,
+    using_default_engine,
 )
 from codemode.model import (
     CellLimits,
@@ -139,6 +146,59 @@ def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-live-cells", type=int, default=defaults.max_live_cells)
 
 
+def _add_engine_flags(
+    parser: argparse.ArgumentParser, default: str, choices: Sequence[str] = ENGINE_CHOICES
+) -> None:
+    group = parser.add_argument_group("engine (docs/engines.md)")
+    python = ", python: Python cells on Monty" if "python" in choices else ""
+    group.add_argument(
+        "--engine",
+        choices=choices,
+        default=None,
+        help="worker: JavaScript cells on V8 in a worker process per session, under OS limits; "
+        f"v8: the same in this process (trusted code only){python}. Default: the environment "
+        f"variable CODEMODE_ENGINE if set, else {default}",
+    )
+    parser.set_defaults(default_engine=default)
+    group.add_argument(
+        "--rss-budget-bytes",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="worker: resident memory of one worker past which the cell that grew it is "
+        "stopped (default 1 GiB); v8: the same for this whole process (default: no budget)",
+    )
+    group.add_argument(
+        "--worker-memory-limit-bytes",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="RLIMIT_DATA of each worker process (default 4 GiB)",
+    )
+
+
+def engine_name_from_args(args: argparse.Namespace) -> str:
+    """The engine named by ``--engine``, else ``$CODEMODE_ENGINE``, else the command's default;
+    ``ValueError`` if the engine flags are invalid."""
+    for option in ("rss_budget_bytes", "worker_memory_limit_bytes"):
+        value = getattr(args, option)
+        if value is not None and value <= 0:
+            raise ValueError(f"--{option.replace('_', '-')} must be positive")
+    name: str = args.engine or os.environ.get("CODEMODE_ENGINE") or args.default_engine
+    if name not in ENGINE_CHOICES:
+        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINE_CHOICES)}")
+    return name
+
+
+def engine_from_args(args: argparse.Namespace) -> Callable[[], Engine]:
+    """The engine factory named by the engine flags; ``ValueError`` if they are invalid."""
+    return engine_factory(
+        engine_name_from_args(args),
+        rss_budget_bytes=args.rss_budget_bytes,
+        memory_limit_bytes=args.worker_memory_limit_bytes,
+    )
+
+
 def limits_from_args(args: argparse.Namespace) -> CellLimits:
     """The :class:`CellLimits` named by the limit flags; ``ValueError`` if they are invalid."""
     live = args.max_live_cells
@@ -196,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the tools of the MCP servers listed in PATH instead of the demo tools",
     )
     _add_limit_flags(run)
+    _add_engine_flags(run, "v8", ("v8", "worker"))
 
     serve = sub.add_parser(
         "serve",
@@ -214,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="require 'Authorization: Bearer <value of the environment variable NAME>'",
     )
-    _add_engine_flag(serve)
     _add_limit_flags(serve)
+    _add_engine_flags(serve, "worker")
     from codemode.protocol.policy import add_serve_flags
 
     add_serve_flags(serve)
@@ -234,20 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     mcp.add_argument(
         "--http", metavar="HOST:PORT", help="serve streamable HTTP at /mcp instead of stdio"
     )
-    _add_engine_flag(mcp)
     _add_limit_flags(mcp)
+    _add_engine_flags(mcp, "worker")
     return parser
-
-
-def _add_engine_flag(parser: argparse.ArgumentParser) -> None:
-    from codemode.engine.choice import ENGINE_CHOICES
-
-    parser.add_argument(
-        "--engine",
-        choices=ENGINE_CHOICES,
-        default="v8",
-        help="the sessions' engine: v8 (JavaScript cells, the default) or python (Python cells)",
-    )
 
 
 def _image_bytes(item: ImageItem) -> int:
@@ -451,16 +501,23 @@ def _main(argv: Sequence[str] | None) -> int:
                 args.python = True
         try:
             limits = limits_from_args(args)
+            engine = engine_from_args(args)
         except ValueError as exc:
             print(f"codemode: {exc}", file=sys.stderr)
             return EXIT_USAGE
         configure_logging("WARNING")  # stderr is the cell's: only problems, unless asked
-        return asyncio.run(_run_main(args, source, limits))
+        with using_default_engine(engine):
+            return asyncio.run(_run_main(args, source, limits))
     try:
         limits = limits_from_args(args)
+        engine_name = engine_name_from_args(args)
     except ValueError as exc:
         print(f"codemode: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    # Every session these fronts open gets a fresh engine of the chosen kind.
+    options = engine_options(
+        rss_budget_bytes=args.rss_budget_bytes, memory_limit_bytes=args.worker_memory_limit_bytes
+    )
     if args.command == "serve":
         from codemode.protocol.policy import policy_from_args
         from codemode.protocol.server import serve_main
@@ -470,19 +527,23 @@ def _main(argv: Sequence[str] | None) -> int:
         except ValueError as exc:
             print(f"codemode: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        return serve_main(
-            listen=args.listen,
-            token_env=args.token_env,
-            limits=limits,
-            engine=args.engine,
-            policy=policy,
-        )
+        with options:
+            return serve_main(
+                listen=args.listen,
+                token_env=args.token_env,
+                limits=limits,
+                engine=engine_name,
+                policy=policy,
+            )
     if args.command == "mcp":
         from codemode.mcp.server import mcp_main
 
         config_path = args.config or os.environ.get(MCP_CONFIG_ENV) or None
         if config_path is None:
             parser.error(f"mcp needs --config PATH or the {MCP_CONFIG_ENV} environment variable")
-        return mcp_main(config_path=config_path, http=args.http, limits=limits, engine=args.engine)
+        with options:
+            return mcp_main(
+                config_path=config_path, http=args.http, limits=limits, engine=engine_name
+            )
     parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse exits
     return EXIT_USAGE  # pragma: no cover

@@ -202,9 +202,9 @@ class SessionRuntime:
         engine: Engine | None = None,
     ) -> None:
         if engine is None:
-            from codemode.engine.v8 import V8Engine
+            from codemode.engine.choice import default_engine
 
-            engine = V8Engine()
+            engine = default_engine()
         self._core = _SessionCore(delegate, limits or CellLimits(), engine)
         self._finalizer = weakref.finalize(self, _SessionCore.abandon, self._core)
 

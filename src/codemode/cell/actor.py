@@ -189,6 +189,14 @@ class CellActor:
         """Begin running the body in the background."""
         self._trace = tracing.cell_started(self.cell_id, self.kind.value, self._tool_call_id)
         self._pump_task = self._loop.create_task(self._pump(), name=f"codemode-cell-{self.cell_id}")
+        self._engine.watch_loss(self._on_engine_lost)
+
+    def _on_engine_lost(self, reason: str) -> None:
+        """The engine was lost between commands (SPEC 7.6): settle as the pump would have."""
+        if self.machine.may_run or self.machine.phase.value == "paused":
+            self._log.warning("engine of cell %s lost: %s", self.cell_id, reason)
+            self._apply(self.machine.engine_lost())
+            self._wake.set()
 
     @property
     def is_live(self) -> bool:

@@ -12,7 +12,7 @@ above this layer changes.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,6 +180,11 @@ class EngineCell(abc.ABC):
     def close(self) -> None:
         """Stop the cell's JavaScript at once and release its resources. Idempotent, never
         blocks for long; a command in flight ends with :class:`EngineLost`."""
+
+    def watch_loss(self, callback: Callable[[str], None]) -> None:  # noqa: B027 - optional
+        """Ask to be told (``callback(reason)``, on the event loop) when the engine is lost
+        while no command is in flight, e.g. a worker process died while the cell waited for
+        a tool or was paused. Engines that cannot lose a cell that way ignore it."""
 
     @property
     @abc.abstractmethod

@@ -67,7 +67,7 @@ from codemode.cli_common import (
     parse_host_port,
 )
 from codemode.engine.base import Engine
-from codemode.engine.choice import engine_factory
+from codemode.engine.choice import engine_factory, wire_engine_name
 from codemode.errors import (
     BusyObserver,
     CodeModeError,
@@ -818,7 +818,10 @@ async def serve_stdio(
     are shut down before returning 0. ``engine`` names the sessions' engine (``v8``, ``python``)."""
     transport = await open_stdio()
     server = ProtocolServer(
-        ceilings, engine_factory=engine_factory(engine), engine_name=engine, policy=policy
+        ceilings,
+        engine_factory=engine_factory(engine),
+        engine_name=wire_engine_name(engine),
+        policy=policy,
     )
     task = asyncio.ensure_future(server.serve_connection(transport))
     _stop_on_signals(lambda: _cancel_quietly(task))
@@ -846,7 +849,10 @@ async def serve_websocket(
     from websockets.http11 import Request, Response
 
     server = ProtocolServer(
-        ceilings, engine_factory=engine_factory(engine), engine_name=engine, policy=policy
+        ceilings,
+        engine_factory=engine_factory(engine),
+        engine_name=wire_engine_name(engine),
+        policy=policy,
     )
     stop_event = stop or asyncio.Event()
     expected = f"Bearer {token}".encode() if token is not None else None

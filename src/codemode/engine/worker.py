@@ -1,0 +1,806 @@
+"""The worker-process engine: V8 cells in child processes, behind a pipe (docs/engines.md).
+
+:class:`WorkerEngine` runs each cell in the in-process engine (:class:`V8Engine`) of a child
+Python process (:mod:`codemode.engine.worker_main`). Native memory (ICU, parser zones, regular
+expression code) and native crashes cannot be bounded inside the host process; a child can be:
+
+- it runs under ``RLIMIT_DATA`` (``memory_limit_bytes``; V8 reserves about 1.4 TiB of address
+  space at start, so ``RLIMIT_AS`` cannot be used) and an RSS watchdog (``rss_budget_bytes``)
+  that stops the cell which grew it past the budget with a clear error;
+- it dies with its parent (``PR_SET_PDEATHSIG`` and the end of its command pipe), and the host
+  can kill it at any moment;
+- a child that dies (crash, OOM kill, limit) ends only the cells it held: their commands end
+  with :class:`EngineLost` (the cell completes with ``exec runtime ended unexpectedly``
+  and commits nothing; the reason is logged), and the next cell gets a fresh child.
+
+One child holds the cells of one engine, that is of one session (give each ``SessionRuntime``
+its own ``WorkerEngine``), or at most ``cells_per_worker`` cells. Children start lazily, at the
+first cell. The wire carries only JSON, one object per line, and every answer is validated: a
+malformed answer means the child is compromised, and it is killed.
+
+The host's event loop never blocks on the pipe: reads and writes are asyncio streams, and one
+engine command is one round trip. See ``docs/engines.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import signal
+import sys
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from codemode.engine.base import (
+    CellBoot,
+    Engine,
+    EngineCell,
+    EngineEvent,
+    EngineLost,
+    NotifyRequested,
+    OutputProduced,
+    Settlement,
+    StepInput,
+    StepReport,
+    StoreWritten,
+    TimerCleared,
+    TimerSet,
+    ToolCallRequested,
+    ToolResultInput,
+    YieldRequested,
+)
+from codemode.engine.watchdog import rss_error_text
+from codemode.engine.worker_main import boot_to_json
+from codemode.errors import EngineError
+from codemode.model import ImageDetail, ImageItem, TextItem
+
+__all__ = [
+    "DEFAULT_MEMORY_LIMIT",
+    "DEFAULT_RSS_BUDGET",
+    "WorkerEngine",
+]
+
+logger = logging.getLogger("codemode.engine.worker")
+
+GiB = 1024 * 1024 * 1024
+
+# RLIMIT_DATA of a worker: V8 itself commits about 0.6 GiB at start and about 10 MiB per live
+# isolate (its thread's stack), so 4 GiB leaves room for the default 256 live cells.
+DEFAULT_MEMORY_LIMIT = 4 * GiB
+# The watchdog inside each worker: resident memory a worker may reach before the cell that grew
+# it is stopped. A worker with a few idle cells uses about 100 MiB.
+DEFAULT_RSS_BUDGET = 1 * GiB
+
+# The longest answer a worker may send (a report carries at most a cell's output, its calls'
+# inputs and its stored values, each far below this with the default limits).
+DEFAULT_MAX_MESSAGE = 256 * 1024 * 1024
+
+# How long an unanswered `stop` may take before the child is declared unresponsive and killed.
+STOP_TIMEOUT = 1.0
+# Answers above this size are decoded on a worker thread, not on the event loop.
+_BIG_MESSAGE = 1 << 20
+
+_CALL_ID = re.compile(r"tool-[0-9]{1,18}")
+_DETAILS = {d.value: d for d in ImageDetail}
+
+_dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+
+
+class _Malformed(Exception):
+    """An answer of the child broke the protocol."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} in an answer")
+
+
+def _loads(data: bytes) -> Any:
+    return json.loads(data, parse_constant=_reject_constant)
+
+
+def _describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "stopped answering"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    if returncode == 133 or returncode == 134:  # V8's fatal-error trap / abort
+        return f"aborted (exit status {returncode})"
+    return f"exited with status {returncode}"
+
+
+class _Child:
+    """One worker process and the cells it holds."""
+
+    def __init__(self, engine: WorkerEngine) -> None:
+        self.engine_ref = weakref.ref(engine)
+        self.config = engine._config
+        self.loop = asyncio.get_running_loop()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.started: asyncio.Future[None] = self.loop.create_future()
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.cells: dict[int, _WorkerCell] = {}
+        self.opening = 0
+        self.lost: str | None = None
+        self.next_id = 0
+        self.next_key = 0
+        self.retired = False
+        self.draining = False  # takes no new cells (its memory watchdog fired); ends when idle
+        self._ending = False
+        self.stderr_tail: deque[bytes] = deque(maxlen=4)
+        self._killed = False  # by us: its exit says nothing about its memory
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._spawn = self._task(self._start())
+
+    def _task(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def load(self) -> int:
+        return len(self.cells) + self.opening
+
+    # -------------------------------------------------------------- start and end
+
+    async def _start(self) -> None:
+        config = dict(self.config)
+        config["parent"] = os.getpid()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.config["python"],
+                "-m",
+                "codemode.engine.worker_main",
+                json.dumps(config),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=self.config["max_message_bytes"],
+                start_new_session=True,  # a Ctrl-C at the terminal is the host's to handle
+            )
+        except (OSError, ValueError) as exc:
+            self._fail_start(f"could not start a worker process: {exc}")
+            return
+        self.proc = proc
+        _track(self.engine_ref(), proc)
+        self._task(self._read_stderr())
+        try:
+            async with asyncio.timeout(self.config["start_timeout"]):
+                assert proc.stdout is not None
+                line = await proc.stdout.readline()
+            first = _loads(line) if line.endswith(b"\n") else None
+            if not isinstance(first, dict) or first.get("ready") != proc.pid:
+                raise _Malformed(f"unexpected first line {line[:200]!r}")
+        except asyncio.CancelledError:
+            self._abandon_process()
+            raise
+        except Exception as exc:
+            await self._end(f"did not start ({type(exc).__name__}: {exc})")
+            self._fail_start(self.lost or "the worker process did not start")
+            return
+        if not self.started.done():
+            self.started.set_result(None)
+        logger.debug("worker process %d started", proc.pid)
+        if self.retired:
+            self.shutdown()
+        await self._read_answers()
+
+    def _fail_start(self, reason: str) -> None:
+        self.lost = self.lost or reason
+        if not self.started.done():
+            self.started.set_exception(EngineError(reason))
+            self.started.exception()  # retrieved: a start nobody awaited is not an error
+        engine = self.engine_ref()
+        if engine is not None:
+            engine._child_ended(self)
+
+    async def _read_stderr(self) -> None:
+        """Drain the child's stderr (V8's fatal messages, Python tracebacks) in chunks, never
+        by lines, so no output can stop the draining; keep the last few KiB for the reason."""
+        assert self.proc is not None and self.proc.stderr is not None
+        stream = self.proc.stderr
+        with contextlib.suppress(Exception):
+            while chunk := await stream.read(1 << 16):
+                self.stderr_tail.append(chunk[-4096:])
+                logger.debug("worker %s: %s", self.pid, chunk[:2000].decode("utf-8", "replace"))
+
+    async def _read_answers(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        stdout = self.proc.stdout
+        reason = "closed its pipe"
+        try:
+            while True:
+                line = await stdout.readline()
+                if not line.endswith(b"\n"):
+                    break
+                if len(line) > _BIG_MESSAGE:
+                    msg = await asyncio.to_thread(_loads, line)
+                else:
+                    msg = _loads(line)
+                if not isinstance(msg, dict):
+                    raise _Malformed("an answer is not an object")
+                i = msg.get("i")
+                if type(i) is not int:
+                    raise _Malformed("an answer without a command id")
+                future = self.pending.pop(i, None)
+                if future is not None and not future.done():
+                    future.set_result(msg)
+        except asyncio.CancelledError:
+            self._abandon_process()
+            raise
+        except Exception as exc:  # a line over the limit, not JSON, not an answer
+            reason = f"sent a malformed answer ({type(exc).__name__}: {str(exc)[:200]})"
+        await self._end(reason)
+
+    def compromised(self, reason: str) -> None:
+        """An answer broke the protocol: nothing the child says can be trusted any more."""
+        self._give_up(f"sent a malformed answer ({reason[:200]}) and was killed")
+
+    def unresponsive(self, what: str) -> None:
+        self._give_up(f"did not answer {what} within {STOP_TIMEOUT} s and was killed")
+
+    def _give_up(self, reason: str) -> None:
+        self.lost = self.lost or f"the worker process {self.pid} {reason}"  # refuse commands now
+        self._kill()
+        self._task(self._end(reason))
+
+    def _abandon_process(self) -> None:
+        """The event loop is going away (``asyncio.run`` cancels every task before it closes the
+        loop): the worker cannot be driven any more, so end it and its transport now."""
+        self.lost = self.lost or "the event loop of the worker's host ended"
+        self._kill()
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Close the subprocess transport now, on its loop: asyncio never does it for us, and
+        one collected after its loop closed complains ("Event loop is closed")."""
+        transport = getattr(self.proc, "_transport", None)
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.close()
+
+    def _kill(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            self._killed = True
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+    async def _end(self, reason: str) -> None:
+        """The child is gone (or must go): learn how it ended, then fail everything it held."""
+        if self._ending:
+            return
+        self._ending = True
+        self.lost = self.lost or f"the worker process {self.pid} {reason}"
+        proc = self.proc
+        returncode: int | None = None
+        if proc is not None:
+            try:
+                async with asyncio.timeout(1.0):
+                    returncode = await proc.wait()
+            except TimeoutError:
+                self._kill()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        returncode = await proc.wait()
+        how = _describe_exit(returncode)
+        text = f"the worker process {self.pid} {how}"
+        if reason != "closed its pipe" or returncode is None:
+            text += f" ({reason})"
+        hint = self._hint(returncode)
+        if hint:
+            text += f"; {hint}"
+        self.lost = text
+        if not self.retired or returncode != 0:
+            logger.warning("%s", text)
+        self._fail_all(text)
+        if returncode is not None:
+            self._close_transport()
+        engine = self.engine_ref()
+        if engine is not None:
+            engine._child_ended(self)
+
+    def _hint(self, returncode: int | None) -> str:
+        tail = b"".join(self.stderr_tail).decode("utf-8", "replace")
+        memory = (
+            "MemoryError" in tail
+            or "out of memory" in tail.lower()
+            or "allocation failed" in tail.lower()
+            or returncode in (133, 134, -signal.SIGKILL, -signal.SIGTRAP, -signal.SIGABRT)
+        )
+        if memory and not self._killed and self.config.get("data_limit"):
+            return f"it may have run out of memory (memory_limit_bytes={self.config['data_limit']})"
+        return ""
+
+    def _fail_all(self, text: str) -> None:
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(EngineLost(text))
+        for cell in list(self.cells.values()):
+            cell._lost = text
+            if cell._inflight is None and cell._on_loss is not None:
+                self.loop.call_soon(cell._on_loss, text)  # it waits for a tool or a resume
+        if not self.started.done():
+            self._fail_start(text)
+
+    def shutdown(self) -> None:
+        """No more cells: let the child end (its command pipe closes; it exits)."""
+        self.retired = True
+        proc = self.proc
+        if proc is not None and proc.stdin is not None and not proc.stdin.is_closing():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the pipe closes anyway
+                proc.stdin.close()
+
+    async def wait_ended(self, grace: float) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            async with asyncio.timeout(grace):
+                await proc.wait()
+        except TimeoutError:
+            self._kill()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await proc.wait()
+
+    # -------------------------------------------------------------- commands
+
+    def send(self, line: bytes) -> None:
+        proc = self.proc
+        if self.lost is not None or proc is None or proc.stdin is None:
+            raise EngineLost(self.lost or "the worker process is not running")
+        if proc.stdin.is_closing():
+            raise EngineLost("the worker process is shutting down")
+        proc.stdin.write(line)
+
+    def send_quietly(self, line: bytes) -> None:
+        with contextlib.suppress(EngineLost, OSError, RuntimeError):
+            self.send(line)
+
+    async def request(self, head: str, tail: str | bytes = "}") -> tuple[int, asyncio.Future[Any]]:
+        """Send ``head`` + ``"i": n`` + ``tail`` as one line (a ``bytes`` tail brings its own
+        newline); return the id and the future of the answer."""
+        self.next_id += 1
+        i = self.next_id
+        future: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        if isinstance(tail, str):
+            self.send(f'{head}"i":{i}{tail}\n'.encode())
+        else:  # a big line: written in two pieces rather than copied once more on the loop
+            self.send(f'{head}"i":{i}'.encode())
+            self.send(tail)
+        self.pending[i] = future
+        proc = self.proc
+        stdin = proc.stdin if proc is not None else None
+        if stdin is not None and stdin.transport.get_write_buffer_size() > 1 << 20:
+            with contextlib.suppress(OSError, RuntimeError):  # a dead child: see the reader
+                await stdin.drain()
+        return i, future
+
+    def forget(self, i: int, send_cancel: bool = True) -> None:
+        """Abandon command ``i``: its answer will be dropped (whoever awaits it gets
+        :class:`EngineLost`); the child stops it."""
+        future = self.pending.pop(i, None)
+        if future is None:
+            return
+        if not future.done():
+            future.set_exception(EngineLost("the cell's engine was closed"))
+        if send_cancel:
+            self.send_quietly(f'{{"op":"cancel","i":{i}}}\n'.encode())
+
+
+def _track(engine: WorkerEngine | None, proc: asyncio.subprocess.Process) -> None:
+    """A worker whose engine is garbage-collected is killed (its session was dropped)."""
+    if engine is not None:
+        weakref.finalize(engine, _kill_unreaped, proc)
+
+
+def _kill_unreaped(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:  # not reaped yet, so the pid is still this worker's
+        with contextlib.suppress(OSError):
+            os.kill(proc.pid, signal.SIGKILL)
+
+
+class WorkerEngine(Engine):
+    """Runs cells in child processes, each under an OS memory limit (see the module docstring).
+
+    All arguments are optional:
+
+    - ``memory_limit_bytes``: ``RLIMIT_DATA`` of each worker (default 4 GiB; ``None``: none);
+    - ``rss_budget_bytes``: resident memory of a worker past which the cell that grew it is
+      stopped with ``exec cell exceeded rss_budget_bytes (...)`` (default 1 GiB; ``None``: off);
+    - ``cells_per_worker``: live cells one worker holds (default ``None``: all of this engine's);
+    - ``pool_size``: isolates each worker creates ahead of time (default 2);
+    - ``start_timeout``: seconds a worker may take to start (default 60);
+    - ``python``: the interpreter to run workers with (default ``sys.executable``);
+    - ``max_message_bytes``: the longest answer accepted from a worker (default 256 MiB); a
+      longer one counts as a protocol violation.
+
+    Use one engine per session: a worker that dies ends the cells of its engine only.
+    """
+
+    name = "worker"
+
+    def __init__(
+        self,
+        *,
+        memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT,
+        rss_budget_bytes: int | None = DEFAULT_RSS_BUDGET,
+        cells_per_worker: int | None = None,
+        pool_size: int = 2,
+        start_timeout: float = 60.0,
+        python: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    ) -> None:
+        for name, value in (
+            ("memory_limit_bytes", memory_limit_bytes),
+            ("rss_budget_bytes", rss_budget_bytes),
+            ("cells_per_worker", cells_per_worker),
+            ("max_message_bytes", max_message_bytes),
+        ):
+            if value is not None and (isinstance(value, bool) or int(value) <= 0):
+                raise ValueError(f"{name} must be a positive integer or None")
+        if pool_size < 0:
+            raise ValueError("pool_size must be at least 0")
+        self.memory_limit_bytes = memory_limit_bytes
+        self.rss_budget_bytes = rss_budget_bytes
+        self.cells_per_worker = cells_per_worker
+        self._config: dict[str, Any] = {
+            "data_limit": memory_limit_bytes,
+            "rss_budget": rss_budget_bytes,
+            "pool_size": pool_size,
+            "start_timeout": float(start_timeout),
+            "python": python or sys.executable,
+            "max_message_bytes": int(max_message_bytes),
+        }
+        self._children: list[_Child] = []
+        self._retired: set[_Child] = set()
+        self._closed = False
+
+    # -------------------------------------------------------------- Engine
+
+    async def open_cell(self, boot: CellBoot) -> EngineCell:
+        if self._closed:
+            raise EngineError("the worker engine was closed")
+        child = self._child_with_room()
+        child.opening += 1
+        try:
+            await asyncio.shield(child.started)
+            body = _dumps(boot_to_json(boot)) if not boot.stored else None
+            if body is None:  # stored values may be large: encode them off the loop
+                body = await asyncio.to_thread(_dumps, boot_to_json(boot))
+            child.next_key += 1
+            key = child.next_key
+            i, future = await child.request('{"op":"open",', f',"c":{key},"boot":{body}}}')
+            try:
+                answer = await future
+            except asyncio.CancelledError:
+                child.forget(i)
+                child.send_quietly(f'{{"op":"close","c":{key}}}\n'.encode())
+                raise
+        except EngineLost as exc:
+            raise EngineError(f"could not start the cell: {exc}") from exc
+        finally:
+            child.opening -= 1
+        if "err" in answer:
+            raise EngineError(str(answer["err"])[:1000])
+        if set(answer) != {"i"}:
+            child.compromised("bad answer to open")
+            raise EngineError("could not start the cell: the worker process misbehaved")
+        cell = _WorkerCell(child, key, boot)
+        child.cells[key] = cell
+        return cell
+
+    def close(self) -> None:
+        """Refuse new cells; each worker ends once its last cell closed."""
+        if self._closed:
+            return
+        self._closed = True
+        for child in list(self._children):
+            if child.load == 0:
+                self._retire(child)
+
+    async def aclose(self) -> None:
+        """Close, and wait (a few seconds at most, then kill) until idle workers exited."""
+        self.close()
+        children = list(self._retired)
+        await asyncio.gather(*(c.wait_ended(5.0) for c in children), return_exceptions=True)
+
+    # -------------------------------------------------------------- introspection
+
+    def worker_pids(self) -> list[int]:
+        """The process ids of this engine's running workers."""
+        return [c.pid for c in self._children if c.pid is not None and c.lost is None]
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Per running worker: ``pid``, ``cells``, ``rss_bytes`` and ``cpu_seconds`` (Linux)."""
+        out = []
+        for child in self._children:
+            if child.pid is None or child.lost is not None:
+                continue
+            out.append({"pid": child.pid, "cells": len(child.cells), **_proc_usage(child.pid)})
+        return out
+
+    # -------------------------------------------------------------- children
+
+    def _child_with_room(self) -> _Child:
+        for child in self._children:
+            if (
+                child.lost is None
+                and not child.draining
+                and (self.cells_per_worker is None or child.load < self.cells_per_worker)
+            ):
+                return child
+        child = _Child(self)
+        self._children.append(child)
+        return child
+
+    def _cell_closed(self, child: _Child) -> None:
+        if child.load == 0 and (self._closed or child.lost is not None or child.draining):
+            self._retire(child)
+        elif (
+            child.load == 0
+            and self.cells_per_worker is not None
+            and sum(1 for c in self._children if c.lost is None) > 1
+        ):
+            self._retire(child)  # a spare worker: keep one, end the others
+
+    def _retire(self, child: _Child) -> None:
+        if child in self._children:
+            self._children.remove(child)
+        self._retired.add(child)
+        child.shutdown()
+
+    def _child_ended(self, child: _Child) -> None:
+        if child in self._children:
+            self._children.remove(child)
+        self._retired.discard(child)
+
+
+def _proc_usage(pid: int) -> dict[str, Any]:
+    usage: dict[str, Any] = {"rss_bytes": None, "cpu_seconds": None}
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            usage["rss_bytes"] = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        usage["cpu_seconds"] = (int(fields[11]) + int(fields[12])) / ticks
+    except (OSError, ValueError, IndexError):
+        pass
+    return usage
+
+
+class _WorkerCell(EngineCell):
+    def __init__(self, child: _Child, key: int, boot: CellBoot) -> None:
+        self._child = child
+        self._key = key
+        self._tool_count = len(boot.tools)
+        self._closed = False
+        self._lost: str | None = None
+        self._inflight: int | None = None
+        self._on_loss: Callable[[str], None] | None = None
+        self._head = '{"op":"%s","c":' + str(key) + ","
+        budget = child.config.get("rss_budget")
+        self._rss_error = rss_error_text(budget) if budget is not None else None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._lost is not None
+
+    def watch_loss(self, callback: Callable[[str], None]) -> None:
+        self._on_loss = callback
+
+    async def run(self) -> StepReport:
+        return await self._command("run", "}")
+
+    async def step(self, inputs: Sequence[StepInput]) -> StepReport:
+        size = sum(len(i.value_json) for i in inputs if isinstance(i, ToolResultInput))
+        if size > _BIG_MESSAGE:  # big tool results: build the line off the event loop
+            return await self._command("step", await asyncio.to_thread(_step_tail_bytes, inputs))
+        return await self._command("step", _step_tail(inputs))
+
+    async def stop(self) -> tuple[EngineEvent, ...]:
+        if self.closed:
+            self.close()
+            return ()
+        child = self._child
+        if self._inflight is not None:
+            child.forget(self._inflight)
+        try:
+            i, future = await child.request(self._head % "stop")
+        except EngineLost:
+            self.close()
+            return ()
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT):
+                answer = await future
+            events = answer["ev"]
+            if not isinstance(events, list):
+                raise _Malformed("bad event list")
+            return tuple(_event(ev, self._tool_count) for ev in events)
+        except TimeoutError:
+            child.forget(i)
+            child.unresponsive("a stop")
+            return ()
+        except EngineLost:
+            return ()
+        except (_Malformed, KeyError, TypeError, ValueError, IndexError) as exc:
+            child.compromised(f"stop: {exc}")
+            return ()
+        finally:
+            self._mark_closed()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        child = self._child
+        if self._inflight is not None:
+            child.forget(self._inflight, send_cancel=False)  # the close stops it in the child
+        if self._lost is None:
+            child.send_quietly(f'{{"op":"close","c":{self._key}}}\n'.encode())
+        self._mark_closed()
+
+    def _mark_closed(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        child = self._child
+        child.cells.pop(self._key, None)
+        engine = child.engine_ref()
+        if engine is not None:
+            engine._cell_closed(child)
+
+    async def _command(self, op: str, tail: str | bytes) -> StepReport:
+        if self._closed:
+            raise EngineLost("the cell's engine was closed")
+        if self._lost is not None:
+            raise EngineLost(self._lost)
+        child = self._child
+        i, future = await child.request(self._head % op, tail)
+        self._inflight = i
+        try:
+            answer = await future
+        except asyncio.CancelledError:
+            child.forget(i)  # the child abandons the step, which stops its JavaScript
+            raise
+        finally:
+            self._inflight = None
+        if self._closed:
+            raise EngineLost("the cell's engine was closed")
+        try:
+            if "lost" in answer:
+                self._lost = str(answer["lost"])[:1000]
+                self._mark_closed()
+                raise EngineLost(f"the worker reported: {self._lost}")
+            report = _report(answer["r"], self._tool_count)
+        except (_Malformed, KeyError, TypeError, ValueError, IndexError) as exc:
+            child.compromised(f"{op}: {exc}")
+            raise EngineLost(f"the worker process sent a malformed answer ({exc})") from None
+        if report.settlement is not None:
+            if report.settlement.error_text == self._rss_error:
+                # The allocator keeps what the cell grew: later cells get a fresh worker.
+                child.draining = True
+            self._mark_closed()  # the child closed its cell after the settlement
+        return report
+
+
+def _step_tail(inputs: Sequence[StepInput]) -> str:
+    """The inputs of a step command, as the end of its line."""
+    parts = []
+    for item in inputs:
+        if isinstance(item, ToolResultInput):
+            if item.ok:
+                value = item.value_json
+                if "\n" in value:  # one message is one line
+                    value = _dumps(json.loads(value))
+                parts.append(f'["r",{_dumps(item.call_id)},true,{value}]')
+            else:
+                parts.append(f'["r",{_dumps(item.call_id)},false,{_dumps(item.message)}]')
+        else:
+            parts.append(f'["t",{int(item.timer_id)}]')
+    return f',"in":[{",".join(parts)}]}}'
+
+
+def _step_tail_bytes(inputs: Sequence[StepInput]) -> bytes:
+    return (_step_tail(inputs) + "\n").encode()
+
+
+# ------------------------------------------------------------------ validation of answers
+
+
+def _report(data: Any, tool_count: int) -> StepReport:
+    if not isinstance(data, dict):
+        raise _Malformed("a report is not an object")
+    events = data["ev"]
+    pending = data["p"]
+    settled = data["s"]
+    cpu = data["cpu"]
+    if not isinstance(events, list) or not isinstance(pending, list):
+        raise _Malformed("bad event or pending list")
+    for call_id in pending:
+        if not isinstance(call_id, str) or not _CALL_ID.fullmatch(call_id):
+            raise _Malformed(f"bad pending id {str(call_id)[:40]!r}")
+    if len(set(pending)) != len(pending):
+        raise _Malformed("duplicate pending ids")
+    settlement: Settlement | None = None
+    if settled is not None:
+        if not isinstance(settled, list) or len(settled) != 1:
+            raise _Malformed("bad settlement")
+        error_text = settled[0]
+        if error_text is not None and not isinstance(error_text, str):
+            raise _Malformed("bad error text")
+        settlement = Settlement(error_text)
+    if type(cpu) not in (int, float) or not math.isfinite(cpu) or cpu < 0:
+        raise _Malformed("bad cpu time")
+    return StepReport(
+        tuple(_event(ev, tool_count) for ev in events),
+        tuple(pending),
+        settlement,
+        float(cpu),
+    )
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int:
+        raise _Malformed(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Malformed(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _event(ev: Any, tool_count: int) -> EngineEvent:
+    if not isinstance(ev, list) or not ev:
+        raise _Malformed("an event is not a list")
+    tag = ev[0]
+    n = len(ev)
+    if tag == "text" and n == 2:
+        return OutputProduced(TextItem(_str(ev[1])))
+    if tag == "image" and n == 3:
+        detail = ev[2]
+        if detail is not None and detail not in _DETAILS:
+            raise _Malformed("bad image detail")
+        url = _str(ev[1])
+        return OutputProduced(ImageItem(url, _DETAILS[detail] if detail is not None else None))
+    if tag == "call" and n == 4:
+        call_id = _str(ev[1])
+        if not _CALL_ID.fullmatch(call_id):
+            raise _Malformed(f"bad call id {call_id[:40]!r}")
+        index = _int(ev[2])
+        if not 0 <= index < tool_count:
+            raise _Malformed(f"tool index {index} out of range")
+        return ToolCallRequested(call_id, index, ev[3])
+    if tag == "notify" and n == 2:
+        return NotifyRequested(_str(ev[1]))
+    if tag == "yield" and n == 1:
+        return YieldRequested()
+    if tag == "timer" and n == 3:
+        delay = ev[2]
+        if type(delay) not in (int, float) or not math.isfinite(delay) or delay < 0:
+            raise _Malformed("bad timer delay")
+        return TimerSet(_int(ev[1]), float(delay))
+    if tag == "clear" and n == 2:
+        return TimerCleared(_int(ev[1]))
+    if tag == "store" and n == 3:
+        return StoreWritten(_str(ev[1]), ev[2])
+    raise _Malformed(f"unknown event {str(tag)[:20]!r}")

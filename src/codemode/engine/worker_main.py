@@ -1,0 +1,270 @@
+"""The worker process of :class:`codemode.engine.worker.WorkerEngine`: V8 cells behind a pipe.
+
+Started by the host as ``python -m codemode.engine.worker_main CONFIG_JSON``. Before V8 starts it
+arranges to die with its parent (``PR_SET_PDEATHSIG`` and a check of the parent's pid; the
+end of its command pipe ends it too) and puts itself under ``RLIMIT_DATA``. It then runs the
+in-process engine (:class:`V8Engine`, inside the RSS watchdog of :mod:`codemode.engine.watchdog`)
+and answers the host's commands.
+
+The wire is newline-delimited JSON, one object per line, in both directions (see
+``docs/engines.md``). Host to worker: ``{"i": n, "op": "open"|"run"|"step"|"stop", "c": cell,
+...}`` (each answered once, by ``{"i": n, ...}``), ``{"op": "cancel", "i": n}`` (abandon command
+``n``; its answer is dropped), ``{"op": "close", "c": cell}``. The worker's first line is
+``{"ready": pid}``. Nothing here is trusted by the host: it validates every answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import dataclasses
+import json
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["main"]
+
+# One message may carry a tool result or a cell's stored values: up to the cell's heap limit.
+MAX_LINE = 1 << 30
+
+_dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+
+
+def _die_with_parent(parent: int) -> None:
+    """Get SIGKILL when the parent dies (Linux), and exit now if it already did."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the pipe EOF still ends us
+            pass
+    if os.getppid() != parent:
+        os._exit(70)
+
+
+def _limit_memory(data_bytes: int | None) -> None:
+    if data_bytes is not None:
+        import resource  # POSIX only; the host never imports this function
+
+        resource.setrlimit(resource.RLIMIT_DATA, (data_bytes, data_bytes))
+
+
+def _protocol_fds() -> tuple[int, int]:
+    """Move the command pipes off fds 0/1, so nothing else (a stray print, a native library)
+    can read commands or write into the answer stream: stdout goes to stderr."""
+    cmd_in = os.dup(0)
+    answers = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    return cmd_in, answers
+
+
+def _event(ev: Any) -> list[Any]:
+    from codemode.engine.base import (
+        NotifyRequested,
+        OutputProduced,
+        StoreWritten,
+        TimerCleared,
+        TimerSet,
+        ToolCallRequested,
+        YieldRequested,
+    )
+    from codemode.model import TextItem
+
+    if isinstance(ev, OutputProduced):
+        item = ev.item
+        if isinstance(item, TextItem):
+            return ["text", item.text]
+        detail = item.detail.value if item.detail is not None else None
+        return ["image", item.image_url, detail]
+    if isinstance(ev, ToolCallRequested):
+        return ["call", ev.call_id, ev.tool_index, ev.input]
+    if isinstance(ev, NotifyRequested):
+        return ["notify", ev.text]
+    if isinstance(ev, YieldRequested):
+        return ["yield"]
+    if isinstance(ev, TimerSet):
+        return ["timer", ev.timer_id, ev.delay]
+    if isinstance(ev, TimerCleared):
+        return ["clear", ev.timer_id]
+    if isinstance(ev, StoreWritten):
+        return ["store", ev.key, ev.value]
+    raise TypeError(f"unknown engine event {type(ev).__name__}")
+
+
+class _Server:
+    def __init__(self, config: dict[str, Any]) -> None:
+        from codemode.engine.base import Engine
+        from codemode.engine.v8 import V8Engine
+        from codemode.engine.watchdog import GuardedEngine
+
+        engine: Engine = V8Engine(pool_size=int(config.get("pool_size", 2)))
+        budget = config.get("rss_budget")
+        if budget is not None:
+            engine = GuardedEngine(engine, rss_budget_bytes=int(budget))
+        self.engine = engine
+        self.cells: dict[int, Any] = {}
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.out: asyncio.WriteTransport | None = None
+
+    def send(self, message: dict[str, Any]) -> None:
+        try:
+            line = _dumps(message)
+        except (TypeError, ValueError) as exc:  # not JSON (NaN from the cell, ...)
+            i = message.get("i")
+            line = _dumps({"i": i, "lost": f"the cell reported a value that is not JSON: {exc}"})
+        assert self.out is not None
+        self.out.write(line.encode("ascii") + b"\n")
+
+    async def serve(self, cmd_fd: int, out_fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=MAX_LINE)
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(cmd_fd, "rb", buffering=0)
+        )
+        self.out, _ = await loop.connect_write_pipe(
+            asyncio.Protocol, os.fdopen(out_fd, "wb", buffering=0)
+        )
+        self.send({"ready": os.getpid()})
+        while True:
+            line = await reader.readline()
+            if not line.endswith(b"\n"):
+                break  # the host closed the pipe (or died): end
+            self.dispatch(json.loads(line))
+        for task in self.tasks.values():
+            task.cancel()
+        for cell in self.cells.values():
+            cell.close()
+        self.engine.close()
+
+    def dispatch(self, msg: dict[str, Any]) -> None:
+        op = msg["op"]
+        if op == "cancel":
+            task = self.tasks.pop(msg["i"], None)
+            if task is not None:
+                task.cancel()
+        elif op == "close":
+            cell = self.cells.pop(msg["c"], None)
+            if cell is not None:
+                cell.close()
+        else:
+            i = msg["i"]
+            task = asyncio.get_running_loop().create_task(self.command(i, op, msg))
+            self.tasks[i] = task
+            task.add_done_callback(lambda _t: self.tasks.pop(i, None))
+
+    async def command(self, i: int, op: str, msg: dict[str, Any]) -> None:
+        from codemode.engine.base import EngineLost
+        from codemode.errors import EngineError
+
+        key = msg["c"]
+        try:
+            if op == "open":
+                try:
+                    self.cells[key] = await self.engine.open_cell(_boot(msg["boot"]))
+                except EngineError as exc:
+                    self.send({"i": i, "err": str(exc)})
+                    return
+                self.send({"i": i})
+                return
+            cell = self.cells.get(key)
+            if cell is None:
+                self.send({"i": i, "lost": "the cell's engine was closed"})
+                return
+            if op == "stop":
+                events = await cell.stop()
+                self.cells.pop(key, None)
+                self.send({"i": i, "ev": [_event(e) for e in events]})
+                return
+            if op == "run":
+                report = await cell.run()
+            else:
+                report = await cell.step(_inputs(msg["in"]))
+            if cell.closed:
+                self.cells.pop(key, None)
+            s = report.settlement
+            self.send(
+                {
+                    "i": i,
+                    "r": {
+                        "ev": [_event(e) for e in report.events],
+                        "p": list(report.pending_call_ids),
+                        "s": None if s is None else [s.error_text],
+                        "cpu": report.cpu_seconds,
+                    },
+                }
+            )
+        except EngineLost as exc:
+            self.cells.pop(key, None)
+            self.send({"i": i, "lost": str(exc) or type(exc).__name__})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug, or V8 failing natively: this cell is lost
+            cell = self.cells.pop(key, None)
+            if cell is not None:
+                cell.close()
+            self.send({"i": i, "lost": f"{type(exc).__name__}: {exc}"})
+
+
+def _boot(data: dict[str, Any]) -> Any:
+    """The :class:`CellBoot` of :func:`boot_to_json`'s wire form."""
+    from codemode.engine.base import CellBoot
+    from codemode.model import CellLimits, ToolDefinition, ToolKind
+
+    fields = dict(data)
+    fields["tools"] = tuple(
+        ToolDefinition(**{**t, "kind": ToolKind(t["kind"])}) for t in data["tools"]
+    )
+    fields["limits"] = CellLimits(**data["limits"])
+    return CellBoot(**fields)
+
+
+def _inputs(raw: list[Any]) -> list[Any]:
+    from codemode.engine.base import TimerFired, ToolResultInput
+
+    inputs: list[Any] = []
+    for item in raw:
+        if item[0] == "t":
+            inputs.append(TimerFired(int(item[1])))
+        elif item[2]:
+            inputs.append(ToolResultInput(item[1], True, value_json=_dumps(item[3])))
+        else:
+            inputs.append(ToolResultInput(item[1], False, message=str(item[3])))
+    return inputs
+
+
+def boot_to_json(boot: Any) -> dict[str, Any]:
+    """The wire form of a :class:`CellBoot` (used by the host): every field, whatever fields
+    the dataclasses grow, with the tools and limits as objects."""
+    data: dict[str, Any] = {}
+    for field in dataclasses.fields(boot):
+        value = getattr(boot, field.name)
+        if field.name == "tools":
+            value = [{f.name: getattr(t, f.name) for f in dataclasses.fields(t)} for t in value]
+        elif field.name == "limits":
+            value = dataclasses.asdict(value)
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        data[field.name] = value
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    config = json.loads(args[0])
+    _die_with_parent(int(config["parent"]))
+    _limit_memory(config.get("data_limit"))
+    cmd_fd, out_fd = _protocol_fds()
+    server = _Server(config)
+    asyncio.run(server.serve(cmd_fd, out_fd))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

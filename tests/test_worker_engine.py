@@ -1,0 +1,743 @@
+"""The worker-process engine (WorkerEngine) and the in-process RSS watchdog (GuardedEngine).
+
+Every test that runs hostile or crashing cells checks with a heartbeat that the host's event
+loop never stalls for more than 50 ms, and the native-memory tests check that the host's own
+resident memory stays flat while a worker grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codemode import (
+    CellLimits,
+    Completed,
+    EngineError,
+    Pending,
+    SessionRuntime,
+    Terminated,
+    TextItem,
+    ToolDefinition,
+    Yielded,
+)
+from codemode.engine.base import CellBoot
+from codemode.engine.watchdog import GuardedEngine, rss_error_text
+from codemode.engine.worker import WorkerEngine, _event, _Malformed, _report
+from conftest import RecordingDelegate, request, rss_bytes
+from scenarios import Heartbeat
+
+MiB = 1024 * 1024
+HANG = 30.0
+LOST = "exec runtime ended unexpectedly"
+INTL_FLOOD = (
+    'text("start"); const keep = [];'
+    "for (let i = 0; ; i++) keep.push(new Intl.DateTimeFormat('en', "
+    "{timeZone: 'UTC', hour: 'numeric', minute: String(i % 2 ? 'numeric' : '2-digit')}));"
+)
+
+
+def T(*texts: str) -> tuple[TextItem, ...]:
+    return tuple(TextItem(t) for t in texts)
+
+
+def _runqueue_wait() -> float:
+    """Seconds the calling thread has spent runnable but not running (Linux schedstat)."""
+    try:
+        with open("/proc/thread-self/schedstat") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class SchedHeartbeat(Heartbeat):
+    """Ticks every 5 ms; records the longest gap between ticks, minus the time the loop's
+    thread was waiting for a CPU (runnable but not scheduled).
+
+    The test machine runs several suites on 2 cores, so the OS may not run us for tens of
+    milliseconds; that is not a stall of the event loop. Everything else is: running our own
+    code, blocking in a system call, waiting for the GIL or a lock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.max_stall = 0.0
+
+        self._last, self._last_wait = time.monotonic(), _runqueue_wait()
+
+    def tick(self) -> None:
+        now, wait = time.monotonic(), _runqueue_wait()
+        gap = now - self._last
+        self.max_gap = max(self.max_gap, gap)
+        self.max_stall = max(self.max_stall, gap - (wait - self._last_wait))
+        self._last, self._last_wait = now, wait
+        self.ticks += 1
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(0.005)
+            self.tick()
+
+
+@contextlib.asynccontextmanager
+async def strict_heartbeat(limit: float = 0.05) -> AsyncIterator[Heartbeat]:
+    """The event loop never stalls for more than ``limit`` seconds inside the block, time spent
+    waiting for a CPU aside (and never for 0.5 s whatever the reason)."""
+    hb = SchedHeartbeat()
+    task = asyncio.ensure_future(hb.run())
+    try:
+        yield hb
+    finally:
+        task.cancel()
+        hb.tick()  # the gap up to now counts too
+    assert hb.max_stall < limit, f"event loop stalled for {hb.max_stall:.3f} s"
+    assert hb.max_gap < 0.5, f"event loop stalled for {hb.max_gap:.3f} s"
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def until(predicate: Any) -> None:
+    async with asyncio.timeout(HANG):
+        while not predicate():  # noqa: ASYNC110 - polling process state
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def make_worker_runtime(
+    delegate: RecordingDelegate,
+) -> AsyncIterator[Any]:
+    created: list[SessionRuntime] = []
+
+    def make(limits: CellLimits | None = None, **engine_kw: Any) -> SessionRuntime:
+        rt = SessionRuntime(delegate, limits=limits, engine=WorkerEngine(**engine_kw))
+        created.append(rt)
+        return rt
+
+    try:
+        yield make
+    finally:
+        for rt in created:
+            await asyncio.wait_for(rt.shutdown(), HANG)
+
+
+@pytest.fixture
+async def wrt(make_worker_runtime: Any) -> SessionRuntime:
+    rt: SessionRuntime = make_worker_runtime()
+    return rt
+
+
+def engine_of(rt: SessionRuntime) -> WorkerEngine:
+    engine = rt._core.engine
+    assert isinstance(engine, WorkerEngine)
+    return engine
+
+
+# ---------------------------------------------------------------------- the contract basics
+
+
+async def test_continuing_cell_calls_tools_yields_and_stores(
+    wrt: SessionRuntime, delegate: RecordingDelegate
+) -> None:
+    cell = await wrt.create_cell(
+        request(
+            'text("a"); const r = await tools.echo({x: 1}); text(JSON.stringify(r));'
+            'yield_control(); const u = await tools.upper("hi"); text(u); store("k", {v: [1, 2]});'
+            'console.log("log", 2); notify("note");'
+        )
+    )
+    assert await asyncio.wait_for(wrt.wait(cell, HANG), HANG) == Yielded(T("a", '{"x":1}'))
+    assert await asyncio.wait_for(wrt.wait(cell, HANG), HANG) == Completed(T("HI", "log 2"))
+    assert delegate.names() == ["echo", "upper"]
+    assert delegate.calls[0].input == {"x": 1} and delegate.calls[1].input == "hi"
+    await until(lambda: len(delegate.notifications) == 1)
+    second = await wrt.create_cell(request('text(JSON.stringify(load("k")))'))
+    assert await asyncio.wait_for(wrt.wait(second, HANG), HANG) == Completed(T('{"v":[1,2]}'))
+
+
+async def test_errors_timers_and_limits_cross_the_pipe(make_worker_runtime: Any) -> None:
+    rt = make_worker_runtime(CellLimits(max_tool_calls=2))
+    cell = await rt.create_cell(
+        request(
+            "await new Promise(r => setTimeout(r, 20)); text('t');"
+            "try { await tools.fail({message: 'nope'}) } catch (e) { text(String(e.message)) }"
+            "await tools.echo({}); await tools.echo({});"
+        )
+    )
+    event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert event == Completed(T("t", "nope"), "exec cell exceeded max_tool_calls (2)")
+    cell = await rt.create_cell(request("throw new TypeError('boom')"))
+    event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert isinstance(event, Completed) and "TypeError: boom" in (event.error_text or "")
+
+
+async def test_pausable_cell_frontiers_and_resume(
+    wrt: SessionRuntime, delegate: RecordingDelegate
+) -> None:
+    cell = await wrt.create_pausable_cell(
+        request(
+            'text("p"); const [a, b] = await Promise.all([tools.echo({n: 1}), tools.echo({n: 2})]);'
+            'text(String(a.n + b.n)); await tools.echo({n: 3}); text("end")'
+        )
+    )
+    first = await asyncio.wait_for(wrt.wait_to_pending(cell), HANG)
+    assert isinstance(first, Pending)
+    assert first.frontier.items == T("p")
+    assert first.frontier.pending_tool_call_ids == ("tool-1", "tool-2")
+    await wrt.resume(cell, first.frontier.generation)
+    second = await asyncio.wait_for(wrt.wait_to_pending(cell), HANG)
+    assert isinstance(second, Pending)
+    assert second.frontier.items == T("3")
+    assert second.frontier.pending_tool_call_ids == ("tool-3",)
+    await wrt.resume(cell, second.frontier.generation)
+    last = await asyncio.wait_for(wrt.wait_to_pending(cell), HANG)
+    assert last == Completed(T("end"))
+
+
+async def test_one_worker_per_engine_started_lazily(make_worker_runtime: Any) -> None:
+    rt = make_worker_runtime()
+    engine = engine_of(rt)
+    assert engine.worker_pids() == []
+    cells = [await rt.create_cell(request(f"await tools.block({{}}); text('{n}')")) for n in "ab"]
+    await until(lambda: len(engine.worker_pids()) == 1)
+    assert len(engine.stats()) == 1 and engine.stats()[0]["cells"] == 2
+    other = make_worker_runtime(cells_per_worker=1)
+    two = [await other.create_cell(request("await tools.block({})")) for _ in range(2)]
+    assert len(set(engine_of(other).worker_pids())) == 2
+    for c in cells + two:
+        await rt.terminate(c.cell_id) if c in cells else await other.terminate(c.cell_id)
+
+
+# ---------------------------------------------------------------------- what the OS boundary buys
+
+
+async def test_native_memory_flood_ends_with_a_clear_error_and_host_rss_stays_flat(
+    make_worker_runtime: Any,
+) -> None:
+    rt = make_worker_runtime(CellLimits(max_cpu_seconds=60), rss_budget_bytes=400 * MiB)
+    warm = await rt.create_cell(request("text(new Intl.DateTimeFormat('en').format(0))"))
+    await asyncio.wait_for(rt.wait(warm, HANG), HANG)
+    pid = engine_of(rt).worker_pids()[0]
+    host_before = rss_bytes()
+    async with strict_heartbeat():
+        cell = await rt.create_cell(request(INTL_FLOOD))
+        event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert event == Completed(T("start"), rss_error_text(400 * MiB))
+    assert rss_bytes() - host_before < 30 * MiB, "the host grew: the memory was not the worker's"
+    # The grown worker takes no new cells and ends; the session goes on in a fresh one.
+    after = await rt.create_cell(request("text('fresh')"))
+    assert await asyncio.wait_for(rt.wait(after, HANG), HANG) == Completed(T("fresh"))
+    assert pid not in engine_of(rt).worker_pids()
+    await until(lambda: not alive(pid))
+
+
+async def test_os_memory_limit_kills_only_the_worker(make_worker_runtime: Any) -> None:
+    # No watchdog: the worker's RLIMIT_DATA is the last line (V8 itself commits ~0.6 GiB).
+    rt = make_worker_runtime(
+        CellLimits(max_cpu_seconds=60), rss_budget_bytes=None, memory_limit_bytes=1280 * MiB
+    )
+    host_before = rss_bytes()
+    async with strict_heartbeat():
+        cell = await rt.create_cell(request(INTL_FLOOD))
+        event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert event == Completed((), LOST)
+    assert rss_bytes() - host_before < 30 * MiB
+    again = await rt.create_cell(request("text('alive')"))
+    assert await asyncio.wait_for(rt.wait(again, HANG), HANG) == Completed(T("alive"))
+
+
+async def test_deep_json_parse_is_bounded(make_worker_runtime: Any) -> None:
+    rt = make_worker_runtime(
+        CellLimits(max_cpu_seconds=60, max_heap_bytes=512 * MiB), rss_budget_bytes=300 * MiB
+    )
+    host_before = rss_bytes()
+    async with strict_heartbeat():
+        cell = await rt.create_cell(
+            request('const s = "[".repeat(3e7) + "]".repeat(3e7); JSON.parse(s); text("parsed")')
+        )
+        event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert isinstance(event, Completed)
+    assert event.error_text in (rss_error_text(300 * MiB), LOST) or "RangeError" in str(
+        event.error_text
+    ), event
+    assert rss_bytes() - host_before < 30 * MiB
+    again = await rt.create_cell(request("text('alive')"))
+    assert await asyncio.wait_for(rt.wait(again, HANG), HANG) == Completed(T("alive"))
+
+
+async def test_sigkill_of_the_worker_mid_call_ends_its_cells_and_the_session_goes_on(
+    wrt: SessionRuntime, delegate: RecordingDelegate, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = engine_of(wrt)
+    one = await wrt.create_cell(request('text("one"); await tools.block({}); text("never")'))
+    two = await wrt.create_pausable_cell(request('text("two"); await tools.echo({})'))
+    frontier = await asyncio.wait_for(wrt.wait_to_pending(two), HANG)
+    assert isinstance(frontier, Pending)
+    await delegate.wait_calls(1)
+    [pid] = engine.worker_pids()
+    async with strict_heartbeat():
+        os.kill(pid, signal.SIGKILL)
+        assert await asyncio.wait_for(wrt.wait(one, HANG), HANG) == Completed(T("one"), LOST)
+        assert await asyncio.wait_for(wrt.wait_to_pending(two), HANG) == Completed((), LOST)
+    assert delegate.cancelled == ["tool-1"]
+    assert any(f"worker process {pid} was killed by SIGKILL" in r.message for r in caplog.records)
+    later = await wrt.create_cell(request("text(String(await tools.echo({n: 5}).then(r => r.n)))"))
+    assert await asyncio.wait_for(wrt.wait(later, HANG), HANG) == Completed(T("5"))
+    assert engine.worker_pids() and pid not in engine.worker_pids()
+
+
+async def test_a_dead_worker_ends_only_its_own_sessions_cells(
+    make_worker_runtime: Any, delegate: RecordingDelegate
+) -> None:
+    a, b = make_worker_runtime(), make_worker_runtime()
+    cell_a = await a.create_cell(request("await tools.block({}); text('a')"))
+    cell_b = await b.create_cell(request("await tools.block({}); text('b')"))
+    await delegate.wait_calls(2)
+    os.kill(engine_of(a).worker_pids()[0], signal.SIGKILL)
+    assert await asyncio.wait_for(a.wait(cell_a, HANG), HANG) == Completed((), LOST)
+    delegate.release()
+    assert await asyncio.wait_for(b.wait(cell_b, HANG), HANG) == Completed(T("b"))
+
+
+async def test_runaway_cells_are_terminated_within_milliseconds(wrt: SessionRuntime) -> None:
+    async with strict_heartbeat():
+        for source in (
+            'text("spin"); while (true) {}',
+            'text("a"); await new Promise(r => setTimeout(r, 1)); while (true) {}',
+            "await tools.echo({}); for (;;) {}",
+        ):
+            cell = await wrt.create_cell(request(source))
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            event = await asyncio.wait_for(wrt.terminate(cell), HANG)
+            assert time.monotonic() - started < 2.0  # typically milliseconds; a loaded CI
+            assert isinstance(event, Terminated)
+    cell = await wrt.create_cell(request('text("ok")'))
+    assert await asyncio.wait_for(wrt.wait(cell, HANG), HANG) == Completed(T("ok"))
+
+
+async def test_cpu_budget_is_enforced_in_the_worker(make_worker_runtime: Any) -> None:
+    rt = make_worker_runtime(CellLimits(max_cpu_seconds=0.3))
+    warm = await rt.create_cell(request('text("warm")'))
+    await asyncio.wait_for(rt.wait(warm, HANG), HANG)
+    [before] = engine_of(rt).stats()
+    async with strict_heartbeat():
+        cell = await rt.create_cell(request('text("x"); while (true) {}'))
+        event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert event == Completed(T("x"), "exec cell exceeded max_cpu_seconds (0.3)")
+    [after] = engine_of(rt).stats()
+    assert after["pid"] == before["pid"]
+    assert after["cpu_seconds"] > before["cpu_seconds"]  # the spin is the worker's CPU time
+
+
+async def test_no_worker_outlives_shutdown(delegate: RecordingDelegate) -> None:
+    pids: list[int] = []
+    for _ in range(2):
+        engine = WorkerEngine()
+        rt = SessionRuntime(delegate, engine=engine)
+        await rt.create_cell(request("await tools.block({})"))
+        await rt.create_cell(request("while (true) {}"))
+        await until(lambda engine=engine: len(engine.worker_pids()) == 1)  # type: ignore[misc]
+        pids += engine.worker_pids()
+        await asyncio.wait_for(rt.shutdown(), HANG)
+        assert engine.worker_pids() == []
+    for pid in pids:
+        assert not alive(pid), f"worker {pid} outlived its session"
+
+
+def test_workers_die_with_their_host(tmp_path: Path) -> None:
+    """A host killed outright (no cleanup at all) takes its workers with it."""
+    script = tmp_path / "host.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, sys
+            from codemode import SessionRuntime, CreateCellRequest, tools_delegate
+            from codemode.engine.worker import WorkerEngine
+
+            async def main():
+                engine = WorkerEngine()
+                rt = SessionRuntime(tools_delegate({}), engine=engine)
+                await rt.create_cell(CreateCellRequest("while (true) {}"))
+                while not engine.worker_pids():
+                    await asyncio.sleep(0.01)
+                print(engine.worker_pids()[0], flush=True)
+                await asyncio.sleep(3600)
+
+            asyncio.run(main())
+            """
+        )
+    )
+    host = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert host.stdout is not None
+        pid = int(host.stdout.readline())
+        assert alive(pid)
+    finally:
+        host.kill()
+        host.wait()
+    deadline = time.monotonic() + HANG
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(pid), "the worker outlived its host"
+
+
+# ---------------------------------------------------------------------- the host trusts nothing
+
+
+FAKE_WORKER = """
+import json, os, sys
+out = os.fdopen(1, "w")
+print(json.dumps({"ready": os.getpid()}), file=out, flush=True)
+MODE = %r
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("op") == "open":
+        print(json.dumps({"i": msg["i"]}), file=out, flush=True)
+    elif msg.get("op") == "run":
+        if MODE == "garbage":
+            print("not json at all", file=out, flush=True)
+        elif MODE == "huge":
+            report = {"ev": [["text", "x" * 3000000]], "p": [], "s": None, "cpu": 0}
+            print(json.dumps({"i": msg["i"], "r": report}), file=out, flush=True)
+        elif MODE == "mute":  # one valid report, then never another answer
+            report = {"ev": [["text", "hi"], ["call", "tool-1", 0, {}]], "p": ["tool-1"],
+                      "s": None, "cpu": 0}
+            print(json.dumps({"i": msg["i"], "r": report}), file=out, flush=True)
+        else:
+            report = {"ev": [["call", "tool-1", 7, {}]], "p": ["tool-1"], "s": None, "cpu": 0}
+            print(json.dumps({"i": msg["i"], "r": report}), file=out, flush=True)
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path) -> Iterator[Any]:
+    def make(mode: str) -> str:
+        stub = tmp_path / f"stub_{mode}.py"
+        stub.write_text(FAKE_WORKER % mode)
+        launcher = tmp_path / f"python_{mode}"
+        launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{stub}"\n')
+        launcher.chmod(0o755)
+        return str(launcher)
+
+    yield make
+
+
+@pytest.mark.parametrize("mode", ["forged", "garbage", "huge"])
+async def test_a_worker_that_breaks_the_protocol_is_killed(
+    make_worker_runtime: Any,
+    delegate: RecordingDelegate,
+    fake_python: Any,
+    mode: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rt = make_worker_runtime(python=fake_python(mode), max_message_bytes=1 << 20)
+    cell = await rt.create_cell(request("text('x')"))
+    event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert event == Completed((), LOST)
+    assert delegate.calls == []  # the forged call never reached the delegate
+    assert any("malformed answer" in r.message for r in caplog.records)
+    assert engine_of(rt).worker_pids() == []
+
+
+async def test_an_unresponsive_worker_is_killed_by_terminate(
+    make_worker_runtime: Any, delegate: RecordingDelegate, fake_python: Any
+) -> None:
+    rt = make_worker_runtime(python=fake_python("mute"))
+    cell = await rt.create_cell(request("text('hi'); await tools.echo({})"))
+    await delegate.wait_calls(1)
+    [pid] = engine_of(rt).worker_pids()
+    await asyncio.sleep(0.05)  # the echo result went to the worker, which never answers
+    async with strict_heartbeat():
+        started = time.monotonic()
+        event = await asyncio.wait_for(rt.terminate(cell), HANG)
+    assert time.monotonic() - started < 3.0
+    assert isinstance(event, Terminated)
+    await until(lambda: not alive(pid))
+
+
+async def test_a_worker_that_cannot_start_raises_engine_error(
+    make_worker_runtime: Any, tmp_path: Path
+) -> None:
+    broken = tmp_path / "python_broken"
+    broken.write_text("#!/bin/sh\necho 'no python here' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    rt = make_worker_runtime(python=str(broken))
+    with pytest.raises(EngineError, match="worker process"):
+        await asyncio.wait_for(rt.create_cell(request("text('x')")), HANG)
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        [],
+        {"ev": [], "p": [], "s": None},
+        {"ev": [["call", "tool-1", 1, {}]], "p": [], "s": None, "cpu": 0},
+        {"ev": [["call", "tool-1", True, {}]], "p": [], "s": None, "cpu": 0},
+        {"ev": [["call", 'tool-1"]', 0, {}]], "p": [], "s": None, "cpu": 0},
+        {"ev": [["text", 5]], "p": [], "s": None, "cpu": 0},
+        {"ev": [["image", "data:", "huge"]], "p": [], "s": None, "cpu": 0},
+        {"ev": [["timer", 1, -1]], "p": [], "s": None, "cpu": 0},
+        {"ev": [["timer", 1.5, 1]], "p": [], "s": None, "cpu": 0},
+        {"ev": [["store", 1, 1]], "p": [], "s": None, "cpu": 0},
+        {"ev": [["exec", "x"]], "p": [], "s": None, "cpu": 0},
+        {"ev": [], "p": ["tool-1", "tool-1"], "s": None, "cpu": 0},
+        {"ev": [], "p": ["x"], "s": None, "cpu": 0},
+        {"ev": [], "p": [], "s": [1], "cpu": 0},
+        {"ev": [], "p": [], "s": None, "cpu": -1},
+        {"ev": [], "p": [], "s": None, "cpu": "1"},
+    ],
+)
+def test_forged_reports_are_rejected(report: Any) -> None:
+    with pytest.raises((_Malformed, KeyError, TypeError)):
+        _report(report, 1)
+
+
+def test_valid_reports_are_decoded() -> None:
+    report = _report(
+        {
+            "ev": [["text", "a"], ["call", "tool-2", 0, {"a": 1}], ["timer", 3, 0.5]],
+            "p": ["tool-2"],
+            "s": [None],
+            "cpu": 0.25,
+        },
+        1,
+    )
+    assert report.pending_call_ids == ("tool-2",)
+    assert report.settlement is not None and report.settlement.error_text is None
+    assert len(report.events) == 3
+    assert _event(["yield"], 0) is not None
+
+
+def test_worker_engine_takes_no_required_arguments() -> None:
+    engine = WorkerEngine()
+    assert engine.name == "worker"
+    with pytest.raises(ValueError):
+        WorkerEngine(memory_limit_bytes=0)
+    with pytest.raises(ValueError):
+        GuardedEngine(rss_budget_bytes=0)
+
+
+def test_the_wire_carries_only_json() -> None:
+    """The worker module never unpickles anything the child sends."""
+    source = Path(__file__).parents[1] / "src/codemode/engine/worker.py"
+    text = source.read_text()
+    assert "pickle" not in text and "marshal" not in text
+    assert json.loads('{"a": 1}') == {"a": 1}
+
+
+# ---------------------------------------------------------------------- in-process watchdog
+
+
+async def test_in_process_watchdog_stops_the_cell_that_grew_the_process(
+    delegate: RecordingDelegate,
+) -> None:
+    budget = rss_bytes() + 300 * MiB
+    engine = GuardedEngine(rss_budget_bytes=budget)
+    async with SessionRuntime(delegate, engine=engine, limits=CellLimits(max_cpu_seconds=60)) as rt:
+        bystander = await rt.create_cell(request("await tools.block({}); text('calm')"))
+        async with strict_heartbeat():
+            cell = await rt.create_cell(request(INTL_FLOOD))
+            event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+        assert event == Completed(T("start"), rss_error_text(budget))
+        delegate.release()
+        assert await asyncio.wait_for(rt.wait(bystander, HANG), HANG) == Completed(T("calm"))
+
+
+async def test_watchdog_leaves_cells_under_budget_alone(delegate: RecordingDelegate) -> None:
+    engine = GuardedEngine(rss_budget_bytes=rss_bytes() + 2048 * MiB)
+    async with SessionRuntime(delegate, engine=engine) as rt:
+        cell = await rt.create_cell(
+            request(
+                "const a = []; for (let i = 0; i < 2000; i++) a.push(new Intl.Collator('de'));"
+                "await tools.echo({}); text(String(a.length))"
+            )
+        )
+        assert await asyncio.wait_for(rt.wait(cell, HANG), HANG) == Completed(T("2000"))
+
+
+def test_boot_survives_the_wire() -> None:
+    from codemode.engine.worker_main import _boot, boot_to_json
+
+    tool = ToolDefinition("t", "d", namespace="ns", input_schema={"type": "object"})
+    boot = CellBoot("c1", "text(1)", (tool,), {"k": [1]}, CellLimits(max_tool_calls=3), True)
+    assert _boot(json.loads(json.dumps(boot_to_json(boot)))) == boot
+
+
+async def test_a_garbage_collected_runtime_ends_its_worker(delegate: RecordingDelegate) -> None:
+    import gc
+    import weakref
+
+    engine = WorkerEngine()
+    rt = SessionRuntime(delegate, engine=engine)
+    ref = weakref.ref(rt)
+    await rt.create_cell(request("while (true) {}"))
+    await until(lambda: len(engine.worker_pids()) == 1)
+    [pid] = engine.worker_pids()
+    del rt
+    gc.collect()
+    assert ref() is None
+    await until(lambda: not alive(pid))
+
+
+def test_default_engine_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from codemode.engine import V8Engine, default_engine, engine_factory, set_default_engine
+    from codemode.engine.choice import using_default_engine
+
+    monkeypatch.delenv("CODEMODE_ENGINE", raising=False)
+    assert isinstance(default_engine(), V8Engine)  # the library default stays in-process
+    monkeypatch.setenv("CODEMODE_ENGINE", "worker")
+    assert isinstance(default_engine(), WorkerEngine)
+    with using_default_engine(engine_factory("v8", rss_budget_bytes=8 * 1024 * MiB)):
+        assert isinstance(default_engine(), GuardedEngine)
+    assert isinstance(default_engine(), WorkerEngine)
+    set_default_engine(None)
+    with pytest.raises(ValueError):
+        engine_factory("quickjs")
+
+
+def test_serve_and_mcp_default_to_the_worker_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from codemode.cli import build_parser, engine_from_args
+
+    monkeypatch.delenv("CODEMODE_ENGINE", raising=False)
+    parser = build_parser()
+
+    def engine(*argv: str) -> Any:
+        return engine_from_args(parser.parse_args(list(argv)))()
+
+    assert isinstance(engine("serve"), WorkerEngine)
+    assert isinstance(engine("mcp", "--config", "x.json"), WorkerEngine)
+    assert not isinstance(engine("run", "--example"), WorkerEngine | GuardedEngine)
+    assert not isinstance(engine("serve", "--engine", "v8"), WorkerEngine)
+    assert isinstance(engine("serve", "--engine", "v8", "--rss-budget-bytes", "9"), GuardedEngine)
+    monkeypatch.setenv("CODEMODE_ENGINE", "v8")
+    assert not isinstance(engine("serve"), WorkerEngine)
+    assert isinstance(engine("run", "--example", "--engine", "worker"), WorkerEngine)
+
+
+async def test_big_tool_results_cross_the_pipe_without_stalling_the_loop(
+    make_worker_runtime: Any, delegate: RecordingDelegate
+) -> None:
+    rt = make_worker_runtime(CellLimits(max_heap_bytes=256 * MiB))
+    big = "x" * (2 * MiB)
+    cell = await rt.create_cell(
+        request("const r = await tools.block({}); text(String(r.s.length)); store('k', r.s.length)")
+    )
+    await delegate.wait_calls(1)
+    async with strict_heartbeat():
+        delegate.release("tool-1", {"s": big})
+        event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert event == Completed(T(str(len(big))))
+
+
+async def test_a_grown_worker_finishes_its_other_cells_before_it_ends(
+    make_worker_runtime: Any, delegate: RecordingDelegate
+) -> None:
+    rt = make_worker_runtime(CellLimits(max_cpu_seconds=60), rss_budget_bytes=400 * MiB)
+    bystander = await rt.create_cell(request("await tools.block({}); text('calm')"))
+    await delegate.wait_calls(1)
+    [pid] = engine_of(rt).worker_pids()
+    flood = await rt.create_cell(request(INTL_FLOOD))
+    event = await asyncio.wait_for(rt.wait(flood, HANG), HANG)
+    assert event == Completed(T("start"), rss_error_text(400 * MiB))
+    fresh = await rt.create_cell(request("text('fresh')"))  # goes to a new worker
+    assert await asyncio.wait_for(rt.wait(fresh, HANG), HANG) == Completed(T("fresh"))
+    assert alive(pid)  # still serving the bystander
+    delegate.release()
+    assert await asyncio.wait_for(rt.wait(bystander, HANG), HANG) == Completed(T("calm"))
+    await until(lambda: not alive(pid))
+    assert len(engine_of(rt).worker_pids()) == 1
+
+
+# ---------------------------------------------------------------------- the default of `serve`
+
+
+def worker_children(pid: int) -> list[int]:
+    """Live worker processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z" and b"worker_main" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+async def test_codemode_serve_runs_each_session_in_a_worker(delegate: RecordingDelegate) -> None:
+    from codemode import RemoteSession
+
+    remote = await RemoteSession.spawn(delegate)
+    try:
+        serve_pid = remote._process.pid  # type: ignore[union-attr]
+        cell = await remote.create_cell(request("text('w'); await tools.block({})"))
+        await delegate.wait_calls(1)
+        [worker] = worker_children(serve_pid)
+        os.kill(worker, signal.SIGKILL)
+        assert await asyncio.wait_for(remote.wait(cell, HANG), HANG) == Completed(T("w"), LOST)
+        again = await remote.create_cell(request("text('again')"))
+        assert await asyncio.wait_for(remote.wait(again, HANG), HANG) == Completed(T("again"))
+        [second] = worker_children(serve_pid)
+    finally:
+        await asyncio.wait_for(remote.shutdown(), HANG)
+    await until(lambda: not alive(second))
+
+    in_process = await RemoteSession.spawn(
+        delegate, command=[sys.executable, "-m", "codemode", "serve", "--engine", "v8"]
+    )
+    try:
+        cell = await in_process.create_cell(request("text('v8')"))
+        assert await asyncio.wait_for(in_process.wait(cell, HANG), HANG) == Completed(T("v8"))
+        assert worker_children(in_process._process.pid) == []  # type: ignore[union-attr]
+    finally:
+        await asyncio.wait_for(in_process.shutdown(), HANG)
+
+
+_KEPT: list[Any] = []
+
+
+def test_a_loop_closed_without_shutdown_ends_its_workers() -> None:
+    """`asyncio.run` returning with a live session (no shutdown, runtime still referenced)."""
+    from codemode import CreateCellRequest, tools_delegate
+
+    pids: list[int] = []
+
+    async def main() -> None:
+        engine = WorkerEngine()
+        rt = SessionRuntime(tools_delegate({}), engine=engine)
+        _KEPT.append(rt)
+        await rt.create_cell(CreateCellRequest("while (true) {}"))
+        await until(lambda: len(engine.worker_pids()) == 1)
+        pids.extend(engine.worker_pids())
+
+    try:
+        asyncio.run(main())
+        deadline = time.monotonic() + HANG
+        while alive(pids[0]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not alive(pids[0]), "the worker outlived its event loop"
+    finally:
+        _KEPT.clear()
