@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_limit_flags(serve)
     _add_engine_flags(serve, "worker")
+    from codemode.protocol.policy import add_serve_flags
+
+    add_serve_flags(serve)
 
     mcp = sub.add_parser(
         "mcp",
@@ -516,11 +519,21 @@ def _main(argv: Sequence[str] | None) -> int:
         rss_budget_bytes=args.rss_budget_bytes, memory_limit_bytes=args.worker_memory_limit_bytes
     )
     if args.command == "serve":
+        from codemode.protocol.policy import policy_from_args
         from codemode.protocol.server import serve_main
 
+        try:
+            policy = policy_from_args(args)
+        except ValueError as exc:
+            print(f"codemode: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         with options:
             return serve_main(
-                listen=args.listen, token_env=args.token_env, limits=limits, engine=engine_name
+                listen=args.listen,
+                token_env=args.token_env,
+                limits=limits,
+                engine=engine_name,
+                policy=policy,
             )
     if args.command == "mcp":
         from codemode.mcp.server import mcp_main

@@ -33,6 +33,7 @@ from mcp.server.session import ServerSession
 from codemode.mcp.config import ConfigError
 from codemode.mcp.upstream import UpstreamSet, nested_tool_name
 from codemode.model import ApprovalRequest, ToolDefinition
+from codemode.textsafe import valid_text
 
 __all__ = [
     "APPROVAL_NOTE",
@@ -173,7 +174,7 @@ async def ask_by_elicitation(
             extra={"cell_id": request.cell_id},
         )
         return UNAVAILABLE_REASON
-    message = (
+    message = valid_text(  # a cell's input may hold lone surrogates (codemode.textsafe)
         f"Allow the tool call {request.tool.name}({_shown_input(request.input)})? "
         f"(code mode cell {request.cell_id}, call {request.call_id})"
     )

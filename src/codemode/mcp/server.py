@@ -48,13 +48,14 @@ import contextlib
 import contextvars
 import itertools
 import logging
+import os
 import secrets
 import signal
 import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import unquote_to_bytes
 
 import mcp.types as mcp_types
@@ -82,6 +83,7 @@ from codemode.mcp.approval import (
     ask_by_elicitation,
     load_approval_policy,
 )
+from codemode.mcp.cancel import ExecCells
 from codemode.mcp.config import ConfigError, load_config
 from codemode.mcp.upstream import UpstreamSet, exec_annotations
 from codemode.model import (
@@ -93,6 +95,7 @@ from codemode.model import (
     TextItem,
 )
 from codemode.session import SessionRuntime
+from codemode.textsafe import valid_text
 from codemode.tools import CodeModeTools, ToolResult
 from codemode.tools.description import EXEC_TOOL_NAME, WAIT_TOOL_NAME
 
@@ -114,6 +117,10 @@ INSTRUCTIONS: Final = (
     "as `tools.mcp__{server}__{tool}(args)` and prints what you need; use `wait` to follow a "
     "cell that is still running."
 )
+HTTP_SHUTDOWN_GRACE: Final = 0.1
+"""Seconds open HTTP connections get to finish when ``codemode mcp --http`` stops."""
+SIGNAL_EXIT_GRACE: Final = 0.8
+"""Seconds ``codemode mcp`` (stdio) spends closing sessions and upstreams on SIGTERM/SIGINT."""
 _STATE_KEY: Final = "codemode.mcp"
 _IMAGE_DETAIL_META: Final = "codex/imageDetail"
 _WAIT_ANNOTATIONS: Final = mcp_types.ToolAnnotations(
@@ -178,6 +185,7 @@ class _ConnectionFront:
         self.label = label
         engine = front.engine_factory() if front.engine_factory is not None else None
         self.runtime = SessionRuntime(_ConnectionDelegate(self), limits=front.limits, engine=engine)
+        self.exec_cells = ExecCells(self.runtime)  # a cancelled exec terminates its cell
         self._tools: CodeModeTools | None = None
         self._generation = -1
         self._owners: dict[str, CodeModeTools] = {}
@@ -197,7 +205,7 @@ class _ConnectionFront:
         if self._tools is None or self._generation != upstreams.generation:
             self._generation = upstreams.generation
             self._tools = CodeModeTools(
-                self.runtime,
+                self.exec_cells,
                 self._front.approval.mark(upstreams),
                 code_mode_only=True,
                 max_wait_ms=self._front.max_wait_ms,
@@ -226,8 +234,12 @@ class _ConnectionFront:
         self._exec_observers[call_id] = observer
         try:
             result = await tools.call(EXEC_TOOL_NAME, arguments, call_id)
+        except asyncio.CancelledError:
+            self.exec_cells.cancelled(call_id)  # notifications/cancelled: stop the cell
+            raise
         finally:
             del self._exec_observers[call_id]
+            self.exec_cells.finished(call_id)
         self._prune_owners()
         if result.cell_id is not None and self._cell_alive(result.cell_id):
             self._owners[result.cell_id] = tools
@@ -272,6 +284,7 @@ class _ConnectionFront:
 
     async def notify(self, call_id: str, cell_id: str, text: str) -> None:
         """Deliver a cell's ``notify(text)`` (see the module docstring)."""
+        text = valid_text(text)  # results are ToolResults, already valid (codemode.textsafe)
         observer = self._wait_observers.get(cell_id) or self._exec_observers.get(call_id)
         if observer is not None and observer.progress_token is not None:
             observer.sent += 1
@@ -302,6 +315,7 @@ class _ConnectionFront:
         self._closed = True
         self._front.forget(self)
         await self.runtime.shutdown()
+        await self.exec_cells.aclose()
         logger.info("%s closed", self.label)
 
 
@@ -326,6 +340,7 @@ class _ConnectionDelegate:
         self._connection = connection
 
     async def invoke_tool(self, call: NestedToolCall) -> Any:
+        await self._connection.exec_cells.check_call(call.cell_id)
         return await self._connection.upstreams.invoke_tool(call)
 
     async def notify(self, call_id: str, cell_id: str, text: str) -> None:
@@ -509,6 +524,15 @@ async def serve_stdio(front: McpFront) -> None:
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
+def _quiet_stop(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's errors about cutting open streams when it stops (HTTP_SHUTDOWN_GRACE):
+    stopping with a client connected is normal, not an error."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, asyncio.CancelledError):
+        return False
+    return "timeout graceful shutdown exceeded" not in record.getMessage()
+
+
 async def serve_http(front: McpFront, host: str, port: int, stop: asyncio.Event) -> None:
     """Serve streamable HTTP at ``http://{host}:{port}/mcp`` until ``stop`` is set."""
     import uvicorn
@@ -519,7 +543,17 @@ async def serve_http(front: McpFront, host: str, port: int, stop: asyncio.Event)
             yield
 
     app = front.server().streamable_http_app(streamable_http_path="/mcp", host=host)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    logging.getLogger("uvicorn.error").addFilter(_quiet_stop)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        # Open streams (a client's SSE channel) are cut after this on SIGTERM, so the process
+        # exits within a second (issue 12.3); uvicorn accepts a float here despite its hint.
+        timeout_graceful_shutdown=cast(int, HTTP_SHUTDOWN_GRACE),
+    )
     server = _Server(config)
 
     async def stopper() -> None:
@@ -546,15 +580,21 @@ async def _run(
 ) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    main_task = asyncio.current_task()
     stopping = False
+    running: list[Any] = []  # the front and the upstreams, once they exist
+    background: set[asyncio.Task[None]] = set()
 
     def on_signal() -> None:
         nonlocal stopping
+        logger.debug("stopping on a signal")
         stop.set()
-        if http is None and main_task is not None and not stopping:
+        if http is None and not stopping:
+            # The SDK reads stdin in a worker thread that no cancellation interrupts (it would
+            # wait for the client's next line): close the sessions and the upstream servers
+            # here, then end the process (issue 12.3).
             stopping = True
-            main_task.cancel()
+            task = loop.create_task(_exit_after_cleanup(running))
+            background.add(task)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -568,6 +608,7 @@ async def _run(
                 approval=approval,
                 engine_factory=engine_factory(engine),
             )
+            running.extend((front, upstreams))
             try:
                 if http is None:
                     await serve_stdio(front)
@@ -575,6 +616,8 @@ async def _run(
                     await serve_http(front, http[0], http[1], stop)
             finally:
                 await front.aclose()
+                logger.debug("sessions closed; stopping the upstream servers")
+        logger.debug("upstream servers stopped")
     except asyncio.CancelledError:
         if not stopping:
             raise
@@ -582,6 +625,23 @@ async def _run(
         print(f"codemode: {error}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     return EXIT_OK
+
+
+async def _exit_after_cleanup(running: list[Any]) -> None:
+    """Close the sessions, then the upstream servers (bounded by :data:`SIGNAL_EXIT_GRACE`), and
+    end the process with status 0."""
+    try:
+        async with asyncio.timeout(SIGNAL_EXIT_GRACE):
+            for part in running:
+                await part.aclose()
+    except BaseException as error:  # exiting anyway; the guardians kill what is left
+        logger.warning("stopping on a signal: cleanup incomplete: %r", error)
+    finally:
+        logger.debug("exiting on a signal")
+        logging.shutdown()
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os._exit(EXIT_OK)
 
 
 def mcp_main(config_path: str, http: str | None, limits: CellLimits, engine: str = "v8") -> int:
@@ -609,6 +669,8 @@ def mcp_main(config_path: str, http: str | None, limits: CellLimits, engine: str
     if not configs:
         logger.warning("the MCP config %s lists no servers; cells get no nested tools", config_path)
     try:
-        return asyncio.run(_run(configs, address, limits, approval, engine))
+        status = asyncio.run(_run(configs, address, limits, approval, engine))
     except KeyboardInterrupt:
         return EXIT_OK
+    logger.debug("exiting with status %d", status)
+    return status

@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 
 from codemode.mcp.config import HttpServerConfig, StdioServerConfig, UpstreamConfig
+from codemode.mcp.process import guarded_stdio_client
 from codemode.model import NestedToolCall, SessionDelegate, ToolDefinition, ToolKind
 
 __all__ = [
@@ -310,6 +312,12 @@ class Upstream:
     def _transport(self) -> contextlib.AbstractAsyncContextManager[Any]:
         config = self.config
         if isinstance(config, StdioServerConfig):
+            # Its own process group under a guardian with a parent-death signal: the server
+            # never outlives codemode, and stopping it takes under a second (issue 12.3).
+            if os.name == "posix":
+                return guarded_stdio_client(
+                    config.command, list(config.args), dict(config.env) or None, config.cwd
+                )
             params = StdioServerParameters(
                 command=config.command,
                 args=list(config.args),

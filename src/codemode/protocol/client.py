@@ -71,6 +71,7 @@ from codemode.model import (
     Completed,
     CreateCellRequest,
     NestedToolCall,
+    OutputItem,
     PausableCell,
     PausableCellEvent,
     Pending,
@@ -717,17 +718,56 @@ class RemoteSession:
             raise AlreadyTerminating(cell_id)
         record.terminating = True
         try:
-            result = await self._call(
-                "cell/terminate", {"sessionId": self._session_id, "cellId": cell_id}, cancel=False
-            )
-        except MissingCell:
-            self._forget(cell_id)
-            raise
+            try:
+                result = await self._call(
+                    "cell/terminate",
+                    {"sessionId": self._session_id, "cellId": cell_id},
+                    cancel=False,
+                )
+            except MissingCell:
+                kept = await self._claim_kept_event(record)
+                self._forget(cell_id)
+                if isinstance(kept, Completed | Terminated):
+                    return kept  # the cell had ended; its event waited for an observer
+                raise
+            kept = await self._claim_kept_event(record)
         finally:
             record.terminating = False
         self._forget(cell_id)
         event = event_from_wire(result)
         assert isinstance(event, Completed | Terminated)
+        kept_items: tuple[OutputItem, ...] = ()
+        if isinstance(kept, Yielded):
+            kept_items = kept.items
+        elif isinstance(kept, Pending):
+            kept_items = kept.frontier.items
+        if kept_items:
+            # Output the server delivered to an observation whose caller went away: it was kept
+            # for the cell's next observer, and terminate is the last one (SPEC 10.6).
+            items = (*kept_items, *event.items)
+            if isinstance(event, Completed):
+                return Completed(items, event.error_text)
+            return Terminated(items)
+        return event
+
+    async def _claim_kept_event(self, record: _CellRecord) -> AnyEvent | None:
+        """The event of an observation whose caller was cancelled (kept for the next observer),
+        taken by ``terminate`` when no observer waits for it; ``None`` when there is none. The
+        observation's request is answered once the cell is terminated, so this is bounded."""
+        observation = record.observation
+        if observation is None or record.observer_waiting or observation.task is None:
+            return None
+        record.observation = None
+        try:
+            event = await asyncio.shield(observation.task)
+        except asyncio.CancelledError:
+            if not observation.task.done():
+                record.observation = observation  # still the next observer's
+            raise
+        except Exception:  # cancelled on the server (-32800), or an error: nothing was kept
+            return None
+        if isinstance(event, Completed | Terminated):
+            self._release(record.cell_id, observation.generation)
         return event
 
     # ------------------------------------------------------------------ approvals

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from codemode.protocol.messages import (
     error_to_wire,
 )
 from codemode.protocol.transport import FrameTooLarge, Transport, TransportClosed
+from codemode.textsafe import valid_json
 
 __all__ = [
     "ConnectionLost",
@@ -61,6 +63,13 @@ _THREAD_PARSE_BYTES = 1 << 20
 MAX_IN_FLIGHT = 16384
 # Ids of requests we abandoned whose late responses are dropped without a warning.
 _ABANDONED_MEMORY = 4096
+MAX_QUEUED_BYTES = 16 * 1024 * 1024
+"""Default bound on the bytes of messages waiting to be written to one peer: above it the endpoint
+stops reading that peer's frames (backpressure) until its queue drains below half of it."""
+MAX_FRAME_CONTAINERS = 1_000_000
+"""The most JSON objects and arrays (counted as ``{`` and ``[`` bytes, strings included) a frame may
+hold; a frame over it is answered ``-32600`` without being parsed (a Python container costs ~25
+times its JSON text)."""
 
 
 class RpcError(Exception):
@@ -131,6 +140,10 @@ class Dispatcher(Protocol):
         ...
 
 
+_FIRST_BYTE = re.compile(rb"[ \t\r\n]*(.)", re.DOTALL)
+_FIRST_CHAR = re.compile(r"[ \t\r\n]*(.)", re.DOTALL)
+
+
 def _valid_id(value: Any) -> TypeGuard[RequestId]:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
@@ -144,8 +157,14 @@ def _parse(text: str) -> Any:
 
 
 def encode(message: Any) -> str:
-    """The compact JSON text of a message (ASCII, so lone surrogates survive the trip)."""
-    return json.dumps(message, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    """The compact JSON text of a message, in ASCII. This is the protocol's one boundary for
+    valid Unicode (:mod:`codemode.textsafe`): a lone surrogate in any string becomes U+FFFD."""
+    text = json.dumps(message, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    if "\\ud" in text:  # an escaped surrogate: maybe a lone one (json.dumps writes lower case)
+        cleaned = valid_json(message)
+        if cleaned is not message:
+            text = json.dumps(cleaned, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return text
 
 
 class Endpoint:
@@ -170,6 +189,14 @@ class Endpoint:
         self._abandoned_set: set[RequestId] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._loop = asyncio.get_running_loop()
+        self.max_queued_bytes = MAX_QUEUED_BYTES
+        self._queued_bytes = 0
+        self._queue_drained = asyncio.Event()
+        self._queue_drained.set()
+        # Set by the owner while the peer has not completed its handshake: a larger frame is
+        # answered (id null) without being parsed.
+        self.unready_frame_limit: int | None = None
+        self.unready_error: tuple[int, str] = (INVALID_REQUEST, "frame refused")
         self.closing = False
         # Why the input ended (run returned); sending may still work (a half-closed pipe).
         self.input_end_reason: str | None = None
@@ -182,6 +209,10 @@ class Endpoint:
         """Read and handle frames until the input ends; returns why it ended. Does not close."""
         reason = "the connection closed"
         while True:
+            if not self._queue_drained.is_set():
+                # Backpressure: the peer does not read what we send; stop reading its frames.
+                logger.debug("%s: %d bytes queued; pausing input", self.name, self._queued_bytes)
+                await self._queue_drained.wait()
             try:
                 frame = await self._transport.receive()
             except FrameTooLarge as exc:
@@ -195,10 +226,17 @@ class Endpoint:
                 reason = "end of input"
                 break
             await self._frame(frame)
+            # Let the request just started run up to its first wait, so that an answer ready at
+            # once counts in the queued bytes before the next frame is read (backpressure).
+            await asyncio.sleep(0)
         self.input_end_reason = reason
         return reason
 
     async def _frame(self, frame: bytes | str) -> None:
+        refusal = self._refuse_shape(frame)
+        if refusal is not None:
+            await self._send_error(None, *refusal)
+            return
         if isinstance(frame, bytes):
             try:
                 text = frame.decode("utf-8")
@@ -218,6 +256,36 @@ class Endpoint:
             await self._send_error(None, PARSE_ERROR, f"Parse error: {exc}")
             return
         await self._message(message)
+
+    def _refuse_shape(self, frame: bytes | str) -> tuple[int, str] | None:
+        """Why ``frame`` is answered without being parsed, if it is: a batch (an array), a frame
+        over :attr:`unready_frame_limit` before the handshake, or one with more than
+        :data:`MAX_FRAME_CONTAINERS` containers. Parsing any of them could cost far more memory
+        than the frame's size."""
+        limit = self.unready_frame_limit
+        if limit is not None and len(frame) > limit:
+            code, message = self.unready_error
+            return code, f"{message} (a frame of {len(frame)} bytes before the handshake)"
+        if len(frame) < 1024:
+            return None
+        if isinstance(frame, bytes):
+            first = _FIRST_BYTE.match(frame)
+            opening = first.group(1) if first else b""
+            containers = frame.count(b"{") + frame.count(b"[")
+            batch = opening == b"["
+        else:
+            first_text = _FIRST_CHAR.match(frame)
+            containers = frame.count("{") + frame.count("[")
+            batch = first_text is not None and first_text.group(1) == "["
+        if batch:
+            return INVALID_REQUEST, "batch requests are not supported"
+        if containers > MAX_FRAME_CONTAINERS:
+            return (
+                INVALID_REQUEST,
+                f"the frame may hold {containers} JSON objects or arrays; at most "
+                f"{MAX_FRAME_CONTAINERS} are accepted",
+            )
+        return None
 
     async def _message(self, message: Any) -> None:
         if isinstance(message, list):
@@ -419,9 +487,27 @@ class Endpoint:
                     }
                 )
         try:
-            await self._transport.send(text)
+            await self._send_text(text)
         except TransportClosed as exc:
             logger.debug("%s: dropped a message: %s", self.name, exc)
+
+    async def _send_text(self, text: str) -> None:
+        """Send one frame, counting it in the bytes queued for the peer while it waits."""
+        size = len(text)
+        self._queued_bytes += size
+        if self._queued_bytes > self.max_queued_bytes:
+            self._queue_drained.clear()
+        try:
+            await self._transport.send(text)
+        finally:
+            self._queued_bytes -= size
+            if self._queued_bytes <= self.max_queued_bytes // 2:
+                self._queue_drained.set()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of messages waiting to be written to the peer."""
+        return self._queued_bytes
 
     async def notify(self, method: str, params: Any) -> None:
         """Send a notification (ignored if the connection is gone)."""
@@ -440,7 +526,7 @@ class Endpoint:
         self._outgoing[request_id] = out
         text = encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
         try:
-            await self._transport.send(text)
+            await self._send_text(text)
         except TransportClosed as exc:
             self._outgoing.pop(request_id, None)
             raise ConnectionLost(self.close_reason or str(exc)) from exc

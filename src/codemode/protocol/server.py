@@ -53,7 +53,7 @@ import secrets
 import signal
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final
@@ -71,6 +71,7 @@ from codemode.engine.choice import engine_factory, wire_engine_name
 from codemode.errors import (
     BusyObserver,
     CodeModeError,
+    EngineError,
     MissingCell,
     ObservationConflict,
     UnknownSession,
@@ -104,6 +105,7 @@ from codemode.protocol.messages import (
     limits_to_wire,
     tool_from_wire,
 )
+from codemode.protocol.policy import UNREADY_FRAME_BYTES, ServePolicy, is_loopback, origin_allowed
 from codemode.protocol.rpc import ConnectionLost, Endpoint, IncomingRequest, RpcError
 from codemode.protocol.transport import Transport, WebSocketTransport, open_stdio
 from codemode.session import SessionRuntime
@@ -355,6 +357,12 @@ class _Connection:
         self.server = server
         self.name = transport.name
         self.endpoint = Endpoint(transport, self, name=transport.name, id_prefix="s-")
+        self.endpoint.max_queued_bytes = server.policy.max_queued_bytes
+        self.endpoint.unready_frame_limit = UNREADY_FRAME_BYTES
+        self.endpoint.unready_error = (
+            NOT_INITIALIZED,
+            "the server is not initialized: send initialize first",
+        )
         self.initialized = False
         self.notify_enabled = True
         self.sessions: dict[str, _ServedSession] = {}
@@ -469,6 +477,7 @@ class _Connection:
                 supported,
             )
         self.initialized = True
+        self.endpoint.unready_frame_limit = None
         self.notify_enabled = params.get("capabilities", {}).get("notify", True)
         client = params.get("clientInfo") or {}
         logger.info("%s: initialized by %s", self.name, client.get("name", "a client"))
@@ -509,6 +518,7 @@ class _Connection:
                 f"invalid params: unknown engine {engine_name!r}; this server offers "
                 f"{self.server.engine_name}",
             )
+        self.server.check_session_cap()
         session_id = f"s{secrets.token_hex(8)}"
         engine = self.server.engine_factory() if self.server.engine_factory else None
         runtime = SessionRuntime(
@@ -541,7 +551,7 @@ class _Connection:
             tool_call_id=params.get("toolCallId", ""),
             idempotency_key=params.get("idempotencyKey"),
         )
-        with tracing.extracted(params.get("_meta")):  # the client's trace context, if any
+        with self.server.cell_admission(), tracing.extracted(params.get("_meta")):
             if params["kind"] == "pausable":
                 cell_id = (await session.runtime.create_pausable_cell(create)).cell_id
             else:
@@ -702,12 +712,46 @@ class ProtocolServer:
         *,
         engine_factory: Callable[[], Engine] | None = None,
         engine_name: str = ENGINES[0],
+        policy: ServePolicy | None = None,
     ) -> None:
         self.ceilings = ceilings or CellLimits()
         self.engine_factory = engine_factory
         self.engine_name = engine_name  # what session/open offers ("v8", "python")
+        self.policy = policy or ServePolicy()
         self._connections: set[_Connection] = set()
         self._leaked_cells = 0
+        self._admitting = 0
+
+    def _open_sessions(self) -> list[_ServedSession]:
+        return [
+            s for c in self._connections for s in c.sessions.values() if s.runtime.is_alive
+        ]
+
+    def check_session_cap(self) -> None:
+        """Raise ``EngineError`` when the server has ``policy.max_sessions`` open sessions."""
+        cap = self.policy.max_sessions
+        if len(self._open_sessions()) >= cap:
+            raise EngineError(
+                f"the server has too many open sessions ({cap}); shut one down, or start the "
+                "server with a larger --max-sessions"
+            )
+
+    @contextlib.contextmanager
+    def cell_admission(self) -> Iterator[None]:
+        """Count one cell being created; raise ``EngineError`` when the server already has
+        ``policy.max_live_cells_total`` live cells (admissions in progress included)."""
+        cap = self.policy.max_live_cells_total
+        live = sum(len(s.live_cells()) for s in self._open_sessions()) + self._admitting
+        if live >= cap:
+            raise EngineError(
+                f"the server has too many live cells ({cap}); terminate some, or start the "
+                "server with a larger --max-live-cells-total"
+            )
+        self._admitting += 1
+        try:
+            yield
+        finally:
+            self._admitting -= 1
 
     async def serve_connection(self, transport: Transport) -> str:
         """Serve one connection until it ends; returns why it ended."""
@@ -767,12 +811,17 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
             loop.add_signal_handler(sig, stop)
 
 
-async def serve_stdio(ceilings: CellLimits, engine: str = "v8") -> int:
+async def serve_stdio(
+    ceilings: CellLimits, engine: str = "v8", policy: ServePolicy | None = None
+) -> int:
     """Serve one connection on stdin/stdout until stdin closes (or SIGTERM/SIGINT); its sessions
     are shut down before returning 0. ``engine`` names the sessions' engine (``v8``, ``python``)."""
     transport = await open_stdio()
     server = ProtocolServer(
-        ceilings, engine_factory=engine_factory(engine), engine_name=wire_engine_name(engine)
+        ceilings,
+        engine_factory=engine_factory(engine),
+        engine_name=wire_engine_name(engine),
+        policy=policy,
     )
     task = asyncio.ensure_future(server.serve_connection(transport))
     _stop_on_signals(lambda: _cancel_quietly(task))
@@ -790,6 +839,7 @@ async def serve_websocket(
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
     engine: str = "v8",
+    policy: ServePolicy | None = None,
 ) -> int:
     """Serve WebSocket connections on ``ws://host:port/`` until ``stop`` is set (or SIGTERM or
     SIGINT); then every session is shut down. With ``token``, the opening handshake must carry
@@ -799,14 +849,29 @@ async def serve_websocket(
     from websockets.http11 import Request, Response
 
     server = ProtocolServer(
-        ceilings, engine_factory=engine_factory(engine), engine_name=wire_engine_name(engine)
+        ceilings,
+        engine_factory=engine_factory(engine),
+        engine_name=wire_engine_name(engine),
+        policy=policy,
     )
     stop_event = stop or asyncio.Event()
     expected = f"Bearer {token}".encode() if token is not None else None
+    allowed_origins = server.policy.allow_origins
 
     def process_request(connection: ServerConnection, request: Request) -> Response | None:
         if request.path.split("?", 1)[0] != "/":
             return connection.respond(HTTPStatus.NOT_FOUND, "codemode serves ws://HOST:PORT/\n")
+        origin = request.headers.get("Origin")
+        if not origin_allowed(origin, allowed_origins):
+            # A web page (browsers always send Origin) must not drive cells (docs/protocol.md).
+            logger.warning(
+                "refused a connection from %s: Origin %r is not allowed (see --allow-origin)",
+                connection.remote_address,
+                origin,
+            )
+            return connection.respond(
+                HTTPStatus.FORBIDDEN, f"Origin {origin} is not allowed (see --allow-origin)\n"
+            )
         if expected is not None:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
@@ -853,32 +918,52 @@ def _configure_logging() -> None:
 
 
 def serve_main(
-    listen: str | None, token_env: str | None, limits: CellLimits, engine: str = "v8"
+    listen: str | None,
+    token_env: str | None,
+    limits: CellLimits,
+    engine: str = "v8",
+    policy: ServePolicy | None = None,
 ) -> int:
     """``codemode serve``: stdio (default) or WebSocket (``listen``); returns the exit status
-    (0 after a clean end, 1 when it cannot listen, 2 for a usage error). Logs go to stderr as
+    (0 after a clean end, 1 when it cannot listen, 2 for a usage error: among them a
+    non-loopback ``listen`` without a token or ``--no-auth``). Logs go to stderr as
     :func:`codemode.cli_common.configure_logging` sets up (``CODEMODE_LOG_LEVEL``, default INFO)."""
     _configure_logging()
+    policy = policy or ServePolicy()
     token: str | None = None
     if token_env is not None:
         if listen is None:
             print("codemode serve: --token-env needs --listen", file=sys.stderr)
             return EXIT_USAGE
         token = os.environ.get(token_env)
-        if not token:
+        if token is None:
             print(
                 f"codemode serve: the environment variable {token_env} is not set", file=sys.stderr
             )
             return EXIT_USAGE
+        if not token:
+            print(
+                f"codemode serve: the environment variable {token_env} is empty", file=sys.stderr
+            )
+            return EXIT_USAGE
     if listen is None:
-        return asyncio.run(serve_stdio(limits, engine))
+        return asyncio.run(serve_stdio(limits, engine, policy))
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
         print(f"codemode serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if token is None and not is_loopback(host) and not policy.no_auth:
+        print(
+            f"codemode serve: refusing to listen on {host} (not a loopback address) without a "
+            "token: give --token-env NAME, or --no-auth to accept any client that can reach it",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     try:
-        return asyncio.run(serve_websocket(host, port, limits, token=token, engine=engine))
+        return asyncio.run(
+            serve_websocket(host, port, limits, token=token, engine=engine, policy=policy)
+        )
     except OSError as exc:
         print(f"codemode serve: cannot listen on {listen}: {exc}", file=sys.stderr)
         return EXIT_FAILED
