@@ -3,6 +3,7 @@
 The public API is the names below (SPEC section 1); everything else is internal.
 """
 
+from codemode.contract import Session
 from codemode.engine.base import Engine
 from codemode.engine.python import PythonEngine
 from codemode.errors import (
@@ -86,6 +87,7 @@ __all__ = [
     "PythonEngine",
     "RemoteSession",
     "ResumeOutcome",
+    "Session",
     "SessionDelegate",
     "SessionLost",
     "SessionRuntime",
