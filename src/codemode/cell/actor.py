@@ -323,7 +323,7 @@ class CellActor:
             self._handle(report)
             while self.machine.is_live:
                 if not self.machine.may_run:
-                    if self.machine.phase.value != "paused":
+                    if not self.machine.is_paused:
                         return  # settling, completed or terminating: no more JavaScript
                     self._wake.clear()
                     await self._wake.wait()
@@ -345,7 +345,7 @@ class CellActor:
                     async with asyncio.timeout(timeout):
                         await self._wake.wait()
         except EngineLost as exc:
-            if self.machine.may_run or self.machine.phase.value == "paused":
+            if self.machine.takes_results:
                 self._log.warning("engine of cell %s lost: %s", self.cell_id, exc)
                 self._apply(self.machine.engine_lost())
         except asyncio.CancelledError:
@@ -419,7 +419,7 @@ class CellActor:
         else:
             result = await self._encode_result(call.call_id, name, value)
         self._calls.pop(call.call_id, None)
-        if self.machine.phase.value in ("running", "paused"):
+        if self.machine.takes_results:
             self._ready.append(result)
             self._wake.set()
         self._apply(self.machine.call_returned(call.call_id))
