@@ -12,10 +12,10 @@ from codemode.cell.machine import (
     TRANSITIONS,
     BeginSettling,
     CellMachine,
+    Decision,
     DriverBug,
     Phase,
     StopEngine,
-    TerminationStarted,
 )
 
 
@@ -24,7 +24,7 @@ def machine(kind: CellKind = CellKind.CONTINUING, *, strict: bool = True) -> Cel
 
 
 def terminating(m: CellMachine) -> CellMachine:
-    assert isinstance(m.terminate(), TerminationStarted)
+    assert m.terminate().event is None
     return m
 
 
@@ -63,7 +63,7 @@ def test_a_driver_bug_raises_in_a_strict_machine_and_is_ignored_otherwise() -> N
         paused.body_settled(None)
     with pytest.raises(DriverBug, match="termination_finished while running"):
         machine().termination_finished()
-    assert machine(strict=False).termination_finished() == ((), [])
+    assert machine(strict=False).termination_finished() == Decision()
 
 
 def test_late_inputs_are_ignored_even_when_strict() -> None:
@@ -72,7 +72,7 @@ def test_late_inputs_are_ignored_even_when_strict() -> None:
     assert m.body_settled(None) == []
     assert m.commit() == []
     assert m.shutdown() == []
-    assert m.termination_finished()[0] == ()  # the late output was not recorded
+    assert m.termination_finished().items == ()  # the late output was not recorded
     assert m.phase is Phase.CLOSED
 
 
@@ -96,4 +96,4 @@ def test_queries_instead_of_phase_values() -> None:
     m = machine()
     assert m.body_settled(None) == [BeginSettling()]
     assert not m.takes_results and not m.is_paused and m.is_live
-    assert m.terminate() == TerminationStarted((StopEngine(),))
+    assert m.terminate() == Decision((StopEngine(),))

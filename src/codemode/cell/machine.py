@@ -55,20 +55,18 @@ from codemode.model import (
 __all__ = [
     "STRICT_ENV",
     "TRANSITIONS",
-    "Attached",
     "BeginSettling",
     "CellMachine",
     "Closed",
     "CommitWrites",
+    "Decision",
     "DispatchCall",
     "DriverBug",
     "Effect",
-    "Immediate",
     "Phase",
     "RejectCall",
     "RunEngine",
     "StopEngine",
-    "TerminationStarted",
     "WakeObserver",
 ]
 
@@ -276,30 +274,29 @@ def call_number(call_id: str) -> int:
     return int(digits) if digits.isdigit() else -1
 
 
-# ---------------------------------------------------------------------------- call results
+# ---------------------------------------------------------------------------- decisions
 
 
 @dataclass(frozen=True)
-class Immediate:
-    """``observe`` had an event ready: return it at once."""
+class Decision:
+    """The machine's answer to a caller's request (``observe``, ``collect``, ``resume``,
+    ``terminate``, ``termination_finished``): what the caller gets, and the effects the driver
+    carries out first.
 
-    event: Event
+    - ``event``: an event to return now (``observe`` with one ready, ``collect``, ``terminate``
+      of a completed cell);
+    - ``token``: ``observe`` attached an observer; its event is prepared later and collected with
+      this token;
+    - neither, from ``terminate``: the termination began; its caller gets ``Terminated(items)``
+      with the ``items`` of :meth:`CellMachine.termination_finished`, once the cleanup finished;
+    - ``outcome``: the answer of ``resume``.
+    """
+
     effects: tuple[Effect, ...] = ()
-
-
-@dataclass(frozen=True)
-class Attached:
-    """``observe`` attached an observer; its event will be prepared later."""
-
-    token: int
-
-
-@dataclass(frozen=True)
-class TerminationStarted:
-    """``terminate`` began stopping the cell; its caller gets ``Terminated(items)`` with the
-    items :meth:`CellMachine.termination_finished` returns, once the cleanup has finished."""
-
-    effects: tuple[Effect, ...]
+    event: Event | None = None
+    token: int | None = None
+    outcome: ResumeOutcome | None = None
+    items: tuple[OutputItem, ...] = ()
 
 
 # ---------------------------------------------------------------------------- internals
@@ -589,7 +586,7 @@ class CellMachine:
     # ------------------------------------------------------------------ observers
 
     @_rule("observe")
-    def observe(self) -> Immediate | Attached:
+    def observe(self) -> Decision:
         """Begin ``wait`` (continuing) or ``wait_to_pending`` (pausable) after the handle checks.
 
         Raises ``MissingCell``, ``ClosedCell`` or ``BusyObserver`` (SPEC 4 rule 2).
@@ -600,25 +597,24 @@ class CellMachine:
             items, self._stash = self._stash, None
             self._delivered_any = True
             self._hold_notice = False
-            return Immediate(Yielded(items))
+            return Decision(event=Yielded(items))
         if self.kind is CellKind.PAUSABLE and self._frontier is not None:
             self._frontier.delivered = True
             self._delivered_any = True
-            return Immediate(Pending(self._frontier.frontier))
+            return Decision(event=Pending(self._frontier.frontier))
         if self.phase is Phase.COMPLETED:
-            event = self._take_completion()
-            return Immediate(event, (Closed(),))
+            return Decision((Closed(),), self._take_completion())
         if self._hold_notice:
             # A call became held while nobody observed: this observation ends at once.
             self._hold_notice = False
             self._delivered_any = True
             items = tuple(self._recorded)
             self._recorded.clear()
-            return Immediate(Yielded(items))
+            return Decision(event=Yielded(items))
         token = self._next_token
         self._next_token += 1
         self._observer = _Observer(token)
-        return Attached(token)
+        return Decision(token=token)
 
     @_rule("observer_deadline", [])
     def observer_deadline(self, token: int) -> list[Effect]:
@@ -629,7 +625,7 @@ class CellMachine:
         return self._prepare_yield(obs)
 
     @_rule("collect")
-    def collect(self, token: int) -> tuple[Event, list[Effect]]:
+    def collect(self, token: int) -> Decision:
         """The woken observer takes its prepared event; this is the moment of delivery."""
         obs = self._observer
         if obs is None or obs.token != token or obs.prepared is None:
@@ -639,15 +635,15 @@ class CellMachine:
         kind = obs.prepared
         if kind is _Prepared.YIELDED:
             self._hold_notice = False
-            return Yielded(obs.items), []
+            return Decision(event=Yielded(obs.items))
         if kind is _Prepared.PENDING:
             assert obs.frontier is not None
             if self._frontier is not None and self._frontier.frontier is obs.frontier:
                 self._frontier.delivered = True
-            return Pending(obs.frontier), []
+            return Decision(event=Pending(obs.frontier))
         if kind is _Prepared.COMPLETED:
-            return self._take_completion(), [Closed()]
-        return Terminated(obs.items), []
+            return Decision((Closed(),), self._take_completion())
+        return Decision(event=Terminated(obs.items))
 
     @_rule("observer_cancelled", [])
     def observer_cancelled(self, token: int) -> list[Effect]:
@@ -704,7 +700,7 @@ class CellMachine:
     # ------------------------------------------------------------------ pausable control
 
     @_rule("resume")
-    def resume(self, generation: int) -> tuple[ResumeOutcome, list[Effect]]:
+    def resume(self, generation: int) -> Decision:
         """``resume(cell, generation)``: the decision table of SPEC 5.3, after the handle checks.
 
         ==========================================  ==========================================
@@ -729,18 +725,18 @@ class CellMachine:
                 self._last_resumed = generation
                 self._progressed = False
                 self.phase = Phase.RUNNING
-                return ResumeOutcome.RESUMED, [RunEngine()]
+                return Decision((RunEngine(),), outcome=ResumeOutcome.RESUMED)
             if generation < latest:
-                return ResumeOutcome.ALREADY_RUNNING, []
+                return Decision(outcome=ResumeOutcome.ALREADY_RUNNING)
             raise InvalidGeneration(self.cell_id, generation, latest)
         if self._last_resumed is not None and generation <= self._last_resumed:
-            return ResumeOutcome.ALREADY_RUNNING, []
+            return Decision(outcome=ResumeOutcome.ALREADY_RUNNING)
         raise InvalidGeneration(self.cell_id, generation, self._last_resumed)
 
     # ------------------------------------------------------------------ termination
 
     @_rule("terminate")
-    def terminate(self) -> Immediate | TerminationStarted:
+    def terminate(self) -> Decision:
         """``terminate(cell)`` (SPEC 7.1, 7.2). A running or paused cell enters TERMINATING at
         once, so a completion not yet committed loses; its attached observer gets
         ``Terminated(())``; the caller's items are counted when the cleanup has finished."""
@@ -749,7 +745,7 @@ class CellMachine:
             if obs is not None and obs.prepared is _Prepared.COMPLETED:
                 # Its observer is receiving the completion right now: it counts as delivered.
                 raise MissingCell(self.cell_id)
-            return Immediate(self._take_completion(), (Closed(),))
+            return Decision((Closed(),), self._take_completion())
         effects: list[Effect] = [StopEngine()]
         obs = self._observer
         if obs is not None and obs.prepared is None:
@@ -757,7 +753,7 @@ class CellMachine:
             obs.items = ()
             effects.append(WakeObserver(obs.token))
         self._enter_terminating(by_shutdown=False)
-        return TerminationStarted(tuple(effects))
+        return Decision(tuple(effects))
 
     @_rule("shutdown", [])
     def shutdown(self) -> list[Effect]:
@@ -785,12 +781,12 @@ class CellMachine:
         it belongs to the termination's items."""
         self._recorded.append(item)
 
-    @_rule("termination_finished", ((), []))
-    def termination_finished(self) -> tuple[tuple[OutputItem, ...], list[Effect]]:
+    @_rule("termination_finished", Decision())
+    def termination_finished(self) -> Decision:
         """The engine is stopped and every callback finished or was abandoned.
 
-        Returns the undelivered items, for ``terminate``'s caller; when the session's shutdown
-        stopped the cell, they go to an attached observer instead.
+        Decides the undelivered items (``items``), for ``terminate``'s caller; when the session's
+        shutdown stopped the cell, they go to an attached observer instead.
         """
         items = self._undelivered()
         self._frontier = None
@@ -803,4 +799,4 @@ class CellMachine:
             effects.append(WakeObserver(obs.token))
             items = ()
         effects.append(Closed())
-        return items, effects
+        return Decision(tuple(effects), items=items)
