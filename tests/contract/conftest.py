@@ -4,6 +4,11 @@ Every scenario of ``test_scenarios.py`` runs against each factory its mark names
 session (a :class:`codemode.Session`) joins the suite by adding a factory to :data:`FACTORIES` and
 its name to :data:`EVERY_KIND` (the scenarios that run on every kind) and, when each scenario
 should run on it, to :data:`CORE_KINDS`.
+
+``python`` (a ``SessionRuntime`` on the ``PythonEngine``) runs only the scenarios marked
+``NEUTRAL``: those whose cell source is the same program in JavaScript and in Python
+(``text("done")``, ``notify("n"); text("done")``); the Python twins of the others are in
+``tests/test_python_cells.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,14 @@ from typing import Any
 
 import pytest
 
-from codemode import CellLimits, RemoteSession, Session, SessionDelegate, SessionRuntime
+from codemode import (
+    CellLimits,
+    PythonEngine,
+    RemoteSession,
+    Session,
+    SessionDelegate,
+    SessionRuntime,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "protocol"))
 
@@ -51,12 +63,19 @@ async def _ws(delegate: SessionDelegate, limits: CellLimits | None, ctx: Factory
     return await RemoteSession.connect(ctx.ws_url(), delegate, limits=limits)
 
 
+async def _python(
+    delegate: SessionDelegate, limits: CellLimits | None, _: FactoryContext
+) -> Session:
+    return SessionRuntime(delegate, limits=limits, engine=PythonEngine())
+
+
 FACTORIES: dict[str, MakeSession] = {
     "local": _local,  # SessionRuntime in this process
     "spawn": _spawn,  # RemoteSession over a child `codemode serve` (stdio)
     "ws": _ws,  # RemoteSession over WebSocket to one shared `codemode serve --listen`
+    "python": _python,  # SessionRuntime on Python cells (language-neutral scenarios only)
 }
-IN_PROCESS = {"local"}
+IN_PROCESS = {"local", "python"}
 """Kinds whose events reach the caller exactly as the cell layer prepared them (no wire that may
 regroup output across a cancelled observation, SPEC 10.6) and whose loop runs the cells: the
 scenarios add their exact-grouping and timing assertions for these."""
@@ -66,8 +85,13 @@ CORE_KINDS = ["local", "spawn"]
 EVERY_KIND = ["local", "spawn", "ws"]
 """A subset of the scenarios also runs on these (a WebSocket session per test is slower)."""
 
+NEUTRAL_KINDS = ["python"]
+"""Added to a scenario's kinds when its cell sources are language-neutral (``*_NEUTRAL``)."""
+
 CORE = pytest.mark.parametrize("factory", CORE_KINDS, indirect=True)
 EVERY = pytest.mark.parametrize("factory", EVERY_KIND, indirect=True)
+CORE_NEUTRAL = pytest.mark.parametrize("factory", CORE_KINDS + NEUTRAL_KINDS, indirect=True)
+EVERY_NEUTRAL = pytest.mark.parametrize("factory", EVERY_KIND + NEUTRAL_KINDS, indirect=True)
 
 
 class SessionFactory:

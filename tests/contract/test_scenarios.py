@@ -43,7 +43,7 @@ from codemode import (
     Yielded,
 )
 from conftest import BLOCK, ECHO, RecordingDelegate, request
-from contract.conftest import CORE, EVERY, SessionFactory
+from contract.conftest import CORE, CORE_NEUTRAL, EVERY, EVERY_NEUTRAL, SessionFactory
 from scenarios import (
     ECHO_SOURCE,
     ECHO_TEXT,
@@ -93,7 +93,7 @@ async def test_27_cell_runs_before_any_observation(rt: Any, delegate: RecordingD
     assert await rt.wait(cell, 10) == Completed(T("done"))
 
 
-@EVERY
+@EVERY_NEUTRAL
 async def test_28_initial_yield(rt: Any) -> None:
     cell = await rt.create_cell(request('text("before"); yield_control(); text("after")'))
     async with asyncio.timeout(HANG):
@@ -151,7 +151,7 @@ async def test_31_budget_runs_out_and_the_cell_keeps_running(
     assert await rt.wait(cell, 10) == Completed(T("after"))
 
 
-@CORE
+@CORE_NEUTRAL
 async def test_32_completion_is_buffered(rt: Any) -> None:
     cell = await rt.create_cell(request('text("done")'))
     await asyncio.sleep(0.1)
@@ -242,16 +242,21 @@ async def test_35_three_yields_deliver_everything_once(rt: Any) -> None:
     assert tuple(items) == T("a0", "b0", "a1", "b1", "a2", "b2", "end")
 
 
-@CORE
+@CORE_NEUTRAL
 async def test_36_completion_waits_for_notifications(rt: Any, delegate: RecordingDelegate) -> None:
     delegate.notify_gate = asyncio.Event()
-    cell = await rt.create_cell(request('notify("n1"); text("done")', tool_call_id="call-36"))
+    cell = await rt.create_cell(
+        request('notify("n1"); notify("n2"); text("done")', tool_call_id="call-36")
+    )
     await asyncio.wait_for(delegate.notify_started.wait(), HANG)
     waiter = asyncio.ensure_future(rt.wait(cell, 60))
     await still_pending(waiter, 0.05)
     delegate.notify_gate.set()
     assert await asyncio.wait_for(waiter, HANG) == Completed(T("done"))
-    assert delegate.notifications == [("call-36", cell.cell_id, "n1")]
+    assert delegate.notifications == [
+        ("call-36", cell.cell_id, "n1"),
+        ("call-36", cell.cell_id, "n2"),
+    ]
 
 
 @CORE
@@ -474,7 +479,7 @@ async def test_45_promise_nothing_settles_then_terminate(rt: Any) -> None:
         await rt.wait_to_pending(cell)
 
 
-@CORE
+@CORE_NEUTRAL
 async def test_46_synchronous_cell_completes_from_first_wait_to_pending(rt: Any) -> None:
     cell = await rt.create_pausable_cell(request('text("done")'))
     assert await completion_of(rt, cell) == Completed(T("done"))
