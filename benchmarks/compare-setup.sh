@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Create benchmarks/.venv-compare with the comparison engines of benchmarks/engines_compare.py
+# Create benchmarks/.venv-compare with the comparison engines of benchmarks/engines_compare
 # (pinned in benchmarks/requirements-compare.txt; codemode itself is installed with -e .).
 # They never become dependencies of the project or of its .venv.
 #
 #   benchmarks/compare-setup.sh            set up (or refresh) the venv only
 #   benchmarks/compare-setup.sh --run ...  set up, then run the comparison (extra args are passed
-#                                          to engines_compare.py, e.g. --runs 3)
+#                                          to engines_compare, e.g. --runs 3)
 #
 # Needs Python 3.11+ (set PYTHON=/path/to/python3.11 if python3 is older).
 set -euo pipefail
@@ -32,6 +32,6 @@ fi
 
 if [ "${1:-}" = "--run" ]; then
   shift
-  exec "$VENV/bin/python" benchmarks/engines_compare.py "$@"
+  exec "$VENV/bin/python" benchmarks/engines_compare "$@"
 fi
-echo "ready: $VENV/bin/python benchmarks/engines_compare.py (or ./dev bench)" >&2
+echo "ready: $VENV/bin/python benchmarks/engines_compare (or ./dev bench engines_compare)" >&2

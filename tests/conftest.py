@@ -152,3 +152,8 @@ def engine_threads() -> int:
 def rss_bytes() -> int:
     with open(f"/proc/{os.getpid()}/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# Every cell machine of the test session (and of the servers it spawns, which inherit the
+# environment) is strict: an input that only a driver bug could produce raises DriverBug.
+os.environ.setdefault("CODEMODE_STRICT_MACHINE", "1")

@@ -1,18 +1,23 @@
-"""Helpers shared by the scenario suites: in-process (test_continuing, test_pausable,
-test_lifecycle) and over the wire (protocol/test_protocol_contract). ``rt`` is a
-``SessionRuntime`` or a ``RemoteSession``: the helpers use only their common API."""
+"""Helpers shared by the scenario suite (``contract/test_scenarios.py``, every kind of session)
+and the in-process suites (test_pausable, test_lifecycle, test_idempotent). ``rt`` is any
+:class:`codemode.Session`: the helpers use only that contract."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
+
 from codemode import (
     Cell,
+    CellKind,
     Completed,
+    CreateCellRequest,
+    MissingCell,
     NestedToolCall,
     OutputItem,
     PausableCell,
@@ -22,12 +27,15 @@ from codemode import (
     Terminated,
     TextItem,
     ToolDefinition,
+    ToolKind,
     Yielded,
 )
-from conftest import RecordingDelegate, request
+from conftest import BLOCK, ECHO, RecordingDelegate, request
 
 # Bounds that only catch hangs (a spawned server under load can be slow).
 HANG = 20.0
+
+Handle = Cell | PausableCell
 
 TWO_SEQUENTIAL = "await tools.block({n: 1}); await tools.block({n: 2}); text('done')"
 
@@ -156,3 +164,129 @@ async def heartbeat() -> AsyncIterator[Heartbeat]:
         task.cancel()
     # Generous: catches a blocked loop (seconds), not scheduling noise.
     assert hb.max_gap < 0.5, f"event loop stalled for {hb.max_gap:.3f} s"
+
+
+# ---------------------------------------------------------------------------- idempotent creation (SPEC 6)
+
+
+def other(kind: CellKind) -> CellKind:
+    return CellKind.PAUSABLE if kind is CellKind.CONTINUING else CellKind.CONTINUING
+
+
+async def create(rt: Any, kind: CellKind, req: CreateCellRequest) -> Handle:
+    if kind is CellKind.CONTINUING:
+        return await rt.create_cell(req)
+    return await rt.create_pausable_cell(req)
+
+
+def handle_type(kind: CellKind) -> type[Handle]:
+    return Cell if kind is CellKind.CONTINUING else PausableCell
+
+
+async def finish(rt: Any, cell: Handle) -> Completed:
+    """Drive a cell of either kind to its completion (resuming every frontier) and deliver it."""
+    async with asyncio.timeout(10):
+        if isinstance(cell, PausableCell):
+            event: Any = await rt.wait_to_pending(cell)
+            while isinstance(event, Pending):
+                await rt.resume(cell, event.frontier.generation)
+                event = await rt.wait_to_pending(cell)
+        else:
+            event = await rt.wait(cell, 10)
+            while isinstance(event, Yielded):
+                event = await rt.wait(cell, 10)
+    assert isinstance(event, Completed), event
+    return event
+
+
+def lookup(rt: Any, cell: Handle) -> Handle:
+    """Re-hydrate a handle from the id: succeeds exactly while the cell is registered."""
+    if isinstance(cell, PausableCell):
+        return rt.pausable_cell(cell.cell_id)
+    return rt.cell(cell.cell_id)
+
+
+async def assert_missing(rt: Any, cell: Handle) -> None:
+    """Every operation on a closed cell's handle raises MissingCell for that id."""
+    message = f"exec cell {cell.cell_id} not found"
+    with pytest.raises(MissingCell, match=f"^{message}$") as info:
+        lookup(rt, cell)
+    assert info.value.cell_id == cell.cell_id
+    with pytest.raises(MissingCell, match=f"^{message}$"):
+        await rt.terminate(cell)
+    with pytest.raises(MissingCell, match=f"^{message}$"):
+        await rt.terminate(cell.cell_id)
+    if isinstance(cell, PausableCell):
+        with pytest.raises(MissingCell, match=f"^{message}$"):
+            await rt.wait_to_pending(cell)
+        with pytest.raises(MissingCell, match=f"^{message}$"):
+            await rt.resume(cell, 1)
+    else:
+        with pytest.raises(MissingCell, match=f"^{message}$"):
+            await rt.wait(cell, 0.01)
+
+
+def assert_same_handle(got: Handle, first: Handle) -> None:
+    assert type(got) is type(first)
+    assert got == first
+    assert hash(got) == hash(first)
+    assert got.cell_id == first.cell_id
+
+
+# A request and every way another request may differ from it (scenario 52).
+ECHO_SOURCE = "text(JSON.stringify(await tools.echo({v: 1})))"
+ECHO_TEXT = '{"v":1}'
+
+SCHEMA = {"type": "object", "properties": {"v": {"type": "number"}}}
+ECHO_FULL = ToolDefinition(
+    "echo",
+    "Returns its input.",
+    input_schema=SCHEMA,
+    output_schema={"type": "object"},
+    namespace=None,
+)
+BASE_TOOLS = (ECHO_FULL, BLOCK)
+
+
+def base_request(key: str, **changes: Any) -> CreateCellRequest:
+    fields: dict[str, Any] = {
+        "source": ECHO_SOURCE,
+        "tools": BASE_TOOLS,
+        "tool_call_id": "call-52",
+        "idempotency_key": key,
+    }
+    fields.update(changes)
+    return CreateCellRequest(**fields)
+
+
+def with_echo(**changes: Any) -> tuple[ToolDefinition, ...]:
+    fields: dict[str, Any] = {
+        "name": ECHO_FULL.name,
+        "description": ECHO_FULL.description,
+        "kind": ECHO_FULL.kind,
+        "namespace": ECHO_FULL.namespace,
+        "input_schema": ECHO_FULL.input_schema,
+        "output_schema": ECHO_FULL.output_schema,
+    }
+    fields.update(changes)
+    return (ToolDefinition(**fields), BLOCK)
+
+
+MISMATCHES: dict[str, Callable[[str], CreateCellRequest]] = {
+    "other_source": lambda k: base_request(
+        k, source="text(JSON.stringify(await tools.echo({v: 2})))"
+    ),
+    "other_tools": lambda k: base_request(k, tools=(ECHO_FULL,)),
+    "more_tools": lambda k: base_request(k, tools=(*BASE_TOOLS, ECHO)),
+    "reordered_tools": lambda k: base_request(k, tools=(BLOCK, ECHO_FULL)),
+    "other_tool_call_id": lambda k: base_request(k, tool_call_id="call-other"),
+    "empty_tool_call_id": lambda k: base_request(k, tool_call_id=""),
+    "tool_description": lambda k: base_request(k, tools=with_echo(description="Echoes.")),
+    "tool_input_schema": lambda k: base_request(
+        k, tools=with_echo(input_schema={"type": "object", "properties": {"v": {"type": "string"}}})
+    ),
+    "tool_input_schema_missing": lambda k: base_request(k, tools=with_echo(input_schema=None)),
+    "tool_output_schema": lambda k: base_request(k, tools=with_echo(output_schema=None)),
+    "tool_namespace": lambda k: base_request(k, tools=with_echo(namespace="mcp__x")),
+    "tool_kind": lambda k: base_request(k, tools=with_echo(kind=ToolKind.FREEFORM)),
+}

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from codemode import (
-    Cell,
     CellKind,
     CellLimits,
     Completed,
@@ -23,105 +22,43 @@ from codemode import (
     EngineError,
     IdempotencyConflict,
     MissingCell,
-    PausableCell,
-    Pending,
     SessionRuntime,
     ShuttingDown,
     TextItem,
-    ToolDefinition,
-    ToolKind,
     WrongCellKind,
-    Yielded,
 )
 from codemode.engine.base import CellBoot, EngineCell
 from codemode.engine.v8 import V8Engine
-from conftest import BLOCK, DEFAULT_TOOLS, ECHO, RecordingDelegate, request
+from conftest import DEFAULT_TOOLS, ECHO, RecordingDelegate, request
+from scenarios import (
+    ECHO_SOURCE,
+    ECHO_TEXT,
+    Handle,
+    assert_missing,
+    assert_same_handle,
+    create,
+    finish,
+    handle_type,
+    lookup,
+    other,
+)
 
 KINDS = [
     pytest.param(CellKind.CONTINUING, id="continuing"),
     pytest.param(CellKind.PAUSABLE, id="pausable"),
 ]
 
-# Calls tools.echo exactly once, then prints its answer.
-ECHO_SOURCE = "text(JSON.stringify(await tools.echo({v: 1})))"
-ECHO_TEXT = '{"v":1}'
+# ECHO_SOURCE (from scenarios) calls tools.echo exactly once, then prints ECHO_TEXT.
 # Calls tools.block once and stays live until the test releases it.
 BLOCK_SOURCE = "text(JSON.stringify(await tools.block({v: 2})))"
 # Completes during its first run.
 SYNC_SOURCE = 'text("done")'
 
-Handle = Cell | PausableCell
-
-
 # ------------------------------------------------------------------------------------ helpers
-
-
-def other(kind: CellKind) -> CellKind:
-    return CellKind.PAUSABLE if kind is CellKind.CONTINUING else CellKind.CONTINUING
-
-
-async def create(rt: SessionRuntime, kind: CellKind, req: CreateCellRequest) -> Handle:
-    if kind is CellKind.CONTINUING:
-        return await rt.create_cell(req)
-    return await rt.create_pausable_cell(req)
-
-
-def handle_type(kind: CellKind) -> type[Handle]:
-    return Cell if kind is CellKind.CONTINUING else PausableCell
-
-
-async def finish(rt: SessionRuntime, cell: Handle) -> Completed:
-    """Drive a cell of either kind to its completion (resuming every frontier) and deliver it."""
-    async with asyncio.timeout(10):
-        if isinstance(cell, PausableCell):
-            event: Any = await rt.wait_to_pending(cell)
-            while isinstance(event, Pending):
-                await rt.resume(cell, event.frontier.generation)
-                event = await rt.wait_to_pending(cell)
-        else:
-            event = await rt.wait(cell, 10)
-            while isinstance(event, Yielded):
-                event = await rt.wait(cell, 10)
-    assert isinstance(event, Completed), event
-    return event
 
 
 def texts(event: Completed) -> list[str]:
     return [i.text for i in event.items if isinstance(i, TextItem)]
-
-
-def lookup(rt: SessionRuntime, cell: Handle) -> Handle:
-    """Re-hydrate a handle from the id: succeeds exactly while the cell is registered."""
-    if isinstance(cell, PausableCell):
-        return rt.pausable_cell(cell.cell_id)
-    return rt.cell(cell.cell_id)
-
-
-async def assert_missing(rt: SessionRuntime, cell: Handle) -> None:
-    """Every operation on a closed cell's handle raises MissingCell for that id."""
-    message = f"exec cell {cell.cell_id} not found"
-    with pytest.raises(MissingCell, match=f"^{message}$") as info:
-        lookup(rt, cell)
-    assert info.value.cell_id == cell.cell_id
-    with pytest.raises(MissingCell, match=f"^{message}$"):
-        await rt.terminate(cell)
-    with pytest.raises(MissingCell, match=f"^{message}$"):
-        await rt.terminate(cell.cell_id)
-    if isinstance(cell, PausableCell):
-        with pytest.raises(MissingCell, match=f"^{message}$"):
-            await rt.wait_to_pending(cell)
-        with pytest.raises(MissingCell, match=f"^{message}$"):
-            await rt.resume(cell, 1)
-    else:
-        with pytest.raises(MissingCell, match=f"^{message}$"):
-            await rt.wait(cell, 0.01)
-
-
-def assert_same_handle(got: Handle, first: Handle) -> None:
-    assert type(got) is type(first)
-    assert got == first
-    assert hash(got) == hash(first)
-    assert got.cell_id == first.cell_id
 
 
 class InjectedEngine(Engine):
@@ -263,23 +200,6 @@ async def test_scenario_51_concurrent_creates_with_one_key_admit_one_cell(
     assert engine.opens == 1
 
 
-async def test_scenario_51_pausable_create_with_continuing_key(
-    runtime: SessionRuntime,
-) -> None:
-    """Scenario 51 verbatim: two concurrent continuing creates, then a pausable one."""
-    req = request(ECHO_SOURCE, idempotency_key="k51")
-    a, b = await asyncio.gather(runtime.create_cell(req), runtime.create_cell(req))
-    assert a == b and hash(a) == hash(b)
-    with pytest.raises(WrongCellKind) as info:
-        await runtime.create_pausable_cell(req)
-    assert (info.value.cell_id, info.value.expected, info.value.actual) == (
-        a.cell_id,
-        "pausable",
-        "continuing",
-    )
-    assert str(info.value) == f"exec cell {a.cell_id} is continuing, expected pausable"
-
-
 @pytest.mark.parametrize("state", ["running", "closed"])
 @pytest.mark.parametrize("kind", KINDS)
 async def test_kind_mismatch_is_checked_before_the_fingerprint(
@@ -312,131 +232,7 @@ async def test_kind_mismatch_is_checked_before_the_fingerprint(
     assert len(delegate.calls) == 1
 
 
-# ------------------------------------------------------------------------------------ scenario 52
-
-SCHEMA = {"type": "object", "properties": {"v": {"type": "number"}}}
-ECHO_FULL = ToolDefinition(
-    "echo",
-    "Returns its input.",
-    input_schema=SCHEMA,
-    output_schema={"type": "object"},
-    namespace=None,
-)
-BASE_TOOLS = (ECHO_FULL, BLOCK)
-
-
-def base_request(key: str, **changes: Any) -> CreateCellRequest:
-    fields: dict[str, Any] = {
-        "source": ECHO_SOURCE,
-        "tools": BASE_TOOLS,
-        "tool_call_id": "call-52",
-        "idempotency_key": key,
-    }
-    fields.update(changes)
-    return CreateCellRequest(**fields)
-
-
-def with_echo(**changes: Any) -> tuple[ToolDefinition, ...]:
-    fields: dict[str, Any] = {
-        "name": ECHO_FULL.name,
-        "description": ECHO_FULL.description,
-        "kind": ECHO_FULL.kind,
-        "namespace": ECHO_FULL.namespace,
-        "input_schema": ECHO_FULL.input_schema,
-        "output_schema": ECHO_FULL.output_schema,
-    }
-    fields.update(changes)
-    return (ToolDefinition(**fields), BLOCK)
-
-
-MISMATCHES: dict[str, Callable[[str], CreateCellRequest]] = {
-    "other_source": lambda k: base_request(
-        k, source="text(JSON.stringify(await tools.echo({v: 2})))"
-    ),
-    "other_tools": lambda k: base_request(k, tools=(ECHO_FULL,)),
-    "more_tools": lambda k: base_request(k, tools=(*BASE_TOOLS, ECHO)),
-    "reordered_tools": lambda k: base_request(k, tools=(BLOCK, ECHO_FULL)),
-    "other_tool_call_id": lambda k: base_request(k, tool_call_id="call-other"),
-    "empty_tool_call_id": lambda k: base_request(k, tool_call_id=""),
-    "tool_description": lambda k: base_request(k, tools=with_echo(description="Echoes.")),
-    "tool_input_schema": lambda k: base_request(
-        k, tools=with_echo(input_schema={"type": "object", "properties": {"v": {"type": "string"}}})
-    ),
-    "tool_input_schema_missing": lambda k: base_request(k, tools=with_echo(input_schema=None)),
-    "tool_output_schema": lambda k: base_request(k, tools=with_echo(output_schema=None)),
-    "tool_namespace": lambda k: base_request(k, tools=with_echo(namespace="mcp__x")),
-    "tool_kind": lambda k: base_request(k, tools=with_echo(kind=ToolKind.FREEFORM)),
-}
-
-
-@pytest.mark.parametrize("mismatch", list(MISMATCHES))
-@pytest.mark.parametrize("kind", KINDS)
-async def test_scenario_52_key_reused_for_a_different_request(
-    kind: CellKind, mismatch: str, runtime: SessionRuntime, delegate: RecordingDelegate
-) -> None:
-    key = f"key-52-{mismatch}"
-    first = await create(runtime, kind, base_request(key))
-    differing = MISMATCHES[mismatch](key)
-    assert differing != base_request(key)
-
-    with pytest.raises(IdempotencyConflict) as info:
-        await create(runtime, kind, differing)
-    assert info.value.key == key
-    assert str(info.value) == f"idempotency key {key} was reused for a different request"
-
-    # The conflict admitted nothing and did not disturb the record.
-    assert_same_handle(await create(runtime, kind, base_request(key)), first)
-    assert texts(await finish(runtime, first)) == [ECHO_TEXT]
-    await asyncio.sleep(0.05)
-    assert [c.cell_id for c in delegate.calls] == [first.cell_id]
-    # Still a conflict once the cell has closed.
-    with pytest.raises(IdempotencyConflict):
-        await create(runtime, kind, differing)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-async def test_an_equal_request_built_from_fresh_objects_is_a_retry(
-    kind: CellKind, runtime: SessionRuntime, delegate: RecordingDelegate
-) -> None:
-    first = await create(runtime, kind, base_request("key-fresh"))
-    rebuilt = CreateCellRequest(
-        source=str(ECHO_SOURCE),
-        tools=[
-            ToolDefinition(
-                "echo",
-                "Returns its input.",
-                # same schema, keys inserted in another order
-                input_schema={"properties": {"v": {"type": "number"}}, "type": "object"},
-                output_schema={"type": "object"},
-            ),
-            ToolDefinition(BLOCK.name, BLOCK.description),
-        ],
-        tool_call_id="call-52",
-        idempotency_key="key-fresh",
-    )
-    assert_same_handle(await create(runtime, kind, rebuilt), first)
-    await finish(runtime, first)
-    assert len(delegate.calls) == 1
-
-
 # ------------------------------------------------------------------------------------ scenario 53
-
-
-@pytest.mark.parametrize("kind", KINDS)
-async def test_scenario_53_retry_after_the_cell_closed_returns_the_same_handle(
-    kind: CellKind, runtime: SessionRuntime, delegate: RecordingDelegate
-) -> None:
-    req = request(ECHO_SOURCE, idempotency_key="key-53")
-    first = await create(runtime, kind, req)
-    assert texts(await finish(runtime, first)) == [ECHO_TEXT]
-    await assert_missing(runtime, first)
-
-    retry = await create(runtime, kind, req)
-    assert_same_handle(retry, first)
-    await assert_missing(runtime, retry)
-    assert_same_handle(await create(runtime, kind, req), first)
-    await asyncio.sleep(0.05)
-    assert [c.cell_id for c in delegate.calls] == [first.cell_id]
 
 
 @pytest.mark.parametrize("kind", KINDS)

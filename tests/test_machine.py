@@ -24,16 +24,14 @@ from codemode import (
     Yielded,
 )
 from codemode.cell.machine import (
-    Attached,
     BeginSettling,
     CellMachine,
     Closed,
     CommitWrites,
-    Immediate,
+    Decision,
     Phase,
     RunEngine,
     StopEngine,
-    TerminationStarted,
     WakeObserver,
 )
 
@@ -57,7 +55,7 @@ def out(m: CellMachine, *texts: str) -> None:
 
 def attach(m: CellMachine) -> int:
     r = m.observe()
-    assert isinstance(r, Attached), r
+    assert r.token is not None, r
     return r.token
 
 
@@ -76,17 +74,17 @@ def test_deadline_delivers_exactly_what_was_recorded() -> None:
     out(m, "b")
     assert m.observer_deadline(tok) == [WakeObserver(tok)]
     out(m, "c")  # after the deadline: goes to the next observation
-    assert m.collect(tok) == (Yielded(T("a", "b")), [])
+    assert m.collect(tok) == Decision(event=Yielded(T("a", "b")))
     tok = attach(m)
     m.observer_deadline(tok)
-    assert m.collect(tok)[0] == Yielded(T("c"))
+    assert m.collect(tok).event == Yielded(T("c"))
 
 
 def test_empty_yield_at_deadline() -> None:
     m = cont()
     tok = attach(m)
     m.observer_deadline(tok)
-    assert m.collect(tok)[0] == Yielded(())
+    assert m.collect(tok).event == Yielded(())
 
 
 def test_yield_control_with_observer_ends_the_observation() -> None:
@@ -96,7 +94,7 @@ def test_yield_control_with_observer_ends_the_observation() -> None:
     assert m.yield_requested() == [WakeObserver(tok)]
     out(m, "b")
     assert m.observer_deadline(tok) == []  # already prepared: the deadline changes nothing
-    assert m.collect(tok)[0] == Yielded(T("a"))
+    assert m.collect(tok).event == Yielded(T("a"))
 
 
 def test_initial_yield_boundary_is_stashed() -> None:  # scenario 28
@@ -106,9 +104,9 @@ def test_initial_yield_boundary_is_stashed() -> None:  # scenario 28
     out(m, "after")
     complete(m)
     r = m.observe()
-    assert isinstance(r, Immediate) and r.event == Yielded(T("before"))
+    assert r.event == Yielded(T("before"))
     r = m.observe()
-    assert isinstance(r, Immediate) and r.event == Completed(T("after"))
+    assert r.event == Completed(T("after"))
     assert r.effects == (Closed(),)
     assert m.phase is Phase.CLOSED
     with pytest.raises(MissingCell):
@@ -123,10 +121,10 @@ def test_only_the_first_unattached_yield_stashes() -> None:
     m.yield_requested()  # second unattached yield: output keeps accumulating
     out(m, "c")
     r = m.observe()
-    assert isinstance(r, Immediate) and r.event == Yielded(T("a"))
+    assert r.event == Yielded(T("a"))
     tok = attach(m)
     m.observer_deadline(tok)
-    assert m.collect(tok)[0] == Yielded(T("b", "c"))
+    assert m.collect(tok).event == Yielded(T("b", "c"))
 
 
 def test_unattached_yield_after_a_delivery_does_nothing() -> None:  # scenario 30
@@ -138,7 +136,7 @@ def test_unattached_yield_after_a_delivery_does_nothing() -> None:  # scenario 3
     assert m.yield_requested() == []
     tok = attach(m)
     assert m.yield_requested() == [WakeObserver(tok)]  # attached: it does end the wait
-    assert m.collect(tok)[0] == Yielded(T("x"))
+    assert m.collect(tok).event == Yielded(T("x"))
 
 
 def test_cancelled_wait_that_delivered_nothing_does_not_count() -> None:  # rule 7
@@ -148,7 +146,7 @@ def test_cancelled_wait_that_delivered_nothing_does_not_count() -> None:  # rule
     out(m, "a")
     m.yield_requested()  # still before any delivered event: stashes
     r = m.observe()
-    assert isinstance(r, Immediate) and r.event == Yielded(T("a"))
+    assert r.event == Yielded(T("a"))
 
 
 def test_cancelled_observer_gives_back_a_prepared_yield() -> None:
@@ -160,7 +158,7 @@ def test_cancelled_observer_gives_back_a_prepared_yield() -> None:
     m.observer_cancelled(tok)
     tok = attach(m)
     m.observer_deadline(tok)
-    assert m.collect(tok)[0] == Yielded(T("a", "b"))
+    assert m.collect(tok).event == Yielded(T("a", "b"))
 
 
 def test_cancelled_observer_leaves_the_completion_buffered() -> None:
@@ -172,7 +170,7 @@ def test_cancelled_observer_leaves_the_completion_buffered() -> None:
     m.observer_cancelled(tok)
     assert m.phase is Phase.COMPLETED
     r = m.observe()
-    assert isinstance(r, Immediate) and r.event == Completed(T("a"))
+    assert r.event == Completed(T("a"))
 
 
 def test_busy_observer_keeps_the_first_in_place() -> None:
@@ -182,7 +180,7 @@ def test_busy_observer_keeps_the_first_in_place() -> None:
         m.observe()
     out(m, "a")
     complete(m)
-    assert m.collect(tok) == (Completed(T("a")), [Closed()])
+    assert m.collect(tok) == Decision((Closed(),), Completed(T("a")))
 
 
 def test_completion_with_observer_is_delivered_and_closes() -> None:
@@ -191,8 +189,7 @@ def test_completion_with_observer_is_delivered_and_closes() -> None:
     out(m, "x")
     effects = complete(m, "Error: boom")
     assert effects == [WakeObserver(tok)]
-    event, eff = m.collect(tok)
-    assert event == Completed(T("x"), "Error: boom") and eff == [Closed()]
+    assert m.collect(tok) == Decision((Closed(),), Completed(T("x"), "Error: boom"))
 
 
 def test_completion_buffering() -> None:  # scenario 32
@@ -201,7 +198,7 @@ def test_completion_buffering() -> None:  # scenario 32
     complete(m)
     assert m.phase is Phase.COMPLETED and m.is_live
     r = m.observe()
-    assert isinstance(r, Immediate) and r.event == Completed(T("done"))
+    assert r.event == Completed(T("done"))
     with pytest.raises(MissingCell):
         m.observe()
 
@@ -213,12 +210,13 @@ def test_delivered_once_across_many_yields() -> None:  # scenario 35
         tok = attach(m)
         out(m, f"a{i}", f"b{i}")
         m.yield_requested()
-        ev, _ = m.collect(tok)
+        ev = m.collect(tok).event
+        assert ev is not None
         delivered.extend(ev.items)  # type: ignore[arg-type]
     out(m, "end")
     complete(m)
     r = m.observe()
-    assert isinstance(r, Immediate)
+    assert r.event is not None
     delivered.extend(r.event.items)  # type: ignore[union-attr,arg-type]
     assert tuple(delivered) == T("a0", "b0", "a1", "b1", "a2", "b2", "end")
 
@@ -248,9 +246,9 @@ def test_termination_before_commit_wins() -> None:  # scenario 63
     out(m, "a")
     m.body_settled(None)  # completion queued, waiting to commit
     r = m.terminate()
-    assert isinstance(r, TerminationStarted) and r.effects == (StopEngine(),)
+    assert r.event is None and r.effects == (StopEngine(),)
     assert m.commit() == []  # discarded: no writes, no event
-    assert m.termination_finished() == (T("a"), [Closed()])
+    assert m.termination_finished() == Decision((Closed(),), items=T("a"))
     with pytest.raises(MissingCell):
         m.terminate()
 
@@ -262,7 +260,7 @@ def test_engine_loss_fails_without_writes() -> None:
     assert m.engine_lost() == [BeginSettling()]
     assert m.commit() == []  # nothing to commit: writes discarded; no observer
     r = m.observe()
-    assert isinstance(r, Immediate)
+    assert r.event is not None
     assert r.event == Completed(T("a"), "exec runtime ended unexpectedly")
 
 
@@ -270,11 +268,11 @@ def test_engine_loss_keeps_an_unobserved_frontier() -> None:
     m = paus()
     out(m, "f")
     m.quiescent(("tool-1",))
-    assert m.resume(1)[0] is ResumeOutcome.RESUMED  # resumed without observing
+    assert m.resume(1).outcome is ResumeOutcome.RESUMED  # resumed without observing
     m.engine_lost()
     m.commit()
     r = m.observe()
-    assert isinstance(r, Immediate) and r.event == Completed(T("f"), "exec runtime ended unexpectedly")
+    assert r.event == Completed(T("f"), "exec runtime ended unexpectedly")
 
 
 # ---------------------------------------------------------------- termination
@@ -285,15 +283,15 @@ def test_terminate_running_cell_returns_undelivered_and_observer_gets_nothing() 
     out(m, "a")
     tok = attach(m)
     r = m.terminate()
-    assert isinstance(r, TerminationStarted)
+    assert r.event is None and r.token is None
     assert r.effects == (StopEngine(), WakeObserver(tok))
-    assert m.collect(tok)[0] == Terminated(())
+    assert m.collect(tok).event == Terminated(())
     with pytest.raises(AlreadyTerminating, match="exec cell c1 is already terminating"):
         m.terminate()
     with pytest.raises(ClosedCell, match="exec cell c1 closed unexpectedly"):
         m.observe()
     m.salvaged_output(TextItem("late"))  # produced before the stop, read by the salvage
-    assert m.termination_finished() == (T("a", "late"), [Closed()])
+    assert m.termination_finished() == Decision((Closed(),), items=T("a", "late"))
 
 
 def test_terminate_includes_the_stash() -> None:
@@ -302,7 +300,7 @@ def test_terminate_includes_the_stash() -> None:
     m.yield_requested()
     out(m, "b")
     m.terminate()
-    assert m.termination_finished()[0] == T("a", "b")
+    assert m.termination_finished().items == T("a", "b")
 
 
 def test_terminate_after_commit_returns_the_completion() -> None:  # scenario 56
@@ -310,7 +308,7 @@ def test_terminate_after_commit_returns_the_completion() -> None:  # scenario 56
     out(m, "a")
     complete(m)
     r = m.terminate()
-    assert isinstance(r, Immediate) and r.event == Completed(T("a"))
+    assert r.event == Completed(T("a"))
     assert r.effects == (Closed(),)
     with pytest.raises(MissingCell):
         m.terminate()
@@ -322,7 +320,7 @@ def test_terminate_while_observer_collects_completion_is_missing() -> None:
     complete(m)
     with pytest.raises(MissingCell):
         m.terminate()
-    assert m.collect(tok)[0] == Completed(())
+    assert m.collect(tok).event == Completed(())
 
 
 def test_shutdown_gives_observer_the_undelivered_items() -> None:
@@ -332,8 +330,8 @@ def test_shutdown_gives_observer_the_undelivered_items() -> None:
     assert m.shutdown() == [StopEngine()]
     assert m.shutdown() == []  # idempotent while terminating
     m.salvaged_output(TextItem("b"))
-    assert m.termination_finished() == ((), [WakeObserver(tok), Closed()])
-    assert m.collect(tok)[0] == Terminated(T("a", "b"))
+    assert m.termination_finished() == Decision((WakeObserver(tok), Closed()))
+    assert m.collect(tok).event == Terminated(T("a", "b"))
 
 
 def test_shutdown_closes_a_buffered_completion() -> None:
@@ -349,7 +347,7 @@ def test_output_after_termination_is_ignored() -> None:
     out(m, "late")
     m.store_written("k", 1)
     assert m.body_settled(None) == []
-    assert m.termination_finished() == ((), [Closed()])
+    assert m.termination_finished() == Decision((Closed(),))
 
 
 # ---------------------------------------------------------------- pausable: frontiers
@@ -362,7 +360,7 @@ def test_first_frontier_and_repeatable_observation() -> None:  # scenario 39
     f = PendingFrontier(1, T("a"), ("tool-1",))
     for _ in range(3):
         r = m.observe()
-        assert isinstance(r, Immediate) and r.event == Pending(f)
+        assert r.event == Pending(f)
     assert not m.may_run
 
 
@@ -371,7 +369,7 @@ def test_frontier_wakes_an_attached_observer() -> None:
     tok = attach(m)
     out(m, "a")
     assert m.quiescent(()) == [WakeObserver(tok)]
-    assert m.collect(tok)[0] == Pending(PendingFrontier(1, T("a"), ()))
+    assert m.collect(tok).event == Pending(PendingFrontier(1, T("a"), ()))
 
 
 def test_continuing_cell_never_takes_a_frontier() -> None:
@@ -386,13 +384,13 @@ def test_yield_control_is_a_noop_in_a_pausable_cell() -> None:
     out(m, "a")
     assert m.yield_requested() == []
     m.quiescent(())
-    assert m.collect(tok)[0] == Pending(PendingFrontier(1, T("a"), ()))
+    assert m.collect(tok).event == Pending(PendingFrontier(1, T("a"), ()))
 
 
 def test_resume_needs_new_work_before_the_next_frontier() -> None:  # SPEC 5.3
     m = paus()
     m.quiescent(("tool-1",))
-    assert m.resume(1) == (ResumeOutcome.RESUMED, [RunEngine()])
+    assert m.resume(1) == Decision((RunEngine(),), outcome=ResumeOutcome.RESUMED)
     assert m.may_run
     assert m.quiescent(("tool-1",)) == []  # nothing processed yet: no identical frontier
     assert m.may_run
@@ -400,7 +398,7 @@ def test_resume_needs_new_work_before_the_next_frontier() -> None:  # SPEC 5.3
     out(m, "b")
     m.quiescent(("tool-2",))
     r = m.observe()
-    assert isinstance(r, Immediate) and r.event == Pending(PendingFrontier(2, T("b"), ("tool-2",)))
+    assert r.event == Pending(PendingFrontier(2, T("b"), ("tool-2",)))
 
 
 def test_unobserved_frontier_items_move_on_after_resume() -> None:
@@ -412,7 +410,7 @@ def test_unobserved_frontier_items_move_on_after_resume() -> None:
     out(m, "b")
     m.quiescent(())
     r = m.observe()
-    assert isinstance(r, Immediate)
+    assert r.event is not None
     assert r.event == Pending(PendingFrontier(2, T("a", "b"), ()))
 
 
@@ -421,7 +419,7 @@ def test_terminate_paused_cell_returns_unobserved_frontier_items() -> None:  # s
     out(m, "a")
     m.quiescent(("tool-1",))
     m.terminate()
-    assert m.termination_finished()[0] == T("a")
+    assert m.termination_finished().items == T("a")
 
 
 def test_terminate_paused_cell_after_observation_returns_nothing() -> None:  # scenario 45
@@ -430,7 +428,7 @@ def test_terminate_paused_cell_after_observation_returns_nothing() -> None:  # s
     m.quiescent(())
     m.observe()
     m.terminate()
-    assert m.termination_finished()[0] == ()
+    assert m.termination_finished().items == ()
 
 
 def test_pausable_writes_commit_only_at_completion() -> None:
@@ -453,7 +451,7 @@ def at_frontier(gen: int) -> CellMachine:
         m.inputs_applied()
         m.quiescent((f"tool-{g}",))
         if g < gen:
-            assert m.resume(g)[0] is ResumeOutcome.RESUMED
+            assert m.resume(g).outcome is ResumeOutcome.RESUMED
     assert m.current_frontier is not None and m.current_frontier.generation == gen
     return m
 
@@ -484,7 +482,7 @@ def test_resume_table(
         m = at_frontier(frontier)
     elif last is not None:
         m = at_frontier(last)
-        assert m.resume(last)[0] is ResumeOutcome.RESUMED  # running, no current frontier
+        assert m.resume(last).outcome is ResumeOutcome.RESUMED  # running, no current frontier
     else:
         m = paus()  # running towards its first frontier
     if isinstance(expected, InvalidGeneration):
@@ -493,7 +491,7 @@ def test_resume_table(
         assert (info.value.requested, info.value.latest) == (expected.requested, expected.latest)
         assert str(info.value) == str(expected)
     else:
-        assert m.resume(requested)[0] is expected
+        assert m.resume(requested).outcome is expected
 
 
 def test_resume_table_closed_and_terminating() -> None:
@@ -508,7 +506,7 @@ def test_resume_table_closed_and_terminating() -> None:
 
 def test_two_resumes_of_one_generation_give_one_resumed() -> None:  # scenario 40
     m = at_frontier(1)
-    outcomes = [m.resume(1)[0], m.resume(1)[0]]
+    outcomes = [m.resume(1).outcome, m.resume(1).outcome]
     assert outcomes == [ResumeOutcome.RESUMED, ResumeOutcome.ALREADY_RUNNING]
 
 
@@ -525,8 +523,8 @@ def test_observer_of_a_frontier_cleared_by_termination_still_gets_it() -> None:
     out(m, "a")
     m.quiescent(())
     m.terminate()  # the frontier is being delivered: not repeated in the termination
-    assert m.collect(tok)[0] == Pending(PendingFrontier(1, T("a"), ()))
-    assert m.termination_finished()[0] == ()
+    assert m.collect(tok).event == Pending(PendingFrontier(1, T("a"), ()))
+    assert m.termination_finished().items == ()
 
 
 def test_pausable_completion_buffered_then_closed() -> None:  # scenario 46
@@ -534,7 +532,7 @@ def test_pausable_completion_buffered_then_closed() -> None:  # scenario 46
     out(m, "done")
     complete(m)
     r = m.observe()
-    assert isinstance(r, Immediate) and r.event == Completed(T("done"))
+    assert r.event == Completed(T("done"))
     assert r.effects == (Closed(),)
 
 
@@ -543,13 +541,13 @@ def test_resume_racing_the_observer_of_that_frontier_delivers_once() -> None:
     out(m, "before")
     tok = attach(m)
     m.quiescent(("tool-1",))  # prepared for the observer, not yet collected
-    assert m.resume(1)[0] is ResumeOutcome.RESUMED
-    assert m.collect(tok)[0] == Pending(PendingFrontier(1, T("before"), ("tool-1",)))
+    assert m.resume(1).outcome is ResumeOutcome.RESUMED
+    assert m.collect(tok).event == Pending(PendingFrontier(1, T("before"), ("tool-1",)))
     m.inputs_applied()
     out(m, "done")
     complete(m)
     r = m.observe()
-    assert isinstance(r, Immediate) and r.event == Completed(T("done"))
+    assert r.event == Completed(T("done"))
 
 
 def test_observer_cancelled_after_a_resume_gives_the_frontier_items_back() -> None:
@@ -563,4 +561,4 @@ def test_observer_cancelled_after_a_resume_gives_the_frontier_items_back() -> No
     out(m, "done")
     complete(m)
     r = m.observe()
-    assert isinstance(r, Immediate) and r.event == Completed(T("before", "done"))
+    assert r.event == Completed(T("before", "done"))

@@ -24,15 +24,12 @@ from codemode import (
     Yielded,
 )
 from codemode.cell.machine import (
-    Attached,
     BeginSettling,
     CellMachine,
     DispatchCall,
-    Immediate,
     Phase,
     RejectCall,
     StopEngine,
-    TerminationStarted,
     WakeObserver,
     call_number,
 )
@@ -53,7 +50,7 @@ def dispatched(effects: list[object]) -> list[str]:
 
 def attach(m: CellMachine) -> int:
     r = m.observe()
-    assert isinstance(r, Attached), r
+    assert r.token is not None, r
     return r.token
 
 
@@ -92,7 +89,7 @@ def test_a_frontier_lists_queued_calls() -> None:
     m.call_issued(call(m, 2))
     m.quiescent(("tool-1", "tool-2"))  # the engine reports both promises unsettled
     r = m.observe()
-    assert isinstance(r, Immediate) and isinstance(r.event, Pending)
+    assert isinstance(r.event, Pending)
     assert r.event.frontier.pending_tool_call_ids == ("tool-1", "tool-2")
 
 
@@ -105,7 +102,7 @@ def test_waiting_calls_are_dropped_when_the_cell_stops(stop: str) -> None:
     if stop == "settle":
         assert m.body_settled(None) == [BeginSettling()]
     elif stop == "terminate":
-        assert isinstance(m.terminate(), TerminationStarted)
+        assert m.terminate().event is None
     elif stop == "shutdown":
         assert m.shutdown() == [StopEngine()]
     else:
@@ -168,9 +165,9 @@ def test_holding_ends_the_current_observation() -> None:
     m.output(TextItem("a"))
     assert m.call_issued(call(m, 1, GATED)) == [WakeObserver(tok)]
     m.output(TextItem("b"))
-    assert m.collect(tok)[0] == Yielded((TextItem("a"),))
+    assert m.collect(tok).event == Yielded((TextItem("a"),))
     # The host learned of it: the next observation waits normally.
-    assert isinstance(m.observe(), Attached)
+    assert m.observe().token is not None
 
 
 def test_a_hold_with_nobody_observing_ends_the_next_observation_at_once() -> None:
@@ -181,8 +178,8 @@ def test_a_hold_with_nobody_observing_ends_the_next_observation_at_once() -> Non
     m.output(TextItem("a"))
     m.call_issued(call(m, 1, GATED))
     r = m.observe()
-    assert isinstance(r, Immediate) and r.event == Yielded((TextItem("a"),))
-    assert isinstance(m.observe(), Attached)  # once per hold, not a busy loop
+    assert r.event == Yielded((TextItem("a"),))
+    assert m.observe().token is not None  # once per hold, not a busy loop
 
 
 def test_a_cancelled_observer_gives_the_hold_notice_back() -> None:
@@ -192,7 +189,7 @@ def test_a_cancelled_observer_gives_the_hold_notice_back() -> None:
     m.call_issued(call(m, 1, GATED))
     m.observer_cancelled(tok)
     r = m.observe()
-    assert isinstance(r, Immediate) and r.event == Yielded((TextItem("a"),))
+    assert r.event == Yielded((TextItem("a"),))
 
 
 def test_completion_wins_over_a_hold_notice() -> None:
@@ -201,7 +198,7 @@ def test_completion_wins_over_a_hold_notice() -> None:
     m.body_settled(None)
     m.commit()
     r = m.observe()
-    assert isinstance(r, Immediate) and r.event == Completed(())
+    assert r.event == Completed(())
     assert m.phase is Phase.CLOSED
     with pytest.raises(MissingCell):
         m.approve("tool-1")
@@ -214,7 +211,7 @@ def test_a_frontier_lists_held_calls_and_deciding_does_not_advance_it() -> None:
     m.call_issued(call(m, 3, GATED, {"path": "/b"}))
     m.quiescent(("tool-1", "tool-2", "tool-3"))
     r = m.observe()
-    assert isinstance(r, Immediate) and isinstance(r.event, Pending)
+    assert isinstance(r.event, Pending)
     frontier = r.event.frontier
     assert frontier.pending_tool_call_ids == ("tool-1", "tool-2", "tool-3")
     assert [a.call_id for a in frontier.awaiting_approval] == ["tool-2", "tool-3"]
@@ -222,7 +219,7 @@ def test_a_frontier_lists_held_calls_and_deciding_does_not_advance_it() -> None:
     assert m.reject("tool-3", "no") == [RejectCall("tool-3", "no")]
     assert m.phase is Phase.PAUSED
     r = m.observe()
-    assert isinstance(r, Immediate) and r.event == Pending(frontier)  # the same frontier
+    assert r.event == Pending(frontier)  # the same frontier
 
 
 def test_a_pausable_hold_does_not_end_an_observation() -> None:

@@ -1,4 +1,6 @@
-"""Pausable cells on real V8: frontiers, generations, resume (SPEC section 5; scenarios 37-50)."""
+"""Pausable cells on real V8, in process: the synchronous host driver, timers, stored values and
+races (SPEC section 5). Scenarios 37-50, which hold for every kind of session, are in
+``tests/contract/test_scenarios.py``."""
 
 from __future__ import annotations
 
@@ -12,11 +14,9 @@ from codemode import (
     ClosedCell,
     Completed,
     CreateCellRequest,
-    ForeignHandle,
     InvalidGeneration,
     MissingCell,
     NestedToolCall,
-    OutputItem,
     PausableCell,
     Pending,
     PendingFrontier,
@@ -25,326 +25,17 @@ from codemode import (
     Terminated,
     TextItem,
     ToolDefinition,
-    WrongCellKind,
 )
 from conftest import RecordingDelegate, request
 from scenarios import (
     completion_of,
     frontier_of,
-    gen1_of_two_sequential,
-    gen2_of_two_sequential,
     still_pending,
     texts,
 )
-from scenarios import drain_pausable as drain
 
 RESUMED = ResumeOutcome.RESUMED
 ALREADY_RUNNING = ResumeOutcome.ALREADY_RUNNING
-
-
-async def test_37_wrong_cell_kind_for_wait_wait_to_pending_resume_and_rehydration(
-    runtime: SessionRuntime,
-) -> None:
-    paused = await runtime.create_pausable_cell(request("await tools.block({})"))
-    cont = await runtime.create_cell(request("await tools.block({})"))
-    pid, cid = paused.cell_id, cont.cell_id
-
-    with pytest.raises(WrongCellKind) as exc:
-        await runtime.wait(paused, 0.01)  # type: ignore[arg-type]
-    assert (exc.value.cell_id, exc.value.expected, exc.value.actual) == (
-        pid,
-        "continuing",
-        "pausable",
-    )
-    assert str(exc.value) == f"exec cell {pid} is pausable, expected continuing"
-
-    for op in (runtime.wait_to_pending(cont), runtime.resume(cont, 1)):  # type: ignore[arg-type]
-        with pytest.raises(WrongCellKind) as exc:
-            await op
-        assert (exc.value.cell_id, exc.value.expected, exc.value.actual) == (
-            cid,
-            "pausable",
-            "continuing",
-        )
-        assert str(exc.value) == f"exec cell {cid} is continuing, expected pausable"
-
-    with pytest.raises(WrongCellKind) as exc:
-        runtime.cell(pid)
-    assert (exc.value.expected, exc.value.actual) == ("continuing", "pausable")
-    assert str(exc.value) == f"exec cell {pid} is pausable, expected continuing"
-    with pytest.raises(WrongCellKind) as exc:
-        runtime.pausable_cell(cid)
-    assert (exc.value.expected, exc.value.actual) == ("pausable", "continuing")
-    assert str(exc.value) == f"exec cell {cid} is continuing, expected pausable"
-
-    # The right kind re-hydrates equal handles; the wrong-kind attempts changed nothing.
-    assert runtime.pausable_cell(pid) == paused
-    assert runtime.cell(cid) == cont
-    assert (await frontier_of(runtime, paused)).pending_tool_call_ids == ("tool-1",)
-
-
-async def test_38_foreign_handle_and_unknown_id(
-    make_runtime: Any, delegate: RecordingDelegate
-) -> None:
-    a: SessionRuntime = make_runtime()
-    b: SessionRuntime = make_runtime()
-    cell = await a.create_pausable_cell(request("await tools.block({})"))
-    await frontier_of(a, cell)
-    msg = f"exec cell {cell.cell_id} belongs to another session"
-    for op in (b.wait_to_pending(cell), b.resume(cell, 1), b.terminate(cell)):
-        with pytest.raises(ForeignHandle) as exc:
-            await op
-        assert str(exc.value) == msg and exc.value.cell_id == cell.cell_id
-    with pytest.raises(ForeignHandle):
-        await b.wait(cell, 0.01)  # type: ignore[arg-type]
-    # The foreign attempts did not touch the cell in its own runtime.
-    f1 = await frontier_of(a, cell)
-    assert f1.generation == 1
-    assert await a.resume(cell, 1) is RESUMED
-
-    unknown = "0000000000000000"
-    for call in (lambda: b.pausable_cell(unknown), lambda: b.cell(unknown)):
-        with pytest.raises(MissingCell) as missing:
-            call()
-        assert str(missing.value) == f"exec cell {unknown} not found"
-    with pytest.raises(MissingCell) as missing:
-        await b.terminate(unknown)
-    assert str(missing.value) == f"exec cell {unknown} not found"
-    # A's cell id is unknown to B when used raw.
-    with pytest.raises(MissingCell):
-        b.pausable_cell(cell.cell_id)
-
-
-async def test_39_synchronous_driver_first_frontier_is_repeatable_and_paused(
-    runtime: SessionRuntime, delegate: RecordingDelegate
-) -> None:
-    cell, f1 = await gen1_of_two_sequential(runtime)
-    again = await frontier_of(runtime, cell)
-    assert again == f1
-    # Even with tool-1's result returned by the delegate, nothing runs until resume.
-    delegate.release("tool-1")
-    await asyncio.sleep(0.05)
-    assert delegate.names() == ["block"]
-    assert await frontier_of(runtime, cell) == f1
-
-
-async def test_40_concurrent_duplicate_resumes_then_gen_2(
-    runtime: SessionRuntime, delegate: RecordingDelegate
-) -> None:
-    cell, f2 = await gen2_of_two_sequential(runtime, delegate)
-    assert [c.call_id for c in delegate.calls] == ["tool-1", "tool-2"]
-    assert delegate.calls[1].input == {"n": 2}
-    assert await frontier_of(runtime, cell) == f2
-
-
-async def test_41_stale_future_and_current_resumes_then_completion(
-    runtime: SessionRuntime, delegate: RecordingDelegate
-) -> None:
-    cell, _ = await gen2_of_two_sequential(runtime, delegate)
-    assert await runtime.resume(cell, 1) is ALREADY_RUNNING
-    with pytest.raises(InvalidGeneration) as exc:
-        await runtime.resume(cell, 3)
-    assert (exc.value.cell_id, exc.value.requested, exc.value.latest) == (cell.cell_id, 3, 2)
-    assert (
-        str(exc.value)
-        == f"exec cell {cell.cell_id} cannot resume generation 3; latest generation is 2"
-    )
-    assert await runtime.resume(cell, 2) is RESUMED
-    assert await runtime.resume(cell, 2) is ALREADY_RUNNING
-    delegate.release("tool-2")
-    done = await completion_of(runtime, cell)
-    assert texts(done.items) == ["done"] and done.error_text is None
-    with pytest.raises(MissingCell):
-        await runtime.resume(cell, 2)
-
-
-async def test_42_parallel_calls_answered_one_per_frontier(
-    runtime: SessionRuntime, delegate: RecordingDelegate
-) -> None:
-    cell = await runtime.create_pausable_cell(
-        request(
-            "const r = await Promise.all([tools.block({n: 1}), tools.block({n: 2})]); text(JSON.stringify(r))"
-        )
-    )
-    f1 = await frontier_of(runtime, cell)
-    assert f1.pending_tool_call_ids == ("tool-1", "tool-2")
-    delegate.release("tool-1")
-    assert await runtime.resume(cell, 1) is RESUMED
-    f2 = await frontier_of(runtime, cell)
-    assert (f2.generation, f2.items, f2.pending_tool_call_ids) == (2, (), ("tool-2",))
-    delegate.release("tool-2")
-    assert await runtime.resume(cell, 2) is RESUMED
-    done = await completion_of(runtime, cell)
-    assert texts(done.items) == ['[{"n":1},{"n":2}]']
-
-
-async def test_43_parallel_frontier_drained_in_at_most_three_rounds(
-    runtime: SessionRuntime, delegate: RecordingDelegate
-) -> None:
-    cell = await runtime.create_pausable_cell(
-        request("await Promise.all([tools.block({n: 1}), tools.block({n: 2})]); text('done')")
-    )
-    generations: list[int] = []
-    items: list[OutputItem] = []
-    event: Any = None
-    for _ in range(3):
-        event = await asyncio.wait_for(runtime.wait_to_pending(cell), 5)
-        items.extend(event.frontier.items if isinstance(event, Pending) else event.items)
-        if not isinstance(event, Pending):
-            break
-        generations.append(event.frontier.generation)
-        delegate.release()
-        assert await runtime.resume(cell, event.frontier.generation) is RESUMED
-    else:
-        event = await asyncio.wait_for(runtime.wait_to_pending(cell), 5)
-        items.extend(event.items)
-    assert isinstance(event, Completed), event
-    assert generations == sorted(set(generations)) and generations[0] == 1
-    assert texts(items) == ["done"]
-
-
-async def test_44_wait_to_pending_after_resume_waits_for_new_work(
-    runtime: SessionRuntime, delegate: RecordingDelegate
-) -> None:
-    cell = await runtime.create_pausable_cell(request("await tools.block({}); text('done')"))
-    await frontier_of(runtime, cell)
-    assert await runtime.resume(cell, 1) is RESUMED
-    task = asyncio.create_task(runtime.wait_to_pending(cell))
-    await still_pending(task, 0.05)
-    delegate.release()
-    event = await asyncio.wait_for(task, 5)
-    assert event == Completed((TextItem("done"),))
-
-
-async def test_45_promise_nothing_settles_gives_empty_frontier_then_terminate(
-    runtime: SessionRuntime,
-) -> None:
-    cell = await runtime.create_pausable_cell(
-        request('text("before"); await new Promise(() => {})')
-    )
-    f1 = await frontier_of(runtime, cell)
-    assert f1 == PendingFrontier(1, (TextItem("before"),), ())
-    assert await asyncio.wait_for(runtime.terminate(cell), 5) == Terminated(())
-    with pytest.raises(MissingCell):
-        await runtime.wait_to_pending(cell)
-
-
-async def test_46_synchronous_cell_completes_from_first_wait_to_pending(
-    runtime: SessionRuntime,
-) -> None:
-    cell = await runtime.create_pausable_cell(request('text("done")'))
-    assert await completion_of(runtime, cell) == Completed((TextItem("done"),))
-    with pytest.raises(MissingCell):
-        await runtime.wait_to_pending(cell)
-    with pytest.raises(MissingCell):
-        runtime.pausable_cell(cell.cell_id)
-
-
-async def test_47_timer_adds_a_call_in_a_later_frontier(
-    runtime: SessionRuntime, delegate: RecordingDelegate
-) -> None:
-    cell = await runtime.create_pausable_cell(
-        request(
-            "const third = new Promise(r => setTimeout(() => r(tools.block({n: 3})), 300));"
-            "const all = await Promise.all([tools.block({n: 1}), tools.block({n: 2}), third]);"
-            "text(all.map(x => x.n).join(','))"
-        )
-    )
-    f1 = await frontier_of(runtime, cell)
-    assert f1.pending_tool_call_ids == ("tool-1", "tool-2")
-    assert await runtime.resume(cell, 1) is RESUMED
-    f2 = await frontier_of(runtime, cell)  # after the timer fired
-    assert (f2.generation, f2.items, f2.pending_tool_call_ids) == (
-        2,
-        (),
-        ("tool-1", "tool-2", "tool-3"),
-    )
-    assert [c.call_id for c in delegate.calls] == ["tool-1", "tool-2", "tool-3"]
-    delegate.release()
-    assert await runtime.resume(cell, 2) is RESUMED
-    frontiers, end = await drain(runtime, cell)
-    assert isinstance(end, Completed) and texts(end.items) == ["1,2,3"]
-    assert all(f.items == () for f in frontiers)
-
-
-async def test_48_paused_cell_consumes_no_result_and_fires_no_timer(
-    runtime: SessionRuntime, delegate: RecordingDelegate
-) -> None:
-    cell = await runtime.create_pausable_cell(
-        request(
-            "const t = new Promise(r => setTimeout(() => { text('tick'); r(); }, 20));"
-            "const v = await tools.block({n: 1}); await t; text('got ' + v.n)"
-        )
-    )
-    f1 = await frontier_of(runtime, cell)
-    assert f1 == PendingFrontier(1, (), ("tool-1",))
-    delegate.release("tool-1")  # the delegate returns while the cell is paused
-    await asyncio.sleep(0.15)  # and the 20 ms timer falls due
-    assert await frontier_of(runtime, cell) == f1  # still listed, no output, no timer
-    assert await runtime.resume(cell, 1) is RESUMED
-    frontiers, end = await drain(runtime, cell)
-    assert isinstance(end, Completed)
-    assert texts([i for f in frontiers for i in f.items] + list(end.items)) == ["tick", "got 1"]
-
-
-async def test_49_resume_without_any_frontier_is_invalid_generation_none(
-    runtime: SessionRuntime,
-) -> None:
-    # A cell still busy before its first frontier.
-    busy = await runtime.create_pausable_cell(
-        request("const t = Date.now(); while (Date.now() - t < 300) {} await tools.block({})")
-    )
-    with pytest.raises(InvalidGeneration) as exc:
-        await runtime.resume(busy, 1)
-    assert (exc.value.requested, exc.value.latest) == (1, None)
-    assert str(exc.value).endswith("latest generation is none")
-    assert (
-        str(exc.value)
-        == f"exec cell {busy.cell_id} cannot resume generation 1; latest generation is none"
-    )
-    await runtime.terminate(busy)
-
-    # A cell that completed (buffered) without ever reaching a frontier.
-    done = await runtime.create_pausable_cell(request("text('done')"))
-    await asyncio.sleep(0.1)
-    with pytest.raises(InvalidGeneration) as exc:
-        await runtime.resume(done, 1)
-    assert str(exc.value).endswith("latest generation is none")
-    assert await completion_of(runtime, done) == Completed((TextItem("done"),))
-
-
-async def test_50_cancelled_wait_to_pending_loses_nothing_and_terminate_returns_unobserved_frontier(
-    runtime: SessionRuntime, delegate: RecordingDelegate
-) -> None:
-    cell = await runtime.create_pausable_cell(
-        request(
-            "text('a'); await tools.block({n: 1}); text('b'); await tools.block({n: 2}); text('c')"
-        )
-    )
-    f1 = await frontier_of(runtime, cell)
-    assert texts(f1.items) == ["a"]
-    assert await runtime.resume(cell, 1) is RESUMED
-    task = asyncio.create_task(runtime.wait_to_pending(cell))
-    await still_pending(task, 0.03)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    delegate.release("tool-1")
-    await delegate.wait_calls(2)
-    f2 = await frontier_of(runtime, cell)
-    assert (f2.generation, texts(f2.items), f2.pending_tool_call_ids) == (2, ["b"], ("tool-2",))
-
-    # A frontier that was never observed: terminate returns its items.
-    other = await runtime.create_pausable_cell(
-        request("text('x'); await tools.block({n: 1}); text('y'); await tools.block({n: 2})")
-    )
-    g1 = await frontier_of(runtime, other)
-    assert texts(g1.items) == ["x"]
-    assert await runtime.resume(other, 1) is RESUMED
-    delegate.release(g1.pending_tool_call_ids[0])
-    await delegate.wait_calls(4)  # the other cell's second call: its gen 2 is taken, unobserved
-    await asyncio.sleep(0.02)
-    assert await asyncio.wait_for(runtime.terminate(other), 5) == Terminated((TextItem("y"),))
 
 
 # ---------------------------------------------------------------------------- the synchronous host driver

@@ -1,6 +1,7 @@
-"""Python cells on Monty (SPEC 14): the Python twins of the language-neutral scenarios of
-test_continuing, test_pausable, test_lifecycle and test_limits, the Python cell environment,
-and dumping a paused cell into another process."""
+"""Python cells on Monty (SPEC 14): the Python twins of the scenarios of the contract suite
+(``tests/contract``) and of test_pausable, test_lifecycle and test_limits, the Python cell
+environment, and dumping a paused cell into another process. Scenarios whose cell source is the
+same in both languages (28, 32, 36, 46) run on Python cells in the contract suite itself."""
 
 from __future__ import annotations
 
@@ -353,15 +354,6 @@ async def test_27_cell_runs_before_any_observation(
     assert await py.wait(cell, 10) == Completed(T("done"))
 
 
-async def test_28_initial_yield(py: SessionRuntime) -> None:
-    cell = await py.create_cell(request("text('before')\nyield_control()\ntext('after')"))
-    async with asyncio.timeout(5):
-        assert await py.wait(cell, 60) == Yielded(T("before"))
-        assert await py.wait(cell, 60) == Completed(T("after"))
-    with pytest.raises(MissingCell):
-        await py.wait(cell, 1)
-
-
 async def test_29_initial_yield_then_blocking_tool(
     py: SessionRuntime, delegate: RecordingDelegate
 ) -> None:
@@ -414,19 +406,6 @@ async def test_35_three_yields_deliver_everything_once(py: SessionRuntime) -> No
         if isinstance(event, Completed):
             break
     assert texts(items) == ["0", "1", "2", "end"]
-
-
-async def test_36_completion_waits_for_notifications(
-    py: SessionRuntime, delegate: RecordingDelegate
-) -> None:
-    delegate.notify_gate = asyncio.Event()
-    cell = await py.create_cell(request("notify('one')\nnotify('two')\ntext('done')"))
-    waiter = asyncio.ensure_future(py.wait(cell, 10))
-    await delegate.notify_started.wait()
-    await still_pending(waiter, 0.05)
-    delegate.notify_gate.set()
-    assert await asyncio.wait_for(waiter, 5) == Completed(T("done"))
-    assert [n[2] for n in delegate.notifications] == ["one", "two"]
 
 
 async def test_unawaited_calls_are_cancelled_when_the_body_ends(
@@ -490,11 +469,6 @@ async def test_45_awaiting_only_a_timer_gives_an_empty_frontier(py: SessionRunti
     f1 = await frontier_of(py, cell)
     assert f1 == PendingFrontier(1, T("before"), ())
     assert await asyncio.wait_for(py.terminate(cell), 5) == Terminated(())
-
-
-async def test_46_synchronous_cell_completes_from_first_wait_to_pending(py: SessionRuntime) -> None:
-    cell = await py.create_pausable_cell(request("text('done')"))
-    assert await completion_of(py, cell) == Completed(T("done"))
 
 
 async def test_47_timer_adds_a_call_in_a_later_frontier(

@@ -1,8 +1,13 @@
 """codemode: run LLM-written JavaScript cells that call your tools, in a V8 sandbox.
 
 The public API is the names below (SPEC section 1); everything else is internal.
+``RemoteSession`` is imported on first use, so ``import codemode`` (and ``codemode.model``) does
+not load the WebSocket client library.
 """
 
+from typing import TYPE_CHECKING, Any
+
+from codemode.contract import Session
 from codemode.engine.base import Engine
 from codemode.engine.python import PythonEngine
 from codemode.engine.worker import WorkerEngine
@@ -48,11 +53,22 @@ from codemode.model import (
     ToolKind,
     Yielded,
 )
-from codemode.protocol.client import RemoteSession
 from codemode.session import SessionRuntime, tools_delegate
 from codemode.tools import CodeModeTools, ToolResult
 
+if TYPE_CHECKING:
+    from codemode.protocol.client import RemoteSession
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RemoteSession":
+        from codemode.protocol.client import RemoteSession
+
+        globals()["RemoteSession"] = RemoteSession
+        return RemoteSession
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AlreadyTerminating",
@@ -87,6 +103,7 @@ __all__ = [
     "PythonEngine",
     "RemoteSession",
     "ResumeOutcome",
+    "Session",
     "SessionDelegate",
     "SessionLost",
     "SessionRuntime",

@@ -23,6 +23,7 @@ from typing import Any
 
 from codemode.cell.actor import CellActor
 from codemode.cell.stored import StoredBudgetExceeded, StoredSnapshot
+from codemode.contract import Session
 from codemode.engine.base import CellBoot, Engine, limit_error_text
 from codemode.errors import (
     EngineError,
@@ -216,7 +217,7 @@ class _suppress_all:
         return True
 
 
-class SessionRuntime:
+class SessionRuntime(Session):
     """A code-mode session: runs cells, routes their nested calls to ``delegate``.
 
     All methods must be called from the event loop the runtime was created on. Use it as an

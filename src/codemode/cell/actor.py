@@ -25,18 +25,15 @@ from typing import Any, Protocol
 
 from codemode import tracing
 from codemode.cell.machine import (
-    Attached,
     BeginSettling,
     CellMachine,
     Closed,
     CommitWrites,
     DispatchCall,
     Effect,
-    Immediate,
     RejectCall,
     RunEngine,
     StopEngine,
-    TerminationStarted,
     WakeObserver,
 )
 from codemode.engine.base import (
@@ -235,11 +232,11 @@ class CellActor:
         """``wait`` (with a budget) or ``wait_to_pending`` (without). Loses nothing if the
         caller is cancelled."""
         start = self.machine.observe()
-        if isinstance(start, Immediate):
-            self._apply(start.effects)
+        self._apply(start.effects)
+        if start.event is not None:
             return start.event
-        assert isinstance(start, Attached)
         token = start.token
+        assert token is not None
         future: asyncio.Future[None] = self._loop.create_future()
         self._observer_futures[token] = future
         deadline: asyncio.TimerHandle | None = None
@@ -254,23 +251,23 @@ class CellActor:
             self._observer_futures.pop(token, None)
             if deadline is not None:
                 deadline.cancel()
-        event, effects = self.machine.collect(token)
-        self._apply(effects)
-        return event
+        collected = self.machine.collect(token)
+        self._apply(collected.effects)
+        assert collected.event is not None
+        return collected.event
 
     def resume(self, generation: int) -> ResumeOutcome:
-        outcome, effects = self.machine.resume(generation)
-        self._apply(effects)
-        return outcome
+        decision = self.machine.resume(generation)
+        self._apply(decision.effects)
+        assert decision.outcome is not None
+        return decision.outcome
 
     async def terminate(self) -> Completed | Terminated:
         decision = self.machine.terminate()
-        if isinstance(decision, Immediate):
-            self._apply(decision.effects)
+        self._apply(decision.effects)
+        if decision.event is not None:
             assert isinstance(decision.event, Completed)
             return decision.event
-        assert isinstance(decision, TerminationStarted)
-        self._apply(decision.effects)
         # The termination goes on even if our caller is cancelled.
         await asyncio.shield(self._closed.wait())
         return Terminated(self._terminated_items)
@@ -346,7 +343,7 @@ class CellActor:
             self._handle(report)
             while self.machine.is_live:
                 if not self.machine.may_run:
-                    if self.machine.phase.value != "paused":
+                    if not self.machine.is_paused:
                         return  # settling, completed or terminating: no more JavaScript
                     self._wake.clear()
                     await self._wake.wait()
@@ -368,7 +365,7 @@ class CellActor:
                     async with asyncio.timeout(timeout):
                         await self._wake.wait()
         except EngineLost as exc:
-            if self.machine.may_run or self.machine.phase.value == "paused":
+            if self.machine.takes_results:
                 self._log.warning("engine of cell %s lost: %s", self.cell_id, exc)
                 self._apply(self.machine.engine_lost())
         except asyncio.CancelledError:
@@ -451,7 +448,7 @@ class CellActor:
         else:
             result = await self._encode_result(call.call_id, name, value)
         self._calls.pop(call.call_id, None)
-        if self.machine.phase.value in ("running", "paused"):
+        if self.machine.takes_results:
             self._ready.append(result)
             self._wake.set()
         self._apply(self.machine.call_returned(call.call_id))
@@ -548,9 +545,9 @@ class CellActor:
             if task is not None and not task.done() and task is not asyncio.current_task():
                 tasks.append(task)
         await self._cancel_and_wait(tasks)
-        items, effects = self.machine.termination_finished()
-        self._terminated_items = items
-        self._apply(effects)
+        finished = self.machine.termination_finished()
+        self._terminated_items = finished.items
+        self._apply(finished.effects)
 
     def _take_call_tasks(self) -> list[asyncio.Task[Any]]:
         tasks: list[asyncio.Task[Any]] = []

@@ -24,10 +24,12 @@ observer's task resumes; a cancelled observer gives a prepared event back, so no
 from __future__ import annotations
 
 import enum
+import functools
+import os
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from codemode.errors import (
     AlreadyTerminating,
@@ -51,19 +53,20 @@ from codemode.model import (
 )
 
 __all__ = [
-    "Attached",
+    "STRICT_ENV",
+    "TRANSITIONS",
     "BeginSettling",
     "CellMachine",
     "Closed",
     "CommitWrites",
+    "Decision",
     "DispatchCall",
+    "DriverBug",
     "Effect",
-    "Immediate",
     "Phase",
     "RejectCall",
     "RunEngine",
     "StopEngine",
-    "TerminationStarted",
     "WakeObserver",
 ]
 
@@ -79,6 +82,123 @@ class Phase(enum.Enum):
     COMPLETED = "completed"  # the completion is committed; its event awaits delivery
     TERMINATING = "terminating"  # stopped by terminate/shutdown; callbacks are being cleaned up
     CLOSED = "closed"  # gone: every operation answers MissingCell
+
+
+# ---------------------------------------------------------------------------- the transition table
+
+STRICT_ENV: Final = "CODEMODE_STRICT_MACHINE"
+"""Set to ``1`` to make every :class:`CellMachine` strict by default (the test suite does)."""
+
+
+class DriverBug(RuntimeError):
+    """A strict machine was fed an input that no correct driver produces in its phase (or an
+    input left it in a phase the table does not allow)."""
+
+
+_TABLE: Final = """
+input                running      paused       settling     completed    terminating  closed
+call_issued          =            =            bug          bug          late         late
+call_returned        =            =            =            =            =            =
+approve              =            =            =            =            =            !missing
+reject               =            =            =            =            =            !missing
+output               =            =            =            bug          late         late
+store_written        =            bug          =            bug          late         late
+yield_requested      =            bug          bug          bug          late         late
+inputs_applied       =            bug          bug          bug          bug          bug
+quiescent            =|paused     bug          bug          bug          bug          bug
+body_settled         settling     bug          bug          bug          late         late
+engine_lost          settling     settling     late         late         late         late
+refuse_writes        bug          bug          =            bug          late         late
+commit               bug          bug          completed    bug          late         late
+observe              =            =            =            =|closed     !closed      !missing
+observer_deadline    =            =            =            =            =            =
+collect              =            =            =            =|closed     =            =
+observer_cancelled   =            =            =            =            =            =
+resume               =            =|running    =            =            !closed      !missing
+terminate            terminating  terminating  terminating  closed       !terminating !missing
+shutdown             terminating  terminating  terminating  =|closed     late         late
+salvaged_output      bug          bug          bug          bug          =            bug
+termination_finished bug          bug          bug          bug          closed       bug
+"""
+"""Every input of the machine (a method) in every phase. A cell is one of:
+
+- a phase (``=`` the same one; ``a|b`` either): the input's rule applies, and leaves the cell in
+  one of these phases (a strict machine checks it);
+- ``!missing``, ``!closed``, ``!terminating``: the caller is refused with ``MissingCell``,
+  ``ClosedCell`` or ``AlreadyTerminating``;
+- ``late``: a legitimate input that comes too late to matter (a report of an engine step that was
+  in flight when the cell was terminated, a call issued while the cell was stopped): ignored;
+- ``bug``: no correct driver produces it (the pump feeds engine inputs only while the cell may
+  run): ignored, or :class:`DriverBug` in a strict machine.
+"""
+
+_REFUSALS: Final[dict[str, Callable[[str], Exception]]] = {
+    "!missing": MissingCell,
+    "!closed": ClosedCell,
+    "!terminating": AlreadyTerminating,
+}
+
+
+def _parse_table(text: str) -> dict[str, dict[Phase, str]]:
+    lines = [line.split() for line in text.strip().splitlines()]
+    phases = [Phase(name) for name in lines[0][1:]]
+    table: dict[str, dict[Phase, str]] = {}
+    for row in lines[1:]:
+        assert len(row) == len(phases) + 1, row
+        table[row[0]] = dict(zip(phases, row[1:], strict=True))
+    return table
+
+
+TRANSITIONS: Final = _parse_table(_TABLE)
+"""``TRANSITIONS[input][phase]``: the verdict of the table above, parsed."""
+
+
+def _strict_default() -> bool:
+    return os.environ.get(STRICT_ENV, "") == "1"
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _rule(
+    name: str, empty: Any = None
+) -> Callable[
+    [Callable[Concatenate[CellMachine, _P], _R]], Callable[Concatenate[CellMachine, _P], _R]
+]:
+    """Gate a method of :class:`CellMachine` by its row of the table: refuse, ignore (returning
+    ``empty``), or run it and (strict) check the phase it leaves."""
+    row = TRANSITIONS[name]
+
+    def wrap(
+        method: Callable[Concatenate[CellMachine, _P], _R],
+    ) -> Callable[Concatenate[CellMachine, _P], _R]:
+        @functools.wraps(method)
+        def gated(self: CellMachine, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            before = self.phase
+            verdict = row[before]
+            refusal = _REFUSALS.get(verdict)
+            if refusal is not None:
+                raise refusal(self.cell_id)
+            if verdict == "late":
+                return empty  # type: ignore[no-any-return]
+            if verdict == "bug":
+                if self.strict:
+                    raise DriverBug(f"cell {self.cell_id}: {name} while {before.value}")
+                return empty  # type: ignore[no-any-return]
+            result = method(self, *args, **kwargs)
+            if self.strict:
+                allowed = {before if t == "=" else Phase(t) for t in verdict.split("|")}
+                if self.phase not in allowed:
+                    raise DriverBug(
+                        f"cell {self.cell_id}: {name} moved it from {before.value} to "
+                        f"{self.phase.value}, not {'|'.join(sorted(p.value for p in allowed))}"
+                    )
+            return result
+
+        return gated
+
+    return wrap
 
 
 # ---------------------------------------------------------------------------- effects
@@ -155,30 +275,29 @@ def call_number(call_id: str) -> int:
     return int(digits) if digits.isdigit() else -1
 
 
-# ---------------------------------------------------------------------------- call results
+# ---------------------------------------------------------------------------- decisions
 
 
 @dataclass(frozen=True)
-class Immediate:
-    """``observe`` had an event ready: return it at once."""
+class Decision:
+    """The machine's answer to a caller's request (``observe``, ``collect``, ``resume``,
+    ``terminate``, ``termination_finished``): what the caller gets, and the effects the driver
+    carries out first.
 
-    event: Event
+    - ``event``: an event to return now (``observe`` with one ready, ``collect``, ``terminate``
+      of a completed cell);
+    - ``token``: ``observe`` attached an observer; its event is prepared later and collected with
+      this token;
+    - neither, from ``terminate``: the termination began; its caller gets ``Terminated(items)``
+      with the ``items`` of :meth:`CellMachine.termination_finished`, once the cleanup finished;
+    - ``outcome``: the answer of ``resume``.
+    """
+
     effects: tuple[Effect, ...] = ()
-
-
-@dataclass(frozen=True)
-class Attached:
-    """``observe`` attached an observer; its event will be prepared later."""
-
-    token: int
-
-
-@dataclass(frozen=True)
-class TerminationStarted:
-    """``terminate`` began stopping the cell; its caller gets ``Terminated(items)`` with the
-    items :meth:`CellMachine.termination_finished` returns, once the cleanup has finished."""
-
-    effects: tuple[Effect, ...]
+    event: Event | None = None
+    token: int | None = None
+    outcome: ResumeOutcome | None = None
+    items: tuple[OutputItem, ...] = ()
 
 
 # ---------------------------------------------------------------------------- internals
@@ -196,7 +315,6 @@ class _Observer:
     token: int
     prepared: _Prepared | None = None
     items: tuple[OutputItem, ...] = ()
-    from_stash: bool = False
     by_hold: bool = False  # ended because a call became held
     frontier: PendingFrontier | None = None
 
@@ -235,6 +353,8 @@ class CellMachine:
     _queued: deque[NestedToolCall] = field(default_factory=deque)
     _held: dict[str, NestedToolCall] = field(default_factory=dict)
     _hold_notice: bool = False  # a call became held with nobody observing (continuing cells)
+    strict: bool = field(default_factory=_strict_default)
+    """Raise :class:`DriverBug` on inputs the table marks ``bug`` (on in the test suite)."""
 
     # ------------------------------------------------------------------ queries
 
@@ -247,6 +367,17 @@ class CellMachine:
     def is_live(self) -> bool:
         """True until the cell has closed."""
         return self.phase is not Phase.CLOSED
+
+    @property
+    def is_paused(self) -> bool:
+        """A pausable cell at a frontier: nothing runs until a resume."""
+        return self.phase is Phase.PAUSED
+
+    @property
+    def takes_results(self) -> bool:
+        """Running or paused: the engine will still consume tool results (a paused cell once it
+        is resumed); afterwards a result has nowhere to go."""
+        return self.phase in (Phase.RUNNING, Phase.PAUSED)
 
     @property
     def generation(self) -> int:
@@ -281,6 +412,7 @@ class CellMachine:
 
     # ------------------------------------------------------------------ nested calls
 
+    @_rule("call_issued", [])
     def call_issued(self, call: NestedToolCall) -> list[Effect]:
         """The cell issued a nested call (its id assigned, counted against the limits).
 
@@ -290,19 +422,19 @@ class CellMachine:
         reaches the delegate now if fewer than ``max_parallel`` calls are there, else it waits
         its turn in issue order.
         """
-        if self.phase not in (Phase.RUNNING, Phase.PAUSED):
-            return []
         if call.tool.needs_approval:
             self._held[call.call_id] = call
             return self._announce_hold()
         self._queued.append(call)
         return self._dispatch()
 
+    @_rule("call_returned", [])
     def call_returned(self, call_id: str) -> list[Effect]:
         """The delegate's coroutine for ``call_id`` ended: its slot goes to the next queued call."""
         self._at_delegate.discard(call_id)
         return self._dispatch()
 
+    @_rule("approve", [])
     def approve(self, call_id: str) -> list[Effect]:
         """The host approved a held call: from now on it is an ordinary call (it may queue).
 
@@ -313,6 +445,7 @@ class CellMachine:
         self._queued.append(call)
         return self._dispatch()
 
+    @_rule("reject", [])
     def reject(self, call_id: str, reason: str) -> list[Effect]:
         """The host rejected a held call: its promise rejects with ``reason``. Raises as
         :meth:`approve`. A paused cell sees the rejection only after it is resumed."""
@@ -320,8 +453,6 @@ class CellMachine:
         return [RejectCall(call_id, reason)]
 
     def _take_held(self, call_id: str) -> NestedToolCall:
-        if self.phase is Phase.CLOSED:
-            raise MissingCell(self.cell_id)
         call = self._held.pop(call_id, None)
         if call is None:
             raise NotAwaitingApproval(self.cell_id, call_id)
@@ -358,25 +489,26 @@ class CellMachine:
 
     # ------------------------------------------------------------------ engine inputs
 
+    @_rule("output", [])
     def output(self, item: OutputItem) -> list[Effect]:
         """The cell produced an output item."""
-        if self.phase in (Phase.RUNNING, Phase.PAUSED, Phase.SETTLING):
-            self._recorded.append(item)
+        self._recorded.append(item)
         return []
 
+    @_rule("store_written")
     def store_written(self, key: str, value: Any) -> None:
         """The cell stored a value; it is committed with the completion, if ever."""
-        if self.phase in (Phase.RUNNING, Phase.SETTLING):
-            self._writes[key] = value
+        self._writes[key] = value
 
+    @_rule("store_written")
     def stores_written(self, writes: Mapping[str, Any]) -> None:
         """Many ``store_written`` at once, in order."""
-        if self.phase in (Phase.RUNNING, Phase.SETTLING):
-            self._writes.update(writes)
+        self._writes.update(writes)
 
+    @_rule("yield_requested", [])
     def yield_requested(self) -> list[Effect]:
         """``yield_control()`` (SPEC 4 rules 3 and 5; a no-op for pausable cells)."""
-        if self.kind is CellKind.PAUSABLE or self.phase is not Phase.RUNNING:
+        if self.kind is CellKind.PAUSABLE:
             return []
         obs = self._observer
         if obs is not None:
@@ -388,19 +520,19 @@ class CellMachine:
             self._recorded.clear()
         return []
 
+    @_rule("inputs_applied")
     def inputs_applied(self) -> None:
         """The engine processed at least one tool result or timer."""
         self._progressed = True
 
+    @_rule("quiescent", [])
     def quiescent(self, pending_call_ids: tuple[str, ...]) -> list[Effect]:
         """All JavaScript that could run has run and no input waits to be processed.
 
         A pausable cell that has processed work since its last frontier (or resume) takes a new
         frontier here and pauses (SPEC 5.1, 5.3); a continuing cell passes on.
         """
-        if self.kind is not CellKind.PAUSABLE or self.phase is not Phase.RUNNING:
-            return []
-        if not self._progressed:
+        if self.kind is not CellKind.PAUSABLE or not self._progressed:
             return []
         self._progressed = False
         self._generation += 1
@@ -419,19 +551,17 @@ class CellMachine:
             return [WakeObserver(obs.token)]
         return []
 
+    @_rule("body_settled", [])
     def body_settled(self, error_text: str | None) -> list[Effect]:
         """The body settled, ``exit()`` was called, or a limit ended the cell (SPEC 7.3)."""
-        if self.phase is not Phase.RUNNING:
-            return []
         self._completion_error = error_text
         self.phase = Phase.SETTLING
         self._drop_waiting_calls()
         return [BeginSettling()]
 
+    @_rule("engine_lost", [])
     def engine_lost(self) -> list[Effect]:
         """The engine ended without a settlement (SPEC 7.6): fail, commit nothing."""
-        if self.phase not in (Phase.RUNNING, Phase.PAUSED):
-            return []
         if self._frontier is not None and not self._frontier_handed_over():
             self._recorded[:0] = self._frontier.frontier.items
         self._frontier = None
@@ -445,21 +575,20 @@ class CellMachine:
         """The writes a commit would apply now (empty if they are to be discarded)."""
         return {} if self._discard_writes else self._writes
 
+    @_rule("refuse_writes")
     def refuse_writes(self, error_text: str) -> None:
         """The session cannot take this cell's writes (``max_stored_bytes``): the completion
         commits nothing and fails with ``error_text``."""
-        if self.phase is Phase.SETTLING:
-            self._discard_writes = True
-            self._completion_error = error_text
+        self._discard_writes = True
+        self._completion_error = error_text
 
+    @_rule("commit", [])
     def commit(self) -> list[Effect]:
         """The single linearisation point of a natural completion (SPEC 7.2).
 
         Does nothing if a termination was requested first; otherwise commits the stored writes
         and makes the completion deliverable, in this one synchronous step.
         """
-        if self.phase is not Phase.SETTLING:
-            return []
         self.phase = Phase.COMPLETED
         effects: list[Effect] = []
         if not self._discard_writes and self._writes:
@@ -473,44 +602,38 @@ class CellMachine:
 
     # ------------------------------------------------------------------ observers
 
-    def _check_observable(self) -> None:
-        if self.phase is Phase.CLOSED:
-            raise MissingCell(self.cell_id)
-        if self.phase is Phase.TERMINATING:
-            raise ClosedCell(self.cell_id)
-        if self._observer is not None:
-            raise BusyObserver(self.cell_id)
-
-    def observe(self) -> Immediate | Attached:
+    @_rule("observe")
+    def observe(self) -> Decision:
         """Begin ``wait`` (continuing) or ``wait_to_pending`` (pausable) after the handle checks.
 
         Raises ``MissingCell``, ``ClosedCell`` or ``BusyObserver`` (SPEC 4 rule 2).
         """
-        self._check_observable()
+        if self._observer is not None:
+            raise BusyObserver(self.cell_id)
         if self.kind is CellKind.CONTINUING and self._stash is not None:
             items, self._stash = self._stash, None
             self._delivered_any = True
             self._hold_notice = False
-            return Immediate(Yielded(items))
+            return Decision(event=Yielded(items))
         if self.kind is CellKind.PAUSABLE and self._frontier is not None:
             self._frontier.delivered = True
             self._delivered_any = True
-            return Immediate(Pending(self._frontier.frontier))
+            return Decision(event=Pending(self._frontier.frontier))
         if self.phase is Phase.COMPLETED:
-            event = self._take_completion()
-            return Immediate(event, (Closed(),))
+            return Decision((Closed(),), self._take_completion())
         if self._hold_notice:
             # A call became held while nobody observed: this observation ends at once.
             self._hold_notice = False
             self._delivered_any = True
             items = tuple(self._recorded)
             self._recorded.clear()
-            return Immediate(Yielded(items))
+            return Decision(event=Yielded(items))
         token = self._next_token
         self._next_token += 1
         self._observer = _Observer(token)
-        return Attached(token)
+        return Decision(token=token)
 
+    @_rule("observer_deadline", [])
     def observer_deadline(self, token: int) -> list[Effect]:
         """The budget of a ``wait`` ran out: it gets exactly the output recorded by now."""
         obs = self._observer
@@ -518,7 +641,8 @@ class CellMachine:
             return []
         return self._prepare_yield(obs)
 
-    def collect(self, token: int) -> tuple[Event, list[Effect]]:
+    @_rule("collect")
+    def collect(self, token: int) -> Decision:
         """The woken observer takes its prepared event; this is the moment of delivery."""
         obs = self._observer
         if obs is None or obs.token != token or obs.prepared is None:
@@ -528,16 +652,17 @@ class CellMachine:
         kind = obs.prepared
         if kind is _Prepared.YIELDED:
             self._hold_notice = False
-            return Yielded(obs.items), []
+            return Decision(event=Yielded(obs.items))
         if kind is _Prepared.PENDING:
             assert obs.frontier is not None
             if self._frontier is not None and self._frontier.frontier is obs.frontier:
                 self._frontier.delivered = True
-            return Pending(obs.frontier), []
+            return Decision(event=Pending(obs.frontier))
         if kind is _Prepared.COMPLETED:
-            return self._take_completion(), [Closed()]
-        return Terminated(obs.items), []
+            return Decision((Closed(),), self._take_completion())
+        return Decision(event=Terminated(obs.items))
 
+    @_rule("observer_cancelled", [])
     def observer_cancelled(self, token: int) -> list[Effect]:
         """The observer's task went away: detach it and give back what it did not receive."""
         obs = self._observer
@@ -545,10 +670,7 @@ class CellMachine:
             return []
         self._observer = None
         if obs.prepared is _Prepared.YIELDED:
-            if obs.from_stash:
-                self._stash = obs.items
-            else:
-                self._recorded[:0] = obs.items
+            self._recorded[:0] = obs.items
             if obs.by_hold and self._held and self.phase is Phase.RUNNING:
                 self._hold_notice = True  # the host did not learn of the hold yet
         elif obs.prepared is _Prepared.PENDING and obs.frontier is not None:
@@ -594,7 +716,8 @@ class CellMachine:
 
     # ------------------------------------------------------------------ pausable control
 
-    def resume(self, generation: int) -> tuple[ResumeOutcome, list[Effect]]:
+    @_rule("resume")
+    def resume(self, generation: int) -> Decision:
         """``resume(cell, generation)``: the decision table of SPEC 5.3, after the handle checks.
 
         ==========================================  ==========================================
@@ -609,10 +732,6 @@ class CellMachine:
         no F, otherwise                             InvalidGeneration(latest=L)
         ==========================================  ==========================================
         """
-        if self.phase is Phase.CLOSED:
-            raise MissingCell(self.cell_id)
-        if self.phase is Phase.TERMINATING:
-            raise ClosedCell(self.cell_id)
         current = self._frontier
         if current is not None:
             latest = current.frontier.generation
@@ -623,30 +742,27 @@ class CellMachine:
                 self._last_resumed = generation
                 self._progressed = False
                 self.phase = Phase.RUNNING
-                return ResumeOutcome.RESUMED, [RunEngine()]
+                return Decision((RunEngine(),), outcome=ResumeOutcome.RESUMED)
             if generation < latest:
-                return ResumeOutcome.ALREADY_RUNNING, []
+                return Decision(outcome=ResumeOutcome.ALREADY_RUNNING)
             raise InvalidGeneration(self.cell_id, generation, latest)
         if self._last_resumed is not None and generation <= self._last_resumed:
-            return ResumeOutcome.ALREADY_RUNNING, []
+            return Decision(outcome=ResumeOutcome.ALREADY_RUNNING)
         raise InvalidGeneration(self.cell_id, generation, self._last_resumed)
 
     # ------------------------------------------------------------------ termination
 
-    def terminate(self) -> Immediate | TerminationStarted:
+    @_rule("terminate")
+    def terminate(self) -> Decision:
         """``terminate(cell)`` (SPEC 7.1, 7.2). A running or paused cell enters TERMINATING at
         once, so a completion not yet committed loses; its attached observer gets
         ``Terminated(())``; the caller's items are counted when the cleanup has finished."""
-        if self.phase is Phase.CLOSED:
-            raise MissingCell(self.cell_id)
-        if self.phase is Phase.TERMINATING:
-            raise AlreadyTerminating(self.cell_id)
         if self.phase is Phase.COMPLETED:
             obs = self._observer
             if obs is not None and obs.prepared is _Prepared.COMPLETED:
                 # Its observer is receiving the completion right now: it counts as delivered.
                 raise MissingCell(self.cell_id)
-            return Immediate(self._take_completion(), (Closed(),))
+            return Decision((Closed(),), self._take_completion())
         effects: list[Effect] = [StopEngine()]
         obs = self._observer
         if obs is not None and obs.prepared is None:
@@ -654,13 +770,12 @@ class CellMachine:
             obs.items = ()
             effects.append(WakeObserver(obs.token))
         self._enter_terminating(by_shutdown=False)
-        return TerminationStarted(tuple(effects))
+        return Decision(tuple(effects))
 
+    @_rule("shutdown", [])
     def shutdown(self) -> list[Effect]:
         """The session shuts down (SPEC 7.5): terminate, or close a committed completion. An
         attached observer gets ``Terminated(undelivered items)`` when the cleanup finishes."""
-        if self.phase in (Phase.CLOSED, Phase.TERMINATING):
-            return []
         if self.phase is Phase.COMPLETED:
             obs = self._observer
             if obs is not None and obs.prepared is _Prepared.COMPLETED:
@@ -677,20 +792,19 @@ class CellMachine:
         self._drop_waiting_calls()
         self._terminated_by_shutdown = by_shutdown
 
+    @_rule("salvaged_output")
     def salvaged_output(self, item: OutputItem) -> None:
         """Output the stopped engine still had (produced before it was stopped, never reported):
         it belongs to the termination's items."""
-        if self.phase is Phase.TERMINATING:
-            self._recorded.append(item)
+        self._recorded.append(item)
 
-    def termination_finished(self) -> tuple[tuple[OutputItem, ...], list[Effect]]:
+    @_rule("termination_finished", Decision())
+    def termination_finished(self) -> Decision:
         """The engine is stopped and every callback finished or was abandoned.
 
-        Returns the undelivered items, for ``terminate``'s caller; when the session's shutdown
-        stopped the cell, they go to an attached observer instead.
+        Decides the undelivered items (``items``), for ``terminate``'s caller; when the session's
+        shutdown stopped the cell, they go to an attached observer instead.
         """
-        if self.phase is not Phase.TERMINATING:
-            return (), []
         items = self._undelivered()
         self._frontier = None
         self.phase = Phase.CLOSED
@@ -702,4 +816,4 @@ class CellMachine:
             effects.append(WakeObserver(obs.token))
             items = ()
         effects.append(Closed())
-        return items, effects
+        return Decision(tuple(effects), items=items)

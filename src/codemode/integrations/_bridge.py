@@ -26,21 +26,27 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from types import TracebackType
 from typing import Any, TypeAlias
 
+from codemode.contract import DEFAULT_REJECT_REASON, Session
 from codemode.errors import MissingCell
 from codemode.model import (
+    ApprovalRequest,
     Cell,
     CellEvent,
     CellLimits,
     Completed,
     CreateCellRequest,
     NestedToolCall,
+    PausableCell,
+    PausableCellEvent,
+    ResumeOutcome,
     SessionDelegate,
     Terminated,
     ToolDefinition,
 )
-from codemode.tools.exec_wait import CodeModeSession, CodeModeTools
+from codemode.tools.exec_wait import CodeModeTools
 
 __all__ = ["Bridge", "NestedHandler", "SessionArgument", "jsonable", "tool_definition"]
 
@@ -50,9 +56,9 @@ NestedHandler: TypeAlias = Callable[[NestedToolCall], Awaitable[Any]]
 """Runs one nested call with the framework's tool; returns its JSON-able result or raises."""
 
 SessionFactory: TypeAlias = Callable[
-    [SessionDelegate], "CodeModeSession | Awaitable[CodeModeSession]"
+    [SessionDelegate], "Session | Awaitable[Session]"
 ]
-SessionArgument: TypeAlias = "CodeModeSession | SessionFactory | None"
+SessionArgument: TypeAlias = "Session | SessionFactory | None"
 """``session=`` of every adapter: ``None``, a factory taking the delegate, or a session."""
 
 
@@ -69,8 +75,9 @@ class _Delegate:
         logger.info("cell %s (call %s) notifies: %s", cell_id, call_id, text)
 
 
-class _LazySession:
-    """A :class:`CodeModeSession` that makes or borrows the real session on first use."""
+class _LazySession(Session):
+    """A :class:`~codemode.contract.Session` that makes or borrows the real session on first
+    use."""
 
     def __init__(
         self,
@@ -81,7 +88,7 @@ class _LazySession:
         self._argument = session
         self._replaced = replaced
         self._delegate = delegate
-        self._session: CodeModeSession | None = None
+        self._session: Session | None = None
         self._owned = session is None or not hasattr(session, "create_cell")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
@@ -106,7 +113,7 @@ class _LazySession:
             self._session = None
             self._replaced()
 
-    async def get(self) -> CodeModeSession:
+    async def get(self) -> Session:
         self.follow_loop()
         if self._session is not None:
             return self._session
@@ -127,25 +134,71 @@ class _LazySession:
                 logger.debug("code mode session started: %r", self._session)
             return self._session
 
-    async def create_cell(self, request: CreateCellRequest, /) -> Cell:
+    # The Session surface: each operation runs on the real session, made on first use.
+
+    @property
+    def is_alive(self) -> bool:
+        """True until the session in use shuts down; with none yet, the next use makes one."""
+        return self._session.is_alive if self._session is not None else True
+
+    async def create_cell(self, request: CreateCellRequest) -> Cell:
         return await (await self.get()).create_cell(request)
 
-    async def wait(self, cell: Cell, yield_after: float, /) -> CellEvent:
+    async def create_pausable_cell(self, request: CreateCellRequest) -> PausableCell:
+        return await (await self.get()).create_pausable_cell(request)
+
+    async def wait(self, cell: Cell, yield_after: float) -> CellEvent:
         return await (await self.get()).wait(cell, yield_after)
 
-    async def terminate(self, cell: Cell, /) -> Completed | Terminated:
+    async def wait_to_pending(self, cell: PausableCell) -> PausableCellEvent:
+        return await (await self.get()).wait_to_pending(cell)
+
+    async def resume(self, cell: PausableCell, generation: int) -> ResumeOutcome:
+        return await (await self.get()).resume(cell, generation)
+
+    async def terminate(self, cell: Cell | PausableCell | str) -> Completed | Terminated:
         return await (await self.get()).terminate(cell)
 
-    async def approve(self, cell: str, call_id: str, /) -> None:
+    def awaiting_approval(self, cell: Cell | PausableCell | str) -> tuple[ApprovalRequest, ...]:
+        if self._session is None:
+            raise MissingCell(cell if isinstance(cell, str) else cell.cell_id)
+        return self._session.awaiting_approval(cell)
+
+    async def approve(self, cell: Cell | PausableCell | str, call_id: str) -> None:
         await (await self.get()).approve(cell, call_id)
 
-    async def reject(self, cell: str, call_id: str, reason: str, /) -> None:
+    async def reject(
+        self,
+        cell: Cell | PausableCell | str,
+        call_id: str,
+        reason: str = DEFAULT_REJECT_REASON,
+    ) -> None:
         await (await self.get()).reject(cell, call_id, reason)
 
-    def cell(self, cell_id: str, /) -> Cell:
+    def cell(self, cell_id: str) -> Cell:
         if self._session is None:
             raise MissingCell(cell_id)
         return self._session.cell(cell_id)
+
+    def pausable_cell(self, cell_id: str) -> PausableCell:
+        if self._session is None:
+            raise MissingCell(cell_id)
+        return self._session.pausable_cell(cell_id)
+
+    async def shutdown(self) -> None:
+        """Shut the session down if the adapter owns it (:meth:`aclose`)."""
+        await self.aclose()
+
+    async def __aenter__(self) -> _LazySession:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         session, self._session = self._session, None

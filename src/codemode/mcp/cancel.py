@@ -15,10 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
+from codemode.contract import DEFAULT_REJECT_REASON, Session
 from codemode.errors import CodeModeError
-from codemode.model import Cell, CellEvent, Completed, CreateCellRequest, Terminated
+from codemode.model import (
+    ApprovalRequest,
+    Cell,
+    CellEvent,
+    Completed,
+    CreateCellRequest,
+    PausableCell,
+    PausableCellEvent,
+    ResumeOutcome,
+    Terminated,
+)
 from codemode.session import SessionRuntime
 
 __all__ = ["CancelledExecError", "ExecCells"]
@@ -31,7 +43,7 @@ class CancelledExecError(Exception):
     terminated); the call never reaches an upstream server."""
 
 
-class ExecCells:
+class ExecCells(Session):
     """A :class:`SessionRuntime` that can terminate the cell of a cancelled ``exec``."""
 
     def __init__(self, runtime: SessionRuntime) -> None:
@@ -57,17 +69,59 @@ class ExecCells:
             self._creations[request.tool_call_id] = task
         return await asyncio.shield(task)
 
+    @property
+    def is_alive(self) -> bool:
+        return self._runtime.is_alive
+
+    async def create_pausable_cell(self, request: CreateCellRequest) -> PausableCell:
+        return await self._runtime.create_pausable_cell(request)
+
     async def wait(self, cell: Cell, yield_after: float) -> CellEvent:
         return await self._runtime.wait(cell, yield_after)
 
-    async def terminate(self, cell: Cell) -> Completed | Terminated:
+    async def wait_to_pending(self, cell: PausableCell) -> PausableCellEvent:
+        return await self._runtime.wait_to_pending(cell)
+
+    async def resume(self, cell: PausableCell, generation: int) -> ResumeOutcome:
+        return await self._runtime.resume(cell, generation)
+
+    async def terminate(self, cell: Cell | PausableCell | str) -> Completed | Terminated:
         return await self._runtime.terminate(cell)
+
+    async def shutdown(self) -> None:
+        await self._runtime.shutdown()
 
     def cell(self, cell_id: str) -> Cell:
         return self._runtime.cell(cell_id)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._runtime, name)
+    def pausable_cell(self, cell_id: str) -> PausableCell:
+        return self._runtime.pausable_cell(cell_id)
+
+    def awaiting_approval(self, cell: Cell | PausableCell | str) -> tuple[ApprovalRequest, ...]:
+        return self._runtime.awaiting_approval(cell)
+
+    async def approve(self, cell: Cell | PausableCell | str, call_id: str) -> None:
+        await self._runtime.approve(cell, call_id)
+
+    async def reject(
+        self,
+        cell: Cell | PausableCell | str,
+        call_id: str,
+        reason: str = DEFAULT_REJECT_REASON,
+    ) -> None:
+        await self._runtime.reject(cell, call_id, reason)
+
+    async def __aenter__(self) -> Self:
+        await self._runtime.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._runtime.__aexit__(exc_type, exc, tb)
 
     # ------------------------------------------------------------------ exec calls
 

@@ -43,10 +43,11 @@ from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from codemode import tracing
 from codemode.cell.machine import call_number
+from codemode.contract import Session
 from codemode.errors import (
     AlreadyTerminating,
     BusyObserver,
@@ -164,7 +165,7 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
-class RemoteSession:
+class RemoteSession(Session):
     """A session on a ``codemode serve`` process (``spawn``) or WebSocket server (``connect``),
     with the methods, semantics and errors of ``SessionRuntime`` (SPEC 1.4, 10.6).
 
@@ -1035,12 +1036,6 @@ class RemoteSession:
 
 
 _CONSTRUCT = object()
-
-if TYPE_CHECKING:
-    from codemode.tools.exec_wait import CodeModeSession
-
-    def _fits_code_mode_tools(session: RemoteSession) -> CodeModeSession:
-        return session  # mypy checks that RemoteSession satisfies CodeModeSession
 
 
 def _tool_ref(tool: ToolDefinition) -> dict[str, Any]:

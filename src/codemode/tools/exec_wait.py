@@ -54,12 +54,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
+from codemode.contract import Session
 from codemode.errors import BusyObserver, CodeModeError, MissingCell
 from codemode.model import (
     ApprovalRequest,
-    Cell,
     CellEvent,
     CellLimits,
     Completed,
@@ -133,34 +133,9 @@ _Observation = Callable[[list[OutputItem]], Awaitable[CellEvent]]
 the event that ends it."""
 
 
-class CodeModeSession(Protocol):
-    """What :class:`CodeModeTools` needs of a session: ``SessionRuntime`` and ``RemoteSession``
-    both fit. Operations raise the :class:`~codemode.errors.CodeModeError` subclasses of SPEC 1.5.
-    """
-
-    async def create_cell(self, request: CreateCellRequest, /) -> Cell:
-        """Admit a continuing cell (idempotent by ``request.idempotency_key``, SPEC 6)."""
-        ...
-
-    async def wait(self, cell: Cell, yield_after: float, /) -> CellEvent:
-        """Observe a continuing cell for up to ``yield_after`` seconds (SPEC 4)."""
-        ...
-
-    async def terminate(self, cell: Cell, /) -> Completed | Terminated:
-        """Terminate a cell (SPEC 7.1)."""
-        ...
-
-    def cell(self, cell_id: str, /) -> Cell:
-        """A handle on a live continuing cell; ``MissingCell`` / ``WrongCellKind`` otherwise."""
-        ...
-
-    async def approve(self, cell: str, call_id: str, /) -> None:
-        """Let a held call reach the delegate (see ``docs/approvals.md``)."""
-        ...
-
-    async def reject(self, cell: str, call_id: str, reason: str, /) -> None:
-        """Reject a held call with ``reason`` (see ``docs/approvals.md``)."""
-        ...
+CodeModeSession = Session
+"""What :class:`CodeModeTools` takes: any :class:`~codemode.contract.Session` (the one contract of
+every kind of session; this name is kept for code written before it existed)."""
 
 
 @dataclass(frozen=True)
@@ -239,7 +214,7 @@ class CodeModeTools:
 
     def __init__(
         self,
-        session: CodeModeSession,
+        session: Session,
         tools: Sequence[ToolDefinition],
         *,
         describe_tools: bool = True,

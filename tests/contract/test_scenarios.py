@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from protocol_support import HANG, Harness, WebSocketServer, eventually
+from protocol_support import HANG, eventually
 
 from codemode import (
     AlreadyTerminating,
@@ -44,57 +43,42 @@ from codemode import (
     Yielded,
 )
 from conftest import BLOCK, ECHO, RecordingDelegate, request
+from contract.conftest import CORE, CORE_NEUTRAL, EVERY, EVERY_NEUTRAL, SessionFactory
 from scenarios import (
+    ECHO_SOURCE,
+    ECHO_TEXT,
+    MISMATCHES,
     STUBBORN,
     StubbornDelegate,
     T,
+    assert_missing,
+    assert_same_handle,
+    base_request,
     completion_of,
+    create,
     drain_continuing,
     drain_pausable,
+    finish,
     frontier_of,
     gen1_of_two_sequential,
     gen2_of_two_sequential,
+    heartbeat,
     still_pending,
     texts,
 )
 
 RESUMED = ResumeOutcome.RESUMED
 ALREADY_RUNNING = ResumeOutcome.ALREADY_RUNNING
-
-LOCAL_AND_SPAWN = pytest.mark.parametrize("harness", ["local", "spawn"], indirect=True)
-EVERY_MODE = pytest.mark.parametrize("harness", ["local", "spawn", "ws"], indirect=True)
-
-
-@pytest.fixture(scope="module")
-def ws_server() -> Iterator[WebSocketServer]:
-    server = WebSocketServer()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    mode = request.param
-    url = request.getfixturevalue("ws_server").url if mode == "ws" else None
-    h = Harness(mode, url)
-    try:
-        yield h
-    finally:
-        await h.close()
-
-
-@pytest.fixture
-async def rt(harness: Harness, delegate: RecordingDelegate) -> Any:
-    """A session of the harness's mode, on the recording delegate."""
-    return await harness.session(delegate)
+KINDS = [
+    pytest.param(CellKind.CONTINUING, id="continuing"),
+    pytest.param(CellKind.PAUSABLE, id="pausable"),
+]
 
 
 # ---------------------------------------------------------------------------- continuing (27-36)
 
 
-@EVERY_MODE
+@EVERY
 async def test_27_cell_runs_before_any_observation(rt: Any, delegate: RecordingDelegate) -> None:
     first, second = ToolDefinition("first"), ToolDefinition("second")
     cell = await rt.create_cell(
@@ -109,7 +93,7 @@ async def test_27_cell_runs_before_any_observation(rt: Any, delegate: RecordingD
     assert await rt.wait(cell, 10) == Completed(T("done"))
 
 
-@EVERY_MODE
+@EVERY_NEUTRAL
 async def test_28_initial_yield(rt: Any) -> None:
     cell = await rt.create_cell(request('text("before"); yield_control(); text("after")'))
     async with asyncio.timeout(HANG):
@@ -121,7 +105,7 @@ async def test_28_initial_yield(rt: Any) -> None:
     assert str(info.value) == f"exec cell {cell.cell_id} not found"
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_29_initial_yield_then_blocking_tool(rt: Any, delegate: RecordingDelegate) -> None:
     cell = await rt.create_cell(
         request('text("before"); yield_control(); await tools.block({}); text("after")')
@@ -134,7 +118,7 @@ async def test_29_initial_yield_then_blocking_tool(rt: Any, delegate: RecordingD
     assert await asyncio.wait_for(waiter, HANG) == Completed(T("after"))
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_30_unattached_yield_after_first_delivery_does_not_end_wait(
     rt: Any, delegate: RecordingDelegate
 ) -> None:
@@ -153,7 +137,7 @@ async def test_30_unattached_yield_after_first_delivery_does_not_end_wait(
     assert await asyncio.wait_for(waiter, HANG) == Completed(T("b", "c"))
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_31_budget_runs_out_and_the_cell_keeps_running(
     rt: Any, delegate: RecordingDelegate
 ) -> None:
@@ -167,7 +151,7 @@ async def test_31_budget_runs_out_and_the_cell_keeps_running(
     assert await rt.wait(cell, 10) == Completed(T("after"))
 
 
-@LOCAL_AND_SPAWN
+@CORE_NEUTRAL
 async def test_32_completion_is_buffered(rt: Any) -> None:
     cell = await rt.create_cell(request('text("done")'))
     await asyncio.sleep(0.1)
@@ -176,7 +160,7 @@ async def test_32_completion_is_buffered(rt: Any) -> None:
         await rt.wait(cell, 1)
 
 
-@EVERY_MODE
+@EVERY
 async def test_33_second_observer_is_busy(rt: Any, delegate: RecordingDelegate) -> None:
     cell = await rt.create_cell(request("await tools.block({})"))
     first = asyncio.ensure_future(rt.wait(cell, 60))
@@ -189,8 +173,10 @@ async def test_33_second_observer_is_busy(rt: Any, delegate: RecordingDelegate) 
     assert await asyncio.wait_for(first, HANG) == Terminated(())
 
 
-@EVERY_MODE
-async def test_34_cancelled_wait_loses_nothing(rt: Any, delegate: RecordingDelegate) -> None:
+@EVERY
+async def test_34_cancelled_wait_loses_nothing(
+    rt: Any, factory: SessionFactory, delegate: RecordingDelegate
+) -> None:
     cell = await rt.create_cell(
         request('text("a"); await tools.block({}); text("b"); await tools.block({}); text("c")')
     )
@@ -204,16 +190,31 @@ async def test_34_cancelled_wait_loses_nothing(rt: Any, delegate: RecordingDeleg
     await delegate.wait_calls(2)
     delegate.release("tool-2")
     await asyncio.sleep(0.05)
+    if factory.in_process:  # nothing reached the cancelled observer: one event has it all
+        assert await rt.wait(cell, 5) == Completed(T("a", "b", "c"))
+        return
     items, end = await drain_continuing(rt, cell)
     assert end == Completed(end.items) and texts(items) == ["a", "b", "c"]
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_34b_cancel_racing_a_delivery_loses_nothing(
-    rt: Any, delegate: RecordingDelegate
+    rt: Any, factory: SessionFactory, delegate: RecordingDelegate
 ) -> None:
     cell = await rt.create_cell(request('text("a"); await tools.block({}); text("b")'))
     await delegate.wait_calls(1)
+    if factory.in_process:
+        # The event is prepared (the deadline fired) but the waiting task is cancelled before
+        # it resumes: the prepared items go back and reach the next observer, in one event.
+        waiter = asyncio.ensure_future(rt.wait(cell, 0))
+        await asyncio.sleep(0)  # the observer attaches; its zero deadline is scheduled
+        await asyncio.sleep(0)  # the deadline fires and prepares Yielded(["a"])
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        delegate.release()
+        assert await rt.wait(cell, 5) == Completed(T("a", "b"))
+        return
     for rounds in range(4):  # cancel at several points of a zero-budget observation
         waiter = asyncio.ensure_future(rt.wait(cell, 0))
         for _ in range(rounds):
@@ -232,7 +233,7 @@ async def test_34b_cancel_racing_a_delivery_loses_nothing(
     assert delivered == ["a", "b"] and isinstance(end, Completed)
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_35_three_yields_deliver_everything_once(rt: Any) -> None:
     source = "".join(f'text("a{i}"); text("b{i}"); yield_control();' for i in range(3))
     cell = await rt.create_cell(request(source + 'text("end")'))
@@ -241,22 +242,52 @@ async def test_35_three_yields_deliver_everything_once(rt: Any) -> None:
     assert tuple(items) == T("a0", "b0", "a1", "b1", "a2", "b2", "end")
 
 
-@LOCAL_AND_SPAWN
+@CORE_NEUTRAL
 async def test_36_completion_waits_for_notifications(rt: Any, delegate: RecordingDelegate) -> None:
     delegate.notify_gate = asyncio.Event()
-    cell = await rt.create_cell(request('notify("n1"); text("done")', tool_call_id="call-36"))
+    cell = await rt.create_cell(
+        request('notify("n1"); notify("n2"); text("done")', tool_call_id="call-36")
+    )
     await asyncio.wait_for(delegate.notify_started.wait(), HANG)
     waiter = asyncio.ensure_future(rt.wait(cell, 60))
     await still_pending(waiter, 0.05)
     delegate.notify_gate.set()
     assert await asyncio.wait_for(waiter, HANG) == Completed(T("done"))
-    assert delegate.notifications == [("call-36", cell.cell_id, "n1")]
+    assert delegate.notifications == [
+        ("call-36", cell.cell_id, "n1"),
+        ("call-36", cell.cell_id, "n2"),
+    ]
+
+
+@CORE
+async def test_notifications_are_delivered_in_order(rt: Any, delegate: RecordingDelegate) -> None:
+    cell = await rt.create_cell(request("for (let i = 0; i < 20; i++) notify(`n${i}`)"))
+    await rt.wait(cell, 10)
+    assert [n[2] for n in delegate.notifications] == [f"n{i}" for i in range(20)]
+
+
+@CORE
+async def test_negative_budget_counts_as_zero(rt: Any) -> None:
+    cell = await rt.create_cell(request("await tools.block({})"))
+    assert await asyncio.wait_for(rt.wait(cell, -5), HANG) == Yielded(())
+
+
+@CORE
+async def test_yield_control_while_observed_returns_at_once(rt: Any) -> None:
+    cell = await rt.create_cell(
+        request(
+            'await new Promise(r => setTimeout(r, 20)); text("x"); yield_control();'
+            "await new Promise(() => {})"
+        )
+    )
+    assert await asyncio.wait_for(rt.wait(cell, 60), HANG) == Yielded(T("x"))
+    await rt.terminate(cell)
 
 
 # ---------------------------------------------------------------------------- handles (37-38)
 
 
-@EVERY_MODE
+@EVERY
 async def test_37_wrong_cell_kind(rt: Any) -> None:
     paused = await rt.create_pausable_cell(request("await tools.block({})"))
     cont = await rt.create_cell(request("await tools.block({})"))
@@ -277,11 +308,14 @@ async def test_37_wrong_cell_kind(rt: Any) -> None:
             "pausable",
             "continuing",
         )
+        assert str(exc.value) == f"exec cell {cid} is continuing, expected pausable"
     with pytest.raises(WrongCellKind) as exc:
         rt.cell(pid)
     assert (exc.value.expected, exc.value.actual) == ("continuing", "pausable")
+    assert str(exc.value) == f"exec cell {pid} is pausable, expected continuing"
     with pytest.raises(WrongCellKind) as exc:
         rt.pausable_cell(cid)
+    assert (exc.value.expected, exc.value.actual) == ("pausable", "continuing")
     assert str(exc.value) == f"exec cell {cid} is continuing, expected pausable"
     assert rt.pausable_cell(pid) == paused and rt.cell(cid) == cont
     assert hash(rt.cell(cid)) == hash(cont)
@@ -289,12 +323,12 @@ async def test_37_wrong_cell_kind(rt: Any) -> None:
     assert (await frontier_of(rt, paused)).pending_tool_call_ids == ("tool-1",)
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_38_foreign_handle_and_unknown_id(
-    harness: Harness, delegate: RecordingDelegate
+    factory: SessionFactory, delegate: RecordingDelegate
 ) -> None:
-    a = await harness.session(delegate)
-    b = await harness.session(RecordingDelegate())
+    a = await factory.session(delegate)
+    b = await factory.session(RecordingDelegate())
     cell = await a.create_pausable_cell(request("await tools.block({})"))
     await frontier_of(a, cell)
     msg = f"exec cell {cell.cell_id} belongs to another session"
@@ -314,14 +348,25 @@ async def test_38_foreign_handle_and_unknown_id(
     with pytest.raises(MissingCell) as missing:
         await b.terminate(unknown)
     assert missing.value.cell_id == unknown
+    assert str(missing.value) == f"exec cell {unknown} not found"
     with pytest.raises(MissingCell):
         b.pausable_cell(cell.cell_id)
+    # A continuing cell's handle is bound to its session the same way.
+    cont = await a.create_cell(request("await new Promise(() => {})"))
+    with pytest.raises(ForeignHandle) as exc:
+        await b.wait(cont, 1)
+    assert str(exc.value) == f"exec cell {cont.cell_id} belongs to another session"
+    with pytest.raises(ForeignHandle):
+        await b.terminate(cont)
+    with pytest.raises(MissingCell):
+        b.cell(cont.cell_id)
+    assert a.cell(cont.cell_id) == cont
 
 
 # ---------------------------------------------------------------------------- pausable (39-50)
 
 
-@EVERY_MODE
+@EVERY
 async def test_39_first_frontier_is_repeatable_and_paused(
     rt: Any, delegate: RecordingDelegate
 ) -> None:
@@ -333,7 +378,7 @@ async def test_39_first_frontier_is_repeatable_and_paused(
     assert await frontier_of(rt, cell) == f1
 
 
-@EVERY_MODE
+@EVERY
 async def test_40_concurrent_duplicate_resumes_then_gen_2(
     rt: Any, delegate: RecordingDelegate
 ) -> None:
@@ -343,7 +388,7 @@ async def test_40_concurrent_duplicate_resumes_then_gen_2(
     assert await frontier_of(rt, cell) == f2
 
 
-@EVERY_MODE
+@EVERY
 async def test_41_stale_future_and_current_resumes_then_completion(
     rt: Any, delegate: RecordingDelegate
 ) -> None:
@@ -365,7 +410,7 @@ async def test_41_stale_future_and_current_resumes_then_completion(
         await rt.resume(cell, 2)
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_42_parallel_calls_answered_one_per_frontier(
     rt: Any, delegate: RecordingDelegate
 ) -> None:
@@ -386,7 +431,7 @@ async def test_42_parallel_calls_answered_one_per_frontier(
     assert texts((await completion_of(rt, cell)).items) == ['[{"n":1},{"n":2}]']
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_43_parallel_frontier_drained_in_at_most_three_rounds(
     rt: Any, delegate: RecordingDelegate
 ) -> None:
@@ -412,7 +457,7 @@ async def test_43_parallel_frontier_drained_in_at_most_three_rounds(
     assert texts(items) == ["done"]
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_44_wait_to_pending_after_resume_waits_for_new_work(
     rt: Any, delegate: RecordingDelegate
 ) -> None:
@@ -425,7 +470,7 @@ async def test_44_wait_to_pending_after_resume_waits_for_new_work(
     assert await asyncio.wait_for(task, HANG) == Completed(T("done"))
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_45_promise_nothing_settles_then_terminate(rt: Any) -> None:
     cell = await rt.create_pausable_cell(request('text("before"); await new Promise(() => {})'))
     assert await frontier_of(rt, cell) == PendingFrontier(1, T("before"), ())
@@ -434,7 +479,7 @@ async def test_45_promise_nothing_settles_then_terminate(rt: Any) -> None:
         await rt.wait_to_pending(cell)
 
 
-@LOCAL_AND_SPAWN
+@CORE_NEUTRAL
 async def test_46_synchronous_cell_completes_from_first_wait_to_pending(rt: Any) -> None:
     cell = await rt.create_pausable_cell(request('text("done")'))
     assert await completion_of(rt, cell) == Completed(T("done"))
@@ -444,7 +489,7 @@ async def test_46_synchronous_cell_completes_from_first_wait_to_pending(rt: Any)
         rt.pausable_cell(cell.cell_id)
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_47_timer_adds_a_call_in_a_later_frontier(
     rt: Any, delegate: RecordingDelegate
 ) -> None:
@@ -458,15 +503,21 @@ async def test_47_timer_adds_a_call_in_a_later_frontier(
     f1 = await frontier_of(rt, cell)
     assert f1.pending_tool_call_ids == ("tool-1", "tool-2")
     assert await rt.resume(cell, 1) is RESUMED
-    f2 = await frontier_of(rt, cell)
-    assert (f2.generation, f2.pending_tool_call_ids) == (2, ("tool-1", "tool-2", "tool-3"))
+    f2 = await frontier_of(rt, cell)  # after the timer fired
+    assert (f2.generation, f2.items, f2.pending_tool_call_ids) == (
+        2,
+        (),
+        ("tool-1", "tool-2", "tool-3"),
+    )
+    assert [c.call_id for c in delegate.calls] == ["tool-1", "tool-2", "tool-3"]
     delegate.release()
     assert await rt.resume(cell, 2) is RESUMED
-    _, end = await drain_pausable(rt, cell)
+    frontiers, end = await drain_pausable(rt, cell)
     assert isinstance(end, Completed) and texts(end.items) == ["1,2,3"]
+    assert all(f.items == () for f in frontiers)
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_48_paused_cell_consumes_no_result_and_fires_no_timer(
     rt: Any, delegate: RecordingDelegate
 ) -> None:
@@ -487,7 +538,7 @@ async def test_48_paused_cell_consumes_no_result_and_fires_no_timer(
     assert texts([i for f in frontiers for i in f.items] + list(end.items)) == ["tick", "got 1"]
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_49_resume_without_any_frontier_is_invalid_generation_none(rt: Any) -> None:
     busy = await rt.create_pausable_cell(
         request("const t = Date.now(); while (Date.now() - t < 300) {} await tools.block({})")
@@ -501,8 +552,17 @@ async def test_49_resume_without_any_frontier_is_invalid_generation_none(rt: Any
     )
     await rt.terminate(busy)
 
+    # A cell that completed (buffered) without ever reaching a frontier.
+    done = await rt.create_pausable_cell(request("text('done')"))
+    await asyncio.sleep(0.1)
+    with pytest.raises(InvalidGeneration) as exc:
+        await rt.resume(done, 1)
+    assert (exc.value.requested, exc.value.latest) == (1, None)
+    assert str(exc.value).endswith("latest generation is none")
+    assert await completion_of(rt, done) == Completed(T("done"))
 
-@LOCAL_AND_SPAWN
+
+@CORE
 async def test_50_cancelled_wait_to_pending_loses_nothing_and_unobserved_frontier(
     rt: Any, delegate: RecordingDelegate
 ) -> None:
@@ -528,6 +588,7 @@ async def test_50_cancelled_wait_to_pending_loses_nothing_and_unobserved_frontie
         request("text('x'); await tools.block({n: 1}); text('y'); await tools.block({n: 2})")
     )
     g1 = await frontier_of(rt, other)
+    assert texts(g1.items) == ["x"]
     assert await rt.resume(other, 1) is RESUMED
     delegate.release(g1.pending_tool_call_ids[0])
     await delegate.wait_calls(4)
@@ -538,10 +599,7 @@ async def test_50_cancelled_wait_to_pending_loses_nothing_and_unobserved_frontie
 # ---------------------------------------------------------------------------- idempotent (51-55)
 
 
-ECHO_SOURCE = "text(JSON.stringify(await tools.echo({v: 1})))"
-
-
-@EVERY_MODE
+@EVERY
 async def test_51_concurrent_keyed_creates_admit_one_cell(
     rt: Any, delegate: RecordingDelegate
 ) -> None:
@@ -555,12 +613,13 @@ async def test_51_concurrent_keyed_creates_admit_one_cell(
         "pausable",
         "continuing",
     )
+    assert str(info.value) == f"exec cell {handles[0].cell_id} is continuing, expected pausable"
     assert await rt.wait(handles[0], 10) == Completed(T('{"v":1}'))
     await asyncio.sleep(0.1)
     assert [c.cell_id for c in delegate.calls] == [handles[0].cell_id]
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_52_key_reused_for_another_request(rt: Any) -> None:
     await rt.create_cell(request(ECHO_SOURCE, idempotency_key="k52"))
     with pytest.raises(IdempotencyConflict) as info:
@@ -571,7 +630,54 @@ async def test_52_key_reused_for_another_request(rt: Any) -> None:
         await rt.create_cell(request(ECHO_SOURCE, ECHO, idempotency_key="k52"))
 
 
-@LOCAL_AND_SPAWN
+@CORE
+@pytest.mark.parametrize("kind", KINDS)
+async def test_52_every_field_of_the_request_counts(
+    rt: Any, delegate: RecordingDelegate, kind: CellKind
+) -> None:
+    """Each way a request can differ is a conflict, before and after the cell closed; the
+    conflict admits nothing and leaves the record; an equal request built from fresh objects
+    (schema keys in another order) is a retry."""
+    firsts = {}
+    for mismatch, make in MISMATCHES.items():
+        key = f"key-52-{kind}-{mismatch}"
+        first = await create(rt, kind, base_request(key))
+        firsts[key] = first
+        differing = make(key)
+        assert differing != base_request(key)
+        with pytest.raises(IdempotencyConflict) as info:
+            await create(rt, kind, differing)
+        assert info.value.key == key
+        assert str(info.value) == f"idempotency key {key} was reused for a different request"
+        assert_same_handle(await create(rt, kind, base_request(key)), first)
+        assert texts((await finish(rt, first)).items) == [ECHO_TEXT]
+        with pytest.raises(IdempotencyConflict):  # still a conflict once the cell has closed
+            await create(rt, kind, differing)
+    await asyncio.sleep(0.05)
+    assert [c.cell_id for c in delegate.calls] == [f.cell_id for f in firsts.values()]
+
+    fresh = await create(rt, kind, base_request(f"key-fresh-{kind}"))
+    rebuilt = CreateCellRequest(
+        source=str(ECHO_SOURCE),
+        tools=[
+            ToolDefinition(
+                "echo",
+                "Returns its input.",
+                # same schema, keys inserted in another order
+                input_schema={"properties": {"v": {"type": "number"}}, "type": "object"},
+                output_schema={"type": "object"},
+            ),
+            ToolDefinition(BLOCK.name, BLOCK.description),
+        ],
+        tool_call_id="call-52",
+        idempotency_key=f"key-fresh-{kind}",
+    )
+    assert_same_handle(await create(rt, kind, rebuilt), fresh)
+    await finish(rt, fresh)
+    assert len(delegate.calls) == len(firsts) + 1
+
+
+@CORE
 async def test_53_keyed_retry_after_the_cell_closed(rt: Any, delegate: RecordingDelegate) -> None:
     req = request(ECHO_SOURCE, idempotency_key="k53")
     first = await rt.create_pausable_cell(req)
@@ -590,12 +696,29 @@ async def test_53_keyed_retry_after_the_cell_closed(rt: Any, delegate: Recording
     assert len(delegate.calls) == 1
 
 
-@LOCAL_AND_SPAWN
+@CORE
+@pytest.mark.parametrize("kind", KINDS)
+async def test_53_every_operation_on_the_retried_handle_is_missing(
+    rt: Any, delegate: RecordingDelegate, kind: CellKind
+) -> None:
+    req = request(ECHO_SOURCE, idempotency_key=f"key-53-{kind}")
+    first = await create(rt, kind, req)
+    assert texts((await finish(rt, first)).items) == [ECHO_TEXT]
+    await assert_missing(rt, first)
+    retry = await create(rt, kind, req)
+    assert_same_handle(retry, first)
+    await assert_missing(rt, retry)
+    assert_same_handle(await create(rt, kind, req), first)
+    await asyncio.sleep(0.05)
+    assert [c.cell_id for c in delegate.calls] == [first.cell_id]
+
+
+@CORE
 async def test_54_failed_keyed_admission_records_nothing(
-    harness: Harness, delegate: RecordingDelegate
+    factory: SessionFactory, delegate: RecordingDelegate
 ) -> None:
     # The admission fails with EngineError because the session is full (SPEC 8.2).
-    rt = await harness.session(delegate, CellLimits(max_live_cells=1))
+    rt = await factory.session(delegate, CellLimits(max_live_cells=1))
     blocker = await rt.create_cell(request("await tools.block({})"))
     req = request(ECHO_SOURCE, idempotency_key="k54")
     with pytest.raises(EngineError) as info:
@@ -608,7 +731,7 @@ async def test_54_failed_keyed_admission_records_nothing(
     assert await rt.create_cell(req) == cell
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_55_keyed_create_cancelled_is_found_by_its_retry(
     rt: Any, delegate: RecordingDelegate
 ) -> None:
@@ -632,7 +755,7 @@ async def test_55_keyed_create_cancelled_is_found_by_its_retry(
     assert [c.input for c in delegate.calls] == [{"a": i} for i in range(4)]
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_55_unkeyed_create_cancelled_leaves_no_running_cell(
     rt: Any, delegate: RecordingDelegate
 ) -> None:
@@ -658,7 +781,7 @@ async def test_55_unkeyed_create_cancelled_leaves_no_running_cell(
 # ---------------------------------------------------------------------------- lifecycle (56-64)
 
 
-@EVERY_MODE
+@EVERY
 async def test_56_terminate_never_observed_and_completed_cells(
     rt: Any, delegate: RecordingDelegate
 ) -> None:
@@ -674,10 +797,10 @@ async def test_56_terminate_never_observed_and_completed_cells(
         rt.cell(done.cell_id)
 
 
-@LOCAL_AND_SPAWN
-async def test_57_second_terminate_during_cleanup(harness: Harness) -> None:
+@CORE
+async def test_57_second_terminate_during_cleanup(factory: SessionFactory) -> None:
     d = StubbornDelegate(hold=0.05)
-    rt = await harness.session(d)
+    rt = await factory.session(d)
     cell = await rt.create_cell(request("await tools.stubborn({})", STUBBORN))
     await d.wait_calls(1)
     first = asyncio.ensure_future(rt.terminate(cell))
@@ -693,36 +816,61 @@ async def test_57_second_terminate_during_cleanup(harness: Harness) -> None:
     await eventually(lambda: d.cancelled == ["tool-1"])
 
 
-@LOCAL_AND_SPAWN
-async def test_58_stubborn_tool_delays_neither_terminate_nor_shutdown(harness: Harness) -> None:
+@CORE
+async def test_58_stubborn_tool_delays_neither_terminate_nor_shutdown(factory: SessionFactory) -> None:
     d = StubbornDelegate(hold=30)
-    rt = await harness.session(d)
+    rt = await factory.session(d)
     cell = await rt.create_cell(request("await tools.stubborn({})", STUBBORN))
     await d.wait_calls(1)
     started = time.monotonic()
     assert await rt.terminate(cell) == Terminated(())
+    if factory.in_process:
+        assert time.monotonic() - started < 1.0
     await rt.create_cell(request("await tools.stubborn({})", STUBBORN))
     await d.wait_calls(2)
+    shutdown_started = time.monotonic()
     await asyncio.wait_for(rt.shutdown(), HANG)
+    if factory.in_process:
+        assert time.monotonic() - shutdown_started < 1.0
     assert time.monotonic() - started < 10  # a hang bound: 30 s holds are not waited for
 
 
-@LOCAL_AND_SPAWN
-async def test_59_runaway_loop_is_observed_and_terminated(rt: Any) -> None:
-    cell = await rt.create_cell(request("while (true) {}"))
-    await asyncio.sleep(0.05)
-    assert await asyncio.wait_for(rt.wait(cell, 0.001), HANG) == Yielded(())
-    assert await asyncio.wait_for(rt.terminate(cell), HANG) == Terminated(())
-
-
-@EVERY_MODE
-async def test_60_shutdown_interrupts_cpu_bound_cells(
-    harness: Harness, delegate: RecordingDelegate
+@CORE
+@pytest.mark.parametrize(
+    "source",
+    [
+        "while (true) {}",
+        "await tools.echo({}); while (true) {}",
+        "Promise.resolve().then(() => { while (true) {} }); await new Promise(() => {})",
+        "setTimeout(() => { for (;;) {} }, 1); await new Promise(() => {})",
+    ],
+)
+async def test_59_runaway_loop_is_observed_and_terminated(
+    rt: Any, factory: SessionFactory, source: str
 ) -> None:
-    rt = await harness.session(delegate)
-    cells = [await rt.create_cell(request("while (true) {}")) for _ in range(2)]
-    await asyncio.sleep(0.05)
-    await asyncio.wait_for(rt.shutdown(), HANG)
+    async with heartbeat() as hb:
+        cell = await rt.create_cell(request(source))
+        await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(rt.wait(cell, 0.001), HANG) == Yielded(())
+        started = time.monotonic()
+        assert await asyncio.wait_for(rt.terminate(cell), HANG) == Terminated(())
+        if factory.in_process:
+            assert time.monotonic() - started < 1.0
+    assert hb.ticks > 5
+
+
+@EVERY
+async def test_60_shutdown_interrupts_cpu_bound_cells(
+    factory: SessionFactory, delegate: RecordingDelegate
+) -> None:
+    rt = await factory.session(delegate)
+    async with heartbeat():
+        cells = [await rt.create_cell(request("while (true) {}")) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await asyncio.wait_for(rt.shutdown(), HANG)
+        if factory.in_process:
+            assert time.monotonic() - started < 1.0
     assert rt.is_alive is False
     with pytest.raises(ShuttingDown) as info:
         await rt.create_cell(request("text(1)"))
@@ -736,11 +884,11 @@ async def test_60_shutdown_interrupts_cpu_bound_cells(
     await rt.shutdown()  # idempotent
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_61_concurrent_and_cancelled_shutdowns(
-    harness: Harness, delegate: RecordingDelegate
+    factory: SessionFactory, delegate: RecordingDelegate
 ) -> None:
-    rt = await harness.session(delegate)
+    rt = await factory.session(delegate)
     cell = await rt.create_cell(request("await tools.block({})"))
     await delegate.wait_calls(1)
     racing = asyncio.ensure_future(rt.create_cell(request("text(1)")))
@@ -757,7 +905,7 @@ async def test_61_concurrent_and_cancelled_shutdowns(
     with pytest.raises(MissingCell):
         await rt.wait(cell, 0)
 
-    rt2 = await harness.session(RecordingDelegate())
+    rt2 = await factory.session(RecordingDelegate())
     await rt2.create_cell(request("while (true) {}"))
     s3 = asyncio.ensure_future(rt2.shutdown())
     await asyncio.sleep(0)
@@ -768,11 +916,11 @@ async def test_61_concurrent_and_cancelled_shutdowns(
     await asyncio.wait_for(rt2.shutdown(), HANG)
 
 
-@LOCAL_AND_SPAWN
-async def test_62_shutdown_cancels_a_draining_notification(harness: Harness) -> None:
+@CORE
+async def test_62_shutdown_cancels_a_draining_notification(factory: SessionFactory) -> None:
     d = RecordingDelegate()
     d.notify_gate = asyncio.Event()
-    rt = await harness.session(d)
+    rt = await factory.session(d)
     cell = await rt.create_cell(request('notify("n"); text("done")'))
     await asyncio.wait_for(d.notify_started.wait(), HANG)
     waiter = asyncio.ensure_future(rt.wait(cell, 60))
@@ -781,11 +929,11 @@ async def test_62_shutdown_cancels_a_draining_notification(harness: Harness) -> 
     assert await asyncio.wait_for(waiter, HANG) == Terminated(T("done"))
 
 
-@LOCAL_AND_SPAWN
-async def test_63_termination_beats_a_completion_waiting_to_commit(harness: Harness) -> None:
+@CORE
+async def test_63_termination_beats_a_completion_waiting_to_commit(factory: SessionFactory) -> None:
     d = RecordingDelegate()
     d.notify_gate = asyncio.Event()
-    rt = await harness.session(d)
+    rt = await factory.session(d)
     cell = await rt.create_cell(request('store("k", 1); notify("n"); text("done")'))
     await asyncio.wait_for(d.notify_started.wait(), HANG)
     assert await rt.terminate(cell) == Terminated(T("done"))
@@ -793,19 +941,21 @@ async def test_63_termination_beats_a_completion_waiting_to_commit(harness: Harn
     assert await rt.wait(check, 10) == Completed(T("undefined"))
 
 
-@EVERY_MODE
+@EVERY
 async def test_64_completion_cancels_unawaited_calls_first(
-    rt: Any, delegate: RecordingDelegate
+    rt: Any, factory: SessionFactory, delegate: RecordingDelegate
 ) -> None:
     cell = await rt.create_cell(request('tools.block({}); text("done")'))
     assert await rt.wait(cell, 10) == Completed(T("done"))
+    if factory.in_process:  # before the completion was delivered
+        assert delegate.cancelled == ["tool-1"]
     await eventually(lambda: delegate.cancelled == ["tool-1"])
 
 
 # ---------------------------------------------------------------------------- more of the API
 
 
-@EVERY_MODE
+@EVERY
 async def test_nested_calls_values_errors_and_stored_values(
     rt: Any, delegate: RecordingDelegate
 ) -> None:
@@ -827,10 +977,10 @@ async def test_nested_calls_values_errors_and_stored_values(
     assert event.error_text is not None and "Error: bad" in event.error_text
 
 
-@LOCAL_AND_SPAWN
-async def test_limits_apply_to_every_cell(harness: Harness, delegate: RecordingDelegate) -> None:
+@CORE
+async def test_limits_apply_to_every_cell(factory: SessionFactory, delegate: RecordingDelegate) -> None:
     limits = CellLimits(max_tool_calls=2)
-    rt = await harness.session(delegate, limits)
+    rt = await factory.session(delegate, limits)
     assert rt.limits == limits
     cell = await rt.create_cell(
         request("for (let i = 0; i < 3; i++) { text(String(i)); await tools.echo({i}) }")
@@ -839,21 +989,21 @@ async def test_limits_apply_to_every_cell(harness: Harness, delegate: RecordingD
     assert event == Completed(T("0", "1", "2"), "exec cell exceeded max_tool_calls (2)")
 
 
-@LOCAL_AND_SPAWN
-async def test_delegate_raising_cancellation_itself_rejects_the_call(harness: Harness) -> None:
+@CORE
+async def test_delegate_raising_cancellation_itself_rejects_the_call(factory: SessionFactory) -> None:
     class SelfCancelling(RecordingDelegate):
         async def invoke_tool(self, call: NestedToolCall) -> Any:
             raise asyncio.CancelledError()
 
-    rt = await harness.session(SelfCancelling())
+    rt = await factory.session(SelfCancelling())
     cell = await rt.create_cell(
         request("try { await tools.echo({}) } catch (e) { text(e.message) }")
     )
     assert await rt.wait(cell, 10) == Completed(T("tool `echo` was cancelled"))
 
 
-@LOCAL_AND_SPAWN
-async def test_tool_results_that_are_not_json_and_failing_notifications(harness: Harness) -> None:
+@CORE
+async def test_tool_results_that_are_not_json_and_failing_notifications(factory: SessionFactory) -> None:
     class Odd(RecordingDelegate):
         async def invoke_tool(self, call: NestedToolCall) -> Any:
             return {1, 2}  # not JSON
@@ -861,25 +1011,39 @@ async def test_tool_results_that_are_not_json_and_failing_notifications(harness:
         async def notify(self, call_id: str, cell_id: str, text: str) -> None:
             raise RuntimeError("notify broke")
 
-    rt = await harness.session(Odd())
+    rt = await factory.session(Odd())
     cell = await rt.create_cell(
         request('notify("x"); try { await tools.echo({}) } catch (e) { text(e.message) }')
     )
     assert await rt.wait(cell, 10) == Completed(T("tool `echo` returned a value that is not JSON"))
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_wait_caller_cancelled_while_cell_spins(rt: Any) -> None:
-    cell = await rt.create_cell(request("while (true) {}"))
-    waiter = asyncio.ensure_future(rt.wait(cell, 60))
-    await asyncio.sleep(0.02)
-    waiter.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-    assert await asyncio.wait_for(rt.terminate(cell), HANG) == Terminated(())
+    async with heartbeat():
+        cell = await rt.create_cell(request("while (true) {}"))
+        waiter = asyncio.ensure_future(rt.wait(cell, 60))
+        await asyncio.sleep(0.02)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert await asyncio.wait_for(rt.terminate(cell), HANG) == Terminated(())
 
 
-@LOCAL_AND_SPAWN
+@CORE
+async def test_delegate_that_never_returns_is_cancelled_by_terminate(
+    rt: Any, factory: SessionFactory, delegate: RecordingDelegate
+) -> None:
+    cell = await rt.create_cell(request("await tools.block({})"))
+    await delegate.wait_calls(1)
+    assert await rt.wait(cell, 0.02) == Yielded(())
+    assert await rt.terminate(cell) == Terminated(())
+    if factory.in_process:  # cancelled before terminate returned
+        assert delegate.cancelled == ["tool-1"]
+    await eventually(lambda: delegate.cancelled == ["tool-1"])
+
+
+@CORE
 async def test_create_request_must_be_a_request(rt: Any) -> None:
     with pytest.raises(TypeError):
         await rt.create_cell("text(1)")
@@ -887,9 +1051,9 @@ async def test_create_request_must_be_a_request(rt: Any) -> None:
         await rt.create_cell(CreateCellRequest("text(1)", tools=["echo"]))  # type: ignore[list-item]
 
 
-@LOCAL_AND_SPAWN
-async def test_async_with_shuts_down(harness: Harness, delegate: RecordingDelegate) -> None:
-    rt = await harness.session(delegate)
+@CORE
+async def test_async_with_shuts_down(factory: SessionFactory, delegate: RecordingDelegate) -> None:
+    rt = await factory.session(delegate)
     async with rt as same:
         assert same is rt
         cell = await rt.create_cell(request("while (true) {}"))
@@ -899,7 +1063,7 @@ async def test_async_with_shuts_down(harness: Harness, delegate: RecordingDelega
         await rt.wait(cell, 0)
 
 
-@LOCAL_AND_SPAWN
+@CORE
 async def test_tools_normalised_and_default_function_input(
     rt: Any, delegate: RecordingDelegate
 ) -> None:

@@ -1,0 +1,1 @@
+"""The scenario suite over every kind of session (see conftest.py)."""

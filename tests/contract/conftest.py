@@ -1,0 +1,138 @@
+"""The session factories of the scenario suite: one per kind of session.
+
+Every scenario of ``test_scenarios.py`` runs against each factory its mark names. A new kind of
+session (a :class:`codemode.Session`) joins the suite by adding a factory to :data:`FACTORIES` and
+its name to :data:`EVERY_KIND` (the scenarios that run on every kind) and, when each scenario
+should run on it, to :data:`CORE_KINDS`.
+
+``python`` (a ``SessionRuntime`` on the ``PythonEngine``) runs only the scenarios marked
+``NEUTRAL``: those whose cell source is the same program in JavaScript and in Python
+(``text("done")``, ``notify("n"); text("done")``); the Python twins of the others are in
+``tests/test_python_cells.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from codemode import (
+    CellLimits,
+    PythonEngine,
+    RemoteSession,
+    Session,
+    SessionDelegate,
+    SessionRuntime,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "protocol"))
+
+from protocol_support import HANG, WebSocketServer
+
+from conftest import RecordingDelegate
+
+
+class FactoryContext:
+    """What a factory may need beyond the delegate and limits: shared servers, made lazily."""
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self._request = request
+
+    def ws_url(self) -> str:
+        server: WebSocketServer = self._request.getfixturevalue("ws_server")
+        return server.url
+
+
+MakeSession = Callable[[SessionDelegate, CellLimits | None, FactoryContext], Awaitable[Session]]
+
+
+async def _local(delegate: SessionDelegate, limits: CellLimits | None, _: FactoryContext) -> Session:
+    return SessionRuntime(delegate, limits=limits)
+
+
+async def _spawn(delegate: SessionDelegate, limits: CellLimits | None, _: FactoryContext) -> Session:
+    return await RemoteSession.spawn(delegate, limits=limits)
+
+
+async def _ws(delegate: SessionDelegate, limits: CellLimits | None, ctx: FactoryContext) -> Session:
+    return await RemoteSession.connect(ctx.ws_url(), delegate, limits=limits)
+
+
+async def _python(
+    delegate: SessionDelegate, limits: CellLimits | None, _: FactoryContext
+) -> Session:
+    return SessionRuntime(delegate, limits=limits, engine=PythonEngine())
+
+
+FACTORIES: dict[str, MakeSession] = {
+    "local": _local,  # SessionRuntime in this process
+    "spawn": _spawn,  # RemoteSession over a child `codemode serve` (stdio)
+    "ws": _ws,  # RemoteSession over WebSocket to one shared `codemode serve --listen`
+    "python": _python,  # SessionRuntime on Python cells (language-neutral scenarios only)
+}
+IN_PROCESS = {"local", "python"}
+"""Kinds whose events reach the caller exactly as the cell layer prepared them (no wire that may
+regroup output across a cancelled observation, SPEC 10.6) and whose loop runs the cells: the
+scenarios add their exact-grouping and timing assertions for these."""
+
+CORE_KINDS = ["local", "spawn"]
+"""Every scenario runs on these."""
+EVERY_KIND = ["local", "spawn", "ws"]
+"""A subset of the scenarios also runs on these (a WebSocket session per test is slower)."""
+
+NEUTRAL_KINDS = ["python"]
+"""Added to a scenario's kinds when its cell sources are language-neutral (``*_NEUTRAL``)."""
+
+CORE = pytest.mark.parametrize("factory", CORE_KINDS, indirect=True)
+EVERY = pytest.mark.parametrize("factory", EVERY_KIND, indirect=True)
+CORE_NEUTRAL = pytest.mark.parametrize("factory", CORE_KINDS + NEUTRAL_KINDS, indirect=True)
+EVERY_NEUTRAL = pytest.mark.parametrize("factory", EVERY_KIND + NEUTRAL_KINDS, indirect=True)
+
+
+class SessionFactory:
+    """Makes sessions of one kind (``factory.session(delegate, limits)``); shuts them all down."""
+
+    def __init__(self, kind: str, context: FactoryContext) -> None:
+        self.kind = kind
+        self.in_process = kind in IN_PROCESS
+        self._make = FACTORIES[kind]
+        self._context = context
+        self.sessions: list[Session] = []
+
+    async def session(self, delegate: Any, limits: CellLimits | None = None) -> Any:
+        session = await self._make(delegate, limits, self._context)
+        self.sessions.append(session)
+        return session
+
+    async def close(self) -> None:
+        for session in self.sessions:
+            await asyncio.wait_for(session.shutdown(), HANG)
+
+
+@pytest.fixture(scope="module")
+def ws_server() -> Iterator[WebSocketServer]:
+    server = WebSocketServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def factory(request: pytest.FixtureRequest) -> AsyncIterator[SessionFactory]:
+    made = SessionFactory(request.param, FactoryContext(request))
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+@pytest.fixture
+async def rt(factory: SessionFactory, delegate: RecordingDelegate) -> Any:
+    """A session of the factory's kind, on the recording delegate."""
+    return await factory.session(delegate)
