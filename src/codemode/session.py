@@ -247,6 +247,12 @@ class SessionRuntime(Session):
         return self._core.alive
 
     @property
+    def language(self) -> str:
+        """The language of this session's cells: ``"javascript"``, or ``"python"`` on a
+        :class:`~codemode.PythonEngine` (model-facing descriptions follow it)."""
+        return self._core.engine.language
+
+    @property
     def limits(self) -> CellLimits:
         """The limits applied to every cell of this session."""
         return self._core.limits

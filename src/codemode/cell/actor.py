@@ -300,7 +300,7 @@ class CellActor:
             elif isinstance(effect, RunEngine):
                 self._wake.set()
             elif isinstance(effect, BeginSettling):
-                large = len(self.machine.uncommitted_writes()) > _THREAD_WRITES
+                large = len(self.machine.uncommitted_writes) > _THREAD_WRITES
                 if not self._calls and self._notes is None and not large:
                     # Nothing to deliver or cancel first: commit in this same step.
                     self._commit_now()
@@ -510,7 +510,7 @@ class CellActor:
             await self._notes.join()
         await self._cancel_and_wait(self._take_call_tasks())
         prepared = None
-        writes = self.machine.uncommitted_writes()
+        writes = self.machine.uncommitted_writes
         if len(writes) > _THREAD_WRITES:
             # Merge many writes into the session's map off the loop; the commit below uses the
             # result if the map did not change meanwhile.
@@ -518,7 +518,7 @@ class CellActor:
         self._commit_now(prepared)
 
     def _commit_now(self, prepared: Any = None) -> None:
-        writes = self.machine.uncommitted_writes()
+        writes = self.machine.uncommitted_writes
         if writes:
             refused = self._host.writes_refused(writes, prepared)
             if refused is not None:

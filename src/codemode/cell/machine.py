@@ -103,6 +103,7 @@ approve              =            =            =            =            =      
 reject               =            =            =            =            =            !missing
 output               =            =            =            bug          late         late
 store_written        =            bug          =            bug          late         late
+stores_written       =            bug          =            bug          late         late
 yield_requested      =            bug          bug          bug          late         late
 inputs_applied       =            bug          bug          bug          bug          bug
 quiescent            =|paused     bug          bug          bug          bug          bug
@@ -500,7 +501,7 @@ class CellMachine:
         """The cell stored a value; it is committed with the completion, if ever."""
         self._writes[key] = value
 
-    @_rule("store_written")
+    @_rule("stores_written")
     def stores_written(self, writes: Mapping[str, Any]) -> None:
         """Many ``store_written`` at once, in order."""
         self._writes.update(writes)
@@ -571,6 +572,7 @@ class CellMachine:
         self._drop_waiting_calls()
         return [BeginSettling()]
 
+    @property
     def uncommitted_writes(self) -> dict[str, Any]:
         """The writes a commit would apply now (empty if they are to be discarded)."""
         return {} if self._discard_writes else self._writes

@@ -103,8 +103,11 @@ class TimerCleared:
 
 @dataclass(frozen=True)
 class StoreWritten:
+    """One stored-value write: the value as its JSON text (finite JSON, as the session keeps
+    it)."""
+
     key: str
-    value: Any
+    value: str
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,7 @@ class Engine(abc.ABC):
     """A kind of sandbox. Opens one :class:`EngineCell` per cell."""
 
     name: str = "engine"
+    language: str = "javascript"  # the language of the cells it runs
 
     @abc.abstractmethod
     async def open_cell(self, boot: CellBoot) -> EngineCell:

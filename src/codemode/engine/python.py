@@ -144,6 +144,9 @@ def error_text_of(exc: Any) -> str:
     return "\n".join(lines)
 
 
+_STORED_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 class PythonEngine(Engine):
     """Runs each cell as Python in the Monty sandbox: one Monty worker process per live cell.
 
@@ -156,6 +159,7 @@ class PythonEngine(Engine):
     """
 
     name = "python"
+    language = "python"
 
     def __init__(
         self,
@@ -731,7 +735,8 @@ class PythonCell(EngineCell):
                     f"Unable to store {json.dumps(key)}. "
                     "Only plain serializable objects can be stored."
                 ) from None
-            self._events.append(StoreWritten(key, value))
+            # The session keeps stored values as canonical JSON text (NaN already became null).
+            self._events.append(StoreWritten(key, _STORED_JSON.encode(value)))
             return none
         if op == "yield":
             if not self._boot.pausable:

@@ -146,6 +146,7 @@ class GuardedEngine(Engine):
             inner = V8Engine()
         self.inner = inner
         self.name = inner.name
+        self.language = inner.language
         self.rss_budget_bytes = int(rss_budget_bytes)
         self.interval = float(interval)
 

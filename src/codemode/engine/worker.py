@@ -856,7 +856,8 @@ def _event(ev: Any, tool_count: int) -> EngineEvent:
     if tag == "clear" and n == 2:
         return TimerCleared(_int(ev[1]))
     if tag == "store" and n == 3:
-        return StoreWritten(_str(ev[1]), ev[2])
+        key = _str(ev[1])
+        return StoreWritten(key, _stored_writes({key: ev[2]})[key])
     if tag == "stores" and n == 2:
         return StoresWritten(_stored_writes(ev[1]))
     raise _Malformed(f"unknown event {str(tag)[:20]!r}")

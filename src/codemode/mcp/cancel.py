@@ -70,6 +70,11 @@ class ExecCells(Session):
         return await asyncio.shield(task)
 
     @property
+    def language(self) -> str:
+        """The language of the runtime's cells."""
+        return self._runtime.language
+
+    @property
     def is_alive(self) -> bool:
         return self._runtime.is_alive
 

@@ -491,12 +491,9 @@ def python_exec_description(
 
 
 def is_python_session(session: object) -> bool:
-    """Whether ``session`` runs Python cells: a :class:`codemode.SessionRuntime` whose engine is a
-    :class:`codemode.PythonEngine`."""
-    from codemode.engine.python import PythonEngine
-
-    core = getattr(session, "_core", None)
-    return isinstance(getattr(core, "engine", None), PythonEngine)
+    """Whether ``session`` runs Python cells: its ``language`` (a :class:`codemode.SessionRuntime`
+    on a :class:`codemode.PythonEngine`, or a session forwarding to one) is ``"python"``."""
+    return getattr(session, "language", "javascript") == "python"
 
 
 def python_pragma_source(source: str) -> str:
