@@ -16,8 +16,10 @@ from codemode.errors import (
     MissingCell,
     ObservationConflict,
     ProtocolError,
+    SessionBusy,
     SessionLost,
     ShuttingDown,
+    StoreError,
     UnknownSession,
     WrongCellKind,
 )
@@ -46,6 +48,7 @@ from codemode.model import (
 )
 from codemode.protocol.client import RemoteSession
 from codemode.session import SessionRuntime, tools_delegate
+from codemode.store import PostgresStore, SessionStore, SqliteStore
 from codemode.tools import CodeModeTools, ToolResult
 
 __version__ = "0.1.0"
@@ -77,13 +80,18 @@ __all__ = [
     "PausableCellEvent",
     "Pending",
     "PendingFrontier",
+    "PostgresStore",
     "ProtocolError",
     "RemoteSession",
     "ResumeOutcome",
+    "SessionBusy",
     "SessionDelegate",
     "SessionLost",
     "SessionRuntime",
+    "SessionStore",
     "ShuttingDown",
+    "SqliteStore",
+    "StoreError",
     "Terminated",
     "TextItem",
     "ToolDefinition",

@@ -1,0 +1,37 @@
+"""Session stores: where durable sessions live (docs/durability.md).
+
+``SessionStore`` is the interface; ``SqliteStore`` (one file, several processes of one machine)
+and ``PostgresStore`` (shared by several machines; needs the ``postgres`` extra) implement it.
+"""
+
+from codemode.store.base import (
+    Batch,
+    CellRecord,
+    Delivery,
+    Entry,
+    JournalEntry,
+    KeyRecord,
+    Lease,
+    NewCell,
+    OpenedSession,
+    SessionRecord,
+    SessionStore,
+)
+from codemode.store.postgres import PostgresStore
+from codemode.store.sqlite import SqliteStore
+
+__all__ = [
+    "Batch",
+    "CellRecord",
+    "Delivery",
+    "Entry",
+    "JournalEntry",
+    "KeyRecord",
+    "Lease",
+    "NewCell",
+    "OpenedSession",
+    "PostgresStore",
+    "SessionRecord",
+    "SessionStore",
+    "SqliteStore",
+]
