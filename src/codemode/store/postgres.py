@@ -126,6 +126,17 @@ def _cell(row: tuple[Any, ...]) -> CellRecord:
 async def migrate(conn: psycopg.AsyncConnection[tuple[Any, ...]], target: int, where: str) -> None:
     """Bring the schema of ``conn``'s database (its ``search_path``) to ``target``, forward only;
     refuse a newer schema with StoreError."""
+    # Read first: a current schema needs no write (a read-only database can still be read).
+    cur = await conn.execute("SELECT to_regclass('codemode_schema_version') IS NOT NULL")
+    exists = await cur.fetchone()
+    if exists is not None and exists[0]:
+        cur = await conn.execute("SELECT max(version) FROM codemode_schema_version")
+        row = await cur.fetchone()
+        found = 0 if row is None or row[0] is None else int(row[0])
+        if found > target:
+            raise StoreError(newer_schema_text(where, found, target))
+        if found == target:
+            return
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         await conn.execute(

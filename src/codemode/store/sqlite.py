@@ -241,6 +241,8 @@ class SqliteStore:
         if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
             return StoreError(f"{where} is corrupt or not a SQLite database: {exc}")
         if name.startswith("SQLITE_CANTOPEN"):
+            if self._path.exists() and not os.access(self._path.parent, os.W_OK):
+                return StoreError(f"{where} is read-only (its directory is not writable): {exc}")
             return StoreError(f"{where} cannot be opened: {exc}")
         if name.startswith("SQLITE_IOERR"):
             return StoreError(f"{where} failed with an I/O error (is the disk full?): {exc}")
