@@ -50,7 +50,9 @@ class PostgresServer:
             )
         self.bindir = bindir
         self.fsync = fsync
-        self.root = Path(tempfile.mkdtemp(prefix="codemode-pg-"))
+        # As root the server runs as nobody, who must reach its directory: keep it in /tmp.
+        tmp = "/tmp" if os.geteuid() == 0 else None
+        self.root = Path(tempfile.mkdtemp(prefix="codemode-pg-", dir=tmp))
         self.data = self.root / "data"
         self.port = free_port()
         self.user = "codemode"
