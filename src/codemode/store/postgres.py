@@ -109,6 +109,85 @@ _CELL_COLUMNS = (
 )
 
 
+_LEASE_CHECK = (
+    "SELECT owner, expires_at > clock_timestamp() FROM codemode_leases "
+    "WHERE session_id = %s FOR SHARE"
+)
+_INSERT_CELL = (
+    "INSERT INTO codemode_cells (session_id, cell_id, kind, request, idempotency_key, "
+    "fingerprint, state, created) VALUES (%s, %s, %s, %s, %s, %s, 'open', "
+    "extract(epoch FROM clock_timestamp())) ON CONFLICT (session_id, cell_id) DO NOTHING"
+)
+_INSERT_KEY = (
+    "INSERT INTO codemode_keys (session_id, key, fingerprint, cell_id) "
+    "VALUES (%s, %s, %s, %s) ON CONFLICT (session_id, key) DO NOTHING"
+)
+# Append a batch of entries in one statement: number them per cell after the cell's last
+# sequence number (counted in codemode_cells.entries, bumped here for open cells only), and
+# return each counted cell's number before the batch.
+_APPEND = """
+WITH input AS (
+    SELECT c, k, p, ord
+    FROM unnest(%s::text[], %s::text[], %s::text[]) WITH ORDINALITY AS t(c, k, p, ord)
+), numbered AS (
+    SELECT c, k, p, row_number() OVER (PARTITION BY c ORDER BY ord) AS n FROM input
+), counts AS (
+    SELECT c, count(*) AS n FROM input GROUP BY c
+), bumped AS (
+    UPDATE codemode_cells AS cell SET entries = cell.entries + counts.n
+    FROM counts
+    WHERE cell.session_id = %s AND cell.cell_id = counts.c AND cell.state = 'open'
+    RETURNING cell.session_id, cell.cell_id, cell.entries - counts.n AS base
+), inserted AS (
+    INSERT INTO codemode_journal (session_id, cell_id, seq, kind, payload)
+    SELECT bumped.session_id, numbered.c, bumped.base + numbered.n, numbered.k, numbered.p
+    FROM numbered JOIN bumped ON bumped.cell_id = numbered.c
+)
+SELECT cell_id, base FROM bumped
+"""
+_DELIVER = """
+WITH input AS (
+    SELECT c, i, ord FROM unnest(%s::text[], %s::bigint[]) WITH ORDINALITY AS t(c, i, ord)
+), numbered AS (
+    SELECT c, i, row_number() OVER (PARTITION BY c ORDER BY ord) AS n FROM input
+), counts AS (
+    SELECT c, count(*) AS n FROM input GROUP BY c
+), bumped AS (
+    UPDATE codemode_cells AS cell SET delivered = cell.delivered + counts.n
+    FROM counts
+    WHERE cell.session_id = %s AND cell.cell_id = counts.c AND cell.state = 'open'
+    RETURNING cell.session_id, cell.cell_id, cell.delivered - counts.n AS base
+), inserted AS (
+    INSERT INTO codemode_deliveries (session_id, cell_id, seq, items)
+    SELECT bumped.session_id, numbered.c, bumped.base + numbered.n, numbered.i
+    FROM numbered JOIN bumped ON bumped.cell_id = numbered.c
+)
+SELECT cell_id, base FROM bumped
+"""
+_CLOSE = (
+    "UPDATE codemode_cells SET state = 'closed' WHERE session_id = %s AND cell_id = ANY(%s) "
+    "RETURNING cell_id"
+)
+_SET_VALUES = (
+    "INSERT INTO codemode_values (session_id, key, value) "
+    "SELECT %s, k, v FROM unnest(%s::text[], %s::text[]) AS t(k, v) "
+    "ON CONFLICT (session_id, key) DO UPDATE SET value = excluded.value"
+)
+_DELETE_VALUES = "DELETE FROM codemode_values WHERE session_id = %s AND key = ANY(%s)"
+_DELETE_KEYS = "DELETE FROM codemode_keys WHERE session_id = %s AND key = ANY(%s)"
+_CLOSED_AMONG = (
+    "SELECT cell_id, state FROM codemode_cells WHERE session_id = %s AND cell_id = ANY(%s)"
+)
+_DELETE_JOURNALS = (
+    "DELETE FROM codemode_journal WHERE session_id = %s AND cell_id = ANY(%s) AND cell_id IN "
+    "(SELECT cell_id FROM codemode_cells WHERE session_id = %s AND state = 'closed')"
+)
+_DELETE_DELIVERIES = (
+    "DELETE FROM codemode_deliveries WHERE session_id = %s AND cell_id = ANY(%s) AND cell_id IN "
+    "(SELECT cell_id FROM codemode_cells WHERE session_id = %s AND state = 'closed')"
+)
+
+
 def _cell(row: tuple[Any, ...]) -> CellRecord:
     return CellRecord(
         cell_id=row[0],
@@ -250,11 +329,7 @@ class PostgresStore:
     async def _check_lease(
         conn: psycopg.AsyncConnection[tuple[Any, ...]], session_id: str, owner: str
     ) -> None:
-        cur = await conn.execute(
-            "SELECT owner, expires_at > clock_timestamp() FROM codemode_leases "
-            "WHERE session_id = %s FOR SHARE",
-            (session_id,),
-        )
+        cur = await conn.execute(_LEASE_CHECK, (session_id,))
         row = await cur.fetchone()
         if row is None or row[0] != owner or not row[1]:
             raise SessionBusy(session_id)
@@ -359,25 +434,24 @@ class PostgresStore:
     async def write(self, session_id: str, owner: str, batch: Batch) -> list[int]:
         check_batch(batch)
         cells = [(c, dump_json(c.request, f"the request of cell {c.cell_id}")) for c in batch.cells]
-        entries = [
-            (e.cell_id, e.kind, dump_json(e.payload, f"a journal entry of cell {e.cell_id}"))
-            for e in batch.entries
+        entry_cells = [e.cell_id for e in batch.entries]
+        entry_kinds = [e.kind for e in batch.entries]
+        entry_payloads = [
+            dump_json(e.payload, f"a journal entry of cell {e.cell_id}") for e in batch.entries
         ]
-        values = [
-            (session_id, key, dump_json(value, f"stored value {key}"))
-            for key, value in batch.values.items()
-        ]
+        value_keys = list(batch.values)
+        value_texts = [dump_json(v, f"stored value {k}") for k, v in batch.values.items()]
 
         async def run(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> list[int]:
-            async with conn.transaction():
-                await self._check_lease(conn, session_id, owner)
+            # Every statement of the batch goes to the server in one pipeline: the lease check
+            # first (its row lock orders this write against a takeover), then the writes. One
+            # sync reads all results back; a failed check raises, which rolls it all back.
+            async with conn.pipeline() as pipeline, conn.transaction():
+                lease = await conn.execute(_LEASE_CHECK, (session_id,))
+                admitted = []
                 for cell, request in cells:
-                    cur = await conn.execute(
-                        "INSERT INTO codemode_cells (session_id, cell_id, kind, request, "
-                        "idempotency_key, fingerprint, state, created) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, 'open', "
-                        "extract(epoch FROM clock_timestamp())) "
-                        "ON CONFLICT (session_id, cell_id) DO NOTHING",
+                    inserted = await conn.execute(
+                        _INSERT_CELL,
                         (
                             session_id,
                             cell.cell_id,
@@ -387,156 +461,110 @@ class PostgresStore:
                             cell.fingerprint,
                         ),
                     )
-                    if cur.rowcount != 1:
+                    key = None
+                    if cell.idempotency_key is not None:
+                        key = await conn.execute(
+                            _INSERT_KEY,
+                            (session_id, cell.idempotency_key, cell.fingerprint, cell.cell_id),
+                        )
+                    admitted.append((cell, inserted, key))
+                appended = None
+                if batch.entries:
+                    appended = await conn.execute(
+                        _APPEND, (entry_cells, entry_kinds, entry_payloads, session_id)
+                    )
+                delivered = None
+                if batch.deliveries:
+                    delivered = await conn.execute(
+                        _DELIVER,
+                        (
+                            [d.cell_id for d in batch.deliveries],
+                            [d.items for d in batch.deliveries],
+                            session_id,
+                        ),
+                    )
+                closed = None
+                if batch.closed:
+                    closed = await conn.execute(_CLOSE, (session_id, list(batch.closed)))
+                if value_keys:
+                    await conn.execute(_SET_VALUES, (session_id, value_keys, value_texts))
+                if batch.values_deleted:
+                    await conn.execute(_DELETE_VALUES, (session_id, list(batch.values_deleted)))
+                if batch.keys_deleted:
+                    await conn.execute(_DELETE_KEYS, (session_id, list(batch.keys_deleted)))
+                dropped = None
+                if batch.journals_deleted:
+                    names = list(batch.journals_deleted)
+                    dropped = await conn.execute(_CLOSED_AMONG, (session_id, names))
+                    await conn.execute(_DELETE_JOURNALS, (session_id, names, session_id))
+                    await conn.execute(_DELETE_DELIVERIES, (session_id, names, session_id))
+                await pipeline.sync()
+
+                row = await lease.fetchone()
+                if row is None or row[0] != owner or not row[1]:
+                    raise SessionBusy(session_id)
+                for cell, inserted, key in admitted:
+                    if inserted.rowcount != 1:
                         raise StoreError(
                             f"cell {cell.cell_id} is already recorded in session {session_id}"
                         )
-                    if cell.idempotency_key is not None:
-                        cur = await conn.execute(
-                            "INSERT INTO codemode_keys (session_id, key, fingerprint, cell_id) "
-                            "VALUES (%s, %s, %s, %s) ON CONFLICT (session_id, key) DO NOTHING",
-                            (session_id, cell.idempotency_key, cell.fingerprint, cell.cell_id),
-                        )
-                        if cur.rowcount != 1:
-                            raise StoreError(
-                                f"idempotency key {cell.idempotency_key} is already recorded "
-                                f"in session {session_id}"
-                            )
-                seqs = await self._append(conn, session_id, entries)
-                await self._deliver(conn, session_id, batch)
-                for cell_id in batch.closed:
-                    cur = await conn.execute(
-                        "UPDATE codemode_cells SET state = 'closed' "
-                        "WHERE session_id = %s AND cell_id = %s",
-                        (session_id, cell_id),
-                    )
-                    if cur.rowcount != 1:
-                        raise StoreError(f"cell {cell_id} is not recorded in session {session_id}")
-                async with conn.cursor() as cur:
-                    if values:
-                        await cur.executemany(
-                            "INSERT INTO codemode_values (session_id, key, value) "
-                            "VALUES (%s, %s, %s) ON CONFLICT (session_id, key) "
-                            "DO UPDATE SET value = excluded.value",
-                            values,
-                        )
-                    if batch.values_deleted:
-                        await cur.execute(
-                            "DELETE FROM codemode_values WHERE session_id = %s AND key = ANY(%s)",
-                            (session_id, list(batch.values_deleted)),
-                        )
-                    if batch.keys_deleted:
-                        await cur.execute(
-                            "DELETE FROM codemode_keys WHERE session_id = %s AND key = ANY(%s)",
-                            (session_id, list(batch.keys_deleted)),
-                        )
-                for cell_id in batch.journals_deleted:
-                    cur = await conn.execute(
-                        "SELECT state FROM codemode_cells WHERE session_id = %s AND cell_id = %s",
-                        (session_id, cell_id),
-                    )
-                    row = await cur.fetchone()
-                    if row is None or row[0] != "closed":
-                        state = "not recorded" if row is None else row[0]
+                    if key is not None and key.rowcount != 1:
                         raise StoreError(
-                            f"the journal of cell {cell_id} cannot be deleted: the cell is {state}"
+                            f"idempotency key {cell.idempotency_key} is already recorded "
+                            f"in session {session_id}"
                         )
-                    for table in ("codemode_journal", "codemode_deliveries"):
-                        await conn.execute(
-                            f"DELETE FROM {table} WHERE session_id = %s AND cell_id = %s",
-                            (session_id, cell_id),
-                        )
+                seqs: list[int] = []
+                if appended is not None:
+                    bases = {cell_id: int(base) for cell_id, base in await appended.fetchall()}
+                    await self._check_counted(conn, session_id, entry_cells, bases)
+                    for cell_id in entry_cells:
+                        bases[cell_id] += 1
+                        seqs.append(bases[cell_id])
+                if delivered is not None:
+                    bases = {cell_id: int(base) for cell_id, base in await delivered.fetchall()}
+                    await self._check_counted(
+                        conn, session_id, [d.cell_id for d in batch.deliveries], bases
+                    )
+                if closed is not None:
+                    found = {r[0] for r in await closed.fetchall()}
+                    for cell_id in batch.closed:
+                        if cell_id not in found:
+                            raise StoreError(
+                                f"cell {cell_id} is not recorded in session {session_id}"
+                            )
+                if dropped is not None:
+                    states = dict(await dropped.fetchall())
+                    for cell_id in batch.journals_deleted:
+                        if states.get(cell_id) != "closed":
+                            state = states.get(cell_id, "not recorded")
+                            raise StoreError(
+                                f"the journal of cell {cell_id} cannot be deleted: "
+                                f"the cell is {state}"
+                            )
             return seqs
 
         return await self._run(run)
 
     @staticmethod
-    async def _counters(
+    async def _check_counted(
         conn: psycopg.AsyncConnection[tuple[Any, ...]],
         session_id: str,
         cell_ids: list[str],
-        column: str,
-    ) -> dict[str, int]:
-        cur = await conn.execute(
-            f"SELECT cell_id, state, {column} FROM codemode_cells "
-            "WHERE session_id = %s AND cell_id = ANY(%s) FOR UPDATE",
-            (session_id, cell_ids),
-        )
-        found = {row[0]: (row[1], int(row[2])) for row in await cur.fetchall()}
-        counters: dict[str, int] = {}
-        for cell_id in cell_ids:
-            if cell_id not in found:
-                raise StoreError(f"cell {cell_id} is not recorded in session {session_id}")
-            state, count = found[cell_id]
-            if state != "open":
-                raise StoreError(f"cell {cell_id} of session {session_id} is closed")
-            counters[cell_id] = count
-        return counters
-
-    async def _append(
-        self,
-        conn: psycopg.AsyncConnection[tuple[Any, ...]],
-        session_id: str,
-        entries: list[tuple[str, str, str]],
-    ) -> list[int]:
-        if not entries:
-            return []
-        counters = await self._counters(
-            conn, session_id, list(dict.fromkeys(e[0] for e in entries)), "entries"
-        )
-        seqs: list[int] = []
-        cell_ids: list[str] = []
-        kinds: list[str] = []
-        payloads: list[str] = []
-        for cell_id, kind, payload in entries:
-            counters[cell_id] += 1
-            seqs.append(counters[cell_id])
-            cell_ids.append(cell_id)
-            kinds.append(kind)
-            payloads.append(payload)
-        # One statement for the whole batch: unnest the columns.
-        await conn.execute(
-            "INSERT INTO codemode_journal (session_id, cell_id, seq, kind, payload) "
-            "SELECT %s, c, s, k, p FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::text[]) "
-            "AS t(c, s, k, p)",
-            (session_id, cell_ids, seqs, kinds, payloads),
-        )
-        await conn.execute(
-            "UPDATE codemode_cells AS c SET entries = t.n "
-            "FROM unnest(%s::text[], %s::bigint[]) AS t(id, n) "
-            "WHERE c.session_id = %s AND c.cell_id = t.id",
-            (list(counters), list(counters.values()), session_id),
-        )
-        return seqs
-
-    async def _deliver(
-        self, conn: psycopg.AsyncConnection[tuple[Any, ...]], session_id: str, batch: Batch
+        counted: dict[str, int],
     ) -> None:
-        if not batch.deliveries:
+        """Every cell an append or delivery named was counted (recorded and open); else say
+        which was not (the caller's exception rolls the batch back)."""
+        missing = [cell_id for cell_id in dict.fromkeys(cell_ids) if cell_id not in counted]
+        if not missing:
             return
-        counters = await self._counters(
-            conn, session_id, list(dict.fromkeys(d.cell_id for d in batch.deliveries)), "delivered"
+        cur = await conn.execute(
+            "SELECT state FROM codemode_cells WHERE session_id = %s AND cell_id = %s",
+            (session_id, missing[0]),
         )
-        cell_ids: list[str] = []
-        seqs: list[int] = []
-        items: list[int] = []
-        for delivery in batch.deliveries:
-            counters[delivery.cell_id] += 1
-            cell_ids.append(delivery.cell_id)
-            seqs.append(counters[delivery.cell_id])
-            items.append(delivery.items)
-        await conn.execute(
-            "INSERT INTO codemode_deliveries (session_id, cell_id, seq, items) "
-            "SELECT %s, c, s, i FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) "
-            "AS t(c, s, i)",
-            (session_id, cell_ids, seqs, items),
-        )
-        await conn.execute(
-            "UPDATE codemode_cells AS c SET delivered = t.n "
-            "FROM unnest(%s::text[], %s::bigint[]) AS t(id, n) "
-            "WHERE c.session_id = %s AND c.cell_id = t.id",
-            (list(counters), list(counters.values()), session_id),
-        )
+        row = await cur.fetchone()
+        if row is None:
+            raise StoreError(f"cell {missing[0]} is not recorded in session {session_id}")
+        raise StoreError(f"cell {missing[0]} of session {session_id} is closed")
 
     async def delete_cells(self, session_id: str, owner: str) -> None:
         async def run(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> None:
