@@ -305,3 +305,67 @@ async def test_postgres_full_tablespace_gives_a_clear_store_error(backend: Backe
                 ):
                     await admin.execute(f"DROP TABLE IF EXISTS {table}")
                 await admin.execute(f"DROP TABLESPACE IF EXISTS {name}")
+
+
+# ------------------------------------------------------------- unreachable, corrupt, cancelled
+
+
+async def test_a_cancelled_write_lands_whole_or_not_at_all_and_the_store_goes_on(
+    backend: Backend,
+) -> None:
+    store = backend.make()
+    sid = new_id()
+    await store.open_session(sid, "A", limits={})
+    await store.write(sid, "A", Batch(cells=[NewCell("c1", "continuing", {})]))
+    big = Batch(entries=[Entry("c1", "step", {"i": i, "pad": "y" * 300}) for i in range(3000)])
+    task = asyncio.create_task(store.write(sid, "A", big))
+    await asyncio.sleep(0.005)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    after = await store.write(sid, "A", Batch(entries=[Entry("c1", "step", "next")]))
+    journal = await store.read_journal(sid, "c1")
+    assert len(journal) in (1, 3001)
+    assert after == [len(journal)]
+    assert journal[-1].payload == "next"
+
+
+async def test_sqlite_a_file_that_is_not_a_database_gives_a_clear_store_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sessions.db"
+    path.write_bytes(b"this is not a database, " * 200)
+    store = SqliteStore(path)
+    try:
+        with pytest.raises(StoreError, match="corrupt or not a SQLite database"):
+            await store.get_session("s1")
+    finally:
+        await store.close()
+
+
+async def test_postgres_unreachable_then_a_dropped_connection_is_replaced(
+    backend: Backend,
+) -> None:
+    if backend.name != "postgres":
+        pytest.skip("PostgreSQL only")
+    assert backend.server is not None
+    from pgserver import free_port
+
+    nowhere = PostgresStore(f"host=127.0.0.1 port={free_port()} user=x dbname=x")
+    backend.stores.append(nowhere)
+    with pytest.raises(StoreError, match="unreachable"):
+        await nowhere.get_session("s1")
+    store = backend.make()
+    await store.open_session("s1", "A", limits={})
+    async with await psycopg.AsyncConnection.connect(backend.server.dsn(), autocommit=True) as c:
+        await c.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND query NOT LIKE '%%pg_stat_activity%%' "
+            "AND datname = 'postgres' AND backend_type = 'client backend'"
+        )
+    with pytest.raises(StoreError, match="unreachable"):
+        await store.get_session("s1")
+    session = await store.get_session("s1")  # a new connection
+    assert session is not None
+    await store.write("s1", "A", Batch(values={"v": 1}))
+    assert await store.get_values("s1") == {"v": 1}

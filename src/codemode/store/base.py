@@ -223,7 +223,8 @@ class SessionStore(Protocol):
         Returns the sequence numbers given to ``batch.entries``, in order: per cell they follow
         the last recorded one without a gap. A cell id or idempotency key already recorded, an
         entry or delivery for an unknown or closed cell, or a deleted journal of an open cell
-        raises ``StoreError`` and writes nothing.
+        raises ``StoreError`` and writes nothing. A write whose caller is cancelled may still
+        land, whole.
         """
         ...
 
