@@ -6,7 +6,12 @@ import asyncio
 import math
 
 import pytest
-from store_support import Backend, new_id
+from store_support import (  # the fixtures: imported for pytest to find them
+    Backend,
+    backend_fixture,  # noqa: F401
+    new_id,
+    postgres_server_fixture,  # noqa: F401
+)
 
 from codemode import SessionBusy, SessionStore, StoreError
 from codemode.store import Batch, Delivery, Entry, JournalEntry, KeyRecord, NewCell

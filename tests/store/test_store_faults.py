@@ -16,7 +16,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from store_support import Backend, new_id
+from store_support import (  # the fixtures: imported for pytest to find them
+    Backend,
+    backend_fixture,  # noqa: F401
+    new_id,
+    postgres_server_fixture,  # noqa: F401
+)
 
 from codemode import PostgresStore, SqliteStore, StoreError
 from codemode.store import Batch, Delivery, Entry, NewCell
@@ -50,7 +55,11 @@ async def test_a_writer_killed_mid_transaction_leaves_no_torn_batch(backend: Bac
             await asyncio.sleep(rng.uniform(0.0, 0.25))
         finally:
             proc.send_signal(signal.SIGKILL)
-            out, _ = await asyncio.to_thread(proc.communicate)
+            # Read the rest through the same buffered reader (communicate() would skip what
+            # readline() already buffered).
+            assert proc.stdout is not None
+            out = await asyncio.to_thread(proc.stdout.read)
+            await asyncio.to_thread(proc.wait)
         reported = [int(x) for x in [*committed, *out.split()] if x.strip()]
         journal = await reader.read_journal(sid, "c1")
         batches: dict[int, int] = {}
@@ -85,8 +94,10 @@ async def test_processes_racing_to_open_one_session_exactly_one_wins(
         gofile.touch()
         results = []
         for proc in procs:
-            out, err = await asyncio.to_thread(proc.communicate)
-            assert proc.returncode == 0, err
+            assert proc.stdout is not None and proc.stderr is not None
+            out = await asyncio.to_thread(proc.stdout.read)
+            err = await asyncio.to_thread(proc.stderr.read)
+            assert await asyncio.to_thread(proc.wait) == 0, err
             results.append(out.strip())
     finally:
         for proc in procs:

@@ -182,7 +182,7 @@ class SqliteStore:
             self._path, timeout=self.busy_seconds, isolation_level=None, check_same_thread=True
         )
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             self._migrate(conn, SCHEMA_VERSION)
         except BaseException:
@@ -190,6 +190,23 @@ class SqliteStore:
             raise
         self._conn = conn
         return conn
+
+    def _wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL mode. Processes creating a file together can find it busy
+        without SQLite's busy handler being called (a journal-mode change takes an exclusive
+        lock): retry within ``busy_seconds``."""
+        deadline = time.monotonic() + self.busy_seconds
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                name = getattr(exc, "sqlite_errorname", "") or ""
+                if not name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _migrate(self, conn: sqlite3.Connection, target: int) -> None:
         """Bring the schema to ``target`` (forward only); refuse a newer schema."""
