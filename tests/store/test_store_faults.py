@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pgserver import PostgresServer
 from store_support import (  # the fixtures: imported for pytest to find them
     Backend,
     backend_fixture,  # noqa: F401
@@ -79,6 +80,32 @@ async def test_a_writer_killed_mid_transaction_leaves_no_torn_batch(backend: Bac
     assert (await taker.open_session(sid, "taker", limits={})).lease.taken_over
     seqs = await taker.write(sid, "taker", Batch(entries=[Entry("c1", "step", "after")]))
     assert seqs == [whole * BATCH + 1]
+
+
+async def test_two_processes_write_their_sessions_in_one_store_at_once(backend: Backend) -> None:
+    """Two writer processes share the store (for SQLite: one file), each appending to its own
+    session as fast as it can: neither fails on the other's locks, and both journals hold only
+    whole batches, in order."""
+    sids = [new_id(), new_id()]
+    procs = [backend.child("writer", sid, "50") for sid in sids]
+    try:
+        for proc in procs:
+            line = await _readline(proc)
+            assert line == "ready", (line, proc.stderr.read() if proc.stderr else "")
+        for _ in range(8):  # both make progress while the other writes
+            for proc in procs:
+                assert (await _readline(proc)).isdigit()
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGKILL)
+        for proc in procs:
+            await asyncio.to_thread(proc.wait)
+    reader = backend.make()
+    for sid in sids:
+        journal = await reader.read_journal(sid, "c1")
+        assert len(journal) >= 8 * 50 and len(journal) % 50 == 0
+        assert [e.seq for e in journal] == list(range(1, len(journal) + 1))
+        assert [e.payload["batch"] for e in journal[::50]] == list(range(len(journal) // 50))
 
 
 async def test_processes_racing_to_open_one_session_exactly_one_wins(
@@ -380,3 +407,16 @@ async def test_postgres_unreachable_then_a_dropped_connection_is_replaced(
     assert session is not None
     await store.write("s1", "A", Batch(values={"v": 1}))
     assert await store.get_values("s1") == {"v": 1}
+
+
+def test_a_store_serves_one_event_loop_after_another(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """A store outlives an event loop: each ``asyncio.run`` may use it (PostgresStore opens a
+    new connection for the new loop)."""
+    dsn = postgres_server.dsn(search_path=postgres_server.new_schema())
+    for store in (SqliteStore(tmp_path / "s.db"), PostgresStore(dsn)):
+        asyncio.run(store.open_session("s1", "A", limits={"n": 1}))
+        asyncio.run(store.write("s1", "A", Batch(values={"v": 2})))
+        assert asyncio.run(store.get_values("s1")) == {"v": 2}
+        asyncio.run(store.close())

@@ -4,6 +4,8 @@
 and ``PostgresStore`` (shared by several machines; needs the ``postgres`` extra) implement it.
 """
 
+from typing import TYPE_CHECKING
+
 from codemode.store.base import (
     Batch,
     CellRecord,
@@ -19,6 +21,10 @@ from codemode.store.base import (
 )
 from codemode.store.postgres import PostgresStore
 from codemode.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:  # mypy checks that both stores implement the protocol
+    _sqlite: SessionStore = SqliteStore("")
+    _postgres: SessionStore = PostgresStore("")
 
 __all__ = [
     "Batch",

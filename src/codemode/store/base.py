@@ -208,7 +208,8 @@ class SessionStore(Protocol):
     async def renew_lease(self, session_id: str, owner: str) -> Lease:
         """Extend ``owner``'s lease by ``lease_seconds`` from now. Raises ``SessionBusy`` when
         ``owner`` no longer holds it (another owner took it over, or it was released): the lease
-        is lost, and the holder must stop driving the session's cells."""
+        is lost, and the holder must stop driving the session's cells. A lease that expired
+        without anyone taking it over is renewed (its holder's writes were refused meanwhile)."""
         ...
 
     async def release_lease(self, session_id: str, owner: str) -> None:

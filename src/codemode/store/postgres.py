@@ -252,6 +252,7 @@ class PostgresStore:
         self._lease_seconds = float(lease_seconds)
         self._conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
         self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     @property
@@ -268,9 +269,18 @@ class PostgresStore:
     ) -> T:
         if self._closed:
             raise StoreError("the PostgreSQL store is closed")
-        if self._lock is None:
-            self._lock = asyncio.Lock()
         import psycopg
+
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # First use, or a new event loop (asyncio.run again): the connection and the lock
+            # belong to the old loop; start afresh.
+            self._loop = loop
+            self._lock = asyncio.Lock()
+            stale, self._conn = self._conn, None
+            if stale is not None and not stale.closed:
+                stale.pgconn.finish()
+        assert self._lock is not None
 
         async with self._lock:
             try:
