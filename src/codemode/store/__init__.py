@@ -19,6 +19,7 @@ from codemode.store.base import (
     SessionRecord,
     SessionStore,
 )
+from codemode.store.lease import LeaseKeeper
 from codemode.store.postgres import PostgresStore
 from codemode.store.sqlite import SqliteStore
 
@@ -34,6 +35,7 @@ __all__ = [
     "JournalEntry",
     "KeyRecord",
     "Lease",
+    "LeaseKeeper",
     "NewCell",
     "OpenedSession",
     "PostgresStore",
