@@ -8,6 +8,8 @@ synchronous_commit), measures:
 - entries per second with batches of 10 and 100 entries per transaction (one transaction per
   engine step, as the journal writes), and the batches (transactions) per second;
 - a typical step's batch (one input entry plus one delivered-event boundary) per second;
+- appends per second from 50 concurrent writers (SqliteStore commits concurrent writes as a
+  group; PostgresStore runs them one after the other on its connection);
 - the time to read back a 1,000-entry journal (median of 20 reads).
 
 Each entry carries a ~120-byte JSON payload (a tool result). Prints a table and writes
@@ -71,6 +73,18 @@ async def measure(store: Any, appends: int) -> dict[str, float]:
         time.perf_counter() - start
     )
 
+    async def writer(cell: str, count: int) -> None:
+        for _ in range(count):
+            await store.write(sid, "bench", Batch(entries=[Entry(cell, "step", PAYLOAD)]))
+
+    cells = [NewCell(f"w{i}", "continuing", {}) for i in range(50)]
+    await store.write(sid, "bench", Batch(cells=cells))
+    start = time.perf_counter()
+    await asyncio.gather(*(writer(c.cell_id, max(1, appends // 50)) for c in cells))
+    figures["appends/s, 50 concurrent writers, 1 entry each"] = (
+        max(1, appends // 50) * 50 / (time.perf_counter() - start)
+    )
+
     await store.write(sid, "bench", Batch(entries=[Entry("c4", "step", PAYLOAD)] * 1000))
     reads = []
     for _ in range(20):
@@ -91,7 +105,7 @@ async def main() -> None:
 
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        store = SqliteStore(Path(tmp) / "bench.db")
+        store = SqliteStore(Path(tmp) / "bench.db", lease_seconds=3600)
         try:
             results["SqliteStore"] = await measure(store, args.appends)
         finally:
@@ -105,7 +119,7 @@ async def main() -> None:
         else:
             server = PostgresServer(fsync=True).start()
             try:
-                pg = PostgresStore(server.dsn())
+                pg = PostgresStore(server.dsn(), lease_seconds=3600)
                 try:
                     results["PostgresStore (loopback)"] = await measure(pg, args.appends)
                 finally:

@@ -189,6 +189,26 @@ async def test_many_single_appends_stay_in_order(backend: Backend) -> None:
     assert {e.seq: e.payload for e in journal} == {r[0]: i for i, r in enumerate(results)}
 
 
+async def test_concurrent_writes_fail_alone(backend: Backend) -> None:
+    """Writes issued together (SqliteStore commits them as one group) land or fail each on its
+    own: a malformed batch or a writer without the lease takes nothing else with it."""
+    store, sid = await opened(backend)
+    await store.write(sid, "A", Batch(cells=[NewCell("c1", "continuing", {})]))
+    writes = [store.write(sid, "A", Batch(entries=[Entry("c1", "step", i)])) for i in range(10)]
+    writes.insert(3, store.write(sid, "A", Batch(entries=[Entry("ghost", "step", "x")])))
+    writes.insert(6, store.write(sid, "B", Batch(values={"stolen": True})))
+    writes.insert(8, store.write(sid, "A", Batch(cells=[NewCell("c1", "continuing", {})])))
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert isinstance(results[3], StoreError) and "ghost" in str(results[3])
+    assert isinstance(results[6], SessionBusy)
+    assert isinstance(results[8], StoreError) and "already recorded" in str(results[8])
+    good = [r for i, r in enumerate(results) if i not in (3, 6, 8)]
+    assert sorted(r[0] for r in good) == list(range(1, 11))  # type: ignore[index]
+    journal = await store.read_journal(sid, "c1")
+    assert [e.seq for e in journal] == list(range(1, 11))
+    assert await store.get_values(sid) == {}
+
+
 async def test_a_failing_batch_writes_nothing(backend: Backend) -> None:
     store, sid = await opened(backend)
     await store.write(

@@ -17,6 +17,8 @@ machine (docs/durability.md).
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import os
 import sqlite3
 import threading
@@ -144,6 +146,10 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         self._close_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: collections.deque[
+            tuple[Callable[[sqlite3.Connection, float], Any], concurrent.futures.Future[Any]]
+        ] = collections.deque()
 
     @property
     def lease_seconds(self) -> float:
@@ -264,6 +270,67 @@ class SqliteStore:
         if name.startswith("SQLITE_IOERR"):
             return StoreError(f"{where} failed with an I/O error (is the disk full?): {exc}")
         return StoreError(f"{where} failed: {exc}")
+
+    async def _grouped(self, body: Callable[[sqlite3.Connection, float], T]) -> T:
+        """Run ``body(conn, now)`` as one write of a group commit: the store's thread runs every
+        write queued meanwhile in one transaction, each in a savepoint of its own (a write that
+        raises is rolled back alone and raises to its caller), and answers them all after the
+        commit. Writes are applied in the order they were queued."""
+        if self._closed:
+            raise StoreError(f"the SQLite store {self._path} is closed")
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._queue_lock:
+            self._queue.append((body, future))
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(self._executor, self._flush)
+        result: T = await asyncio.wrap_future(future)
+        return result
+
+    def _flush(self) -> None:
+        with self._queue_lock:
+            jobs = list(self._queue)
+            self._queue.clear()
+        if not jobs:
+            return
+        pending = [future for _, future in jobs if future.set_running_or_notify_cancel()]
+        outcomes: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                now = time.time()
+                for body, future in jobs:
+                    if future not in pending:
+                        continue
+                    conn.execute("SAVEPOINT codemode_write")
+                    try:
+                        result = body(conn, now)
+                    except Exception as exc:
+                        if not conn.in_transaction:
+                            raise  # SQLite rolled the whole transaction back: all fail
+                        conn.execute("ROLLBACK TO codemode_write")
+                        conn.execute("RELEASE codemode_write")
+                        if isinstance(exc, sqlite3.Error):
+                            exc = self._error(exc)
+                        outcomes.append((future, None, exc))
+                    else:
+                        conn.execute("RELEASE codemode_write")
+                        outcomes.append((future, result, None))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except BaseException as exc:
+            error = self._error(exc) if isinstance(exc, sqlite3.Error) else exc
+            for future in pending:
+                future.set_exception(error)
+            return
+        for future, result, failure in outcomes:
+            if failure is not None:
+                future.set_exception(failure)
+            else:
+                future.set_result(result)
 
     @staticmethod
     def _transaction(conn: sqlite3.Connection, body: Callable[[float], T]) -> T:
@@ -408,7 +475,7 @@ class SqliteStore:
             for key, value in batch.values.items()
         ]
 
-        def run(conn: sqlite3.Connection) -> list[int]:
+        def run(conn: sqlite3.Connection, now: float) -> list[int]:
             def body(now: float) -> list[int]:
                 self._check_lease(conn, session_id, owner, now)
                 for row, cell in zip(cells, batch.cells, strict=True):
@@ -478,9 +545,9 @@ class SqliteStore:
                     )
                 return seqs
 
-            return self._transaction(conn, body)
+            return body(now)
 
-        return await self._run(run)
+        return await self._grouped(run)
 
     @staticmethod
     def _state(conn: sqlite3.Connection, session_id: str, cell_id: str) -> str | None:
