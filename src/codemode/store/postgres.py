@@ -19,6 +19,7 @@ The same semantics as :class:`~codemode.SqliteStore`, on PostgreSQL through psyc
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -253,6 +254,8 @@ class PostgresStore:
         self._conn: psycopg.AsyncConnection[tuple[Any, ...]] | None = None
         self._lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._writes: list[tuple[Callable[..., Awaitable[Any]], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._closed = False
 
     @property
@@ -452,11 +455,14 @@ class PostgresStore:
         value_keys = list(batch.values)
         value_texts = [dump_json(v, f"stored value {k}") for k, v in batch.values.items()]
 
-        async def run(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> list[int]:
-            # Every statement of the batch goes to the server in one pipeline: the lease check
-            # first (its row lock orders this write against a takeover), then the writes. One
-            # sync reads all results back; a failed check raises, which rolls it all back.
-            async with conn.pipeline() as pipeline, conn.transaction():
+        async def run(
+            conn: psycopg.AsyncConnection[tuple[Any, ...]], pipeline: psycopg.AsyncPipeline
+        ) -> list[int]:
+            # Every statement of the batch goes to the server in one pipeline, in a savepoint of
+            # the group's transaction: the lease check first (its row lock orders this write
+            # against a takeover), then the writes. One sync reads all results back; a failed
+            # check raises, which rolls the savepoint back.
+            async with conn.transaction():
                 lease = await conn.execute(_LEASE_CHECK, (session_id,))
                 admitted = []
                 for cell, request in cells:
@@ -553,7 +559,66 @@ class PostgresStore:
                             )
             return seqs
 
-        return await self._run(run)
+        return await self._grouped(run)
+
+    async def _grouped(
+        self,
+        job: Callable[
+            [psycopg.AsyncConnection[tuple[Any, ...]], psycopg.AsyncPipeline], Awaitable[T]
+        ],
+    ) -> T:
+        """Run ``job`` as one write of a group commit: writes queued while a transaction is in
+        flight go together in the next one, each in a savepoint of its own (a write that raises
+        is rolled back alone and raises to its caller), answered after the commit, in the order
+        they were queued. A caller cancelled before its write started writes nothing."""
+        if self._closed:
+            raise StoreError("the PostgreSQL store is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._writes.append((job, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_writes())
+        result: T = await future
+        return result
+
+    async def _flush_writes(self) -> None:
+        while self._writes:
+            jobs = [(job, future) for job, future in self._writes if not future.done()]
+            self._writes.clear()
+            if not jobs:
+                continue
+            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            try:
+                await self._run(functools.partial(self._run_group, jobs, outcomes))
+            except BaseException as exc:
+                for _, future in jobs:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for future, result, failure in outcomes:
+                if future.done():
+                    continue
+                if failure is not None:
+                    future.set_exception(failure)
+                else:
+                    future.set_result(result)
+
+    @staticmethod
+    async def _run_group(
+        jobs: list[tuple[Callable[..., Awaitable[Any]], asyncio.Future[Any]]],
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
+        conn: psycopg.AsyncConnection[tuple[Any, ...]],
+    ) -> None:
+        outcomes.clear()
+        async with conn.pipeline() as pipeline, conn.transaction():
+            for job, future in jobs:
+                try:
+                    result = await job(conn, pipeline)
+                except (SessionBusy, StoreError) as exc:
+                    outcomes.append((future, None, exc))
+                else:
+                    outcomes.append((future, result, None))
 
     @staticmethod
     async def _check_counted(
