@@ -742,9 +742,23 @@ class PostgresStore:
     # ---------------------------------------------------------------------------- closing
 
     async def close(self) -> None:
+        """Close the connection once the operation in flight (if any) has finished; writes still
+        queued raise StoreError."""
         if self._closed:
             return
         self._closed = True
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.close()
+        lock = self._lock
+        try:
+            current_loop = asyncio.get_running_loop()
+        except RuntimeError:
+            current_loop = None
+        if lock is not None and self._loop is current_loop:
+            async with lock:
+                conn, self._conn = self._conn, None
+        else:
+            conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            if self._loop is current_loop:
+                await conn.close()
+            else:
+                conn.pgconn.finish()

@@ -292,7 +292,7 @@ class SqliteStore:
             self._queue.clear()
         if not jobs:
             return
-        pending = [future for _, future in jobs if future.set_running_or_notify_cancel()]
+        pending = {future for _, future in jobs if future.set_running_or_notify_cancel()}
         outcomes: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
         try:
             conn = self._connect()
