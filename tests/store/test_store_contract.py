@@ -373,3 +373,19 @@ async def test_a_closed_store_refuses_work(backend: Backend) -> None:
     await store.close()
     with pytest.raises(StoreError, match="closed"):
         await store.get_session(sid)
+
+
+async def test_closing_with_writes_in_flight_ends_each_cleanly(backend: Backend) -> None:
+    """A write in flight when the store closes lands (or raises StoreError), never half."""
+    store, sid = await opened(backend)
+    await store.write(sid, "A", Batch(cells=[NewCell("c1", "continuing", {})]))
+    big = Batch(entries=[Entry("c1", "step", {"i": i, "pad": "z" * 200}) for i in range(2000)])
+    writes = [asyncio.create_task(store.write(sid, "A", big)) for _ in range(3)]
+    await asyncio.sleep(0)
+    await store.close()
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    for result in results:
+        assert isinstance(result, list | StoreError), repr(result)
+    landed = sum(isinstance(r, list) for r in results)
+    reader = backend.make()
+    assert len(await reader.read_journal(sid, "c1")) == 2000 * landed
