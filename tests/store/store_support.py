@@ -38,6 +38,7 @@ class Backend:
     location: str
     make_store: Callable[..., SessionStore]
     stores: list[SessionStore] = field(default_factory=list)
+    keepers: list[Any] = field(default_factory=list)  # LeaseKeepers, stopped at teardown
     server: PostgresServer | None = None
     schema: str | None = None
 
@@ -106,5 +107,7 @@ async def backend_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Asy
     try:
         yield b
     finally:
+        for keeper in b.keepers:
+            await keeper.stop()
         for store in b.stores:
             await store.close()

@@ -80,10 +80,10 @@ async def test_release_lets_the_next_owner_in_without_waiting(backend: Backend) 
 
 
 async def test_renewal_keeps_the_lease_past_lease_seconds(backend: Backend) -> None:
-    store, sid = await opened(backend, lease_seconds=1.0)
-    other = backend.make(lease_seconds=1.0)
+    store, sid = await opened(backend, lease_seconds=1.5)
+    other = backend.make(lease_seconds=1.5)
     loop = asyncio.get_running_loop()
-    end = loop.time() + 2.0
+    end = loop.time() + 2.2
     while loop.time() < end:
         lease = await store.renew_lease(sid, "A")
         assert lease.owner == "A" and lease.epoch == 1

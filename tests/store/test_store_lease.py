@@ -47,19 +47,21 @@ async def test_a_kept_lease_outlives_lease_seconds_and_release_hands_it_over(
     backend: Backend,
 ) -> None:
     sid = new_id()
-    keeper = LeaseKeeper(backend.make(lease_seconds=0.6), sid, "A")
-    lease = await keeper.open(limits={})
-    assert lease.owner == "A" and keeper.held()
-    other = backend.make(lease_seconds=0.6)
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 1.5
-    while loop.time() < end:
-        with pytest.raises(SessionBusy):
-            await other.open_session(sid, "B", limits={})
-        assert keeper.held()
-        await asyncio.sleep(0.1)
-    keeper.check()
-    await keeper.stop(release=True)
+    keeper = LeaseKeeper(backend.make(lease_seconds=1.5), sid, "A")
+    try:
+        lease = await keeper.open(limits={})
+        assert lease.owner == "A" and keeper.held()
+        other = backend.make(lease_seconds=1.5)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 2.2  # longer than lease_seconds: the keeper must have renewed
+        while loop.time() < end:
+            with pytest.raises(SessionBusy):
+                await other.open_session(sid, "B", limits={})
+            assert keeper.held()
+            await asyncio.sleep(0.1)
+        keeper.check()
+    finally:
+        await keeper.stop(release=True)
     assert (await other.open_session(sid, "B", limits={})).lease.epoch == 2
 
 
@@ -71,6 +73,7 @@ async def test_a_partitioned_holder_knows_it_lost_its_lease_before_anyone_takes_
     link = Partition(backend.make(lease_seconds=0.8), hang=hang)
     lost_at: list[float] = []
     keeper = LeaseKeeper(link, sid, "A", on_lost=lambda: lost_at.append(time.monotonic()))  # type: ignore[arg-type]
+    backend.keepers.append(keeper)
     await keeper.open(limits={})
     await asyncio.sleep(0.3)
     link.cut = True  # renewals from now on hang or fail
@@ -106,6 +109,7 @@ async def test_a_holder_whose_lease_was_taken_learns_it_at_its_next_renewal(
     sid = new_id()
     store = backend.make(lease_seconds=3.0)
     keeper = LeaseKeeper(store, sid, "A")
+    backend.keepers.append(keeper)
     await keeper.open(limits={})
     # Behind the keeper's back the lease changes hands (as after a takeover).
     await store.release_lease(sid, "A")
