@@ -130,7 +130,7 @@ def _cell(row: tuple[Any, ...]) -> CellRecord:
 class SqliteStore:
     """The embedded session store: one SQLite file, safe for several processes of one machine.
 
-    The file is created (with its directory's permissions) on first use. ``lease_seconds`` is how
+    The file is created on first use. ``lease_seconds`` is how
     long a session's lease lasts after it was granted or renewed (docs/durability.md).
     """
 
