@@ -24,8 +24,10 @@ from codemode.errors import (
     NotAwaitingApproval,
     ObservationConflict,
     ProtocolError,
+    SessionBusy,
     SessionLost,
     ShuttingDown,
+    StoreError,
     UnknownSession,
     WrongCellKind,
 )
@@ -54,6 +56,7 @@ from codemode.model import (
     Yielded,
 )
 from codemode.session import SessionRuntime, tools_delegate
+from codemode.store import PostgresStore, SessionStore, SqliteStore
 from codemode.tools import CodeModeTools, ToolResult
 
 if TYPE_CHECKING:
@@ -99,15 +102,20 @@ __all__ = [
     "PausableCellEvent",
     "Pending",
     "PendingFrontier",
+    "PostgresStore",
     "ProtocolError",
     "PythonEngine",
     "RemoteSession",
     "ResumeOutcome",
     "Session",
+    "SessionBusy",
     "SessionDelegate",
     "SessionLost",
     "SessionRuntime",
+    "SessionStore",
     "ShuttingDown",
+    "SqliteStore",
+    "StoreError",
     "Terminated",
     "TextItem",
     "ToolDefinition",

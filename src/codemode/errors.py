@@ -20,8 +20,10 @@ __all__ = [
     "NotAwaitingApproval",
     "ObservationConflict",
     "ProtocolError",
+    "SessionBusy",
     "SessionLost",
     "ShuttingDown",
+    "StoreError",
     "UnknownSession",
     "WrongCellKind",
 ]
@@ -195,3 +197,30 @@ class ProtocolError(CodeModeError):
 
     def fields(self) -> dict[str, object]:
         return {"message": self.message, "code": self.code}
+
+
+# ------------------------------------------------------------------ durable sessions (SPEC 12)
+
+
+class SessionBusy(CodeModeError):
+    """The session is open in another runtime (its store lease is held elsewhere), or this
+    runtime lost its lease to another one (docs/durability.md)."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"code mode session {session_id} is open elsewhere")
+        self.session_id = session_id
+
+    def fields(self) -> dict[str, object]:
+        return {"session_id": self.session_id}
+
+
+class StoreError(CodeModeError):
+    """The session store failed: unreachable, corrupt, read-only, full, or of a newer schema.
+    The message is the store's text."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def fields(self) -> dict[str, object]:
+        return {"text": self.text}

@@ -218,6 +218,8 @@ def sample_error(name: str) -> errors.CodeModeError:
         "ObservationConflict": errors.ObservationConflict("c1", 4, "observation generation 4 ..."),
         "SessionLost": errors.SessionLost("gone"),
         "ProtocolError": errors.ProtocolError("bad peer", -32602),
+        "SessionBusy": errors.SessionBusy("s9"),
+        "StoreError": errors.StoreError("the SQLite store x.db is read-only"),
     }
     return samples[name]
 
