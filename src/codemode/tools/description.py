@@ -201,7 +201,8 @@ _MiB: Final = 1024 * 1024
 _KiB: Final = 1024
 
 
-def _format_bytes(n: int) -> str:
+def format_bytes(n: int) -> str:
+    """``n`` bytes as a model reads them: ``64 MiB``, ``512 KiB`` or ``100 bytes``."""
     if n % _MiB == 0:
         return f"{n // _MiB} MiB"
     if n % _KiB == 0:
@@ -213,8 +214,8 @@ def _limits_text(limits: CellLimits) -> str:
     return (
         f"Limits per cell: at most {limits.max_tool_calls} tool calls in all and "
         f"{limits.max_parallel_tool_calls} outstanding at once (more wait their turn), "
-        f"{_format_bytes(limits.max_output_bytes)} of output, "
-        f"{_format_bytes(limits.max_heap_bytes)} of memory and "
+        f"{format_bytes(limits.max_output_bytes)} of output, "
+        f"{format_bytes(limits.max_heap_bytes)} of memory and "
         f"{limits.max_cpu_seconds:g} seconds of JavaScript CPU time (waiting for tools or timers "
         "does not count). Exceeding one ends the cell with an error naming the limit, "
         "e.g. `exec cell exceeded max_tool_calls "

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from codemode.engine.python_env import ALLOWED_IMPORTS, python_tool_identifiers
 from codemode.model import CellLimits, ToolDefinition, ToolKind
-from codemode.tools.description import CODE_MODE_ONLY_TEXT, NO_NAMESPACE_HEADING
+from codemode.tools.description import CODE_MODE_ONLY_TEXT, NO_NAMESPACE_HEADING, format_bytes
 from codemode.tools.typescript import is_mcp_shaped
 
 __all__ = [
@@ -112,24 +112,12 @@ PYTHON_ALL_TOOLS_TEXT: Final = (
 _NO_TOOLS_TEXT: Final = "No nested tools are enabled: `tools` has no methods."
 _REFERENCE_INTRO: Final = "Nested tools (call each as `await tools.<identifier>(...)`):"
 
-_MiB: Final = 1024 * 1024
-_KiB: Final = 1024
-
-
-def _format_bytes(n: int) -> str:
-    if n % _MiB == 0:
-        return f"{n // _MiB} MiB"
-    if n % _KiB == 0:
-        return f"{n // _KiB} KiB"
-    return f"{n} bytes"
-
-
 def _limits_text(limits: CellLimits) -> str:
     return (
         f"Limits per cell: at most {limits.max_tool_calls} tool calls in all and "
         f"{limits.max_parallel_tool_calls} at the host at once (further calls wait), "
-        f"{_format_bytes(limits.max_output_bytes)} of output, "
-        f"{_format_bytes(limits.max_heap_bytes)} of memory and "
+        f"{format_bytes(limits.max_output_bytes)} of output, "
+        f"{format_bytes(limits.max_heap_bytes)} of memory and "
         f"{limits.max_cpu_seconds:g} seconds of Python CPU time (waiting for tools or sleeps "
         "does not count). Exceeding one ends the cell with an error naming the limit, "
         f"e.g. `exec cell exceeded max_tool_calls ({limits.max_tool_calls})`."
