@@ -46,6 +46,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from codemode import tracing
+from codemode.cell.delegate import call_delegate
 from codemode.cell.machine import call_number
 from codemode.contract import Session
 from codemode.errors import (
@@ -1009,22 +1010,24 @@ class RemoteSession(Session):
     async def _invoke(self, request: IncomingRequest, params: dict[str, Any]) -> PreEncoded:
         tool = self._tool(params["cellId"], params["tool"])
         call = NestedToolCall(params["cellId"], params["callId"], tool, params["input"])
-        try:
-            with tracing.extracted(params.get("_meta")):
-                value = await self._delegate.invoke_tool(call)
-        except asyncio.CancelledError:
-            if request.cancel_requested or self._endpoint is None or self._endpoint.closing:
-                raise
-            # The delegate raised CancelledError itself: a rejection, as in-process.
-            raise RpcError(TOOL_ERROR, f"tool `{tool.name}` was cancelled") from None
-        except Exception as exc:
-            raise RpcError(TOOL_ERROR, str(exc) or type(exc).__name__) from None
-        try:
-            text = encode(value)
-        except (TypeError, ValueError, RecursionError):
-            raise RpcError(
-                TOOL_ERROR, f"tool `{tool.name}` returned a value that is not JSON"
-            ) from None
+        meta = params.get("_meta")
+
+        async def invoke(call: NestedToolCall) -> Any:
+            with tracing.extracted(meta):
+                return await self._delegate.invoke_tool(call)
+
+        # A delegate's own CancelledError is a rejection, as in-process.
+        result = await call_delegate(
+            invoke,
+            call,
+            cancel_requested=lambda: (
+                request.cancel_requested or self._endpoint is None or self._endpoint.closing
+            ),
+            encode=encode,
+        )
+        if not result.ok:
+            raise RpcError(TOOL_ERROR, result.message)
+        text = result.value_json
         return PreEncoded('{"output":' + text + "}")
 
     async def _notify(self, params: dict[str, Any]) -> dict[str, Any]:
