@@ -75,7 +75,6 @@ from codemode.errors import (
     MissingCell,
     ObservationConflict,
     UnknownSession,
-    WrongCellKind,
 )
 from codemode.model import (
     ApprovalRequest,
@@ -226,14 +225,8 @@ class _ServedSession:
     cell_ids: set[str] = field(default_factory=set)
 
     def is_live(self, cell_id: str) -> bool:
-        """Whether the runtime still has the cell (asked through its public lookups)."""
-        try:
-            self.runtime.cell(cell_id)
-        except WrongCellKind:
-            return True
-        except MissingCell:
-            return False
-        return True
+        """Whether the runtime still has the cell, of either kind."""
+        return self.runtime.is_live(cell_id)
 
     def live_cells(self) -> list[str]:
         live = [c for c in self.cell_ids if self.is_live(c)]
