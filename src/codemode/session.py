@@ -27,9 +27,7 @@ from codemode.contract import Session
 from codemode.engine.base import CellBoot, Engine, limit_error_text
 from codemode.errors import (
     EngineError,
-    ForeignHandle,
     IdempotencyConflict,
-    MissingCell,
     ShuttingDown,
     WrongCellKind,
 )
@@ -53,6 +51,7 @@ from codemode.model import (
     ToolFunction,
     Yielded,
 )
+from codemode.registry import CellRegistry
 from codemode.tools.catalog import reference_json
 
 __all__ = ["SessionRuntime", "new_cell_id", "tools_delegate"]
@@ -133,7 +132,7 @@ class _SessionCore:
         self.limits = limits
         self.engine = engine
         self.alive = True
-        self.cells: dict[str, CellActor] = {}
+        self.cells: CellRegistry[CellActor] = CellRegistry()  # owns the handles' identity
         self.stored = StoredSnapshot()  # immutable; each commit makes a new one
         # (snapshot, writes, result) of the merge writes_refused just checked
         self._merged: tuple[StoredSnapshot, dict[str, Any], StoredSnapshot | None] | None = None
@@ -145,7 +144,6 @@ class _SessionCore:
         self.admissions_idle.set()
         self.shutdown_task: asyncio.Task[None] | None = None
         self.loop = asyncio.get_running_loop()
-        self.owner = object()  # the identity handles are bound to
 
     # CellHost
     def commit_writes(self, writes: dict[str, Any]) -> None:
@@ -177,7 +175,7 @@ class _SessionCore:
         return None
 
     def cell_closed(self, cell_id: str) -> None:
-        self.cells.pop(cell_id, None)
+        self.cells.remove(cell_id)
 
     def loop_closing(self) -> None:
         if self.alive or self.cells:
@@ -189,7 +187,7 @@ class _SessionCore:
         """The runtime was dropped without shutdown: stop every cell's JavaScript now."""
         self.alive = False
         if self.loop.is_closed():
-            actors = list(self.cells.values())
+            actors = self.cells.entries()
             for actor in actors:
                 with _suppress_all():
                     actor.abandon()
@@ -201,7 +199,7 @@ class _SessionCore:
                 self.loop.call_soon_threadsafe(self._abandon_now)
 
     def _abandon_now(self) -> None:
-        for actor in list(self.cells.values()):
+        for actor in self.cells.entries():
             with _suppress_all():
                 actor.abandon()
         self.cells.clear()
@@ -262,12 +260,12 @@ class SessionRuntime(Session):
     async def create_cell(self, request: CreateCellRequest) -> Cell:
         """Admit a continuing cell and return its handle without waiting for it to run."""
         cell_id = await self._create(request, CellKind.CONTINUING)
-        return Cell(cell_id, self._core.owner)
+        return Cell(cell_id, self._core.cells.owner)
 
     async def create_pausable_cell(self, request: CreateCellRequest) -> PausableCell:
         """Admit a pausable cell; it runs to its first frontier and pauses there."""
         cell_id = await self._create(request, CellKind.PAUSABLE)
-        return PausableCell(cell_id, self._core.owner)
+        return PausableCell(cell_id, self._core.cells.owner)
 
     async def _create(self, request: CreateCellRequest, kind: CellKind) -> str:
         core = self._core
@@ -383,7 +381,7 @@ class SessionRuntime(Session):
             max_result_bytes=core.limits.max_heap_bytes,
             max_parallel_calls=core.limits.max_parallel_tool_calls,
         )
-        core.cells[cell_id] = actor
+        core.cells.add(actor)
         actor.start()
         logger.debug("admitted %s cell %s", kind, cell_id)
         return cell_id
@@ -392,35 +390,26 @@ class SessionRuntime(Session):
 
     def _find(self, cell: Cell | PausableCell | str) -> CellActor:
         """The live cell a handle or raw id names: ``ForeignHandle``, then ``MissingCell``."""
-        if isinstance(cell, str):
-            cell_id = cell
-        elif isinstance(cell, Cell | PausableCell):
-            if cell._owner is not self._core.owner:
-                raise ForeignHandle(cell.cell_id)
-            cell_id = cell.cell_id
-        else:
-            raise TypeError(f"expected a cell handle or id, got {type(cell).__name__}")
-        actor = self._core.cells.get(cell_id)
-        if actor is None:
-            raise MissingCell(cell_id)
-        return actor
+        return self._core.cells.resolve(cell)
 
     def _actor(self, cell: Cell | PausableCell | str, expected: CellKind) -> CellActor:
         """:meth:`_find`, then ``WrongCellKind`` unless the cell is of the ``expected`` kind."""
-        actor = self._find(cell)
-        if actor.kind is not expected:
-            raise WrongCellKind(actor.cell_id, str(expected), str(actor.kind))
-        return actor
+        return self._core.cells.resolve(cell, expected)
+
+    def is_live(self, cell_id: str) -> bool:
+        """Whether ``cell_id`` names a live cell of this session, of either kind (never
+        raises; servers ask this instead of catching ``MissingCell``)."""
+        return self._core.cells.is_live(str(cell_id))
 
     def cell(self, cell_id: str) -> Cell:
         """A handle on the live continuing cell ``cell_id``."""
         self._actor(str(cell_id), CellKind.CONTINUING)
-        return Cell(cell_id, self._core.owner)
+        return Cell(cell_id, self._core.cells.owner)
 
     def pausable_cell(self, cell_id: str) -> PausableCell:
         """A handle on the live pausable cell ``cell_id``."""
         self._actor(str(cell_id), CellKind.PAUSABLE)
-        return PausableCell(cell_id, self._core.owner)
+        return PausableCell(cell_id, self._core.cells.owner)
 
     # ------------------------------------------------------------------ operations
 
@@ -489,7 +478,7 @@ class SessionRuntime(Session):
     async def _shutdown_all(self) -> None:
         core = self._core
         await core.admissions_idle.wait()
-        actors = list(core.cells.values())
+        actors = core.cells.entries()
         if actors:
             await asyncio.gather(*(a.shutdown() for a in actors), return_exceptions=True)
         await core.engine.aclose()

@@ -332,7 +332,7 @@ def values_for(type_: Any, depth: int = 0) -> Any:
     mixed in, so a checker sees both sides of every rule."""
     from hypothesis import strategies as st
 
-    from codemode.protocol import messages as m
+    from codemode.protocol import jsontypes as m
 
     anything = json_values(6)
     if isinstance(type_, m.Ref):

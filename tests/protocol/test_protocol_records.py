@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from protocol_support import InProcessServer, RawClient, RawError
 
-import codemode.protocol.server as server_module
+import codemode.protocol.observations as observations_module
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ async def finished_cell(client: RawClient, sid: str, source: str = 'text("x")') 
 async def test_the_oldest_unreleased_terminal_records_are_dropped(
     connection: tuple[RawClient, str, InProcessServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_module, "MAX_TERMINAL_RECORDS", 3)
+    monkeypatch.setattr(observations_module, "MAX_TERMINAL_RECORDS", 3)
     client, sid, _ = connection
     cells = [await finished_cell(client, sid) for _ in range(5)]
     params = {"sessionId": sid, "yieldAfterMs": 10_000, "observation": 0}
@@ -57,7 +57,7 @@ async def test_the_oldest_unreleased_terminal_records_are_dropped(
 async def test_records_of_closed_cells_are_pruned_beyond_the_bound(
     connection: tuple[RawClient, str, InProcessServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server_module, "MAX_RECORDS", 4)
+    monkeypatch.setattr(observations_module, "MAX_RECORDS", 4)
     client, sid, _ = connection
     live = (
         await client.call(

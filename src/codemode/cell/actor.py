@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import json
 import logging
 import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 from codemode import tracing
+from codemode.cell.delegate import call_delegate
 from codemode.cell.machine import (
     BeginSettling,
     CellMachine,
@@ -104,52 +104,6 @@ _ABANDONED: set[asyncio.Task[Any]] = set()
 
 # Commits of more stored writes than this are merged on a worker thread first.
 _THREAD_WRITES = 10_000
-
-# Results whose probed size passes this are JSON-encoded on a worker thread.
-_OFFLOAD_BYTES = 256 * 1024
-_PROBE_NODES = 1000
-
-
-_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False)
-_dumps = _ENCODER.encode  # one encoder for every result, not one per json.dumps call
-
-
-def _dumps_incrementally(value: Any) -> str:
-    """JSON-encode in small pieces so a worker thread gives the GIL back between them."""
-    encoder = json.JSONEncoder(ensure_ascii=True, allow_nan=False)
-    return "".join(encoder.iterencode(value))
-
-
-def _probe_size(value: Any) -> tuple[bool, int]:
-    """A bounded look at a result (at most ``_PROBE_NODES`` steps, whatever the value).
-
-    Returns whether encoding it may take long (many nodes or long strings), and a lower bound
-    of its JSON size in bytes.
-    """
-    stack = [value]
-    nodes = 0
-    size = 0
-    large = False
-    while stack:
-        item = stack.pop()
-        nodes += 1
-        if nodes > _PROBE_NODES:
-            return True, size
-        if isinstance(item, str):
-            size += len(item) + 2
-        elif isinstance(item, dict):
-            if len(item) > _PROBE_NODES:
-                return True, size + 2 * len(item)
-            stack.extend(item.values())
-            size += sum(len(k) + 3 for k in item if isinstance(k, str))
-        elif isinstance(item, list | tuple):
-            if len(item) > _PROBE_NODES:
-                return True, size + len(item)
-            stack.extend(item)
-        if size > _OFFLOAD_BYTES:
-            large = True
-    return large, size
-
 
 class CellActor:
     """Drives one cell. Created by the session after the engine cell was opened."""
@@ -433,53 +387,19 @@ class CellActor:
         self._apply(self.machine.call_issued(call))
 
     async def _invoke(self, call: NestedToolCall) -> None:
-        name = call.tool.name
-        try:
-            if self._trace is None:
-                value = await self._host.delegate.invoke_tool(call)
-            else:
-                value = await self._trace.invoke(self._host.delegate, call)
-        except asyncio.CancelledError:
-            if call.call_id in self._cancel_requested:
-                raise
-            result = ToolResultInput(call.call_id, False, message=f"tool `{name}` was cancelled")
-        except Exception as exc:
-            result = ToolResultInput(call.call_id, False, message=str(exc) or type(exc).__name__)
-        else:
-            result = await self._encode_result(call.call_id, name, value)
+        trace = self._trace
+        delegate = self._host.delegate
+        result = await call_delegate(
+            delegate.invoke_tool if trace is None else (lambda c: trace.invoke(delegate, c)),
+            call,
+            cancel_requested=lambda: call.call_id in self._cancel_requested,
+            max_bytes=self._max_result_bytes,
+        )
         self._calls.pop(call.call_id, None)
         if self.machine.takes_results:
             self._ready.append(result)
             self._wake.set()
         self._apply(self.machine.call_returned(call.call_id))
-
-    async def _encode_result(self, call_id: str, name: str, value: Any) -> ToolResultInput:
-        """The JSON text of a delegate's result, without stalling the event loop on big ones.
-
-        A result that cannot fit in the cell's heap is rejected with a clear message before it
-        is encoded; a large one is encoded on a worker thread, in pieces.
-        """
-        limit = self._max_result_bytes
-        too_big = ToolResultInput(
-            call_id,
-            False,
-            message=f"tool `{name}` returned more JSON than the cell's max_heap_bytes ({limit})",
-        )
-        try:
-            large, lower_bound = _probe_size(value)
-            if lower_bound > limit:
-                return too_big
-            if large:
-                value_json = await asyncio.to_thread(_dumps_incrementally, value)
-            else:
-                value_json = _dumps(value)
-        except (TypeError, ValueError, RecursionError):
-            return ToolResultInput(
-                call_id, False, message=f"tool `{name}` returned a value that is not JSON"
-            )
-        if len(value_json) > limit:
-            return too_big
-        return ToolResultInput(call_id, True, value_json=value_json)
 
     # ------------------------------------------------------------------ notifications
 

@@ -76,7 +76,6 @@ from codemode.cli_common import (
 )
 from codemode.engine.base import Engine
 from codemode.engine.choice import engine_factory
-from codemode.errors import CodeModeError
 from codemode.mcp.approval import (
     UNAVAILABLE_REASON,
     ApprovalPolicy,
@@ -272,11 +271,7 @@ class _ConnectionFront:
         return await ask_by_elicitation(current[0], current[1], request)
 
     def _cell_alive(self, cell_id: str) -> bool:
-        try:
-            self.runtime.cell(cell_id)
-        except CodeModeError:
-            return False
-        return True
+        return self.runtime.is_live(cell_id)
 
     def _prune_owners(self) -> None:
         for cell_id in [c for c in self._owners if not self._cell_alive(c)]:

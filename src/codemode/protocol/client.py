@@ -46,6 +46,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from codemode import tracing
+from codemode.cell.delegate import call_delegate
 from codemode.cell.machine import call_number
 from codemode.contract import Session
 from codemode.errors import (
@@ -53,7 +54,6 @@ from codemode.errors import (
     BusyObserver,
     ClosedCell,
     CodeModeError,
-    ForeignHandle,
     MissingCell,
     NotAwaitingApproval,
     ObservationConflict,
@@ -61,7 +61,6 @@ from codemode.errors import (
     SessionLost,
     ShuttingDown,
     UnknownSession,
-    WrongCellKind,
 )
 from codemode.model import (
     ApprovalRequest,
@@ -110,6 +109,7 @@ from codemode.protocol.rpc import (
     encode,
 )
 from codemode.protocol.transport import LineTransport, Transport, WebSocketTransport
+from codemode.registry import CellRegistry
 from codemode.wire import approvals_from_wire, event_from_wire
 
 __all__ = ["CHILD_EXIT_GRACE", "HANDSHAKE_TIMEOUT", "RemoteSession"]
@@ -182,14 +182,15 @@ class RemoteSession(Session):
         self._requested_limits = limits
         self._limits = limits or CellLimits()
         self._name = name
-        self._owner = object()  # the identity this session's handles are bound to
         self._endpoint: Endpoint | None = None
         self._reader: asyncio.Task[None] | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._stderr_task: asyncio.Task[None] | None = None
         self._session_id = ""
         self._server_info: dict[str, Any] = {}
-        self._cells: dict[str, _CellRecord] = {}
+        # This client's record of its cells; owns the identity its handles are bound to.
+        self._cells: CellRegistry[_CellRecord] = CellRegistry()
+        self._owner = self._cells.owner
         # Ids of cells this client saw close (so a keyed retry naming one stays closed here).
         self._closed_ids: OrderedDict[str, None] = OrderedDict()
         self._known_tools: OrderedDict[tuple[str, str | None, str], ToolDefinition] = OrderedDict()
@@ -390,24 +391,16 @@ class RemoteSession(Session):
             raise self._lost_error()
 
     def _record(self, handle: Cell | PausableCell, expected: CellKind) -> _CellRecord:
-        if not isinstance(handle, Cell | PausableCell):
-            raise TypeError(f"expected a Cell or PausableCell handle, got {type(handle).__name__}")
-        if handle._owner is not self._owner:
-            raise ForeignHandle(handle.cell_id)
-        self._usable(handle.cell_id)
-        return self._lookup(handle.cell_id, expected)
+        cell_id = self._cells.cell_id_of(handle, accept_ids=False)
+        self._usable(cell_id)
+        return self._cells.find_kind(cell_id, expected)
 
     def _lookup(self, cell_id: str, expected: CellKind) -> _CellRecord:
-        record = self._cells.get(cell_id)
-        if record is None:
-            raise MissingCell(cell_id)
-        if record.kind is not expected:
-            raise WrongCellKind(cell_id, str(expected), str(record.kind))
-        return record
+        return self._cells.find_kind(cell_id, expected)
 
     def _forget(self, cell_id: str) -> None:
         """The cell closed: drop its record, remember its id (bounded)."""
-        self._cells.pop(cell_id, None)
+        self._cells.remove(cell_id)
         self._closed_ids[cell_id] = None
         self._closed_ids.move_to_end(cell_id)
         while len(self._closed_ids) > max(self._limits.max_idempotency_keys, 1024):
@@ -417,7 +410,7 @@ class RemoteSession(Session):
         """A create answered ``cell_id``: record it unless it is known to be closed (a keyed
         retry of a closed cell, SPEC 6 rule 3)."""
         if cell_id not in self._cells and cell_id not in self._closed_ids:
-            self._cells[cell_id] = _CellRecord(cell_id, kind, tools)
+            self._cells.add(_CellRecord(cell_id, kind, tools))
 
     # ------------------------------------------------------------------ creation
 
@@ -515,6 +508,13 @@ class RemoteSession(Session):
         self._usable(cell_id)
         self._lookup(cell_id, CellKind.CONTINUING)
         return Cell(cell_id, self._owner)
+
+    def is_live(self, cell_id: str) -> bool:
+        """Whether ``cell_id`` names a live cell of this session as this client knows it (of
+        either kind; false after shutdown or a lost connection). Never raises."""
+        if self._shutdown_began or self._lost_reason is not None:
+            return False
+        return self._cells.is_live(str(cell_id))
 
     def pausable_cell(self, cell_id: str) -> PausableCell:
         """A handle on a live pausable cell of this session (see :meth:`cell`)."""
@@ -703,18 +703,9 @@ class RemoteSession(Session):
     async def terminate(self, cell: Cell | PausableCell | str) -> Completed | Terminated:
         """Stop a cell of either kind (SPEC 7.1); runs to completion on the server even if the
         caller is cancelled."""
-        if isinstance(cell, str):
-            cell_id = cell
-        elif isinstance(cell, Cell | PausableCell):
-            if cell._owner is not self._owner:
-                raise ForeignHandle(cell.cell_id)
-            cell_id = cell.cell_id
-        else:
-            raise TypeError(f"expected a cell handle or id, got {type(cell).__name__}")
+        cell_id = self._cells.cell_id_of(cell)
         self._usable(cell_id)
-        record = self._cells.get(cell_id)
-        if record is None:
-            raise MissingCell(cell_id)
+        record = self._cells.find(cell_id)
         if record.terminating:
             raise AlreadyTerminating(cell_id)
         record.terminating = True
@@ -774,18 +765,9 @@ class RemoteSession(Session):
     # ------------------------------------------------------------------ approvals
 
     def _any_record(self, cell: Cell | PausableCell | str) -> _CellRecord:
-        if isinstance(cell, str):
-            cell_id = cell
-        elif isinstance(cell, Cell | PausableCell):
-            if cell._owner is not self._owner:
-                raise ForeignHandle(cell.cell_id)
-            cell_id = cell.cell_id
-        else:
-            raise TypeError(f"expected a cell handle or id, got {type(cell).__name__}")
+        cell_id = self._cells.cell_id_of(cell)
         self._usable(cell_id)
-        record = self._cells.get(cell_id)
-        if record is None:
-            raise MissingCell(cell_id)
+        record = self._cells.find(cell_id)
         return record
 
     def awaiting_approval(self, cell: Cell | PausableCell | str) -> tuple[ApprovalRequest, ...]:
@@ -1009,22 +991,24 @@ class RemoteSession(Session):
     async def _invoke(self, request: IncomingRequest, params: dict[str, Any]) -> PreEncoded:
         tool = self._tool(params["cellId"], params["tool"])
         call = NestedToolCall(params["cellId"], params["callId"], tool, params["input"])
-        try:
-            with tracing.extracted(params.get("_meta")):
-                value = await self._delegate.invoke_tool(call)
-        except asyncio.CancelledError:
-            if request.cancel_requested or self._endpoint is None or self._endpoint.closing:
-                raise
-            # The delegate raised CancelledError itself: a rejection, as in-process.
-            raise RpcError(TOOL_ERROR, f"tool `{tool.name}` was cancelled") from None
-        except Exception as exc:
-            raise RpcError(TOOL_ERROR, str(exc) or type(exc).__name__) from None
-        try:
-            text = encode(value)
-        except (TypeError, ValueError, RecursionError):
-            raise RpcError(
-                TOOL_ERROR, f"tool `{tool.name}` returned a value that is not JSON"
-            ) from None
+        meta = params.get("_meta")
+
+        async def invoke(call: NestedToolCall) -> Any:
+            with tracing.extracted(meta):
+                return await self._delegate.invoke_tool(call)
+
+        # A delegate's own CancelledError is a rejection, as in-process.
+        result = await call_delegate(
+            invoke,
+            call,
+            cancel_requested=lambda: (
+                request.cancel_requested or self._endpoint is None or self._endpoint.closing
+            ),
+            encode=encode,
+        )
+        if not result.ok:
+            raise RpcError(TOOL_ERROR, result.message)
+        text = result.value_json
         return PreEncoded('{"output":' + text + "}")
 
     async def _notify(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -10,9 +10,11 @@ cells stay in the runtime. What lives here is protocol state only:
   connection ends; a connection's sessions are shut down when it ends, SPEC 10.5, and the
   requests it had sent are still answered if the output is open, within
   :data:`INCOMING_GRACE`);
-- the **observation records** of SPEC 10.4: per cell, the latest observation generation with its
-  request and its state (pending, finished with an event or an error, or released), so that a
-  re-sent ``cell/wait`` / ``cell/waitToPending`` replays its outcome.
+- the **observation records** of SPEC 10.4, kept by the sans-IO
+  :class:`~codemode.protocol.observations.ObservationRecords` (one per session): per cell, the
+  latest observation generation with its request and its state (pending, finished with an event
+  or an error, or released), so that a re-sent ``cell/wait`` / ``cell/waitToPending`` replays its
+  outcome. This module only starts the observation task and reports its outcome.
 
 Decisions where the spec is silent:
 
@@ -52,7 +54,6 @@ import os
 import secrets
 import signal
 import sys
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -69,13 +70,10 @@ from codemode.cli_common import (
 from codemode.engine.base import Engine
 from codemode.engine.choice import engine_factory, wire_engine_name
 from codemode.errors import (
-    BusyObserver,
     CodeModeError,
     EngineError,
     MissingCell,
-    ObservationConflict,
     UnknownSession,
-    WrongCellKind,
 )
 from codemode.model import (
     ApprovalRequest,
@@ -105,6 +103,13 @@ from codemode.protocol.messages import (
     limits_to_wire,
     tool_from_wire,
 )
+from codemode.protocol.observations import (
+    MAX_RECORDS,
+    MAX_TERMINAL_RECORDS,
+    ObservationRecord,
+    ObservationRecords,
+    ObservationRequest,
+)
 from codemode.protocol.policy import UNREADY_FRAME_BYTES, ServePolicy, is_loopback, origin_allowed
 from codemode.protocol.rpc import ConnectionLost, Endpoint, IncomingRequest, RpcError
 from codemode.protocol.transport import Transport, WebSocketTransport, open_stdio
@@ -123,12 +128,6 @@ __all__ = [
 
 logger = logging.getLogger("codemode.protocol.server")
 
-MAX_TERMINAL_RECORDS: Final = 4096
-"""Unreleased terminal observation outcomes kept per session (SPEC 10.4); oldest dropped first."""
-MAX_RECORDS: Final = 65536
-"""Observation records (released ones and those of closed cells included) kept per session before
-records of closed cells are dropped, oldest first."""
-
 INCOMING_GRACE: Final = 5.0
 """Seconds a connection that ended gives its running requests to finish and be answered."""
 ENGINES: Final = ("v8",)
@@ -136,31 +135,6 @@ ENGINES: Final = ("v8",)
 
 class ToolCallRejected(Exception):
     """A ``tool/invoke`` the client answered with an error (or could not answer)."""
-
-
-# ---------------------------------------------------------------------------- observation records
-
-PENDING, FINISHED, RELEASED = "pending", "finished", "released"
-
-
-@dataclass(eq=False)
-class _Record:
-    """The latest observation of one cell (SPEC 10.4)."""
-
-    generation: int
-    request: tuple[Any, ...]
-    task: asyncio.Task[Any] | None
-    state: str = PENDING
-    result: dict[str, Any] | None = None  # the event, when it finished with one
-    error: dict[str, Any] | None = None  # the JSON-RPC error object, when it failed
-    terminal: bool = False
-
-    def outcome(self) -> dict[str, Any]:
-        """The recorded event, or raise the recorded error."""
-        if self.error is not None:
-            raise RpcError(self.error["code"], self.error["message"], self.error.get("data"))
-        assert self.result is not None
-        return self.result
 
 
 # ---------------------------------------------------------------------------- the delegate
@@ -221,19 +195,15 @@ class _ForwardingDelegate:
 class _ServedSession:
     session_id: str
     runtime: SessionRuntime
-    records: dict[str, _Record] = field(default_factory=dict)
-    terminal: OrderedDict[str, None] = field(default_factory=OrderedDict)
     cell_ids: set[str] = field(default_factory=set)
+    records: ObservationRecords = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.records = ObservationRecords(self.is_live)
 
     def is_live(self, cell_id: str) -> bool:
-        """Whether the runtime still has the cell (asked through its public lookups)."""
-        try:
-            self.runtime.cell(cell_id)
-        except WrongCellKind:
-            return True
-        except MissingCell:
-            return False
-        return True
+        """Whether the runtime still has the cell, of either kind."""
+        return self.runtime.is_live(cell_id)
 
     def live_cells(self) -> list[str]:
         live = [c for c in self.cell_ids if self.is_live(c)]
@@ -256,92 +226,35 @@ class _ServedSession:
 
     # ------------------------------------------------------------------ records
 
-    def store(self, cell_id: str, record: _Record) -> None:
-        self.records.pop(cell_id, None)
-        self.terminal.pop(cell_id, None)
-        self.records[cell_id] = record
-        if len(self.records) > MAX_RECORDS:
-            self._prune()
-
-    def finished(self, cell_id: str, record: _Record, task: asyncio.Task[Any]) -> None:
+    def finished(self, record: ObservationRecord, task: asyncio.Task[Any]) -> None:
         """The observation task of ``record`` ended: record its outcome."""
+        cell_id = record.request.cell_id
         if task.cancelled():
-            record.error = {"code": REQUEST_CANCELLED, "message": "request cancelled"}
-            record.terminal = True
+            error = {"code": REQUEST_CANCELLED, "message": "request cancelled"}
+            self.records.finish(record, error=error, terminal=True)
+            return
+        exc = task.exception()
+        if exc is None:
+            event = task.result()
+            self.records.finish(
+                record,
+                result=event_to_wire(event, self.held_calls(cell_id, event)),
+                terminal=isinstance(event, Completed | Terminated),
+            )
+        elif isinstance(exc, CodeModeError):
+            self.records.finish(record, error=error_to_wire(exc), terminal=True)
         else:
-            exc = task.exception()
-            if exc is None:
-                event = task.result()
-                record.result = event_to_wire(event, self.held_calls(cell_id, event))
-                record.terminal = isinstance(event, Completed | Terminated)
-            elif isinstance(exc, CodeModeError):
-                record.error = error_to_wire(exc)
-                record.terminal = True
-            else:
-                logger.error(
-                    "session %s cell %s: observation failed inside codemode",
-                    self.session_id,
-                    cell_id,
-                    exc_info=exc,
-                )
-                record.error = {
-                    "code": INTERNAL_ERROR,
-                    "message": f"internal error: {type(exc).__name__}: {exc}",
-                }
-                record.terminal = True
-        record.state = FINISHED
-        record.task = None
-        if record.terminal and self.records.get(cell_id) is record:
-            self.terminal[cell_id] = None
-            while len(self.terminal) > MAX_TERMINAL_RECORDS:
-                oldest, _ = self.terminal.popitem(last=False)
-                self._release(self.records[oldest])
-
-    @staticmethod
-    def _release(record: _Record) -> None:
-        record.state = RELEASED
-        record.result = None
-        record.error = None
-
-    def release(self, cell_id: str, generation: int) -> None:
-        record = self.records.get(cell_id)
-        if record is None or generation < record.generation:
-            return
-        if generation > record.generation:
-            raise ObservationConflict(
+            logger.error(
+                "session %s cell %s: observation failed inside codemode",
+                self.session_id,
                 cell_id,
-                generation,
-                f"cannot release future observation generation {generation} for cell "
-                f"{cell_id}; latest generation is {record.generation}",
+                exc_info=exc,
             )
-        if record.state == RELEASED:
-            return
-        if record.state == PENDING:
-            raise ObservationConflict(
-                cell_id,
-                generation,
-                f"observation generation {generation} for cell {cell_id} is still pending",
-            )
-        if not record.terminal:
-            raise ObservationConflict(
-                cell_id,
-                generation,
-                f"observation generation {generation} for cell {cell_id} is not terminal",
-            )
-        self._release(record)
-        self.terminal.pop(cell_id, None)
-
-    def _prune(self) -> None:
-        excess = len(self.records) - MAX_RECORDS
-        for cell_id in list(self.records):
-            if excess <= 0:
-                break
-            record = self.records[cell_id]
-            if record.state == PENDING or self.is_live(cell_id):
-                continue
-            del self.records[cell_id]
-            self.terminal.pop(cell_id, None)
-            excess -= 1
+            error = {
+                "code": INTERNAL_ERROR,
+                "message": f"internal error: {type(exc).__name__}: {exc}",
+            }
+            self.records.finish(record, error=error, terminal=True)
 
 
 # ---------------------------------------------------------------------------- one connection
@@ -571,44 +484,21 @@ class _Connection:
         cell_id: str = params["cellId"]
         generation = as_int(params["observation"])
         method = request.method
-        key = (method, params["sessionId"], cell_id, generation, params.get("yieldAfterMs"))
-        record = session.records.get(cell_id)
-        if record is not None and generation == record.generation:
-            if record.request != key:
-                raise ObservationConflict(
-                    cell_id,
-                    generation,
-                    f"observation generation {generation} for cell {cell_id} was reused for a "
-                    "different request",
-                )
-            if record.state == RELEASED:
-                raise ObservationConflict(
-                    cell_id,
-                    generation,
-                    f"observation generation {generation} for cell {cell_id} was released",
-                )
+        request_key = ObservationRequest(
+            method, params["sessionId"], cell_id, generation, params.get("yieldAfterMs")
+        )
+        record, new = session.records.observe(request_key)
+        if new:
+            self._start_observation(session, record, params)
+        else:
             logger.debug(
                 "session %s cell %s: replay of observation %d",
                 session.session_id,
                 cell_id,
                 generation,
             )
-        else:
-            expected = 0 if record is None else record.generation + 1
-            if generation != expected:
-                if record is None:
-                    message = f"first observation for cell {cell_id} must use generation 0"
-                else:
-                    message = (
-                        f"expected observation generation {expected} for cell {cell_id}, "
-                        f"got {generation}"
-                    )
-                raise ObservationConflict(cell_id, generation, message)
-            if record is not None and record.state == PENDING:
-                raise BusyObserver(cell_id)
-            record = self._start_observation(session, cell_id, key, params)
         task = record.task
-        if record.state == PENDING and task is not None:
+        if record.pending and task is not None:
             # A cancel of this request (or of any replay joined to it) stops the observation;
             # its outcome is then -32800 (SPEC 10.4).
             request.on_cancel = lambda: _cancel_quietly(task)
@@ -617,26 +507,22 @@ class _Connection:
         return _outcome(record)
 
     def _start_observation(
-        self,
-        session: _ServedSession,
-        cell_id: str,
-        key: tuple[Any, ...],
-        params: dict[str, Any],
-    ) -> _Record:
+        self, session: _ServedSession, record: ObservationRecord, params: dict[str, Any]
+    ) -> None:
         runtime = session.runtime
+        request = record.request
+        cell_id = request.cell_id
 
         async def observe() -> Yielded | Completed | Terminated | Pending:
-            if key[0] == "cell/wait":
+            if request.method == "cell/wait":
                 return await runtime.wait(runtime.cell(cell_id), params["yieldAfterMs"] / 1000.0)
             return await runtime.wait_to_pending(runtime.pausable_cell(cell_id))
 
         task = asyncio.get_running_loop().create_task(
-            observe(), name=f"codemode-observe-{session.session_id}-{cell_id}-{key[3]}"
+            observe(), name=f"codemode-observe-{session.session_id}-{cell_id}-{request.generation}"
         )
-        record = _Record(generation=key[3], request=key, task=task)
-        session.store(cell_id, record)
-        task.add_done_callback(lambda t: session.finished(cell_id, record, t))
-        return record
+        record.task = task
+        task.add_done_callback(lambda t: session.finished(record, t))
 
     async def _resume(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
         session = self._session(params)
@@ -671,7 +557,7 @@ class _Connection:
 
     async def _release(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
         session = self._session(params)
-        session.release(params["cellId"], as_int(params["observation"]))
+        session.records.release(params["cellId"], as_int(params["observation"]))
         return {}
 
 
@@ -688,9 +574,9 @@ async def _value(value: Any) -> Any:
     return value
 
 
-async def _outcome(record: _Record) -> dict[str, Any]:
+async def _outcome(record: ObservationRecord) -> dict[str, Any]:
     task = record.task
-    if record.state == PENDING and task is not None:
+    if record.pending and task is not None:
         await asyncio.wait({task})
     return record.outcome()
 
