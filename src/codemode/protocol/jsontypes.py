@@ -35,7 +35,7 @@ class Type:
         return schema
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     """A JSON integer: an int, or a float with no fraction (``1.0``), as JSON Schema counts."""
     if isinstance(value, bool):
         return False
@@ -82,7 +82,7 @@ class Int(Type):
         return self._with_description(schema)
 
     def check(self, value: Any, path: str) -> str | None:
-        if not _is_int(value):
+        if not is_int(value):
             return f"{_where(path)} must be an integer"
         if self.minimum is not None and value < self.minimum:
             return f"{_where(path)} must be at least {self.minimum}"
@@ -286,7 +286,7 @@ def nullable(inner: Type) -> Union:
     return Union((inner, Null()))
 
 
-_DEFINITIONS: dict[str, Type] = {}
+DEFINITIONS: dict[str, Type] = {}
 
 
 @dataclass(frozen=True)
@@ -297,7 +297,7 @@ class Ref(Type):
 
     @property
     def target(self) -> Type:
-        return _DEFINITIONS[self.name]
+        return DEFINITIONS[self.name]
 
     def schema(self) -> dict[str, Any]:
         return {"$ref": f"#/$defs/{self.name}"}
@@ -308,7 +308,7 @@ class Ref(Type):
 
 def define(name: str, type_: Type) -> Ref:
     """Register a shared definition and return a reference to it."""
-    if name in _DEFINITIONS:
+    if name in DEFINITIONS:
         raise ValueError(f"duplicate definition {name}")
-    _DEFINITIONS[name] = type_
+    DEFINITIONS[name] = type_
     return Ref(name)

@@ -34,7 +34,7 @@ from codemode import errors as _errors
 from codemode.errors import CodeModeError, ProtocolError
 from codemode.model import CellLimits, ToolDefinition, ToolKind
 from codemode.protocol.jsontypes import (  # the type builders
-    _DEFINITIONS,
+    DEFINITIONS,
     AnyJson,
     Arr,
     Bool,
@@ -47,9 +47,9 @@ from codemode.protocol.jsontypes import (  # the type builders
     Str,
     Type,
     Union,
-    _is_int,
     as_int,
     define,
+    is_int,
     nullable,
 )
 
@@ -583,7 +583,7 @@ def limits_from_wire(data: Mapping[str, Any], ceilings: CellLimits | None = None
             values[f.name] = default
             continue
         value = data[key]
-        if isinstance(default, int) and _is_int(value):
+        if isinstance(default, int) and is_int(value):
             value = int(value)
         if ceilings is not None and value > default:
             raise ValueError(f"limits.{key} ({value}) exceeds the server's ceiling ({default})")
@@ -672,7 +672,7 @@ def generate_schema() -> dict[str, Any]:
     ``<Name>Result``; ``x-methods`` lists each method's direction and cancellation; the root
     accepts any one message (a request or notification of a known method, or a response).
     """
-    defs: dict[str, Any] = {name: t.schema() for name, t in sorted(_DEFINITIONS.items())}
+    defs: dict[str, Any] = {name: t.schema() for name, t in sorted(DEFINITIONS.items())}
     requests: list[dict[str, Any]] = []
     methods: dict[str, Any] = {}
     for m in METHOD_LIST:
