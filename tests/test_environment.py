@@ -427,7 +427,9 @@ async def test_echo_tool_input_is_a_fresh_dict(
     assert delegate.calls[0].input == {"nested": {"a": [1, "x"]}}
 
 
-async def test_unknown_tool_fails_the_cell_clearly(runtime: SessionRuntime, delegate: RecordingDelegate) -> None:
+async def test_unknown_tool_fails_the_cell_clearly(
+    runtime: SessionRuntime, delegate: RecordingDelegate
+) -> None:
     ev = await run(runtime, 'text("a"); await tools.nope({})')
     assert texts(ev) == ["a"]
     assert ev.error_text is not None and "TypeError: tools.nope is not a function" in ev.error_text

@@ -33,11 +33,13 @@ async def finish(rt: SessionRuntime, source: str, budget: float = 20) -> Complet
 
 
 async def next_cell_works(rt: SessionRuntime) -> None:
-    assert await finish(rt, 'text(await tools.echo({ok: 1}))') == Completed((TextItem('{"ok":1}'),))
+    assert await finish(rt, "text(await tools.echo({ok: 1}))") == Completed((TextItem('{"ok":1}'),))
 
 
 async def test_66_tool_call_limit(runtime: SessionRuntime) -> None:
-    ev = await finish(runtime, 'text("before"); for (let i = 0; i < 1001; i++) await tools.echo({i})')
+    ev = await finish(
+        runtime, 'text("before"); for (let i = 0; i < 1001; i++) await tools.echo({i})'
+    )
     assert ev.error_text == "exec cell exceeded max_tool_calls (1000)"
     assert ev.items == (TextItem("before"),)
     await next_cell_works(runtime)
@@ -200,7 +202,9 @@ async def test_megabytes_of_tool_result(runtime: SessionRuntime, make_runtime: A
         ev = await asyncio.wait_for(rt.wait(cell, 30), 40)
     assert isinstance(ev, Completed)
     assert ev.error_text is not None
-    assert "tool `echo` returned more JSON than the cell's max_heap_bytes (67108864)" in ev.error_text
+    assert (
+        "tool `echo` returned more JSON than the cell's max_heap_bytes (67108864)" in ev.error_text
+    )
 
 
 async def test_large_tool_results_do_not_stall_the_loop(make_runtime: Any) -> None:
@@ -224,7 +228,7 @@ async def test_500_cells_leave_threads_and_memory_where_they_started(
     async with SessionRuntime(delegate, engine=V8Engine(pool_size=0)) as runtime:
 
         async def one() -> None:
-            cell = await runtime.create_cell(request('text(await tools.echo({a: 1}))'))
+            cell = await runtime.create_cell(request("text(await tools.echo({a: 1}))"))
             assert isinstance(await runtime.wait(cell, 10), Completed)
 
         for _ in range(50):  # warm up allocators and the executor

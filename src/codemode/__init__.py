@@ -73,6 +73,7 @@ def __getattr__(name: str) -> Any:
         return RemoteSession
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "AlreadyTerminating",
     "ApprovalRequest",

@@ -124,6 +124,7 @@ def tools_delegate(
 # A stored-values map with more keys than this has its JSON joined on a worker thread.
 _THREAD_SNAPSHOT_KEYS = 10_000
 
+
 class _SessionCore:
     """The state a session's cells share. Cells reference this, never the runtime object."""
 
@@ -498,5 +499,3 @@ class SessionRuntime(Session):
     def __repr__(self) -> str:
         state = "alive" if self._core.alive else "shut down"
         return f"<SessionRuntime {state}, {len(self._core.cells)} live cells>"
-
-

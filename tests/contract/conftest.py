@@ -51,11 +51,15 @@ class FactoryContext:
 MakeSession = Callable[[SessionDelegate, CellLimits | None, FactoryContext], Awaitable[Session]]
 
 
-async def _local(delegate: SessionDelegate, limits: CellLimits | None, _: FactoryContext) -> Session:
+async def _local(
+    delegate: SessionDelegate, limits: CellLimits | None, _: FactoryContext
+) -> Session:
     return SessionRuntime(delegate, limits=limits)
 
 
-async def _spawn(delegate: SessionDelegate, limits: CellLimits | None, _: FactoryContext) -> Session:
+async def _spawn(
+    delegate: SessionDelegate, limits: CellLimits | None, _: FactoryContext
+) -> Session:
     return await RemoteSession.spawn(delegate, limits=limits)
 
 

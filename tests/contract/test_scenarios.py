@@ -817,7 +817,9 @@ async def test_57_second_terminate_during_cleanup(factory: SessionFactory) -> No
 
 
 @CORE
-async def test_58_stubborn_tool_delays_neither_terminate_nor_shutdown(factory: SessionFactory) -> None:
+async def test_58_stubborn_tool_delays_neither_terminate_nor_shutdown(
+    factory: SessionFactory,
+) -> None:
     d = StubbornDelegate(hold=30)
     rt = await factory.session(d)
     cell = await rt.create_cell(request("await tools.stubborn({})", STUBBORN))
@@ -978,7 +980,9 @@ async def test_nested_calls_values_errors_and_stored_values(
 
 
 @CORE
-async def test_limits_apply_to_every_cell(factory: SessionFactory, delegate: RecordingDelegate) -> None:
+async def test_limits_apply_to_every_cell(
+    factory: SessionFactory, delegate: RecordingDelegate
+) -> None:
     limits = CellLimits(max_tool_calls=2)
     rt = await factory.session(delegate, limits)
     assert rt.limits == limits
@@ -990,7 +994,9 @@ async def test_limits_apply_to_every_cell(factory: SessionFactory, delegate: Rec
 
 
 @CORE
-async def test_delegate_raising_cancellation_itself_rejects_the_call(factory: SessionFactory) -> None:
+async def test_delegate_raising_cancellation_itself_rejects_the_call(
+    factory: SessionFactory,
+) -> None:
     class SelfCancelling(RecordingDelegate):
         async def invoke_tool(self, call: NestedToolCall) -> Any:
             raise asyncio.CancelledError()
@@ -1003,7 +1009,9 @@ async def test_delegate_raising_cancellation_itself_rejects_the_call(factory: Se
 
 
 @CORE
-async def test_tool_results_that_are_not_json_and_failing_notifications(factory: SessionFactory) -> None:
+async def test_tool_results_that_are_not_json_and_failing_notifications(
+    factory: SessionFactory,
+) -> None:
     class Odd(RecordingDelegate):
         async def invoke_tool(self, call: NestedToolCall) -> Any:
             return {1, 2}  # not JSON

@@ -103,7 +103,10 @@ def check_model_saw(model: ScriptedChatModel) -> None:
     assert "tool_call_id" not in functions[0]["parameters"]["properties"]
     description = functions[0]["description"]
     assert "get_weather(args: { city: string; }): Promise<" in description
-    assert "get_population(args: {\n  city: string;\n  // integer\n  year: number;\n}): Promise<" in description
+    assert (
+        "get_population(args: {\n  city: string;\n  // integer\n  year: number;\n}): Promise<"
+        in description
+    )
     assert "The current weather in a city." in description
 
 

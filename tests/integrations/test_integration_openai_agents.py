@@ -150,7 +150,10 @@ class ScriptedModel(Model):
 
 def check_exec_description(description: str) -> None:
     assert "get_weather(args: { city: string; }): Promise<" in description
-    assert "get_population(args: {\n  city: string;\n  // integer\n  year: number;\n}): Promise<" in description
+    assert (
+        "get_population(args: {\n  city: string;\n  // integer\n  year: number;\n}): Promise<"
+        in description
+    )
     assert "The current weather in a city." in description
 
 

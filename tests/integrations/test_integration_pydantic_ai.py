@@ -103,7 +103,10 @@ def check_tools_seen(info: AgentInfo) -> None:
     assert exec_def.parameters_json_schema["required"] == ["code"]
     description = exec_def.description or ""
     assert "get_weather(args: { city: string; }): Promise<" in description
-    assert "get_population(args: {\n  city: string;\n  // integer\n  year: number;\n}): Promise<" in description
+    assert (
+        "get_population(args: {\n  city: string;\n  // integer\n  year: number;\n}): Promise<"
+        in description
+    )
     assert "The current weather in a city." in description
 
 

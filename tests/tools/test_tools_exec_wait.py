@@ -693,14 +693,12 @@ _LOST_OUTPUT = (
 )
 
 
-
 async def test_terminate_keeps_output_written_before_a_cpu_bound_loop(
     runtime: SessionRuntime,
 ) -> None:
     cell = await runtime.create_cell(CreateCellRequest('text("go"); while (true) {}'))
     await runtime.wait(cell, 0.1)  # Yielded(()) is allowed here (SPEC 4.4) ...
     assert await runtime.terminate(cell) == Terminated((TextItem("go"),))  # ... but not a loss
-
 
 
 async def test_shutdown_keeps_output_written_before_a_cpu_bound_loop(

@@ -105,6 +105,7 @@ _ABANDONED: set[asyncio.Task[Any]] = set()
 # Commits of more stored writes than this are merged on a worker thread first.
 _THREAD_WRITES = 10_000
 
+
 class CellActor:
     """Drives one cell. Created by the session after the engine cell was opened."""
 
@@ -490,4 +491,3 @@ class CellActor:
             for task in late:
                 _ABANDONED.add(task)
                 task.add_done_callback(_ABANDONED.discard)
-

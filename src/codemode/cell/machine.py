@@ -539,9 +539,7 @@ class CellMachine:
         self._generation += 1
         pending = set(pending_call_ids)
         held = tuple(r for r in self.awaiting_approval if r.call_id in pending)
-        frontier = PendingFrontier(
-            self._generation, tuple(self._recorded), pending_call_ids, held
-        )
+        frontier = PendingFrontier(self._generation, tuple(self._recorded), pending_call_ids, held)
         self._recorded.clear()
         self._frontier = _Frontier(frontier)
         self.phase = Phase.PAUSED

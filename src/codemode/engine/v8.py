@@ -612,9 +612,7 @@ class _V8Cell(EngineCell):
         if self._closed:
             return None
         try:
-            raw = await asyncio.wait_for(
-                self._bridge.call(self._bridge.drain), _SALVAGE_TIMEOUT
-            )
+            raw = await asyncio.wait_for(self._bridge.call(self._bridge.drain), _SALVAGE_TIMEOUT)
             return await self._parse(raw, 0.0)
         except asyncio.CancelledError:
             raise
@@ -695,9 +693,7 @@ class _V8Cell(EngineCell):
             self._flagged = flagged
             task.cancel()
             return
-        self._poll_handle = asyncio.get_running_loop().call_later(
-            _FLAG_POLL, self._poll_flag, task
-        )
+        self._poll_handle = asyncio.get_running_loop().call_later(_FLAG_POLL, self._poll_flag, task)
 
     async def _parse(self, raw: Any, cpu_seconds: float) -> StepReport:
         """Check a drain report on the host (:class:`CellAuthority`); a large one on a worker

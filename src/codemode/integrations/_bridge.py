@@ -55,9 +55,7 @@ logger = logging.getLogger("codemode.integrations")
 NestedHandler: TypeAlias = Callable[[NestedToolCall], Awaitable[Any]]
 """Runs one nested call with the framework's tool; returns its JSON-able result or raises."""
 
-SessionFactory: TypeAlias = Callable[
-    [SessionDelegate], "Session | Awaitable[Session]"
-]
+SessionFactory: TypeAlias = Callable[[SessionDelegate], "Session | Awaitable[Session]"]
 SessionArgument: TypeAlias = "Session | SessionFactory | None"
 """``session=`` of every adapter: ``None``, a factory taking the delegate, or a session."""
 

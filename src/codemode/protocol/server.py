@@ -609,9 +609,7 @@ class ProtocolServer:
         self._admitting = 0
 
     def _open_sessions(self) -> list[_ServedSession]:
-        return [
-            s for c in self._connections for s in c.sessions.values() if s.runtime.is_alive
-        ]
+        return [s for c in self._connections for s in c.sessions.values() if s.runtime.is_alive]
 
     def check_session_cap(self) -> None:
         """Raise ``EngineError`` when the server has ``policy.max_sessions`` open sessions."""
@@ -828,9 +826,7 @@ def serve_main(
             )
             return EXIT_USAGE
         if not token:
-            print(
-                f"codemode serve: the environment variable {token_env} is empty", file=sys.stderr
-            )
+            print(f"codemode serve: the environment variable {token_env} is empty", file=sys.stderr)
             return EXIT_USAGE
     if listen is None:
         return asyncio.run(serve_stdio(limits, engine, policy))

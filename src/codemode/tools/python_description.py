@@ -112,6 +112,7 @@ PYTHON_ALL_TOOLS_TEXT: Final = (
 _NO_TOOLS_TEXT: Final = "No nested tools are enabled: `tools` has no methods."
 _REFERENCE_INTRO: Final = "Nested tools (call each as `await tools.<identifier>(...)`):"
 
+
 def _limits_text(limits: CellLimits) -> str:
     return (
         f"Limits per cell: at most {limits.max_tool_calls} tool calls in all and "

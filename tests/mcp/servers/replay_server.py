@@ -18,7 +18,9 @@ from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.stdio import stdio_server
 
-TOOLS = [types.Tool.model_validate(t) for t in json.loads(Path(sys.argv[1]).read_text("utf-8"))["tools"]]
+TOOLS = [
+    types.Tool.model_validate(t) for t in json.loads(Path(sys.argv[1]).read_text("utf-8"))["tools"]
+]
 
 
 async def list_tools(
