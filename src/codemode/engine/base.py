@@ -25,6 +25,7 @@ __all__ = [
     "EngineCell",
     "EngineEvent",
     "EngineLost",
+    "EnvRead",
     "NotifyRequested",
     "OutputProduced",
     "Settlement",
@@ -48,6 +49,19 @@ def limit_error_text(limits: CellLimits, field_name: str) -> str:
 
 
 @dataclass(frozen=True)
+class EnvRead:
+    """One value a cell read from its environment's nondeterministic sources.
+
+    ``source`` names what was read: ``"clock"`` (``Date.now()``, ``new Date()``, ``Date()``: the
+    value in milliseconds since the Unix epoch), ``"random"`` (``Math.random()``), ``"perf"``
+    (``performance.now()`` where present), or another source an engine documents. Durable sessions
+    record every read and feed the values back when a cell is replayed (docs/durability.md)."""
+
+    source: str
+    value: float
+
+
+@dataclass(frozen=True)
 class CellBoot:
     """Everything an engine needs to start one cell."""
 
@@ -61,6 +75,10 @@ class CellBoot:
     # TypeScript declaration), in ``tools`` order: what the cell's ``catalog.describe`` answers
     # (SPEC 9.6). None: ``catalog.describe`` gives the description alone.
     tool_reference: str | None = None
+    # Recorded reads to answer first, in order, when a cell is replayed (docs/durability.md): the
+    # cell's n-th read of its environment answers replay_reads[n] while n < len(replay_reads) and
+    # the source matches; later reads (and a read of another source) answer live values.
+    replay_reads: Sequence[EnvRead] = ()
 
 
 # ---------------------------------------------------------------------------- what a cell did
@@ -144,6 +162,9 @@ class StepReport:
     pending_call_ids: tuple[str, ...]
     settlement: Settlement | None
     cpu_seconds: float = 0.0  # JavaScript time this command took
+    # Every read of the clock or the random source the cell made during this command, in order,
+    # replayed ones included (the host compares them with the record to detect divergence).
+    reads: tuple[EnvRead, ...] = ()
 
 
 # ---------------------------------------------------------------------------- what it is given
