@@ -380,8 +380,8 @@ async def test_stored_values_budget_at_store_and_at_commit(
     delegate.release("tool-1")  # the first cell's block (the second's tool-1 was echo)
     assert await asyncio.wait_for(rt.wait(first, HANG), HANG) == Completed(())
     delegate.release("tool-2")
-    ev = await asyncio.wait_for(rt.wait(second, HANG), HANG)
-    assert ev == Completed((), f"exec cell exceeded max_stored_bytes ({MiB})")
+    waited = await asyncio.wait_for(rt.wait(second, HANG), HANG)
+    assert waited == Completed((), f"exec cell exceeded max_stored_bytes ({MiB})")
     ev = await finish(rt, 'text(load("c").length); text(String(load("d")))')
     assert ev == Completed((TextItem("100000"), TextItem("undefined")))
 
@@ -458,8 +458,8 @@ async def test_a_million_small_values_do_not_stall_create_cell(
     async with heartbeat():
         for _ in range(2):
             cell = await rt.create_cell(request("text(load('k999999')); text(load('s99999'))"))
-            ev = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
-            assert ev == Completed((TextItem("999999"), TextItem("99999")))
+            waited = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+            assert waited == Completed((TextItem("999999"), TextItem("99999")))
 
 
 def load_all(rt: SessionRuntime) -> dict[str, Any]:
