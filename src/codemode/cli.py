@@ -56,8 +56,8 @@ from codemode.model import (
     ToolKind,
     Yielded,
 )
+from codemode.protocol.codec import event_to_wire
 from codemode.session import SessionRuntime, tools_delegate
-from codemode.wire import event_to_wire
 
 __all__ = ["DEMO_TOOLS", "MCP_CONFIG_ENV", "demo_delegate", "main"]
 

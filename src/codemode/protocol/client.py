@@ -82,9 +82,18 @@ from codemode.model import (
     ToolKind,
     Yielded,
 )
+from codemode.protocol.codec import (
+    CODEMODE_ERROR,
+    approvals_from_wire,
+    error_from_wire,
+    event_from_wire,
+    limits_from_wire,
+    limits_to_wire,
+    tool_ref_to_wire,
+    tool_to_wire,
+)
 from codemode.protocol.messages import (
     CLIENT_METHODS,
-    CODEMODE_ERROR,
     INVALID_PARAMS,
     MAX_FRAME_BYTES,
     MAX_YIELD_AFTER_MS,
@@ -94,10 +103,6 @@ from codemode.protocol.messages import (
     REQUEST_CANCELLED,
     TOOL_ERROR,
     codemode_version,
-    error_from_wire,
-    limits_from_wire,
-    limits_to_wire,
-    tool_to_wire,
 )
 from codemode.protocol.rpc import (
     ConnectionLost,
@@ -110,7 +115,6 @@ from codemode.protocol.rpc import (
 )
 from codemode.protocol.transport import LineTransport, Transport, WebSocketTransport
 from codemode.registry import CellRegistry
-from codemode.wire import approvals_from_wire, event_from_wire
 
 __all__ = ["CHILD_EXIT_GRACE", "HANDSHAKE_TIMEOUT", "RemoteSession"]
 
@@ -652,7 +656,7 @@ class RemoteSession(Session):
         """The ``awaitingApproval`` of a result, each with the full tool definition this client
         sent (the wire names only the tool)."""
         return tuple(
-            replace(a, tool=self._tool(cell_id, _tool_ref(a.tool)))
+            replace(a, tool=self._tool(cell_id, tool_ref_to_wire(a.tool)))
             for a in approvals_from_wire(data)
         )
 
@@ -1020,10 +1024,6 @@ class RemoteSession(Session):
 
 
 _CONSTRUCT = object()
-
-
-def _tool_ref(tool: ToolDefinition) -> dict[str, Any]:
-    return {"name": tool.name, "namespace": tool.namespace, "kind": str(tool.kind)}
 
 
 def _cancel_task(request: IncomingRequest) -> None:

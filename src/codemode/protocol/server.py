@@ -85,6 +85,15 @@ from codemode.model import (
     Terminated,
     Yielded,
 )
+from codemode.protocol.codec import (
+    approval_to_wire,
+    error_to_wire,
+    event_to_wire,
+    limits_from_wire,
+    limits_to_wire,
+    tool_from_wire,
+    tool_ref_to_wire,
+)
 from codemode.protocol.messages import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -98,10 +107,6 @@ from codemode.protocol.messages import (
     SUPPORTED_VERSIONS,
     as_int,
     codemode_version,
-    error_to_wire,
-    limits_from_wire,
-    limits_to_wire,
-    tool_from_wire,
 )
 from codemode.protocol.observations import (
     MAX_RECORDS,
@@ -114,7 +119,6 @@ from codemode.protocol.policy import UNREADY_FRAME_BYTES, ServePolicy, is_loopba
 from codemode.protocol.rpc import ConnectionLost, Endpoint, IncomingRequest, RpcError
 from codemode.protocol.transport import Transport, WebSocketTransport, open_stdio
 from codemode.session import SessionRuntime
-from codemode.wire import approval_to_wire, event_to_wire
 
 __all__ = [
     "MAX_RECORDS",
@@ -152,11 +156,7 @@ class _ForwardingDelegate:
             "sessionId": self._session_id,
             "cellId": call.cell_id,
             "callId": call.call_id,
-            "tool": {
-                "name": call.tool.name,
-                "namespace": call.tool.namespace,
-                "kind": str(call.tool.kind),
-            },
+            "tool": tool_ref_to_wire(call.tool),
             "input": call.input,
         }
         meta = tracing.inject()  # the nested call's span, so the client's tool spans join it
