@@ -31,9 +31,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
+from codemode.cell.observers import refuse_second_observer
 from codemode.errors import (
     AlreadyTerminating,
-    BusyObserver,
     ClosedCell,
     InvalidGeneration,
     MissingCell,
@@ -68,6 +68,7 @@ __all__ = [
     "RunEngine",
     "StopEngine",
     "WakeObserver",
+    "check_refused",
 ]
 
 Event = Yielded | Completed | Terminated | Pending
@@ -152,6 +153,16 @@ def _parse_table(text: str) -> dict[str, dict[Phase, str]]:
 
 TRANSITIONS: Final = _parse_table(_TABLE)
 """``TRANSITIONS[input][phase]``: the verdict of the table above, parsed."""
+
+
+def check_refused(name: str, phase: Phase, cell_id: str) -> None:
+    """Raise the error with which the table refuses input ``name`` in ``phase`` (``MissingCell``,
+    ``ClosedCell`` or ``AlreadyTerminating``); return when it does not refuse it. For a driver
+    that knows a cell's phase with no machine at hand: ``RemoteSession`` while its own
+    ``terminate`` of the cell is in flight."""
+    refusal = _REFUSALS.get(TRANSITIONS[name][phase])
+    if refusal is not None:
+        raise refusal(cell_id)
 
 
 def _strict_default() -> bool:
@@ -608,8 +619,7 @@ class CellMachine:
 
         Raises ``MissingCell``, ``ClosedCell`` or ``BusyObserver`` (SPEC 4 rule 2).
         """
-        if self._observer is not None:
-            raise BusyObserver(self.cell_id)
+        refuse_second_observer(self.cell_id, self._observer is not None)
         if self.kind is CellKind.CONTINUING and self._stash is not None:
             items, self._stash = self._stash, None
             self._delivered_any = True

@@ -47,12 +47,11 @@ from typing import Any, Final
 
 from codemode import tracing
 from codemode.cell.delegate import call_delegate
-from codemode.cell.machine import call_number
+from codemode.cell.machine import Phase, call_number, check_refused
+from codemode.cell.observers import refuse_second_observer
 from codemode.contract import Session
 from codemode.errors import (
-    AlreadyTerminating,
     BusyObserver,
-    ClosedCell,
     CodeModeError,
     MissingCell,
     NotAwaitingApproval,
@@ -552,9 +551,8 @@ class RemoteSession(Session):
 
     async def _observe(self, record: _CellRecord, method: str, extra: dict[str, Any]) -> AnyEvent:
         if record.terminating:
-            raise ClosedCell(record.cell_id)
-        if record.observer_waiting:
-            raise BusyObserver(record.cell_id)
+            check_refused("observe", Phase.TERMINATING, record.cell_id)
+        refuse_second_observer(record.cell_id, record.observer_waiting)
         record.observer_waiting = True
         try:
             while True:
@@ -690,7 +688,7 @@ class RemoteSession(Session):
         """Continue a pausable cell past frontier ``generation`` (SPEC 5.3); retry-safe."""
         record = self._record(cell, CellKind.PAUSABLE)
         if record.terminating:
-            raise ClosedCell(record.cell_id)
+            check_refused("resume", Phase.TERMINATING, record.cell_id)
         params = {
             "sessionId": self._session_id,
             "cellId": record.cell_id,
@@ -711,7 +709,7 @@ class RemoteSession(Session):
         self._usable(cell_id)
         record = self._cells.find(cell_id)
         if record.terminating:
-            raise AlreadyTerminating(cell_id)
+            check_refused("terminate", Phase.TERMINATING, cell_id)
         record.terminating = True
         try:
             try:

@@ -56,6 +56,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from codemode.cell.observers import refuse_second_observer
 from codemode.contract import Session
 from codemode.errors import BusyObserver, CodeModeError, MissingCell
 from codemode.model import (
@@ -504,8 +505,10 @@ class CodeModeTools:
     async def _observe(self, cell_id: str, observe: _Observation) -> CellEvent | ToolResult:
         """Run one observation of ``cell_id`` with the items carried over from an interrupted one
         in front. Returns the event to report (a not-found failure included), or a usage error."""
-        if cell_id in self._observing:
-            return _usage_error(str(BusyObserver(cell_id)), cell_id)
+        try:
+            refuse_second_observer(cell_id, cell_id in self._observing)
+        except BusyObserver as busy:
+            return _usage_error(str(busy), cell_id)
         self._observing.add(cell_id)
         gathered = self._carried.pop(cell_id, [])
         try:
