@@ -157,7 +157,7 @@ def missing_cell_text(cell_id: str) -> str:
     session's ``exec cell {cell_id} not found``, followed by the two reasons it can have, so the
     model does not take it for a failure of its script."""
     return (
-        f"exec cell {cell_id} not found: it never existed or its final result was already "
+        f"{MissingCell(cell_id)}: it never existed or its final result was already "
         "returned (a cell closes once its final result has been returned)"
     )
 
