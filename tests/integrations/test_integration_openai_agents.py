@@ -202,7 +202,7 @@ async def test_tools_needing_approval_stay_outside_and_a_given_session_is_used()
     async with SessionRuntime(_echo_delegate()) as session:
         tools = code_mode_tools([get_weather, delete_everything], session=session)
         assert [t.name for t in tools] == ["exec", "wait", "delete_everything"]
-        assert isinstance(tools[0], FunctionTool)
+        assert isinstance(tools[0], FunctionTool | CustomTool)
         assert "delete_everything" not in tools[0].description
         model = ScriptedModel('text("hi")')
         agent = Agent[Deps](name="a", model=model, tools=tools)
