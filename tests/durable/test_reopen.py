@@ -36,6 +36,7 @@ from conftest import RecordingDelegate, request
 def T(*texts: str) -> tuple[TextItem, ...]:
     return tuple(TextItem(t) for t in texts)
 
+
 SEQUENTIAL = """
 for (let i = 0; i < 6; i++) {
   const r = await tools.block({ i });
@@ -121,7 +122,9 @@ async def test_cell_before_open_is_refused(runtimes: Runtimes) -> None:
     assert len(rt.session_id) == 16
 
 
-async def _reopened(runtimes: Runtimes, rt: SessionRuntime, delegate: RecordingDelegate) -> SessionRuntime:
+async def _reopened(
+    runtimes: Runtimes, rt: SessionRuntime, delegate: RecordingDelegate
+) -> SessionRuntime:
     await rt.suspend()
     again = runtimes.make(delegate, rt.session_id)
     await again.open()
