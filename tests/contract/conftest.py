@@ -213,8 +213,23 @@ def ws_server() -> Iterator[WebSocketServer]:
         server.stop()
 
 
+REOPEN_SKIPS = {
+    "test_49_resume_without_any_frontier_is_invalid_generation_none": "its cell must still be "
+    "busy when it resumes, but a reopen replays the cell to its first frontier first",
+    "test_59_runaway_loop_is_observed_and_terminated": "open waits for every replay, and the "
+    "replay of a spinning cell spins until its CPU limit",
+    "test_wait_caller_cancelled_while_cell_spins": "open waits for every replay, and the "
+    "replay of a spinning cell spins until its CPU limit",
+}
+"""Scenarios whose premise a suspend-and-reopen after the first create changes (the reason)."""
+
+
 @pytest.fixture
 async def factory(request: pytest.FixtureRequest) -> AsyncIterator[SessionFactory]:
+    if request.param == "reopen":
+        reason = REOPEN_SKIPS.get(request.node.originalname)
+        if reason is not None:
+            pytest.skip(f"not a reopen scenario: {reason}")
     made = SessionFactory(request.param, FactoryContext(request))
     try:
         yield made

@@ -23,6 +23,7 @@ from codemode import (
     IdempotencyConflict,
     MissingCell,
     Pending,
+    PythonEngine,
     ResumeOutcome,
     SessionRuntime,
     TextItem,
@@ -281,4 +282,52 @@ async def test_a_held_call_is_held_again_and_decisions_survive(runtimes: Runtime
     assert sorted(c.call_id for c in second.calls) == ["tool-2"] or sorted(
         c.call_id for c in second.calls
     ) == ["tool-1", "tool-2"]
+    await rt2.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_python_cells_replay_the_same_way(runtimes: Runtimes) -> None:
+    first = RecordingDelegate()
+    rt = runtimes.make(first, engine=PythonEngine())
+    source = (
+        "for i in range(4):\n"
+        "    r = await tools.block({'i': i})\n"
+        "    print(f\"got {r['i']}\")\n"
+        "print('done')\n"
+    )
+    cell = await rt.create_cell(request(source))
+    for n in range(1, 3):
+        await first.wait_calls(n)
+        first.release(f"tool-{n}")
+    await first.wait_calls(3)
+    assert await rt.wait(cell, 0.3) == Yielded(T("got 0", "got 1"))
+    await rt.suspend()
+    second = RecordingDelegate()
+    second.release()
+    rt2 = runtimes.make(second, rt.session_id, engine=PythonEngine())
+    await rt2.open()
+    event = await rt2.wait(rt2.cell(cell.cell_id), 10)
+    assert event == Completed(T("got 2", "got 3", "done"))
+    assert [c.call_id for c in second.calls] == ["tool-3", "tool-4"]
+    await rt2.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_a_long_record_replays_without_asking_the_delegate(runtimes: Runtimes) -> None:
+    first = RecordingDelegate()
+    rt = runtimes.make(first)
+    cell = await rt.create_cell(
+        request(
+            "let s = 0; for (let i = 0; i < 300; i++) { s += (await tools.echo({i})).i; }"
+            "text(`s=${s}`); await tools.block({}); text('end')"
+        )
+    )
+    await first.wait_calls(301)
+    await rt.suspend()
+    second = RecordingDelegate()
+    second.release()
+    rt2 = runtimes.make(second, rt.session_id)
+    await rt2.open()
+    assert await rt2.wait(rt2.cell(cell.cell_id), 10) == Completed(T("s=44850", "end"))
+    assert [c.call_id for c in second.calls] == ["tool-301"]
     await rt2.shutdown()
