@@ -204,6 +204,8 @@ class _SessionCore:
         logger.warning("session %s: lease lost; its cells stop here", self.session_id)
         self.lost = True
         self.alive = False
+        if self.keeper is not None:
+            self.keeper.cancel()
         if self.journal is not None:
             self.journal.muted = True
         self.halt_cells(SessionBusy(self.session_id))

@@ -331,3 +331,22 @@ async def test_a_long_record_replays_without_asking_the_delegate(runtimes: Runti
     assert await rt2.wait(rt2.cell(cell.cell_id), 10) == Completed(T("s=44850", "end"))
     assert [c.call_id for c in second.calls] == ["tool-301"]
     await rt2.shutdown()
+
+
+async def test_a_result_that_reached_a_paused_cell_is_kept(runtimes: Runtimes) -> None:
+    first = RecordingDelegate()
+    first.release()
+    rt = runtimes.make(first)
+    cell = await rt.create_pausable_cell(request("const r = await tools.echo({v: 3}); text(r.v)"))
+    await first.wait_calls(1)
+    await asyncio.sleep(0.1)  # the answer is queued at the unobserved frontier 1
+    second = RecordingDelegate()
+    rt2 = await _reopened(runtimes, rt, second)
+    handle = rt2.pausable_cell(cell.cell_id)
+    event = await rt2.wait_to_pending(handle)
+    assert isinstance(event, Pending)
+    assert (event.frontier.generation, event.frontier.pending_tool_call_ids) == (1, ("tool-1",))
+    assert await rt2.resume(handle, 1) is ResumeOutcome.RESUMED
+    assert await rt2.wait_to_pending(handle) == Completed(T("3"))
+    assert second.calls == []  # the answer was recorded when it arrived
+    await rt2.shutdown()

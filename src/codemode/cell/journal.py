@@ -273,6 +273,7 @@ class RecordedCell:
     completed_error: str | None = None
     arrived: dict[str, Any] = field(default_factory=dict)  # results not consumed by a step
     notified: int = 0
+    paused_at_end: bool = False  # results reached it paused after its last resume
 
     @classmethod
     def parse(
@@ -287,7 +288,10 @@ class RecordedCell:
                     if item[0] == "r":
                         cell.answered.add(item[1])
                         cell.arrived.pop(item[1], None)
+            elif entry.kind == RESUME:
+                cell.paused_at_end = False
             elif entry.kind == ARRIVED:
+                cell.paused_at_end = True
                 for item in entry.payload["i"]:
                     cell.answered.add(item[1])
                     cell.arrived[item[1]] = item
@@ -600,8 +604,9 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
         )
     machine = actor.machine
     pausable = actor.kind is CellKind.PAUSABLE
-    if pausable and len(recorded.deliveries) > seen_resumes and machine.may_run:
-        # The current frontier had been delivered: take it where it was taken.
+    seen = len(recorded.deliveries) > seen_resumes
+    if pausable and (seen or recorded.paused_at_end) and machine.may_run:
+        # The cell was paused at its current frontier: take it where it was taken.
         actor._apply(machine.quiescent(actor._pending_ids))
-        if machine.is_paused:
-            machine.observe()
+        if machine.is_paused and seen:
+            machine.observe()  # it had been delivered
