@@ -203,6 +203,11 @@ class Journal:
     def has_pending(self) -> bool:
         return self._durable < self._appended
 
+    def kick(self) -> None:
+        """Start writing what was appended, without waiting (:meth:`flush` waits for it)."""
+        if self._task is None and self._durable < self._appended and self.failed is None:
+            self._task = self._loop.create_task(self._write_pending())
+
     async def flush(self) -> None:
         """Make every fact appended so far durable (``SessionBusy`` / ``StoreError``)."""
         target = self._appended
@@ -358,14 +363,20 @@ class CellRecorder:
         item = ["r", result.call_id, result.ok, text, tool, digest]
         self.journal.entry(self.cell_id, ARRIVED, {"i": [item]})
 
-    async def before_step(self, inputs: Sequence[StepInput]) -> None:
-        """Record a step's inputs before the engine consumes them."""
+    def step_started(self, inputs: Sequence[StepInput]) -> None:
+        """Start recording a step's inputs as the engine starts consuming them. The write runs
+        while the step runs: :meth:`step_finished` waits for it before any effect of the step is
+        carried out (a call dispatched, output delivered), so nothing outside the cell can
+        depend on an input that is not recorded, and the window in which an answer can be lost
+        to a crash (from its arrival to its write) is no wider than if the step waited."""
         self.journal.entry(self.cell_id, STEP, {"i": self._encode(inputs)})
-        await self.journal.flush()
+        self.journal.kick()
 
-    async def after_step(self, report: StepReport) -> None:
-        """Record a step's environment reads before its effects are carried out."""
-        self.journal.entry(self.cell_id, READS, {"r": [[r.source, r.value] for r in report.reads]})
+    async def step_finished(self, report: StepReport) -> None:
+        """Record a step's environment reads, and wait until the step is recorded."""
+        if report.reads:
+            reads = [[r.source, r.value] for r in report.reads]
+            self.journal.entry(self.cell_id, READS, {"r": reads})
         await self.journal.flush()
 
     def resumed(self, generation: int, seen: bool) -> None:
