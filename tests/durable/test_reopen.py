@@ -350,3 +350,30 @@ async def test_a_result_that_reached_a_paused_cell_is_kept(runtimes: Runtimes) -
     assert await rt2.wait_to_pending(handle) == Completed(T("3"))
     assert second.calls == []  # the answer was recorded when it arrived
     await rt2.shutdown()
+
+
+async def test_parallel_calls_answered_out_of_order_replay_in_their_order(
+    runtimes: Runtimes,
+) -> None:
+    first = RecordingDelegate()
+    rt = runtimes.make(first)
+    cell = await rt.create_cell(
+        request(
+            "const ps = [0, 1, 2, 3, 4].map(i => tools.block({i}).then(r => text(`r${r.i}`)));"
+            "await Promise.all(ps); text('all')"
+        )
+    )
+    await first.wait_calls(5)
+    for call_id in ("tool-4", "tool-2"):
+        first.release(call_id)
+        await asyncio.sleep(0.1)
+    assert await rt.wait(cell, 0.1) == Yielded(T("r3", "r1"))
+    second = RecordingDelegate()
+    rt2 = await _reopened(runtimes, rt, second)
+    await second.wait_calls(3)
+    assert sorted(c.call_id for c in second.calls) == ["tool-1", "tool-3", "tool-5"]
+    for call_id in ("tool-5", "tool-1", "tool-3"):
+        second.release(call_id)
+        await asyncio.sleep(0.1)
+    assert await rt2.wait(rt2.cell(cell.cell_id), 10) == Completed(T("r4", "r0", "r2", "all"))
+    await rt2.shutdown()
