@@ -162,3 +162,34 @@ async def test_a_sandbox_that_dies_twice_during_replay_ends_the_cell(runtimes: R
     )
     assert engine.opened == 2
     await rt2.shutdown()
+
+
+class _LosingCell(_DyingCell):
+    async def run(self) -> StepReport:
+        return await self.inner.run()
+
+    async def step(self, inputs: Sequence[StepInput]) -> StepReport:
+        self.inner.close()
+        raise EngineLost("the sandbox died")
+
+
+class _LosingEngine(_DyingEngine):
+    """Every cell's sandbox dies at its first step."""
+
+    async def open_cell(self, boot: CellBoot) -> EngineCell:
+        return _LosingCell(await self.inner.open_cell(boot))
+
+
+async def test_a_cell_whose_engine_was_lost_is_recovered_as_lost(runtimes: Runtimes) -> None:
+    first = RecordingDelegate()
+    first.release()
+    rt = runtimes.make(first, engine=_LosingEngine())
+    cell = await rt.create_cell(request("text('a'); await tools.echo({}); text('b')"))
+    await first.wait_calls(1)
+    await asyncio.sleep(0.2)  # the engine is lost at the step with the answer: completed
+    rt2 = runtimes.make(RecordingDelegate(), rt.session_id)
+    await rt.suspend()
+    await rt2.open()
+    event = await rt2.wait(rt2.cell(cell.cell_id), 10)
+    assert event == Completed((TextItem("a"),), "exec runtime ended unexpectedly")
+    await rt2.shutdown()

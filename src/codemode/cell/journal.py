@@ -279,6 +279,7 @@ class RecordedCell:
     arrived: dict[str, Any] = field(default_factory=dict)  # results not consumed by a step
     notified: int = 0
     paused_at_end: bool = False  # results reached it paused after its last resume
+    cut_seq: int | None = None  # the engine command its engine was lost in (0: the run)
 
     @classmethod
     def parse(
@@ -305,6 +306,9 @@ class RecordedCell:
             elif entry.kind == COMPLETED:
                 cell.completed = True
                 cell.completed_error = entry.payload.get("e")
+                if entry.payload.get("cut"):
+                    steps = [e.seq for e in entries if e.kind == STEP]
+                    cell.cut_seq = steps[-1] if steps else 0
         return cell
 
 
@@ -331,6 +335,7 @@ class CellRecorder:
         self.recorded = recorded
         self.reopen = reopen
         self.replaying = False
+        self.cut = False  # its engine was lost in the middle of a command
         self.replayed = asyncio.Event()
         if recorded is None:
             self.replayed.set()
@@ -423,7 +428,10 @@ class CellRecorder:
         for effect in effects:
             if isinstance(effect, CommitWrites) and effect.writes:
                 self.journal.values(dict(effect.writes))
-        self.journal.entry(self.cell_id, COMPLETED, {"e": error_text})
+        payload: dict[str, Any] = {"e": error_text}
+        if self.cut:
+            payload["cut"] = True  # replay stops before the command the engine was lost in
+        self.journal.entry(self.cell_id, COMPLETED, payload)
         return effects
 
     # ------------------------------------------------------------------ replay hooks
@@ -524,6 +532,13 @@ def _diverge_text(actor: CellActor, what: str) -> None:
     actor._engine.close()
 
 
+def _lost_again(actor: CellActor, recorded: RecordedCell) -> None:
+    """End a replayed cell as its recorded completion says its engine was lost."""
+    if actor.machine.takes_results:
+        actor._apply(actor.machine.engine_lost(recorded.completed_error))
+    actor._engine.close()
+
+
 def _check_reads(rec: CellRecorder, seen: list[EnvRead], report: StepReport, step: int) -> None:
     assert rec.recorded is not None
     expected = rec.recorded.reads
@@ -545,11 +560,17 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
         machine.restore_delivered(sum(recorded.deliveries), bool(recorded.deliveries))
     reads: list[EnvRead] = []
     step = 0
+    seen_resumes = 0
+    if recorded.cut_seq == 0:
+        _lost_again(actor, recorded)  # lost in its first command: nothing ran
+        return
     report = await actor._engine.run()
     _check_reads(rec, reads, report, step)
     actor._handle(report)
-    seen_resumes = 0
     for entry in recorded.entries:
+        if entry.seq == recorded.cut_seq:
+            _lost_again(actor, recorded)
+            return
         machine = actor.machine
         kind = entry.kind
         payload = entry.payload
@@ -614,6 +635,10 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
             f"the record has {len(recorded.reads)}"
         )
     machine = actor.machine
+    if recorded.completed and machine.takes_results:
+        # Its engine was lost between two commands (7.6): it completes so again.
+        _lost_again(actor, recorded)
+        return
     pausable = actor.kind is CellKind.PAUSABLE
     seen = len(recorded.deliveries) > seen_resumes
     if pausable and (seen or recorded.paused_at_end) and machine.may_run:
