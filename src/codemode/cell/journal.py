@@ -37,7 +37,6 @@ Journal entry kinds (payloads are JSON):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -220,13 +219,6 @@ class Journal:
             await asyncio.shield(task)
         if self.failed is not None and self._durable < target:  # pragma: no cover
             raise self.failed
-
-    async def settle(self) -> None:
-        """Wait for a write in flight (used when stopping: nothing new is written)."""
-        task = self._task
-        if task is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(task)
 
     def _take(self) -> tuple[Batch, int]:
         batch = Batch(
