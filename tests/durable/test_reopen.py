@@ -18,6 +18,7 @@ from durable_support import (  # the fixtures: imported for pytest to find them
 )
 
 from codemode import (
+    Cell,
     Completed,
     CreateCellRequest,
     IdempotencyConflict,
@@ -123,6 +124,18 @@ async def test_cell_before_open_is_refused(runtimes: Runtimes) -> None:
     assert len(rt.session_id) == 16
 
 
+async def _output(rt: SessionRuntime, cell: Cell, n: int) -> list[str]:
+    """Observe ``cell`` until it has delivered ``n`` more text items."""
+    texts: list[str] = []
+    async with asyncio.timeout(10):
+        while len(texts) < n:
+            event = await rt.wait(cell, 0.05)
+            assert isinstance(event, Yielded), event
+            texts += [item.text for item in event.items if isinstance(item, TextItem)]
+    assert len(texts) == n
+    return texts
+
+
 async def _reopened(
     runtimes: Runtimes, rt: SessionRuntime, delegate: RecordingDelegate
 ) -> SessionRuntime:
@@ -216,7 +229,7 @@ async def test_timers_replay_without_waiting(runtimes: Runtimes) -> None:
     rt = runtimes.make(first)
     cell = await rt.create_cell(
         request(
-            "for (let i = 0; i < 3; i++) { await new Promise(r => setTimeout(r, 200)); "
+            "for (let i = 0; i < 3; i++) { await new Promise(r => setTimeout(r, 500)); "
             "text(`t${i}`); } await tools.block({}); text('end')"
         )
     )
@@ -224,7 +237,7 @@ async def test_timers_replay_without_waiting(runtimes: Runtimes) -> None:
     second = RecordingDelegate()
     second.release()
     rt2 = await _reopened(runtimes, rt, second)
-    event = await rt2.wait(rt2.cell(cell.cell_id), 0.3)  # no 600 ms of timers again
+    event = await rt2.wait(rt2.cell(cell.cell_id), 1.0)  # not 1.5 s of timers again
     assert event == Completed(T("t0", "t1", "t2", "end"))
     await rt2.shutdown()
 
@@ -364,16 +377,20 @@ async def test_parallel_calls_answered_out_of_order_replay_in_their_order(
         )
     )
     await first.wait_calls(5)
+    seen: list[str] = []
     for call_id in ("tool-4", "tool-2"):
         first.release(call_id)
-        await asyncio.sleep(0.1)
-    assert await rt.wait(cell, 0.1) == Yielded(T("r3", "r1"))
+        seen += await _output(rt, cell, 1)
+    assert seen == ["r3", "r1"]
     second = RecordingDelegate()
     rt2 = await _reopened(runtimes, rt, second)
     await second.wait_calls(3)
     assert sorted(c.call_id for c in second.calls) == ["tool-1", "tool-3", "tool-5"]
-    for call_id in ("tool-5", "tool-1", "tool-3"):
+    handle = rt2.cell(cell.cell_id)
+    for call_id in ("tool-5", "tool-1"):
         second.release(call_id)
-        await asyncio.sleep(0.1)
-    assert await rt2.wait(rt2.cell(cell.cell_id), 10) == Completed(T("r4", "r0", "r2", "all"))
+        seen += await _output(rt2, handle, 1)
+    second.release("tool-3")
+    assert await rt2.wait(handle, 10) == Completed(T("r2", "all"))
+    assert seen == ["r3", "r1", "r4", "r0"]
     await rt2.shutdown()
