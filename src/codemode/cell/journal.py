@@ -22,7 +22,7 @@ Journal entry kinds (payloads are JSON):
 ``step``      ``{"i": [input, ...]}``: one engine step's inputs in the order applied; a tool
               result is ``["r", call_id, ok, value_json_or_message, tool_name, input_digest]``,
               a timer firing ``["t", timer_id]``
-``reads``     ``{"r": [[source, value], ...]}``: the environment reads of the step before
+``reads``     ``{"r": [[source, value, count], ...]}``: the environment reads of the step before
 ``arrived``   ``{"i": [input]}``: a tool result that reached a *paused* cell (consumed by a
               later step once resumed; recorded at once, so a restart in between keeps it)
 ``resume``    ``{"g": generation, "seen": bool}``: a pausable cell resumed past a frontier
@@ -280,7 +280,9 @@ class RecordedCell:
         cell = cls(record, entries, deliveries)
         for entry in entries:
             if entry.kind == READS:
-                cell.reads.extend(EnvRead(str(s), float(v)) for s, v in entry.payload["r"])
+                for read in entry.payload["r"]:
+                    count = int(read[2]) if len(read) > 2 else 1
+                    cell.reads.append(EnvRead(str(read[0]), float(read[1]), count))
             elif entry.kind == STEP:
                 for item in entry.payload["i"]:
                     if item[0] == "r":
@@ -372,7 +374,7 @@ class CellRecorder:
     async def step_finished(self, report: StepReport) -> None:
         """Record a step's environment reads, and wait until the step is recorded."""
         if report.reads:
-            reads = [[r.source, r.value] for r in report.reads]
+            reads = [[r.source, r.value, r.count] for r in report.reads]
             self.journal.entry(self.cell_id, READS, {"r": reads})
         await self.journal.flush()
 
