@@ -84,6 +84,8 @@ REJECT = "reject"
 COMPLETED = "completed"
 NOTIFIED = "notified"
 
+_GONE_KEPT = 65_536
+
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
@@ -155,7 +157,9 @@ class Journal:
         self._appended = 0
         self._durable = 0
         self._task: asyncio.Task[None] | None = None
-        self._gone: set[str] = set()  # cells closed: nothing more is recorded of them
+        # Cells closed lately: nothing more is recorded of them (a late report of a closed
+        # cell comes right after its close, so the most recent ones are enough).
+        self._gone: dict[str, None] = {}
         self.failed: CodeModeError | None = None
         self.muted = False  # shutting down or stopped: record nothing more
 
@@ -181,7 +185,9 @@ class Journal:
 
     def closed(self, cell_id: str) -> None:
         if not self.muted and cell_id not in self._gone:
-            self._gone.add(cell_id)
+            self._gone[cell_id] = None
+            if len(self._gone) > _GONE_KEPT:
+                del self._gone[next(iter(self._gone))]
             self._closed.append(cell_id)
             self._bump()
 
