@@ -27,6 +27,7 @@ from codemode import (
     PythonEngine,
     ResumeOutcome,
     SessionRuntime,
+    ShuttingDown,
     TextItem,
     ToolDefinition,
     WrongCellKind,
@@ -397,3 +398,33 @@ async def test_parallel_calls_answered_out_of_order_replay_in_their_order(
     assert await rt2.wait(handle, 10) == Completed(T("r2", "all"))
     assert seen == ["r3", "r1", "r4", "r0"]
     await rt2.shutdown()
+
+
+async def test_an_observer_waiting_when_the_session_is_suspended_is_told(
+    runtimes: Runtimes,
+) -> None:
+    first = RecordingDelegate()
+    rt = runtimes.make(first)
+    cell = await rt.create_pausable_cell(request("await tools.block({}); text('x')"))
+    assert isinstance(await rt.wait_to_pending(cell), Pending)
+    await rt.resume(cell, 1)
+    observer = asyncio.ensure_future(rt.wait_to_pending(cell))
+    await asyncio.sleep(0.05)
+    await rt.suspend()
+    with pytest.raises(ShuttingDown):
+        await asyncio.wait_for(observer, 5)
+    assert first.cancelled == ["tool-1"]  # the call stops here, and is issued again later
+    with pytest.raises(ShuttingDown):
+        await rt.create_cell(request("text(1)"))
+
+
+async def test_a_session_without_a_store_needs_no_open() -> None:
+    rt = SessionRuntime(RecordingDelegate())
+    assert not rt.is_durable
+    assert len(rt.session_id) == 16
+    assert await rt.open() is rt
+    cell = await rt.create_cell(request("text('x')"))
+    assert rt.cell(cell.cell_id) == cell
+    with pytest.raises(RuntimeError):
+        await rt.suspend()
+    await rt.shutdown()
