@@ -121,6 +121,7 @@ terminate            terminating  terminating  terminating  closed       !termin
 shutdown             terminating  terminating  terminating  =|closed     late         late
 salvaged_output      bug          bug          bug          bug          =            bug
 termination_finished bug          bug          bug          bug          closed       bug
+restore_delivered    =            =            =            =            bug          bug
 """
 """Every input of the machine (a method) in every phase. A cell is one of:
 
@@ -365,6 +366,7 @@ class CellMachine:
     _queued: deque[NestedToolCall] = field(default_factory=deque)
     _held: dict[str, NestedToolCall] = field(default_factory=dict)
     _hold_notice: bool = False  # a call became held with nobody observing (continuing cells)
+    _skip_output: int = 0  # output items a recovered cell had delivered (restore_delivered)
     strict: bool = field(default_factory=_strict_default)
     """Raise :class:`DriverBug` on inputs the table marks ``bug`` (on in the test suite)."""
 
@@ -403,6 +405,12 @@ class CellMachine:
     @property
     def has_observer(self) -> bool:
         return self._observer is not None
+
+    @property
+    def frontier_seen(self) -> bool:
+        """The current frontier was delivered (or is being collected); a durable session
+        records it with the resume that consumes the frontier."""
+        return self._frontier_handed_over()
 
     @property
     def awaiting_approval(self) -> tuple[ApprovalRequest, ...]:
@@ -504,6 +512,9 @@ class CellMachine:
     @_rule("output", [])
     def output(self, item: OutputItem) -> list[Effect]:
         """The cell produced an output item."""
+        if self._skip_output:
+            self._skip_output -= 1  # delivered before a durable session was recovered
+            return []
         self._recorded.append(item)
         return []
 
@@ -570,13 +581,14 @@ class CellMachine:
         return [BeginSettling()]
 
     @_rule("engine_lost", [])
-    def engine_lost(self) -> list[Effect]:
-        """The engine ended without a settlement (SPEC 7.6): fail, commit nothing."""
+    def engine_lost(self, error_text: str | None = None) -> list[Effect]:
+        """The engine ended without a settlement (SPEC 7.6): fail, commit nothing. A durable
+        session's replay that cannot recover the cell ends it so, with its own ``error_text``."""
         if self._frontier is not None and not self._frontier_handed_over():
             self._recorded[:0] = self._frontier.frontier.items
         self._frontier = None
         self._discard_writes = True
-        self._completion_error = "exec runtime ended unexpectedly"
+        self._completion_error = error_text or "exec runtime ended unexpectedly"
         self.phase = Phase.SETTLING
         self._drop_waiting_calls()
         return [BeginSettling()]
@@ -610,6 +622,15 @@ class CellMachine:
             obs.prepared = _Prepared.COMPLETED
             effects.append(WakeObserver(obs.token))
         return effects
+
+    @_rule("restore_delivered")
+    def restore_delivered(self, items: int, any_delivered: bool) -> None:
+        """A continuing cell about to be replayed (durable sessions): the first ``items``
+        output items it produces were delivered before it was recovered, so they are dropped;
+        ``any_delivered`` says whether any event was (the initial-yield boundary of SPEC 4
+        rule 5 is then behind it)."""
+        self._skip_output = items
+        self._delivered_any = self._delivered_any or any_delivered
 
     # ------------------------------------------------------------------ observers
 
