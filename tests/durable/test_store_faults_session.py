@@ -1,0 +1,242 @@
+"""Store faults seen from a durable session (``SessionRuntime(store=..., session_id=...)``).
+
+The store's own faults (torn transactions, a full or read-only database, a newer schema, racing
+``open_session`` calls) are tested at the store level in tests/store/test_store_faults.py; these
+tests check what a *session* makes of them: a journal from a newer schema refused on ``open``,
+processes racing to open one session, a process killed while a step's batch is written, and a
+store that becomes read-only or full under running cells.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "store"))
+from fault_session_child import (
+    BIG,
+    NEVER,
+    TORN_SOURCE,
+    BigDelegate,
+    token,
+    torn_expected,
+)
+from store_support import (  # the fixtures: imported for pytest to find them
+    Backend,
+    backend_fixture,  # noqa: F401
+    new_id,
+    postgres_server_fixture,  # noqa: F401
+)
+
+from codemode import (
+    Completed,
+    CreateCellRequest,
+    SessionBusy,
+    SessionRuntime,
+    StoreError,
+    Yielded,
+)
+from codemode.store import sqlite as sqlite_module
+
+CHILD = Path(__file__).parent / "fault_session_child.py"
+
+pytestmark = pytest.mark.skipif(
+    "store" not in inspect.signature(SessionRuntime.__init__).parameters,
+    reason="durable sessions (SessionRuntime(store=...)) not built yet",
+)
+
+
+def child(backend: Backend, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), backend.name, backend.location, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+async def _readline(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    line = (await asyncio.to_thread(proc.stdout.readline)).strip()
+    if not line and proc.stderr is not None:
+        raise AssertionError(await asyncio.to_thread(proc.stderr.read))
+    return line
+
+
+def _runtime(backend: Backend, sid: str, delegate: Any = None, lease: float = 10.0) -> Any:
+    return SessionRuntime(
+        delegate or BigDelegate(), store=backend.make(lease_seconds=lease), session_id=sid
+    )
+
+
+async def _open_when_free(backend: Backend, sid: str, delegate: Any, lease: float) -> Any:
+    """Open ``sid`` once the lease of a killed holder has run out."""
+    deadline = time.monotonic() + 60
+    while True:
+        rt = _runtime(backend, sid, delegate, lease)
+        try:
+            await rt.open()
+            return rt
+        except SessionBusy:
+            assert time.monotonic() < deadline, "the dead holder's lease never ran out"
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def _children(procs: list[subprocess.Popen[str]]) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            await asyncio.to_thread(proc.wait)
+
+
+# ------------------------------------------------------------------------------ newer schema
+
+
+async def _set_version(backend: Backend, version: int) -> None:
+    if backend.name == "sqlite":
+        conn = sqlite3.connect(backend.location)
+        with conn:
+            conn.execute("UPDATE codemode_schema_version SET version = ?", (version,))
+        conn.close()
+    else:
+        async with await psycopg.AsyncConnection.connect(backend.location, autocommit=True) as c:
+            await c.execute("UPDATE codemode_schema_version SET version = %s", (version,))
+
+
+async def test_a_journal_from_a_newer_schema_is_refused_on_open_and_left_intact(
+    backend: Backend,
+) -> None:
+    """A session whose store was written by a newer codemode: ``open`` raises ``StoreError``
+    naming both versions, the runtime stays unopened (``cell()`` still says to open first), and
+    the store is untouched: once the version is back, the session opens and its cell is there."""
+    sid = new_id()
+    rt = _runtime(backend, sid)
+    await rt.open()
+    cell = await rt.create_cell(
+        CreateCellRequest("await tools.never({});", (NEVER,), idempotency_key="k")
+    )
+    await rt.suspend()
+    supported = sqlite_module.SCHEMA_VERSION
+    await _set_version(backend, supported + 1)
+    refused = _runtime(backend, sid)
+    with pytest.raises(StoreError) as info:
+        await refused.open()
+    text = str(info.value)
+    assert f"schema version {supported + 1}" in text, text
+    assert f"newer than this codemode supports ({supported})" in text, text
+    with pytest.raises(RuntimeError, match="open the session first"):
+        refused.cell(cell.cell_id)
+    await _set_version(backend, supported)
+    again = _runtime(backend, sid)
+    await again.open()
+    assert again.cell(cell.cell_id).cell_id == cell.cell_id
+    await again.shutdown()
+
+
+# ------------------------------------------------------------------------------ racing opens
+
+
+async def test_processes_racing_to_open_one_session_exactly_one_wins(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Four processes open one session at once: exactly one gets it, the others ``SessionBusy``.
+    While the winner holds it, this process cannot open it either; once the winner suspends, it
+    opens at once and finds the winner's cell recovered (its unanswered call asked again)."""
+    sid = new_id()
+    go, stop = tmp_path / "go", tmp_path / "stop"
+    procs = [child(backend, "open", sid, f"owner-{i}", str(go), str(stop)) for i in range(4)]
+    async with _children(procs):
+        for proc in procs:
+            assert await _readline(proc) == "ready"
+        go.touch()
+        results = [await _readline(proc) for proc in procs]
+        assert sorted(results) == ["busy", "busy", "busy", "won"], results
+        winner = procs[results.index("won")]
+        cell_id = await _readline(winner)
+        for proc in procs:
+            if proc is not winner:
+                assert await asyncio.to_thread(proc.wait) == 0
+        with pytest.raises(SessionBusy, match=f"code mode session {sid} is open elsewhere"):
+            await _runtime(backend, sid).open()
+        stop.touch()
+        assert await asyncio.wait_for(asyncio.to_thread(winner.wait), 60) == 0
+    delegate = BigDelegate()
+    rt = _runtime(backend, sid, delegate)
+    await rt.open()  # released by the winner's suspend: no wait for the lease
+    assert rt.cell(cell_id).cell_id == cell_id
+    for _ in range(200):
+        if delegate.calls:
+            break
+        await asyncio.sleep(0.02)
+    assert delegate.calls == [(cell_id, "tool-1")]
+    await rt.shutdown()
+
+
+# -------------------------------------------------------------------- torn write of a batch
+
+
+async def test_a_process_killed_while_writing_a_steps_batch_leaves_a_consistent_session(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """A child runs a cell whose steps each record hundreds of ~1 KB tool results in one batch
+    and is SIGKILLed at a random instant (three rounds). This process then reopens the session
+    and observes the cell to its end: the output is exactly the expected one (the child never
+    observed it, so nothing was delivered before), the journal has no gap, and no call whose
+    result the store holds is asked again, while every other call is."""
+    seed = int(os.environ.get("CODEMODE_FAULT_SEED") or random.randrange(2**32))
+    print(f"\ntorn batch: CODEMODE_FAULT_SEED={seed}")
+    rng = random.Random(seed)
+    for round_ in range(3):
+        sid = new_id()
+        log = tmp_path / f"calls-{round_}.log"
+        proc = child(backend, "torn", sid, str(log))
+        async with _children([proc]):
+            ready, cell_id = (await _readline(proc)).split()
+            assert ready == "ready"
+            await asyncio.sleep(rng.uniform(0.0, 1.0))
+            proc.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(proc.wait)
+        reader = backend.make()
+        journal = await reader.read_journal(sid, cell_id)
+        assert [e.seq for e in journal] == list(range(1, len(journal) + 1))
+        recorded = json.dumps([e.payload for e in journal])
+        child_calls = {tuple(json.loads(line)) for line in log.read_text().splitlines()}
+        delegate = BigDelegate()
+        rt = await _open_when_free(backend, sid, delegate, 1.0)
+        cell = await rt.create_cell(CreateCellRequest(TORN_SOURCE, (BIG,), idempotency_key="torn"))
+        assert cell.cell_id == cell_id
+        items: list[str] = []
+        while True:
+            event = await rt.wait(cell, 30)
+            items.extend(item.text for item in event.items)  # type: ignore[union-attr]
+            if not isinstance(event, Yielded):
+                break
+        assert isinstance(event, Completed) and event.error_text is None, event
+        assert items == torn_expected()
+        asked_again = [c for c in delegate.calls if token(*c) in recorded]
+        assert asked_again == [], f"round {round_}: recorded calls asked again: {asked_again[:5]}"
+        assert len(delegate.calls) == len(set(delegate.calls))
+        unrecorded = {c for c in child_calls if token(*c) not in recorded}
+        assert unrecorded <= set(delegate.calls), "a call issued, unanswered, never issued again"
+        await rt.shutdown()
