@@ -6,8 +6,10 @@ Measures, side by side in one run (docs/durability.md):
   cell of 1000 calls in one ``Promise.all``, in a ``SessionRuntime`` without a store, with a
   ``SqliteStore`` (a file in a temporary directory) and with a ``PostgresStore`` (a throwaway
   PostgreSQL server on 127.0.0.1 started from the machine's binaries, as the tests do; skipped
-  with a message when they are missing). The modes run interleaved, cell after cell, so that the
-  machine's noise hits them alike; figures are medians. Target: under 30 % with SqliteStore.
+  with a message when they are missing; also with ``synchronous_commit=off``, which shows what
+  the server's WAL flush at each commit costs). The modes run interleaved, cell after cell, so
+  that the machine's noise hits them alike; figures are medians. Target: under 30 % with
+  SqliteStore.
 - **Replay time**: a cell that made 10, 100 or 1,000 recorded sequential calls and waits on one
   more is suspended; a new runtime opens the session, and the time from ``open()`` to the
   delegate receiving the unanswered call again (which the replay issues once it has fed every
@@ -240,6 +242,9 @@ async def main() -> None:
                 stack.callback(server.stop)
                 dsn = server.dsn()
                 stores["PostgresStore"] = lambda: PostgresStore(dsn, lease_seconds=30.0)
+                # The same without waiting for the WAL flush at each commit: where the time goes.
+                lazy = server.dsn(synchronous_commit="off")
+                stores["Postgres, async commit"] = lambda: PostgresStore(lazy, lease_seconds=30.0)
         modes: dict[str, StoreFactory | None] = {"no store": None, **stores}
         results: dict[str, Any] = {}
 
