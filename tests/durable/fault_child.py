@@ -249,6 +249,10 @@ out(`pfinal ${await call(9, xs[3])}`);
         ),
     ),
 )
+# Cells left out of the workload (comma-separated names): the parent leaves ``clock`` out while
+# the engine does not record clock and random reads (see test_fault_injection.py).
+SKIPPED = {name for name in os.environ.get("CODEMODE_FAULT_SKIP", "").split(",") if name}
+PHASES = tuple(tuple(spec for spec in phase if spec.name not in SKIPPED) for phase in PHASES)
 CELLS = {spec.name: spec for phase in PHASES for spec in phase}
 
 
@@ -451,9 +455,11 @@ async def main(log_path: str, proc: int, store_arg: str, sid: str, lease: float)
     except SessionBusy:
         return 3
     log("done")
-    await runtime.shutdown()
+    # A shutdown that races a lease renewal may hang (see the xfail test of LeaseKeeper.stop in
+    # test_store_faults_session.py): give it a few seconds, then leave (an implicit suspend).
+    await asyncio.wait([asyncio.ensure_future(runtime.shutdown())], timeout=10)
     print("done", flush=True)
-    return 0
+    os._exit(0)
 
 
 if __name__ == "__main__":

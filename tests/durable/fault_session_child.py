@@ -32,8 +32,8 @@ from codemode import (
 
 BIG = ToolDefinition("big", "Returns a number and a kilobyte of padding.")
 NEVER = ToolDefinition("never", "Never answers.")
-ROUNDS = 4
-WIDTH = 250
+ROUNDS = 6
+WIDTH = 160
 TORN_SOURCE = f"""
 let total = 0;
 for (let r = 0; r < {ROUNDS}; r++) {{
@@ -71,6 +71,7 @@ class BigDelegate:
         if call.tool.name == "never":
             await asyncio.Event().wait()
         n = (call.input["r"] * 1000 + call.input["i"]) % 97
+        await asyncio.sleep(0.002 * (n % 5))  # the results of a round arrive in a few groups
         return {"n": n, "pad": "x" * 1000, "token": token(call.cell_id, call.call_id)}
 
     async def notify(self, call_id: str, cell_id: str, text: str) -> None:

@@ -74,7 +74,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import fault_child
 
-from codemode import SessionRuntime, SqliteStore
+from codemode import CreateCellRequest, NestedToolCall, SessionRuntime, SqliteStore
 
 CHILD = Path(__file__).parent / "fault_child.py"
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -318,7 +318,7 @@ async def _snapshot(store: SqliteStore, sid: str) -> Snapshot:
 
 
 async def _run_child(
-    log: Path, proc: int, store: str, sid: str, err: Path
+    log: Path, proc: int, store: str, sid: str, err: Path, skip: str = ""
 ) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
@@ -330,13 +330,13 @@ async def _run_child(
         str(LEASE),
         stdout=asyncio.subprocess.PIPE,
         stderr=err.open("w"),
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "CODEMODE_FAULT_SKIP": skip},
     )
 
 
-async def _reference(tmp: Path) -> dict[str, Outcome]:
+async def _reference(tmp: Path, skip: str) -> dict[str, Outcome]:
     log = tmp / "reference.log"
-    child = await _run_child(log, 0, "none", "reference", tmp / "reference.err")
+    child = await _run_child(log, 0, "none", "reference", tmp / "reference.err", skip)
     rc = await asyncio.wait_for(child.wait(), 120)
     assert rc == 0, (tmp / "reference.err").read_text()
     return reference_outcomes(fault_child.read_log(str(log)))
@@ -355,8 +355,14 @@ async def run_fault_injection(
     nothing, which the checker must catch), SIGKILLing the child ``kills_wanted`` times in all;
     checks every round against the uninterrupted reference run. Returns a summary line."""
     rng = random.Random(seed)
-    reference = await _reference(tmp)
-    assert set(reference) == set(fault_child.CELLS)
+    skip = "" if await reads_survive_a_reopen(tmp) else "clock"
+    if skip:
+        print(
+            "fault injection: the engine does not record clock and random reads yet, so the "
+            "workload leaves its `clock` cell out (test_clock_and_random_reads_survive_a_reopen)"
+        )
+    reference = await _reference(tmp, skip)
+    assert set(reference) == set(fault_child.CELLS) - {skip}
     # The checker on the uninterrupted run itself (one process, nothing lost).
     check_round(fault_child.read_log(str(tmp / "reference.log")), {}, reference, 0)
     reader = SqliteStore(store) if store != "none" else None
@@ -372,7 +378,7 @@ async def run_fault_injection(
             proc = 0
             while True:
                 err = tmp / f"round-{rounds}-{proc}.err"
-                child = await _run_child(log, proc, store, sid, err)
+                child = await _run_child(log, proc, store, sid, err, skip)
                 assert child.stdout is not None
                 killed = False
                 if kills < kills_wanted:
@@ -392,8 +398,11 @@ async def run_fault_injection(
                         kills += 1
                 rc = await asyncio.wait_for(child.wait(), 180)
                 await child.stdout.read()
+                if killed and rc != -signal.SIGKILL:
+                    killed = False  # it exited on its own just before the signal
+                    kills -= 1
                 if killed:
-                    assert rc == -signal.SIGKILL, (rc, err.read_text())
+                    pass
                 elif rc == 3:
                     totals["lease_lost"] += 1  # the child lost its lease: restart it
                 else:
@@ -415,6 +424,41 @@ async def run_fault_injection(
     )
 
 
+class _Parked:
+    """A delegate that records each call's input and never answers."""
+
+    def __init__(self) -> None:
+        self.inputs: list[Any] = []
+        self.called = asyncio.Event()
+
+    async def invoke_tool(self, call: NestedToolCall) -> Any:
+        self.inputs.append(call.input)
+        self.called.set()
+        await asyncio.Event().wait()
+
+    async def notify(self, call_id: str, cell_id: str, text: str) -> None:
+        pass
+
+
+async def reads_survive_a_reopen(tmp: Path) -> bool:
+    """Whether a cell that read ``Date.now()`` and ``Math.random()`` and sent them in a call
+    issues that call with the same values after its session is suspended and reopened."""
+    db, sid = tmp / "reads.db", "readsprobe000000"
+    source = "await tools.step({t: Date.now(), r: Math.random()});"
+    inputs = []
+    for _ in range(2):
+        delegate = _Parked()
+        rt = SessionRuntime(delegate, store=SqliteStore(db), session_id=sid)
+        await rt.open()
+        await rt.create_cell(
+            CreateCellRequest(source, (fault_child.STEP,), idempotency_key="probe")
+        )
+        await asyncio.wait_for(delegate.called.wait(), 60)
+        inputs.append(delegate.inputs[0])
+        await rt.suspend()
+    return inputs[0] == inputs[1]
+
+
 def _seed() -> int:
     seed = int(os.environ.get("CODEMODE_FAULT_SEED") or random.randrange(2**32))
     print(f"\nfault injection: CODEMODE_FAULT_SEED={seed} CODEMODE_FAULT_KILLS={KILLS}")
@@ -433,6 +477,19 @@ async def test_sigkill_at_random_instants_loses_nothing_and_repeats_nothing(
 ) -> None:
     summary = await run_fault_injection(tmp_path, str(tmp_path / "sessions.db"), KILLS, _seed())
     print(f"fault injection: {summary}")
+
+
+@pytest.mark.skipif(
+    not DURABLE, reason="durable sessions (SessionRuntime(store=...)) not built yet"
+)
+@pytest.mark.xfail(
+    strict=True,
+    reason="the V8 engine does not report clock and random reads (StepReport.reads) yet: the "
+    "`determinism` work; once it does, this passes, and the fault-injection workload includes "
+    "its `clock` cell again by itself",
+)
+async def test_clock_and_random_reads_survive_a_reopen(tmp_path: Path) -> None:
+    assert await reads_survive_a_reopen(tmp_path)
 
 
 async def test_the_harness_catches_a_runtime_that_forgets_its_cells(tmp_path: Path) -> None:

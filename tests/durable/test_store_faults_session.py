@@ -49,10 +49,12 @@ from codemode import (
     CreateCellRequest,
     SessionBusy,
     SessionRuntime,
+    SqliteStore,
     StoreError,
     Yielded,
 )
 from codemode.store import sqlite as sqlite_module
+from codemode.store.lease import LeaseKeeper
 
 CHILD = Path(__file__).parent / "fault_session_child.py"
 
@@ -87,7 +89,8 @@ def _runtime(backend: Backend, sid: str, delegate: Any = None, lease: float = 10
 
 
 async def _open_when_free(backend: Backend, sid: str, delegate: Any, lease: float) -> Any:
-    """Open ``sid`` once the lease of a killed holder has run out."""
+    """Open ``sid`` once the (1 s) lease of a killed holder has run out; this runtime's own
+    lease is ``lease`` (a loaded machine may stall a loop for a second)."""
     deadline = time.monotonic() + 60
     while True:
         rt = _runtime(backend, sid, delegate, lease)
@@ -200,21 +203,21 @@ async def test_a_process_killed_while_writing_a_steps_batch_leaves_a_consistent_
     backend: Backend, tmp_path: Path
 ) -> None:
     """A child runs a cell whose steps each record hundreds of ~1 KB tool results in one batch
-    and is SIGKILLed at a random instant (three rounds). This process then reopens the session
+    and is SIGKILLed at a random instant (four rounds). This process then reopens the session
     and observes the cell to its end: the output is exactly the expected one (the child never
     observed it, so nothing was delivered before), the journal has no gap, and no call whose
     result the store holds is asked again, while every other call is."""
     seed = int(os.environ.get("CODEMODE_FAULT_SEED") or random.randrange(2**32))
     print(f"\ntorn batch: CODEMODE_FAULT_SEED={seed}")
     rng = random.Random(seed)
-    for round_ in range(3):
+    for round_ in range(4):
         sid = new_id()
         log = tmp_path / f"calls-{round_}.log"
         proc = child(backend, "torn", sid, str(log))
         async with _children([proc]):
             ready, cell_id = (await _readline(proc)).split()
             assert ready == "ready"
-            await asyncio.sleep(rng.uniform(0.0, 1.0))
+            await asyncio.sleep(rng.uniform(0.0, 0.25))  # the cell runs for ~0.2 s
             proc.send_signal(signal.SIGKILL)
             await asyncio.to_thread(proc.wait)
         reader = backend.make()
@@ -223,7 +226,7 @@ async def test_a_process_killed_while_writing_a_steps_batch_leaves_a_consistent_
         recorded = json.dumps([e.payload for e in journal])
         child_calls = {tuple(json.loads(line)) for line in log.read_text().splitlines()}
         delegate = BigDelegate()
-        rt = await _open_when_free(backend, sid, delegate, 1.0)
+        rt = await _open_when_free(backend, sid, delegate, 10.0)
         cell = await rt.create_cell(CreateCellRequest(TORN_SOURCE, (BIG,), idempotency_key="torn"))
         assert cell.cell_id == cell_id
         items: list[str] = []
@@ -240,3 +243,58 @@ async def test_a_process_killed_while_writing_a_steps_batch_leaves_a_consistent_
         unrecorded = {c for c in child_calls if token(*c) not in recorded}
         assert unrecorded <= set(delegate.calls), "a call issued, unanswered, never issued again"
         await rt.shutdown()
+
+
+# ------------------------------------------------------------------- stopping a lease keeper
+
+
+class _StopOnRenewal:
+    """A SqliteStore whose ``renew_lease``, once armed, asks the keeper to stop just as the
+    renewal returns (what a ``shutdown()`` or ``suspend()`` does when it comes at that moment)."""
+
+    def __init__(self, inner: SqliteStore) -> None:
+        self.inner = inner
+        self.keeper: LeaseKeeper | None = None
+        self.armed = False
+        self.stopper: asyncio.Future[None] | None = None
+        self.stopping = asyncio.Event()
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.inner.lease_seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def renew_lease(self, session_id: str, owner: str) -> Any:
+        lease = await self.inner.renew_lease(session_id, owner)
+        if self.armed and self.keeper is not None:
+            self.armed = False
+            self.stopper = asyncio.ensure_future(self.keeper.stop(release=True))
+            self.stopping.set()
+        return lease
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LeaseKeeper._renew_loop awaits asyncio.wait_for(store.renew_lease(...)), which on "
+    "Python 3.11 swallows a cancellation that arrives once the renewal has completed and before "
+    "the task resumed: the loop goes on renewing and stop() (so SessionRuntime.shutdown() and "
+    "suspend()) waits forever",
+)
+async def test_a_lease_keeper_stopped_as_a_renewal_returns_stops(tmp_path: Path) -> None:
+    """Deterministic: the stop is requested from inside the renewal, so the keeper's task is
+    cancelled after ``renew_lease`` completed and before ``wait_for`` resumed."""
+    store = _StopOnRenewal(SqliteStore(tmp_path / "s.db", lease_seconds=0.3))
+    keeper = LeaseKeeper(store, "s1", "A")  # type: ignore[arg-type]
+    store.keeper = keeper
+    try:
+        await keeper.open(limits={})
+        store.armed = True
+        await asyncio.wait_for(store.stopping.wait(), 10)
+        assert store.stopper is not None
+        done, _ = await asyncio.wait({store.stopper}, timeout=5)
+        assert done, "LeaseKeeper.stop() did not return"
+    finally:
+        keeper.cancel()
+        await store.inner.close()
