@@ -15,6 +15,7 @@ import inspect
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -37,20 +38,27 @@ from fault_session_child import (
     token,
     torn_expected,
 )
+from pgserver import PostgresServer
 from store_support import (  # the fixtures: imported for pytest to find them
     Backend,
     backend_fixture,  # noqa: F401
     new_id,
     postgres_server_fixture,  # noqa: F401
 )
+from test_store_faults import tmpfs  # the store tests' small tmpfs (root only; skips otherwise)
 
 from codemode import (
     Completed,
     CreateCellRequest,
+    MissingCell,
+    NestedToolCall,
+    Pending,
+    PostgresStore,
     SessionBusy,
     SessionRuntime,
     SqliteStore,
     StoreError,
+    ToolDefinition,
     Yielded,
 )
 from codemode.store import sqlite as sqlite_module
@@ -298,3 +306,155 @@ async def test_a_lease_keeper_stopped_as_a_renewal_returns_stops(tmp_path: Path)
     finally:
         keeper.cancel()
         await store.inner.close()
+
+
+# ------------------------------------------------------- a store that fails under running cells
+
+STEP = ToolDefinition("step", "Returns its input's i after 30 ms.")
+RUNNER = "for (let i = 0; i < 40; i++) { text(`a${i}`); await tools.step({i}); } store('a', 40);"
+PAUSED = "text('b0'); const x = await tools.step({i: 7}); text(`b${x}`); store('b', x);"
+
+
+class _Slow:
+    async def invoke_tool(self, call: NestedToolCall) -> Any:
+        await asyncio.sleep(0.03)
+        return call.input["i"]
+
+    async def notify(self, call_id: str, cell_id: str, text: str) -> None:
+        pass
+
+
+async def _fail_under_running_cells(
+    make_runtime: Any, break_store: Any, repair_store: Any, says: str
+) -> None:
+    """The scenario of the two tests below: a continuing cell that calls a tool every 30 ms and
+    a pausable cell at its first frontier run in a durable session when the store starts
+    refusing writes. What a caller of the first runtime sees, precisely:
+
+    - the running cell's next step cannot be recorded, so it stops (nothing it did after its last
+      recorded step reaches anyone): the next ``wait`` raises ``StoreError`` with the store's
+      text, and later ones raise ``StoreError`` or ``MissingCell`` (the cell is gone from this
+      runtime; it is not closed in the store);
+    - ``create_cell`` raises ``StoreError`` (its admission cannot be recorded);
+    - ``wait_to_pending`` of the paused cell returns its frontier (nothing new to record) or
+      raises ``StoreError``;
+    - ``shutdown()`` returns (it cannot delete the session's cells: they stay in the store).
+
+    Nothing recorded is lost: once the store accepts writes again, a new runtime reopens the
+    session and recovers both cells. Across the two runtimes the continuing cell's output is
+    whole, each item once; the pausable cell is back at its first frontier and completes."""
+    rt = await make_runtime()
+    runner = await rt.create_cell(CreateCellRequest(RUNNER, (STEP,), idempotency_key="runner"))
+    paused = await rt.create_pausable_cell(
+        CreateCellRequest(PAUSED, (STEP,), idempotency_key="paused")
+    )
+    first = await rt.wait(runner, 0.3)
+    assert isinstance(first, Yielded) and first.items
+    items = [item.text for item in first.items]
+    frontier = await rt.wait_to_pending(paused)
+    assert isinstance(frontier, Pending) and frontier.frontier.generation == 1
+    await break_store()
+    with pytest.raises(StoreError, match=says):
+        for _ in range(50):  # the cell's next step is at most 30 ms away
+            event = await rt.wait(runner, 0.1)
+            assert isinstance(event, Yielded), event
+            items.extend(item.text for item in event.items)
+    for _ in range(2):
+        with pytest.raises((StoreError, MissingCell)):
+            await rt.wait(runner, 0.1)
+    with pytest.raises(StoreError, match=says):
+        await rt.create_cell(CreateCellRequest("text(1)"))
+    try:
+        again = await rt.wait_to_pending(paused)
+        assert again == frontier
+    except StoreError as exc:
+        assert re.search(says, str(exc)), exc
+    await asyncio.wait_for(rt.shutdown(), 30)
+    assert not rt.is_alive
+
+    await repair_store()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            rt2 = await make_runtime()
+            break
+        except SessionBusy:  # the first runtime could not release its lease
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+    while True:
+        event = await rt2.wait(rt2.cell(runner.cell_id), 10)
+        items.extend(item.text for item in event.items)
+        if not isinstance(event, Yielded):
+            break
+    assert isinstance(event, Completed) and event.error_text is None, event
+    assert items == [f"a{i}" for i in range(40)]
+    handle = rt2.pausable_cell(paused.cell_id)
+    back = await rt2.wait_to_pending(handle)
+    assert back == frontier
+    await rt2.resume(handle, 1)
+    end = await rt2.wait_to_pending(handle)
+    assert isinstance(end, Completed) and [i.text for i in end.items] == ["b7"], end
+    await rt2.shutdown()
+
+
+async def test_a_sqlite_store_that_fills_up_under_running_cells() -> None:
+    with tmpfs("4m") as where:
+        sid = new_id()
+        filler = where / "filler"
+
+        async def make_runtime() -> SessionRuntime:
+            store = SqliteStore(where / "sessions.db", lease_seconds=1.0)
+            rt = SessionRuntime(_Slow(), store=store, session_id=sid)
+            try:
+                await rt.open()
+            except BaseException:
+                await store.close()
+                raise
+            return rt
+
+        async def fill() -> None:
+            def run() -> None:
+                with filler.open("wb") as f, contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"x" * 65536)
+                        f.flush()
+
+            await asyncio.to_thread(run)
+
+        async def free() -> None:
+            filler.unlink()
+
+        await _fail_under_running_cells(make_runtime, fill, free, "is full")
+
+
+async def test_a_postgres_store_that_becomes_read_only_under_running_cells(
+    postgres_server: PostgresServer,
+) -> None:
+    """The server is switched to read-only transactions (``default_transaction_read_only``,
+    reloaded: the store's open connection is affected at its next transaction)."""
+    sid = new_id()
+    dsn = postgres_server.dsn(search_path=postgres_server.new_schema())
+
+    async def make_runtime() -> SessionRuntime:
+        rt = SessionRuntime(_Slow(), store=PostgresStore(dsn, lease_seconds=1.0), session_id=sid)
+        await rt.open()
+        return rt
+
+    async def read_only(on: bool) -> None:
+        async with await psycopg.AsyncConnection.connect(
+            postgres_server.dsn(), autocommit=True
+        ) as admin:
+            await admin.execute("SET default_transaction_read_only = off")
+            if on:
+                await admin.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            else:
+                await admin.execute("ALTER SYSTEM RESET default_transaction_read_only")
+            await admin.execute("SELECT pg_reload_conf()")
+        await asyncio.sleep(0.2)  # the reload reaches every backend
+
+    try:
+        await _fail_under_running_cells(
+            make_runtime, lambda: read_only(True), lambda: read_only(False), "read-only"
+        )
+    finally:
+        await read_only(False)
