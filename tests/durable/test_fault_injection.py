@@ -92,6 +92,7 @@ class Snapshot:
 
     state: dict[str, str] = field(default_factory=dict)
     journal: dict[str, str] = field(default_factory=dict)
+    delivered: dict[str, int] = field(default_factory=dict)  # output items recorded delivered
 
 
 @dataclass
@@ -152,6 +153,47 @@ def _window(
             return p
     _fail(f"{name}: output lost before process {upto} with no observation in flight")
     raise AssertionError  # unreachable
+
+
+def _check_delivered(
+    name: str,
+    events: list[Line],
+    snapshots: dict[int, Snapshot],
+    inflight: dict[tuple[int, str], bool],
+) -> None:
+    """Against the delivered-event boundaries the store holds after each kill (the number of
+    items recorded as delivered, D): every item the killed process logged was recorded first
+    (D >= logged), more was recorded only if an observation was in flight (the window), and the
+    next process delivers from exactly there on (the first item logged later is D: nothing
+    recorded as delivered comes again, nothing between is skipped)."""
+    indexed = [
+        (ev["proc"], int(item.split(":")[0]))
+        for ev in events
+        if ev["ev"] == "event"
+        for item in ev["items"]
+    ]
+    cell_ids = {ev["cell_id"] for ev in events}
+    for p, snap in snapshots.items():
+        recorded = [snap.delivered[c] for c in cell_ids if c in snap.delivered]
+        if not recorded:
+            continue  # not admitted yet, or closed
+        delivered = recorded[0]
+        logged = max((i + 1 for q, i in indexed if q <= p), default=0)
+        later = [i for q, i in indexed if q > p]
+        if delivered < logged:
+            _fail(f"{name}: {logged} items logged by process {p}, {delivered} recorded delivered")
+        if delivered > logged and not inflight.get((p, name)):
+            _fail(f"{name}: {delivered} items recorded delivered, {logged} logged, none in flight")
+        if later and later[0] < delivered:
+            _fail(f"{name}: item {later[0]} delivered again after process {p} recorded {delivered}")
+        if (
+            later
+            and later[0] > delivered
+            and not any(
+                inflight.get((q, name)) for q in range(p + 1, max(q for q, _ in indexed) + 1)
+            )
+        ):
+            _fail(f"{name}: items {delivered}..{later[0] - 1} skipped after process {p}")
 
 
 def check_round(
@@ -258,6 +300,7 @@ def check_round(
                 ended = True
         if not ended:
             _fail(f"{name}: never ended")
+        _check_delivered(name, events, snapshots, inflight)
         if len(clock_lines) > 1:
             _fail(f"{name}: the clock and random reads changed across a restart: {clock_lines}")
 
@@ -314,6 +357,7 @@ async def _snapshot(store: SqliteStore, sid: str) -> Snapshot:
         if cell.state == "open":
             journal = await store.read_journal(sid, cell.cell_id)
             snap.journal[cell.cell_id] = json.dumps([[e.kind, e.payload] for e in journal])
+            snap.delivered[cell.cell_id] = sum(await store.deliveries(sid, cell.cell_id))
     return snap
 
 
@@ -401,6 +445,12 @@ async def run_fault_injection(
                 if killed and rc != -signal.SIGKILL:
                     killed = False  # it exited on its own just before the signal
                     kills -= 1
+                finished = any(
+                    x["ev"] == "done" and x["proc"] == proc for x in fault_child.read_log(str(log))
+                )
+                if finished:  # killed, if at all, in the final shutdown (which deletes the cells)
+                    assert rc in (0, -signal.SIGKILL), (rc, err.read_text())
+                    break
                 if killed:
                     pass
                 elif rc == 3:
@@ -564,6 +614,16 @@ def test_the_checker_accepts_a_clean_restart() -> None:
         ),
         ([_ev(1, ["0: x", "1: y", "2: z"], "completed"), _call(0)], {0: OPEN}, "never issued"),
         ([_ev(1, ["0: x", "1: y", "2: z"], "completed"), _call(0)], {0: Snapshot()}, "before it"),
+        (
+            [_ev(0, ["0: x", "1: y"]), _ev(1, ["2: z"], "completed")],
+            {0: Snapshot({"c1": "open"}, {"c1": ""}, {"c1": 1})},
+            "2 items logged by process 0, 1 recorded",
+        ),
+        (
+            [_ev(0, ["0: x"]), _obs(0), _ev(1, ["1: y", "2: z"], "completed")],
+            {0: Snapshot({"c1": "open"}, {"c1": ""}, {"c1": 2})},
+            "delivered again",
+        ),
         (
             [_obs(0), {"ev": "missing", "proc": 1, "name": "a", "cell_id": "c1"}],
             {0: OPEN},
