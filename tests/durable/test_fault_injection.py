@@ -31,7 +31,10 @@ What is asserted, and why it is exact:
    the lost event was the terminal one, the cell must be closed in the store after that kill (a
    cell closes once its terminal event is delivered) and the next process gets ``MissingCell``.
    Pausable frontiers are never lost this way: an unresumed frontier is observed again, with the
-   same generation, items and pending calls (asserted).
+   same generation, items and pending calls (asserted). The store's delivered-event boundaries
+   make this exact: after each kill, the items recorded as delivered are at least those the
+   killed process logged, more only when an observation was in flight, and the next process
+   delivers from exactly that point on.
 3. **No call whose answer was recorded is asked again.** Every answer carries a unique token
    (``ans/<cell_id>/<call_id>/``), in the returned value or in the error text. A recorded answer is
    in the cell's journal (replay feeds it back from there), so after a kill the token is in the
@@ -48,7 +51,13 @@ What is asserted, and why it is exact:
    whose calls reached the delegate is in the store after the kill.
 6. **Recorded reads**: the ``clock`` cell prints ``Date.now()`` and ``Math.random()`` at its start
    and again after two calls and a timer (and sends the random value in a call: a replay reading
-   another value would diverge); every logged copy of that line is identical.
+   another value would diverge); every logged copy of that line is identical. The workload
+   leaves this cell out while the engine does not record those reads (a probe says so, and
+   ``test_clock_and_random_reads_survive_a_reopen`` is a strict xfail until it does).
+
+A child killed after it finished the workload (in its final ``shutdown``, which deletes the
+session's cells from the store) ends its round. A child whose runtime lost its lease (a stalled
+loop on a loaded machine; exit status 3) is restarted without counting as a kill.
 
 The checker itself is tested on hand-made logs (duplicates, losses, a recorded call asked again).
 """
@@ -92,7 +101,7 @@ class Snapshot:
 
     state: dict[str, str] = field(default_factory=dict)
     journal: dict[str, str] = field(default_factory=dict)
-    delivered: dict[str, int] = field(default_factory=dict)  # output items recorded delivered
+    deliveries: dict[str, list[int]] = field(default_factory=dict)  # items per delivered event
 
 
 @dataclass
@@ -166,34 +175,46 @@ def _check_delivered(
     (D >= logged), more was recorded only if an observation was in flight (the window), and the
     next process delivers from exactly there on (the first item logged later is D: nothing
     recorded as delivered comes again, nothing between is skipped)."""
-    indexed = [
-        (ev["proc"], int(item.split(":")[0]))
-        for ev in events
-        if ev["ev"] == "event"
-        for item in ev["items"]
-    ]
+    indexed: list[tuple[int, int]] = []  # (process, item index), frontiers counted once
+    firsts: list[Line] = []  # the events counted, in order
+    generations: set[int] = set()
+    for ev in events:
+        if ev["ev"] != "event":
+            continue
+        if ev["kind"] == "pending":
+            if ev["generation"] in generations:
+                continue  # an unresumed frontier observed again: the same items
+            generations.add(ev["generation"])
+        firsts.append(ev)
+        indexed.extend((ev["proc"], int(item.split(":")[0])) for item in ev["items"])
     cell_ids = {ev["cell_id"] for ev in events}
+    last_proc = max((q for q, _ in indexed), default=0)
     for p, snap in snapshots.items():
-        recorded = [snap.delivered[c] for c in cell_ids if c in snap.delivered]
+        recorded = [snap.deliveries[c] for c in cell_ids if c in snap.deliveries]
         if not recorded:
             continue  # not admitted yet, or closed
-        delivered = recorded[0]
+        counts = recorded[0]
+        delivered = sum(counts)
         logged = max((i + 1 for q, i in indexed if q <= p), default=0)
         later = [i for q, i in indexed if q > p]
         if delivered < logged:
             _fail(f"{name}: {logged} items logged by process {p}, {delivered} recorded delivered")
         if delivered > logged and not inflight.get((p, name)):
             _fail(f"{name}: {delivered} items recorded delivered, {logged} logged, none in flight")
-        if later and later[0] < delivered:
+        start = delivered
+        nxt = next((ev for ev in firsts if ev["proc"] > p), None)
+        if nxt is not None and nxt["kind"] == "pending" and nxt["generation"] == len(counts):
+            # A pausable cell's last delivered frontier (the n-th delivered event is generation
+            # n), unresumed, is observed again with its items.
+            start = delivered - counts[-1]
+        if later and later[0] < start:
             _fail(f"{name}: item {later[0]} delivered again after process {p} recorded {delivered}")
         if (
             later
-            and later[0] > delivered
-            and not any(
-                inflight.get((q, name)) for q in range(p + 1, max(q for q, _ in indexed) + 1)
-            )
+            and later[0] > start
+            and not any(inflight.get((q, name)) for q in range(p + 1, last_proc + 1))
         ):
-            _fail(f"{name}: items {delivered}..{later[0] - 1} skipped after process {p}")
+            _fail(f"{name}: items {start}..{later[0] - 1} skipped after process {p}")
 
 
 def check_round(
@@ -357,7 +378,7 @@ async def _snapshot(store: SqliteStore, sid: str) -> Snapshot:
         if cell.state == "open":
             journal = await store.read_journal(sid, cell.cell_id)
             snap.journal[cell.cell_id] = json.dumps([[e.kind, e.payload] for e in journal])
-            snap.delivered[cell.cell_id] = sum(await store.deliveries(sid, cell.cell_id))
+            snap.deliveries[cell.cell_id] = await store.deliveries(sid, cell.cell_id)
     return snap
 
 
@@ -594,6 +615,23 @@ def test_the_checker_accepts_a_clean_restart() -> None:
     assert stats == {"repeated_calls": 1, "lost_windows": 1, "invocations": 2}
 
 
+def test_the_checker_accepts_a_frontier_delivered_to_a_killed_process_and_observed_again() -> None:
+    def frontier(proc: int, generation: int, items: list[str]) -> Line:
+        line = _ev(proc, items, "pending")
+        line.update(generation=generation, pending=["tool-1"])
+        return line
+
+    lines = [
+        frontier(0, 1, ["0: x"]),
+        _obs(0),  # frontier 2 reached, recorded delivered, then the kill: never logged
+        frontier(1, 2, ["1: y"]),  # observed again after the reopen
+        frontier(1, 2, ["1: y"]),
+        _ev(1, ["2: z"], "completed"),
+    ]
+    snapshot = Snapshot({"c1": "open"}, {"c1": ""}, {"c1": [1, 1]})
+    assert check_round(lines, {0: snapshot}, _ref(), 1)["lost_windows"] == 0
+
+
 @pytest.mark.parametrize(
     ("lines", "snapshots", "message"),
     [
@@ -616,12 +654,12 @@ def test_the_checker_accepts_a_clean_restart() -> None:
         ([_ev(1, ["0: x", "1: y", "2: z"], "completed"), _call(0)], {0: Snapshot()}, "before it"),
         (
             [_ev(0, ["0: x", "1: y"]), _ev(1, ["2: z"], "completed")],
-            {0: Snapshot({"c1": "open"}, {"c1": ""}, {"c1": 1})},
+            {0: Snapshot({"c1": "open"}, {"c1": ""}, {"c1": [1]})},
             "2 items logged by process 0, 1 recorded",
         ),
         (
             [_ev(0, ["0: x"]), _obs(0), _ev(1, ["1: y", "2: z"], "completed")],
-            {0: Snapshot({"c1": "open"}, {"c1": ""}, {"c1": 2})},
+            {0: Snapshot({"c1": "open"}, {"c1": ""}, {"c1": [1, 1]})},
             "delivered again",
         ),
         (
