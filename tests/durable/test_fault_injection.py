@@ -171,10 +171,11 @@ def _check_delivered(
     inflight: dict[tuple[int, str], bool],
 ) -> None:
     """Against the delivered-event boundaries the store holds after each kill (the number of
-    items recorded as delivered, D): every item the killed process logged was recorded first
-    (D >= logged), more was recorded only if an observation was in flight (the window), and the
-    next process delivers from exactly there on (the first item logged later is D: nothing
-    recorded as delivered comes again, nothing between is skipped)."""
+    items recorded as delivered, D): every item the killed processes logged was recorded first
+    (D >= logged), more was recorded only if an observation was in flight in a killed process
+    since the last logged item (the window), and the next process delivers from exactly there
+    on (the first item logged later is D, or the start of the last delivered frontier observed
+    again: nothing recorded as delivered comes again, nothing between is skipped)."""
     indexed: list[tuple[int, int]] = []  # (process, item index), frontiers counted once
     firsts: list[Line] = []  # the events counted, in order
     generations: set[int] = set()
@@ -199,7 +200,8 @@ def _check_delivered(
         later = [i for q, i in indexed if q > p]
         if delivered < logged:
             _fail(f"{name}: {logged} items logged by process {p}, {delivered} recorded delivered")
-        if delivered > logged and not inflight.get((p, name)):
+        since = max((q for q, _ in indexed if q <= p), default=0)
+        if delivered > logged and not any(inflight.get((q, name)) for q in range(since, p + 1)):
             _fail(f"{name}: {delivered} items recorded delivered, {logged} logged, none in flight")
         start = delivered
         nxt = next((ev for ev in firsts if ev["proc"] > p), None)
