@@ -151,12 +151,19 @@ def reference_outcomes(lines: list[Line]) -> dict[str, Outcome]:
 
 
 def _window(
-    name: str, lo: int, upto: int, inflight: dict[tuple[int, str], bool], used: set[int]
+    name: str,
+    lo: int,
+    upto: int,
+    inflight: dict[tuple[int, str], bool],
+    used: set[int],
+    *,
+    last: bool = False,
 ) -> int:
     """The killed process in [lo, upto) whose observation of cell ``name`` was in flight when it
     died (an event the runtime recorded as delivered, which the driver never logged): each such
-    observation explains one gap."""
-    for p in range(lo, upto):
+    observation explains one gap. ``last``: the latest such process (the one that received the
+    terminal event: no process after it could observe the cell)."""
+    for p in reversed(range(lo, upto)) if last else range(lo, upto):
         if p not in used and inflight.get((p, name)):
             used.add(p)
             return p
@@ -288,7 +295,8 @@ def check_round(
                 # delivery and the driver logging it.
                 if proc == last_proc_of_item and ev["ev"] != "missing":
                     _fail(f"{name}: items {pos}..{start - 1} lost within process {proc}")
-                p = _window(name, last_proc_of_item, proc, inflight, used_windows)
+                missing = ev["ev"] == "missing"
+                p = _window(name, last_proc_of_item, proc, inflight, used_windows, last=missing)
                 if ev["ev"] == "missing":
                     snap = snapshots.get(p)
                     if snap is None or snap.state.get(ev["cell_id"], "absent") == "open":
