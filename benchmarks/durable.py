@@ -250,14 +250,14 @@ async def main() -> None:
 
         figures = await overhead(modes, args.runs, args.calls)
         print(f"Recording overhead (median of {args.runs} cells per mode, modes interleaved)")
-        header = "".join(f"{m:>16}" for m in modes)
+        header = "".join(f"{m:>24}" for m in modes)
         print(f"{'workload':<46}{header}")
         for workload, by_mode in figures.items():
             base = by_mode["no store"]
             cells = "".join(
-                f"{by_mode[m]:>9.1f} ({by_mode[m] / base - 1:+4.0%})"
+                f"{by_mode[m]:>15.1f} ({by_mode[m] / base - 1:+6.0%})"
                 if m != "no store"
-                else f"{by_mode[m]:>16.1f}"
+                else f"{by_mode[m]:>24.1f}"
                 for m in modes
             )
             print(f"{workload:<46}{cells}")
