@@ -114,24 +114,28 @@ def parallel(n: int) -> str:
     )
 
 
-async def timed_cell(rt: SessionRuntime, source: str) -> float:
-    start = time.perf_counter()
+async def timed_cell(rt: SessionRuntime, source: str) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (this process, all its threads) of one cell, create to end."""
+    start, cpu = time.perf_counter(), time.process_time()
     cell = await rt.create_cell(CreateCellRequest(source, TOOLS))
     event = await rt.wait(cell, 120)
-    elapsed = time.perf_counter() - start
+    elapsed, used = time.perf_counter() - start, time.process_time() - cpu
     assert isinstance(event, Completed) and event.error_text is None, event
-    return elapsed
+    return elapsed, used
 
 
 async def overhead(
     modes: dict[str, StoreFactory | None], runs: int, calls: int
 ) -> dict[str, dict[str, float]]:
-    """Median ms per cell of each workload in each mode, the modes interleaved."""
+    """Median ms per cell of each workload in each mode, the modes interleaved: wall clock, and
+    the CPU time of this process (steadier than wall clock on a loaded machine; it leaves out
+    the PostgreSQL server's own work)."""
     workloads = {
-        f"{calls} sequential calls, ms per cell": sequential(calls),
-        "1000 calls in one Promise.all, ms per cell": parallel(1000),
+        f"{calls} sequential calls": sequential(calls),
+        "1000 calls in one Promise.all": parallel(1000),
     }
-    times: dict[str, dict[str, list[float]]] = {w: {m: [] for m in modes} for w in workloads}
+    rows = [f"{w}, {k}" for w in workloads for k in ("ms per cell", "CPU ms per cell")]
+    times: dict[str, dict[str, list[float]]] = {r: {m: [] for m in modes} for r in rows}
     async with contextlib.AsyncExitStack() as stack:
         rts = {
             mode: await stack.enter_async_context(runtime(make, new_sid() if make else None))
@@ -143,8 +147,10 @@ async def overhead(
                     await timed_cell(rt, source)
             for _ in range(runs):
                 for mode, rt in rts.items():
-                    times[name][mode].append(await timed_cell(rt, source) * 1000)
-    return {w: {m: statistics.median(v) for m, v in by.items()} for w, by in times.items()}
+                    wall, cpu = await timed_cell(rt, source)
+                    times[f"{name}, ms per cell"][mode].append(wall * 1000)
+                    times[f"{name}, CPU ms per cell"][mode].append(cpu * 1000)
+    return {r: {m: statistics.median(v) for m, v in by.items()} for r, by in times.items()}
 
 
 async def replay(make_store: StoreFactory, calls: int, runs: int) -> dict[str, float]:
@@ -219,12 +225,54 @@ async def reopen(make_store: StoreFactory, cells: int, runs: int) -> dict[str, f
     return {"open": statistics.median(opens), "all at their frontier": statistics.median(alls)}
 
 
+async def print_overhead(
+    modes: dict[str, StoreFactory | None], args: argparse.Namespace, results: dict[str, Any]
+) -> None:
+    figures = await overhead(modes, args.runs, args.calls)
+    print(f"Recording overhead (median of {args.runs} cells per mode, modes interleaved)")
+    header = "".join(f"{m:>24}" for m in modes)
+    print(f"{'workload':<46}{header}")
+    for workload, by_mode in figures.items():
+        base = by_mode["no store"]
+        cells = "".join(
+            f"{by_mode[m]:>15.1f} ({by_mode[m] / base - 1:+6.0%})"
+            if m != "no store"
+            else f"{by_mode[m]:>24.1f}"
+            for m in modes
+        )
+        print(f"{workload:<46}{cells}")
+    results["overhead_ms"] = figures
+
+
+async def print_replay(stores: dict[str, StoreFactory], results: dict[str, Any]) -> None:
+    print("\nReplay: open() to the cell recovered (the unanswered call issued again), ms")
+    print(f"{'recorded sequential calls':<46}" + "".join(f"{s:>24}" for s in stores))
+    results["replay_ms"] = {}
+    for calls in (10, 100, 1000):
+        row = {name: await replay(make, calls, 5) for name, make in stores.items()}
+        results["replay_ms"][calls] = row
+        cells = "".join(f"{r['recovered']:>12.1f} (open {r['open']:>5.1f})" for r in row.values())
+        print(f"{calls:<46}{cells}")
+
+
+async def print_reopen(stores: dict[str, StoreFactory], results: dict[str, Any]) -> None:
+    print("\nReopen a session of 100 paused pausable cells, ms")
+    row = {name: await reopen(make, 100, 3) for name, make in stores.items()}
+    results["reopen_ms"] = row
+    for what in ("open", "all at their frontier"):
+        print(f"{what:<46}" + "".join(f"{r[what]:>24.1f}" for r in row.values()))
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=15, help="measured cells per mode")
     parser.add_argument("--calls", type=int, default=300, help="sequential calls per cell")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument(
+        "--parts", default="overhead,replay,reopen", help="which figures (comma-separated)"
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
 
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -248,37 +296,12 @@ async def main() -> None:
         modes: dict[str, StoreFactory | None] = {"no store": None, **stores}
         results: dict[str, Any] = {}
 
-        figures = await overhead(modes, args.runs, args.calls)
-        print(f"Recording overhead (median of {args.runs} cells per mode, modes interleaved)")
-        header = "".join(f"{m:>24}" for m in modes)
-        print(f"{'workload':<46}{header}")
-        for workload, by_mode in figures.items():
-            base = by_mode["no store"]
-            cells = "".join(
-                f"{by_mode[m]:>15.1f} ({by_mode[m] / base - 1:+6.0%})"
-                if m != "no store"
-                else f"{by_mode[m]:>24.1f}"
-                for m in modes
-            )
-            print(f"{workload:<46}{cells}")
-        results["overhead_ms"] = figures
-
-        print("\nReplay: open() to the cell recovered (the unanswered call issued again), ms")
-        print(f"{'recorded sequential calls':<46}" + "".join(f"{s:>24}" for s in stores))
-        results["replay_ms"] = {}
-        for calls in (10, 100, 1000):
-            row = {name: await replay(make, calls, 5) for name, make in stores.items()}
-            results["replay_ms"][calls] = row
-            cells = "".join(
-                f"{r['recovered']:>12.1f} (open {r['open']:>5.1f})" for r in row.values()
-            )
-            print(f"{calls:<46}{cells}")
-
-        print("\nReopen a session of 100 paused pausable cells, ms")
-        row = {name: await reopen(make, 100, 3) for name, make in stores.items()}
-        results["reopen_ms"] = row
-        for what in ("open", "all at their frontier"):
-            print(f"{what:<46}" + "".join(f"{r[what]:>24.1f}" for r in row.values()))
+        if "overhead" in parts:
+            await print_overhead(modes, args, results)
+        if "replay" in parts:
+            await print_replay(stores, results)
+        if "reopen" in parts:
+            await print_reopen(stores, results)
 
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
