@@ -366,6 +366,8 @@ class CellActor:
                 self._log.warning("engine of cell %s lost: %s", self.cell_id, exc)
                 # CodeModeError: a durable session's journal could not record a step.
                 text = None if isinstance(exc, EngineLost) else f"exec cell stopped: {exc}"
+                if self.recorder is not None:
+                    self.recorder.cut = True  # the command in flight never reported
                 self._apply(self.machine.engine_lost(text))
         except asyncio.CancelledError:
             if not self._stopping:
