@@ -249,8 +249,7 @@ out(`pfinal ${await call(9, xs[3])}`);
         ),
     ),
 )
-# Cells left out of the workload (comma-separated names): the parent leaves ``clock`` out while
-# the engine does not record clock and random reads (see test_fault_injection.py).
+# Cells left out of the workload (comma-separated names), to narrow down a failure.
 SKIPPED = {name for name in os.environ.get("CODEMODE_FAULT_SKIP", "").split(",") if name}
 PHASES = tuple(tuple(spec for spec in phase if spec.name not in SKIPPED) for phase in PHASES)
 CELLS = {spec.name: spec for phase in PHASES for spec in phase}
