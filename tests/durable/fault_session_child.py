@@ -5,7 +5,7 @@ MODE SESSION_ID ARGS...`` (BACKEND ``sqlite`` or ``postgres``, LOCATION its path
   ``ready``, waits until GOFILE exists, then opens the session and prints ``won`` (then creates
   the cell keyed OWNER, which waits on a call that never answers, prints its id, waits until
   STOPFILE exists and suspends) or ``busy`` (``SessionBusy``: then exits).
-- ``torn LOG``: opens SESSION_ID (lease 1 s), creates the cell ``TORN_SOURCE`` keyed ``torn``,
+- ``torn LOG``: opens SESSION_ID (lease 2 s), creates the cell ``TORN_SOURCE`` keyed ``torn``,
   prints ``ready`` and lets it run without observing it. Its delegate answers ``big``
   with ~1 KB results (so each engine step writes a batch of a few hundred KB) and appends each
   invocation to LOG. The parent kills it at a random instant.
@@ -112,20 +112,23 @@ async def opener(backend: str, location: str, sid: str, owner: str, go: str, sto
 
 
 async def torn(backend: str, location: str, sid: str, log: str) -> None:
-    rt = SessionRuntime(BigDelegate(log), store=make_store(backend, location, 1.0), session_id=sid)
     deadline = time.monotonic() + 60
     while True:
+        # A lease of 2 s, so the parent can take over soon after the kill; a loaded machine may
+        # stall this loop long enough to lose it before the cell is created: then again.
+        rt = SessionRuntime(
+            BigDelegate(log), store=make_store(backend, location, 2.0), session_id=sid
+        )
         try:
             await rt.open()
+            cell = await rt.create_cell(
+                CreateCellRequest(TORN_SOURCE, (BIG,), idempotency_key="torn")
+            )
             break
         except SessionBusy:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
-            rt = SessionRuntime(
-                BigDelegate(log), store=make_store(backend, location, 1.0), session_id=sid
-            )
-    cell = await rt.create_cell(CreateCellRequest(TORN_SOURCE, (BIG,), idempotency_key="torn"))
     print("ready", cell.cell_id, flush=True)
     await asyncio.Event().wait()  # never observes the cell; the parent kills this process
 

@@ -97,7 +97,7 @@ def _runtime(backend: Backend, sid: str, delegate: Any = None, lease: float = 10
 
 
 async def _open_when_free(backend: Backend, sid: str, delegate: Any, lease: float) -> Any:
-    """Open ``sid`` once the (1 s) lease of a killed holder has run out; this runtime's own
+    """Open ``sid`` once the (2 s) lease of a killed holder has run out; this runtime's own
     lease is ``lease`` (a loaded machine may stall a loop for a second)."""
     deadline = time.monotonic() + 60
     while True:
