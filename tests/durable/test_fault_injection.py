@@ -531,7 +531,7 @@ async def reads_survive_a_reopen(tmp: Path) -> bool:
         await asyncio.wait_for(delegate.called.wait(), 60)
         inputs.append(delegate.inputs[0])
         await rt.suspend()
-    return inputs[0] == inputs[1]
+    return bool(inputs[0] == inputs[1])
 
 
 def _seed() -> int:

@@ -21,7 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +52,14 @@ from codemode import (
     CreateCellRequest,
     MissingCell,
     NestedToolCall,
+    OutputItem,
     Pending,
     PostgresStore,
     SessionBusy,
     SessionRuntime,
     SqliteStore,
     StoreError,
+    TextItem,
     ToolDefinition,
     Yielded,
 )
@@ -70,6 +72,11 @@ pytestmark = pytest.mark.skipif(
     "store" not in inspect.signature(SessionRuntime.__init__).parameters,
     reason="durable sessions (SessionRuntime(store=...)) not built yet",
 )
+
+
+def _texts(items: Sequence[OutputItem]) -> list[str]:
+    assert all(isinstance(item, TextItem) for item in items), items
+    return [item.text for item in items if isinstance(item, TextItem)]
 
 
 def child(backend: Backend, *args: str) -> subprocess.Popen[str]:
@@ -240,7 +247,7 @@ async def test_a_process_killed_while_writing_a_steps_batch_leaves_a_consistent_
         items: list[str] = []
         while True:
             event = await rt.wait(cell, 30)
-            items.extend(item.text for item in event.items)  # type: ignore[union-attr]
+            items.extend(_texts(event.items))
             if not isinstance(event, Yielded):
                 break
         assert isinstance(event, Completed) and event.error_text is None, event
@@ -294,7 +301,7 @@ async def test_a_lease_keeper_stopped_as_a_renewal_returns_stops(tmp_path: Path)
     """Deterministic: the stop is requested from inside the renewal, so the keeper's task is
     cancelled after ``renew_lease`` completed and before ``wait_for`` resumed."""
     store = _StopOnRenewal(SqliteStore(tmp_path / "s.db", lease_seconds=0.3))
-    keeper = LeaseKeeper(store, "s1", "A")  # type: ignore[arg-type]
+    keeper = LeaseKeeper(store, "s1", "A")
     store.keeper = keeper
     try:
         await keeper.open(limits={})
@@ -350,7 +357,7 @@ async def _fail_under_running_cells(
     )
     first = await rt.wait(runner, 0.3)
     assert isinstance(first, Yielded) and first.items
-    items = [item.text for item in first.items]
+    items = _texts(first.items)
     frontier = await rt.wait_to_pending(paused)
     assert isinstance(frontier, Pending) and frontier.frontier.generation == 1
     await break_store()
@@ -358,7 +365,7 @@ async def _fail_under_running_cells(
         for _ in range(50):  # the cell's next step is at most 30 ms away
             event = await rt.wait(runner, 0.1)
             assert isinstance(event, Yielded), event
-            items.extend(item.text for item in event.items)
+            items.extend(_texts(event.items))
     for _ in range(2):
         with pytest.raises((StoreError, MissingCell)):
             await rt.wait(runner, 0.1)
@@ -393,7 +400,7 @@ async def _fail_under_running_cells(
     assert back == frontier
     await rt2.resume(handle, 1)
     end = await rt2.wait_to_pending(handle)
-    assert isinstance(end, Completed) and [i.text for i in end.items] == ["b7"], end
+    assert isinstance(end, Completed) and _texts(end.items) == ["b7"], end
     await rt2.shutdown()
 
 
