@@ -4,7 +4,9 @@ The store's own faults (torn transactions, a full or read-only database, a newer
 ``open_session`` calls) are tested at the store level in tests/store/test_store_faults.py; these
 tests check what a *session* makes of them: a journal from a newer schema refused on ``open``,
 processes racing to open one session, a process killed while a step's batch is written, and a
-store that becomes read-only or full under running cells.
+store that becomes read-only or full under running cells. (A SQLite file cannot be made read-only
+under a running session: a filesystem with files open for writing cannot be remounted read-only;
+the store tests open one on a read-only filesystem. PostgreSQL can, with a configuration reload.)
 """
 
 from __future__ import annotations
