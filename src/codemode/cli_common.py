@@ -10,7 +10,11 @@ import logging
 import math
 import os
 import sys
-from typing import Final
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from codemode.store.base import SessionStore
 
 __all__ = [
     "EXIT_FAILED",
@@ -19,6 +23,7 @@ __all__ = [
     "EXIT_USAGE",
     "LOG_FORMAT",
     "LOG_LEVEL_ENV",
+    "StoreOptions",
     "configure_logging",
     "parse_host_port",
     "positive_seconds",
@@ -99,3 +104,18 @@ def silence_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError, AttributeError):  # pragma: no cover - no usable stdout
         pass
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """``--store PATH`` and ``--lease-seconds`` of ``codemode run`` and ``codemode serve``: the
+    SQLite file durable sessions live in (docs/durability.md, "Fronts")."""
+
+    path: str
+    lease_seconds: float = 10.0
+
+    def open(self) -> SessionStore:
+        """A :class:`~codemode.SqliteStore` on :attr:`path` (it opens the file on first use)."""
+        from codemode.store.sqlite import SqliteStore
+
+        return SqliteStore(self.path, lease_seconds=self.lease_seconds)
