@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
@@ -60,6 +61,7 @@ from codemode.model import (
     Yielded,
 )
 from codemode.session import SessionRuntime, tools_delegate
+from codemode.store.base import SessionStore
 from codemode.wire import event_to_wire
 
 __all__ = ["DEMO_TOOLS", "MCP_CONFIG_ENV", "demo_delegate", "main"]
@@ -409,16 +411,11 @@ async def run_cell(
         key = None
     else:
         session_store = store.open()
-        runtime = SessionRuntime(
-            session_delegate,
-            limits=limits,
-            engine=engine,
-            store=session_store,
-            session_id=session_id,
-        )
         key = run_idempotency_key(source, pausable)
         try:
-            await runtime.open()
+            runtime = await _open_durable(
+                session_delegate, limits, engine, session_store, session_id
+            )
         except (SessionBusy, StoreError) as exc:
             await session_store.close()
             print(f"codemode run: {exc}", file=err, flush=True)
@@ -433,6 +430,28 @@ async def run_cell(
     finally:
         if store is not None:
             await session_store.close()
+
+
+async def _open_durable(
+    delegate: SessionDelegate,
+    limits: CellLimits,
+    engine: Engine | None,
+    store: SessionStore,
+    session_id: str | None,
+) -> SessionRuntime:
+    """Open the durable session, waiting (up to the store's lease and a second) for a process
+    that died holding it to lose its lease; ``SessionBusy`` if it stays held."""
+    deadline = time.monotonic() + store.lease_seconds + 1.0
+    while True:
+        runtime = SessionRuntime(
+            delegate, limits=limits, engine=engine, store=store, session_id=session_id
+        )
+        try:
+            return await runtime.open()
+        except SessionBusy:
+            if session_id is None or time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.1)
 
 
 def run_idempotency_key(source: str, pausable: bool) -> str:

@@ -1027,7 +1027,8 @@ class RemoteSession(Session):
         problem = definition.params.check(params, "")
         if problem is not None:
             raise RpcError(INVALID_PARAMS, f"invalid params: {problem}")
-        if params["sessionId"] != self._session_id:
+        if params["sessionId"] not in (self._session_id, self._requested_session_id):
+            # (A reattached session's recovered cells may call before session/open answers.)
             raise UnknownSession(params["sessionId"])
         request.on_cancel = lambda: _cancel_task(request)
         if request.method == "tool/invoke":
