@@ -234,7 +234,7 @@ def _add_store_flags(parser: argparse.ArgumentParser, *, run: bool) -> None:
             "--session",
             metavar="ID",
             help="with --store: the session to run the cell in, created if the store does not "
-            "hold it (16 characters of a-z and 0-9); an existing session's cell from an earlier "
+            "hold it; an existing session's cell from an earlier "
             "run of the same FILE is recovered and observed instead of started again. Default: "
             "a new session, whose id is printed on stderr",
         )
@@ -258,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run one cell against the demo tools",
         description="Run one cell in a fresh session against the demo tools "
-        "(echo, sleep, fail, upper) and print its events as they arrive.",
+        "(echo, sleep, fail, upper) and print its events as they arrive. With --store PATH "
+        "--session ID the session is durable: running the same command again after a crash "
+        "recovers the cell and prints only what was not printed yet (docs/durability.md).",
     )
     src = run.add_mutually_exclusive_group(required=True)
     src.add_argument(

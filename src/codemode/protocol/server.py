@@ -16,6 +16,15 @@ cells stay in the runtime. What lives here is protocol state only:
   or an error, or released), so that a re-sent ``cell/wait`` / ``cell/waitToPending`` replays its
   outcome. This module only starts the observation task and reports its outcome.
 
+With a store (``codemode serve --store PATH``, docs/protocol.md "Durable sessions") the
+sessions are durable: a connection that ends *suspends* its sessions instead of shutting them
+down (their cells stay in the store), and ``session/open`` with a ``sessionId`` reattaches to
+one, recovering its live cells, whose ids and kinds the result lists. The server remembers which
+durable sessions its connections hold: a reattach to one of them is ``SessionBusy`` while its
+connection lives, and waits for its suspension while that connection is ending. A nested call
+whose connection ended is left unanswered (so nothing is recorded for it) until the suspension
+cancels it; the next open issues it again.
+
 Decisions where the spec is silent:
 
 - Before ``initialize`` every request (known method or not) gets ``-32002``; notifications other
