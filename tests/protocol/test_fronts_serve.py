@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -156,6 +157,43 @@ async def test_kill_9_the_server_then_a_new_one_carries_the_session_on(tmp_path:
         await second.stop()
 
 
+async def test_a_stopped_server_suspends_its_sessions_and_releases_them(tmp_path: Path) -> None:
+    # SIGTERM (a deploy) suspends: the session is not ended, and its lease is released at once,
+    # so a new server reattaches without waiting for it to run out.
+    args = ("--store", str(tmp_path / "sessions.db"), "--lease-seconds", "60", "--engine", "v8")
+    first = await ServeProcess.start(*args)
+    try:
+        client = first.client
+        await client.initialize()
+        session_id = (await client.call("session/open", {}))["sessionId"]
+        source = 'text("one"); text("got " + await tools.lookup({k: "a"}));'
+        cell_id = (
+            await client.call(
+                "cell/create",
+                {"sessionId": session_id, "kind": "continuing", "source": source, "tools": TOOLS},
+            )
+        )["cellId"]
+        await client.server_message("tool/invoke")
+        first.process.send_signal(signal.SIGTERM)
+        assert await first.wait_exit() == 0
+    finally:
+        await first.stop()
+    second = await ServeProcess.start(*args)
+    try:
+        client = second.client
+        await client.initialize()
+        opened = await client.call("session/open", {"sessionId": session_id})
+        assert opened["cells"] == [{"cellId": cell_id, "kind": "continuing"}]
+        assert await answer_invokes(client, 1, cell_id) == ["tool-1"]
+        event = await client.call(
+            "cell/wait",
+            {"sessionId": session_id, "cellId": cell_id, "yieldAfterMs": 10000, "observation": 0},
+        )
+        assert (event["type"], texts(event)) == ("completed", ["one", "got A"])
+    finally:
+        await second.stop()
+
+
 # ---------------------------------------------------------------------------- one process
 
 
@@ -237,6 +275,33 @@ async def test_reattach_from_a_second_connection_once_the_first_is_gone(tmp_path
         third = await connect()
         opened = await third.call("session/open", {"sessionId": session_id})
         assert opened == {"sessionId": session_id, "durable": True, "cells": []}
+
+
+async def test_a_reattach_while_the_old_connection_ends_waits_for_its_suspension(
+    tmp_path: Path,
+) -> None:
+    async with durable_server(tmp_path) as connect:
+        first = await connect()
+        session_id = (await first.call("session/open", {}))["sessionId"]
+        cell_id = (
+            await first.call(
+                "cell/create",
+                {
+                    "sessionId": session_id,
+                    "kind": "pausable",
+                    "source": PROGRAM,
+                    "tools": TOOLS,
+                },
+            )
+        )["cellId"]
+        await first.server_message("tool/invoke")
+        second = await connect()
+        await first.transport.close()  # the server has not seen the end yet
+        opened = await second.call("session/open", {"sessionId": session_id})
+        assert opened["cells"] == [{"cellId": cell_id, "kind": "pausable"}]
+        assert await answer_invokes(second, 1, cell_id) == ["tool-1"]
+        event = await wait_to_pending(second, session_id, cell_id, 0)
+        assert (event["generation"], texts(event)) == (1, ["start"])
 
 
 async def test_a_session_given_by_id_that_the_store_lacks_is_created(tmp_path: Path) -> None:

@@ -235,6 +235,13 @@ class _ServedSession:
         ``session/open`` with its id), shut any other down."""
         await self.end(suspend=self.durable)
 
+    def forget(self) -> None:
+        """The runtime never opened: give the session's id up."""
+        self.ended = True
+        self.released.set()
+        if self.connection is not None:
+            self.connection.server._let_go(self)
+
     async def end(self, *, suspend: bool) -> None:
         """Suspend or shut the runtime down (once), then give the session's id up."""
         if self.ended:
@@ -531,11 +538,13 @@ class _Connection:
         self.server._hold(session)  # SessionBusy if another open of this id is in progress
         try:
             await runtime.open()
+        except asyncio.CancelledError:
+            # The open goes on (it is shielded in the runtime): end what it opens.
+            await asyncio.shield(self._cancelled_open(session, requested_id is not None))
+            raise
         except BaseException:
-            # Not opened (SessionBusy: another process holds it; StoreError; cancelled).
-            session.ended = True
-            session.released.set()
-            self.server._let_go(session)
+            # Not opened (SessionBusy: another process holds it; StoreError).
+            session.forget()
             raise
         try:
             cells = self._recovered_cells(session, await store.list_cells(session_id, state="open"))
@@ -552,6 +561,16 @@ class _Connection:
             "%s: durable session %s opened (%d live cells)", self.name, session_id, len(cells)
         )
         return {"sessionId": session_id, "durable": True, "cells": cells}
+
+    async def _cancelled_open(self, session: _ServedSession, reattach: bool) -> None:
+        """A ``session/open`` cancelled while the runtime opened: once the open settles, a
+        session it created is shut down and one it reattached is suspended (SPEC 10.4)."""
+        try:
+            await session.runtime.open()
+        except BaseException:
+            session.forget()
+            return
+        await session.end(suspend=reattach)
 
     @staticmethod
     def _recovered_cells(session: _ServedSession, records: Any) -> list[dict[str, str]]:
@@ -790,6 +809,9 @@ class ProtocolServer:
             connection = held.connection
             if not held.ended and (connection is None or connection.live):
                 raise SessionBusy(session_id)
+            logger.info(
+                "session %s: waiting for its suspension by the ended connection", session_id
+            )
             await held.released.wait()
 
     async def serve_connection(self, transport: Transport) -> str:
