@@ -16,7 +16,7 @@ from codemode import (
     TextItem,
     UnknownSession,
 )
-from conftest import RecordingDelegate, request
+from conftest import BLOCK, RecordingDelegate, request
 
 PROGRAM = """
 text("start");
@@ -56,7 +56,8 @@ async def test_spawn_with_a_store_suspend_and_reattach_in_a_new_server(tmp_path:
         cell = session.pausable_cell(cell.cell_id)
         await delegate.wait_calls(1)  # the unanswered call, issued again with the same ids
         call = delegate.calls[0]
-        assert (call.cell_id, call.call_id, call.tool.name) == (cell.cell_id, "tool-1", "block")
+        assert (call.cell_id, call.call_id) == (cell.cell_id, "tool-1")
+        assert call.tool == BLOCK  # the full definition the cell was created with
         assert call.input == {"k": 1}
         delegate.release("tool-1", {"v": 2})
         event = await session.wait_to_pending(cell)

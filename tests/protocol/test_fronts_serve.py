@@ -36,6 +36,22 @@ ANSWERS = {"a": "A", "b": "B", "c": "C"}
 UNINTERRUPTED = ["start", "a=A", "bc=BC", "done"]
 
 
+LOOKUP_WIRE = {
+    "name": "lookup",
+    "description": "",
+    "kind": "function",
+    "namespace": None,
+    "inputSchema": None,
+    "outputSchema": None,
+}
+
+
+def cells(opened: dict[str, Any]) -> list[tuple[str, str]]:
+    """The ids and kinds of a reattached session's cells (each created with ``TOOLS``)."""
+    assert all(c["tools"] == [LOOKUP_WIRE] for c in opened["cells"]), opened
+    return [(c["cellId"], c["kind"]) for c in opened["cells"]]
+
+
 def texts(event: dict[str, Any]) -> list[str]:
     return [item["text"] for item in event["items"] if item["type"] == "text"]
 
@@ -120,7 +136,7 @@ async def test_kill_9_the_server_then_a_new_one_carries_the_session_on(tmp_path:
         assert opened == {
             "sessionId": session_id,
             "durable": True,
-            "cells": [{"cellId": cell_id, "kind": "pausable"}],
+            "cells": [{"cellId": cell_id, "kind": "pausable", "tools": [LOOKUP_WIRE]}],
         }
         # The call issued but never answered is issued again, with the same ids.
         invoke = await client.server_message("tool/invoke")
@@ -183,7 +199,7 @@ async def test_a_stopped_server_suspends_its_sessions_and_releases_them(tmp_path
         client = second.client
         await client.initialize()
         opened = await client.call("session/open", {"sessionId": session_id})
-        assert opened["cells"] == [{"cellId": cell_id, "kind": "continuing"}]
+        assert cells(opened) == [(cell_id, "continuing")]
         assert await answer_invokes(client, 1, cell_id) == ["tool-1"]
         event = await client.call(
             "cell/wait",
@@ -255,7 +271,7 @@ async def test_reattach_from_a_second_connection_once_the_first_is_gone(tmp_path
 
         await first.close()  # the connection ends without an answer: suspended, not shut down
         opened = await second.call("session/open", {"sessionId": session_id})
-        assert opened["cells"] == [{"cellId": cell_id, "kind": "continuing"}]
+        assert cells(opened) == [(cell_id, "continuing")]
         invoke = await second.server_message("tool/invoke")
         assert (invoke["params"]["cellId"], invoke["params"]["callId"]) == (cell_id, "tool-1")
         await second.respond(invoke["id"], {"output": "A"})
@@ -298,7 +314,7 @@ async def test_a_reattach_while_the_old_connection_ends_waits_for_its_suspension
         second = await connect()
         await first.transport.close()  # the server has not seen the end yet
         opened = await second.call("session/open", {"sessionId": session_id})
-        assert opened["cells"] == [{"cellId": cell_id, "kind": "pausable"}]
+        assert cells(opened) == [(cell_id, "pausable")]
         assert await answer_invokes(second, 1, cell_id) == ["tool-1"]
         event = await wait_to_pending(second, session_id, cell_id, 0)
         assert (event["generation"], texts(event)) == (1, ["start"])

@@ -98,6 +98,7 @@ from codemode.protocol.messages import (
     error_from_wire,
     limits_from_wire,
     limits_to_wire,
+    tool_from_wire,
     tool_to_wire,
 )
 from codemode.protocol.rpc import (
@@ -191,6 +192,7 @@ class RemoteSession(Session):
         self._requested_session_id: str | None = None  # reattach to this durable session
         self._durable = False
         self._suspending = False
+        self._open_answered = asyncio.Event()  # session/open answered, its cells recorded
         self._server_info: dict[str, Any] = {}
         # This client's record of its cells; owns the identity its handles are bound to.
         self._cells: CellRegistry[_CellRecord] = CellRegistry()
@@ -272,7 +274,7 @@ class RemoteSession(Session):
         that durable session (after a restart of the server, or once the connection that held
         it is gone), or create it with that id. The session's live cells are recovered and known
         to this client: ``cell()`` / ``pausable_cell()`` give their handles, and their nested
-        calls reach ``delegate`` (a recovered cell's tool is known by name, namespace and kind).
+        calls reach ``delegate`` with the tool definitions the cells were created with.
 
         Raises ``OSError`` if the server cannot be reached, ``ProtocolError`` if the WebSocket
         handshake is refused (e.g. HTTP 401 for a wrong token) or the protocol handshake fails
@@ -342,8 +344,10 @@ class RemoteSession(Session):
         self._durable = bool(opened.get("durable", False))
         self._limits = self._requested_limits or ceilings
         for cell in opened.get("cells", ()):
-            # A reattached durable session's live cells (their tools are known by name only).
-            self._admitted(cell["cellId"], CellKind(cell["kind"]), ())
+            # A reattached durable session's live cells, with the tools they were created with.
+            tools = tuple(tool_from_wire(t) for t in cell.get("tools", ()))
+            self._admitted(cell["cellId"], CellKind(cell["kind"]), tools)
+        self._open_answered.set()
         logger.info(
             "%s: session %s opened%s",
             self._name,
@@ -1051,6 +1055,8 @@ class RemoteSession(Session):
         return ToolDefinition(name, kind=ToolKind(kind), namespace=namespace)
 
     async def _invoke(self, request: IncomingRequest, params: dict[str, Any]) -> PreEncoded:
+        # A recovered cell may call before session/open answers with the cells and their tools.
+        await self._open_answered.wait()
         tool = self._tool(params["cellId"], params["tool"])
         call = NestedToolCall(params["cellId"], params["callId"], tool, params["input"])
         meta = params.get("_meta")

@@ -307,7 +307,11 @@ ErrorObject = define(
 OpenedCell = define(
     "OpenedCell",
     Obj(
-        (Field("cellId", CellId), Field("kind", Enum(("continuing", "pausable")))),
+        (
+            Field("cellId", CellId),
+            Field("kind", Enum(("continuing", "pausable"))),
+            Field("tools", Arr(Tool, description="The tools the cell was created with."), False),
+        ),
         description="A live cell of a reattached durable session.",
     ),
 )

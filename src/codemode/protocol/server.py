@@ -114,6 +114,7 @@ from codemode.protocol.messages import (
     limits_from_wire,
     limits_to_wire,
     tool_from_wire,
+    tool_to_wire,
 )
 from codemode.protocol.observations import (
     MAX_RECORDS,
@@ -590,7 +591,7 @@ class _Connection:
             except MissingCell:
                 continue
             session.created(cell_id)
-            cells.append({"cellId": cell_id, "kind": kind})
+            cells.append({"cellId": cell_id, "kind": kind, **_recorded_tools(record)})
         return cells
 
     async def _shutdown_session(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
@@ -707,6 +708,20 @@ class _Connection:
         session = self._session(params)
         session.records.release(params["cellId"], as_int(params["observation"]))
         return {}
+
+
+def _recorded_tools(record: Any) -> dict[str, Any]:
+    """``{"tools": [...]}``: the wire form of the tools a recorded cell was created with (so
+    that a client that reattaches can hand its delegate the full definitions); empty when the
+    record cannot say."""
+    from codemode.cell.journal import request_from_json
+
+    try:
+        request, _ = request_from_json(record.request)
+    except Exception:  # a record this codemode cannot read: the client falls back to names
+        logger.debug("cell %s: its recorded tools are unreadable", record.cell_id, exc_info=True)
+        return {}
+    return {"tools": [tool_to_wire(t) for t in request.tools]}
 
 
 def _cancel_task(request: IncomingRequest) -> None:
