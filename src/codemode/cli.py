@@ -670,7 +670,8 @@ def _main(argv: Sequence[str] | None) -> int:
                 limits=limits,
                 engine=engine_name,
                 policy=policy,
-                store=_store_options(args),
+                # (With `serve --cluster`, --store is the store the cluster's hosts share.)
+                store=None if getattr(args, "cluster", None) else _store_options(args),
             )
     if args.command == "mcp":
         from codemode.mcp.server import mcp_main
