@@ -35,6 +35,7 @@ from codemode.cli_common import (
     StoreOptions,
     configure_logging,
     positive_seconds,
+    session_id_problem,
     silence_stdout,
     version_text,
 )
@@ -634,6 +635,9 @@ def _main(argv: Sequence[str] | None) -> int:
                 args.python = True
         if args.session is not None and args.store is None:
             print("codemode: --session needs --store PATH", file=sys.stderr)
+            return EXIT_USAGE
+        if args.session is not None and (problem := session_id_problem(args.session)):
+            print(f"codemode: --session {problem}", file=sys.stderr)
             return EXIT_USAGE
         try:
             limits = limits_from_args(args)

@@ -27,6 +27,7 @@ __all__ = [
     "configure_logging",
     "parse_host_port",
     "positive_seconds",
+    "session_id_problem",
     "silence_stdout",
     "version_text",
 ]
@@ -104,6 +105,19 @@ def silence_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError, AttributeError):  # pragma: no cover - no usable stdout
         pass
+
+
+MAX_SESSION_ID: Final = 128
+
+
+def session_id_problem(session_id: str) -> str | None:
+    """Why ``session_id`` cannot name a durable session (``None`` if it can): it must have 1 to
+    :data:`MAX_SESSION_ID` characters, none of them a control character or a space."""
+    if not 0 < len(session_id) <= MAX_SESSION_ID:
+        return f"must have 1 to {MAX_SESSION_ID} characters"
+    if any(ch.isspace() or not ch.isprintable() for ch in session_id):
+        return "must not contain spaces or control characters"
+    return None
 
 
 @dataclass(frozen=True)

@@ -82,3 +82,6 @@ def test_session_needs_store(tmp_path: Path) -> None:
     result = run("--session", SESSION, str(cell))
     assert result.returncode == 2
     assert "--session needs --store PATH" in result.stderr
+    result = run("--store", str(tmp_path / "s.db"), "--session", "", str(cell))
+    assert result.returncode == 2
+    assert "--session must have 1 to 128 characters" in result.stderr

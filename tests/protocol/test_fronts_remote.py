@@ -3,6 +3,11 @@ session_id=)``, ``connect(session_id=)``, ``suspend()`` and ``SessionBusy`` on r
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +18,7 @@ from codemode import (
     Pending,
     RemoteSession,
     SessionBusy,
+    SessionLost,
     TextItem,
     UnknownSession,
 )
@@ -67,6 +73,49 @@ async def test_spawn_with_a_store_suspend_and_reattach_in_a_new_server(tmp_path:
         final = await session.wait_to_pending(cell)
         assert isinstance(final, Completed) and final.error_text is None
         assert texts(final.items) == ['got {"v":2}']
+    finally:
+        await session.shutdown()
+
+
+async def test_a_pausable_host_loop_survives_a_server_killed_with_sigkill(tmp_path: Path) -> None:
+    store = tmp_path / "sessions.db"
+    command = [sys.executable, "-m", "codemode", "serve", "--lease-seconds", "1"]
+    delegate = RecordingDelegate()
+    session = await RemoteSession.spawn(delegate, store=store, command=command)
+    try:
+        session_id = session.session_id
+        cell = await session.create_pausable_cell(request(PROGRAM))
+        event = await session.wait_to_pending(cell)
+        assert isinstance(event, Pending) and event.frontier.generation == 1
+        await delegate.wait_calls(1)
+        assert session.server_pid is not None
+        os.kill(session.server_pid, signal.SIGKILL)  # between two requests of the loop
+        with pytest.raises(SessionLost):
+            await session.resume(cell, 1)
+    finally:
+        await session.shutdown()
+
+    # A new server on the same file; the dead one's lease runs out within a second.
+    delegate = RecordingDelegate()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            session = await RemoteSession.spawn(
+                delegate, store=store, session_id=session_id, command=command
+            )
+            break
+        except SessionBusy:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+    try:
+        cell = session.pausable_cell(cell.cell_id)
+        await delegate.wait_calls(1)
+        assert delegate.calls[0].call_id == "tool-1"
+        delegate.release("tool-1", 7)
+        await session.resume(cell, 1)
+        final = await session.wait_to_pending(cell)
+        assert isinstance(final, Completed)
+        assert texts(final.items) == ["got 7"]
     finally:
         await session.shutdown()
 

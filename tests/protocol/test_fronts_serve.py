@@ -343,9 +343,10 @@ async def test_session_id_without_a_store_is_an_unknown_session() -> None:
         assert info.value.data == {"kind": "UnknownSession", "sessionId": "k3v9q0m2x7d1r8tz"}
         opened = await client.call("session/open", {})
         assert set(opened) == {"sessionId"}  # the wire of a server without a store is unchanged
-        with pytest.raises(RawError) as info:
-            await client.call("session/open", {"sessionId": 7})
-        assert info.value.code == -32602
+        for bad in (7, "", "a b", "x" * 129):
+            with pytest.raises(RawError) as info:
+                await client.call("session/open", {"sessionId": bad})
+            assert info.value.code == -32602, bad
     finally:
         await client.close()
         await asyncio.wait_for(server.close(), HANG)

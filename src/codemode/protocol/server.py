@@ -76,6 +76,7 @@ from codemode.cli_common import (
     StoreOptions,
     configure_logging,
     parse_host_port,
+    session_id_problem,
 )
 from codemode.engine.base import Engine
 from codemode.engine.choice import engine_factory, wire_engine_name
@@ -484,8 +485,12 @@ class _Connection:
 
     async def _open(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
         requested_id: str | None = params.get("sessionId")
-        if requested_id is not None and self.server.store is None:
-            raise UnknownSession(requested_id)  # nothing outlives its connection here
+        if requested_id is not None:
+            problem = session_id_problem(requested_id)
+            if problem is not None:
+                raise RpcError(INVALID_PARAMS, f"invalid params: sessionId {problem}")
+            if self.server.store is None:
+                raise UnknownSession(requested_id)  # nothing outlives its connection here
         ceilings = self.server.ceilings
         limits = ceilings
         if "limits" in params:
