@@ -406,6 +406,8 @@ class CellActor:
             elif isinstance(ev, NotifyRequested):
                 self._enqueue_notification(ev.text)
             elif isinstance(ev, YieldRequested):
+                if self.recorder is not None and self.recorder.replayed_yield(machine):
+                    continue
                 self._apply(machine.yield_requested())
             elif isinstance(ev, StoreWritten):
                 machine.store_written(ev.key, ev.value)
@@ -453,8 +455,8 @@ class CellActor:
     # ------------------------------------------------------------------ notifications
 
     def _enqueue_notification(self, text: str) -> None:
-        if self.recorder is not None and self.recorder.replaying:
-            return  # notifications are at most once: a recovered cell does not repeat them
+        if self.recorder is not None and self.recorder.skip_notification():
+            return  # it reached the delegate before this cell was recovered
         if self._notes is None:
             self._notes = asyncio.Queue()
             self._notifier = self._loop.create_task(self._notify_loop())
@@ -466,6 +468,8 @@ class CellActor:
             text = await self._notes.get()
             try:
                 await self._host.delegate.notify(self._tool_call_id, self.cell_id, text)
+                if self.recorder is not None:
+                    self.recorder.notified()
             except asyncio.CancelledError:
                 raise
             except Exception:

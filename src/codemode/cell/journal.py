@@ -28,6 +28,8 @@ Journal entry kinds (payloads are JSON):
 ``resume``    ``{"g": generation, "seen": bool}``: a pausable cell resumed past a frontier
               (``seen``: that frontier had been delivered)
 ``approve``   ``{"c": call_id}``; ``reject`` ``{"c": call_id, "m": reason}``
+``notified``  ``{}``: a notification of the cell reached the delegate (a recovered cell does
+              not send those again)
 ``completed`` ``{"e": error_text}``: the completion was committed (its writes are in the same
               batch, as stored values)
 """
@@ -81,6 +83,7 @@ RESUME = "resume"
 APPROVE = "approve"
 REJECT = "reject"
 COMPLETED = "completed"
+NOTIFIED = "notified"
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
@@ -153,6 +156,7 @@ class Journal:
         self._appended = 0
         self._durable = 0
         self._task: asyncio.Task[None] | None = None
+        self._gone: set[str] = set()  # cells closed: nothing more is recorded of them
         self.failed: CodeModeError | None = None
         self.muted = False  # shutting down or stopped: record nothing more
 
@@ -167,17 +171,18 @@ class Journal:
             self._bump()
 
     def entry(self, cell_id: str, kind: str, payload: Any) -> None:
-        if not self.muted:
+        if not self.muted and cell_id not in self._gone:
             self._entries.append(Entry(cell_id, kind, payload))
             self._bump()
 
     def delivery(self, cell_id: str, items: int) -> None:
-        if not self.muted:
+        if not self.muted and cell_id not in self._gone:
             self._deliveries.append(Delivery(cell_id, items))
             self._bump()
 
     def closed(self, cell_id: str) -> None:
-        if not self.muted:
+        if not self.muted and cell_id not in self._gone:
+            self._gone.add(cell_id)
             self._closed.append(cell_id)
             self._bump()
 
@@ -267,6 +272,8 @@ class RecordedCell:
     completed: bool = False
     completed_error: str | None = None
     arrived: dict[str, Any] = field(default_factory=dict)  # results not consumed by a step
+    notified: int = 0
+    paused_at_end: bool = False  # results reached it paused after its last resume
 
     @classmethod
     def parse(
@@ -281,10 +288,15 @@ class RecordedCell:
                     if item[0] == "r":
                         cell.answered.add(item[1])
                         cell.arrived.pop(item[1], None)
+            elif entry.kind == RESUME:
+                cell.paused_at_end = False
             elif entry.kind == ARRIVED:
+                cell.paused_at_end = True
                 for item in entry.payload["i"]:
                     cell.answered.add(item[1])
                     cell.arrived[item[1]] = item
+            elif entry.kind == NOTIFIED:
+                cell.notified += 1
             elif entry.kind == COMPLETED:
                 cell.completed = True
                 cell.completed_error = entry.payload.get("e")
@@ -365,6 +377,26 @@ class CellRecorder:
     def rejected(self, call_id: str, reason: str) -> None:
         self.journal.entry(self.cell_id, REJECT, {"c": call_id, "m": reason})
 
+    def notified(self) -> None:
+        self.journal.entry(self.cell_id, NOTIFIED, {})
+
+    def skip_notification(self) -> bool:
+        """During replay: True for a notification that reached the delegate before."""
+        recorded = self.recorded
+        if recorded is not None and recorded.notified > 0:
+            recorded.notified -= 1
+            return True
+        return False
+
+    def replayed_yield(self, machine: CellMachine) -> bool:
+        """During replay: True for a ``yield_control()`` whose effect happened before the cell
+        was recovered (an event had been delivered since, so it made no initial yield)."""
+        return (
+            self.replaying
+            and machine.has_observer
+            and bool(self.recorded and self.recorded.deliveries)
+        )
+
     def delivered(self, items: int) -> None:
         self.journal.delivery(self.cell_id, items)
 
@@ -402,7 +434,7 @@ class CellRecorder:
         )
 
 
-async def replay(actor: CellActor, rec: CellRecorder) -> StepReport | None:
+async def replay(actor: CellActor, rec: CellRecorder) -> None:
     """Run a recovered cell from its record: the body again in a fresh sandbox, each recorded
     step's inputs fed back in their recorded grouping, resumes and approval decisions applied
     where they happened, recorded calls kept from the delegate. Leaves the cell where the record
@@ -410,6 +442,18 @@ async def replay(actor: CellActor, rec: CellRecorder) -> StepReport | None:
     """
     assert rec.recorded is not None
     rec.replaying = True
+    try:
+        await _replay_all(actor, rec)
+    finally:
+        rec.replaying = False
+        rec.recorded = None  # free the record
+        rec.deferred.clear()
+        rec.rejections.clear()
+        rec.virtual.clear()
+        rec.replayed.set()
+
+
+async def _replay_all(actor: CellActor, rec: CellRecorder) -> None:
     attempts = 0
     try:
         while True:
@@ -445,12 +489,6 @@ async def replay(actor: CellActor, rec: CellRecorder) -> StepReport | None:
             actor._apply((effect,))
         for result in rec.rejections.values():
             actor._ready.append(result)
-    rec.deferred.clear()
-    rec.rejections.clear()
-    rec.virtual.clear()
-    rec.recorded = None  # free the record
-    rec.replayed.set()
-    return None
 
 
 async def _fresh_start(actor: CellActor, rec: CellRecorder) -> None:
@@ -492,6 +530,8 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
     recorded = rec.recorded
     assert recorded is not None
     machine = actor.machine
+    if actor.kind is CellKind.CONTINUING:
+        machine.restore_delivered(sum(recorded.deliveries), bool(recorded.deliveries))
     reads: list[EnvRead] = []
     step = 0
     report = await actor._engine.run()
@@ -563,11 +603,10 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
             f"the record has {len(recorded.reads)}"
         )
     machine = actor.machine
-    if actor.kind is CellKind.PAUSABLE:
-        if len(recorded.deliveries) > seen_resumes and machine.may_run:
-            # The current frontier had been delivered: take it where it was taken.
-            actor._apply(machine.quiescent(actor._pending_ids))
-            if machine.is_paused:
-                machine.observe()
-    else:
-        machine.restore_delivered(sum(recorded.deliveries), bool(recorded.deliveries))
+    pausable = actor.kind is CellKind.PAUSABLE
+    seen = len(recorded.deliveries) > seen_resumes
+    if pausable and (seen or recorded.paused_at_end) and machine.may_run:
+        # The cell was paused at its current frontier: take it where it was taken.
+        actor._apply(machine.quiescent(actor._pending_ids))
+        if machine.is_paused and seen:
+            machine.observe()  # it had been delivered

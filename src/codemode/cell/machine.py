@@ -355,6 +355,7 @@ class CellMachine:
     _queued: deque[NestedToolCall] = field(default_factory=deque)
     _held: dict[str, NestedToolCall] = field(default_factory=dict)
     _hold_notice: bool = False  # a call became held with nobody observing (continuing cells)
+    _skip_output: int = 0  # output items a recovered cell had delivered (restore_delivered)
     strict: bool = field(default_factory=_strict_default)
     """Raise :class:`DriverBug` on inputs the table marks ``bug`` (on in the test suite)."""
 
@@ -500,6 +501,9 @@ class CellMachine:
     @_rule("output", [])
     def output(self, item: OutputItem) -> list[Effect]:
         """The cell produced an output item."""
+        if self._skip_output:
+            self._skip_output -= 1  # delivered before a durable session was recovered
+            return []
         self._recorded.append(item)
         return []
 
@@ -610,15 +614,12 @@ class CellMachine:
 
     @_rule("restore_delivered")
     def restore_delivered(self, items: int, any_delivered: bool) -> None:
-        """A recovered continuing cell (durable sessions): the first ``items`` output items of
-        its replay were delivered before it was recovered; ``any_delivered`` says whether any
-        event was (the initial-yield boundary of SPEC 4 rule 5 is then behind it)."""
-        if not any_delivered:
-            return  # a stash the replay made is the initial yield nobody received yet
-        pending = list(self._stash or ()) + self._recorded
-        self._stash = None
-        self._recorded = pending[items:]
-        self._delivered_any = True
+        """A continuing cell about to be replayed (durable sessions): the first ``items``
+        output items it produces were delivered before it was recovered, so they are dropped;
+        ``any_delivered`` says whether any event was (the initial-yield boundary of SPEC 4
+        rule 5 is then behind it)."""
+        self._skip_output = items
+        self._delivered_any = self._delivered_any or any_delivered
 
     # ------------------------------------------------------------------ observers
 
