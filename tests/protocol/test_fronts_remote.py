@@ -41,6 +41,7 @@ async def test_spawn_with_a_store_suspend_and_reattach_in_a_new_server(tmp_path:
     session = await RemoteSession.spawn(first_delegate, store=store)
     try:
         assert session.is_durable is True
+        assert await session.open() is session
         session_id = session.session_id
         assert len(session_id) == 16
         cell = await session.create_pausable_cell(request(PROGRAM))

@@ -879,6 +879,11 @@ class RemoteSession(Session):
             self._shutdown_task = self._loop.create_task(self._shutdown())
         await asyncio.shield(self._shutdown_task)
 
+    async def open(self) -> RemoteSession:
+        """``SessionRuntime.open``'s counterpart: a no-op, since ``spawn`` and ``connect``
+        return an open session (a durable one already reattached and recovered)."""
+        return self
+
     async def suspend(self) -> None:
         """Leave the session without ending it: close the connection (the server suspends a
         durable session whose connection ends) and, for a spawned server, wait for it to exit.
