@@ -136,7 +136,7 @@ OVERRIDES = [
     "String.prototype.slice = () => ''",
     "String.prototype.charCodeAt = () => 65",
     "WeakSet.prototype.has = () => true; WeakSet.prototype.add = function () { return this }",
-    "WeakRef.prototype.deref = () => undefined",
+    "Date.now = () => 0; Math.random = () => 0.5; globalThis.Date = function () {}",
     "Map.prototype.get = () => undefined; Map.prototype.set = function () { return this };"
     "Map.prototype.has = () => false; Map.prototype.delete = () => true",
     "Promise.prototype.then = function () { return this }; Promise.resolve = (x) => x",
@@ -244,12 +244,6 @@ async def test_call_limit_on_every_route(
         "await tools.echo({}); while (true) {}",
         "setTimeout(() => { while (true) {} }, 1); await tools.block({})",
         "await Promise.resolve().then(() => { while (true) {} })",
-        # a cleanup callback V8 would run between the host's calls
-        "const fr = new FinalizationRegistry(() => { while (true) {} });"
-        "(function () { for (let i = 0; i < 100; i++) fr.register({}, i) })();"
-        "for (let j = 0; j < 50; j++) {"
-        "  const g = []; for (let i = 0; i < 1e5; i++) g.push({a: i}); await tools.echo({j}) }"
-        "await tools.block({})",
     ],
 )
 async def test_cpu_limit_on_every_route(
@@ -339,7 +333,7 @@ async def test_big_tool_results_are_data_not_source(make_rt: Callable[..., Sessi
         "const a = []; for (let i = 0; i < 80; i++) a.push(new ArrayBuffer(1).transferToFixedLength(8 << 20))",
         "const a = [new Float64Array(1 << 20)]; for (let i = 0; i < 80; i++) a.push(a[0].map(x => x))",
         "const a = []; for (let i = 0; i < 80; i++) a.push(new Uint8Array(new ArrayBuffer(8 << 20)))",
-        "WeakSet.prototype.has = () => true; WeakRef.prototype.deref = () => undefined;"
+        "WeakSet.prototype.has = () => true;"
         "const a = []; for (let i = 0; i < 80; i++) a.push(new Uint8Array(8 << 20))",
         "const a = []; for (let i = 0; i < 80; i++) { await tools.echo({}); a.push(new BigInt64Array(1 << 20)) }",
         "const a = []; for (let i = 0; i < 80; i++) a.push(Uint8Array.from({length: 8 << 20}))",

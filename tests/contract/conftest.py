@@ -220,6 +220,8 @@ REOPEN_SKIPS = {
     "replay of a spinning cell spins until its CPU limit",
     "test_wait_caller_cancelled_while_cell_spins": "open waits for every replay, and the "
     "replay of a spinning cell spins until its CPU limit",
+    "test_61_concurrent_and_cancelled_shutdowns": "open waits for every replay, and the "
+    "replay of a spinning cell spins until its CPU limit",
 }
 """Scenarios whose premise a suspend-and-reopen after the first create changes (the reason)."""
 

@@ -331,8 +331,8 @@ class CellActor:
                 await replay(self, rec)
             else:
                 report = await self._engine.run()
-                if rec is not None and report.reads:
-                    await rec.after_step(report)
+                if rec is not None:
+                    await rec.step_finished(report)
                 self._handle(report)
             while self.machine.is_live:
                 if not self.machine.may_run:
@@ -346,10 +346,10 @@ class CellActor:
                 if inputs:
                     self.machine.inputs_applied()
                     if rec is not None:
-                        await rec.before_step(inputs)
+                        rec.step_started(inputs)  # written while the step runs
                     report = await self._engine.step(inputs)
-                    if rec is not None and report.reads:
-                        await rec.after_step(report)
+                    if rec is not None:
+                        await rec.step_finished(report)  # before any of its effects
                     self._handle(report)
                     continue
                 self._apply(self.machine.quiescent(self._pending_ids))
@@ -366,6 +366,8 @@ class CellActor:
                 self._log.warning("engine of cell %s lost: %s", self.cell_id, exc)
                 # CodeModeError: a durable session's journal could not record a step.
                 text = None if isinstance(exc, EngineLost) else f"exec cell stopped: {exc}"
+                if self.recorder is not None:
+                    self.recorder.cut = True  # the command in flight never reported
                 self._apply(self.machine.engine_lost(text))
         except asyncio.CancelledError:
             if not self._stopping:

@@ -22,7 +22,7 @@ Journal entry kinds (payloads are JSON):
 ``step``      ``{"i": [input, ...]}``: one engine step's inputs in the order applied; a tool
               result is ``["r", call_id, ok, value_json_or_message, tool_name, input_digest]``,
               a timer firing ``["t", timer_id]``
-``reads``     ``{"r": [[source, value], ...]}``: the environment reads of the step before
+``reads``     ``{"r": [[source, value, count], ...]}``: the environment reads of the step before
 ``arrived``   ``{"i": [input]}``: a tool result that reached a *paused* cell (consumed by a
               later step once resumed; recorded at once, so a restart in between keeps it)
 ``resume``    ``{"g": generation, "seen": bool}``: a pausable cell resumed past a frontier
@@ -37,7 +37,6 @@ Journal entry kinds (payloads are JSON):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -84,6 +83,8 @@ APPROVE = "approve"
 REJECT = "reject"
 COMPLETED = "completed"
 NOTIFIED = "notified"
+
+_GONE_KEPT = 65_536
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
@@ -156,7 +157,9 @@ class Journal:
         self._appended = 0
         self._durable = 0
         self._task: asyncio.Task[None] | None = None
-        self._gone: set[str] = set()  # cells closed: nothing more is recorded of them
+        # Cells closed lately: nothing more is recorded of them (a late report of a closed
+        # cell comes right after its close, so the most recent ones are enough).
+        self._gone: dict[str, None] = {}
         self.failed: CodeModeError | None = None
         self.muted = False  # shutting down or stopped: record nothing more
 
@@ -182,7 +185,9 @@ class Journal:
 
     def closed(self, cell_id: str) -> None:
         if not self.muted and cell_id not in self._gone:
-            self._gone.add(cell_id)
+            self._gone[cell_id] = None
+            if len(self._gone) > _GONE_KEPT:
+                del self._gone[next(iter(self._gone))]
             self._closed.append(cell_id)
             self._bump()
 
@@ -203,6 +208,11 @@ class Journal:
     def has_pending(self) -> bool:
         return self._durable < self._appended
 
+    def kick(self) -> None:
+        """Start writing what was appended, without waiting (:meth:`flush` waits for it)."""
+        if self._task is None and self._durable < self._appended and self.failed is None:
+            self._task = self._loop.create_task(self._write_pending())
+
     async def flush(self) -> None:
         """Make every fact appended so far durable (``SessionBusy`` / ``StoreError``)."""
         target = self._appended
@@ -215,13 +225,6 @@ class Journal:
             await asyncio.shield(task)
         if self.failed is not None and self._durable < target:  # pragma: no cover
             raise self.failed
-
-    async def settle(self) -> None:
-        """Wait for a write in flight (used when stopping: nothing new is written)."""
-        task = self._task
-        if task is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(task)
 
     def _take(self) -> tuple[Batch, int]:
         batch = Batch(
@@ -274,6 +277,7 @@ class RecordedCell:
     arrived: dict[str, Any] = field(default_factory=dict)  # results not consumed by a step
     notified: int = 0
     paused_at_end: bool = False  # results reached it paused after its last resume
+    cut_seq: int | None = None  # the engine command its engine was lost in (0: the run)
 
     @classmethod
     def parse(
@@ -282,7 +286,9 @@ class RecordedCell:
         cell = cls(record, entries, deliveries)
         for entry in entries:
             if entry.kind == READS:
-                cell.reads.extend(EnvRead(str(s), float(v)) for s, v in entry.payload["r"])
+                for read in entry.payload["r"]:
+                    count = int(read[2]) if len(read) > 2 else 1
+                    cell.reads.append(EnvRead(str(read[0]), float(read[1]), count))
             elif entry.kind == STEP:
                 for item in entry.payload["i"]:
                     if item[0] == "r":
@@ -300,6 +306,9 @@ class RecordedCell:
             elif entry.kind == COMPLETED:
                 cell.completed = True
                 cell.completed_error = entry.payload.get("e")
+                if entry.payload.get("cut"):
+                    steps = [e.seq for e in entries if e.kind == STEP]
+                    cell.cut_seq = steps[-1] if steps else 0
         return cell
 
 
@@ -326,6 +335,7 @@ class CellRecorder:
         self.recorded = recorded
         self.reopen = reopen
         self.replaying = False
+        self.cut = False  # its engine was lost in the middle of a command
         self.replayed = asyncio.Event()
         if recorded is None:
             self.replayed.set()
@@ -358,14 +368,20 @@ class CellRecorder:
         item = ["r", result.call_id, result.ok, text, tool, digest]
         self.journal.entry(self.cell_id, ARRIVED, {"i": [item]})
 
-    async def before_step(self, inputs: Sequence[StepInput]) -> None:
-        """Record a step's inputs before the engine consumes them."""
+    def step_started(self, inputs: Sequence[StepInput]) -> None:
+        """Start recording a step's inputs as the engine starts consuming them. The write runs
+        while the step runs: :meth:`step_finished` waits for it before any effect of the step is
+        carried out (a call dispatched, output delivered), so nothing outside the cell can
+        depend on an input that is not recorded, and the window in which an answer can be lost
+        to a crash (from its arrival to its write) is no wider than if the step waited."""
         self.journal.entry(self.cell_id, STEP, {"i": self._encode(inputs)})
-        await self.journal.flush()
+        self.journal.kick()
 
-    async def after_step(self, report: StepReport) -> None:
-        """Record a step's environment reads before its effects are carried out."""
-        self.journal.entry(self.cell_id, READS, {"r": [[r.source, r.value] for r in report.reads]})
+    async def step_finished(self, report: StepReport) -> None:
+        """Record a step's environment reads, and wait until the step is recorded."""
+        if report.reads:
+            reads = [[r.source, r.value, r.count] for r in report.reads]
+            self.journal.entry(self.cell_id, READS, {"r": reads})
         await self.journal.flush()
 
     def resumed(self, generation: int, seen: bool) -> None:
@@ -412,7 +428,10 @@ class CellRecorder:
         for effect in effects:
             if isinstance(effect, CommitWrites) and effect.writes:
                 self.journal.values(dict(effect.writes))
-        self.journal.entry(self.cell_id, COMPLETED, {"e": error_text})
+        payload: dict[str, Any] = {"e": error_text}
+        if self.cut:
+            payload["cut"] = True  # replay stops before the command the engine was lost in
+        self.journal.entry(self.cell_id, COMPLETED, payload)
         return effects
 
     # ------------------------------------------------------------------ replay hooks
@@ -513,6 +532,13 @@ def _diverge_text(actor: CellActor, what: str) -> None:
     actor._engine.close()
 
 
+def _lost_again(actor: CellActor, recorded: RecordedCell) -> None:
+    """End a replayed cell as its recorded completion says its engine was lost."""
+    if actor.machine.takes_results:
+        actor._apply(actor.machine.engine_lost(recorded.completed_error))
+    actor._engine.close()
+
+
 def _check_reads(rec: CellRecorder, seen: list[EnvRead], report: StepReport, step: int) -> None:
     assert rec.recorded is not None
     expected = rec.recorded.reads
@@ -534,11 +560,17 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
         machine.restore_delivered(sum(recorded.deliveries), bool(recorded.deliveries))
     reads: list[EnvRead] = []
     step = 0
+    seen_resumes = 0
+    if recorded.cut_seq == 0:
+        _lost_again(actor, recorded)  # lost in its first command: nothing ran
+        return
     report = await actor._engine.run()
     _check_reads(rec, reads, report, step)
     actor._handle(report)
-    seen_resumes = 0
     for entry in recorded.entries:
+        if entry.seq == recorded.cut_seq:
+            _lost_again(actor, recorded)
+            return
         machine = actor.machine
         kind = entry.kind
         payload = entry.payload
@@ -603,6 +635,10 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
             f"the record has {len(recorded.reads)}"
         )
     machine = actor.machine
+    if recorded.completed and machine.takes_results:
+        # Its engine was lost between two commands (7.6): it completes so again.
+        _lost_again(actor, recorded)
+        return
     pausable = actor.kind is CellKind.PAUSABLE
     seen = len(recorded.deliveries) > seen_resumes
     if pausable and (seen or recorded.paused_at_end) and machine.may_run:
