@@ -14,6 +14,7 @@ import pytest
 from protocol_support import WebSocketServer
 
 from codemode import (
+    CellLimits,
     Completed,
     Pending,
     RemoteSession,
@@ -38,7 +39,8 @@ def texts(items: tuple[object, ...]) -> list[str]:
 async def test_spawn_with_a_store_suspend_and_reattach_in_a_new_server(tmp_path: Path) -> None:
     store = tmp_path / "sessions.db"
     first_delegate = RecordingDelegate()
-    session = await RemoteSession.spawn(first_delegate, store=store)
+    limits = CellLimits(max_tool_calls=50)
+    session = await RemoteSession.spawn(first_delegate, store=store, limits=limits)
     try:
         assert session.is_durable is True
         assert await session.open() is session
@@ -59,6 +61,7 @@ async def test_spawn_with_a_store_suspend_and_reattach_in_a_new_server(tmp_path:
     session = await RemoteSession.spawn(delegate, store=store, session_id=session_id)
     try:
         assert (session.session_id, session.is_durable) == (session_id, True)
+        assert session.limits == limits  # the session's own, kept across the reattach
         assert session.is_live(cell.cell_id)
         cell = session.pausable_cell(cell.cell_id)
         await delegate.wait_calls(1)  # the unanswered call, issued again with the same ids

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from protocol_support import HANG, RawClient, RawError, ServeProcess
 
-from codemode import SqliteStore
+from codemode import CellLimits, SqliteStore
+from codemode.protocol.messages import limits_to_wire
 from codemode.protocol.server import ProtocolServer
 from codemode.protocol.transport import memory_pair
 
@@ -36,6 +37,7 @@ ANSWERS = {"a": "A", "b": "B", "c": "C"}
 UNINTERRUPTED = ["start", "a=A", "bc=BC", "done"]
 
 
+DEFAULT_LIMITS = limits_to_wire(CellLimits())
 LOOKUP_WIRE = {
     "name": "lookup",
     "description": "",
@@ -103,7 +105,12 @@ async def test_kill_9_the_server_then_a_new_one_carries_the_session_on(tmp_path:
         await client.initialize()
         opened = await client.call("session/open", {})
         session_id = opened["sessionId"]
-        assert opened == {"sessionId": session_id, "durable": True, "cells": []}
+        assert opened == {
+            "sessionId": session_id,
+            "durable": True,
+            "limits": DEFAULT_LIMITS,
+            "cells": [],
+        }
         assert len(session_id) == 16
         created = await client.call(
             "cell/create",
@@ -136,6 +143,7 @@ async def test_kill_9_the_server_then_a_new_one_carries_the_session_on(tmp_path:
         assert opened == {
             "sessionId": session_id,
             "durable": True,
+            "limits": DEFAULT_LIMITS,
             "cells": [{"cellId": cell_id, "kind": "pausable", "tools": [LOOKUP_WIRE]}],
         }
         # The call issued but never answered is issued again, with the same ids.
@@ -290,7 +298,12 @@ async def test_reattach_from_a_second_connection_once_the_first_is_gone(tmp_path
         await second.call("session/shutdown", {"sessionId": session_id})
         third = await connect()
         opened = await third.call("session/open", {"sessionId": session_id})
-        assert opened == {"sessionId": session_id, "durable": True, "cells": []}
+        assert opened == {
+            "sessionId": session_id,
+            "durable": True,
+            "limits": DEFAULT_LIMITS,
+            "cells": [],
+        }
 
 
 async def test_a_reattach_while_the_old_connection_ends_waits_for_its_suspension(
@@ -320,12 +333,30 @@ async def test_a_reattach_while_the_old_connection_ends_waits_for_its_suspension
         assert (event["generation"], texts(event)) == (1, ["start"])
 
 
+async def test_a_reattached_session_keeps_the_limits_it_was_created_with(tmp_path: Path) -> None:
+    async with durable_server(tmp_path) as connect:
+        first = await connect()
+        opened = await first.call("session/open", {"limits": {"maxToolCalls": 5}})
+        assert opened["limits"]["maxToolCalls"] == 5
+        await first.close()
+        second = await connect()
+        again = await second.call(
+            "session/open", {"sessionId": opened["sessionId"], "limits": {"maxToolCalls": 9}}
+        )
+        assert again["limits"] == opened["limits"]
+
+
 async def test_a_session_given_by_id_that_the_store_lacks_is_created(tmp_path: Path) -> None:
     async with durable_server(tmp_path) as connect:
         client = await connect()
         first = await client.call("session/open", {})
         opened = await client.call("session/open", {"sessionId": "k3v9q0m2x7d1r8tz"})
-        assert opened == {"sessionId": "k3v9q0m2x7d1r8tz", "durable": True, "cells": []}
+        assert opened == {
+            "sessionId": "k3v9q0m2x7d1r8tz",
+            "durable": True,
+            "limits": DEFAULT_LIMITS,
+            "cells": [],
+        }
         assert first["sessionId"] != opened["sessionId"]
 
 

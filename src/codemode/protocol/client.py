@@ -342,7 +342,10 @@ class RemoteSession(Session):
         opened = await self._call("session/open", params)
         self._session_id = opened["sessionId"]
         self._durable = bool(opened.get("durable", False))
-        self._limits = self._requested_limits or ceilings
+        if "limits" in opened:  # a durable session's own (a reattached one keeps its limits)
+            self._limits = limits_from_wire(opened["limits"])
+        else:
+            self._limits = self._requested_limits or ceilings
         for cell in opened.get("cells", ()):
             # A reattached durable session's live cells, with the tools they were created with.
             tools = tuple(tool_from_wire(t) for t in cell.get("tools", ()))

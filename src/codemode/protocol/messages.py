@@ -421,6 +421,11 @@ METHOD_LIST: Final[tuple[MethodDef, ...]] = (
                     False,
                 ),
                 Field(
+                    "limits",
+                    Limits,
+                    False,
+                ),
+                Field(
                     "cells",
                     Arr(
                         OpenedCell,
@@ -433,7 +438,8 @@ METHOD_LIST: Final[tuple[MethodDef, ...]] = (
         ),
         'Open a session (a SessionRuntime). limits: at most the ceilings; engine: "v8"; '
         "sessionId (a server with a store only): reattach to that durable session, or create it "
-        "with that id; SessionBusy if another connection or process holds it.",
+        "with that id; SessionBusy if another connection or process holds it. A durable "
+        "session's result has its limits: a reattached one keeps those it was created with.",
         cancellable=True,
     ),
     MethodDef(

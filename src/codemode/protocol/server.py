@@ -566,7 +566,12 @@ class _Connection:
         logger.info(
             "%s: durable session %s opened (%d live cells)", self.name, session_id, len(cells)
         )
-        return {"sessionId": session_id, "durable": True, "cells": cells}
+        return {
+            "sessionId": session_id,
+            "durable": True,
+            "limits": limits_to_wire(runtime.limits),  # a reattached session keeps its own
+            "cells": cells,
+        }
 
     async def _cancelled_open(self, session: _ServedSession, reattach: bool) -> None:
         """A ``session/open`` cancelled while the runtime opened: once the open settles, a
