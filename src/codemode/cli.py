@@ -505,7 +505,8 @@ async def _run_in(
                 raise
             # A durable session's cell of this source had already ended (an earlier run).
             print(
-                f"codemode run: {exc}: it already ran to its end in session {runtime.session_id}",
+                f"codemode run: cell {exc.cell_id} already ran to its end in session "
+                f"{runtime.session_id} (an earlier run printed its output)",
                 file=err,
                 flush=True,
             )

@@ -57,7 +57,7 @@ def test_a_killed_run_is_recovered_by_the_same_command(tmp_path: Path) -> None:
     third = run(*args)
     assert third.returncode == 0, third.stderr
     assert third.stdout == ""
-    assert "it already ran to its end in session " + SESSION in third.stderr
+    assert "already ran to its end in session " + SESSION in third.stderr
 
     # Another source in the same session is a new cell.
     other = tmp_path / "other.js"
