@@ -345,7 +345,6 @@ def test_the_time_zone_and_locale_are_pinned_whatever_the_machines() -> None:
         import asyncio, json, time
         from codemode.engine.base import CellBoot
         from codemode.engine.v8 import V8Engine
-from codemode.engine.watchdog import GuardedEngine
         from codemode.engine.worker import WorkerEngine
         from codemode.model import CellLimits
 
@@ -565,6 +564,34 @@ async def test_python_reads_are_reported_per_step_and_replayed(py_engine: Python
     mixed = await drive(py_engine, source, [CLOCK, RANDOM])
     assert mixed.texts[0] == "2001-09-09T01:46:40"
     assert not mixed.texts[1].startswith("2001")  # the record's next read is random: live
+
+
+async def test_a_dumped_python_cell_continues_its_replay_where_it_stood() -> None:
+    source = (
+        "import datetime\n"
+        "print(datetime.datetime.now().year)\n"
+        "await tools.echo()\n"
+        "print(datetime.datetime.now().year)\n"
+        "print(datetime.datetime.now().year)\n"
+    )
+    record = (EnvRead("clock", T0, 2), EnvRead("clock", 2e12))
+    boot = CellBoot("c1", source, (ECHO,), {}, CellLimits(), True, replay_reads=record)
+    first, second = PythonEngine(), PythonEngine()
+    try:
+        cell = await first.open_cell(boot)
+        report = await cell.run()
+        assert [e.item.text for e in report.events if isinstance(e, OutputProduced)] == ["2001"]
+        state = await cell.dump()
+        cell.close()
+        moved = await second.load_cell(boot, state)
+        report = await moved.step([ToolResultInput("tool-1", True, "{}")])
+        moved.close()
+    finally:
+        await first.aclose()
+        await second.aclose()
+    texts = [e.item.text for e in report.events if isinstance(e, OutputProduced)]
+    assert texts == ["2001", "2033"]  # the second read of the first run, then the next run
+    assert report.reads == (CLOCK, EnvRead("clock", 2e12))  # the run's second read, then one
 
 
 @pytest.mark.parametrize("module", ["random", "time", "os", "secrets", "uuid"])

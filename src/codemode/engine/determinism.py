@@ -232,6 +232,17 @@ class ReadPlayer:
         reads.append(EnvRead(source, value))
         return value
 
+    @property
+    def position(self) -> tuple[int, int]:
+        """Where the replay stands (the run being answered, the reads it still answers)."""
+        return self._at, self._left
+
+    def seek(self, position: tuple[int, int]) -> None:
+        """Continue the replay from a :attr:`position` (a dumped cell restored elsewhere)."""
+        at, left = position
+        self._at = min(max(int(at), 0), len(self._replay))
+        self._left = int(left)
+
     def take(self) -> tuple[EnvRead, ...]:
         """The reads since the last call, in order."""
         if not self._reads:

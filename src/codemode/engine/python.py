@@ -611,6 +611,7 @@ class PythonCell(EngineCell):
             "cpu_used": self._cpu_used,
             "tool_of_future": {str(k): v for k, v in self._tool_of_future.items()},
             "timers": sorted(self._timers),
+            "replay_at": list(self._env.position),
         }
         return _DUMP_MAGIC + json.dumps(host, separators=(",", ":")).encode() + b"\n" + blob
 
@@ -622,6 +623,9 @@ class PythonCell(EngineCell):
             self._tool_of_future = {int(k): str(v) for k, v in host["tool_of_future"].items()}
             self._future_of_tool = {v: k for k, v in self._tool_of_future.items()}
             self._timers = {int(t) for t in host["timers"]}
+            if "replay_at" in host:
+                at, left = host["replay_at"]
+                self._env.seek((int(at), int(left)))
         except (KeyError, TypeError, ValueError) as exc:
             raise EngineError(f"corrupt dumped Python cell: {exc}") from exc
         try:
