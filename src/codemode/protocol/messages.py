@@ -100,7 +100,11 @@ SCHEMA_PATH: Final = Path(__file__).resolve().parent / "schema.json"
 # ---------------------------------------------------------------------------- shared values
 
 
-SessionId = Str(description="A session id chosen by the server; known until its connection ends.")
+SessionId = Str(
+    description="A session id: chosen by the server and known until its connection ends; on a "
+    "server with a store (serve --store), a durable session's id, which outlives connections and "
+    "restarts and may be given to session/open to reattach."
+)
 CellId = Str(description="A cell id (16 characters, SPEC 8.4).")
 RequestId = define(
     "RequestId",
@@ -276,6 +280,18 @@ ErrorObject = define(
     ),
 )
 
+OpenedCell = define(
+    "OpenedCell",
+    Obj(
+        (
+            Field("cellId", CellId),
+            Field("kind", Enum(("continuing", "pausable"))),
+            Field("tools", Arr(Tool, description="The tools the cell was created with."), False),
+        ),
+        description="A live cell of a reattached durable session.",
+    ),
+)
+
 EMPTY = Obj(description="An empty object.")
 
 # ---------------------------------------------------------------------------- methods
@@ -361,9 +377,45 @@ METHOD_LIST: Final[tuple[MethodDef, ...]] = (
     MethodDef(
         "session/open",
         CLIENT_TO_SERVER,
-        Obj((Field("limits", Limits, False), Field("engine", Str(), False))),
-        Obj((Field("sessionId", SessionId),)),
-        'Open a session (a SessionRuntime). limits: at most the ceilings; engine: "v8".',
+        Obj(
+            (
+                Field("limits", Limits, False),
+                Field("engine", Str(), False),
+                Field(
+                    "sessionId",
+                    SessionId,
+                    False,
+                ),
+            )
+        ),
+        Obj(
+            (
+                Field("sessionId", SessionId),
+                Field(
+                    "durable",
+                    Bool(description="The session lives in the server's store. Default: false."),
+                    False,
+                ),
+                Field(
+                    "limits",
+                    Limits,
+                    False,
+                ),
+                Field(
+                    "cells",
+                    Arr(
+                        OpenedCell,
+                        description="A durable session's live cells (recovered ones included), "
+                        "in no particular order; absent for a session without a store.",
+                    ),
+                    False,
+                ),
+            )
+        ),
+        'Open a session (a SessionRuntime). limits: at most the ceilings; engine: "v8"; '
+        "sessionId (a server with a store only): reattach to that durable session, or create it "
+        "with that id; SessionBusy if another connection or process holds it. A durable "
+        "session's result has its limits: a reattached one keeps those it was created with.",
         cancellable=True,
     ),
     MethodDef(
