@@ -161,6 +161,7 @@ class _SessionCore:
         self.journal: Journal | None = None
         self.keeper: LeaseKeeper | None = None
         self.lost = False  # the lease was lost: every call raises SessionBusy
+        self.ending = asyncio.Event()  # shutdown or suspend began: open stops waiting
 
     # CellHost
     def commit_writes(self, writes: dict[str, Any]) -> None:
@@ -356,7 +357,7 @@ class SessionRuntime(Session):
                         core.keys[key.key] = _KeyRecord(key.cell_id, CellKind(kind), digest)
                 # Each recovered cell replays in its own task, all at once; open returns when
                 # every replay is over (a cell whose recorded JavaScript spins holds it up to
-                # its max_cpu_seconds).
+                # its max_cpu_seconds), or when a shutdown or suspend begins (which stops them).
                 recovering = []
                 for record in await store.list_cells(sid, state="open"):
                     entries = await store.read_journal(sid, record.cell_id)
@@ -364,7 +365,13 @@ class SessionRuntime(Session):
                     recorder = await self._recover(RecordedCell.parse(record, entries, deliveries))
                     if recorder is not None:
                         recovering.append(recorder.replayed.wait())
-                await asyncio.gather(*recovering)
+                replays: asyncio.Future[Any] = asyncio.gather(*recovering)
+                ending: asyncio.Future[Any] = core.loop.create_task(core.ending.wait())
+                try:
+                    await asyncio.wait({replays, ending}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    ending.cancel()
+                    replays.cancel()
                 await core.journal.flush()
         except BaseException:
             core.halt_cells(ShuttingDown())
@@ -436,6 +443,7 @@ class SessionRuntime(Session):
             raise RuntimeError("suspend needs a durable session (a store)")
         core = self._core
         core.alive = False
+        core.ending.set()
         if self._open_task is not None and not self._opened:
             with _suppress_all():
                 await asyncio.shield(self._open_task)
@@ -831,6 +839,7 @@ class SessionRuntime(Session):
         """Terminate every cell and release the engine (SPEC 7.5). Idempotent; concurrent calls
         share one cleanup, which goes on even if a caller is cancelled."""
         if self._store is not None and not self._opened and self._core.alive:
+            self._core.ending.set()  # an open stops waiting for replays: they are ended
             with _suppress_all():
                 await self.open()  # ending a session ends its recorded cells too
         core = self._core

@@ -34,7 +34,7 @@ class Delegate:
 
 
 async def main(path: str, die_at: str) -> None:
-    rt = SessionRuntime(Delegate(die_at), store=SqliteStore(path, lease_seconds=1.0))
+    rt = SessionRuntime(Delegate(die_at), store=SqliteStore(path, lease_seconds=3.0))
     await rt.open()
     cell = await rt.create_cell(CreateCellRequest(SOURCE, (ToolDefinition("step"),)))
     print(rt.session_id, cell.cell_id, flush=True)

@@ -21,15 +21,15 @@ async def test_a_killed_process_leaves_its_cell_to_the_next_open(tmp_path: Path)
         [sys.executable, str(CHILD), str(db), "tool-4"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=180,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert done.returncode == -9, done.stderr
     session_id, cell_id = done.stdout.split()
     delegate = RecordingDelegate()
-    store = SqliteStore(db, lease_seconds=1.0)
+    store = SqliteStore(db, lease_seconds=3.0)
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(60):
             while True:  # the dead process's lease runs out
                 rt = SessionRuntime(delegate, store=store, session_id=session_id)
                 try:

@@ -428,3 +428,25 @@ async def test_a_session_without_a_store_needs_no_open() -> None:
     with pytest.raises(RuntimeError):
         await rt.suspend()
     await rt.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_shutdown_does_not_wait_for_a_spinning_replay(runtimes: Runtimes) -> None:
+    first = RecordingDelegate()
+    first.release()
+    rt = runtimes.make(first)
+    cell = await rt.create_cell(request("await tools.echo({}); while (true) {}"))
+    await first.wait_calls(1)
+    await asyncio.sleep(0.2)  # it spins in the step that took the answer
+    await rt.suspend()
+    rt2 = runtimes.make(RecordingDelegate(), rt.session_id)
+    opening = asyncio.ensure_future(rt2.open())
+    await asyncio.sleep(0.3)
+    assert not opening.done()  # open waits for the replay, which spins
+    await asyncio.wait_for(rt2.shutdown(), 5)  # ends it at once
+    await asyncio.wait_for(opening, 5)
+    rt3 = runtimes.make(RecordingDelegate(), rt.session_id)
+    await rt3.open()
+    with pytest.raises(MissingCell):
+        rt3.cell(cell.cell_id)
+    await rt3.shutdown()

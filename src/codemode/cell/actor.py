@@ -361,14 +361,21 @@ class CellActor:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await self._wake.wait()
-        except (EngineLost, CodeModeError) as exc:
+        except EngineLost as exc:
             if self.machine.takes_results:
                 self._log.warning("engine of cell %s lost: %s", self.cell_id, exc)
-                # CodeModeError: a durable session's journal could not record a step.
-                text = None if isinstance(exc, EngineLost) else f"exec cell stopped: {exc}"
                 if self.recorder is not None:
                     self.recorder.cut = True  # the command in flight never reported
-                self._apply(self.machine.engine_lost(text))
+                self._apply(self.machine.engine_lost())
+        except CodeModeError as exc:
+            if self.recorder is None:  # pragma: no cover - a bug in codemode itself
+                self._log.exception("cell %s failed inside codemode", self.cell_id)
+                self._apply(self.machine.engine_lost())
+            elif self.machine.takes_results:
+                # A durable session's journal could not record a step (SessionBusy, StoreError).
+                self._log.warning("cell %s stops: %s", self.cell_id, exc)
+                self.recorder.cut = True
+                self._apply(self.machine.engine_lost(f"exec cell stopped: {exc}"))
         except asyncio.CancelledError:
             if not self._stopping:
                 self._engine.close()
