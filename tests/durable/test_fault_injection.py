@@ -416,6 +416,19 @@ async def _reference(tmp: Path, skip: str) -> dict[str, Outcome]:
     return reference_outcomes(fault_child.read_log(str(log)))
 
 
+async def _until_events(
+    child: asyncio.subprocess.Process, log: Path, proc: int, count: int
+) -> None:
+    """Until process ``proc`` logged ``count`` events (or ended; at most two minutes)."""
+    for _ in range(12_000):
+        lines = fault_child.read_log(str(log))
+        if child.returncode is not None or count <= sum(
+            x["ev"] == "event" and x["proc"] == proc for x in lines
+        ):
+            return
+        await asyncio.sleep(0.01)
+
+
 async def run_fault_injection(
     tmp: Path,
     store: str,
@@ -424,6 +437,7 @@ async def run_fault_injection(
     *,
     early: float = EARLY,
     delays: tuple[float, float] = (0.0, MAX_DELAY),
+    kill_at_event: int | None = None,
 ) -> str:
     """Rounds of the workload in ``store`` (a SQLite path, or ``none``: a runtime that keeps
     nothing, which the checker must catch), SIGKILLing the child ``kills_wanted`` times in all;
@@ -459,6 +473,9 @@ async def run_fault_injection(
                             await child.wait()
                             raise AssertionError(err.read_text())
                         delay = rng.uniform(*delays)
+                    if kill_at_event is not None:  # instead: once it logged that many events
+                        await _until_events(child, log, proc, kill_at_event)
+                        delay = 0.0
                     try:
                         await asyncio.wait_for(asyncio.shield(child.wait()), delay)
                     except TimeoutError:
@@ -565,7 +582,7 @@ async def test_the_harness_catches_a_runtime_that_forgets_its_cells(tmp_path: Pa
     """The same harness against a runtime without a store (each new process starts the session
     afresh): one kill in the middle of the workload must be caught."""
     with pytest.raises(FaultCheckError, match="several cells"):
-        await run_fault_injection(tmp_path, "none", 1, 1, early=0.0, delays=(0.3, 0.3))
+        await run_fault_injection(tmp_path, "none", 1, 1, early=0.0, kill_at_event=3)
 
 
 # ----------------------------------------------------------------- the checker, on made-up logs

@@ -107,16 +107,21 @@ def _runtime(backend: Backend, sid: str, delegate: Any = None, lease: float = 10
 
 async def _open_when_free(backend: Backend, sid: str, delegate: Any, lease: float) -> Any:
     """Open ``sid`` once the (2 s) lease of a killed holder has run out; this runtime's own
-    lease is ``lease`` (a loaded machine may stall a loop for a second)."""
+    lease is ``lease`` (a loaded machine may stall a loop for a second). The store of each
+    refused attempt is closed (a PostgreSQL server has few connections to spare)."""
     deadline = time.monotonic() + 60
     while True:
-        rt = _runtime(backend, sid, delegate, lease)
+        store = backend.make_store(backend.location, lease_seconds=lease)
+        rt = SessionRuntime(delegate, store=store, session_id=sid)
         try:
             await rt.open()
-            return rt
         except SessionBusy:
+            await store.close()
             assert time.monotonic() < deadline, "the dead holder's lease never ran out"
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
+            continue
+        backend.stores.append(store)
+        return rt
 
 
 @contextlib.asynccontextmanager
