@@ -297,13 +297,6 @@ class _StopOnRenewal:
         return lease
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LeaseKeeper._renew_loop awaits asyncio.wait_for(store.renew_lease(...)), which on "
-    "Python 3.11 swallows a cancellation that arrives once the renewal has completed and before "
-    "the task resumed: the loop goes on renewing and stop() (so SessionRuntime.shutdown() and "
-    "suspend()) waits forever",
-)
 async def test_a_lease_keeper_stopped_as_a_renewal_returns_stops(tmp_path: Path) -> None:
     """Deterministic: the stop is requested from inside the renewal, so the keeper's task is
     cancelled after ``renew_lease`` completed and before ``wait_for`` resumed."""

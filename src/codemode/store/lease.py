@@ -52,6 +52,10 @@ class LeaseKeeper:
         self._seconds = store.lease_seconds
         self._deadline = 0.0
         self._task: asyncio.Task[None] | None = None
+        # Set by stop()/cancel(): the renew loop ends at its next check even when the task's
+        # cancellation was swallowed (asyncio.wait_for on Python 3.11 drops a cancellation that
+        # arrives after the awaited renewal completed and before the task resumed).
+        self._stopping = False
         self.lease: Lease | None = None
 
     def granted(self, sent_at: float, lease: Lease) -> None:
@@ -92,12 +96,14 @@ class LeaseKeeper:
     def cancel(self) -> None:
         """Stop renewing at once, without releasing: the lease then expires (for a holder that
         is going away without an event loop turn to spare)."""
+        self._stopping = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
 
     async def stop(self, *, release: bool = False) -> None:
         """Stop renewing; with ``release``, give the lease up (if still held)."""
+        self._stopping = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -120,9 +126,11 @@ class LeaseKeeper:
 
     async def _renew_loop(self) -> None:
         period = self._seconds / 3
-        while not self.lost.is_set():
+        while not self.lost.is_set() and not self._stopping:
             # Renew a period after the last grant (two periods before its deadline).
             await asyncio.sleep(max(0.0, self._deadline - 2 * period - time.monotonic()))
+            if self._stopping:
+                return
             sent = time.monotonic()
             if sent >= self._deadline:
                 self._declare_lost()
