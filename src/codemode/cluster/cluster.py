@@ -95,15 +95,23 @@ class SessionCluster:
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
             started_ray = True
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         actor_class = ray.remote(SessionHost)
         names = [f"codemode-host-{spec.label()}-{i}" for i in range(hosts)]
+        # Host i prefers node i (round robin over the live nodes); the preference is soft, so a
+        # host whose node died is restarted on another one.
+        nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
         started: list[str] = []
-        for name in names:
+        for i, name in enumerate(names):
             try:
                 ray.get_actor(name, namespace=NAMESPACE)
                 continue
             except ValueError:
                 pass
+            strategy: Any = "SPREAD"
+            if nodes:
+                strategy = NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True)
             actor_class.options(
                 name=name,
                 namespace=NAMESPACE,
@@ -112,7 +120,7 @@ class SessionCluster:
                 max_restarts=-1,
                 max_task_retries=0,
                 num_cpus=0,
-                scheduling_strategy="SPREAD",
+                scheduling_strategy=strategy,
             ).remote(name, spec, limits)
             started.append(name)
         cluster = cls(
