@@ -101,7 +101,7 @@ class SessionCluster:
         names = [f"codemode-host-{spec.label()}-{i}" for i in range(hosts)]
         # Host i prefers node i (round robin over the live nodes); the preference is soft, so a
         # host whose node died is restarted on another one.
-        nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+        nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))  # type: ignore[no-untyped-call]
         started: list[str] = []
         for i, name in enumerate(names):
             try:
