@@ -8,7 +8,6 @@ number of hosts), each closed at the end of its test.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -41,15 +40,15 @@ def session_cluster(
     ray_cluster: ray_support.RayCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SessionCluster]:
     path = tmp_path_factory.mktemp("cluster") / "sessions.db"
-    cluster = asyncio.run(
-        SessionCluster.start(
+    cluster = ray_support.run_sync(
+        lambda: SessionCluster.start(
             store=SqliteStore(path, lease_seconds=LEASE), hosts=2, address=ray_cluster.address
         )
     )
     try:
         yield cluster
     finally:
-        asyncio.run(cluster.close())
+        ray_support.run_sync(cluster.close)
 
 
 @pytest.fixture

@@ -89,3 +89,13 @@ def release() -> None:
     shared, _CLUSTER = _CLUSTER, None
     ray.shutdown()
     shared.cluster.shutdown()
+
+
+def run_sync(make: Any) -> Any:
+    """Run the coroutine ``make()`` to completion on a fresh event loop in another thread (a
+    session-scoped fixture may be set up from inside a test's running loop)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()

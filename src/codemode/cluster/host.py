@@ -195,8 +195,8 @@ class SessionHost:
         for ``caller`` (a client's id; a new caller's arrival stops the observations of the one
         before, which went away).
 
-        Returns its live cells as ``[(cell_id, kind, next observation number), ...]``;
-        ``SessionBusy`` while another live runtime holds its lease.
+        Returns ``{"cells": [(cell_id, kind, next observation number), ...], "limits":
+        CellLimits}``; ``SessionBusy`` while another live runtime holds its lease.
         """
         if limits is not None and not isinstance(limits, CellLimits):
             raise TypeError("limits must be CellLimits")
@@ -213,7 +213,8 @@ class SessionHost:
                 hosted.caller = caller
                 for observation in hosted.observations.values():
                     observation.task.cancel()
-            return ok_reply(await self._cells_of(hosted))
+            cells = await self._cells_of(hosted)
+            return ok_reply({"cells": cells, "limits": hosted.runtime.limits})
         except CodeModeError as exc:
             return error_reply(exc)
 

@@ -182,6 +182,11 @@ class ClusterSession(Session):
         return self._alive
 
     @property
+    def limits(self) -> CellLimits:
+        """The limits applied to every cell of this session (as its host's runtime has them)."""
+        return self._limits or CellLimits()
+
+    @property
     def is_durable(self) -> bool:
         """Always true: a cluster's sessions live in its store."""
         return True
@@ -211,13 +216,14 @@ class ClusterSession(Session):
 
         try:
             reply = await host.open.remote(self._session_id, self._limits, self._caller)
-            cells = unwrap(reply)
+            opened = unwrap(reply)
         except (ray.exceptions.RayActorError, SessionMoved) as exc:
             raise _TryElsewhere(str(exc)) from None
         except SessionBusy as exc:
             raise _TryElsewhere(str(exc)) from None
         self._attachments += 1
         attachment = _Attachment(host, name, self._attachments)
+        cells, self._limits = opened["cells"], opened["limits"]
         for cell_id, kind, next_observation in cells:
             record = self._cells.get(cell_id)
             if record is None and cell_id not in self._closed_ids:
@@ -320,7 +326,11 @@ class ClusterSession(Session):
             self._broken(attachment, "its call stream ended")
 
     def _on_call(self, attachment: _Attachment, message: CallMessage) -> None:
-        key = (message.cell_id, message.call_id, message.notify)
+        if message.notify:
+            # Notifications share their cell's tool call id: each is its own request.
+            key = (message.cell_id, f"{attachment.number}:{message.number}", True)
+        else:
+            key = (message.cell_id, message.call_id, False)
         entry = self._calls.get(key)
         if entry is not None:
             # The same call asked again (by a host that recovered the session): join it.
