@@ -27,6 +27,7 @@ logger = logging.getLogger("codemode.cluster")
 
 NAMESPACE: Final = "codemode"
 """The Ray namespace of the session hosts."""
+_PLACEMENT_TRIES: Final = 3
 PROBE_TIMEOUT: Final = 5.0
 """How long placement and :meth:`SessionCluster.hosts` wait for a host to answer."""
 
@@ -99,16 +100,12 @@ class SessionCluster:
 
         actor_class = ray.remote(SessionHost)
         names = [f"codemode-host-{spec.label()}-{i}" for i in range(hosts)]
-        # Host i prefers node i (round robin over the live nodes); the preference is soft, so a
-        # host whose node died is restarted on another one.
+        # Host i prefers node i (round robin over the live nodes). The preference is soft, so a
+        # host whose node died is restarted on another one; Ray may still place a new host
+        # elsewhere, so a misplaced host started here is made again, a few times at most.
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))  # type: ignore[no-untyped-call]
-        started: list[str] = []
-        for i, name in enumerate(names):
-            try:
-                ray.get_actor(name, namespace=NAMESPACE)
-                continue
-            except ValueError:
-                pass
+
+        def create(i: int, name: str) -> None:
             strategy: Any = "SPREAD"
             if nodes:
                 strategy = NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True)
@@ -122,13 +119,47 @@ class SessionCluster:
                 num_cpus=0,
                 scheduling_strategy=strategy,
             ).remote(name, spec, limits)
+
+        started: list[str] = []
+        for i, name in enumerate(names):
+            try:
+                ray.get_actor(name, namespace=NAMESPACE)
+                continue
+            except ValueError:
+                pass
+            create(i, name)
             started.append(name)
         cluster = cls(
             spec, names, limits, started_ray=started_ray, started_hosts=started, _token=_CONSTRUCT
         )
-        await asyncio.gather(*(cluster._handle(n).ping.remote() for n in names))
+        for _ in range(_PLACEMENT_TRIES):
+            infos = await asyncio.gather(*(cluster._handle(n).info.remote() for n in names))
+            misplaced = [
+                i
+                for i, (name, info) in enumerate(zip(names, infos, strict=True))
+                if name in started and nodes and info["node_id"] != nodes[i % len(nodes)]
+            ]
+            if not misplaced:
+                break
+            for i in misplaced:
+                ray.kill(cluster._handle(names[i]), no_restart=True)
+                cluster._handles.pop(names[i], None)
+            for i in misplaced:
+                await cluster._wait_gone(names[i])
+                create(i, names[i])
         logger.info("cluster of %d hosts ready (%d started here)", hosts, len(started))
         return cluster
+
+    async def _wait_gone(self, name: str) -> None:
+        """Wait until the named actor is dead and its name free."""
+        import ray
+
+        for _ in range(100):
+            try:
+                ray.get_actor(name, namespace=NAMESPACE)
+            except ValueError:
+                return
+            await asyncio.sleep(0.05)
 
     def _handle(self, name: str) -> Any:
         handle = self._handles.get(name)
