@@ -226,9 +226,9 @@ class SessionHost:
             options["store"] = store
             options["session_id"] = session_id
         runtime = SessionRuntime(proxy, **options)
-        await runtime.open()
         hosted = _Hosted(session_id, runtime)
-        proxy.hosted = hosted
+        proxy.hosted = hosted  # before open: replay may issue the calls left unanswered
+        await runtime.open()
         self._sessions[session_id] = hosted
         logger.info("host %s: session %s open", self._host_id, session_id)
         return hosted
