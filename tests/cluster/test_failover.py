@@ -20,6 +20,8 @@ from codemode import (
 )
 from codemode.cluster import NAMESPACE, ClusterSession
 
+from .conftest import LEASE
+
 pytestmark = pytest.mark.fault
 
 HANG = 90.0
@@ -70,8 +72,10 @@ async def drain(session: ClusterSession, cell: Any) -> list[str]:
             return out
 
 
-async def test_host_killed_while_cells_run_loses_and_repeats_nothing(make_cluster: Any) -> None:
-    cluster = await make_cluster()
+async def test_host_killed_while_cells_run_loses_and_repeats_nothing(
+    make_cluster: Any, shared_store: Any
+) -> None:
+    cluster = await make_cluster(store=shared_store)
     steps = Steps(kill_at=8)
     session: ClusterSession = await cluster.session(steps)
     steps.session = session
@@ -92,6 +96,8 @@ async def test_host_killed_while_cells_run_loses_and_repeats_nothing(make_cluste
 
         out_first, out_second = await asyncio.gather(drain(session, first), drain(session, second))
         assert steps.killed is not None and session.failovers >= 1
+        # Reopened within the lease plus a little (generous: the machine is shared).
+        assert max(session.failover_seconds) < LEASE + HANG / 3
         assert out_first == [f"s{i}" for i in range(20)] + ["end"]
         assert out_second == [f"t{i}" for i in range(20)] + ["end"]
         # No nested call reached the delegate twice.
