@@ -104,7 +104,10 @@ async def test_host_killed_while_cells_run_loses_and_repeats_nothing(
         ids = [(c.cell_id, c.call_id) for c in steps.calls]
         assert len(ids) == len(set(ids)) == 41
 
-        # The paused cell is back at its frontier; idempotent creates still hold.
+        # Idempotent creates hold across the failover: the key names the same (closed) cell.
+        assert (await session.create_cell(keyed)).cell_id == first.cell_id
+
+        # The paused cell is back at its frontier.
         assert await session.resume(paused, 1) is ResumeOutcome.RESUMED
         end = await asyncio.wait_for(session.wait_to_pending(paused), HANG)
         assert isinstance(end, Completed) and texts(end.items) == ["held 1"]
