@@ -365,9 +365,14 @@ class ClusterSession(Session):
                 self._broken(attachment, type(exc).__name__)
         except asyncio.CancelledError:
             raise
-        if not self._ended and self._attachment is attachment and not attachment.broken:
-            # The host ended the stream without a newer attach of ours: another caller took the
-            # session over, or the host lost it.
+        if (
+            self._alive
+            and not self._ended
+            and self._attachment is attachment
+            and not attachment.broken
+        ):
+            # The host ended the stream without a newer attach of ours (nor our own shutdown or
+            # suspend): another caller took the session over, or the host lost it.
             caller: str | None = None
             with contextlib.suppress(ray.exceptions.RayError):
                 caller = await attachment.host.caller_of.remote(self._session_id)
