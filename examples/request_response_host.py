@@ -34,13 +34,32 @@ out is an error (``BadRequest``).
 Internally a ``SessionRuntime`` runs on an event loop in a background thread; the public methods
 submit coroutines to it and block on the result. Run ``python examples/request_response_host.py``
 for a demo with a fake client.
+
+**Durable mode** (docs/durability.md, "Fronts"): ``RequestResponseHost(store=PATH,
+session_id=ID)`` keeps its programs in a durable session in the SQLite file ``PATH``, so that
+each request may be served by another process: one that was restarted after a crash, or another
+replica on the machine. A host that opens the session recovers its paused programs at their
+frontiers; a ``ToolResults`` request for a program this process never saw is served from the
+recovered cell. ``python examples/request_response_host.py --store trips.db`` runs the demo with
+every request sent to a host *process*, and kills that process with SIGKILL between two requests:
+a new process takes over and the program ends exactly as without the crash. (A response lost with
+its process is not kept: a retry of that request to the new process gets the program's next state
+but not the output the lost response carried.)
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import concurrent.futures
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,7 +75,9 @@ from codemode import (
     NestedToolCall,
     OutputItem,
     Pending,
+    SessionBusy,
     SessionRuntime,
+    SqliteStore,
     TextItem,
     ToolDefinition,
 )
@@ -65,6 +86,7 @@ __all__ = [
     "BadRequest",
     "ClientRequest",
     "FinalResponse",
+    "HostProcess",
     "HostResponse",
     "NewProgram",
     "PendingResponse",
@@ -199,10 +221,18 @@ class _ParkingDelegate:
         return slot.call
 
     def answer(
-        self, cell_id: str, call_id: str, value: Any = None, error: str | None = None
+        self,
+        cell_id: str,
+        call_id: str,
+        value: Any = None,
+        error: str | None = None,
+        *,
+        ahead: bool = False,
     ) -> None:
-        """Resolve (or reject) a parked call. Unknown or already answered calls are ignored."""
-        slot = self._slots.get((cell_id, call_id))
+        """Resolve (or reject) a parked call. Unknown or already answered calls are ignored;
+        with ``ahead``, an unknown call is answered before it arrives (a recovered cell issues
+        its unanswered calls again, maybe after its client's answer)."""
+        slot = self._slot(cell_id, call_id) if ahead else self._slots.get((cell_id, call_id))
         if slot is None or slot.future.done():
             return  # a duplicate answer, or one for a call never handed out
         if error is not None:
@@ -237,6 +267,8 @@ class _Program:
     handed_out: set[int] = field(default_factory=set)  # generations sent to the client
     carry: list[OutputItem] = field(default_factory=list)  # items observed, not yet sent
     final: FinalResponse | None = None
+    # Recovered from the store: another process handed its frontiers out.
+    recovered: bool = False
 
 
 class RequestResponseHost:
@@ -254,21 +286,54 @@ class RequestResponseHost:
         limits: CellLimits | None = None,
         wait_timeout: float = 30.0,
         max_finished_programs: int = 1000,
+        store: str | os.PathLike[str] | None = None,
+        session_id: str | None = None,
+        lease_seconds: float = 10.0,
     ) -> None:
+        """With ``store`` (a SQLite file) the host is durable: its programs live in the session
+        ``session_id`` of that store (a new session when ``None``; see :attr:`session_id`),
+        and a host opened later on the same store and id, in this process or another, carries
+        them on. Opening waits up to ``lease_seconds`` (and a little more) for a host that
+        crashed to lose its lease; ``SessionBusy`` if the session stays held."""
         self.wait_timeout = wait_timeout
         self._max_finished = max_finished_programs
         self._delegate = _ParkingDelegate()
         self._programs: OrderedDict[str, _Program] = OrderedDict()
         self._closed = False
+        self._store = SqliteStore(store, lease_seconds=lease_seconds) if store is not None else None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="codemode-request-response-host", daemon=True
         )
         self._thread.start()
-        self._runtime: SessionRuntime = self._call(self._make_runtime(limits))
+        try:
+            self._runtime: SessionRuntime = self._call(self._make_runtime(limits, session_id))
+        except BaseException:
+            self._stop_loop()
+            raise
 
-    async def _make_runtime(self, limits: CellLimits | None) -> SessionRuntime:
-        return SessionRuntime(self._delegate, limits=limits)
+    async def _make_runtime(
+        self, limits: CellLimits | None, session_id: str | None
+    ) -> SessionRuntime:
+        if self._store is None:
+            return SessionRuntime(self._delegate, limits=limits)
+        deadline = time.monotonic() + self._store.lease_seconds * 2 + 5.0
+        while True:
+            runtime = SessionRuntime(
+                self._delegate, limits=limits, store=self._store, session_id=session_id
+            )
+            try:
+                return await runtime.open()
+            except SessionBusy:
+                # A host that crashed holds the lease until it runs out; a live one keeps it.
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    @property
+    def session_id(self) -> str | None:
+        """The durable session's id (``None`` without a store)."""
+        return self._runtime.session_id if self._store is not None else None
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the host's loop and block until it is done.
@@ -310,17 +375,34 @@ class RequestResponseHost:
         )
 
     def close(self) -> None:
-        """Terminate every program, shut the runtime down and stop the loop thread."""
+        """Terminate every program, shut the runtime down and stop the loop thread (a durable
+        host ends its session: its programs are gone from the store too)."""
+        self._leave(self._runtime.shutdown())
+
+    def suspend(self) -> None:
+        """A durable host's way out without ending anything: stop here, release the session,
+        and let another host (process) carry its programs on. Without a store, ``close``."""
+        self._leave(
+            self._runtime.suspend() if self._store is not None else self._runtime.shutdown()
+        )
+
+    def _leave(self, end: Coroutine[Any, Any, None]) -> None:
         if self._closed:
+            end.close()
             return
         self._closed = True
         try:
-            self._call(self._runtime.shutdown(), timeout=10)
+            self._call(end, timeout=30)
+            if self._store is not None:
+                self._call(self._store.close(), timeout=10)
             self._call(self._loop.shutdown_default_executor(), timeout=10)
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
 
     def __enter__(self) -> RequestResponseHost:
         return self
@@ -354,13 +436,17 @@ class RequestResponseHost:
 
     async def _tool_results(self, request: ToolResults) -> HostResponse:
         program = self._programs.get(request.cell_id)
+        if program is None and self._store is not None and self._runtime.is_live(request.cell_id):
+            # A program another host process started (it crashed, or it is a replica): its
+            # cell was recovered from the store when this host opened the session.
+            program = self._programs[request.cell_id] = _Program(request.cell_id, recovered=True)
         if program is None:
             raise UnknownProgram(f"no program {request.cell_id}")
         async with program.lock:
             cached = program.responses.get(request.generation)
             if cached is not None:
                 return cached  # a retried or stale request: same answer as the first time
-            if request.generation not in program.handed_out:
+            if request.generation not in program.handed_out and not program.recovered:
                 raise BadRequest(
                     f"program {request.cell_id} has no frontier {request.generation} "
                     f"(handed out: {sorted(program.handed_out)})"
@@ -368,10 +454,11 @@ class RequestResponseHost:
             if program.final is not None:
                 return program.final
             # SPEC 5.4 step 4: resolve the parked futures, then resume (order does not matter).
+            ahead = program.recovered  # the recovered cell may not have issued them again yet
             for call_id, value in request.results.items():
-                self._delegate.answer(request.cell_id, call_id, value)
+                self._delegate.answer(request.cell_id, call_id, value, ahead=ahead)
             for call_id, message in request.errors.items():
-                self._delegate.answer(request.cell_id, call_id, error=message)
+                self._delegate.answer(request.cell_id, call_id, error=message, ahead=ahead)
             try:
                 cell = self._runtime.pausable_cell(request.cell_id)
                 # RESUMED or ALREADY_RUNNING: either way the program goes on.
@@ -380,6 +467,7 @@ class RequestResponseHost:
                 raise UnknownProgram(str(exc)) from exc
             except InvalidGeneration as exc:
                 raise BadRequest(str(exc)) from exc
+            program.recovered = False  # from now on this host hands its frontiers out
             response = await self._advance(program)
             program.responses[request.generation] = response
             return response
@@ -548,5 +636,204 @@ def main() -> None:
         print("the program is over; the client got every output line exactly once")
 
 
+# --------------------------------------------------------------------------- durable mode
+
+
+def request_to_json(request: ClientRequest) -> dict[str, Any]:
+    """A client request as JSON (what an API server would receive)."""
+    if isinstance(request, NewProgram):
+        tools = [{"name": t.name, "description": t.description} for t in request.tools]
+        return {"new": {"source": request.source, "tools": tools, "requestId": request.request_id}}
+    return {
+        "results": {
+            "cellId": request.cell_id,
+            "generation": request.generation,
+            "results": dict(request.results),
+            "errors": dict(request.errors),
+        }
+    }
+
+
+def request_from_json(data: dict[str, Any]) -> ClientRequest:
+    if "new" in data:
+        new = data["new"]
+        tools = tuple(ToolDefinition(t["name"], t.get("description", "")) for t in new["tools"])
+        return NewProgram(new["source"], tools, new.get("requestId"))
+    r = data["results"]
+    return ToolResults(r["cellId"], r["generation"], r["results"], r["errors"])
+
+
+def response_to_json(response: HostResponse) -> dict[str, Any]:
+    texts = response.texts
+    if isinstance(response, PendingResponse):
+        calls = [{"callId": c.call_id, "name": c.name, "input": c.input} for c in response.calls]
+        return {
+            "pending": {
+                "cellId": response.cell_id,
+                "generation": response.generation,
+                "texts": texts,
+                "calls": calls,
+            }
+        }
+    return {
+        "final": {
+            "cellId": response.cell_id,
+            "texts": texts,
+            "errorText": response.error_text,
+            "terminated": response.terminated,
+        }
+    }
+
+
+def response_from_json(data: dict[str, Any]) -> HostResponse:
+    if "pending" in data:
+        p = data["pending"]
+        calls = tuple(ToolCallRequest(c["callId"], c["name"], c["input"]) for c in p["calls"])
+        items = tuple(TextItem(t) for t in p["texts"])
+        return PendingResponse(p["cellId"], p["generation"], items, calls)
+    f = data["final"]
+    items = tuple(TextItem(t) for t in f["texts"])
+    return FinalResponse(f["cellId"], items, f["errorText"], f["terminated"])
+
+
+def serve_requests(store: str, session_id: str, lease_seconds: float) -> None:
+    """``--serve-requests``: a host process answering one JSON request per stdin line with one
+    JSON response line on stdout (a stand-in for an API server's handler), until stdin closes;
+    then it suspends the session for the next host process."""
+    host = RequestResponseHost(store=store, session_id=session_id, lease_seconds=lease_seconds)
+    try:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            try:
+                response: dict[str, Any] = response_to_json(
+                    host.handle(request_from_json(json.loads(line)))
+                )
+            except (BadRequest, UnknownProgram) as exc:
+                response = {"error": f"{type(exc).__name__}: {exc}"}
+            print(json.dumps(response), flush=True)
+    finally:
+        host.suspend()
+
+
+class HostProcess:
+    """A host process (``--serve-requests``) on the durable session ``session_id`` of
+    ``store``: :meth:`handle` sends it one request and returns its response; :meth:`kill` is a
+    crash (SIGKILL)."""
+
+    def __init__(self, store: str, session_id: str, lease_seconds: float = 2.0) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--serve-requests",
+                "--store",
+                store,
+                "--session",
+                session_id,
+                "--lease-seconds",
+                str(lease_seconds),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def handle(self, request: ClientRequest) -> HostResponse:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(request_to_json(request)) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the host process exited with status {self.process.wait()}")
+        data = json.loads(line)
+        if "error" in data:
+            raise RuntimeError(data["error"])
+        return response_from_json(data)
+
+    def kill(self) -> None:
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def close(self) -> int:
+        """Close its stdin: it suspends the session and exits."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        return self.process.wait(timeout=60)
+
+
+def new_session_id() -> str:
+    """16 characters of the alphabet of cell ids (docs/cells.md)."""
+    alphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+    return "".join(secrets.choice(alphabet) for _ in range(16))
+
+
+def run_trip(
+    handle: Any, between: Any = None, show: bool = False
+) -> tuple[list[str], FinalResponse]:
+    """The fake client's loop over ``handle`` (one request -> one response); ``between(n)`` runs
+    after response ``n``. Returns every output line the client received, and the final
+    response."""
+    client = FakeClient()
+    texts: list[str] = []
+    response = handle(NewProgram(TRIP_PROGRAM, TRIP_TOOLS, request_id="trip-1"))
+    n = 1
+    while True:
+        texts.extend(response.texts)
+        if show:
+            _show(f"response {n}", response)
+        if isinstance(response, FinalResponse):
+            return texts, response
+        if between is not None:
+            between(n)
+        n += 1
+        response = handle(client.answer(response))
+
+
+def main_durable(store: str, kill_after: int = 2, lease_seconds: float = 2.0) -> list[str]:
+    """The demo with each request served by a host process on ``store``; the process is killed
+    (SIGKILL) after response ``kill_after`` and a new one carries on. Returns the client's
+    output lines."""
+    session_id = new_session_id()
+    print(f"durable session {session_id} in {store}")
+    hosts = [HostProcess(store, session_id, lease_seconds)]
+
+    def between(n: int) -> None:
+        if n == kill_after:
+            old = hosts[-1]
+            old.kill()
+            hosts.append(HostProcess(store, session_id, lease_seconds))
+            print(
+                f"!! host process {old.pid} killed (SIGKILL); "
+                f"host process {hosts[-1].pid} carries on"
+            )
+
+    try:
+        texts, _final = run_trip(lambda r: hosts[-1].handle(r), between, show=True)
+    finally:
+        hosts[-1].close()
+    print("the program is over; the client got every output line exactly once")
+    return texts
+
+
+def _cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--store", metavar="PATH", help="durable mode: the SQLite session store")
+    parser.add_argument("--session", metavar="ID", help=argparse.SUPPRESS)
+    parser.add_argument("--lease-seconds", type=float, default=2.0, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-requests", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_requests:
+        serve_requests(args.store, args.session, args.lease_seconds)
+    elif args.store is not None:
+        main_durable(args.store, lease_seconds=args.lease_seconds)
+    else:
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    _cli()

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from codemode import ToolDefinition, tools_delegate
-from codemode.session import SessionDelegate
+from codemode import SessionDelegate, ToolDefinition, tools_delegate
 
 DATA = Path(__file__).parent / "data"
 _HEADER = re.compile(r"### (?P<name>\S+) \| (?P<expect>\w+)(?: (?P<line>\d+):(?P<column>\d+))?")

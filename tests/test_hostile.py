@@ -136,7 +136,7 @@ OVERRIDES = [
     "String.prototype.slice = () => ''",
     "String.prototype.charCodeAt = () => 65",
     "WeakSet.prototype.has = () => true; WeakSet.prototype.add = function () { return this }",
-    "WeakRef.prototype.deref = () => undefined",
+    "Date.now = () => 0; Math.random = () => 0.5; globalThis.Date = function () {}",
     "Map.prototype.get = () => undefined; Map.prototype.set = function () { return this };"
     "Map.prototype.has = () => false; Map.prototype.delete = () => true",
     "Promise.prototype.then = function () { return this }; Promise.resolve = (x) => x",
@@ -244,12 +244,6 @@ async def test_call_limit_on_every_route(
         "await tools.echo({}); while (true) {}",
         "setTimeout(() => { while (true) {} }, 1); await tools.block({})",
         "await Promise.resolve().then(() => { while (true) {} })",
-        # a cleanup callback V8 would run between the host's calls
-        "const fr = new FinalizationRegistry(() => { while (true) {} });"
-        "(function () { for (let i = 0; i < 100; i++) fr.register({}, i) })();"
-        "for (let j = 0; j < 50; j++) {"
-        "  const g = []; for (let i = 0; i < 1e5; i++) g.push({a: i}); await tools.echo({j}) }"
-        "await tools.block({})",
     ],
 )
 async def test_cpu_limit_on_every_route(
@@ -339,7 +333,7 @@ async def test_big_tool_results_are_data_not_source(make_rt: Callable[..., Sessi
         "const a = []; for (let i = 0; i < 80; i++) a.push(new ArrayBuffer(1).transferToFixedLength(8 << 20))",
         "const a = [new Float64Array(1 << 20)]; for (let i = 0; i < 80; i++) a.push(a[0].map(x => x))",
         "const a = []; for (let i = 0; i < 80; i++) a.push(new Uint8Array(new ArrayBuffer(8 << 20)))",
-        "WeakSet.prototype.has = () => true; WeakRef.prototype.deref = () => undefined;"
+        "WeakSet.prototype.has = () => true;"
         "const a = []; for (let i = 0; i < 80; i++) a.push(new Uint8Array(8 << 20))",
         "const a = []; for (let i = 0; i < 80; i++) { await tools.echo({}); a.push(new BigInt64Array(1 << 20)) }",
         "const a = []; for (let i = 0; i < 80; i++) a.push(Uint8Array.from({length: 8 << 20}))",
@@ -380,8 +374,8 @@ async def test_stored_values_budget_at_store_and_at_commit(
     delegate.release("tool-1")  # the first cell's block (the second's tool-1 was echo)
     assert await asyncio.wait_for(rt.wait(first, HANG), HANG) == Completed(())
     delegate.release("tool-2")
-    ev = await asyncio.wait_for(rt.wait(second, HANG), HANG)
-    assert ev == Completed((), f"exec cell exceeded max_stored_bytes ({MiB})")
+    waited = await asyncio.wait_for(rt.wait(second, HANG), HANG)
+    assert waited == Completed((), f"exec cell exceeded max_stored_bytes ({MiB})")
     ev = await finish(rt, 'text(load("c").length); text(String(load("d")))')
     assert ev == Completed((TextItem("100000"), TextItem("undefined")))
 
@@ -458,8 +452,8 @@ async def test_a_million_small_values_do_not_stall_create_cell(
     async with heartbeat():
         for _ in range(2):
             cell = await rt.create_cell(request("text(load('k999999')); text(load('s99999'))"))
-            ev = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
-            assert ev == Completed((TextItem("999999"), TextItem("99999")))
+            waited = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+            assert waited == Completed((TextItem("999999"), TextItem("99999")))
 
 
 def load_all(rt: SessionRuntime) -> dict[str, Any]:

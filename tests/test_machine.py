@@ -211,7 +211,7 @@ def test_delivered_once_across_many_yields() -> None:  # scenario 35
         out(m, f"a{i}", f"b{i}")
         m.yield_requested()
         ev = m.collect(tok).event
-        assert ev is not None
+        assert isinstance(ev, Yielded)
         delivered.extend(ev.items)  # type: ignore[arg-type]
     out(m, "end")
     complete(m)

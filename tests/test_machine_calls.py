@@ -7,6 +7,8 @@ effects (which calls reach the delegate, when) and the events callers receive.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,7 +46,7 @@ def call(
     return NestedToolCall(m.cell_id, f"tool-{n}", tool, {"n": n} if arg is None else arg)
 
 
-def dispatched(effects: list[object]) -> list[str]:
+def dispatched(effects: Sequence[object]) -> list[str]:
     return [e.call.call_id for e in effects if isinstance(e, DispatchCall)]
 
 
@@ -255,7 +257,7 @@ def test_any_interleaving_keeps_the_bound_the_order_and_the_gate(
     rejected: set[str] = set()
     gated: set[str] = set()
 
-    def apply(effects: list[object]) -> None:
+    def apply(effects: Sequence[object]) -> None:
         for e in effects:
             if isinstance(e, DispatchCall):
                 sent.append(e.call.call_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from codemode import AlreadyTerminating, CellKind, ClosedCell, MissingCell, TextItem
+from codemode import AlreadyTerminating, BusyObserver, CellKind, ClosedCell, MissingCell, TextItem
 from codemode.cell.machine import (
     STRICT_ENV,
     TRANSITIONS,
@@ -16,7 +16,9 @@ from codemode.cell.machine import (
     DriverBug,
     Phase,
     StopEngine,
+    check_refused,
 )
+from codemode.cell.observers import refuse_second_observer
 
 
 def machine(kind: CellKind = CellKind.CONTINUING, *, strict: bool = True) -> CellMachine:
@@ -86,6 +88,35 @@ def test_refusals_come_from_the_table() -> None:
     for call in (m.observe, m.terminate, lambda: m.resume(1), lambda: m.approve("tool-1")):
         with pytest.raises(MissingCell):
             call()
+
+
+def test_a_driver_without_a_machine_is_refused_by_the_same_table() -> None:
+    # RemoteSession asks check_refused while its own terminate of a cell is in flight.
+    with pytest.raises(ClosedCell, match="exec cell c9 closed unexpectedly"):
+        check_refused("observe", Phase.TERMINATING, "c9")
+    with pytest.raises(ClosedCell):
+        check_refused("resume", Phase.TERMINATING, "c9")
+    with pytest.raises(AlreadyTerminating, match="exec cell c9 is already terminating"):
+        check_refused("terminate", Phase.TERMINATING, "c9")
+    with pytest.raises(MissingCell, match="exec cell c9 not found"):
+        check_refused("approve", Phase.CLOSED, "c9")
+    for name, row in TRANSITIONS.items():
+        for phase, verdict in row.items():
+            if not verdict.startswith("!"):
+                check_refused(name, phase, "c9")  # not refused: returns
+
+
+def test_one_observer_at_a_time() -> None:
+    refuse_second_observer("c9", False)
+    with pytest.raises(BusyObserver, match="exec cell c9 already has an active observer"):
+        refuse_second_observer("c9", True)
+    m = machine()
+    token = m.observe().token
+    assert token is not None
+    with pytest.raises(BusyObserver):
+        m.observe()
+    m.observer_cancelled(token)
+    assert m.observe().token is not None  # the place is free again
 
 
 def test_queries_instead_of_phase_values() -> None:

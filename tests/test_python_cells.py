@@ -901,7 +901,7 @@ async def test_engine_loss_ends_the_cell_and_the_host_goes_on(
     cell_handle = await py.create_cell(request("text('a')\nawait tools.block()\ntext('b')"))
     await delegate.wait_calls(1)
     actor = py._core.cells[cell_handle.cell_id]  # the engine cell, to kill its worker
-    pid = actor._engine.worker_pid
+    pid = actor._engine.worker_pid  # type: ignore[attr-defined]
     os.kill(pid, signal.SIGKILL)
     delegate.release()
     assert await asyncio.wait_for(py.wait(cell_handle, 10), 15) == Completed(

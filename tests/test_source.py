@@ -8,13 +8,13 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
-from py_mini_racer import MiniRacer
 
 from codemode import (
+    CellLimits,
     CodeModeTools,
     Completed,
     CreateCellRequest,
@@ -24,15 +24,16 @@ from codemode import (
     TextItem,
     Yielded,
 )
+from codemode.engine.base import CellBoot, OutputProduced
 from codemode.engine.source import (
     JSON_STRING_MESSAGE,
     clean_error_text,
-    compiles_expression,
     position,
     prepare_source,
     unwrap_fence,
 )
 from codemode.engine.source_ts import strip_types
+from codemode.engine.v8 import V8Engine
 from model_corpus import CORPUS_TOOLS, CorpusCell, corpus_delegate, load_corpus
 
 CELL_PLACE = re.compile(r"cell\.js:(\d+):(\d+)")
@@ -194,12 +195,43 @@ async def test_valid_javascript_typescript_would_read_otherwise_runs_as_written(
     assert texts(await run(session, ternary)) == ["2"]
 
 
-def test_the_compile_check_reports_javascript_validity() -> None:
-    ctx = MiniRacer()
-    assert ctx.eval(compiles_expression("text(a < b > (c))")) is True
-    assert ctx.eval(compiles_expression("const x: number = 1")) is False
-    assert ctx.eval(compiles_expression("}); globalThis.ran = 1; (function () {")) is False
-    assert ctx.eval("typeof globalThis.ran") == "undefined"
+async def v8_compiles(sources: Sequence[str], then_run: str = "text(1)") -> tuple[list[bool], str]:
+    """Ask the V8 engine's own compile check (the prelude's ``compiles``, which the engine asks
+    before running a source as written) about each of ``sources``, in one fresh cell; then start
+    that cell on ``then_run`` and return its first text output."""
+    engine = V8Engine(pool_size=0)
+    try:
+        cell = await engine.open_cell(
+            CellBoot("compile-check", then_run, (), {}, CellLimits(), False)
+        )
+        try:
+            bridge = cell._bridge  # type: ignore[attr-defined]
+            answers = [await cell._eval(bridge.compiles, s) for s in sources]  # type: ignore[attr-defined]
+            report = await cell.run()
+        finally:
+            cell.close()
+    finally:
+        await engine.aclose()
+    outputs = [e.item for e in report.events if isinstance(e, OutputProduced)]
+    assert report.settlement is not None and report.settlement.error_text is None, report
+    first = outputs[0]
+    assert isinstance(first, TextItem)
+    return answers, first.text
+
+
+async def test_the_compile_check_reports_javascript_validity() -> None:
+    answers, ran = await v8_compiles(
+        [
+            "text(a < b > (c))",
+            "const x: number = 1",
+            "}); globalThis.ran = 1; (function () {",
+            "await 1; return 2",
+            "with (a) {}",  # the body is strict
+        ],
+        then_run="text(typeof globalThis.ran)",
+    )
+    assert answers == [True, False, False, True, False]
+    assert ran == "undefined"  # the check compiled the source alone: none of it ran
 
 
 @pytest.mark.parametrize(
@@ -588,17 +620,20 @@ def test_real_world_javascript_passes_through_byte_identical(js_corpus: list[Pat
     assert changed == []
 
 
-def test_tricky_javascript_passes_through_byte_identical() -> None:
+async def test_tricky_javascript_passes_through_byte_identical() -> None:
     """Plain JavaScript that looks like TypeScript: unchanged by the parser, or kept as written
     because V8 compiles it (the engine's check)."""
-    ctx = MiniRacer()
     cells = [c for c in CORPUS if c.name.startswith("js-plain-")]
     assert len(cells) >= 25
+    as_written: list[str] = []
     for cell in cells:
         prepared = prepare_source(cell.source)
         assert prepared.error_text is None, cell.name
         if prepared.as_written is None:
             assert prepared.code is cell.source, cell.name
         else:
-            assert ctx.eval(compiles_expression(prepared.as_written)) is True, cell.name
+            as_written.append(prepared.as_written)
             assert prepared.as_javascript().code is cell.source
+    assert as_written, "no tricky cell exercises the engine's compile check"
+    answers, _ = await v8_compiles(as_written)
+    assert answers == [True] * len(as_written)

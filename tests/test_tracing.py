@@ -138,7 +138,7 @@ def check_cell_trace(
 
     lookups = by_name(exported, "execute_tool lookup")
     assert len(lookups) == 2
-    assert sorted(dict(s.attributes or {})["gen_ai.tool.call.id"] for s in lookups) == [
+    assert sorted(str(dict(s.attributes or {})["gen_ai.tool.call.id"]) for s in lookups) == [
         "tool-1",
         "tool-2",
     ]

@@ -17,11 +17,13 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
 import importlib.resources
 import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
@@ -30,8 +32,10 @@ from codemode.cli_common import (
     EXIT_OK,
     EXIT_TERMINATED,
     EXIT_USAGE,
+    StoreOptions,
     configure_logging,
     positive_seconds,
+    session_id_problem,
     silence_stdout,
     version_text,
 )
@@ -42,6 +46,7 @@ from codemode.engine.choice import (
     engine_options,
     using_default_engine,
 )
+from codemode.errors import MissingCell, SessionBusy, StoreError
 from codemode.model import (
     CellLimits,
     Completed,
@@ -56,8 +61,9 @@ from codemode.model import (
     ToolKind,
     Yielded,
 )
+from codemode.protocol.codec import event_to_wire
 from codemode.session import SessionRuntime, tools_delegate
-from codemode.wire import event_to_wire
+from codemode.store.base import SessionStore
 
 __all__ = ["DEMO_TOOLS", "MCP_CONFIG_ENV", "demo_delegate", "main"]
 
@@ -213,6 +219,36 @@ def limits_from_args(args: argparse.Namespace) -> CellLimits:
     )
 
 
+def _add_store_flags(parser: argparse.ArgumentParser, *, run: bool) -> None:
+    group = parser.add_argument_group("durable sessions (docs/durability.md)")
+    what = (
+        "run the cell in a durable session kept in the SQLite file PATH: a run that was "
+        "killed is recovered by running the same command again"
+        if run
+        else "keep the sessions in the SQLite file PATH: a session whose connection ends is "
+        "suspended, not shut down, and session/open with its sessionId reattaches to it, also "
+        "after a restart of the server"
+    )
+    group.add_argument("--store", metavar="PATH", help=what)
+    if run:
+        group.add_argument(
+            "--session",
+            metavar="ID",
+            help="with --store: the session to run the cell in, created if the store does not "
+            "hold it; an existing session's cell from an earlier "
+            "run of the same FILE is recovered and observed instead of started again. Default: "
+            "a new session, whose id is printed on stderr",
+        )
+    group.add_argument(
+        "--lease-seconds",
+        type=positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="with --store: how long a session stays owned by a process that stopped renewing "
+        "its lease (it crashed) before another may take it over (default: 10)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="codemode", description="Run LLM-written JavaScript cells that call tools."
@@ -223,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run one cell against the demo tools",
         description="Run one cell in a fresh session against the demo tools "
-        "(echo, sleep, fail, upper) and print its events as they arrive.",
+        "(echo, sleep, fail, upper) and print its events as they arrive. With --store PATH "
+        "--session ID the session is durable: running the same command again after a crash "
+        "recovers the cell and prints only what was not printed yet (docs/durability.md).",
     )
     src = run.add_mutually_exclusive_group(required=True)
     src.add_argument(
@@ -257,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_limit_flags(run)
     _add_engine_flags(run, "v8", ("v8", "worker"))
+    _add_store_flags(run, run=True)
 
     serve = sub.add_parser(
         "serve",
@@ -277,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_limit_flags(serve)
     _add_engine_flags(serve, "worker")
+    _add_store_flags(serve, run=False)
     from codemode.protocol.policy import add_serve_flags
 
     add_serve_flags(serve)
@@ -348,11 +388,19 @@ async def run_cell(
     tools: Sequence[ToolDefinition] = DEMO_TOOLS,
     delegate: SessionDelegate | None = None,
     python: bool = False,
+    store: StoreOptions | None = None,
+    session_id: str | None = None,
 ) -> int:
     """Run ``source`` in a fresh session; return the exit status.
 
     The cell gets ``tools``, run by ``delegate``: by default the demo tools and their delegate
     (notifications to ``err``). With ``python`` the cell is Python, run by a ``PythonEngine``.
+
+    With ``store`` the session is durable (``--store PATH``), of id ``session_id`` (a new id,
+    printed on ``err``, when ``None``), and the cell is created with an idempotency key made
+    of its kind and source: when the session already holds that cell (an earlier run of the
+    same source was killed), it is recovered and observed, printing only what the earlier run
+    had not printed; when that cell has already ended, a note says so and the status is 0.
     """
     printer = _Printer(out, err, as_json)
     session_delegate = delegate if delegate is not None else demo_delegate(err)
@@ -361,8 +409,73 @@ async def run_cell(
         from codemode.engine.python import PythonEngine
 
         engine = PythonEngine()
-    async with SessionRuntime(session_delegate, limits=limits, engine=engine) as runtime:
-        request = CreateCellRequest(source, tuple(tools), tool_call_id="cli")
+    if store is None:
+        runtime = SessionRuntime(session_delegate, limits=limits, engine=engine)
+        key = None
+    else:
+        session_store = store.open()
+        key = run_idempotency_key(source, pausable)
+        try:
+            runtime = await _open_durable(
+                session_delegate, limits, engine, session_store, session_id
+            )
+        except (SessionBusy, StoreError) as exc:
+            await session_store.close()
+            print(f"codemode run: {exc}", file=err, flush=True)
+            return EXIT_FAILED
+        if session_id is None:
+            print(f"codemode run: session {runtime.session_id}", file=err, flush=True)
+    try:
+        return await _run_in(runtime, source, tools, key, pausable, yield_after, printer, err)
+    except (SessionBusy, StoreError) as exc:  # the lease was lost, or the store failed
+        print(f"codemode run: {exc}", file=err, flush=True)
+        return EXIT_FAILED
+    finally:
+        if store is not None:
+            await session_store.close()
+
+
+async def _open_durable(
+    delegate: SessionDelegate,
+    limits: CellLimits,
+    engine: Engine | None,
+    store: SessionStore,
+    session_id: str | None,
+) -> SessionRuntime:
+    """Open the durable session, waiting (up to the store's lease and a second) for a process
+    that died holding it to lose its lease; ``SessionBusy`` if it stays held."""
+    deadline = time.monotonic() + store.lease_seconds + 1.0
+    while True:
+        runtime = SessionRuntime(
+            delegate, limits=limits, engine=engine, store=store, session_id=session_id
+        )
+        try:
+            return await runtime.open()
+        except SessionBusy:
+            if session_id is None or time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def run_idempotency_key(source: str, pausable: bool) -> str:
+    """The idempotency key of ``codemode run --store``'s cell: its kind and a digest of its
+    source, so that running the same file again in a session finds the same cell."""
+    digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"codemode-run:{'pausable' if pausable else 'continuing'}:{digest}"
+
+
+async def _run_in(
+    runtime: SessionRuntime,
+    source: str,
+    tools: Sequence[ToolDefinition],
+    key: str | None,
+    pausable: bool,
+    yield_after: float | None,
+    printer: _Printer,
+    err: TextIO,
+) -> int:
+    async with runtime:
+        request = CreateCellRequest(source, tuple(tools), tool_call_id="cli", idempotency_key=key)
         final: Completed | Terminated
         try:
             if pausable:
@@ -387,6 +500,17 @@ async def run_cell(
                         final = event
                         break
                     await _refuse_held_calls(runtime, cell_id, err)
+        except MissingCell as exc:
+            if key is None:
+                raise
+            # A durable session's cell of this source had already ended (an earlier run).
+            print(
+                f"codemode run: cell {exc.cell_id} already ran to its end in session "
+                f"{runtime.session_id} (an earlier run printed its output)",
+                file=err,
+                flush=True,
+            )
+            return EXIT_OK
         except asyncio.CancelledError:
             # Ctrl-C: terminate the cell and report what it had produced.
             with contextlib.suppress(Exception):
@@ -444,6 +568,8 @@ async def _run_with_mcp(
             tools=approval.mark(upstreams),
             delegate=upstreams.delegate(notify),
             python=args.python,
+            store=_store_options(args),
+            session_id=args.session,
         )
 
 
@@ -460,6 +586,8 @@ async def _run_main(args: argparse.Namespace, source: str, limits: CellLimits) -
             out=sys.stdout,
             err=sys.stderr,
             python=args.python,
+            store=_store_options(args),
+            session_id=args.session,
         )
     task = asyncio.ensure_future(runner)
     loop = asyncio.get_running_loop()
@@ -469,6 +597,13 @@ async def _run_main(args: argparse.Namespace, source: str, limits: CellLimits) -
         return await task
     except asyncio.CancelledError:
         return EXIT_TERMINATED
+
+
+def _store_options(args: argparse.Namespace) -> StoreOptions | None:
+    """The ``--store`` / ``--lease-seconds`` options, or ``None`` without ``--store``."""
+    if args.store is None:
+        return None
+    return StoreOptions(args.store, args.lease_seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -499,6 +634,12 @@ def _main(argv: Sequence[str] | None) -> int:
                 return EXIT_USAGE
             if args.file.endswith(".py"):
                 args.python = True
+        if args.session is not None and args.store is None:
+            print("codemode: --session needs --store PATH", file=sys.stderr)
+            return EXIT_USAGE
+        if args.session is not None and (problem := session_id_problem(args.session)):
+            print(f"codemode: --session {problem}", file=sys.stderr)
+            return EXIT_USAGE
         try:
             limits = limits_from_args(args)
             engine = engine_from_args(args)
@@ -534,6 +675,8 @@ def _main(argv: Sequence[str] | None) -> int:
                 limits=limits,
                 engine=engine_name,
                 policy=policy,
+                # (With `serve --cluster`, --store is the store the cluster's hosts share.)
+                store=None if getattr(args, "cluster", None) else _store_options(args),
             )
     if args.command == "mcp":
         from codemode.mcp.server import mcp_main

@@ -10,7 +10,11 @@ import logging
 import math
 import os
 import sys
-from typing import Final
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from codemode.store.base import SessionStore
 
 __all__ = [
     "EXIT_FAILED",
@@ -19,9 +23,11 @@ __all__ = [
     "EXIT_USAGE",
     "LOG_FORMAT",
     "LOG_LEVEL_ENV",
+    "StoreOptions",
     "configure_logging",
     "parse_host_port",
     "positive_seconds",
+    "session_id_problem",
     "silence_stdout",
     "version_text",
 ]
@@ -99,3 +105,31 @@ def silence_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError, AttributeError):  # pragma: no cover - no usable stdout
         pass
+
+
+MAX_SESSION_ID: Final = 128
+
+
+def session_id_problem(session_id: str) -> str | None:
+    """Why ``session_id`` cannot name a durable session (``None`` if it can): it must have 1 to
+    :data:`MAX_SESSION_ID` characters, none of them a control character or a space."""
+    if not 0 < len(session_id) <= MAX_SESSION_ID:
+        return f"must have 1 to {MAX_SESSION_ID} characters"
+    if any(ch.isspace() or not ch.isprintable() for ch in session_id):
+        return "must not contain spaces or control characters"
+    return None
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """``--store PATH`` and ``--lease-seconds`` of ``codemode run`` and ``codemode serve``: the
+    SQLite file durable sessions live in (docs/durability.md, "Fronts")."""
+
+    path: str
+    lease_seconds: float = 10.0
+
+    def open(self) -> SessionStore:
+        """A :class:`~codemode.SqliteStore` on :attr:`path` (it opens the file on first use)."""
+        from codemode.store.sqlite import SqliteStore
+
+        return SqliteStore(self.path, lease_seconds=self.lease_seconds)

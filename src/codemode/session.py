@@ -161,6 +161,7 @@ class _SessionCore:
         self.journal: Journal | None = None
         self.keeper: LeaseKeeper | None = None
         self.lost = False  # the lease was lost: every call raises SessionBusy
+        self.ending = asyncio.Event()  # shutdown or suspend began: open stops waiting
 
     # CellHost
     def commit_writes(self, writes: dict[str, Any]) -> None:
@@ -204,6 +205,8 @@ class _SessionCore:
         logger.warning("session %s: lease lost; its cells stop here", self.session_id)
         self.lost = True
         self.alive = False
+        if self.keeper is not None:
+            self.keeper.cancel()
         if self.journal is not None:
             self.journal.muted = True
         self.halt_cells(SessionBusy(self.session_id))
@@ -352,16 +355,23 @@ class SessionRuntime(Session):
                     kind, _, digest = (key.fingerprint or "").partition(":")
                     if kind in (CellKind.CONTINUING.value, CellKind.PAUSABLE.value):
                         core.keys[key.key] = _KeyRecord(key.cell_id, CellKind(kind), digest)
-                recorders: list[CellRecorder] = []
+                # Each recovered cell replays in its own task, all at once; open returns when
+                # every replay is over (a cell whose recorded JavaScript spins holds it up to
+                # its max_cpu_seconds), or when a shutdown or suspend begins (which stops them).
+                recovering = []
                 for record in await store.list_cells(sid, state="open"):
                     entries = await store.read_journal(sid, record.cell_id)
                     deliveries = await store.deliveries(sid, record.cell_id)
-                    cell = RecordedCell.parse(record, entries, deliveries)
-                    recorder = await self._recover(cell)
+                    recorder = await self._recover(RecordedCell.parse(record, entries, deliveries))
                     if recorder is not None:
-                        recorders.append(recorder)
-                for recorder in recorders:
-                    await recorder.replayed.wait()
+                        recovering.append(recorder.replayed.wait())
+                replays: asyncio.Future[Any] = asyncio.gather(*recovering)
+                ending: asyncio.Future[Any] = core.loop.create_task(core.ending.wait())
+                try:
+                    await asyncio.wait({replays, ending}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    ending.cancel()
+                    replays.cancel()
                 await core.journal.flush()
         except BaseException:
             core.halt_cells(ShuttingDown())
@@ -433,6 +443,7 @@ class SessionRuntime(Session):
             raise RuntimeError("suspend needs a durable session (a store)")
         core = self._core
         core.alive = False
+        core.ending.set()
         if self._open_task is not None and not self._opened:
             with _suppress_all():
                 await asyncio.shield(self._open_task)
@@ -464,6 +475,18 @@ class SessionRuntime(Session):
             raise RuntimeError("open the session first")
         if self._core.lost:
             raise SessionBusy(self._core.session_id)
+
+    async def _replayed(
+        self, cell: Cell | PausableCell | str, expected: CellKind | None
+    ) -> CellActor:
+        """Durable sessions: the cell, once its replay (if it is a recovered cell) is over."""
+        actor = self._core.cells.resolve(cell, expected)
+        recorder = actor.recorder
+        if recorder is not None and not recorder.replayed.is_set():
+            await recorder.replayed.wait()
+            await self._gate()
+            actor = self._core.cells.resolve(cell, expected)
+        return actor
 
     async def _recorded(self) -> None:
         """Make the facts of a call durable before its answer reaches the caller. A caller
@@ -713,6 +736,8 @@ class SessionRuntime(Session):
     async def wait(self, cell: Cell, yield_after: float) -> CellEvent:
         """Observe a continuing cell for up to ``yield_after`` seconds (SPEC section 4)."""
         if self._store is not None:
+            # A recovered continuing cell may be observed during its replay: what it delivers
+            # then is output the replay produced past what had been delivered before.
             await self._gate()
         actor = self._actor(cell, CellKind.CONTINUING)
         event = await actor.observe(float(yield_after))
@@ -723,9 +748,11 @@ class SessionRuntime(Session):
 
     async def wait_to_pending(self, cell: PausableCell) -> PausableCellEvent:
         """The current frontier of a pausable cell, or wait for the next one (SPEC 5.2)."""
-        if self._store is not None:
+        if self._store is None:
+            actor = self._actor(cell, CellKind.PAUSABLE)
+        else:
             await self._gate()
-        actor = self._actor(cell, CellKind.PAUSABLE)
+            actor = await self._replayed(cell, CellKind.PAUSABLE)
         if actor.recorder is None:
             event = await actor.observe(None)
         else:
@@ -737,9 +764,10 @@ class SessionRuntime(Session):
 
     async def resume(self, cell: PausableCell, generation: int) -> ResumeOutcome:
         """Continue a pausable cell past frontier ``generation`` (SPEC 5.3)."""
-        if self._store is not None:
-            await self._gate()
-        actor = self._actor(cell, CellKind.PAUSABLE)
+        if self._store is None:
+            return self._actor(cell, CellKind.PAUSABLE).resume(int(generation))
+        await self._gate()
+        actor = await self._replayed(cell, CellKind.PAUSABLE)
         recorder = actor.recorder
         if recorder is None:
             return actor.resume(int(generation))
@@ -778,9 +806,11 @@ class SessionRuntime(Session):
         Raises ``ForeignHandle``, ``MissingCell``, or ``NotAwaitingApproval`` when the call is
         not held (never issued, already decided, or dropped because the cell stopped).
         """
-        if self._store is not None:
-            await self._gate()
-        actor = self._find(cell)
+        if self._store is None:
+            self._find(cell).approve(str(call_id))
+            return
+        await self._gate()
+        actor = await self._replayed(cell, None)
         actor.approve(str(call_id))
         if actor.recorder is not None:
             actor.recorder.approved(str(call_id))
@@ -795,9 +825,11 @@ class SessionRuntime(Session):
         """Reject the held call ``call_id``: its promise in the cell rejects with an ``Error``
         whose message is ``reason`` (a pausable cell sees it once resumed). Raises as
         :meth:`approve`."""
-        if self._store is not None:
-            await self._gate()
-        actor = self._find(cell)
+        if self._store is None:
+            self._find(cell).reject(str(call_id), str(reason))
+            return
+        await self._gate()
+        actor = await self._replayed(cell, None)
         actor.reject(str(call_id), str(reason))
         if actor.recorder is not None:
             actor.recorder.rejected(str(call_id), str(reason))
@@ -807,6 +839,7 @@ class SessionRuntime(Session):
         """Terminate every cell and release the engine (SPEC 7.5). Idempotent; concurrent calls
         share one cleanup, which goes on even if a caller is cancelled."""
         if self._store is not None and not self._opened and self._core.alive:
+            self._core.ending.set()  # an open stops waiting for replays: they are ended
             with _suppress_all():
                 await self.open()  # ending a session ends its recorded cells too
         core = self._core

@@ -142,6 +142,11 @@ class Runs(AsyncCallbackHandler):
         self.starts[run_id] = (serialized.get("name", ""), parent_run_id)
 
 
+def ask(text: str) -> Any:
+    """An agent's input: one user message (typed loosely: the graph's state type is generic)."""
+    return {"messages": [("user", text)]}
+
+
 async def test_agent_with_code_mode_tools() -> None:
     tools = code_mode_tools([get_weather, get_population])
     model = make_model(CELL)
@@ -149,7 +154,7 @@ async def test_agent_with_code_mode_tools() -> None:
     runs = Runs()
     try:
         result = await agent.ainvoke(
-            {"messages": [("user", "Weather and population of Paris?")]},
+            ask("Weather and population of Paris?"),
             config={"callbacks": [runs]},
         )
     finally:
@@ -168,7 +173,7 @@ async def test_agent_with_the_middleware() -> None:
     middleware = CodeModeMiddleware()
     agent = create_agent(model, tools=[get_weather, get_population], middleware=[middleware])
     try:
-        result = await agent.ainvoke({"messages": [("user", "Weather and population of Paris?")]})
+        result = await agent.ainvoke(ask("Weather and population of Paris?"))
     finally:
         await middleware.aclose()
     check_model_saw(model)
@@ -185,7 +190,7 @@ async def test_a_failing_nested_tool_rejects_in_the_cell() -> None:
     tools = code_mode_tools([broken])
     model = make_model(code)
     try:
-        await create_agent(model, tools=tools).ainvoke({"messages": [("user", "go")]})
+        await create_agent(model, tools=tools).ainvoke(ask("go"))
     finally:
         await close_code_mode_tools(tools)
     assert str(model.tool_messages[0].content).endswith("Output:\n\ncaught: broken with 3")
@@ -195,7 +200,7 @@ def test_synchronous_invoke() -> None:
     """``agent.invoke``: the cells run on codemode's background loop."""
     tools = code_mode_tools([get_weather, get_population])
     model = make_model(CELL)
-    result = create_agent(model, tools=tools).invoke({"messages": [("user", "go")]})
+    result = create_agent(model, tools=tools).invoke(ask("go"))
     check_result(model, result)
     adapter = tools[0]._codemode_adapter  # type: ignore[attr-defined]
     session = adapter.bridge.session._session

@@ -176,6 +176,7 @@ async def test_agent_runs_two_wrapped_tools_in_parallel_in_one_cell(freeform: bo
     assert isinstance(exec_tool, CustomTool if freeform else FunctionTool)
     check_exec_description(exec_tool.description)
     if freeform:
+        assert isinstance(exec_tool, CustomTool)
         assert exec_tool.tool_config["format"] == {"type": "text"}
     # The wrapped tools got the run context and their arguments, in parallel.
     assert sorted(s[:2] for s in deps.seen) == [
@@ -201,6 +202,7 @@ async def test_tools_needing_approval_stay_outside_and_a_given_session_is_used()
     async with SessionRuntime(_echo_delegate()) as session:
         tools = code_mode_tools([get_weather, delete_everything], session=session)
         assert [t.name for t in tools] == ["exec", "wait", "delete_everything"]
+        assert isinstance(tools[0], FunctionTool | CustomTool)
         assert "delete_everything" not in tools[0].description
         model = ScriptedModel('text("hi")')
         agent = Agent[Deps](name="a", model=model, tools=tools)

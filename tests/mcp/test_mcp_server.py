@@ -46,10 +46,10 @@ async def test_scenario_86_fake_upstream_lists_only_exec_and_wait(tmp_path: Path
 async def test_exec_and_wait_over_two_upstreams(tmp_path: Path) -> None:
     config = write_config(tmp_path / "mcp.json", {"fake": fake_entry(), "time": time_entry()})
     recorder = Recorder()
-    progress: list[tuple[float, float | None, str | None]] = []
+    progressed: list[tuple[float, float | None, str | None]] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append((value, total, message))
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        progressed.append((progress, total, message))
 
     async with codemode_mcp_session(config, recorder) as session:
         listed = await session.list_tools()
@@ -87,7 +87,7 @@ async def test_exec_and_wait_over_two_upstreams(tmp_path: Path) -> None:
         assert isinstance(image, mcp_types.ImageContent)
         assert (image.data, image.mime_type) == (PNG_BASE64, "image/png")
         assert image.meta == {"codex/imageDetail": "high"}
-        assert progress == [(1.0, None, "fetched both")]
+        assert progressed == [(1.0, None, "fetched both")]
         assert recorder.logs == []
 
         # A cell still running after exec's budget (again over both upstreams), then wait;

@@ -39,7 +39,7 @@ class RawError(Exception):
     def __init__(self, error: dict[str, Any]) -> None:
         super().__init__(error.get("message"))
         self.code = error.get("code")
-        self.message = error.get("message")
+        self.message: Any = error.get("message")
         self.data = error.get("data")
 
 

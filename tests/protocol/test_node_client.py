@@ -10,6 +10,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ CLIENT = Path(__file__).parent / "node" / "client.mjs"
 NODE = shutil.which("node")
 
 
-def test_node_client_runs_both_cell_kinds() -> None:
+def _node() -> str:
     if NODE is None:
         message = (
             "NODE.JS IS MISSING: the cross-language protocol check (tests/protocol/node) did not "
@@ -25,8 +26,27 @@ def test_node_client_runs_both_cell_kinds() -> None:
         )
         warnings.warn(message, stacklevel=1)
         pytest.skip(message)
+    return NODE
+
+
+def test_node_client_runs_both_cell_kinds() -> None:
+    _check_client([])
+
+
+def test_node_client_on_a_server_with_a_store(tmp_path: Path) -> None:
+    seen = _check_client(["--store", str(tmp_path / "sessions.db")])
+    durable = seen["durable"]
+    assert durable["idLength"] == 16
+    assert durable["cells"] == []
+    assert durable["busy"]["code"] == -32000
+    assert durable["busy"]["kind"] == "SessionBusy"
+    assert durable["busy"]["message"].endswith("is open elsewhere")
+    assert durable["reopened"] == {"sessionId": True, "cells": []}
+
+
+def _check_client(serve_args: list[str]) -> Any:
     result = subprocess.run(
-        [NODE, str(CLIENT), sys.executable],
+        [_node(), str(CLIENT), sys.executable, *serve_args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -55,3 +75,6 @@ def test_node_client_runs_both_cell_kinds() -> None:
     }
     assert frontiers[1]["texts"] == ["first 15"]
     assert sorted(seen["invoked"]) == sorted(["add", "add", "fail", "upper", "add", "add", "upper"])
+    if not serve_args:
+        assert seen["durable"] is None
+    return seen

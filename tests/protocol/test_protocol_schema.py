@@ -20,13 +20,11 @@ from hypothesis import strategies as st
 from protocol_support import InProcessServer, values_for
 
 from codemode import errors
-from codemode.protocol import messages
+from codemode.protocol import codec
+from codemode.protocol.codec import ERROR_CLASSES, error_from_wire, error_to_wire
 from codemode.protocol.messages import (
-    ERROR_CLASSES,
     METHOD_LIST,
     SCHEMA_PATH,
-    error_from_wire,
-    error_to_wire,
     generate_schema,
     schema_text,
 )
@@ -239,21 +237,21 @@ def test_every_error_is_rebuilt_as_the_same_class_with_the_same_fields(name: str
 
 
 def test_camel_and_snake() -> None:
-    assert messages.camel("max_heap_bytes") == "maxHeapBytes"
-    assert messages.snake("maxHeapBytes") == "max_heap_bytes"
-    assert messages.snake("cellId") == "cell_id"
+    assert codec.camel("max_heap_bytes") == "maxHeapBytes"
+    assert codec.snake("maxHeapBytes") == "max_heap_bytes"
+    assert codec.snake("cellId") == "cell_id"
 
 
 def test_limits_round_trip_and_ceilings() -> None:
     from codemode import CellLimits
 
     limits = CellLimits(max_tool_calls=3, max_cpu_seconds=0.25)
-    wire = messages.limits_to_wire(limits)
+    wire = codec.limits_to_wire(limits)
     assert wire["maxToolCalls"] == 3 and wire["maxCpuSeconds"] == 0.25
-    assert messages.limits_from_wire(wire) == limits
-    assert messages.limits_from_wire({"maxToolCalls": 2.0}, CellLimits()).max_tool_calls == 2
+    assert codec.limits_from_wire(wire) == limits
+    assert codec.limits_from_wire({"maxToolCalls": 2.0}, CellLimits()).max_tool_calls == 2
     with pytest.raises(ValueError, match="ceiling"):
-        messages.limits_from_wire({"maxToolCalls": 5}, limits)
+        codec.limits_from_wire({"maxToolCalls": 5}, limits)
 
 
 def test_the_schema_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -373,9 +373,9 @@ async def test_real_tools_are_found_among_many_by_words_of_their_description(
     for path in sorted(data.glob("*.json")):
         captured = json.loads(path.read_text("utf-8"))
         for raw in captured["tools"]:
-            tool = mcp_types.Tool.model_validate(raw)
-            if not requires_task(tool):
-                real.append(nested_tool_definition(captured["server"].replace("-", "_"), tool))
+            upstream = mcp_types.Tool.model_validate(raw)
+            if not requires_task(upstream):
+                real.append(nested_tool_definition(captured["server"].replace("-", "_"), upstream))
     tools = (*generated(), *real)
     rng = random.Random(3)
     queries = []

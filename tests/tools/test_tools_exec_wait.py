@@ -545,6 +545,7 @@ async def test_scenario_78_evicted_result_falls_back_to_the_closed_cell(
     await code_mode.exec("text(2)", "call-2")
     retry = await code_mode.exec(ONE_CALL, "call-1")
     assert status(retry) == "Script failed"
+    assert first.cell_id is not None
     assert body(retry) == [f"Script error:\n{missing_cell_text(first.cell_id)}"]
     assert delegate.names() == ["echo"]
 

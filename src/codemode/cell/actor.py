@@ -331,8 +331,8 @@ class CellActor:
                 await replay(self, rec)
             else:
                 report = await self._engine.run()
-                if rec is not None and report.reads:
-                    await rec.after_step(report)
+                if rec is not None:
+                    await rec.step_finished(report)
                 self._handle(report)
             while self.machine.is_live:
                 if not self.machine.may_run:
@@ -346,10 +346,10 @@ class CellActor:
                 if inputs:
                     self.machine.inputs_applied()
                     if rec is not None:
-                        await rec.before_step(inputs)
+                        rec.step_started(inputs)  # written while the step runs
                     report = await self._engine.step(inputs)
-                    if rec is not None and report.reads:
-                        await rec.after_step(report)
+                    if rec is not None:
+                        await rec.step_finished(report)  # before any of its effects
                     self._handle(report)
                     continue
                 self._apply(self.machine.quiescent(self._pending_ids))
@@ -361,12 +361,21 @@ class CellActor:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await self._wake.wait()
-        except (EngineLost, CodeModeError) as exc:
+        except EngineLost as exc:
             if self.machine.takes_results:
                 self._log.warning("engine of cell %s lost: %s", self.cell_id, exc)
-                # CodeModeError: a durable session's journal could not record a step.
-                text = None if isinstance(exc, EngineLost) else f"exec cell stopped: {exc}"
-                self._apply(self.machine.engine_lost(text))
+                if self.recorder is not None:
+                    self.recorder.cut = True  # the command in flight never reported
+                self._apply(self.machine.engine_lost())
+        except CodeModeError as exc:
+            if self.recorder is None:  # pragma: no cover - a bug in codemode itself
+                self._log.exception("cell %s failed inside codemode", self.cell_id)
+                self._apply(self.machine.engine_lost())
+            elif self.machine.takes_results:
+                # A durable session's journal could not record a step (SessionBusy, StoreError).
+                self._log.warning("cell %s stops: %s", self.cell_id, exc)
+                self.recorder.cut = True
+                self._apply(self.machine.engine_lost(f"exec cell stopped: {exc}"))
         except asyncio.CancelledError:
             if not self._stopping:
                 self._engine.close()
@@ -406,6 +415,8 @@ class CellActor:
             elif isinstance(ev, NotifyRequested):
                 self._enqueue_notification(ev.text)
             elif isinstance(ev, YieldRequested):
+                if self.recorder is not None and self.recorder.replayed_yield(machine):
+                    continue
                 self._apply(machine.yield_requested())
             elif isinstance(ev, StoreWritten):
                 machine.store_written(ev.key, ev.value)
@@ -453,8 +464,8 @@ class CellActor:
     # ------------------------------------------------------------------ notifications
 
     def _enqueue_notification(self, text: str) -> None:
-        if self.recorder is not None and self.recorder.replaying:
-            return  # notifications are at most once: a recovered cell does not repeat them
+        if self.recorder is not None and self.recorder.skip_notification():
+            return  # it reached the delegate before this cell was recovered
         if self._notes is None:
             self._notes = asyncio.Queue()
             self._notifier = self._loop.create_task(self._notify_loop())
@@ -466,6 +477,8 @@ class CellActor:
             text = await self._notes.get()
             try:
                 await self._host.delegate.notify(self._tool_call_id, self.cell_id, text)
+                if self.recorder is not None:
+                    self.recorder.notified()
             except asyncio.CancelledError:
                 raise
             except Exception:

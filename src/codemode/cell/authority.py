@@ -16,7 +16,9 @@ reaches the cell layer:
 - ``yield_control()``: consecutive yields are coalesced into one;
 - stored values: a key string and a JSON text nested at most :data:`MAX_STORED_DEPTH` deep;
   the cell's view (its snapshot plus its own writes) held to ``max_stored_bytes``;
-- pending ids: only calls issued and not yet answered; the settlement: one of the known shapes.
+- pending ids: only calls issued and not yet answered; the settlement: one of the known shapes;
+- reads of the clock and the random source: known sources, finite values in range, at most
+  :data:`~codemode.engine.determinism.MAX_READS_PER_STEP` per report (docs/determinism.md).
 
 A report that breaks a rule ends the cell: the events before the offending one are kept, the
 rest is dropped, and the report's settlement becomes the limit's error text (a limit) or
@@ -35,6 +37,7 @@ from typing import Any
 from codemode.cell.stored import StoredSnapshot, entry_bytes
 from codemode.engine.base import (
     EngineEvent,
+    EnvRead,
     NotifyRequested,
     OutputProduced,
     Settlement,
@@ -49,6 +52,7 @@ from codemode.engine.base import (
     YieldRequested,
     limit_error_text,
 )
+from codemode.engine.determinism import check_reads, decode_read_runs
 from codemode.model import CellLimits, ImageDetail, ImageItem, TextItem, ToolDefinition, ToolKind
 
 __all__ = [
@@ -106,6 +110,8 @@ def json_loads_finite(text: str) -> Any:
 
 
 _HEAD = '{"ev":['
+_DRAIN_KEYS = frozenset({"pending", "settled"})
+_DRAIN_KEYS_READS = _DRAIN_KEYS | {"reads"}
 
 
 def _raw_decode(text: str, index: int) -> tuple[Any, int]:
@@ -190,23 +196,38 @@ class CellAuthority:
 
     # ------------------------------------------------------------------ reports
 
-    def accept_raw(self, raw: Any, cpu_seconds: float = 0.0) -> StepReport:
+    def accept_raw(
+        self, raw: Any, cpu_seconds: float = 0.0, reads_memory: Any = None
+    ) -> StepReport:
         """Decode and check one drain report, the JSON text
-        ``{"ev": [...], "pending": [...] | null, "settled": {...} | null}``."""
+        ``{"ev": [...], "pending": [...] | null, "settled": {...} | null}``, with ``"reads": N``
+        when the cell read its environment N times: the reads are then the first N float64
+        pairs of ``reads_memory`` (the cell's read buffer, docs/determinism.md)."""
         if self._ended:
             return StepReport((), (), Settlement(refused_text("a report after the cell ended")))
         if not isinstance(raw, str):
             return self._end((), refused_text("the report is not text"), cpu_seconds)
         try:
-            events_raw, pending, settled = self._decode(raw)
+            events_raw, pending, settled, reads = self._decode(raw)
+            if reads is not None and not isinstance(reads, list):
+                try:
+                    reads = decode_read_runs(reads_memory, reads)
+                except ValueError as exc:
+                    raise _refuse(str(exc)) from None
         except ReportRefused as exc:
             return self._end((), exc.error_text, cpu_seconds)
-        return self.accept(events_raw, pending, settled, cpu_seconds)
+        return self.accept(events_raw, pending, settled, cpu_seconds, reads)
 
     def accept(
-        self, events_raw: Any, pending: Any, settled: Any, cpu_seconds: float = 0.0
+        self,
+        events_raw: Any,
+        pending: Any,
+        settled: Any,
+        cpu_seconds: float = 0.0,
+        reads_raw: Any = None,
     ) -> StepReport:
-        """Check an already decoded report (events as JSON arrays)."""
+        """Check an already decoded report (events as JSON arrays; the reads, if any, as
+        ``[code, value, ...]``)."""
         if self._ended:
             return StepReport((), (), Settlement(refused_text("a report after the cell ended")))
         events: list[EngineEvent] = []
@@ -228,13 +249,14 @@ class CellAuthority:
                 events.append(event)
             pending_ids = self._pending(pending)
             settlement = self._settlement(settled)
+            reads = () if reads_raw is None else self._reads(reads_raw)
         except ReportRefused as exc:
             self._flush_batch(events)  # writes before the offending event count
             return self._end(tuple(events), exc.error_text, cpu_seconds)
         self._flush_batch(events)
         if settlement is not None:
             self._ended = True
-        return StepReport(tuple(events), pending_ids, settlement, cpu_seconds)
+        return StepReport(tuple(events), pending_ids, settlement, cpu_seconds, reads)
 
     def salvage(self, items: Sequence[tuple[int, str]]) -> tuple[EngineEvent, ...]:
         """Output read from a stopped cell's journal (kind 1: text; kind 2: ``detail url``),
@@ -265,9 +287,9 @@ class CellAuthority:
         return StepReport(events, (), Settlement(text), cpu)
 
     @staticmethod
-    def _decode(raw: str) -> tuple[Any, Any, Any]:
-        """Decode ``{"ev":[...],"pending":...,"settled":...}`` event by event (so a worker
-        thread decoding a large report gives the GIL back between events)."""
+    def _decode(raw: str) -> tuple[Any, Any, Any, Any]:
+        """Decode ``{"ev":[...],"pending":...,"settled":...[,"reads":[...]]}`` event by event
+        (so a worker thread decoding a large report gives the GIL back between events)."""
         try:
             if not raw.startswith(_HEAD):
                 raise ValueError("not a drain object")
@@ -290,9 +312,9 @@ class CellAuthority:
             rest = json_loads_finite("{" + raw[i + 1 :])
         except ValueError as exc:
             raise _refuse(f"malformed JSON ({str(exc)[:80]})") from None
-        if not isinstance(rest, dict) or set(rest) != {"pending", "settled"}:
+        if not isinstance(rest, dict) or not _DRAIN_KEYS <= set(rest) <= _DRAIN_KEYS_READS:
             raise _refuse("not a drain object")
-        return events, rest["pending"], rest["settled"]
+        return events, rest["pending"], rest["settled"], rest.get("reads")
 
     # ------------------------------------------------------------------ one event
 
@@ -392,6 +414,13 @@ class CellAuthority:
         self._batch[key] = value_json
 
     # ------------------------------------------------------------------ the rest
+
+    @staticmethod
+    def _reads(raw: Any) -> tuple[EnvRead, ...]:
+        try:
+            return check_reads(raw)
+        except ValueError as exc:
+            raise _refuse(str(exc)) from None
 
     def _pending(self, pending: Any) -> tuple[str, ...]:
         if pending is None:

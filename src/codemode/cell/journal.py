@@ -22,12 +22,14 @@ Journal entry kinds (payloads are JSON):
 ``step``      ``{"i": [input, ...]}``: one engine step's inputs in the order applied; a tool
               result is ``["r", call_id, ok, value_json_or_message, tool_name, input_digest]``,
               a timer firing ``["t", timer_id]``
-``reads``     ``{"r": [[source, value], ...]}``: the environment reads of the step before
+``reads``     ``{"r": [[source, value, count], ...]}``: the environment reads of the step before
 ``arrived``   ``{"i": [input]}``: a tool result that reached a *paused* cell (consumed by a
               later step once resumed; recorded at once, so a restart in between keeps it)
 ``resume``    ``{"g": generation, "seen": bool}``: a pausable cell resumed past a frontier
               (``seen``: that frontier had been delivered)
 ``approve``   ``{"c": call_id}``; ``reject`` ``{"c": call_id, "m": reason}``
+``notified``  ``{}``: a notification of the cell reached the delegate (a recovered cell does
+              not send those again)
 ``completed`` ``{"e": error_text}``: the completion was committed (its writes are in the same
               batch, as stored values)
 """
@@ -35,7 +37,6 @@ Journal entry kinds (payloads are JSON):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -81,6 +82,9 @@ RESUME = "resume"
 APPROVE = "approve"
 REJECT = "reject"
 COMPLETED = "completed"
+NOTIFIED = "notified"
+
+_GONE_KEPT = 65_536
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
@@ -153,6 +157,9 @@ class Journal:
         self._appended = 0
         self._durable = 0
         self._task: asyncio.Task[None] | None = None
+        # Cells closed lately: nothing more is recorded of them (a late report of a closed
+        # cell comes right after its close, so the most recent ones are enough).
+        self._gone: dict[str, None] = {}
         self.failed: CodeModeError | None = None
         self.muted = False  # shutting down or stopped: record nothing more
 
@@ -167,17 +174,20 @@ class Journal:
             self._bump()
 
     def entry(self, cell_id: str, kind: str, payload: Any) -> None:
-        if not self.muted:
+        if not self.muted and cell_id not in self._gone:
             self._entries.append(Entry(cell_id, kind, payload))
             self._bump()
 
     def delivery(self, cell_id: str, items: int) -> None:
-        if not self.muted:
+        if not self.muted and cell_id not in self._gone:
             self._deliveries.append(Delivery(cell_id, items))
             self._bump()
 
     def closed(self, cell_id: str) -> None:
-        if not self.muted:
+        if not self.muted and cell_id not in self._gone:
+            self._gone[cell_id] = None
+            if len(self._gone) > _GONE_KEPT:
+                del self._gone[next(iter(self._gone))]
             self._closed.append(cell_id)
             self._bump()
 
@@ -198,6 +208,11 @@ class Journal:
     def has_pending(self) -> bool:
         return self._durable < self._appended
 
+    def kick(self) -> None:
+        """Start writing what was appended, without waiting (:meth:`flush` waits for it)."""
+        if self._task is None and self._durable < self._appended and self.failed is None:
+            self._task = self._loop.create_task(self._write_pending())
+
     async def flush(self) -> None:
         """Make every fact appended so far durable (``SessionBusy`` / ``StoreError``)."""
         target = self._appended
@@ -210,13 +225,6 @@ class Journal:
             await asyncio.shield(task)
         if self.failed is not None and self._durable < target:  # pragma: no cover
             raise self.failed
-
-    async def settle(self) -> None:
-        """Wait for a write in flight (used when stopping: nothing new is written)."""
-        task = self._task
-        if task is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(task)
 
     def _take(self) -> tuple[Batch, int]:
         batch = Batch(
@@ -267,6 +275,9 @@ class RecordedCell:
     completed: bool = False
     completed_error: str | None = None
     arrived: dict[str, Any] = field(default_factory=dict)  # results not consumed by a step
+    notified: int = 0
+    paused_at_end: bool = False  # results reached it paused after its last resume
+    cut_seq: int | None = None  # the engine command its engine was lost in (0: the run)
 
     @classmethod
     def parse(
@@ -275,19 +286,29 @@ class RecordedCell:
         cell = cls(record, entries, deliveries)
         for entry in entries:
             if entry.kind == READS:
-                cell.reads.extend(EnvRead(str(s), float(v)) for s, v in entry.payload["r"])
+                for read in entry.payload["r"]:
+                    count = int(read[2]) if len(read) > 2 else 1
+                    cell.reads.append(EnvRead(str(read[0]), float(read[1]), count))
             elif entry.kind == STEP:
                 for item in entry.payload["i"]:
                     if item[0] == "r":
                         cell.answered.add(item[1])
                         cell.arrived.pop(item[1], None)
+            elif entry.kind == RESUME:
+                cell.paused_at_end = False
             elif entry.kind == ARRIVED:
+                cell.paused_at_end = True
                 for item in entry.payload["i"]:
                     cell.answered.add(item[1])
                     cell.arrived[item[1]] = item
+            elif entry.kind == NOTIFIED:
+                cell.notified += 1
             elif entry.kind == COMPLETED:
                 cell.completed = True
                 cell.completed_error = entry.payload.get("e")
+                if entry.payload.get("cut"):
+                    steps = [e.seq for e in entries if e.kind == STEP]
+                    cell.cut_seq = steps[-1] if steps else 0
         return cell
 
 
@@ -314,6 +335,7 @@ class CellRecorder:
         self.recorded = recorded
         self.reopen = reopen
         self.replaying = False
+        self.cut = False  # its engine was lost in the middle of a command
         self.replayed = asyncio.Event()
         if recorded is None:
             self.replayed.set()
@@ -346,14 +368,20 @@ class CellRecorder:
         item = ["r", result.call_id, result.ok, text, tool, digest]
         self.journal.entry(self.cell_id, ARRIVED, {"i": [item]})
 
-    async def before_step(self, inputs: Sequence[StepInput]) -> None:
-        """Record a step's inputs before the engine consumes them."""
+    def step_started(self, inputs: Sequence[StepInput]) -> None:
+        """Start recording a step's inputs as the engine starts consuming them. The write runs
+        while the step runs: :meth:`step_finished` waits for it before any effect of the step is
+        carried out (a call dispatched, output delivered), so nothing outside the cell can
+        depend on an input that is not recorded, and the window in which an answer can be lost
+        to a crash (from its arrival to its write) is no wider than if the step waited."""
         self.journal.entry(self.cell_id, STEP, {"i": self._encode(inputs)})
-        await self.journal.flush()
+        self.journal.kick()
 
-    async def after_step(self, report: StepReport) -> None:
-        """Record a step's environment reads before its effects are carried out."""
-        self.journal.entry(self.cell_id, READS, {"r": [[r.source, r.value] for r in report.reads]})
+    async def step_finished(self, report: StepReport) -> None:
+        """Record a step's environment reads, and wait until the step is recorded."""
+        if report.reads:
+            reads = [[r.source, r.value, r.count] for r in report.reads]
+            self.journal.entry(self.cell_id, READS, {"r": reads})
         await self.journal.flush()
 
     def resumed(self, generation: int, seen: bool) -> None:
@@ -364,6 +392,26 @@ class CellRecorder:
 
     def rejected(self, call_id: str, reason: str) -> None:
         self.journal.entry(self.cell_id, REJECT, {"c": call_id, "m": reason})
+
+    def notified(self) -> None:
+        self.journal.entry(self.cell_id, NOTIFIED, {})
+
+    def skip_notification(self) -> bool:
+        """During replay: True for a notification that reached the delegate before."""
+        recorded = self.recorded
+        if recorded is not None and recorded.notified > 0:
+            recorded.notified -= 1
+            return True
+        return False
+
+    def replayed_yield(self, machine: CellMachine) -> bool:
+        """During replay: True for a ``yield_control()`` whose effect happened before the cell
+        was recovered (an event had been delivered since, so it made no initial yield)."""
+        return (
+            self.replaying
+            and machine.has_observer
+            and bool(self.recorded and self.recorded.deliveries)
+        )
 
     def delivered(self, items: int) -> None:
         self.journal.delivery(self.cell_id, items)
@@ -380,7 +428,10 @@ class CellRecorder:
         for effect in effects:
             if isinstance(effect, CommitWrites) and effect.writes:
                 self.journal.values(dict(effect.writes))
-        self.journal.entry(self.cell_id, COMPLETED, {"e": error_text})
+        payload: dict[str, Any] = {"e": error_text}
+        if self.cut:
+            payload["cut"] = True  # replay stops before the command the engine was lost in
+        self.journal.entry(self.cell_id, COMPLETED, payload)
         return effects
 
     # ------------------------------------------------------------------ replay hooks
@@ -402,7 +453,7 @@ class CellRecorder:
         )
 
 
-async def replay(actor: CellActor, rec: CellRecorder) -> StepReport | None:
+async def replay(actor: CellActor, rec: CellRecorder) -> None:
     """Run a recovered cell from its record: the body again in a fresh sandbox, each recorded
     step's inputs fed back in their recorded grouping, resumes and approval decisions applied
     where they happened, recorded calls kept from the delegate. Leaves the cell where the record
@@ -410,6 +461,18 @@ async def replay(actor: CellActor, rec: CellRecorder) -> StepReport | None:
     """
     assert rec.recorded is not None
     rec.replaying = True
+    try:
+        await _replay_all(actor, rec)
+    finally:
+        rec.replaying = False
+        rec.recorded = None  # free the record
+        rec.deferred.clear()
+        rec.rejections.clear()
+        rec.virtual.clear()
+        rec.replayed.set()
+
+
+async def _replay_all(actor: CellActor, rec: CellRecorder) -> None:
     attempts = 0
     try:
         while True:
@@ -445,12 +508,6 @@ async def replay(actor: CellActor, rec: CellRecorder) -> StepReport | None:
             actor._apply((effect,))
         for result in rec.rejections.values():
             actor._ready.append(result)
-    rec.deferred.clear()
-    rec.rejections.clear()
-    rec.virtual.clear()
-    rec.recorded = None  # free the record
-    rec.replayed.set()
-    return None
 
 
 async def _fresh_start(actor: CellActor, rec: CellRecorder) -> None:
@@ -475,6 +532,13 @@ def _diverge_text(actor: CellActor, what: str) -> None:
     actor._engine.close()
 
 
+def _lost_again(actor: CellActor, recorded: RecordedCell) -> None:
+    """End a replayed cell as its recorded completion says its engine was lost."""
+    if actor.machine.takes_results:
+        actor._apply(actor.machine.engine_lost(recorded.completed_error))
+    actor._engine.close()
+
+
 def _check_reads(rec: CellRecorder, seen: list[EnvRead], report: StepReport, step: int) -> None:
     assert rec.recorded is not None
     expected = rec.recorded.reads
@@ -492,13 +556,21 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
     recorded = rec.recorded
     assert recorded is not None
     machine = actor.machine
+    if actor.kind is CellKind.CONTINUING:
+        machine.restore_delivered(sum(recorded.deliveries), bool(recorded.deliveries))
     reads: list[EnvRead] = []
     step = 0
+    seen_resumes = 0
+    if recorded.cut_seq == 0:
+        _lost_again(actor, recorded)  # lost in its first command: nothing ran
+        return
     report = await actor._engine.run()
     _check_reads(rec, reads, report, step)
     actor._handle(report)
-    seen_resumes = 0
     for entry in recorded.entries:
+        if entry.seq == recorded.cut_seq:
+            _lost_again(actor, recorded)
+            return
         machine = actor.machine
         kind = entry.kind
         payload = entry.payload
@@ -563,11 +635,14 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
             f"the record has {len(recorded.reads)}"
         )
     machine = actor.machine
-    if actor.kind is CellKind.PAUSABLE:
-        if len(recorded.deliveries) > seen_resumes and machine.may_run:
-            # The current frontier had been delivered: take it where it was taken.
-            actor._apply(machine.quiescent(actor._pending_ids))
-            if machine.is_paused:
-                machine.observe()
-    else:
-        machine.restore_delivered(sum(recorded.deliveries), bool(recorded.deliveries))
+    if recorded.completed and machine.takes_results:
+        # Its engine was lost between two commands (7.6): it completes so again.
+        _lost_again(actor, recorded)
+        return
+    pausable = actor.kind is CellKind.PAUSABLE
+    seen = len(recorded.deliveries) > seen_resumes
+    if pausable and (seen or recorded.paused_at_end) and machine.may_run:
+        # The cell was paused at its current frontier: take it where it was taken.
+        actor._apply(machine.quiescent(actor._pending_ids))
+        if machine.is_paused and seen:
+            machine.observe()  # it had been delivered

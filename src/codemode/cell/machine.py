@@ -31,9 +31,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
+from codemode.cell.observers import refuse_second_observer
 from codemode.errors import (
     AlreadyTerminating,
-    BusyObserver,
     ClosedCell,
     InvalidGeneration,
     MissingCell,
@@ -68,6 +68,7 @@ __all__ = [
     "RunEngine",
     "StopEngine",
     "WakeObserver",
+    "check_refused",
 ]
 
 Event = Yielded | Completed | Terminated | Pending
@@ -153,6 +154,16 @@ def _parse_table(text: str) -> dict[str, dict[Phase, str]]:
 
 TRANSITIONS: Final = _parse_table(_TABLE)
 """``TRANSITIONS[input][phase]``: the verdict of the table above, parsed."""
+
+
+def check_refused(name: str, phase: Phase, cell_id: str) -> None:
+    """Raise the error with which the table refuses input ``name`` in ``phase`` (``MissingCell``,
+    ``ClosedCell`` or ``AlreadyTerminating``); return when it does not refuse it. For a driver
+    that knows a cell's phase with no machine at hand: ``RemoteSession`` while its own
+    ``terminate`` of the cell is in flight."""
+    refusal = _REFUSALS.get(TRANSITIONS[name][phase])
+    if refusal is not None:
+        raise refusal(cell_id)
 
 
 def _strict_default() -> bool:
@@ -355,6 +366,7 @@ class CellMachine:
     _queued: deque[NestedToolCall] = field(default_factory=deque)
     _held: dict[str, NestedToolCall] = field(default_factory=dict)
     _hold_notice: bool = False  # a call became held with nobody observing (continuing cells)
+    _skip_output: int = 0  # output items a recovered cell had delivered (restore_delivered)
     strict: bool = field(default_factory=_strict_default)
     """Raise :class:`DriverBug` on inputs the table marks ``bug`` (on in the test suite)."""
 
@@ -500,6 +512,9 @@ class CellMachine:
     @_rule("output", [])
     def output(self, item: OutputItem) -> list[Effect]:
         """The cell produced an output item."""
+        if self._skip_output:
+            self._skip_output -= 1  # delivered before a durable session was recovered
+            return []
         self._recorded.append(item)
         return []
 
@@ -610,15 +625,12 @@ class CellMachine:
 
     @_rule("restore_delivered")
     def restore_delivered(self, items: int, any_delivered: bool) -> None:
-        """A recovered continuing cell (durable sessions): the first ``items`` output items of
-        its replay were delivered before it was recovered; ``any_delivered`` says whether any
-        event was (the initial-yield boundary of SPEC 4 rule 5 is then behind it)."""
-        if not any_delivered:
-            return  # a stash the replay made is the initial yield nobody received yet
-        pending = list(self._stash or ()) + self._recorded
-        self._stash = None
-        self._recorded = pending[items:]
-        self._delivered_any = True
+        """A continuing cell about to be replayed (durable sessions): the first ``items``
+        output items it produces were delivered before it was recovered, so they are dropped;
+        ``any_delivered`` says whether any event was (the initial-yield boundary of SPEC 4
+        rule 5 is then behind it)."""
+        self._skip_output = items
+        self._delivered_any = self._delivered_any or any_delivered
 
     # ------------------------------------------------------------------ observers
 
@@ -628,8 +640,7 @@ class CellMachine:
 
         Raises ``MissingCell``, ``ClosedCell`` or ``BusyObserver`` (SPEC 4 rule 2).
         """
-        if self._observer is not None:
-            raise BusyObserver(self.cell_id)
+        refuse_second_observer(self.cell_id, self._observer is not None)
         if self.kind is CellKind.CONTINUING and self._stash is not None:
             items, self._stash = self._stash, None
             self._delivered_any = True

@@ -50,15 +50,18 @@ def limit_error_text(limits: CellLimits, field_name: str) -> str:
 
 @dataclass(frozen=True)
 class EnvRead:
-    """One value a cell read from its environment's nondeterministic sources.
+    """``count`` consecutive reads a cell made of one of its environment's nondeterministic
+    sources, that all answered ``value`` (a loop polling the clock makes one per millisecond).
 
-    ``source`` names what was read: ``"clock"`` (``Date.now()``, ``new Date()``, ``Date()``: the
-    value in milliseconds since the Unix epoch), ``"random"`` (``Math.random()``), ``"perf"``
-    (``performance.now()`` where present), or another source an engine documents. Durable sessions
-    record every read and feed the values back when a cell is replayed (docs/durability.md)."""
+    ``source`` names what was read: ``"clock"`` (``Date.now()``, ``new Date()``, ``Date()``,
+    ``datetime.now()``, ...: the value in milliseconds since the Unix epoch) or ``"random"`` (the
+    seed of the cell's ``Math.random()`` generator, read at its first call, in [0, 1)). Durable
+    sessions record every read and feed the values back when a cell is replayed
+    (docs/determinism.md)."""
 
     source: str
     value: float
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,9 @@ class CellBoot:
     # TypeScript declaration), in ``tools`` order: what the cell's ``catalog.describe`` answers
     # (SPEC 9.6). None: ``catalog.describe`` gives the description alone.
     tool_reference: str | None = None
-    # Recorded reads to answer first, in order, when a cell is replayed (docs/durability.md): the
-    # cell's n-th read of its environment answers replay_reads[n] while n < len(replay_reads) and
-    # the source matches; later reads (and a read of another source) answer live values.
+    # Recorded reads to answer first, in order, when a cell is replayed (docs/determinism.md):
+    # each entry answers its ``count`` next reads of its source; a read of another source, and
+    # every read after the record or after such a mismatch, answers a live value.
     replay_reads: Sequence[EnvRead] = ()
 
 
@@ -163,7 +166,8 @@ class StepReport:
     settlement: Settlement | None
     cpu_seconds: float = 0.0  # JavaScript time this command took
     # Every read of the clock or the random source the cell made during this command, in order,
-    # replayed ones included (the host compares them with the record to detect divergence).
+    # replayed ones included, as runs of equal reads (the host compares them with the record to
+    # detect divergence; docs/determinism.md).
     reads: tuple[EnvRead, ...] = ()
 
 

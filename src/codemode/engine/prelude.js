@@ -7,7 +7,9 @@
 //                                         text, compile the body and start it; returns the
 //                                         output journal's buffer
 //   bridge.step(inputs)                   apply tool results and fire timers, in order
-//   bridge.drain()                        {ev: [...], pending: [...], settled: ...} as JSON text
+//   bridge.drain()                        {ev: [...], pending: [...], settled: ...} as JSON text,
+//                                         plus reads: N when the cell read the clock or the
+//                                         random source (N runs of reads, see envRead)
 //
 // JavaScript runs only while the host is inside one of these calls, and V8 flushes microtasks at
 // the end of each call, so after a drain the cell is quiescent: `pending` lists exactly the tool
@@ -63,6 +65,7 @@
   const MathMax = Math.max;
   const Uint16ArrayCtor = Uint16Array;
   const Uint32ArrayCtor = Uint32Array;
+  const Float64ArrayCtor = Float64Array;
   const ObjectHasOwn = Object.prototype.hasOwnProperty;
   const uncurry = (f) => (self, ...args) => ReflectApply(f, self, args);
   const getter = (proto, name) => uncurry(Object.getOwnPropertyDescriptor(proto, name).get);
@@ -645,48 +648,185 @@
   }
   wrapAllocator("ArrayBuffer");
 
-  // FinalizationRegistry callbacks would run the cell's JavaScript in tasks V8 posts between the
-  // host's calls, where nothing bounds or stops them. The callback V8 runs only queues the
-  // cell's; the queue runs at the start of the host's next step, inside that call.
-  const cleanups = makeMap();
-  let cleanupSerial = 0;
-  const IntrinsicFinalizationRegistry = global.FinalizationRegistry;
-  if (typeof IntrinsicFinalizationRegistry === "function") {
-    const registryWrapper = new ProxyCtor(IntrinsicFinalizationRegistry, {
-      __proto__: null,
-      construct(target, args, newTarget) {
-        const callback = args[0];
-        if (typeof callback !== "function") {
-          throw new TypeErrorCtor("FinalizationRegistry: cleanup must be callable");
-        }
-        const queue = (held) => { cleanups.set(++cleanupSerial, { callback, held }); };
-        return ReflectConstruct(target, [queue], newTarget === registryWrapper ? target : newTarget);
-      },
-    });
-    ObjectDefineProperty(IntrinsicFinalizationRegistry.prototype, "constructor", {
-      value: registryWrapper, writable: true, configurable: true, enumerable: false,
-    });
-    ObjectDefineProperty(global, "FinalizationRegistry", {
-      value: registryWrapper, writable: true, configurable: true, enumerable: false,
-    });
-    ObjectFreeze(IntrinsicFinalizationRegistry);
+  for (const name of typedArrayNames) wrapAllocator(name);
+
+  // ---------------------------------------------------------------- a deterministic environment
+  // Every value a cell can read from the clock or from entropy goes through envRead, which
+  // answers from the replayed record while it matches and from the live source otherwise, and
+  // keeps what it answered for the drain (docs/determinism.md). Sources by code (the host keeps
+  // the same list): 0 clock (ms since the epoch), 1 random (the seed of the cell's Math.random
+  // generator, read at its first call). envRead calls only intrinsics captured here, so a cell
+  // that replaces Date, Math.random, Temporal or Intl changes what it calls itself, never what is
+  // read or recorded.
+  // Reads are kept as runs [code, value, count] (consecutive reads that answered the same value:
+  // a loop polling Date.now() makes one run per millisecond), written as float64 triples into a
+  // buffer whose memory the host reads after the drain, which only says how many runs there
+  // are: no host crossing and no number formatting per read.
+  const MAX_READS_PER_STEP = 100000;  // runs per step (the host holds the same bound)
+  const IntrinsicDate = Date;
+  const DateNow = Date.now;
+  const MathRandom = Math.random;
+  const MathImul = Math.imul;
+  const dateToString = uncurry(Date.prototype.toString);
+  // One per isolate, made now (the host holds a view of its memory); committed as it is written.
+  const readBuffer = new IntrinsicArrayBuffer(MAX_READS_PER_STEP * 24);
+  const readSlots = new Float64ArrayCtor(readBuffer);
+  let readRuns = 0;       // runs since the last drain (the last one may still grow)
+  let replay = null;      // the record still to answer: [code, value, count, ...], or null once live
+  let replayAt = 0;       // the run being answered...
+  let replayLeft = 0;     // ...and how many reads it still answers
+
+  function envRead(code) {
+    let v;
+    if (replay !== null && replayAt < replay.length && replay[replayAt] === code) {
+      v = replay[replayAt + 1];
+      if (--replayLeft <= 0) {
+        replayAt += 3;
+        replayLeft = replayAt < replay.length ? replay[replayAt + 2] : 0;
+      }
+    } else {
+      replay = null;  // past the record, or diverged: live from here on
+      v = code === 0 ? DateNow() : MathRandom();
+    }
+    const last = 3 * (readRuns - 1);
+    if (readRuns > 0 && readSlots[last] === code && readSlots[last + 1] === v) {
+      readSlots[last + 2] += 1;
+      return v;
+    }
+    if (readRuns >= MAX_READS_PER_STEP) {
+      throw new RangeErrorCtor("more than " + MAX_READS_PER_STEP + " distinct reads of the clock and the random source in one step");
+    }
+    readSlots[3 * readRuns] = code;
+    readSlots[3 * readRuns + 1] = v;
+    readSlots[3 * readRuns + 2] = 1;
+    readRuns++;
+    return v;
+  }
+  const clock = () => envRead(0);
+
+  // Math.random: xoshiro128** seeded from one recorded read at the cell's first call, so a cell
+  // drawing millions of numbers records one value (V8's own generator is seeded per isolate).
+  let seeded = false;
+  const rng = new Uint32ArrayCtor(4);  // the generator's state (no boxed numbers per draw)
+  function splitmix32(a) {
+    let t = (a + 0x9e3779b9) | 0;
+    t = MathImul(t ^ (t >>> 16), 0x21f0aaad);
+    t = MathImul(t ^ (t >>> 15), 0x735a2d97);
+    return (t ^ (t >>> 15)) >>> 0;
+  }
+  function next32() {
+    const a = rng[0], b = rng[1];
+    const r = MathImul(b, 5);
+    const c = rng[2] ^ a;
+    const d = rng[3] ^ b;
+    rng[0] = a ^ d;
+    rng[1] = b ^ c;
+    rng[2] = c ^ (b << 9);
+    rng[3] = (d << 11) | (d >>> 21);
+    return MathImul((r << 7) | (r >>> 25), 9) >>> 0;
+  }
+  function random() {
+    if (!seeded) {
+      const x = envRead(1) * 9007199254740992;  // the seed's 53 bits
+      const lo = x >>> 0;
+      const hi = (x - lo) / 4294967296;
+      rng[0] = splitmix32(lo);
+      rng[1] = splitmix32(hi ^ rng[0]);
+      rng[2] = splitmix32(lo ^ rng[1]);
+      rng[3] = splitmix32(hi ^ rng[2]);
+      if ((rng[0] | rng[1] | rng[2] | rng[3]) === 0) rng[0] = 1;
+      seeded = true;
+    }
+    return ((next32() >>> 5) * 67108864 + (next32() >>> 6)) / 9007199254740992;
   }
 
-  function runCleanups() {
-    if (cleanups.size === 0) return;
-    const due = [];
-    cleanups.forEach((entry) => { due[due.length] = entry; });
-    cleanups.clear();
-    for (let i = 0; i < due.length; i++) {
-      if (settled !== null) return;
-      try {
-        due[i].callback(due[i].held);
-      } catch (e) {
-        if (e !== EXIT && e !== LIMIT) settleBody(e, true);
-      }
-    }
+  // Called by boot: the record to replay (an array of numbers from the config), or none.
+  function envReset(record) {
+    readRuns = 0;
+    seeded = false;
+    replay = ArrayIsArray(record) && record.length >= 3 ? record : null;
+    replayAt = 0;
+    replayLeft = replay !== null ? replay[2] : 0;
   }
-  for (const name of typedArrayNames) wrapAllocator(name);
+
+  // The drain's reads member (how many runs the buffer holds), empty when the cell read nothing.
+  function envDrain() {
+    if (readRuns === 0) return "";
+    const text = ',"reads":' + readRuns;
+    readRuns = 0;
+    return text;
+  }
+
+  // Date: `new Date()`, `Date()` and `Date.now()` read the clock once each. `new Date(...)` with
+  // arguments and every Date.prototype method read none (a no-argument Date holds the value its
+  // construction read). Subclasses construct through here too.
+  const DateWrapper = new ProxyCtor(IntrinsicDate, {
+    __proto__: null,
+    construct(target, args, newTarget) {
+      return ReflectConstruct(target, args.length === 0 ? [clock()] : args, newTarget === DateWrapper ? target : newTarget);
+    },
+    apply() {
+      return dateToString(new IntrinsicDate(clock()));
+    },
+  });
+  const defineMethod = (owner, name, fn) => {
+    ObjectDefineProperty(owner, name, { value: fn, writable: true, configurable: true, enumerable: false });
+  };
+  defineMethod(IntrinsicDate, "now", { now() { return clock(); } }.now);
+  defineMethod(IntrinsicDate.prototype, "constructor", DateWrapper);
+  defineMethod(global, "Date", DateWrapper);
+  defineMethod(Math, "random", { random() { return random(); } }.random);
+
+  // Intl.DateTimeFormat formats the current time when given no date.
+  const DateTimeFormatProto = Intl.DateTimeFormat.prototype;
+  const formatGetter = getter(DateTimeFormatProto, "format");
+  const formatToParts = DateTimeFormatProto.formatToParts;
+  const weakMapGet = uncurry(WeakMap.prototype.get);
+  const weakMapSet = uncurry(WeakMap.prototype.set);
+  const boundFormats = new WeakMap();  // the intrinsic bound format -> ours (one per formatter)
+  const formatAccessor = Object.getOwnPropertyDescriptor({
+    get format() {
+      const intrinsic = formatGetter(this);
+      let f = weakMapGet(boundFormats, intrinsic);
+      if (f === undefined) {
+        f = (date) => intrinsic(date === undefined ? clock() : date);
+        weakMapSet(boundFormats, intrinsic, f);
+      }
+      return f;
+    },
+  }, "format").get;
+  ObjectDefineProperty(DateTimeFormatProto, "format", {
+    get: formatAccessor, set: undefined, configurable: true, enumerable: false,
+  });
+  defineMethod(DateTimeFormatProto, "formatToParts", {
+    formatToParts(date) { return ReflectApply(formatToParts, this, [date === undefined ? clock() : date]); },
+  }.formatToParts);
+
+  // Temporal.Now: every function reads the clock once (millisecond resolution, like Date).
+  const TemporalNow = typeof Temporal === "object" && Temporal !== null ? Temporal.Now : undefined;
+  if (TemporalNow !== undefined) {
+    const Instant = Temporal.Instant;
+    const instantFromMs = Instant.fromEpochMilliseconds;
+    const toZoned = uncurry(Instant.prototype.toZonedDateTimeISO);
+    const zonedProto = Temporal.ZonedDateTime.prototype;
+    const toPlainDateTime = uncurry(zonedProto.toPlainDateTime);
+    const toPlainDate = uncurry(zonedProto.toPlainDate);
+    const toPlainTime = uncurry(zonedProto.toPlainTime);
+    const timeZoneId = TemporalNow.timeZoneId;
+    const instant = () => ReflectApply(instantFromMs, Instant, [clock()]);
+    const zoned = (tz) => toZoned(instant(), tz === undefined ? ReflectApply(timeZoneId, TemporalNow, []) : tz);
+    defineMethod(TemporalNow, "instant", { instant() { return instant(); } }.instant);
+    defineMethod(TemporalNow, "zonedDateTimeISO", { zonedDateTimeISO(tz) { return zoned(tz); } }.zonedDateTimeISO);
+    defineMethod(TemporalNow, "plainDateTimeISO", { plainDateTimeISO(tz) { return toPlainDateTime(zoned(tz)); } }.plainDateTimeISO);
+    defineMethod(TemporalNow, "plainDateISO", { plainDateISO(tz) { return toPlainDate(zoned(tz)); } }.plainDateISO);
+    defineMethod(TemporalNow, "plainTimeISO", { plainTimeISO(tz) { return toPlainTime(zoned(tz)); } }.plainTimeISO);
+  }
+
+  // Removed: what the garbage collector's timing decides (a WeakRef's target, when a
+  // FinalizationRegistry callback runs) differs between a run and its replay.
+  for (const name of ["WeakRef", "FinalizationRegistry"]) {
+    try { delete global[name]; } catch (_) { /* keep going */ }
+  }
 
   // ---------------------------------------------------------------- globals
   function defineGlobal(name, value) {
@@ -971,6 +1111,7 @@
     // it into the real cell.
     boot(configText, storedText) {
       const config = JSONparse(configText);
+      envReset(config.replay);
       outbox = "";
       lastYield = false;
       settled = null;
@@ -1060,13 +1201,13 @@
       bridge.run(source);
     },
 
-    // The output journal's buffer (the host keeps a view of its memory).
-    journal() {
-      return journalBuffer;
+    // The output journal's buffer, or with "reads" the buffer of the environment's reads (the
+    // host keeps a view of the memory of each).
+    journal(which) {
+      return which === "reads" ? readBuffer : journalBuffer;
     },
 
     step(inputsText) {
-      runCleanups();
       const inputs = JSONparse(inputsText);
       for (let i = 0; i < inputs.length; i++) {
         const input = inputs[i];
@@ -1111,7 +1252,7 @@
         else if (hasOwn(settled, "limit")) end = '{"ok":false,"limit":' + JSONstringify(settled.limit) + "}";
         else end = '{"ok":false,"error":' + JSONstringify(settled.error) + "}";
       }
-      return '{"ev":[' + events + '],"pending":' + ids + ',"settled":' + end + "}";
+      return '{"ev":[' + events + '],"pending":' + ids + ',"settled":' + end + envDrain() + "}";
     },
   });
 

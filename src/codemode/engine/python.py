@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import hashlib
 import json
@@ -58,6 +59,7 @@ from codemode.engine.base import (
     YieldRequested,
     limit_error_text,
 )
+from codemode.engine.determinism import ReadPlayer, TooManyReads
 from codemode.engine.python_env import (
     HelperError,
     build_prelude,
@@ -83,6 +85,18 @@ _T = TypeVar("_T")
 # one, and `max_tool_calls` / `max_cpu_seconds` are the real bounds.
 _MAX_SUSPENSIONS = 2**31 - 1
 _SLEEP_FUNCTIONS = frozenset({"asyncio.sleep", "system.async_sleep"})
+# What reads the clock in the sandbox (``datetime.now()``, ``date.today()``, the ``time`` module's
+# clocks): routed to the host, which answers each through one recorded read (docs/determinism.md).
+_CLOCK_FUNCTIONS = frozenset({"datetime.now", "date.today", "time.time"})
+# The sandbox's clock and entropy go through the host; its zone is UTC whatever the machine's.
+# An unseeded `random` would ask the host for `os.urandom`, which it refuses (and `random` cannot
+# be imported anyway).
+_OS_POLICY = {
+    "sleep": "call_host",
+    "datetime": "call_host",
+    "timezone": "utc",
+    "random_start": "call_host",
+}
 _DUMP_MAGIC = b"codemode-python-cell/1\n"
 _SALVAGE_TIMEOUT = 0.2
 
@@ -221,7 +235,7 @@ class PythonEngine(Engine):
                 "max_turn_duration_secs": limits.max_cpu_seconds,
                 "max_suspensions": _MAX_SUSPENSIONS,
             },
-            os_policy={"sleep": "call_host"},
+            os_policy=_OS_POLICY,
             print_flush_interval=0,
         )
         try:
@@ -403,6 +417,7 @@ class PythonCell(EngineCell):
         self._tool_of_future: dict[int, str] = {}  # Monty future id -> "tool-N"
         self._future_of_tool: dict[str, int] = {}
         self._timers: set[int] = set()  # Monty future ids of sleeps
+        self._env = ReadPlayer(boot.replay_reads)  # the cell's clock reads (docs/determinism.md)
         pid = session.worker_pid  # no exchange is in flight yet, so Monty knows it
         self._pid: int | None = pid if isinstance(pid, int) else None
         self._pidfd: int | None = None
@@ -596,6 +611,7 @@ class PythonCell(EngineCell):
             "cpu_used": self._cpu_used,
             "tool_of_future": {str(k): v for k, v in self._tool_of_future.items()},
             "timers": sorted(self._timers),
+            "replay_at": list(self._env.position),
         }
         return _DUMP_MAGIC + json.dumps(host, separators=(",", ":")).encode() + b"\n" + blob
 
@@ -607,6 +623,9 @@ class PythonCell(EngineCell):
             self._tool_of_future = {int(k): str(v) for k, v in host["tool_of_future"].items()}
             self._future_of_tool = {v: k for k, v in self._tool_of_future.items()}
             self._timers = {int(t) for t in host["timers"]}
+            if "replay_at" in host:
+                at, left = host["replay_at"]
+                self._env.seek((int(at), int(left)))
         except (KeyError, TypeError, ValueError) as exc:
             raise EngineError(f"corrupt dumped Python cell: {exc}") from exc
         try:
@@ -648,10 +667,11 @@ class PythonCell(EngineCell):
             settlement = Settlement(exc.error_text)
         events = tuple(self._events)
         self._events = []
+        reads = self._env.take()
         if settlement is not None:
             self.close()  # after completion no code of the cell runs (SPEC 2.1)
-            return StepReport(events, (), settlement, self._cpu_used - cpu_before)
-        return StepReport(events, self._pending_ids(), None, self._cpu_used - cpu_before)
+            return StepReport(events, (), settlement, self._cpu_used - cpu_before, reads)
+        return StepReport(events, self._pending_ids(), None, self._cpu_used - cpu_before, reads)
 
     async def _drive(self, snapshot: Any) -> Settlement | None:
         """Answer every call into the host until Monty reports quiescence or completion."""
@@ -681,6 +701,8 @@ class PythonCell(EngineCell):
         if snapshot.is_os_function:
             if snapshot.function_name in _SLEEP_FUNCTIONS:
                 return self._sleep(snapshot)
+            if snapshot.function_name in _CLOCK_FUNCTIONS:
+                return self._clock(snapshot.function_name, snapshot.args)
             return _NOT_HANDLED  # no filesystem, network or process: Monty's own error
         if snapshot.function_name != _HOST_NAME:
             return {"exception": NameError(f"name {snapshot.function_name!r} is not defined")}
@@ -691,6 +713,27 @@ class PythonCell(EngineCell):
             return self._helper(args[0], args[1:], snapshot.call_id)
         except HelperError as exc:
             return {"exception": TypeError(str(exc))}
+
+    def _clock(self, name: str, args: Any) -> Any:
+        """Answer one read of the clock: the recorded value on a replay, else the host's."""
+        try:
+            ms = self._env.read("clock", _live_clock_ms)
+        except TooManyReads as exc:
+            return {"exception": RuntimeError(str(exc))}
+        if name == "time.time":
+            return {"return_value": ms / 1000.0}
+        tz = args[0] if args else None
+        if tz is not None and not isinstance(tz, datetime.tzinfo):
+            return {"exception": TypeError("tzinfo argument must be None or of a tzinfo subclass")}
+        try:
+            moment = datetime.datetime.fromtimestamp(ms / 1000.0, datetime.UTC)
+            if name == "date.today":
+                return {"return_value": moment.date()}
+            if tz is None:  # naive: the wall time of the sandbox's zone, UTC
+                return {"return_value": moment.replace(tzinfo=None)}
+            return {"return_value": moment.astimezone(tz)}
+        except (OverflowError, OSError, ValueError) as exc:
+            return {"exception": ValueError(str(exc))}
 
     def _sleep(self, snapshot: Any) -> Any:
         args = snapshot.args
@@ -827,6 +870,10 @@ class PythonCell(EngineCell):
 
 
 _NOT_HANDLED = object()
+
+
+def _live_clock_ms() -> float:
+    return time.time() * 1000.0
 
 
 def _drop_print(stream: str, text: str) -> None:

@@ -17,8 +17,9 @@ loop). In order:
    JavaScript's reading always wins.
 
 Positions: lines are 1-based and counted with JavaScript's line terminators; columns are 1-based
-in UTF-16 code units, as V8 counts them. :func:`compile_check` and :func:`syntax_error_from` give a
-syntax error its ``cell.js:{line}:{column}``; :func:`clean_error_text` rewrites the frames of a
+in UTF-16 code units, as V8 counts them. :func:`syntax_error_from` gives a syntax error found by
+the engine's own compile check (the prelude compiles the body alone before running it) its
+``cell.js:{line}:{column}``; :func:`clean_error_text` rewrites the frames of a
 runtime error so that each reads ``cell.js:{line}:{column}`` in the source as written and no
 frame of the runtime's own code (prelude, wrappers, evals, built-ins) remains.
 """
@@ -39,8 +40,6 @@ __all__ = [
     "JSON_STRING_MESSAGE",
     "PreparedSource",
     "clean_error_text",
-    "compile_check",
-    "compiles_expression",
     "position",
     "prepare_source",
     "prepare_source_async",
@@ -163,23 +162,10 @@ def _lines(code: str) -> list[str]:
 
 # --------------------------------------------------------------------------- syntax errors
 
-# V8's dynamic-function header, `(async function anonymous(\n) {\n`, and the strict directive
-# put the cell's first line on line 4 of what the constructor compiles.
+# The prelude's compile check (`start` in prelude.js) hands the function constructor
+# `"use strict";\n` + source; V8's dynamic-function header, `(async function anonymous(\n) {\n`,
+# and that directive put the cell's first line on line 4 of what the constructor compiles.
 _CHECK_LINES_BEFORE: Final = 3
-
-
-def compiles_expression(code: str) -> str:
-    """A JavaScript expression: ``true`` if ``code`` compiles as a strict async function body,
-    else ``false``. Nothing of ``code`` runs."""
-    return f"(() => {{ try {{ {compile_check(code)} return true; }} catch {{ return false; }} }})()"
-
-
-def compile_check(code: str) -> str:
-    """A JavaScript statement that compiles ``code`` as a strict async function body without
-    running any of it, throwing its ``SyntaxError`` if it has one. The function constructor
-    parses the body on its own, so a source cannot close the body early and run code."""
-    body = json.dumps('"use strict";\n' + code, ensure_ascii=True)
-    return f"new (Object.getPrototypeOf(async function () {{}}).constructor)({body});"
 
 
 _V8_MESSAGE = re.compile(r"[^\n]*?:(\d+): ((?:[A-Za-z]*Error)(?:: [^\n]*)?)\n")
@@ -187,9 +173,9 @@ _CARET = re.compile(r"( *)\^")
 
 
 def syntax_error_from(engine_message: str, code: str) -> str | None:
-    """The ``error_text`` of a failed :func:`compile_check`, from the message mini-racer gives
-    for it (``undefined:{line}: SyntaxError: ...``, the source line, a caret line); ``None``
-    when the message is not that of the check."""
+    """The ``error_text`` of a source the prelude's compile check refused, from the message
+    mini-racer gives for it (``undefined:{line}: SyntaxError: ...``, the source line, a caret
+    line); ``None`` when the message is not that of the check."""
     if "at new AsyncFunction (<anonymous>)" not in engine_message:
         return None
     head = _V8_MESSAGE.match(engine_message)

@@ -42,6 +42,7 @@ from codemode.engine.base import (
     ToolResultInput,
     limit_error_text,
 )
+from codemode.engine.determinism import many_reads, pin_v8_zone_and_locale, replay_wire
 from codemode.engine.jsscan import scan_source
 from codemode.engine.source import (
     clean_error_text,
@@ -74,6 +75,7 @@ def _init_v8() -> None:
         _dll.init_mini_racer(flags=V8_FLAGS, ignore_duplicate_init=False)
     except _dll.LibAlreadyInitializedError:
         logger.debug("mini-racer was initialised before codemode; keeping its V8 flags")
+    pin_v8_zone_and_locale(_NATIVE_LOCK)  # once per process (docs/determinism.md)
 
 
 class _LimitExceeded(Exception):
@@ -145,6 +147,7 @@ class _Isolate:
         self.context = context
         self.bridge: _Bridge | None = None
         self.journal: memoryview | None = None  # the output journal's memory (see prelude)
+        self.reads: memoryview | None = None  # the environment reads' memory (see prelude)
 
     def free(self) -> threading.Event | None:
         """Release the isolate and its thread, without blocking: the native teardown runs on
@@ -274,6 +277,9 @@ async def _new_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
         journal = await bridge.call(bridge.journal)
         if isinstance(journal, memoryview):
             isolate.journal = journal
+        reads = await bridge.call(bridge.journal, "reads")
+        if isinstance(reads, memoryview):
+            isolate.reads = reads
     except BaseException:
         isolate.free()
         raise
@@ -469,6 +475,7 @@ class _V8Cell(EngineCell):
         )
         self._boot_config = self._render_boot()  # serialised at admission: the snapshot is fixed
         self._journal = isolate.journal
+        self._reads = isolate.reads
 
     @property
     def closed(self) -> bool:
@@ -498,6 +505,8 @@ class _V8Cell(EngineCell):
         # The catalog entries stay JSON text in the cell, parsed on first use (docs/model-tools.md)
         if b.tool_reference is not None:
             config["reference"] = b.tool_reference
+        if b.replay_reads:  # the reads to answer first (docs/determinism.md)
+            config["replay"] = replay_wire(b.replay_reads)
         return _dumps(config)
 
     async def run(self) -> StepReport:
@@ -604,7 +613,7 @@ class _V8Cell(EngineCell):
         reported = report.settlement
         if reported is not None and (reported.error_text or "").startswith("exec cell exceeded"):
             settlement = reported
-        return StepReport(report.events, (), settlement)
+        return StepReport(report.events, (), settlement, reads=report.reads)
 
     async def _drain_stopped(self) -> StepReport | None:
         """One bounded drain of a cell whose JavaScript was stopped (an abandoned eval leaves the
@@ -698,10 +707,14 @@ class _V8Cell(EngineCell):
     async def _parse(self, raw: Any, cpu_seconds: float) -> StepReport:
         """Check a drain report on the host (:class:`CellAuthority`); a large one on a worker
         thread, decoded event by event, so the event loop keeps getting the GIL."""
-        if isinstance(raw, str) and len(raw) > _THREAD_REPORT_CHARS:
-            report = await asyncio.to_thread(self._authority.accept_raw, raw, cpu_seconds)
+        # The reads' memory lives as long as the isolate: a thread gets a copy (a close may
+        # free the isolate meanwhile).
+        reads: Any = None if self._closed else self._reads
+        if isinstance(raw, str) and (len(raw) > _THREAD_REPORT_CHARS or many_reads(raw)):
+            reads = bytes(reads) if reads is not None and many_reads(raw) else None
+            report = await asyncio.to_thread(self._authority.accept_raw, raw, cpu_seconds, reads)
         else:
-            report = self._authority.accept_raw(raw, cpu_seconds)
+            report = self._authority.accept_raw(raw, cpu_seconds, reads)
         settlement = report.settlement
         if settlement is None or settlement.error_text is None:
             return report

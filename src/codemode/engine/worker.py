@@ -60,6 +60,7 @@ from codemode.engine.base import (
     ToolResultInput,
     YieldRequested,
 )
+from codemode.engine.determinism import check_reads
 from codemode.engine.watchdog import rss_error_text
 from codemode.engine.worker_main import boot_to_json
 from codemode.errors import EngineError
@@ -786,11 +787,17 @@ def _report(data: Any, tool_count: int) -> StepReport:
         settlement = Settlement(error_text)
     if type(cpu) not in (int, float) or not math.isfinite(cpu) or cpu < 0:
         raise _Malformed("bad cpu time")
+    reads_raw = data.get("rd")
+    try:
+        reads = () if reads_raw is None else check_reads(reads_raw)
+    except ValueError as exc:
+        raise _Malformed(str(exc)) from None
     return StepReport(
         tuple(_event(ev, tool_count) for ev in events),
         tuple(pending),
         settlement,
         float(cpu),
+        reads,
     )
 
 

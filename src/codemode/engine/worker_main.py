@@ -192,17 +192,15 @@ class _Server:
             if cell.closed:
                 self.cells.pop(key, None)
             s = report.settlement
-            self.send(
-                {
-                    "i": i,
-                    "r": {
-                        "ev": [_event(e) for e in report.events],
-                        "p": list(report.pending_call_ids),
-                        "s": None if s is None else [s.error_text],
-                        "cpu": report.cpu_seconds,
-                    },
-                }
-            )
+            answer = {
+                "ev": [_event(e) for e in report.events],
+                "p": list(report.pending_call_ids),
+                "s": None if s is None else [s.error_text],
+                "cpu": report.cpu_seconds,
+            }
+            if report.reads:  # docs/determinism.md: [code, value, count, ...]
+                answer["rd"] = _reads(report.reads)
+            self.send({"i": i, "r": answer})
         except EngineLost as exc:
             self.cells.pop(key, None)
             self.send({"i": i, "lost": str(exc) or type(exc).__name__})
@@ -225,7 +223,23 @@ def _boot(data: dict[str, Any]) -> Any:
         ToolDefinition(**{**t, "kind": ToolKind(t["kind"])}) for t in data["tools"]
     )
     fields["limits"] = CellLimits(**data["limits"])
+    fields["replay_reads"] = _replay_reads(data.get("replay_reads", ()))
     return CellBoot(**fields)
+
+
+def _replay_reads(raw: Any) -> tuple[Any, ...]:
+    from codemode.engine.base import EnvRead
+
+    return tuple(EnvRead(str(source), float(value), int(count)) for source, value, count in raw)
+
+
+def _reads(reads: Any) -> list[Any]:
+    from codemode.engine.determinism import SOURCES
+
+    out: list[Any] = []
+    for read in reads:
+        out += (SOURCES.index(read.source), read.value, read.count)
+    return out
 
 
 def _inputs(raw: list[Any]) -> list[Any]:
@@ -252,6 +266,8 @@ def boot_to_json(boot: Any) -> dict[str, Any]:
             value = [{f.name: getattr(t, f.name) for f in dataclasses.fields(t)} for t in value]
         elif field.name == "limits":
             value = dataclasses.asdict(value)
+        elif field.name == "replay_reads":
+            value = [[read.source, read.value, read.count] for read in value]
         elif isinstance(value, Mapping):
             value = dict(value)
         data[field.name] = value

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import signal
 import sys
 from collections import OrderedDict
@@ -47,12 +48,11 @@ from typing import Any, Final
 
 from codemode import tracing
 from codemode.cell.delegate import call_delegate
-from codemode.cell.machine import call_number
+from codemode.cell.machine import Phase, call_number, check_refused
+from codemode.cell.observers import refuse_second_observer
 from codemode.contract import Session
 from codemode.errors import (
-    AlreadyTerminating,
     BusyObserver,
-    ClosedCell,
     CodeModeError,
     MissingCell,
     NotAwaitingApproval,
@@ -82,9 +82,19 @@ from codemode.model import (
     ToolKind,
     Yielded,
 )
+from codemode.protocol.codec import (
+    CODEMODE_ERROR,
+    approvals_from_wire,
+    error_from_wire,
+    event_from_wire,
+    limits_from_wire,
+    limits_to_wire,
+    tool_from_wire,
+    tool_ref_to_wire,
+    tool_to_wire,
+)
 from codemode.protocol.messages import (
     CLIENT_METHODS,
-    CODEMODE_ERROR,
     INVALID_PARAMS,
     MAX_FRAME_BYTES,
     MAX_YIELD_AFTER_MS,
@@ -94,10 +104,6 @@ from codemode.protocol.messages import (
     REQUEST_CANCELLED,
     TOOL_ERROR,
     codemode_version,
-    error_from_wire,
-    limits_from_wire,
-    limits_to_wire,
-    tool_to_wire,
 )
 from codemode.protocol.rpc import (
     ConnectionLost,
@@ -110,7 +116,6 @@ from codemode.protocol.rpc import (
 )
 from codemode.protocol.transport import LineTransport, Transport, WebSocketTransport
 from codemode.registry import CellRegistry
-from codemode.wire import approvals_from_wire, event_from_wire
 
 __all__ = ["CHILD_EXIT_GRACE", "HANDSHAKE_TIMEOUT", "RemoteSession"]
 
@@ -187,6 +192,10 @@ class RemoteSession(Session):
         self._process: asyncio.subprocess.Process | None = None
         self._stderr_task: asyncio.Task[None] | None = None
         self._session_id = ""
+        self._requested_session_id: str | None = None  # reattach to this durable session
+        self._durable = False
+        self._suspending = False
+        self._open_answered = asyncio.Event()  # session/open answered, its cells recorded
         self._server_info: dict[str, Any] = {}
         # This client's record of its cells; owns the identity its handles are bound to.
         self._cells: CellRegistry[_CellRecord] = CellRegistry()
@@ -210,15 +219,26 @@ class RemoteSession(Session):
         *,
         limits: CellLimits | None = None,
         command: Sequence[str] | None = None,
+        store: str | os.PathLike[str] | None = None,
+        session_id: str | None = None,
     ) -> RemoteSession:
         """Start ``command`` (default: this interpreter with ``-m codemode serve``) as a child on
         pipes, log its stderr, and open one session on it with ``limits`` (default: the server's).
 
+        With ``store`` (a SQLite file), ``--store PATH`` is appended to the command: the session
+        is durable (docs/durability.md, "Fronts"). With ``session_id`` too, the session of that
+        id in the store is reattached (its live cells recovered; see :meth:`connect`), or
+        created with that id. ``session_id`` without ``store`` asks the server for a session it
+        cannot have: ``UnknownSession``.
+
         Raises ``OSError`` if the command cannot start, ``SessionLost`` if the server ends during
         the handshake, ``ProtocolError`` if it refuses the handshake or the limits or does not
-        answer within :data:`HANDSHAKE_TIMEOUT` seconds (the child is then reaped).
+        answer within :data:`HANDSHAKE_TIMEOUT` seconds (the child is then reaped), and the
+        server's ``SessionBusy`` or ``StoreError`` if the durable session cannot be opened.
         """
         argv = list(command) if command is not None else [sys.executable, "-m", "codemode", "serve"]
+        if store is not None:
+            argv += ["--store", os.fspath(store)]
         process = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE,
@@ -228,6 +248,7 @@ class RemoteSession(Session):
         )
         name = f"codemode serve [pid {process.pid}]"
         session = cls(delegate, limits, name, _token=_CONSTRUCT)
+        session._requested_session_id = session_id
         session._process = process
         assert process.stdout is not None and process.stdin is not None
         assert process.stderr is not None
@@ -247,13 +268,22 @@ class RemoteSession(Session):
         *,
         limits: CellLimits | None = None,
         token: str | None = None,
+        session_id: str | None = None,
     ) -> RemoteSession:
         """Connect to ``codemode serve --listen`` at ``url`` (``ws://HOST:PORT/``), sending
         ``token`` as ``Authorization: Bearer {token}``, and open one session.
 
+        With ``session_id``, on a server with a store (``serve --store PATH``), reattach to
+        that durable session (after a restart of the server, or once the connection that held
+        it is gone), or create it with that id. The session's live cells are recovered and known
+        to this client: ``cell()`` / ``pausable_cell()`` give their handles, and their nested
+        calls reach ``delegate`` with the tool definitions the cells were created with.
+
         Raises ``OSError`` if the server cannot be reached, ``ProtocolError`` if the WebSocket
         handshake is refused (e.g. HTTP 401 for a wrong token) or the protocol handshake fails
-        or takes longer than :data:`HANDSHAKE_TIMEOUT` seconds.
+        or takes longer than :data:`HANDSHAKE_TIMEOUT` seconds; for ``session_id``, the
+        server's ``SessionBusy`` (another connection or process holds the session),
+        ``StoreError`` or ``UnknownSession`` (the server has no store).
         """
         from websockets.asyncio.client import connect
         from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
@@ -276,6 +306,7 @@ class RemoteSession(Session):
             raise ProtocolError(f"cannot open a WebSocket to {url}: {exc}") from None
         name = f"ws {url}"
         session = cls(delegate, limits, name, _token=_CONSTRUCT)
+        session._requested_session_id = session_id
         try:
             await session._start(WebSocketTransport(websocket, name))
         except BaseException:
@@ -309,10 +340,26 @@ class RemoteSession(Session):
         params: dict[str, Any] = {}
         if self._requested_limits is not None:
             params["limits"] = limits_to_wire(self._requested_limits)
+        if self._requested_session_id is not None:
+            params["sessionId"] = self._requested_session_id
         opened = await self._call("session/open", params)
         self._session_id = opened["sessionId"]
-        self._limits = self._requested_limits or ceilings
-        logger.info("%s: session %s opened", self._name, self._session_id)
+        self._durable = bool(opened.get("durable", False))
+        if "limits" in opened:  # a durable session's own (a reattached one keeps its limits)
+            self._limits = limits_from_wire(opened["limits"])
+        else:
+            self._limits = self._requested_limits or ceilings
+        for cell in opened.get("cells", ()):
+            # A reattached durable session's live cells, with the tools they were created with.
+            tools = tuple(tool_from_wire(t) for t in cell.get("tools", ()))
+            self._admitted(cell["cellId"], CellKind(cell["kind"]), tools)
+        self._open_answered.set()
+        logger.info(
+            "%s: session %s opened%s",
+            self._name,
+            self._session_id,
+            " (durable)" if self._durable else "",
+        )
 
     async def _abort(self) -> None:
         """A failed start: close everything without a session/shutdown."""
@@ -339,8 +386,13 @@ class RemoteSession(Session):
 
     @property
     def session_id(self) -> str:
-        """The server's id of this session."""
+        """The server's id of this session (of a durable one: the id to reattach with)."""
         return self._session_id
+
+    @property
+    def is_durable(self) -> bool:
+        """Whether the session lives in the server's store (``serve --store``)."""
+        return self._durable
 
     @property
     def server_info(self) -> dict[str, Any]:
@@ -548,9 +600,8 @@ class RemoteSession(Session):
 
     async def _observe(self, record: _CellRecord, method: str, extra: dict[str, Any]) -> AnyEvent:
         if record.terminating:
-            raise ClosedCell(record.cell_id)
-        if record.observer_waiting:
-            raise BusyObserver(record.cell_id)
+            check_refused("observe", Phase.TERMINATING, record.cell_id)
+        refuse_second_observer(record.cell_id, record.observer_waiting)
         record.observer_waiting = True
         try:
             while True:
@@ -652,7 +703,7 @@ class RemoteSession(Session):
         """The ``awaitingApproval`` of a result, each with the full tool definition this client
         sent (the wire names only the tool)."""
         return tuple(
-            replace(a, tool=self._tool(cell_id, _tool_ref(a.tool)))
+            replace(a, tool=self._tool(cell_id, tool_ref_to_wire(a.tool)))
             for a in approvals_from_wire(data)
         )
 
@@ -686,7 +737,7 @@ class RemoteSession(Session):
         """Continue a pausable cell past frontier ``generation`` (SPEC 5.3); retry-safe."""
         record = self._record(cell, CellKind.PAUSABLE)
         if record.terminating:
-            raise ClosedCell(record.cell_id)
+            check_refused("resume", Phase.TERMINATING, record.cell_id)
         params = {
             "sessionId": self._session_id,
             "cellId": record.cell_id,
@@ -707,7 +758,7 @@ class RemoteSession(Session):
         self._usable(cell_id)
         record = self._cells.find(cell_id)
         if record.terminating:
-            raise AlreadyTerminating(cell_id)
+            check_refused("terminate", Phase.TERMINATING, cell_id)
         record.terminating = True
         try:
             try:
@@ -833,9 +884,28 @@ class RemoteSession(Session):
             self._shutdown_task = self._loop.create_task(self._shutdown())
         await asyncio.shield(self._shutdown_task)
 
+    async def open(self) -> RemoteSession:
+        """``SessionRuntime.open``'s counterpart: a no-op, since ``spawn`` and ``connect``
+        return an open session (a durable one already reattached and recovered)."""
+        return self
+
+    async def suspend(self) -> None:
+        """Leave the session without ending it: close the connection (the server suspends a
+        durable session whose connection ends) and, for a spawned server, wait for it to exit.
+        The session's cells stay in the store; reattach with ``connect(..., session_id=)`` or
+        ``spawn(..., store=, session_id=)``. Afterwards this object behaves as after
+        :meth:`shutdown`. A session that is not durable is shut down by its server instead
+        (SPEC 10.5). Idempotent, like :meth:`shutdown` (whichever comes first wins)."""
+        self._alive = False
+        self._shutdown_began = True
+        if self._shutdown_task is None:
+            self._suspending = True
+            self._shutdown_task = self._loop.create_task(self._shutdown())
+        await asyncio.shield(self._shutdown_task)
+
     async def _shutdown(self) -> None:
         endpoint = self._endpoint
-        if endpoint is not None and self._lost_reason is None:
+        if endpoint is not None and self._lost_reason is None and not self._suspending:
             try:
                 async with asyncio.timeout(SHUTDOWN_TIMEOUT):
                     await self._call(
@@ -863,7 +933,12 @@ class RemoteSession(Session):
                 await self._connection_lost("closed by shutdown")
             elif not reader.done():
                 await asyncio.wait({reader}, timeout=CHILD_EXIT_GRACE)
-        logger.info("%s: session %s shut down", self._name, self._session_id)
+        logger.info(
+            "%s: session %s %s",
+            self._name,
+            self._session_id,
+            "suspended" if self._suspending else "shut down",
+        )
 
     async def _reap(self) -> None:
         """Wait for a spawned server to exit (its stdin is closed), killing it after the grace."""
@@ -966,7 +1041,8 @@ class RemoteSession(Session):
         problem = definition.params.check(params, "")
         if problem is not None:
             raise RpcError(INVALID_PARAMS, f"invalid params: {problem}")
-        if params["sessionId"] != self._session_id:
+        if params["sessionId"] not in (self._session_id, self._requested_session_id):
+            # (A reattached session's recovered cells may call before session/open answers.)
             raise UnknownSession(params["sessionId"])
         request.on_cancel = lambda: _cancel_task(request)
         if request.method == "tool/invoke":
@@ -989,6 +1065,8 @@ class RemoteSession(Session):
         return ToolDefinition(name, kind=ToolKind(kind), namespace=namespace)
 
     async def _invoke(self, request: IncomingRequest, params: dict[str, Any]) -> PreEncoded:
+        # A recovered cell may call before session/open answers with the cells and their tools.
+        await self._open_answered.wait()
         tool = self._tool(params["cellId"], params["tool"])
         call = NestedToolCall(params["cellId"], params["callId"], tool, params["input"])
         meta = params.get("_meta")
@@ -1020,10 +1098,6 @@ class RemoteSession(Session):
 
 
 _CONSTRUCT = object()
-
-
-def _tool_ref(tool: ToolDefinition) -> dict[str, Any]:
-    return {"name": tool.name, "namespace": tool.namespace, "kind": str(tool.kind)}
 
 
 def _cancel_task(request: IncomingRequest) -> None:

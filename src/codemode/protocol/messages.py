@@ -13,16 +13,13 @@ Regenerate the schema after changing a definition, from the repository root::
 
 (``--check`` exits 1 when the file is stale; a test does the same comparison.)
 
-This module also holds the mappings both sides share: exceptions to and from their wire form
-(``-32000`` with ``data = {"kind": <class name>, <fields in camelCase>}``), ``CellLimits`` to and
-from camelCase, and tool definitions to and from their wire form. Events and output items use
-:mod:`codemode.wire`.
+The values themselves (events, items, tools, limits, errors) are encoded and decoded by
+:mod:`codemode.protocol.codec`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import re
 from collections.abc import Mapping
@@ -30,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from codemode import errors as _errors
-from codemode.errors import CodeModeError, ProtocolError
-from codemode.model import CellLimits, ToolDefinition, ToolKind
+from codemode.model import CellLimits
+from codemode.protocol.codec import CODEMODE_ERROR, ERROR_CLASSES, camel
 from codemode.protocol.jsontypes import (  # the type builders
     DEFINITIONS,
     AnyJson,
@@ -49,7 +45,6 @@ from codemode.protocol.jsontypes import (  # the type builders
     Union,
     as_int,
     define,
-    is_int,
     nullable,
 )
 
@@ -73,17 +68,9 @@ __all__ = [
     "TOOL_ERROR",
     "MethodDef",
     "as_int",
-    "camel",
     "codemode_version",
-    "error_from_wire",
-    "error_to_wire",
     "generate_schema",
-    "limits_from_wire",
-    "limits_to_wire",
     "schema_text",
-    "snake",
-    "tool_from_wire",
-    "tool_to_wire",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -101,7 +88,7 @@ INVALID_PARAMS: Final = -32602
 INTERNAL_ERROR: Final = -32603
 NOT_INITIALIZED: Final = -32002
 REQUEST_CANCELLED: Final = -32800
-CODEMODE_ERROR: Final = -32000
+# CODEMODE_ERROR (-32000): a CodeModeError, with data = {"kind", its fields}; from the codec.
 TOOL_ERROR: Final = -32001
 """A client's answer to ``tool/invoke`` when the tool failed; the message rejects the call."""
 
@@ -113,18 +100,11 @@ SCHEMA_PATH: Final = Path(__file__).resolve().parent / "schema.json"
 # ---------------------------------------------------------------------------- shared values
 
 
-def camel(name: str) -> str:
-    """``max_heap_bytes`` -> ``maxHeapBytes``."""
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-def snake(name: str) -> str:
-    """``maxHeapBytes`` -> ``max_heap_bytes``."""
-    return re.sub(r"(?<!^)([A-Z])", lambda m: "_" + m.group(1).lower(), name)
-
-
-SessionId = Str(description="A session id chosen by the server; known until its connection ends.")
+SessionId = Str(
+    description="A session id: chosen by the server and known until its connection ends; on a "
+    "server with a store (serve --store), a durable session's id, which outlives connections and "
+    "restarts and may be given to session/open to reattach."
+)
 CellId = Str(description="A cell id (16 characters, SPEC 8.4).")
 RequestId = define(
     "RequestId",
@@ -300,6 +280,18 @@ ErrorObject = define(
     ),
 )
 
+OpenedCell = define(
+    "OpenedCell",
+    Obj(
+        (
+            Field("cellId", CellId),
+            Field("kind", Enum(("continuing", "pausable"))),
+            Field("tools", Arr(Tool, description="The tools the cell was created with."), False),
+        ),
+        description="A live cell of a reattached durable session.",
+    ),
+)
+
 EMPTY = Obj(description="An empty object.")
 
 # ---------------------------------------------------------------------------- methods
@@ -385,9 +377,45 @@ METHOD_LIST: Final[tuple[MethodDef, ...]] = (
     MethodDef(
         "session/open",
         CLIENT_TO_SERVER,
-        Obj((Field("limits", Limits, False), Field("engine", Str(), False))),
-        Obj((Field("sessionId", SessionId),)),
-        'Open a session (a SessionRuntime). limits: at most the ceilings; engine: "v8".',
+        Obj(
+            (
+                Field("limits", Limits, False),
+                Field("engine", Str(), False),
+                Field(
+                    "sessionId",
+                    SessionId,
+                    False,
+                ),
+            )
+        ),
+        Obj(
+            (
+                Field("sessionId", SessionId),
+                Field(
+                    "durable",
+                    Bool(description="The session lives in the server's store. Default: false."),
+                    False,
+                ),
+                Field(
+                    "limits",
+                    Limits,
+                    False,
+                ),
+                Field(
+                    "cells",
+                    Arr(
+                        OpenedCell,
+                        description="A durable session's live cells (recovered ones included), "
+                        "in no particular order; absent for a session without a store.",
+                    ),
+                    False,
+                ),
+            )
+        ),
+        'Open a session (a SessionRuntime). limits: at most the ceilings; engine: "v8"; '
+        "sessionId (a server with a store only): reattach to that durable session, or create it "
+        "with that id; SessionBusy if another connection or process holds it. A durable "
+        "session's result has its limits: a reattached one keeps those it was created with.",
         cancellable=True,
     ),
     MethodDef(
@@ -533,111 +561,7 @@ CLIENT_METHODS: Final[Mapping[str, MethodDef]] = {
 }
 """Methods a client answers."""
 
-# ---------------------------------------------------------------------------- value mappings
-
-
-def tool_to_wire(tool: ToolDefinition) -> dict[str, Any]:
-    """The wire form of a tool definition (every member written; ``needsApproval`` only when
-    true, so peers that predate approvals see the same messages)."""
-    wire: dict[str, Any] = {
-        "name": tool.name,
-        "description": tool.description,
-        "kind": str(tool.kind),
-        "namespace": tool.namespace,
-        "inputSchema": tool.input_schema,
-        "outputSchema": tool.output_schema,
-    }
-    if tool.needs_approval:
-        wire["needsApproval"] = True
-    return wire
-
-
-def tool_from_wire(data: Mapping[str, Any]) -> ToolDefinition:
-    """A tool definition from its (validated) wire form; missing members take their defaults."""
-    return ToolDefinition(
-        name=data["name"],
-        description=data.get("description") or "",
-        kind=ToolKind(data.get("kind") or "function"),
-        namespace=data.get("namespace"),
-        input_schema=data.get("inputSchema"),
-        output_schema=data.get("outputSchema"),
-        needs_approval=bool(data.get("needsApproval", False)),
-    )
-
-
-def limits_to_wire(limits: CellLimits) -> dict[str, Any]:
-    """Every field of ``limits`` in camelCase."""
-    return {camel(f.name): getattr(limits, f.name) for f in dataclasses.fields(CellLimits)}
-
-
-def limits_from_wire(data: Mapping[str, Any], ceilings: CellLimits | None = None) -> CellLimits:
-    """Limits from camelCase fields. With ``ceilings`` (the server's side): missing fields take the
-    ceilings' values and a field above its ceiling raises ``ValueError``; without, missing fields
-    take the defaults. An invalid combination raises ``ValueError`` too."""
-    base = ceilings or CellLimits()
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(CellLimits):
-        default = getattr(base, f.name)
-        key = camel(f.name)
-        if key not in data:
-            values[f.name] = default
-            continue
-        value = data[key]
-        if isinstance(default, int) and is_int(value):
-            value = int(value)
-        if ceilings is not None and value > default:
-            raise ValueError(f"limits.{key} ({value}) exceeds the server's ceiling ({default})")
-        values[f.name] = value
-    return CellLimits(**values)
-
-
-def _error_classes() -> dict[str, type[CodeModeError]]:
-    classes: dict[str, type[CodeModeError]] = {}
-    for name in _errors.__all__:
-        cls = getattr(_errors, name)
-        if isinstance(cls, type) and issubclass(cls, CodeModeError):
-            classes[name] = cls
-    return classes
-
-
-ERROR_CLASSES: Final[Mapping[str, type[CodeModeError]]] = _error_classes()
-"""Every exported :class:`CodeModeError` class by name: the values of ``data.kind``."""
-
-
-def error_to_wire(exc: CodeModeError) -> dict[str, Any]:
-    """The JSON-RPC error object of a :class:`CodeModeError` (SPEC 10.3)."""
-    data: dict[str, Any] = {"kind": type(exc).__name__}
-    for name, value in exc.fields().items():
-        data[camel(name)] = value
-    return {"code": CODEMODE_ERROR, "message": str(exc), "data": data}
-
-
-def error_from_wire(message: str, data: Any) -> CodeModeError:
-    """Rebuild the exception a ``-32000`` error names: the same class with the same fields.
-
-    Each class is rebuilt through its constructor, with its fields as keyword arguments (and the
-    wire ``message`` for a class whose constructor takes one, like ``ObservationConflict``). An
-    unknown kind or unusable fields give :class:`ProtocolError` with the message.
-    """
-    if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
-        return ProtocolError(message, CODEMODE_ERROR)
-    cls = ERROR_CLASSES.get(data["kind"])
-    if cls is None or cls is CodeModeError:
-        return ProtocolError(message, CODEMODE_ERROR)
-    fields = {snake(k): v for k, v in data.items() if k != "kind"}
-    try:
-        parameters = inspect.signature(cls.__init__).parameters
-        kwargs: dict[str, Any] = {}
-        for name in list(parameters)[1:]:
-            if name == "message" and name not in fields:
-                kwargs[name] = message
-            elif name in fields:
-                kwargs[name] = fields[name]
-            elif parameters[name].default is inspect.Parameter.empty:
-                return ProtocolError(message, CODEMODE_ERROR)
-        return cls(**kwargs)
-    except (TypeError, ValueError):
-        return ProtocolError(message, CODEMODE_ERROR)
+# ---------------------------------------------------------------------------- version
 
 
 def codemode_version() -> str:

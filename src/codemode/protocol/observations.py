@@ -28,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from codemode.errors import BusyObserver, ObservationConflict
+from codemode.cell.observers import refuse_second_observer
+from codemode.errors import ObservationConflict
 from codemode.protocol.rpc import RpcError
 
 __all__ = [
@@ -133,8 +134,7 @@ class ObservationRecords:
                     f"got {generation}"
                 )
             raise ObservationConflict(cell_id, generation, message)
-        if record is not None and record.pending:
-            raise BusyObserver(cell_id)
+        refuse_second_observer(cell_id, record is not None and record.pending)
         record = ObservationRecord(request)
         self.records.pop(cell_id, None)
         self._terminal.pop(cell_id, None)

@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeGuard
 
 from codemode.errors import CodeModeError
+from codemode.protocol.codec import error_to_wire
 from codemode.protocol.messages import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
     PARSE_ERROR,
     REQUEST_CANCELLED,
-    error_to_wire,
 )
 from codemode.protocol.transport import FrameTooLarge, Transport, TransportClosed
 from codemode.textsafe import valid_json

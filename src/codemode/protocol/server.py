@@ -16,6 +16,15 @@ cells stay in the runtime. What lives here is protocol state only:
   or an error, or released), so that a re-sent ``cell/wait`` / ``cell/waitToPending`` replays its
   outcome. This module only starts the observation task and reports its outcome.
 
+With a store (``codemode serve --store PATH``, docs/protocol.md "Durable sessions") the
+sessions are durable: a connection that ends *suspends* its sessions instead of shutting them
+down (their cells stay in the store), and ``session/open`` with a ``sessionId`` reattaches to
+one, recovering its live cells, whose ids and kinds the result lists. The server remembers which
+durable sessions its connections hold: a reattach to one of them is ``SessionBusy`` while its
+connection lives, and waits for its suspension while that connection is ending. A nested call
+whose connection ended is left unanswered (so nothing is recorded for it) until the suspension
+cancels it; the next open issues it again.
+
 Decisions where the spec is silent:
 
 - Before ``initialize`` every request (known method or not) gets ``-32002``; notifications other
@@ -64,8 +73,10 @@ from codemode.cli_common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    StoreOptions,
     configure_logging,
     parse_host_port,
+    session_id_problem,
 )
 from codemode.engine.base import Engine
 from codemode.engine.choice import engine_factory, wire_engine_name
@@ -73,7 +84,9 @@ from codemode.errors import (
     CodeModeError,
     EngineError,
     MissingCell,
+    SessionBusy,
     UnknownSession,
+    WrongCellKind,
 )
 from codemode.model import (
     ApprovalRequest,
@@ -84,6 +97,16 @@ from codemode.model import (
     Pending,
     Terminated,
     Yielded,
+)
+from codemode.protocol.codec import (
+    approval_to_wire,
+    error_to_wire,
+    event_to_wire,
+    limits_from_wire,
+    limits_to_wire,
+    tool_from_wire,
+    tool_ref_to_wire,
+    tool_to_wire,
 )
 from codemode.protocol.messages import (
     INTERNAL_ERROR,
@@ -98,10 +121,6 @@ from codemode.protocol.messages import (
     SUPPORTED_VERSIONS,
     as_int,
     codemode_version,
-    error_to_wire,
-    limits_from_wire,
-    limits_to_wire,
-    tool_from_wire,
 )
 from codemode.protocol.observations import (
     MAX_RECORDS,
@@ -114,7 +133,7 @@ from codemode.protocol.policy import UNREADY_FRAME_BYTES, ServePolicy, is_loopba
 from codemode.protocol.rpc import ConnectionLost, Endpoint, IncomingRequest, RpcError
 from codemode.protocol.transport import Transport, WebSocketTransport, open_stdio
 from codemode.session import SessionRuntime
-from codemode.wire import approval_to_wire, event_to_wire
+from codemode.store.base import SessionStore
 
 __all__ = [
     "MAX_RECORDS",
@@ -143,8 +162,13 @@ class ToolCallRejected(Exception):
 class _ForwardingDelegate:
     """The runtime's delegate: nested calls and notifications go to the client."""
 
-    def __init__(self, connection: _Connection, session_id: str) -> None:
+    def __init__(self, connection: _Connection, session_id: str, *, durable: bool = False) -> None:
         self._connection = connection
+        self._session_id = session_id
+        self._durable = durable
+
+    def bind(self, session_id: str) -> None:
+        """Name the session (a durable runtime chooses its id when none was asked for)."""
         self._session_id = session_id
 
     async def invoke_tool(self, call: NestedToolCall) -> Any:
@@ -152,11 +176,7 @@ class _ForwardingDelegate:
             "sessionId": self._session_id,
             "cellId": call.cell_id,
             "callId": call.call_id,
-            "tool": {
-                "name": call.tool.name,
-                "namespace": call.tool.namespace,
-                "kind": str(call.tool.kind),
-            },
+            "tool": tool_ref_to_wire(call.tool),
             "input": call.input,
         }
         meta = tracing.inject()  # the nested call's span, so the client's tool spans join it
@@ -167,6 +187,11 @@ class _ForwardingDelegate:
         except RpcError as exc:
             raise ToolCallRejected(exc.message or f"tool `{call.tool.name}` failed") from None
         except ConnectionLost as exc:
+            if self._durable:
+                # The connection ended: the durable session is being suspended, which cancels
+                # this call. Left unanswered, nothing is recorded for it, and the next open of
+                # the session issues it again (docs/durability.md).
+                await asyncio.get_running_loop().create_future()
             raise ToolCallRejected(f"the client connection ended: {exc.reason}") from None
         if not isinstance(result, dict) or "output" not in result:
             raise ToolCallRejected(
@@ -197,9 +222,45 @@ class _ServedSession:
     runtime: SessionRuntime
     cell_ids: set[str] = field(default_factory=set)
     records: ObservationRecords = field(init=False)
+    # A durable session (the server has a store): suspended, not shut down, when its
+    # connection ends; ``connection`` holds it in this process until ``released`` is set.
+    durable: bool = False
+    connection: _Connection | None = None
+    ended: bool = False  # suspended or shut down by this server
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.records = ObservationRecords(self.is_live)
+
+    async def leave(self) -> None:
+        """The connection ended: suspend a durable session (it stays in the store for a later
+        ``session/open`` with its id), shut any other down."""
+        await self.end(suspend=self.durable)
+
+    def forget(self) -> None:
+        """The runtime never opened: give the session's id up."""
+        self.ended = True
+        self.released.set()
+        if self.connection is not None:
+            self.connection.server._let_go(self)
+
+    async def end(self, *, suspend: bool) -> None:
+        """Suspend or shut the runtime down (once), then give the session's id up."""
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            if not self.runtime.is_alive:
+                pass
+            elif suspend:
+                await self.runtime.suspend()
+                logger.info("session %s suspended", self.session_id)
+            else:
+                await self.runtime.shutdown()
+        finally:
+            self.released.set()
+            if self.connection is not None:
+                self.connection.server._let_go(self)
 
     def is_live(self, cell_id: str) -> bool:
         """Whether the runtime still has the cell, of either kind."""
@@ -338,9 +399,15 @@ class _Connection:
         self.server._ended(self)
 
     async def _shutdown_sessions(self) -> None:
-        sessions = [s for s in self.sessions.values() if s.runtime.is_alive]
+        """Shut down (suspend, for durable ones) every session of the connection."""
+        sessions = [s for s in self.sessions.values() if not s.ended]
         if sessions:
-            await asyncio.gather(*(s.runtime.shutdown() for s in sessions), return_exceptions=True)
+            await asyncio.gather(*(s.leave() for s in sessions), return_exceptions=True)
+
+    @property
+    def live(self) -> bool:
+        """Whether the connection is still served (its end has not begun)."""
+        return self._closed is None
 
     # ------------------------------------------------------------------ dispatch
 
@@ -417,6 +484,13 @@ class _Connection:
         return session
 
     async def _open(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
+        requested_id: str | None = params.get("sessionId")
+        if requested_id is not None:
+            problem = session_id_problem(requested_id)
+            if problem is not None:
+                raise RpcError(INVALID_PARAMS, f"invalid params: sessionId {problem}")
+            if self.server.store is None:
+                raise UnknownSession(requested_id)  # nothing outlives its connection here
         ceilings = self.server.ceilings
         limits = ceilings
         if "limits" in params:
@@ -432,6 +506,8 @@ class _Connection:
                 f"{self.server.engine_name}",
             )
         self.server.check_session_cap()
+        if self.server.store is not None:
+            return await self._open_durable(self.server.store, limits, requested_id)
         session_id = f"s{secrets.token_hex(8)}"
         engine = self.server.engine_factory() if self.server.engine_factory else None
         runtime = SessionRuntime(
@@ -448,9 +524,92 @@ class _Connection:
             raise
         return {"sessionId": session_id}
 
+    async def _open_durable(
+        self, store: SessionStore, limits: CellLimits, requested_id: str | None
+    ) -> dict[str, Any]:
+        """``session/open`` on a server with a store: create a durable session, or reattach to
+        ``requested_id`` (load it from the store, recovering its cells). A session this process
+        serves on a live connection is busy; one whose connection is ending is waited for (it
+        is being suspended)."""
+        if requested_id is not None:
+            await self.server._wait_released(requested_id)
+        engine = self.server.engine_factory() if self.server.engine_factory else None
+        delegate = _ForwardingDelegate(self, requested_id or "", durable=True)
+        runtime = SessionRuntime(
+            delegate, limits=limits, engine=engine, store=store, session_id=requested_id
+        )
+        session_id = runtime.session_id
+        delegate.bind(session_id)
+        session = _ServedSession(session_id, runtime, durable=True, connection=self)
+        self.server._hold(session)  # SessionBusy if another open of this id is in progress
+        try:
+            await runtime.open()
+        except asyncio.CancelledError:
+            # The open goes on (it is shielded in the runtime): end what it opens.
+            await asyncio.shield(self._cancelled_open(session, requested_id is not None))
+            raise
+        except BaseException:
+            # Not opened (SessionBusy: another process holds it; StoreError).
+            session.forget()
+            raise
+        try:
+            cells = self._recovered_cells(session, await store.list_cells(session_id, state="open"))
+        except asyncio.CancelledError:
+            # SPEC 10.4: a session opened for a cancelled session/open is shut down; one that
+            # was asked for by id existed before (or was meant to): it is only suspended.
+            await asyncio.shield(session.end(suspend=requested_id is not None))
+            raise
+        except BaseException:
+            await asyncio.shield(session.end(suspend=True))
+            raise
+        self.sessions[session_id] = session
+        logger.info(
+            "%s: durable session %s opened (%d live cells)", self.name, session_id, len(cells)
+        )
+        return {
+            "sessionId": session_id,
+            "durable": True,
+            "limits": limits_to_wire(runtime.limits),  # a reattached session keeps its own
+            "cells": cells,
+        }
+
+    async def _cancelled_open(self, session: _ServedSession, reattach: bool) -> None:
+        """A ``session/open`` cancelled while the runtime opened: once the open settles, a
+        session it created is shut down and one it reattached is suspended (SPEC 10.4)."""
+        try:
+            await session.runtime.open()
+        except BaseException:
+            session.forget()
+            return
+        await session.end(suspend=reattach)
+
+    @staticmethod
+    def _recovered_cells(session: _ServedSession, records: Any) -> list[dict[str, str]]:
+        """The live cells of a durable session just opened, with their kinds (the client
+        rebuilds its record of cells from them)."""
+        runtime = session.runtime
+        cells: list[dict[str, str]] = []
+        for record in records:
+            cell_id = record.cell_id
+            if not runtime.is_live(cell_id):
+                continue
+            try:
+                runtime.pausable_cell(cell_id)
+                kind = "pausable"
+            except WrongCellKind:
+                kind = "continuing"
+            except MissingCell:
+                continue
+            session.created(cell_id)
+            cells.append({"cellId": cell_id, "kind": kind, **_recorded_tools(record)})
+        return cells
+
     async def _shutdown_session(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
         session = self._session(params)
-        await session.runtime.shutdown()
+        if session.durable:
+            await session.end(suspend=False)  # ends it: its cells are deleted from the store
+        else:
+            await session.runtime.shutdown()
         logger.info("%s: session %s shut down", self.name, session.session_id)
         return {}
 
@@ -561,6 +720,20 @@ class _Connection:
         return {}
 
 
+def _recorded_tools(record: Any) -> dict[str, Any]:
+    """``{"tools": [...]}``: the wire form of the tools a recorded cell was created with (so
+    that a client that reattaches can hand its delegate the full definitions); empty when the
+    record cannot say."""
+    from codemode.cell.journal import request_from_json
+
+    try:
+        request, _ = request_from_json(record.request)
+    except Exception:  # a record this codemode cannot read: the client falls back to names
+        logger.debug("cell %s: its recorded tools are unreadable", record.cell_id, exc_info=True)
+        return {}
+    return {"tools": [tool_to_wire(t) for t in request.tools]}
+
+
 def _cancel_task(request: IncomingRequest) -> None:
     if request.task is not None:
         request.task.cancel()
@@ -599,8 +772,13 @@ class ProtocolServer:
         engine_factory: Callable[[], Engine] | None = None,
         engine_name: str = ENGINES[0],
         policy: ServePolicy | None = None,
+        store: SessionStore | None = None,
     ) -> None:
         self.ceilings = ceilings or CellLimits()
+        # With a store, sessions are durable (docs/durability.md, "Fronts"): a connection that
+        # ends suspends them, and session/open with a sessionId reattaches.
+        self.store = store
+        self._held: dict[str, _ServedSession] = {}  # durable sessions served by this process
         self.engine_factory = engine_factory
         self.engine_name = engine_name  # what session/open offers ("v8", "python")
         self.policy = policy or ServePolicy()
@@ -637,6 +815,30 @@ class ProtocolServer:
         finally:
             self._admitting -= 1
 
+    def _hold(self, session: _ServedSession) -> None:
+        """Serve the durable session ``session`` in this process; ``SessionBusy`` if this
+        process already serves that id."""
+        if session.session_id in self._held:
+            raise SessionBusy(session.session_id)
+        self._held[session.session_id] = session
+
+    def _let_go(self, session: _ServedSession) -> None:
+        if self._held.get(session.session_id) is session:
+            del self._held[session.session_id]
+
+    async def _wait_released(self, session_id: str) -> None:
+        """Return once this process no longer serves ``session_id``: at once if it does not,
+        after its suspension if its connection is ending; ``SessionBusy`` if a live connection
+        (this one included) holds it."""
+        while (held := self._held.get(session_id)) is not None:
+            connection = held.connection
+            if not held.ended and (connection is None or connection.live):
+                raise SessionBusy(session_id)
+            logger.info(
+                "session %s: waiting for its suspension by the ended connection", session_id
+            )
+            await held.released.wait()
+
     async def serve_connection(self, transport: Transport) -> str:
         """Serve one connection until it ends; returns why it ended."""
         connection = _Connection(self, transport)
@@ -646,6 +848,8 @@ class ProtocolServer:
     def _ended(self, connection: _Connection) -> None:
         self._connections.discard(connection)
         for session in connection.sessions.values():
+            if session.durable:
+                continue  # suspended: its cells stay in the store, not in this process
             live = session.live_cells()
             if live:  # shutdown returns only when every cell closed: this would be a bug
                 logger.error(
@@ -695,22 +899,37 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
             loop.add_signal_handler(sig, stop)
 
 
+async def _close_store(store: SessionStore | None) -> None:
+    if store is not None:
+        try:
+            await store.close()
+        except Exception:
+            logger.exception("closing the session store failed")
+
+
 async def serve_stdio(
-    ceilings: CellLimits, engine: str = "v8", policy: ServePolicy | None = None
+    ceilings: CellLimits,
+    engine: str = "v8",
+    policy: ServePolicy | None = None,
+    store: StoreOptions | None = None,
 ) -> int:
     """Serve one connection on stdin/stdout until stdin closes (or SIGTERM/SIGINT); its sessions
-    are shut down before returning 0. ``engine`` names the sessions' engine (``v8``, ``python``)."""
+    are shut down (durable ones, with ``store``, suspended) before returning 0. ``engine`` names
+    the sessions' engine (``v8``, ``python``)."""
     transport = await open_stdio()
+    session_store = store.open() if store is not None else None
     server = ProtocolServer(
         ceilings,
         engine_factory=engine_factory(engine),
         engine_name=wire_engine_name(engine),
         policy=policy,
+        store=session_store,
     )
     task = asyncio.ensure_future(server.serve_connection(transport))
     _stop_on_signals(lambda: _cancel_quietly(task))
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    await _close_store(session_store)
     return EXIT_OK
 
 
@@ -724,19 +943,23 @@ async def serve_websocket(
     stop: asyncio.Event | None = None,
     engine: str = "v8",
     policy: ServePolicy | None = None,
+    store: StoreOptions | None = None,
 ) -> int:
     """Serve WebSocket connections on ``ws://host:port/`` until ``stop`` is set (or SIGTERM or
-    SIGINT); then every session is shut down. With ``token``, the opening handshake must carry
-    ``Authorization: Bearer <token>`` (else HTTP 401). ``ready`` receives the URL once bound.
-    ``engine`` names the sessions' engine (``v8``, ``python``)."""
+    SIGINT); then every session is shut down (durable ones, with ``store``, suspended). With
+    ``token``, the opening handshake must carry ``Authorization: Bearer <token>`` (else HTTP
+    401). ``ready`` receives the URL once bound. ``engine`` names the sessions' engine (``v8``,
+    ``python``)."""
     from websockets.asyncio.server import ServerConnection, serve
     from websockets.http11 import Request, Response
 
+    session_store = store.open() if store is not None else None
     server = ProtocolServer(
         ceilings,
         engine_factory=engine_factory(engine),
         engine_name=wire_engine_name(engine),
         policy=policy,
+        store=session_store,
     )
     stop_event = stop or asyncio.Event()
     expected = f"Bearer {token}".encode() if token is not None else None
@@ -792,6 +1015,7 @@ async def serve_websocket(
         _stop_on_signals(stop_event.set)
         await stop_event.wait()
         await server.close()
+        await _close_store(session_store)
         ws_server.close()
         await ws_server.wait_closed()
     return EXIT_OK
@@ -807,8 +1031,10 @@ def serve_main(
     limits: CellLimits,
     engine: str = "v8",
     policy: ServePolicy | None = None,
+    store: StoreOptions | None = None,
 ) -> int:
-    """``codemode serve``: stdio (default) or WebSocket (``listen``); returns the exit status
+    """``codemode serve``: stdio (default) or WebSocket (``listen``), with durable sessions in
+    ``store`` when given (``--store PATH``); returns the exit status
     (0 after a clean end, 1 when it cannot listen, 2 for a usage error: among them a
     non-loopback ``listen`` without a token or ``--no-auth``). Logs go to stderr as
     :func:`codemode.cli_common.configure_logging` sets up (``CODEMODE_LOG_LEVEL``, default INFO)."""
@@ -829,7 +1055,7 @@ def serve_main(
             print(f"codemode serve: the environment variable {token_env} is empty", file=sys.stderr)
             return EXIT_USAGE
     if listen is None:
-        return asyncio.run(serve_stdio(limits, engine, policy))
+        return asyncio.run(serve_stdio(limits, engine, policy, store))
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
@@ -844,7 +1070,9 @@ def serve_main(
         return EXIT_USAGE
     try:
         return asyncio.run(
-            serve_websocket(host, port, limits, token=token, engine=engine, policy=policy)
+            serve_websocket(
+                host, port, limits, token=token, engine=engine, policy=policy, store=store
+            )
         )
     except OSError as exc:
         print(f"codemode serve: cannot listen on {listen}: {exc}", file=sys.stderr)

@@ -56,6 +56,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from codemode.cell.observers import refuse_second_observer
 from codemode.contract import Session
 from codemode.errors import BusyObserver, CodeModeError, MissingCell
 from codemode.model import (
@@ -156,7 +157,7 @@ def missing_cell_text(cell_id: str) -> str:
     session's ``exec cell {cell_id} not found``, followed by the two reasons it can have, so the
     model does not take it for a failure of its script."""
     return (
-        f"exec cell {cell_id} not found: it never existed or its final result was already "
+        f"{MissingCell(cell_id)}: it never existed or its final result was already "
         "returned (a cell closes once its final result has been returned)"
     )
 
@@ -504,8 +505,10 @@ class CodeModeTools:
     async def _observe(self, cell_id: str, observe: _Observation) -> CellEvent | ToolResult:
         """Run one observation of ``cell_id`` with the items carried over from an interrupted one
         in front. Returns the event to report (a not-found failure included), or a usage error."""
-        if cell_id in self._observing:
-            return _usage_error(str(BusyObserver(cell_id)), cell_id)
+        try:
+            refuse_second_observer(cell_id, cell_id in self._observing)
+        except BusyObserver as busy:
+            return _usage_error(str(busy), cell_id)
         self._observing.add(cell_id)
         gathered = self._carried.pop(cell_id, [])
         try:

@@ -68,7 +68,20 @@ async function main() {
     clientInfo: { name: "node-contract-check", version: "1" },
     capabilities: { notify: true },
   });
-  const { sessionId } = await call("session/open", {});
+  const opened = await call("session/open", {});
+  const { sessionId } = opened;
+  // docs/protocol.md "Durable sessions": with serve --store, the session is durable, and a
+  // second open of its id while this connection holds it is refused with SessionBusy.
+  let durable = null;
+  if (opened.durable) {
+    let busy = null;
+    try {
+      await call("session/open", { sessionId });
+    } catch (error) {
+      busy = { code: error.code, kind: error.data?.kind, message: error.message };
+    }
+    durable = { idLength: sessionId.length, cells: opened.cells, busy };
+  }
   const tools = [
     { name: "add", kind: "function", inputSchema: { type: "object" } },
     { name: "fail", kind: "function" },
@@ -143,7 +156,14 @@ async function main() {
   }
 
   await call("session/shutdown", { sessionId });
+  if (durable) {
+    // Ended: the id can be opened again (its cells were deleted with the shutdown).
+    const again = await call("session/open", { sessionId });
+    durable.reopened = { sessionId: again.sessionId === sessionId, cells: again.cells };
+    await call("session/shutdown", { sessionId });
+  }
   process.stdout.write(JSON.stringify({
+    durable,
     protocolVersion: init.protocolVersion,
     continuing: events,
     notes,
