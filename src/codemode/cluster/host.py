@@ -73,6 +73,7 @@ class _Observation:
     number: int
     key: tuple[str, float | None]
     task: asyncio.Task[Any]
+    cancelled: bool = False
 
 
 @dataclass(eq=False)
@@ -236,7 +237,9 @@ class SessionHost:
             if hosted.caller != caller:
                 hosted.caller = caller
                 for observation in hosted.observations.values():
-                    observation.task.cancel()
+                    if not observation.cancelled:
+                        observation.cancelled = True
+                        observation.task.cancel()
             cells = await self._cells_of(hosted)
             return ok_reply(
                 {"cells": cells, "limits": hosted.runtime.limits, "issued": hosted.next_request}
@@ -445,7 +448,15 @@ class SessionHost:
         if hosted is None:
             return
         latest = hosted.observations.get(cell_id)
-        if latest is not None and latest.number == number and not latest.task.done():
+        if (
+            latest is not None
+            and latest.number == number
+            and not latest.task.done()
+            and not latest.cancelled
+        ):
+            # Once: the runtime turns one cancellation that races a delivery into that delivery
+            # (it keeps the event for its caller); a second one could interrupt that.
+            latest.cancelled = True
             latest.task.cancel()
 
     async def resume(self, session_id: str, cell_id: str, generation: int) -> Reply:

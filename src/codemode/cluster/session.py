@@ -103,6 +103,7 @@ class _ObservationCancelled(Exception):
 class _Observation:
     number: int
     task: asyncio.Task[AnyEvent]
+    stop_sent: bool = False
 
 
 @dataclass(eq=False)
@@ -602,7 +603,8 @@ class ClusterSession(Session):
                 try:
                     event = await asyncio.shield(observation.task)
                 except asyncio.CancelledError:
-                    if not observation.task.done():
+                    if not observation.task.done() and not observation.stop_sent:
+                        observation.stop_sent = True  # once per observation
                         self._background_task(self._stop_observation(record, observation))
                     raise
                 except _ObservationCancelled:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from codemode.errors import CodeModeError
 from codemode.model import ToolDefinition
-from codemode.protocol.messages import error_from_wire, error_to_wire
+from codemode.protocol.codec import error_from_wire, error_to_wire
 from codemode.store.base import SessionStore
 
 __all__ = [
