@@ -12,9 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from codemode import Completed, NestedToolCall, SqliteStore
 
 from .conftest import LEASE
+
+pytestmark = pytest.mark.fault
 
 HANG = 120.0
 CHILD = Path(__file__).resolve().parent / "cluster_child.py"
