@@ -421,7 +421,7 @@ async def test_a_sqlite_store_that_fills_up_under_running_cells() -> None:
 
         async def fill() -> None:
             def run() -> None:
-                with filler.open("wb") as f, contextlib.suppress(OSError):
+                with contextlib.suppress(OSError), filler.open("wb") as f:
                     while True:
                         f.write(b"x" * 65536)
                         f.flush()
