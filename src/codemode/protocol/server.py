@@ -112,6 +112,7 @@ from codemode.protocol.observations import (
 )
 from codemode.protocol.policy import UNREADY_FRAME_BYTES, ServePolicy, is_loopback, origin_allowed
 from codemode.protocol.rpc import ConnectionLost, Endpoint, IncomingRequest, RpcError
+from codemode.protocol.sources import ServedRuntime, SessionSource, new_session_id
 from codemode.protocol.transport import Transport, WebSocketTransport, open_stdio
 from codemode.session import SessionRuntime
 from codemode.wire import approval_to_wire, event_to_wire
@@ -194,7 +195,7 @@ class _ForwardingDelegate:
 @dataclass(eq=False)
 class _ServedSession:
     session_id: str
-    runtime: SessionRuntime
+    runtime: ServedRuntime
     cell_ids: set[str] = field(default_factory=set)
     records: ObservationRecords = field(init=False)
 
@@ -432,6 +433,8 @@ class _Connection:
                 f"{self.server.engine_name}",
             )
         self.server.check_session_cap()
+        if self.server.source is not None:
+            return await self._open_from(self.server.source, limits)
         session_id = f"s{secrets.token_hex(8)}"
         engine = self.server.engine_factory() if self.server.engine_factory else None
         runtime = SessionRuntime(
@@ -445,6 +448,24 @@ class _Connection:
         except asyncio.CancelledError:
             # SPEC 10.4: a session opened for a cancelled session/open is shut down.
             await asyncio.shield(runtime.shutdown())
+            raise
+        return {"sessionId": session_id}
+
+    async def _open_from(self, source: SessionSource, limits: CellLimits) -> dict[str, Any]:
+        """``session/open`` on a server with a session source (``serve --cluster``)."""
+        session_id = new_session_id()
+        try:
+            runtime = await source.open_session(
+                _ForwardingDelegate(self, session_id), limits, session_id
+            )
+        except ValueError as exc:
+            raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
+        self.sessions[session_id] = _ServedSession(session_id, runtime)
+        logger.info("%s: session %s opened (%s)", self.name, session_id, source.description)
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            await asyncio.shield(runtime.shutdown())  # as _open: SPEC 10.4
             raise
         return {"sessionId": session_id}
 
@@ -599,8 +620,10 @@ class ProtocolServer:
         engine_factory: Callable[[], Engine] | None = None,
         engine_name: str = ENGINES[0],
         policy: ServePolicy | None = None,
+        source: SessionSource | None = None,
     ) -> None:
         self.ceilings = ceilings or CellLimits()
+        self.source = source  # None: every session is a SessionRuntime in this process
         self.engine_factory = engine_factory
         self.engine_name = engine_name  # what session/open offers ("v8", "python")
         self.policy = policy or ServePolicy()
@@ -695,22 +718,55 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
             loop.add_signal_handler(sig, stop)
 
 
+async def _start_source(source: SessionSource | None) -> bool:
+    """Start ``source`` (if any); False, with the reason on stderr, when it cannot start."""
+    if source is None:
+        return True
+    try:
+        await source.start()
+    except Exception as exc:
+        logger.debug("the session source did not start", exc_info=True)
+        print(f"codemode serve: cannot start: {exc}", file=sys.stderr, flush=True)
+        return False
+    logger.info("sessions run on %s", source.description)
+    return True
+
+
+async def _close_source(source: SessionSource | None) -> None:
+    if source is not None:
+        try:
+            await source.close()
+        except Exception:
+            logger.warning("closing the session source failed", exc_info=True)
+
+
 async def serve_stdio(
-    ceilings: CellLimits, engine: str = "v8", policy: ServePolicy | None = None
+    ceilings: CellLimits,
+    engine: str = "v8",
+    policy: ServePolicy | None = None,
+    source: SessionSource | None = None,
 ) -> int:
     """Serve one connection on stdin/stdout until stdin closes (or SIGTERM/SIGINT); its sessions
-    are shut down before returning 0. ``engine`` names the sessions' engine (``v8``, ``python``)."""
+    are shut down before returning 0. ``engine`` names the sessions' engine (``v8``, ``python``);
+    with ``source``, sessions come from it instead (started first: 1 if it cannot start)."""
     transport = await open_stdio()
+    if not await _start_source(source):
+        await transport.close()
+        return EXIT_FAILED
     server = ProtocolServer(
         ceilings,
         engine_factory=engine_factory(engine),
         engine_name=wire_engine_name(engine),
         policy=policy,
+        source=source,
     )
     task = asyncio.ensure_future(server.serve_connection(transport))
     _stop_on_signals(lambda: _cancel_quietly(task))
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        await _close_source(source)
     return EXIT_OK
 
 
@@ -724,11 +780,34 @@ async def serve_websocket(
     stop: asyncio.Event | None = None,
     engine: str = "v8",
     policy: ServePolicy | None = None,
+    source: SessionSource | None = None,
 ) -> int:
     """Serve WebSocket connections on ``ws://host:port/`` until ``stop`` is set (or SIGTERM or
     SIGINT); then every session is shut down. With ``token``, the opening handshake must carry
     ``Authorization: Bearer <token>`` (else HTTP 401). ``ready`` receives the URL once bound.
-    ``engine`` names the sessions' engine (``v8``, ``python``)."""
+    ``engine`` names the sessions' engine (``v8``, ``python``); with ``source``, sessions come
+    from it instead (started before listening: 1 if it cannot start)."""
+    if not await _start_source(source):
+        return EXIT_FAILED
+    try:
+        return await _serve_websocket(
+            host, port, ceilings, token, ready, stop, engine, policy, source
+        )
+    finally:
+        await _close_source(source)
+
+
+async def _serve_websocket(
+    host: str,
+    port: int,
+    ceilings: CellLimits,
+    token: str | None,
+    ready: Callable[[str], None] | None,
+    stop: asyncio.Event | None,
+    engine: str,
+    policy: ServePolicy | None,
+    source: SessionSource | None,
+) -> int:
     from websockets.asyncio.server import ServerConnection, serve
     from websockets.http11 import Request, Response
 
@@ -737,6 +816,7 @@ async def serve_websocket(
         engine_factory=engine_factory(engine),
         engine_name=wire_engine_name(engine),
         policy=policy,
+        source=source,
     )
     stop_event = stop or asyncio.Event()
     expected = f"Bearer {token}".encode() if token is not None else None
@@ -807,6 +887,7 @@ def serve_main(
     limits: CellLimits,
     engine: str = "v8",
     policy: ServePolicy | None = None,
+    source: SessionSource | None = None,
 ) -> int:
     """``codemode serve``: stdio (default) or WebSocket (``listen``); returns the exit status
     (0 after a clean end, 1 when it cannot listen, 2 for a usage error: among them a
@@ -829,7 +910,7 @@ def serve_main(
             print(f"codemode serve: the environment variable {token_env} is empty", file=sys.stderr)
             return EXIT_USAGE
     if listen is None:
-        return asyncio.run(serve_stdio(limits, engine, policy))
+        return asyncio.run(serve_stdio(limits, engine, policy, source))
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
@@ -844,7 +925,9 @@ def serve_main(
         return EXIT_USAGE
     try:
         return asyncio.run(
-            serve_websocket(host, port, limits, token=token, engine=engine, policy=policy)
+            serve_websocket(
+                host, port, limits, token=token, engine=engine, policy=policy, source=source
+            )
         )
     except OSError as exc:
         print(f"codemode serve: cannot listen on {listen}: {exc}", file=sys.stderr)
