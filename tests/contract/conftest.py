@@ -31,7 +31,9 @@ from codemode import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "protocol"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cluster"))
 
+import ray_support
 from protocol_support import HANG, WebSocketServer
 
 from conftest import RecordingDelegate
@@ -46,6 +48,9 @@ class FactoryContext:
     def ws_url(self) -> str:
         server: WebSocketServer = self._request.getfixturevalue("ws_server")
         return server.url
+
+    def session_cluster(self) -> Any:
+        return self._request.getfixturevalue("contract_session_cluster")
 
 
 MakeSession = Callable[[SessionDelegate, CellLimits | None, FactoryContext], Awaitable[Session]]
@@ -73,20 +78,29 @@ async def _python(
     return SessionRuntime(delegate, limits=limits, engine=PythonEngine())
 
 
+async def _cluster(
+    delegate: SessionDelegate, limits: CellLimits | None, ctx: FactoryContext
+) -> Session:
+    cluster = ctx.session_cluster()
+    session: Session = await cluster.open_session(delegate, limits=limits)
+    return session
+
+
 FACTORIES: dict[str, MakeSession] = {
     "local": _local,  # SessionRuntime in this process
     "spawn": _spawn,  # RemoteSession over a child `codemode serve` (stdio)
     "ws": _ws,  # RemoteSession over WebSocket to one shared `codemode serve --listen`
     "python": _python,  # SessionRuntime on Python cells (language-neutral scenarios only)
+    "cluster": _cluster,  # ClusterSession on a two-node Ray cluster (tests/cluster)
 }
 IN_PROCESS = {"local", "python"}
 """Kinds whose events reach the caller exactly as the cell layer prepared them (no wire that may
 regroup output across a cancelled observation, SPEC 10.6) and whose loop runs the cells: the
 scenarios add their exact-grouping and timing assertions for these."""
 
-CORE_KINDS = ["local", "spawn"]
+CORE_KINDS = ["local", "spawn", "cluster"]
 """Every scenario runs on these."""
-EVERY_KIND = ["local", "spawn", "ws"]
+EVERY_KIND = ["local", "spawn", "ws", "cluster"]
 """A subset of the scenarios also runs on these (a WebSocket session per test is slower)."""
 
 NEUTRAL_KINDS = ["python"]
@@ -125,6 +139,26 @@ def ws_server() -> Iterator[WebSocketServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def contract_session_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A SessionCluster of two hosts on the shared two-node Ray cluster (tests/cluster)."""
+    from codemode import SqliteStore
+    from codemode.cluster import SessionCluster
+
+    shared = ray_support.acquire()
+    store = SqliteStore(tmp_path_factory.mktemp("contract-cluster") / "sessions.db")
+    try:
+        cluster = ray_support.run_sync(
+            lambda: SessionCluster.start(store=store, address=shared.address)
+        )
+        try:
+            yield cluster
+        finally:
+            ray_support.run_sync(cluster.close)
+    finally:
+        ray_support.release()
 
 
 @pytest.fixture

@@ -1,0 +1,485 @@
+"""``SessionHost``: one session-host process of a cluster, holding many sessions.
+
+A host is an async Ray actor (:mod:`codemode.cluster.cluster` creates it, named, detached and
+restartable). For each session it holds one :class:`~codemode.session.SessionRuntime`, durable on
+the cluster's store, whose delegate is a proxy: each nested call and notification becomes a
+:class:`~codemode.cluster.spec.CallMessage` on the session's call stream (a Ray streaming
+generator the caller consumes), and the caller's answer comes back through
+:meth:`SessionHost.answer`.
+The host is the authority: it checks every answer (known request, a boolean and a string, JSON
+text for a result) before the cell sees it, and every rule of sessions and cells stays in the
+runtime.
+
+Observations are numbered by the caller per cell (as on the wire, docs/protocol.md): the host
+keeps each cell's latest observation, so a retried request with the same number joins it or
+gets its outcome again instead of starting another one; a cancelled caller's observation is
+stopped with :meth:`SessionHost.cancel_observation` and loses nothing (the runtime keeps the
+output for the next observer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from codemode.errors import BusyObserver, CodeModeError, ObservationConflict
+from codemode.model import (
+    ApprovalRequest,
+    CellKind,
+    CellLimits,
+    Completed,
+    CreateCellRequest,
+    NestedToolCall,
+    Terminated,
+    ToolDefinition,
+    Yielded,
+)
+from codemode.session import SessionRuntime
+
+from .spec import (
+    MOVED,
+    CallMessage,
+    CancelMessage,
+    Reply,
+    StoreSpec,
+    error_reply,
+    ok_reply,
+)
+
+__all__ = ["SessionHost"]
+
+logger = logging.getLogger("codemode.cluster.host")
+
+_DURABLE = "store" in inspect.signature(SessionRuntime).parameters
+
+
+class ToolCallRejected(Exception):
+    """The caller answered a nested call with a rejection (its message is the cell's error)."""
+
+
+@dataclass(eq=False)
+class _Request:
+    message: CallMessage
+    answer: asyncio.Future[tuple[bool, str]]
+
+
+@dataclass(eq=False)
+class _Observation:
+    cell_id: str
+    number: int
+    key: tuple[str, float | None]
+    task: asyncio.Task[Any]
+
+
+@dataclass(eq=False)
+class _Hosted:
+    """One session held by this host."""
+
+    session_id: str
+    runtime: SessionRuntime
+    kinds: dict[str, CellKind] = field(default_factory=dict)
+    pending: dict[int, _Request] = field(default_factory=dict)
+    queue: asyncio.Queue[CallMessage | CancelMessage | None] = field(default_factory=asyncio.Queue)
+    observations: dict[str, _Observation] = field(default_factory=dict)
+    next_request: int = 0
+    attach: int = -1
+    caller: str = ""
+
+    def push(self, message: CallMessage | CancelMessage) -> None:
+        self.queue.put_nowait(message)
+
+    def live_cells(self) -> list[tuple[str, str, int]]:
+        """``(cell_id, kind, next observation number)`` of each live cell."""
+        self.kinds = {c: k for c, k in self.kinds.items() if self.runtime.is_live(c)}
+        for cell_id in [c for c in self.observations if c not in self.kinds]:
+            del self.observations[cell_id]
+        live = []
+        for cell_id, kind in self.kinds.items():
+            latest = self.observations.get(cell_id)
+            live.append((cell_id, str(kind), 0 if latest is None else latest.number + 1))
+        return live
+
+
+class _ProxyDelegate:
+    """The runtime's delegate on a host: every call goes to the session's caller."""
+
+    def __init__(self) -> None:
+        self.hosted: _Hosted | None = None
+
+    async def _ask(self, make: Any) -> tuple[bool, str]:
+        hosted = self.hosted
+        assert hosted is not None
+        number = hosted.next_request
+        hosted.next_request += 1
+        message: CallMessage = make(number)
+        request = _Request(message, asyncio.get_running_loop().create_future())
+        hosted.pending[number] = request
+        hosted.push(message)
+        try:
+            return await request.answer
+        except asyncio.CancelledError:
+            if hosted.pending.pop(number, None) is not None:
+                hosted.push(CancelMessage(number))
+            raise
+        finally:
+            hosted.pending.pop(number, None)
+
+    async def invoke_tool(self, call: NestedToolCall) -> Any:
+        ok, text = await self._ask(
+            lambda n: CallMessage(n, call.cell_id, call.call_id, call.tool, call.input)
+        )
+        if not ok:
+            raise ToolCallRejected(text)
+        return json.loads(text)
+
+    async def notify(self, call_id: str, cell_id: str, text: str) -> None:
+        ok, message = await self._ask(
+            lambda n: CallMessage(n, cell_id, call_id, None, text, notify=True)
+        )
+        if not ok:
+            logger.warning("cell %s: notify failed in the caller: %s", cell_id, message)
+
+
+class SessionHost:
+    """A session host (run as an async Ray actor; see the module docstring)."""
+
+    def __init__(self, host_id: str, spec: StoreSpec | None, limits: CellLimits | None) -> None:
+        self._host_id = host_id
+        self._spec = spec
+        self._limits = limits
+        self._store: Any = None
+        self._sessions: dict[str, _Hosted] = {}
+        self._opening: dict[str, asyncio.Task[_Hosted]] = {}
+        logging.basicConfig(level=os.environ.get("CODEMODE_CLUSTER_LOG", "WARNING"))
+
+    # ------------------------------------------------------------------ host-level
+
+    async def info(self) -> dict[str, Any]:
+        """This host's id, node, sessions and live cells."""
+        import ray
+
+        live = sum(len(h.live_cells()) for h in self._sessions.values())
+        return {
+            "host_id": self._host_id,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "sessions": len(self._sessions),
+            "live_cells": live,
+            "pid": os.getpid(),
+        }
+
+    async def holds(self, session_id: str) -> bool:
+        """Whether this host holds the session open now."""
+        hosted = self._sessions.get(session_id)
+        return hosted is not None and hosted.runtime.is_alive
+
+    async def load(self, session_id: str) -> tuple[bool, int, int]:
+        """For placement: whether this host holds ``session_id``, its live cells and its
+        sessions."""
+        live = sum(len(h.live_cells()) for h in self._sessions.values())
+        return await self.holds(session_id), live, len(self._sessions)
+
+    def _store_object(self) -> Any:
+        if self._store is None and self._spec is not None:
+            self._store = self._spec.build()
+        return self._store
+
+    async def open(self, session_id: str, limits: CellLimits | None, caller: str) -> Reply:
+        """Open (or reopen, by replay from the store) the session here, or find it open here,
+        for ``caller`` (a client's id; a new caller's arrival stops the observations of the one
+        before, which went away).
+
+        Returns ``{"cells": [(cell_id, kind, next observation number), ...], "limits":
+        CellLimits}``; ``SessionBusy`` while another live runtime holds its lease.
+        """
+        if limits is not None and not isinstance(limits, CellLimits):
+            raise TypeError("limits must be CellLimits")
+        try:
+            hosted = self._sessions.get(session_id)
+            if hosted is None or not hosted.runtime.is_alive:
+                task = self._opening.get(session_id)
+                if task is None:
+                    task = asyncio.get_running_loop().create_task(self._open(session_id, limits))
+                    self._opening[session_id] = task
+                    task.add_done_callback(lambda _: self._opening.pop(session_id, None))
+                hosted = await asyncio.shield(task)
+            if hosted.caller != caller:
+                hosted.caller = caller
+                for observation in hosted.observations.values():
+                    observation.task.cancel()
+            cells = await self._cells_of(hosted)
+            return ok_reply({"cells": cells, "limits": hosted.runtime.limits})
+        except CodeModeError as exc:
+            return error_reply(exc)
+
+    async def _open(self, session_id: str, limits: CellLimits | None) -> _Hosted:
+        proxy = _ProxyDelegate()
+        options: dict[str, Any] = {"limits": limits or self._limits}
+        store = self._store_object() if _DURABLE else None
+        if store is not None:
+            options["store"] = store
+            options["session_id"] = session_id
+        runtime = SessionRuntime(proxy, **options)
+        opener = getattr(runtime, "open", None)
+        if store is not None and opener is not None:
+            await opener()
+        hosted = _Hosted(session_id, runtime)
+        proxy.hosted = hosted
+        self._sessions[session_id] = hosted
+        logger.info("host %s: session %s open", self._host_id, session_id)
+        return hosted
+
+    async def _cells_of(self, hosted: _Hosted) -> list[tuple[str, str, int]]:
+        """The session's live cells: those created here, and those recovered from the store."""
+        store = self._store_object() if _DURABLE else None
+        if store is not None:
+            for record in await store.list_cells(hosted.session_id, state="open"):
+                if record.cell_id in hosted.kinds or not hosted.runtime.is_live(record.cell_id):
+                    continue
+                kind = CellKind.PAUSABLE if record.kind == "pausable" else CellKind.CONTINUING
+                hosted.kinds[record.cell_id] = kind
+        return hosted.live_cells()
+
+    def _hosted(self, session_id: str) -> _Hosted | None:
+        hosted = self._sessions.get(session_id)
+        if hosted is None or not hosted.runtime.is_alive:
+            return None
+        return hosted
+
+    # ------------------------------------------------------------------ the call stream
+
+    async def calls(
+        self, session_id: str, attach: int
+    ) -> AsyncIterator[CallMessage | CancelMessage]:
+        """The session's call stream (a Ray streaming generator): the calls and notifications
+        its cells make, and cancellations. A newer ``attach`` (a reattached caller) ends older
+        streams; the calls still unanswered are sent again on the new one."""
+        hosted = self._sessions.get(session_id)
+        if hosted is None or attach < hosted.attach:
+            return
+        old = hosted.queue
+        queue: asyncio.Queue[CallMessage | CancelMessage | None] = asyncio.Queue()
+        hosted.queue = queue
+        hosted.attach = attach
+        old.put_nowait(None)
+        for number in sorted(hosted.pending):
+            queue.put_nowait(hosted.pending[number].message)
+        while True:
+            message = await queue.get()
+            if message is None:
+                return
+            yield message
+
+    async def answer(self, session_id: str, number: int, ok: bool, text: str) -> None:
+        """The caller's answer to request ``number``: a result's JSON text (``ok``) or a
+        rejection's message. Checked here: an unknown request is ignored, a malformed answer
+        rejects the call."""
+        hosted = self._sessions.get(session_id)
+        if hosted is None:
+            return
+        request = hosted.pending.get(number)
+        if request is None or request.answer.done():
+            return
+        if not isinstance(ok, bool) or not isinstance(text, str):
+            request.answer.set_result((False, "the caller sent a malformed answer"))
+            return
+        if ok and not request.message.notify:
+            try:
+                json.loads(text)
+            except ValueError:
+                tool = request.message.tool
+                name = tool.name if tool is not None else "?"
+                request.answer.set_result(
+                    (False, f"tool `{name}` returned a value that is not JSON")
+                )
+                return
+        request.answer.set_result((ok, text))
+
+    # ------------------------------------------------------------------ operations
+
+    async def create(self, session_id: str, kind: str, request: CreateCellRequest) -> Reply:
+        """Admit a cell (idempotent by the request's key)."""
+        hosted = self._hosted(session_id)
+        if hosted is None:
+            return MOVED
+        if not isinstance(request, CreateCellRequest) or not all(
+            isinstance(t, ToolDefinition) for t in request.tools
+        ):
+            raise TypeError("expected a CreateCellRequest of ToolDefinitions")
+        try:
+            if kind == "pausable":
+                cell_id = (await hosted.runtime.create_pausable_cell(request)).cell_id
+                hosted.kinds[cell_id] = CellKind.PAUSABLE
+            else:
+                cell_id = (await hosted.runtime.create_cell(request)).cell_id
+                hosted.kinds[cell_id] = CellKind.CONTINUING
+        except CodeModeError as exc:
+            return error_reply(exc)
+        return ok_reply(cell_id)
+
+    async def observe(
+        self, session_id: str, cell_id: str, number: int, yield_after: float | None
+    ) -> Reply:
+        """Observation ``number`` of a cell: ``wait`` with ``yield_after`` seconds, or
+        ``wait_to_pending`` when it is ``None``. The same number again joins that observation
+        (or returns its outcome); an older one is an ``ObservationConflict``."""
+        hosted = self._hosted(session_id)
+        if hosted is None:
+            return MOVED
+        key = ("wait" if yield_after is not None else "pending", yield_after)
+        latest = hosted.observations.get(cell_id)
+        if latest is not None and latest.number == number:
+            if latest.key != key:
+                return error_reply(
+                    ObservationConflict(
+                        cell_id,
+                        number,
+                        f"observation generation {number} for cell {cell_id} was reused for a "
+                        "different request",
+                    )
+                )
+            return await self._outcome(hosted, latest)
+        if latest is not None and number < latest.number:
+            return error_reply(
+                ObservationConflict(
+                    cell_id,
+                    number,
+                    f"expected observation generation {latest.number + 1} for cell {cell_id}, "
+                    f"got {number}",
+                )
+            )
+        if latest is not None and not latest.task.done():
+            return error_reply(BusyObserver(cell_id))
+        runtime = hosted.runtime
+
+        async def run() -> Any:
+            if yield_after is None:
+                return await runtime.wait_to_pending(runtime.pausable_cell(cell_id))
+            return await runtime.wait(runtime.cell(cell_id), yield_after)
+
+        observation = _Observation(
+            cell_id, number, key, asyncio.get_running_loop().create_task(run())
+        )
+        hosted.observations[cell_id] = observation
+        return await self._outcome(hosted, observation)
+
+    async def _outcome(self, hosted: _Hosted, observation: _Observation) -> Reply:
+        await asyncio.wait({observation.task})
+        task = observation.task
+        if task.cancelled():
+            return ("cancelled", None)
+        exc = task.exception()
+        if isinstance(exc, CodeModeError):
+            return error_reply(exc)
+        if exc is not None:
+            raise exc
+        event = task.result()
+        held: tuple[ApprovalRequest, ...] = ()
+        if isinstance(event, Yielded):
+            with contextlib.suppress(CodeModeError):
+                held = hosted.runtime.awaiting_approval(observation.cell_id)
+        return ok_reply((event, held))
+
+    async def cancel_observation(self, session_id: str, cell_id: str, number: int) -> None:
+        """Stop observation ``number`` (its caller went away): the cell keeps its output."""
+        hosted = self._sessions.get(session_id)
+        if hosted is None:
+            return
+        latest = hosted.observations.get(cell_id)
+        if latest is not None and latest.number == number and not latest.task.done():
+            latest.task.cancel()
+
+    async def resume(self, session_id: str, cell_id: str, generation: int) -> Reply:
+        hosted = self._hosted(session_id)
+        if hosted is None:
+            return MOVED
+        runtime = hosted.runtime
+        try:
+            return ok_reply(await runtime.resume(runtime.pausable_cell(cell_id), int(generation)))
+        except CodeModeError as exc:
+            return error_reply(exc)
+
+    async def terminate(self, session_id: str, cell_id: str) -> Reply:
+        hosted = self._hosted(session_id)
+        if hosted is None:
+            return MOVED
+        try:
+            event: Completed | Terminated = await hosted.runtime.terminate(cell_id)
+        except CodeModeError as exc:
+            return error_reply(exc)
+        hosted.observations.pop(cell_id, None)
+        return ok_reply(event)
+
+    async def awaiting_approval(self, session_id: str, cell_id: str) -> Reply:
+        hosted = self._hosted(session_id)
+        if hosted is None:
+            return MOVED
+        try:
+            return ok_reply(hosted.runtime.awaiting_approval(cell_id))
+        except CodeModeError as exc:
+            return error_reply(exc)
+
+    async def decide(
+        self, session_id: str, cell_id: str, call_id: str, reason: str | None
+    ) -> Reply:
+        """Approve (``reason`` ``None``) or reject a held call."""
+        hosted = self._hosted(session_id)
+        if hosted is None:
+            return MOVED
+        try:
+            if reason is None:
+                await hosted.runtime.approve(cell_id, str(call_id))
+            else:
+                await hosted.runtime.reject(cell_id, str(call_id), str(reason))
+        except CodeModeError as exc:
+            return error_reply(exc)
+        return ok_reply(None)
+
+    async def release(self, session_id: str, cell_id: str, number: int) -> None:
+        """The caller received observation ``number``'s terminal outcome: forget it."""
+        hosted = self._sessions.get(session_id)
+        if hosted is None:
+            return
+        latest = hosted.observations.get(cell_id)
+        if latest is not None and latest.number == number and latest.task.done():
+            del hosted.observations[cell_id]
+
+    async def shutdown(self, session_id: str) -> Reply:
+        """End the session (every cell terminated, its cells deleted from the store)."""
+        hosted = self._sessions.get(session_id)
+        if hosted is None:
+            return MOVED
+        await hosted.runtime.shutdown()
+        hosted.queue.put_nowait(None)
+        self._sessions.pop(session_id, None)
+        return ok_reply(None)
+
+    async def suspend(self, session_id: str) -> Reply:
+        """Leave the session here: its cells stop without an outcome and the lease is released;
+        the next open anywhere recovers them."""
+        hosted = self._sessions.pop(session_id, None)
+        if hosted is None:
+            return ok_reply(None)
+        suspend = getattr(hosted.runtime, "suspend", None)
+        if suspend is not None and self._store is not None:
+            await suspend()
+        else:
+            await hosted.runtime.shutdown()
+        hosted.queue.put_nowait(None)
+        return ok_reply(None)
+
+    async def stop(self) -> None:
+        """Suspend every session (the host is being stopped)."""
+        for session_id in list(self._sessions):
+            await self.suspend(session_id)
+        if self._store is not None:
+            await self._store.close()
+
+    async def ping(self) -> str:
+        return self._host_id
