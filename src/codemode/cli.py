@@ -280,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     from codemode.protocol.policy import add_serve_flags
 
     add_serve_flags(serve)
+    from codemode.protocol.cluster_source import add_cluster_flags
+
+    add_cluster_flags(serve)
 
     mcp = sub.add_parser(
         "mcp",
@@ -519,11 +522,13 @@ def _main(argv: Sequence[str] | None) -> int:
         rss_budget_bytes=args.rss_budget_bytes, memory_limit_bytes=args.worker_memory_limit_bytes
     )
     if args.command == "serve":
+        from codemode.protocol.cluster_source import source_from_args
         from codemode.protocol.policy import policy_from_args
         from codemode.protocol.server import serve_main
 
         try:
             policy = policy_from_args(args)
+            sessions = source_from_args(args, limits)  # --cluster: sessions on Ray
         except ValueError as exc:
             print(f"codemode: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -534,6 +539,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 limits=limits,
                 engine=engine_name,
                 policy=policy,
+                source=sessions,
             )
     if args.command == "mcp":
         from codemode.mcp.server import mcp_main

@@ -11,21 +11,18 @@ observation records, caps, the connection's end) is the same for every source.
 
 from __future__ import annotations
 
-import secrets
 from typing import Protocol
 
 from codemode.contract import Session
 from codemode.model import CellLimits, SessionDelegate
+from codemode.session import new_cell_id
 
 __all__ = ["ServedRuntime", "SessionSource", "new_session_id"]
 
-SESSION_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-"""The alphabet of session ids: that of cell ids (docs/design.md)."""
-
 
 def new_session_id() -> str:
-    """A fresh session id: 16 characters of :data:`SESSION_ID_ALPHABET` (80 random bits)."""
-    return "".join(secrets.choice(SESSION_ID_ALPHABET) for _ in range(16))
+    """A fresh session id: 16 characters in the alphabet of cell ids (80 random bits)."""
+    return new_cell_id()
 
 
 class ServedRuntime(Session, Protocol):

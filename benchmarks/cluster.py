@@ -1,0 +1,296 @@
+"""Sessions on Ray next to sessions in process: opening, nested calls, failover.
+
+One run measures, side by side:
+
+- **in process**: ``SessionRuntime`` in this process, plain and durable (``SqliteStore``);
+- **cluster, 1/2/4 hosts**: ``SessionCluster`` on a real two-node Ray cluster started on this
+  machine (``ray.cluster_utils.Cluster``: a head and one worker node, 1 CPU each, loopback only),
+  sharing a ``SqliteStore`` file; the delegate runs in this process, so every nested call crosses
+  from a host actor back here and its answer crosses back.
+
+Figures per configuration:
+
+- sessions opened per second (``--sessions`` opened concurrently, then shut down);
+- nested calls per second: ``--sessions`` sessions, one cell each making ``--calls`` sequential
+  ``echo`` calls, all at once;
+- per-call latency: one cell making ``--calls`` sequential calls alone (median of 3), and its
+  overhead over the in-process runtime;
+- failover (cluster only, 2 hosts): a cell making calls while its host actor is killed
+  (``ray.kill``), then while its whole node is removed (the raylet and every worker on it): the
+  gap between the last call answered before the kill and the first call after it, and whether the
+  cell's output came out whole (every call once, nothing repeated).
+
+Prints a table and writes benchmarks/results/cluster.json. Run:
+``.venv/bin/python benchmarks/cluster.py`` (``--hosts 1 2 4``, ``--sessions 20``, ``--calls 200``,
+``--no-failover``, ``--lease-seconds 2``). The machine is shared (2 cores): expect 20-40 % noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from codemode import (
+    Completed,
+    CreateCellRequest,
+    SessionRuntime,
+    SqliteStore,
+    ToolDefinition,
+    tools_delegate,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+ECHO = ToolDefinition("echo", input_schema={"type": "object"})
+MiB = 1024 * 1024
+
+Opener = Callable[[Any], Awaitable[Any]]  # delegate -> an open Session
+
+
+def calls_source(n: int) -> str:
+    return f"for (let i = 0; i < {n}; i++) {{ await tools.echo({{i}}); }}\ntext('done');"
+
+
+def echo_delegate(seen: list[tuple[str, str]] | None = None, pause: float = 0.0) -> Any:
+    async def echo(value: Any) -> Any:
+        if pause:
+            await asyncio.sleep(pause)
+        return value
+
+    delegate = tools_delegate({"echo": echo})
+    if seen is None:
+        return delegate
+
+    class Recording:
+        async def invoke_tool(self, call: Any) -> Any:
+            seen.append((call.cell_id, call.call_id))
+            return await delegate.invoke_tool(call)
+
+        async def notify(self, call_id: str, cell_id: str, text: str) -> None:
+            return None
+
+    return Recording()
+
+
+async def run_cell(session: Any, calls: int) -> Completed:
+    cell = await session.create_cell(CreateCellRequest(calls_source(calls), (ECHO,)))
+    while True:
+        event = await session.wait(cell, 30.0)
+        if isinstance(event, Completed):
+            assert event.error_text is None, event.error_text
+            return event
+
+
+async def measure(open_session: Opener, sessions: int, calls: int) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    # Sessions opened per second.
+    start = time.perf_counter()
+    opened = await asyncio.gather(*(open_session(echo_delegate()) for _ in range(sessions)))
+    figures["sessions opened/s"] = sessions / (time.perf_counter() - start)
+    # Nested calls per second, every session at once.
+    start = time.perf_counter()
+    await asyncio.gather(*(run_cell(s, calls) for s in opened))
+    figures["nested calls/s (all sessions)"] = sessions * calls / (time.perf_counter() - start)
+    # Per-call latency, one cell alone.
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        await run_cell(opened[0], calls)
+        runs.append((time.perf_counter() - start) / calls)
+    figures["ms per call (one cell)"] = statistics.median(runs) * 1000
+    await asyncio.gather(*(s.shutdown() for s in opened))
+    return figures
+
+
+# ---------------------------------------------------------------------------- in process
+
+
+async def in_process(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+
+    async def plain(delegate: Any) -> Any:
+        return SessionRuntime(delegate)
+
+    results["in process"] = await measure(plain, args.sessions, args.calls)
+    store = SqliteStore(tmp / "inprocess.db", lease_seconds=args.lease_seconds)
+    if hasattr(SessionRuntime, "open"):  # durable sessions (docs/durability.md)
+
+        async def durable(delegate: Any) -> Any:
+            runtime = SessionRuntime(delegate, store=store)  # type: ignore[call-arg]
+            return await runtime.open()
+
+        try:
+            results["in process, durable"] = await measure(durable, args.sessions, args.calls)
+        finally:
+            await store.close()
+    return results
+
+
+# ---------------------------------------------------------------------------- on Ray
+
+
+@contextlib.contextmanager
+def local_ray_cluster() -> Any:
+    """A head and one worker node on this machine (1 CPU each, loopback only), torn down after."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    node_args = {"num_cpus": 1, "object_store_memory": 80 * MiB}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={**node_args, "include_dashboard": False, "node_ip_address": "127.0.0.1"},
+    )
+    try:
+        worker = cluster.add_node(**node_args)
+        cluster.wait_for_nodes()
+        yield cluster, worker
+    finally:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        cluster.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def session_cluster(address: str, store: Any, hosts: int) -> AsyncIterator[Any]:
+    from codemode.cluster import SessionCluster
+
+    cluster = await SessionCluster.start(store=store, hosts=hosts, address=address)
+    try:
+        yield cluster
+    finally:
+        await cluster.close()
+
+
+async def on_ray(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+    with local_ray_cluster() as (ray_cluster, worker):
+        for hosts in args.hosts:
+            store = SqliteStore(tmp / f"cluster{hosts}.db", lease_seconds=args.lease_seconds)
+            async with session_cluster(ray_cluster.address, store, hosts) as cluster:
+                figures = await measure(cluster.session, args.sessions, args.calls)
+                results[f"cluster, {hosts} host{'s' if hosts > 1 else ''}"] = figures
+            await store.close()
+        if not args.no_failover:
+            store = SqliteStore(tmp / "failover.db", lease_seconds=args.lease_seconds)
+            async with session_cluster(ray_cluster.address, store, 2) as cluster:
+                results["failover, host actor killed"] = await failover(cluster, None)
+                results["failover, node removed"] = await failover(cluster, (ray_cluster, worker))
+            await store.close()
+    return results
+
+
+async def host_of_one_session(cluster: Any) -> Any:
+    infos = [h for h in await cluster.hosts() if h.alive and h.sessions > 0]
+    assert len(infos) == 1, infos
+    return infos[0]
+
+
+async def failover(cluster: Any, node: tuple[Any, Any] | None) -> dict[str, float]:
+    """Kill the host (or remove the node) of a session whose cell is making calls; time the gap
+    in its calls and check its output came out whole."""
+    import ray
+
+    seen: list[tuple[str, str]] = []
+    stamps: list[float] = []
+    calls = 60
+    going = asyncio.Event()
+
+    class Timed:
+        async def invoke_tool(self, call: Any) -> Any:
+            seen.append((call.cell_id, call.call_id))
+            stamps.append(time.perf_counter())
+            if len(stamps) >= 10:
+                going.set()
+            await asyncio.sleep(0.02)
+            return call.input
+
+        async def notify(self, call_id: str, cell_id: str, text: str) -> None:
+            return None
+
+    session = await cluster.session(Timed())
+    cell = await session.create_cell(CreateCellRequest(calls_source(calls), (ECHO,)))
+    await going.wait()
+    info = await host_of_one_session(cluster)
+    killed_at = time.perf_counter()
+    if node is None:
+        ray.kill(ray.get_actor(info.actor_name, namespace=info.namespace), no_restart=False)
+    else:
+        ray_cluster, worker = node
+        victim = worker if worker.node_id == info.node_id else None
+        assert victim is not None, "the session's host is not on the worker node"
+        ray_cluster.remove_node(victim)
+    before = sum(1 for s in stamps if s < killed_at)
+    event = await run_events(session, cell)
+    after = [s for s in stamps if s > killed_at]
+    ids = [c for _, c in seen]
+    whole = len(set(ids)) == calls and event.items and event.items[-1].text == "done"
+    await session.shutdown()
+    return {
+        "failover s (gap in calls)": (after[0] - max(s for s in stamps if s < killed_at))
+        if after
+        else float("nan"),
+        "calls before the kill": float(before),
+        "calls repeated": float(len(ids) - len(set(ids))),
+        "output whole (1 = yes)": 1.0 if whole else 0.0,
+    }
+
+
+async def run_events(session: Any, cell: Any) -> Completed:
+    while True:
+        event = await session.wait(cell, 60.0)
+        if isinstance(event, Completed):
+            return event
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    names: list[str] = []
+    for figures in results.values():
+        names += [n for n in figures if n not in names]
+    width = max(len(c) for c in results)
+    lines = [f"{'':{width}}  " + "  ".join(f"{n:>30}" for n in names)]
+    for config, figures in results.items():
+        cells = (f"{figures[n]:>30,.2f}" if n in figures else f"{'':>30}" for n in names)
+        lines.append(f"{config:{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hosts", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--lease-seconds", type=float, default=2.0)
+    parser.add_argument("--no-failover", action="store_true")
+    parser.add_argument("--no-ray", action="store_true", help="in-process figures only")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        results = await in_process(args, tmp)
+        if not args.no_ray:
+            results.update(await on_ray(args, tmp))
+    print(table(results))
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "cluster.json").write_text(
+        json.dumps(
+            {"machine": platform.platform(), "args": vars(args), "results": results}, indent=2
+        )
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
