@@ -12,22 +12,28 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import secrets
+import socket
+import sys
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from codemode.cell.actor import CellActor
 from codemode.cell.stored import StoredBudgetExceeded, StoredSnapshot
 from codemode.contract import Session
 from codemode.engine.base import CellBoot, Engine, limit_error_text
 from codemode.errors import (
+    CodeModeError,
     EngineError,
     IdempotencyConflict,
+    SessionBusy,
     ShuttingDown,
     WrongCellKind,
 )
@@ -53,6 +59,11 @@ from codemode.model import (
 )
 from codemode.registry import CellRegistry
 from codemode.tools.catalog import reference_json
+
+if TYPE_CHECKING:
+    from codemode.cell.journal import CellRecorder, Journal, RecordedCell
+    from codemode.store.base import SessionStore
+    from codemode.store.lease import LeaseKeeper
 
 __all__ = ["SessionRuntime", "new_cell_id", "tools_delegate"]
 
@@ -145,6 +156,11 @@ class _SessionCore:
         self.admissions_idle.set()
         self.shutdown_task: asyncio.Task[None] | None = None
         self.loop = asyncio.get_running_loop()
+        # durable sessions (docs/durability.md): None without a store
+        self.session_id = ""
+        self.journal: Journal | None = None
+        self.keeper: LeaseKeeper | None = None
+        self.lost = False  # the lease was lost: every call raises SessionBusy
 
     # CellHost
     def commit_writes(self, writes: dict[str, Any]) -> None:
@@ -177,6 +193,26 @@ class _SessionCore:
 
     def cell_closed(self, cell_id: str) -> None:
         self.cells.remove(cell_id)
+        if self.journal is not None:
+            self.journal.closed(cell_id)
+
+    def lease_lost(self) -> None:
+        """Another runtime took the session over (or the lease ran out): stop every cell here
+        without recording anything; later calls raise ``SessionBusy``."""
+        if self.lost:
+            return
+        logger.warning("session %s: lease lost; its cells stop here", self.session_id)
+        self.lost = True
+        self.alive = False
+        if self.journal is not None:
+            self.journal.muted = True
+        self.halt_cells(SessionBusy(self.session_id))
+
+    def halt_cells(self, error: BaseException) -> None:
+        for actor in self.cells.entries():
+            with _suppress_all():
+                actor.halt(error)
+        self.cells.clear()
 
     def loop_closing(self) -> None:
         if self.alive or self.cells:
@@ -187,6 +223,9 @@ class _SessionCore:
     def abandon(self) -> None:
         """The runtime was dropped without shutdown: stop every cell's JavaScript now."""
         self.alive = False
+        if self.keeper is not None:
+            with _suppress_all():
+                self.keeper.cancel()  # an implicit suspend: the lease expires
         if self.loop.is_closed():
             actors = self.cells.entries()
             for actor in actors:
@@ -230,12 +269,18 @@ class SessionRuntime(Session):
         *,
         limits: CellLimits | None = None,
         engine: Engine | None = None,
+        store: SessionStore | None = None,
+        session_id: str | None = None,
     ) -> None:
         if engine is None:
             from codemode.engine.choice import default_engine
 
             engine = default_engine()
         self._core = _SessionCore(delegate, limits or CellLimits(), engine)
+        self._core.session_id = str(session_id) if session_id is not None else new_cell_id()
+        self._store = store
+        self._opened = store is None  # a session without a store needs no open
+        self._open_task: asyncio.Task[None] | None = None
         self._finalizer = weakref.finalize(self, _SessionCore.abandon, self._core)
 
     # ------------------------------------------------------------------ properties
@@ -244,6 +289,202 @@ class SessionRuntime(Session):
     def is_alive(self) -> bool:
         """False once shutdown began."""
         return self._core.alive
+
+    @property
+    def session_id(self) -> str:
+        """The session's id: the one given, else a new one (16 characters)."""
+        return self._core.session_id
+
+    @property
+    def is_durable(self) -> bool:
+        """True when the session keeps its cells in a store (docs/durability.md)."""
+        return self._store is not None
+
+    # ------------------------------------------------------------------ durability
+
+    async def open(self) -> SessionRuntime:
+        """Load the session from its store, or create it there, and take its lease; recover
+        every cell that had not closed (by replay) before returning. Idempotent; a no-op
+        without a store. Raises ``SessionBusy`` when another live runtime holds the session,
+        ``StoreError`` when the store cannot serve it."""
+        if self._opened:
+            return self
+        core = self._core
+        if not core.alive:
+            raise ShuttingDown()
+        if self._open_task is None:
+            self._open_task = core.loop.create_task(self._open())
+        task = self._open_task
+        try:
+            await asyncio.shield(task)
+        except BaseException:
+            if task.done() and self._open_task is task:
+                self._open_task = None  # a failed open may be retried
+            raise
+        return self
+
+    async def _open(self) -> None:
+        from codemode.cell.journal import Journal, RecordedCell
+        from codemode.store.lease import LeaseKeeper
+
+        store = self._store
+        assert store is not None
+        core = self._core
+        sid = core.session_id
+        owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
+        keeper = LeaseKeeper(store, sid, owner, on_lost=core.lease_lost)
+        sent = time.monotonic()
+        opened = await store.open_session(sid, owner, limits=asdict(core.limits))
+        keeper.granted(sent, opened.lease)
+        keeper.start()
+        core.keeper = keeper
+        core.journal = Journal(store, sid, owner, keeper, core.lease_lost)
+        try:
+            if not opened.created:
+                recorded = opened.session.limits
+                if isinstance(recorded, dict):
+                    core.limits = CellLimits(**recorded)
+                values = await store.get_values(sid)
+                core.stored = StoredSnapshot().merged(
+                    {k: str(v) for k, v in values.items()}, sys.maxsize
+                )
+                for key in await store.list_keys(sid):
+                    kind, _, digest = (key.fingerprint or "").partition(":")
+                    if kind in (CellKind.CONTINUING.value, CellKind.PAUSABLE.value):
+                        core.keys[key.key] = _KeyRecord(key.cell_id, CellKind(kind), digest)
+                recorders: list[CellRecorder] = []
+                for record in await store.list_cells(sid, state="open"):
+                    entries = await store.read_journal(sid, record.cell_id)
+                    deliveries = await store.deliveries(sid, record.cell_id)
+                    cell = RecordedCell.parse(record, entries, deliveries)
+                    recorder = await self._recover(cell)
+                    if recorder is not None:
+                        recorders.append(recorder)
+                for recorder in recorders:
+                    await recorder.replayed.wait()
+                await core.journal.flush()
+        except BaseException:
+            core.halt_cells(ShuttingDown())
+            keeper.cancel()
+            with _suppress_all():
+                await store.release_lease(sid, owner)
+            core.journal = None
+            core.keeper = None
+            raise
+        self._opened = True
+
+    async def _recover(self, cell: RecordedCell) -> CellRecorder | None:
+        """Admit a recorded cell again, in a fresh sandbox that replays its record."""
+        from codemode.cell.journal import CellRecorder, request_from_json
+
+        core = self._core
+        assert core.journal is not None
+        record = cell.record
+        try:
+            request, stored_json = request_from_json(record.request)
+            kind = CellKind(record.kind)
+            stored = StoredSnapshot.from_values(json.loads(stored_json))
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.error("cell %s cannot be recovered: its record is %s", record.cell_id, exc)
+            core.journal.closed(record.cell_id)
+            return None
+        tools = tuple(request.tools)
+        boot = CellBoot(
+            cell_id=record.cell_id,
+            source=request.source,
+            tools=tools,
+            stored=stored,
+            limits=core.limits,
+            pausable=kind is CellKind.PAUSABLE,
+            tool_reference=reference_json(tools),
+            replay_reads=tuple(cell.reads),
+        )
+
+        async def reopen() -> Any:
+            return await core.engine.open_cell(boot)
+
+        try:
+            engine_cell = await reopen()
+        except EngineError as exc:
+            logger.error("cell %s cannot be recovered: %s", record.cell_id, exc)
+            core.journal.closed(record.cell_id)
+            return None
+        recorder = CellRecorder(core.journal, record.cell_id, kind, recorded=cell, reopen=reopen)
+        actor = CellActor(
+            record.cell_id,
+            kind,
+            engine_cell,
+            tools,
+            request.tool_call_id,
+            core,
+            max_result_bytes=core.limits.max_heap_bytes,
+            max_parallel_calls=core.limits.max_parallel_tool_calls,
+            recorder=recorder,
+        )
+        core.cells.add(actor)
+        actor.start()
+        return recorder
+
+    async def suspend(self) -> None:
+        """Stop the cells running here without ending them and release the lease: the next
+        ``open`` of this session id, in any process sharing the store, recovers them. The
+        runtime is finished afterwards (open a new one to continue)."""
+        if self._store is None:
+            raise RuntimeError("suspend needs a durable session (a store)")
+        core = self._core
+        core.alive = False
+        if self._open_task is not None and not self._opened:
+            with _suppress_all():
+                await asyncio.shield(self._open_task)
+        await core.admissions_idle.wait()
+        core.halt_cells(ShuttingDown())
+        journal = core.journal
+        if journal is not None and not core.lost:
+            # Facts already carried out (a step fed to an engine, an event delivered) stay.
+            try:
+                await journal.flush()
+            except CodeModeError as exc:
+                logger.warning("session %s: suspending: %s", core.session_id, exc)
+            journal.muted = True
+        if core.keeper is not None:
+            with _suppress_all():
+                await core.keeper.stop(release=not core.lost)
+        await core.engine.aclose()
+        self._finalizer.detach()
+
+    async def _gate(self) -> None:
+        """Durable sessions: open first; after a lost lease every call raises SessionBusy."""
+        if not self._opened:
+            await self.open()
+        if self._core.lost:
+            raise SessionBusy(self._core.session_id)
+
+    def _gate_sync(self) -> None:
+        if not self._opened:
+            raise RuntimeError("open the session first")
+        if self._core.lost:
+            raise SessionBusy(self._core.session_id)
+
+    async def _recorded(self) -> None:
+        """Make the facts of a call durable before its answer reaches the caller. A caller
+        cancelled meanwhile still gets its answer: the cell already counts it as delivered."""
+        journal = self._core.journal
+        if journal is None or not journal.has_pending:
+            return
+        try:
+            await journal.flush()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            await journal.flush()
+
+    async def _delivered(self, actor: CellActor, event: Any, first: bool) -> None:
+        recorder = actor.recorder
+        if recorder is not None and first and isinstance(event, Yielded | Pending):
+            items = event.items if isinstance(event, Yielded) else event.frontier.items
+            recorder.delivered(len(items))
+        await self._recorded()
 
     @property
     def language(self) -> str:
@@ -269,6 +510,8 @@ class SessionRuntime(Session):
         return PausableCell(cell_id, self._core.cells.owner)
 
     async def _create(self, request: CreateCellRequest, kind: CellKind) -> str:
+        if self._store is not None:
+            await self._gate()
         core = self._core
         if not core.alive:
             raise ShuttingDown()
@@ -311,7 +554,7 @@ class SessionRuntime(Session):
     ) -> str:
         core = self._core
         try:
-            cell_id = await self._admit(request, kind)
+            cell_id = await self._admit(request, kind, key, fingerprint)
             core.keys[key] = _KeyRecord(cell_id, kind, fingerprint)
             self._evict_keys()
             return cell_id
@@ -331,8 +574,16 @@ class SessionRuntime(Session):
             if core.keys[key].cell_id not in core.cells:
                 del core.keys[key]
                 excess -= 1
+                if core.journal is not None:
+                    core.journal.key_deleted(key)
 
-    async def _admit(self, request: CreateCellRequest, kind: CellKind) -> str:
+    async def _admit(
+        self,
+        request: CreateCellRequest,
+        kind: CellKind,
+        key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> str:
         core = self._core
         if not core.alive:
             raise ShuttingDown()
@@ -372,6 +623,11 @@ class SessionRuntime(Session):
         if not core.alive:
             engine_cell.close()
             raise ShuttingDown()
+        recorder = None
+        if core.journal is not None:
+            recorder = await self._record_admission(
+                engine_cell, cell_id, kind, request, stored, key, fingerprint
+            )
         actor = CellActor(
             cell_id,
             kind,
@@ -381,11 +637,47 @@ class SessionRuntime(Session):
             core,
             max_result_bytes=core.limits.max_heap_bytes,
             max_parallel_calls=core.limits.max_parallel_tool_calls,
+            recorder=recorder,
         )
         core.cells.add(actor)
         actor.start()
         logger.debug("admitted %s cell %s", kind, cell_id)
         return cell_id
+
+    async def _record_admission(
+        self,
+        engine_cell: Any,
+        cell_id: str,
+        kind: CellKind,
+        request: CreateCellRequest,
+        stored: StoredSnapshot,
+        key: str | None,
+        fingerprint: str | None,
+    ) -> CellRecorder:
+        """Record an admission (with the stored values the cell boots with) before the cell
+        runs or its handle is returned."""
+        from codemode.cell.journal import CellRecorder, request_json
+        from codemode.store.base import NewCell
+
+        core = self._core
+        journal = core.journal
+        assert journal is not None
+        digest = f"{kind.value}:{fingerprint}" if key is not None else None
+        journal.new_cell(
+            NewCell(cell_id, kind.value, request_json(request, stored.json_text()), key, digest)
+        )
+        try:
+            await journal.flush()
+        except BaseException:
+            engine_cell.close()
+            if not journal.failed:
+                journal.closed(cell_id)  # the caller went away: nobody can reach the cell
+            raise
+        if not core.alive:
+            engine_cell.close()
+            journal.closed(cell_id)
+            raise ShuttingDown()
+        return CellRecorder(journal, cell_id, kind)
 
     # ------------------------------------------------------------------ handles
 
@@ -404,11 +696,15 @@ class SessionRuntime(Session):
 
     def cell(self, cell_id: str) -> Cell:
         """A handle on the live continuing cell ``cell_id``."""
+        if self._store is not None:
+            self._gate_sync()
         self._actor(str(cell_id), CellKind.CONTINUING)
         return Cell(cell_id, self._core.cells.owner)
 
     def pausable_cell(self, cell_id: str) -> PausableCell:
         """A handle on the live pausable cell ``cell_id``."""
+        if self._store is not None:
+            self._gate_sync()
         self._actor(str(cell_id), CellKind.PAUSABLE)
         return PausableCell(cell_id, self._core.cells.owner)
 
@@ -416,26 +712,52 @@ class SessionRuntime(Session):
 
     async def wait(self, cell: Cell, yield_after: float) -> CellEvent:
         """Observe a continuing cell for up to ``yield_after`` seconds (SPEC section 4)."""
+        if self._store is not None:
+            await self._gate()
         actor = self._actor(cell, CellKind.CONTINUING)
         event = await actor.observe(float(yield_after))
         assert isinstance(event, Yielded | Completed | Terminated)
+        if actor.recorder is not None:
+            await self._delivered(actor, event, True)
         return event
 
     async def wait_to_pending(self, cell: PausableCell) -> PausableCellEvent:
         """The current frontier of a pausable cell, or wait for the next one (SPEC 5.2)."""
+        if self._store is not None:
+            await self._gate()
         actor = self._actor(cell, CellKind.PAUSABLE)
-        event = await actor.observe(None)
+        if actor.recorder is None:
+            event = await actor.observe(None)
+        else:
+            repeat = actor.machine.current_frontier is not None and actor.machine.frontier_seen
+            event = await actor.observe(None)
+            await self._delivered(actor, event, not repeat)
         assert isinstance(event, Pending | Completed | Terminated)
         return event
 
     async def resume(self, cell: PausableCell, generation: int) -> ResumeOutcome:
         """Continue a pausable cell past frontier ``generation`` (SPEC 5.3)."""
+        if self._store is not None:
+            await self._gate()
         actor = self._actor(cell, CellKind.PAUSABLE)
-        return actor.resume(int(generation))
+        recorder = actor.recorder
+        if recorder is None:
+            return actor.resume(int(generation))
+        seen = actor.machine.frontier_seen
+        outcome = actor.resume(int(generation))
+        if outcome is ResumeOutcome.RESUMED:
+            recorder.resumed(int(generation), seen)
+            await self._recorded()
+        return outcome
 
     async def terminate(self, cell: Cell | PausableCell | str) -> Completed | Terminated:
         """Stop a cell of either kind (SPEC 7.1)."""
-        return await self._find(cell).terminate()
+        if self._store is None:
+            return await self._find(cell).terminate()
+        await self._gate()
+        event = await self._find(cell).terminate()
+        await self._recorded()
+        return event
 
     # ------------------------------------------------------------------ approvals
 
@@ -445,6 +767,8 @@ class SessionRuntime(Session):
         Raises ``ForeignHandle`` or ``MissingCell`` (unknown or closed cell). See
         ``docs/approvals.md``.
         """
+        if self._store is not None:
+            self._gate_sync()
         return self._find(cell).awaiting_approval()
 
     async def approve(self, cell: Cell | PausableCell | str, call_id: str) -> None:
@@ -454,7 +778,13 @@ class SessionRuntime(Session):
         Raises ``ForeignHandle``, ``MissingCell``, or ``NotAwaitingApproval`` when the call is
         not held (never issued, already decided, or dropped because the cell stopped).
         """
-        self._find(cell).approve(str(call_id))
+        if self._store is not None:
+            await self._gate()
+        actor = self._find(cell)
+        actor.approve(str(call_id))
+        if actor.recorder is not None:
+            actor.recorder.approved(str(call_id))
+            await self._recorded()
 
     async def reject(
         self,
@@ -465,11 +795,20 @@ class SessionRuntime(Session):
         """Reject the held call ``call_id``: its promise in the cell rejects with an ``Error``
         whose message is ``reason`` (a pausable cell sees it once resumed). Raises as
         :meth:`approve`."""
-        self._find(cell).reject(str(call_id), str(reason))
+        if self._store is not None:
+            await self._gate()
+        actor = self._find(cell)
+        actor.reject(str(call_id), str(reason))
+        if actor.recorder is not None:
+            actor.recorder.rejected(str(call_id), str(reason))
+            await self._recorded()
 
     async def shutdown(self) -> None:
         """Terminate every cell and release the engine (SPEC 7.5). Idempotent; concurrent calls
         share one cleanup, which goes on even if a caller is cancelled."""
+        if self._store is not None and not self._opened and self._core.alive:
+            with _suppress_all():
+                await self.open()  # ending a session ends its recorded cells too
         core = self._core
         core.alive = False
         if core.shutdown_task is None:
@@ -482,10 +821,30 @@ class SessionRuntime(Session):
         actors = core.cells.entries()
         if actors:
             await asyncio.gather(*(a.shutdown() for a in actors), return_exceptions=True)
+        if core.journal is not None and not core.lost:
+            await self._end_durable()
         await core.engine.aclose()
         self._finalizer.detach()
 
+    async def _end_durable(self) -> None:
+        """Shutdown of a durable session: commits already made are written, then the session's
+        cells leave the store (its stored values and keys stay) and the lease is released."""
+        core = self._core
+        journal, keeper = core.journal, core.keeper
+        assert journal is not None and keeper is not None
+        try:
+            await journal.flush()
+            journal.muted = True
+            await journal.store.delete_cells(core.session_id, journal.owner)
+        except CodeModeError as exc:
+            logger.warning("session %s: shutting down: %s", core.session_id, exc)
+        journal.muted = True
+        with _suppress_all():
+            await keeper.stop(release=not core.lost)
+
     async def __aenter__(self) -> SessionRuntime:
+        if self._store is not None:
+            await self.open()
         return self
 
     async def __aexit__(

@@ -20,7 +20,7 @@ import heapq
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from codemode import tracing
 from codemode.cell.delegate import call_delegate
@@ -52,6 +52,7 @@ from codemode.engine.base import (
     ToolResultInput,
     YieldRequested,
 )
+from codemode.errors import CodeModeError
 from codemode.model import (
     ApprovalRequest,
     CellKind,
@@ -65,6 +66,9 @@ from codemode.model import (
     ToolDefinition,
     Yielded,
 )
+
+if TYPE_CHECKING:
+    from codemode.cell.journal import CellRecorder
 
 __all__ = ["CALLBACK_GRACE", "CellActor", "CellHost"]
 
@@ -119,6 +123,7 @@ class CellActor:
         host: CellHost,
         max_result_bytes: int,
         max_parallel_calls: int = 100,
+        recorder: CellRecorder | None = None,
     ) -> None:
         self.cell_id = cell_id
         self.kind = kind
@@ -148,6 +153,9 @@ class CellActor:
         self._log = logging.LoggerAdapter(logger, {"cell_id": cell_id})
         self._debug = logger.isEnabledFor(logging.DEBUG)
         self._trace: tracing.CellTrace | None = None  # OpenTelemetry spans, when imported
+        # A durable session's journal of this cell (docs/durability.md); None: not durable.
+        self.recorder = recorder
+        self._halted: BaseException | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -170,6 +178,17 @@ class CellActor:
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
+
+    def halt(self, error: BaseException) -> None:
+        """Stop the cell here without any outcome (a durable session was suspended or lost its
+        lease): the JavaScript stops, callbacks are cancelled, and callers waiting on the cell
+        get ``error``."""
+        self._halted = error
+        self.abandon()
+        for future in self._observer_futures.values():
+            if not future.done():
+                future.set_exception(error)
+        self._closed.set()
 
     def abandon(self) -> None:
         """Stop the JavaScript at once without any cleanup (the runtime was dropped)."""
@@ -225,6 +244,8 @@ class CellActor:
             return decision.event
         # The termination goes on even if our caller is cancelled.
         await asyncio.shield(self._closed.wait())
+        if self._halted is not None:
+            raise self._halted
         return Terminated(self._terminated_items)
 
     def awaiting_approval(self) -> tuple[ApprovalRequest, ...]:
@@ -268,9 +289,18 @@ class CellActor:
             elif isinstance(effect, Closed):
                 self._on_closed()
             elif isinstance(effect, DispatchCall):
+                if (
+                    self.recorder is not None
+                    and self.recorder.replaying
+                    and self.recorder.dispatch(effect)
+                ):
+                    continue
                 call = effect.call
                 self._calls[call.call_id] = self._loop.create_task(self._invoke(call))
             elif isinstance(effect, RejectCall):
+                if self.recorder is not None and self.recorder.replaying:
+                    self.recorder.reject(effect)
+                    continue
                 self._ready.append(ToolResultInput(effect.call_id, False, message=effect.reason))
                 self._wake.set()
 
@@ -294,8 +324,16 @@ class CellActor:
     async def _pump(self) -> None:
         try:
             self._log.debug("cell %s starts", self.cell_id)
-            report = await self._engine.run()
-            self._handle(report)
+            rec = self.recorder
+            if rec is not None and rec.recorded is not None:
+                from codemode.cell.journal import replay
+
+                await replay(self, rec)
+            else:
+                report = await self._engine.run()
+                if rec is not None and report.reads:
+                    await rec.after_step(report)
+                self._handle(report)
             while self.machine.is_live:
                 if not self.machine.may_run:
                     if not self.machine.is_paused:
@@ -307,7 +345,11 @@ class CellActor:
                 inputs = self._take_inputs()
                 if inputs:
                     self.machine.inputs_applied()
+                    if rec is not None:
+                        await rec.before_step(inputs)
                     report = await self._engine.step(inputs)
+                    if rec is not None and report.reads:
+                        await rec.after_step(report)
                     self._handle(report)
                     continue
                 self._apply(self.machine.quiescent(self._pending_ids))
@@ -319,10 +361,12 @@ class CellActor:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await self._wake.wait()
-        except EngineLost as exc:
+        except (EngineLost, CodeModeError) as exc:
             if self.machine.takes_results:
                 self._log.warning("engine of cell %s lost: %s", self.cell_id, exc)
-                self._apply(self.machine.engine_lost())
+                # CodeModeError: a durable session's journal could not record a step.
+                text = None if isinstance(exc, EngineLost) else f"exec cell stopped: {exc}"
+                self._apply(self.machine.engine_lost(text))
         except asyncio.CancelledError:
             if not self._stopping:
                 self._engine.close()
@@ -382,6 +426,8 @@ class CellActor:
     def _start_call(self, ev: ToolCallRequested) -> None:
         tool = self._tools[ev.tool_index]
         call = NestedToolCall(self.cell_id, ev.call_id, tool, ev.input)
+        if self.recorder is not None:
+            self.recorder.call_issued(ev.call_id, tool.name, ev.input)
         if self._debug:
             self._log.debug("cell %s calls %s as %s", self.cell_id, tool.name, ev.call_id)
         # The machine decides when it reaches the delegate (a free slot, an approval).
@@ -398,6 +444,8 @@ class CellActor:
         )
         self._calls.pop(call.call_id, None)
         if self.machine.takes_results:
+            if self.recorder is not None and self.machine.is_paused:
+                self.recorder.arrived(result)
             self._ready.append(result)
             self._wake.set()
         self._apply(self.machine.call_returned(call.call_id))
@@ -405,6 +453,8 @@ class CellActor:
     # ------------------------------------------------------------------ notifications
 
     def _enqueue_notification(self, text: str) -> None:
+        if self.recorder is not None and self.recorder.replaying:
+            return  # notifications are at most once: a recovered cell does not repeat them
         if self._notes is None:
             self._notes = asyncio.Queue()
             self._notifier = self._loop.create_task(self._notify_loop())
@@ -444,7 +494,10 @@ class CellActor:
             refused = self._host.writes_refused(writes, prepared)
             if refused is not None:
                 self.machine.refuse_writes(refused)
-        self._apply(self.machine.commit())
+        if self.recorder is None:
+            self._apply(self.machine.commit())
+        else:
+            self._apply(self.recorder.committing(self.machine, self.machine.commit()))
         if self._notifier is not None:
             self._notifier.cancel()
 

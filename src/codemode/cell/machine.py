@@ -120,6 +120,7 @@ terminate            terminating  terminating  terminating  closed       !termin
 shutdown             terminating  terminating  terminating  =|closed     late         late
 salvaged_output      bug          bug          bug          bug          =            bug
 termination_finished bug          bug          bug          bug          closed       bug
+restore_delivered    =            =            =            =            bug          bug
 """
 """Every input of the machine (a method) in every phase. A cell is one of:
 
@@ -394,6 +395,12 @@ class CellMachine:
         return self._observer is not None
 
     @property
+    def frontier_seen(self) -> bool:
+        """The current frontier was delivered (or is being collected); a durable session
+        records it with the resume that consumes the frontier."""
+        return self._frontier_handed_over()
+
+    @property
     def awaiting_approval(self) -> tuple[ApprovalRequest, ...]:
         """The held calls, sorted by call id (issue order)."""
         return tuple(
@@ -559,13 +566,14 @@ class CellMachine:
         return [BeginSettling()]
 
     @_rule("engine_lost", [])
-    def engine_lost(self) -> list[Effect]:
-        """The engine ended without a settlement (SPEC 7.6): fail, commit nothing."""
+    def engine_lost(self, error_text: str | None = None) -> list[Effect]:
+        """The engine ended without a settlement (SPEC 7.6): fail, commit nothing. A durable
+        session's replay that cannot recover the cell ends it so, with its own ``error_text``."""
         if self._frontier is not None and not self._frontier_handed_over():
             self._recorded[:0] = self._frontier.frontier.items
         self._frontier = None
         self._discard_writes = True
-        self._completion_error = "exec runtime ended unexpectedly"
+        self._completion_error = error_text or "exec runtime ended unexpectedly"
         self.phase = Phase.SETTLING
         self._drop_waiting_calls()
         return [BeginSettling()]
@@ -599,6 +607,18 @@ class CellMachine:
             obs.prepared = _Prepared.COMPLETED
             effects.append(WakeObserver(obs.token))
         return effects
+
+    @_rule("restore_delivered")
+    def restore_delivered(self, items: int, any_delivered: bool) -> None:
+        """A recovered continuing cell (durable sessions): the first ``items`` output items of
+        its replay were delivered before it was recovered; ``any_delivered`` says whether any
+        event was (the initial-yield boundary of SPEC 4 rule 5 is then behind it)."""
+        if not any_delivered:
+            return  # a stash the replay made is the initial yield nobody received yet
+        pending = list(self._stash or ()) + self._recorded
+        self._stash = None
+        self._recorded = pending[items:]
+        self._delivered_any = True
 
     # ------------------------------------------------------------------ observers
 

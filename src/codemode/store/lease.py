@@ -89,6 +89,13 @@ class LeaseKeeper:
             self._declare_lost()
             raise SessionBusy(self.session_id)
 
+    def cancel(self) -> None:
+        """Stop renewing at once, without releasing: the lease then expires (for a holder that
+        is going away without an event loop turn to spare)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+
     async def stop(self, *, release: bool = False) -> None:
         """Stop renewing; with ``release``, give the lease up (if still held)."""
         task, self._task = self._task, None

@@ -1,0 +1,573 @@
+"""The journal of a durable session, and the replay that brings a cell back from it.
+
+A durable session (docs/durability.md) records what its cells did in a
+:class:`~codemode.store.SessionStore`, write-ahead, at the engine seam: a cell's life is its
+admission (the request and the stored values it booted with), then the groups of inputs its engine
+consumed, step by step, each written *before* the engine sees it (so no answered call is ever
+asked again), the values it read from the clock and the random source (written before the
+effects of the step that read them are carried out), the resumes of a pausable cell with their
+generation, the host's approval decisions, its committed completion with its stored writes, how
+many output items each event delivered to a caller carried, and finally its closing.
+
+:class:`Journal` is the session's one ordered writer: entries are appended synchronously, in the
+order their facts happened on the event loop, and :meth:`Journal.flush` writes everything appended
+so far in one :class:`~codemode.store.Batch` (concurrent flushes share the write in flight). A
+:class:`CellRecorder` is one cell's view of it; :func:`replay` re-runs a cell from its record in a
+fresh sandbox through the cell's own :class:`~codemode.cell.actor.CellActor` and
+:class:`~codemode.cell.machine.CellMachine`, so every lifecycle rule applies to a recovered cell
+exactly as it did the first time.
+
+Journal entry kinds (payloads are JSON):
+
+``step``      ``{"i": [input, ...]}``: one engine step's inputs in the order applied; a tool
+              result is ``["r", call_id, ok, value_json_or_message, tool_name, input_digest]``,
+              a timer firing ``["t", timer_id]``
+``reads``     ``{"r": [[source, value], ...]}``: the environment reads of the step before
+``arrived``   ``{"i": [input]}``: a tool result that reached a *paused* cell (consumed by a
+              later step once resumed; recorded at once, so a restart in between keeps it)
+``resume``    ``{"g": generation, "seen": bool}``: a pausable cell resumed past a frontier
+              (``seen``: that frontier had been delivered)
+``approve``   ``{"c": call_id}``; ``reject`` ``{"c": call_id, "m": reason}``
+``completed`` ``{"e": error_text}``: the completion was committed (its writes are in the same
+              batch, as stored values)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from codemode.cell.machine import CellMachine, CommitWrites, DispatchCall, Effect, RejectCall
+from codemode.engine.base import (
+    EngineCell,
+    EngineLost,
+    EnvRead,
+    StepInput,
+    StepReport,
+    TimerFired,
+    ToolResultInput,
+)
+from codemode.errors import CodeModeError, SessionBusy, StoreError
+from codemode.model import CellKind, CreateCellRequest, ToolDefinition, ToolKind
+from codemode.store.base import Batch, CellRecord, Delivery, Entry, JournalEntry, NewCell
+
+if TYPE_CHECKING:
+    from codemode.cell.actor import CellActor
+    from codemode.store.base import SessionStore
+    from codemode.store.lease import LeaseKeeper
+
+__all__ = [
+    "CellRecorder",
+    "Journal",
+    "RecordedCell",
+    "input_digest",
+    "replay",
+    "request_from_json",
+    "request_json",
+]
+
+logger = logging.getLogger("codemode.journal")
+
+STEP = "step"
+READS = "reads"
+ARRIVED = "arrived"
+RESUME = "resume"
+APPROVE = "approve"
+REJECT = "reject"
+COMPLETED = "completed"
+
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def input_digest(value: Any) -> str:
+    """A short digest of a call's input, compared when the call is replayed."""
+    try:
+        text = _compact.encode(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+
+
+def request_json(request: CreateCellRequest, stored_json: str) -> dict[str, Any]:
+    """The recorded form of an admitted cell's request, with the stored values it booted with."""
+    return {
+        "source": request.source,
+        "tools": [asdict(t) for t in request.tools],
+        "tool_call_id": request.tool_call_id,
+        "idempotency_key": request.idempotency_key,
+        "stored": stored_json,
+    }
+
+
+def request_from_json(doc: Any) -> tuple[CreateCellRequest, str]:
+    """The request and the stored values' JSON text of :func:`request_json`."""
+    tools = []
+    for t in doc.get("tools", []):
+        t = dict(t)
+        t["kind"] = ToolKind(t.get("kind", "function"))
+        tools.append(ToolDefinition(**t))
+    request = CreateCellRequest(
+        source=doc["source"],
+        tools=tuple(tools),
+        tool_call_id=doc.get("tool_call_id", ""),
+        idempotency_key=doc.get("idempotency_key"),
+    )
+    return request, doc.get("stored", "{}")
+
+
+class Journal:
+    """The ordered writer of one durable session.
+
+    Appending is synchronous and never fails; :meth:`flush` makes everything appended so far
+    durable in one batch and raises ``SessionBusy`` (the lease is lost) or ``StoreError``. The
+    write runs in a task of its own, so a cancelled flusher never leaves half a batch behind.
+    After a failure the journal is broken: every later flush raises the same error.
+    """
+
+    def __init__(
+        self,
+        store: SessionStore,
+        session_id: str,
+        owner: str,
+        keeper: LeaseKeeper,
+        on_lost: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.session_id = session_id
+        self.owner = owner
+        self._keeper = keeper
+        self._on_lost = on_lost
+        self._loop = asyncio.get_running_loop()
+        self._cells: list[NewCell] = []
+        self._entries: list[Entry] = []
+        self._deliveries: list[Delivery] = []
+        self._closed: list[str] = []
+        self._values: dict[str, Any] = {}
+        self._keys_deleted: list[str] = []
+        self._appended = 0
+        self._durable = 0
+        self._task: asyncio.Task[None] | None = None
+        self.failed: CodeModeError | None = None
+        self.muted = False  # shutting down or stopped: record nothing more
+
+    # ------------------------------------------------------------------ appending
+
+    def _bump(self) -> None:
+        self._appended += 1
+
+    def new_cell(self, cell: NewCell) -> None:
+        if not self.muted:
+            self._cells.append(cell)
+            self._bump()
+
+    def entry(self, cell_id: str, kind: str, payload: Any) -> None:
+        if not self.muted:
+            self._entries.append(Entry(cell_id, kind, payload))
+            self._bump()
+
+    def delivery(self, cell_id: str, items: int) -> None:
+        if not self.muted:
+            self._deliveries.append(Delivery(cell_id, items))
+            self._bump()
+
+    def closed(self, cell_id: str) -> None:
+        if not self.muted:
+            self._closed.append(cell_id)
+            self._bump()
+
+    def values(self, writes: dict[str, str]) -> None:
+        """Committed stored values (key -> the value's JSON text)."""
+        if not self.muted:
+            self._values.update(writes)
+            self._bump()
+
+    def key_deleted(self, key: str) -> None:
+        if not self.muted:
+            self._keys_deleted.append(key)
+            self._bump()
+
+    # ------------------------------------------------------------------ writing
+
+    @property
+    def has_pending(self) -> bool:
+        return self._durable < self._appended
+
+    async def flush(self) -> None:
+        """Make every fact appended so far durable (``SessionBusy`` / ``StoreError``)."""
+        target = self._appended
+        while self._durable < target:
+            if self.failed is not None:
+                raise self.failed
+            task = self._task
+            if task is None:
+                task = self._task = self._loop.create_task(self._write_pending())
+            await asyncio.shield(task)
+        if self.failed is not None and self._durable < target:  # pragma: no cover
+            raise self.failed
+
+    async def settle(self) -> None:
+        """Wait for a write in flight (used when stopping: nothing new is written)."""
+        task = self._task
+        if task is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(task)
+
+    def _take(self) -> tuple[Batch, int]:
+        batch = Batch(
+            cells=self._cells,
+            entries=self._entries,
+            deliveries=self._deliveries,
+            closed=self._closed,
+            values=self._values,
+            keys_deleted=self._keys_deleted,
+            journals_deleted=list(self._closed),
+        )
+        self._cells, self._entries, self._deliveries = [], [], []
+        self._closed, self._values, self._keys_deleted = [], {}, []
+        return batch, self._appended
+
+    async def _write_pending(self) -> None:
+        try:
+            batch, upto = self._take()
+            if not batch.is_empty():
+                self._keeper.check()
+                await self.store.write(self.session_id, self.owner, batch)
+            self._durable = upto
+        except SessionBusy as exc:
+            self.failed = exc
+            self._on_lost()
+        except StoreError as exc:
+            logger.error("session %s: the store refused a write: %s", self.session_id, exc)
+            self.failed = exc
+        except Exception as exc:  # pragma: no cover - a bug in a store
+            logger.exception("session %s: writing the journal failed", self.session_id)
+            self.failed = StoreError(f"writing the journal failed: {exc}")
+        finally:
+            self._task = None
+
+
+# ---------------------------------------------------------------------------- one cell
+
+
+@dataclass
+class RecordedCell:
+    """A cell as the store holds it, ready to replay."""
+
+    record: CellRecord
+    entries: list[JournalEntry]
+    deliveries: list[int]
+    reads: list[EnvRead] = field(default_factory=list)
+    answered: set[str] = field(default_factory=set)
+    completed: bool = False
+    completed_error: str | None = None
+    arrived: dict[str, Any] = field(default_factory=dict)  # results not consumed by a step
+
+    @classmethod
+    def parse(
+        cls, record: CellRecord, entries: list[JournalEntry], deliveries: list[int]
+    ) -> RecordedCell:
+        cell = cls(record, entries, deliveries)
+        for entry in entries:
+            if entry.kind == READS:
+                cell.reads.extend(EnvRead(str(s), float(v)) for s, v in entry.payload["r"])
+            elif entry.kind == STEP:
+                for item in entry.payload["i"]:
+                    if item[0] == "r":
+                        cell.answered.add(item[1])
+                        cell.arrived.pop(item[1], None)
+            elif entry.kind == ARRIVED:
+                for item in entry.payload["i"]:
+                    cell.answered.add(item[1])
+                    cell.arrived[item[1]] = item
+            elif entry.kind == COMPLETED:
+                cell.completed = True
+                cell.completed_error = entry.payload.get("e")
+        return cell
+
+
+class Diverged(Exception):
+    """Replay departed from the record."""
+
+
+class CellRecorder:
+    """What one cell records, and (for a recovered cell) the record it replays first."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        cell_id: str,
+        kind: CellKind,
+        *,
+        recorded: RecordedCell | None = None,
+        reopen: Callable[[], Awaitable[EngineCell]] | None = None,
+    ) -> None:
+        self.journal = journal
+        self.cell_id = cell_id
+        self.kind = kind
+        self.calls: dict[str, tuple[str, str]] = {}  # call id -> (tool name, input digest)
+        self.recorded = recorded
+        self.reopen = reopen
+        self.replaying = False
+        self.replayed = asyncio.Event()
+        if recorded is None:
+            self.replayed.set()
+        # replay bookkeeping
+        self.virtual: set[str] = set()  # recorded calls "at the delegate" during replay
+        self.deferred: list[DispatchCall] = []  # unanswered calls, issued after the replay
+        self.rejections: dict[str, ToolResultInput] = {}
+
+    # ------------------------------------------------------------------ recording
+
+    def call_issued(self, call_id: str, tool_name: str, value: Any) -> None:
+        self.calls[call_id] = (tool_name, input_digest(value))
+
+    def _encode(self, inputs: Sequence[StepInput]) -> list[Any]:
+        out: list[Any] = []
+        for inp in inputs:
+            if isinstance(inp, ToolResultInput):
+                tool, digest = self.calls.pop(inp.call_id, ("", ""))
+                text = inp.value_json if inp.ok else inp.message
+                out.append(["r", inp.call_id, inp.ok, text, tool, digest])
+            else:
+                out.append(["t", inp.timer_id])
+        return out
+
+    def arrived(self, result: ToolResultInput) -> None:
+        """A tool result reached the cell while it is paused: record it now (a step consumes
+        it after the resume)."""
+        tool, digest = self.calls.get(result.call_id, ("", ""))
+        text = result.value_json if result.ok else result.message
+        item = ["r", result.call_id, result.ok, text, tool, digest]
+        self.journal.entry(self.cell_id, ARRIVED, {"i": [item]})
+
+    async def before_step(self, inputs: Sequence[StepInput]) -> None:
+        """Record a step's inputs before the engine consumes them."""
+        self.journal.entry(self.cell_id, STEP, {"i": self._encode(inputs)})
+        await self.journal.flush()
+
+    async def after_step(self, report: StepReport) -> None:
+        """Record a step's environment reads before its effects are carried out."""
+        self.journal.entry(self.cell_id, READS, {"r": [[r.source, r.value] for r in report.reads]})
+        await self.journal.flush()
+
+    def resumed(self, generation: int, seen: bool) -> None:
+        self.journal.entry(self.cell_id, RESUME, {"g": generation, "seen": seen})
+
+    def approved(self, call_id: str) -> None:
+        self.journal.entry(self.cell_id, APPROVE, {"c": call_id})
+
+    def rejected(self, call_id: str, reason: str) -> None:
+        self.journal.entry(self.cell_id, REJECT, {"c": call_id, "m": reason})
+
+    def delivered(self, items: int) -> None:
+        self.journal.delivery(self.cell_id, items)
+
+    def committing(self, machine: CellMachine, effects: list[Effect]) -> list[Effect]:
+        """The completion is being committed: record it with its writes, or, when replaying a
+        completion that was already recorded, keep its recorded error and drop the writes (the
+        store holds them)."""
+        recorded = self.recorded
+        if self.replaying and recorded is not None and recorded.completed:
+            machine._completion_error = recorded.completed_error
+            return [e for e in effects if not isinstance(e, CommitWrites)]
+        error_text = machine._completion_error
+        for effect in effects:
+            if isinstance(effect, CommitWrites) and effect.writes:
+                self.journal.values(dict(effect.writes))
+        self.journal.entry(self.cell_id, COMPLETED, {"e": error_text})
+        return effects
+
+    # ------------------------------------------------------------------ replay hooks
+
+    def dispatch(self, effect: DispatchCall) -> bool:
+        """During replay: True when the call must not reach the delegate now (it is answered
+        in the record, or it is issued once the replay is over)."""
+        call_id = effect.call.call_id
+        recorded = self.recorded
+        if recorded is not None and call_id in recorded.answered:
+            self.virtual.add(call_id)
+        else:
+            self.deferred.append(effect)
+        return True
+
+    def reject(self, effect: RejectCall) -> None:
+        self.rejections[effect.call_id] = ToolResultInput(
+            effect.call_id, False, message=effect.reason
+        )
+
+
+async def replay(actor: CellActor, rec: CellRecorder) -> StepReport | None:
+    """Run a recovered cell from its record: the body again in a fresh sandbox, each recorded
+    step's inputs fed back in their recorded grouping, resumes and approval decisions applied
+    where they happened, recorded calls kept from the delegate. Leaves the cell where the record
+    ends (a divergence ends it with the fixed error text) and marks the already delivered output.
+    """
+    assert rec.recorded is not None
+    rec.replaying = True
+    attempts = 0
+    try:
+        while True:
+            attempts += 1
+            try:
+                await _replay_once(actor, rec)
+                break
+            except EngineLost:
+                if attempts >= 2:
+                    _diverge_text(actor, "its sandbox died during replay")
+                    break
+                logger.warning("cell %s: its sandbox died during replay; again", rec.cell_id)
+                await _fresh_start(actor, rec)
+            except Diverged as exc:
+                _diverge_text(actor, f"replay diverged at {exc}")
+                break
+    finally:
+        rec.replaying = False
+    machine = actor.machine
+    if machine.takes_results:
+        leftover = rec.recorded.arrived if rec.recorded is not None else {}
+        for call_id, item in leftover.items():
+            if call_id in rec.virtual:
+                rec.virtual.discard(call_id)
+                actor._apply(machine.call_returned(call_id))
+            ok, text = bool(item[2]), str(item[3])
+            actor._ready.append(
+                ToolResultInput(call_id, True, value_json=text)
+                if ok
+                else ToolResultInput(call_id, False, message=text)
+            )
+        for effect in rec.deferred:
+            actor._apply((effect,))
+        for result in rec.rejections.values():
+            actor._ready.append(result)
+    rec.deferred.clear()
+    rec.rejections.clear()
+    rec.virtual.clear()
+    rec.recorded = None  # free the record
+    rec.replayed.set()
+    return None
+
+
+async def _fresh_start(actor: CellActor, rec: CellRecorder) -> None:
+    assert rec.reopen is not None
+    actor._engine.close()
+    actor.machine = CellMachine(actor.cell_id, actor.kind, max_parallel=actor.machine.max_parallel)
+    actor._timers.clear()
+    actor._timer_heap.clear()
+    actor._ready.clear()
+    actor._pending_ids = ()
+    rec.calls.clear()
+    rec.virtual.clear()
+    rec.deferred.clear()
+    rec.rejections.clear()
+    actor._engine = await rec.reopen()
+
+
+def _diverge_text(actor: CellActor, what: str) -> None:
+    text = f"exec cell {actor.cell_id} could not be recovered: {what}"
+    logger.warning("%s", text)
+    actor._apply(actor.machine.engine_lost(text))
+    actor._engine.close()
+
+
+def _check_reads(rec: CellRecorder, seen: list[EnvRead], report: StepReport, step: int) -> None:
+    assert rec.recorded is not None
+    expected = rec.recorded.reads
+    for read in report.reads:
+        n = len(seen)
+        if n < len(expected) and expected[n] != read:
+            raise Diverged(
+                f"step {step}: read {n + 1} of the environment was {read.source} "
+                f"{read.value!r}, the record has {expected[n].source} {expected[n].value!r}"
+            )
+        seen.append(read)
+
+
+async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
+    recorded = rec.recorded
+    assert recorded is not None
+    machine = actor.machine
+    reads: list[EnvRead] = []
+    step = 0
+    report = await actor._engine.run()
+    _check_reads(rec, reads, report, step)
+    actor._handle(report)
+    seen_resumes = 0
+    for entry in recorded.entries:
+        machine = actor.machine
+        kind = entry.kind
+        payload = entry.payload
+        if kind == STEP:
+            step += 1
+            if not machine.may_run:
+                raise Diverged(f"step {step}: the cell has ended where the record goes on")
+            inputs: list[StepInput] = []
+            for item in payload["i"]:
+                if item[0] == "r":
+                    _, call_id, ok, text, tool, digest = item
+                    issued = rec.calls.pop(call_id, None)
+                    if issued is None:
+                        raise Diverged(
+                            f"step {step}: {call_id} of tool {tool} was not called again"
+                        )
+                    if tool and issued[0] != tool:
+                        raise Diverged(
+                            f"step {step}: {call_id} called tool {issued[0]}, the record has {tool}"
+                        )
+                    if digest and issued[1] != digest:
+                        raise Diverged(f"step {step}: {call_id} called {tool} with other input")
+                    if call_id in rec.virtual:
+                        rec.virtual.discard(call_id)
+                        actor._apply(machine.call_returned(call_id))
+                    rec.rejections.pop(call_id, None)
+                    if ok:
+                        inputs.append(ToolResultInput(call_id, True, value_json=text))
+                    else:
+                        inputs.append(ToolResultInput(call_id, False, message=text))
+                else:
+                    timer_id = int(item[1])
+                    if actor._timers.pop(timer_id, None) is None:
+                        raise Diverged(f"step {step}: timer {timer_id} was not set")
+                    inputs.append(TimerFired(timer_id))
+            machine.inputs_applied()
+            report = await actor._engine.step(inputs)
+            _check_reads(rec, reads, report, step)
+            actor._handle(report)
+        elif kind == RESUME:
+            generation = int(payload["g"])
+            actor._apply(machine.quiescent(actor._pending_ids))
+            if not machine.is_paused or machine.generation != generation:
+                raise Diverged(f"step {step}: frontier {generation} was not reached again")
+            if payload.get("seen"):
+                seen_resumes += 1
+                machine.observe()  # the frontier had been delivered
+            actor._apply(machine.resume(generation).effects)
+        elif kind == APPROVE:
+            try:
+                actor._apply(machine.approve(str(payload["c"])))
+            except CodeModeError as exc:
+                raise Diverged(f"step {step}: {exc}") from None
+        elif kind == REJECT:
+            try:
+                actor._apply(machine.reject(str(payload["c"]), str(payload["m"])))
+            except CodeModeError as exc:
+                raise Diverged(f"step {step}: {exc}") from None
+    if len(reads) < len(recorded.reads):
+        raise Diverged(
+            f"step {step}: the cell read its environment {len(reads)} times, "
+            f"the record has {len(recorded.reads)}"
+        )
+    machine = actor.machine
+    if actor.kind is CellKind.PAUSABLE:
+        if len(recorded.deliveries) > seen_resumes and machine.may_run:
+            # The current frontier had been delivered: take it where it was taken.
+            actor._apply(machine.quiescent(actor._pending_ids))
+            if machine.is_paused:
+                machine.observe()
+    else:
+        machine.restore_delivered(sum(recorded.deliveries), bool(recorded.deliveries))
