@@ -196,7 +196,8 @@ class SessionHost:
         before, which went away).
 
         Returns ``{"cells": [(cell_id, kind, next observation number), ...], "limits":
-        CellLimits}``; ``SessionBusy`` while another live runtime holds its lease.
+        CellLimits, "issued": requests issued so far}``; ``SessionBusy`` while another live
+        runtime holds its lease.
         """
         if limits is not None and not isinstance(limits, CellLimits):
             raise TypeError("limits must be CellLimits")
@@ -214,7 +215,9 @@ class SessionHost:
                 for observation in hosted.observations.values():
                     observation.task.cancel()
             cells = await self._cells_of(hosted)
-            return ok_reply({"cells": cells, "limits": hosted.runtime.limits})
+            return ok_reply(
+                {"cells": cells, "limits": hosted.runtime.limits, "issued": hosted.next_request}
+            )
         except CodeModeError as exc:
             return error_reply(exc)
 
@@ -256,10 +259,11 @@ class SessionHost:
 
     async def calls(
         self, session_id: str, attach: int
-    ) -> AsyncIterator[CallMessage | CancelMessage]:
+    ) -> AsyncIterator[list[CallMessage | CancelMessage]]:
         """The session's call stream (a Ray streaming generator): the calls and notifications
-        its cells make, and cancellations. A newer ``attach`` (a reattached caller) ends older
-        streams; the calls still unanswered are sent again on the new one."""
+        its cells make, and cancellations, in batches of what is ready at once. A newer
+        ``attach`` (a reattached caller) ends older streams; the calls still unanswered are sent
+        again on the new one."""
         hosted = self._sessions.get(session_id)
         if hosted is None or attach < hosted.attach:
             return
@@ -271,10 +275,23 @@ class SessionHost:
         for number in sorted(hosted.pending):
             queue.put_nowait(hosted.pending[number].message)
         while True:
-            message = await queue.get()
-            if message is None:
+            batch = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            ended = None in batch
+            messages = [m for m in batch if m is not None]
+            if messages:
+                yield messages
+            if ended:
                 return
-            yield message
+
+    async def answer_many(self, session_id: str, answers: list[tuple[int, bool, str]]) -> None:
+        """Several answers at once (see :meth:`answer`)."""
+        if not isinstance(answers, list):
+            return
+        for item in answers:
+            if isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], int):
+                await self.answer(session_id, item[0], item[1], item[2])
 
     async def answer(self, session_id: str, number: int, ok: bool, text: str) -> None:
         """The caller's answer to request ``number``: a result's JSON text (``ok``) or a
@@ -384,7 +401,9 @@ class SessionHost:
         if isinstance(event, Yielded):
             with contextlib.suppress(CodeModeError):
                 held = hosted.runtime.awaiting_approval(observation.cell_id)
-        return ok_reply((event, held))
+        # The requests issued so far: the caller delivers those to its delegate before it
+        # returns the event, as an in-process runtime would have.
+        return ok_reply((event, held, hosted.next_request))
 
     async def cancel_observation(self, session_id: str, cell_id: str, number: int) -> None:
         """Stop observation ``number`` (its caller went away): the cell keeps its output."""

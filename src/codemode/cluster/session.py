@@ -119,6 +119,21 @@ class _Attachment:
     number: int
     broken: bool = False
     pump: asyncio.Task[None] | None = None
+    answers: list[tuple[int, bool, str]] = field(default_factory=list)
+    flusher: asyncio.Task[None] | None = None
+    received: int = 0  # every request numbered below this reached the pump (or predates it)
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def advance(self, number: int) -> None:
+        if number >= self.received:
+            self.received = number + 1
+            self.progress.set()
+
+    async def caught_up(self, issued: int) -> None:
+        """Wait until the requests the host had issued reached this client (or it broke)."""
+        while self.received < issued and not self.broken:
+            self.progress.clear()
+            await self.progress.wait()
 
 
 @dataclass(eq=False)
@@ -224,6 +239,7 @@ class ClusterSession(Session):
         self._attachments += 1
         attachment = _Attachment(host, name, self._attachments)
         cells, self._limits = opened["cells"], opened["limits"]
+        attachment.received = opened["issued"]
         for cell_id, kind, next_observation in cells:
             record = self._cells.get(cell_id)
             if record is None and cell_id not in self._closed_ids:
@@ -250,6 +266,7 @@ class ClusterSession(Session):
         if attachment.broken:
             return
         attachment.broken = True
+        attachment.progress.set()
         logger.warning(
             "session %s: host %s failed (%s); reopening elsewhere",
             self._session_id,
@@ -311,11 +328,12 @@ class ClusterSession(Session):
         )
         try:
             async for ref in stream:
-                message = await ref
-                if isinstance(message, CancelMessage):
-                    self._cancel_call(attachment, message.number)
-                elif isinstance(message, CallMessage):
-                    self._on_call(attachment, message)
+                for message in await ref:
+                    if isinstance(message, CancelMessage):
+                        self._cancel_call(attachment, message.number)
+                    elif isinstance(message, CallMessage):
+                        self._on_call(attachment, message)
+                        attachment.advance(message.number)
         except ray.exceptions.RayError as exc:
             if not self._ended:
                 self._broken(attachment, type(exc).__name__)
@@ -324,6 +342,7 @@ class ClusterSession(Session):
         if not self._ended and self._attachment is attachment and not attachment.broken:
             # The host ended the stream without a newer attach of ours: it lost the session.
             self._broken(attachment, "its call stream ended")
+        attachment.progress.set()
 
     def _on_call(self, attachment: _Attachment, message: CallMessage) -> None:
         if message.notify:
@@ -380,19 +399,27 @@ class ClusterSession(Session):
             del self._calls[oldest]
 
     def _send_answer(self, entry: _Call) -> None:
+        """Queue the answer for its host; one actor call carries every answer ready by then."""
         attachment, number = entry.reply_to
         assert entry.answer is not None
         ok, text = entry.answer
-        self._background_task(self._answer(attachment, number, ok, text))
+        attachment.answers.append((number, ok, text))
+        if attachment.flusher is None or attachment.flusher.done():
+            attachment.flusher = self._loop.create_task(self._flush_answers(attachment))
 
-    async def _answer(self, attachment: _Attachment, number: int, ok: bool, text: str) -> None:
+    async def _flush_answers(self, attachment: _Attachment) -> None:
         import ray.exceptions
 
-        try:
-            await attachment.host.answer.remote(self._session_id, number, ok, text)
-        except ray.exceptions.RayError as exc:
-            # The host died: the host that recovers the session asks again, and gets this answer.
-            logger.debug("session %s: answer lost with its host: %s", self._session_id, exc)
+        while attachment.answers:
+            batch, attachment.answers = attachment.answers, []
+            try:
+                await attachment.host.answer_many.remote(self._session_id, batch)
+            except ray.exceptions.RayError as exc:
+                # The host died: the host that recovers the session asks again, and gets these
+                # answers from self._calls.
+                logger.debug("session %s: answers lost with their host: %s", self._session_id, exc)
+                attachment.answers.clear()
+                return
 
     def _cancel_call(self, attachment: _Attachment, number: int) -> None:
         for entry in self._calls.values():
@@ -567,10 +594,11 @@ class ClusterSession(Session):
             if reply[0] == "cancelled":
                 raise _ObservationCancelled()
             try:
-                event, held = unwrap(reply)
+                event, held, issued = unwrap(reply)
             except SessionMoved:
                 self._broken(attachment, "it no longer holds the session")
                 continue
+            await attachment.caught_up(issued)
             break
         if isinstance(event, Yielded):
             record.held = {a.call_id: a for a in held}
@@ -746,6 +774,8 @@ class ClusterSession(Session):
         if attachment is not None and attachment.pump is not None:
             await asyncio.wait({attachment.pump}, timeout=5.0)
             attachment.pump.cancel()
+        if attachment is not None and attachment.flusher is not None:
+            await asyncio.wait({attachment.flusher}, timeout=5.0)
         for entry in list(self._calls.values()):
             if entry.task is not None and not entry.task.done():
                 entry.cancel_requested = True
