@@ -147,10 +147,31 @@ class _ProxyDelegate:
             logger.warning("cell %s: notify failed in the caller: %s", cell_id, message)
 
 
+def _exit_with_raylet(period: float = 0.5) -> None:
+    """End this process when the raylet that started it dies (it is then re-parented).
+
+    A worker outlives a raylet killed alone; Ray then declares the node dead and restarts the
+    host elsewhere, but the orphan would go on renewing its sessions' leases, so they could
+    never be reopened. Watched from a daemon thread: it works while the event loop is busy."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(period)
+        logger.error("the raylet (pid %d) is gone: this session host exits", parent)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="codemode-raylet-watch", daemon=True).start()
+
+
 class SessionHost:
     """A session host (run as an async Ray actor; see the module docstring)."""
 
     def __init__(self, host_id: str, spec: StoreSpec | None, limits: CellLimits | None) -> None:
+        _exit_with_raylet()
         self._host_id = host_id
         self._spec = spec
         self._limits = limits
@@ -229,11 +250,12 @@ class SessionHost:
             options["store"] = store
             options["session_id"] = session_id
         runtime = SessionRuntime(proxy, **options)
+        # Before open: recovery may issue a recovered cell's unanswered call at once.
+        hosted = _Hosted(session_id, runtime)
+        proxy.hosted = hosted
         opener = getattr(runtime, "open", None)
         if store is not None and opener is not None:
             await opener()
-        hosted = _Hosted(session_id, runtime)
-        proxy.hosted = hosted
         self._sessions[session_id] = hosted
         logger.info("host %s: session %s open", self._host_id, session_id)
         return hosted
