@@ -45,6 +45,7 @@ from codemode import (
     CreateCellRequest,
     SessionRuntime,
     SqliteStore,
+    TextItem,
     ToolDefinition,
     tools_delegate,
 )
@@ -179,6 +180,8 @@ async def on_ray(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, flo
             async with session_cluster(ray_cluster.address, store, hosts) as cluster:
                 figures = await measure(cluster.session, args.sessions, args.calls)
                 results[f"cluster, {hosts} host{'s' if hosts > 1 else ''}"] = figures
+                if hosts == 1:
+                    results["memory, 1 host"] = await host_memory(cluster, args.memory_sessions)
             await store.close()
         if not args.no_failover:
             store = SqliteStore(tmp / "failover.db", lease_seconds=args.lease_seconds)
@@ -189,10 +192,24 @@ async def on_ray(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, flo
     return results
 
 
-async def host_of_one_session(cluster: Any) -> Any:
-    infos = [h for h in await cluster.hosts() if h.alive and h.sessions > 0]
-    assert len(infos) == 1, infos
-    return infos[0]
+class Timed:
+    """A delegate whose ``echo`` takes 20 ms; it stamps every call it receives."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.stamps: list[float] = []
+        self.going = asyncio.Event()
+
+    async def invoke_tool(self, call: Any) -> Any:
+        self.seen.append(call.call_id)
+        self.stamps.append(time.perf_counter())
+        if len(self.stamps) >= 10:
+            self.going.set()
+        await asyncio.sleep(0.02)
+        return call.input
+
+    async def notify(self, call_id: str, cell_id: str, text: str) -> None:
+        return None
 
 
 async def failover(cluster: Any, node: tuple[Any, Any] | None) -> dict[str, float]:
@@ -200,48 +217,69 @@ async def failover(cluster: Any, node: tuple[Any, Any] | None) -> dict[str, floa
     in its calls and check its output came out whole."""
     import ray
 
-    seen: list[tuple[str, str]] = []
-    stamps: list[float] = []
-    calls = 60
-    going = asyncio.Event()
-
-    class Timed:
-        async def invoke_tool(self, call: Any) -> Any:
-            seen.append((call.cell_id, call.call_id))
-            stamps.append(time.perf_counter())
-            if len(stamps) >= 10:
-                going.set()
-            await asyncio.sleep(0.02)
-            return call.input
-
-        async def notify(self, call_id: str, cell_id: str, text: str) -> None:
-            return None
-
-    session = await cluster.session(Timed())
-    cell = await session.create_cell(CreateCellRequest(calls_source(calls), (ECHO,)))
-    await going.wait()
-    info = await host_of_one_session(cluster)
-    killed_at = time.perf_counter()
+    calls = 80
+    opened = []
+    for _ in range(2):  # placement by load: the second session goes to the other host
+        delegate = Timed()
+        session = await cluster.session(delegate)
+        cell = await session.create_cell(CreateCellRequest(calls_source(calls), (ECHO,)))
+        opened.append((delegate, session, cell))
+    await asyncio.gather(*(d.going.wait() for d, _, _ in opened))
+    where = {h.actor_name: h for h in await cluster.hosts()}
     if node is None:
-        ray.kill(ray.get_actor(info.actor_name, namespace=info.namespace), no_restart=False)
+        delegate, session, cell = opened[0]
+        victim = where[session.host_name]
+        killed_at = time.perf_counter()
+        ray.kill(ray.get_actor(victim.actor_name, namespace=victim.namespace), no_restart=False)
     else:
         ray_cluster, worker = node
-        victim = worker if worker.node_id == info.node_id else None
-        assert victim is not None, "the session's host is not on the worker node"
-        ray_cluster.remove_node(victim)
-    before = sum(1 for s in stamps if s < killed_at)
-    event = await run_events(session, cell)
-    after = [s for s in stamps if s > killed_at]
-    ids = [c for _, c in seen]
-    whole = len(set(ids)) == calls and event.items and event.items[-1].text == "done"
-    await session.shutdown()
+        on_worker = [o for o in opened if where[o[1].host_name].node_id == worker.node_id]
+        assert on_worker, "no session was placed on the worker node"
+        delegate, session, cell = on_worker[0]
+        killed_at = time.perf_counter()
+        ray_cluster.remove_node(worker)
+    events = await asyncio.gather(*(run_events(s, c) for _, s, c in opened))
+    before = [t for t in delegate.stamps if t < killed_at]
+    after = [t for t in delegate.stamps if t > killed_at]
+    whole = all(
+        len(set(d.seen)) == calls and e.error_text is None and e.items[-1] == TextItem("done")
+        for (d, _, _), e in zip(opened, events, strict=True)
+    )
+    for _, s, _ in opened:
+        await s.shutdown()
     return {
-        "failover s (gap in calls)": (after[0] - max(s for s in stamps if s < killed_at))
-        if after
-        else float("nan"),
-        "calls before the kill": float(before),
-        "calls repeated": float(len(ids) - len(set(ids))),
+        "failover s (gap in calls)": after[0] - before[-1] if after and before else float("nan"),
+        "calls before the kill": float(len(before)),
+        "calls asked again": float(len(delegate.seen) - len(set(delegate.seen))),
         "output whole (1 = yes)": 1.0 if whole else 0.0,
+    }
+
+
+async def host_memory(cluster: Any, sessions: int) -> dict[str, float]:
+    """RSS of the one host: idle, per open session, per idle live cell (same machine: /proc)."""
+    import ray
+
+    (info,) = await cluster.hosts()
+    pid = (await ray.get_actor(info.actor_name, namespace=info.namespace).info.remote())["pid"]
+
+    def rss() -> float:
+        with open(f"/proc/{pid}/status") as status:
+            line = next(x for x in status if x.startswith("VmRSS:"))
+        return int(line.split()[1]) / 1024
+
+    idle = rss()
+    opened = [await cluster.session(echo_delegate()) for _ in range(sessions)]
+    with_sessions = rss()
+    forever = CreateCellRequest("await tools.echo({}); await new Promise(() => {});", (ECHO,))
+    for session in opened:
+        await session.create_cell(forever)
+    await asyncio.sleep(2.0)
+    with_cells = rss()
+    await asyncio.gather(*(s.shutdown() for s in opened))
+    return {
+        "host RSS MiB (sessions closed)": idle,
+        "MiB per open session": (with_sessions - idle) / sessions,
+        "MiB per idle live cell": (with_cells - with_sessions) / sessions,
     }
 
 
@@ -273,6 +311,7 @@ async def main() -> None:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--lease-seconds", type=float, default=2.0)
+    parser.add_argument("--memory-sessions", type=int, default=100)
     parser.add_argument("--no-failover", action="store_true")
     parser.add_argument("--no-ray", action="store_true", help="in-process figures only")
     args = parser.parse_args()
