@@ -16,14 +16,18 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "store"))
 
 import ray_support
+from store_support import postgres_server_fixture
 
-from codemode import SqliteStore
+from codemode import PostgresStore, SqliteStore
 from codemode.cluster import SessionCluster
 
 LEASE = 2.0
 """The lease of the tests' stores: failover waits for it, so it is short."""
+
+__all__ = ["LEASE", "postgres_server_fixture"]  # the store tests' PostgreSQL server fixture
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +53,16 @@ def session_cluster(
         yield cluster
     finally:
         ray_support.run_sync(cluster.close)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A store for a cluster: SQLite in a file, or PostgreSQL (a real server started by the
+    run, a schema of this test's own)."""
+    if request.param == "sqlite":
+        return SqliteStore(tmp_path / "shared.db", lease_seconds=LEASE)
+    server = request.getfixturevalue("postgres_server")
+    return PostgresStore(server.dsn(search_path=server.new_schema()), lease_seconds=LEASE)
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from codemode import (
 ray = pytest.importorskip("ray")
 from codemode.cluster import SessionCluster  # noqa: E402
 
-pytestmark = [pytest.mark.heavy, pytest.mark.timeout(200)]
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(200)]
 
 ECHO = ToolDefinition("echo", "Returns its input after a short pause.")
 LEASE = 2.0  # seconds: a dead host's sessions may be taken over this long after its last renewal

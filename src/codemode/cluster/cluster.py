@@ -56,7 +56,6 @@ class SessionCluster:
         limits: CellLimits | None,
         *,
         started_ray: bool,
-        started_hosts: list[str],
         _token: object,
     ) -> None:
         if _token is not _CONSTRUCT:
@@ -65,7 +64,7 @@ class SessionCluster:
         self._names = names
         self._limits = limits
         self._started_ray = started_ray
-        self._started_hosts = started_hosts
+        self._started_hosts: list[str] = []
         self._handles: dict[str, Any] = {}
         self._sessions: set[Any] = set()
         self._closed = False
@@ -86,8 +85,6 @@ class SessionCluster:
         its ``lease_seconds``)."""
         import ray
 
-        from .host import SessionHost
-
         if hosts < 1:
             raise ValueError("a cluster needs at least one host")
         spec = StoreSpec.of(store)
@@ -95,40 +92,56 @@ class SessionCluster:
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
             started_ray = True
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        actor_class = ray.remote(SessionHost)
         names = [f"codemode-host-{spec.label()}-{i}" for i in range(hosts)]
-        # Host i prefers node i (round robin over the live nodes); the preference is soft, so a
-        # host whose node died is restarted on another one.
+        cluster = cls(spec, names, limits, started_ray=started_ray, _token=_CONSTRUCT)
+        # Host i is placed on node i (round robin over the live nodes, sorted by id).
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))  # type: ignore[no-untyped-call]
-        started: list[str] = []
         for i, name in enumerate(names):
             try:
                 ray.get_actor(name, namespace=NAMESPACE)
-                continue
             except ValueError:
-                pass
-            strategy: Any = "SPREAD"
-            if nodes:
-                strategy = NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True)
-            actor_class.options(
-                name=name,
-                namespace=NAMESPACE,
-                lifetime="detached",
-                get_if_exists=True,
-                max_restarts=-1,
-                max_task_retries=0,
-                num_cpus=0,
-                scheduling_strategy=strategy,
-            ).remote(name, spec, limits)
-            started.append(name)
-        cluster = cls(
-            spec, names, limits, started_ray=started_ray, started_hosts=started, _token=_CONSTRUCT
-        )
+                cluster._create_host(name, nodes[i % len(nodes)] if nodes else None)
+                cluster._started_hosts.append(name)
         await asyncio.gather(*(cluster._handle(n).ping.remote() for n in names))
-        logger.info("cluster of %d hosts ready (%d started here)", hosts, len(started))
+        logger.info(
+            "cluster of %d hosts ready (%d started here)", hosts, len(cluster._started_hosts)
+        )
         return cluster
+
+    def _create_host(self, name: str, node_id: str | None) -> None:
+        """Create the host actor ``name``: on ``node_id`` (a hard placement: Ray's soft one
+        may put two hosts on one node), or anywhere (``SPREAD``). A host whose node dies cannot
+        be restarted there: Ray marks it dead and the cluster makes it again elsewhere
+        (:meth:`_revive`); a host that dies on a live node is restarted by Ray."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from .host import SessionHost
+
+        strategy: Any = "SPREAD"
+        if node_id is not None:
+            strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
+        ray.remote(SessionHost).options(
+            name=name,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            max_task_retries=0,
+            num_cpus=0,
+            scheduling_strategy=strategy,
+        ).remote(name, self._spec, self._limits)
+
+    def _revive(self, name: str) -> None:
+        """Make the host ``name`` again if Ray gave it up (its node died)."""
+        import ray
+
+        self._handles.pop(name, None)
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            logger.warning("host %s is gone; starting it again", name)
+            self._create_host(name, None)
 
     def _handle(self, name: str) -> Any:
         handle = self._handles.get(name)
@@ -172,11 +185,17 @@ class SessionCluster:
         self._sessions.discard(session)
 
     async def _probe(self, name: str, session_id: str) -> tuple[bool, int, int] | None:
+        import ray.exceptions
+
         try:
             async with asyncio.timeout(PROBE_TIMEOUT):
                 result: tuple[bool, int, int] = await self._handle(name).load.remote(session_id)
                 return result
-        except Exception as exc:  # a dead, restarting or unreachable host
+        except (ray.exceptions.ActorDiedError, ValueError) as exc:
+            logger.debug("host %s is dead: %s", name, exc)
+            self._revive(name)
+            return None
+        except Exception as exc:  # a restarting or unreachable host
             logger.debug("host %s did not answer: %s", name, exc)
             return None
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from codemode.errors import BusyObserver, CodeModeError, ObservationConflict
+from codemode.errors import BusyObserver, CodeModeError, ObservationConflict, SessionBusy
 from codemode.model import (
     ApprovalRequest,
     CellKind,
@@ -56,8 +55,6 @@ from .spec import (
 __all__ = ["SessionHost"]
 
 logger = logging.getLogger("codemode.cluster.host")
-
-_DURABLE = "store" in inspect.signature(SessionRuntime).parameters
 
 
 class ToolCallRejected(Exception):
@@ -245,24 +242,21 @@ class SessionHost:
     async def _open(self, session_id: str, limits: CellLimits | None) -> _Hosted:
         proxy = _ProxyDelegate()
         options: dict[str, Any] = {"limits": limits or self._limits}
-        store = self._store_object() if _DURABLE else None
+        store = self._store_object()
         if store is not None:
             options["store"] = store
             options["session_id"] = session_id
         runtime = SessionRuntime(proxy, **options)
-        # Before open: recovery may issue a recovered cell's unanswered call at once.
         hosted = _Hosted(session_id, runtime)
-        proxy.hosted = hosted
-        opener = getattr(runtime, "open", None)
-        if store is not None and opener is not None:
-            await opener()
+        proxy.hosted = hosted  # before open: replay may issue the calls left unanswered
+        await runtime.open()
         self._sessions[session_id] = hosted
         logger.info("host %s: session %s open", self._host_id, session_id)
         return hosted
 
     async def _cells_of(self, hosted: _Hosted) -> list[tuple[str, str, int]]:
         """The session's live cells: those created here, and those recovered from the store."""
-        store = self._store_object() if _DURABLE else None
+        store = self._store_object()
         if store is not None:
             for record in await store.list_cells(hosted.session_id, state="open"):
                 if record.cell_id in hosted.kinds or not hosted.runtime.is_live(record.cell_id):
@@ -276,6 +270,15 @@ class SessionHost:
         if hosted is None or not hosted.runtime.is_alive:
             return None
         return hosted
+
+    def _moved(self, hosted: _Hosted) -> Reply:
+        """The runtime lost the session's lease (it missed renewals, or another runtime took
+        the session over): it is no longer here. Its caller reopens it (by replay)."""
+        if self._sessions.get(hosted.session_id) is hosted:
+            del self._sessions[hosted.session_id]
+            hosted.queue.put_nowait(None)
+            logger.warning("host %s: session %s lost its lease", self._host_id, hosted.session_id)
+        return MOVED
 
     # ------------------------------------------------------------------ the call stream
 
@@ -358,6 +361,8 @@ class SessionHost:
             else:
                 cell_id = (await hosted.runtime.create_cell(request)).cell_id
                 hosted.kinds[cell_id] = CellKind.CONTINUING
+        except SessionBusy:
+            return self._moved(hosted)
         except CodeModeError as exc:
             return error_reply(exc)
         return ok_reply(cell_id)
@@ -414,6 +419,8 @@ class SessionHost:
         if task.cancelled():
             return ("cancelled", None)
         exc = task.exception()
+        if isinstance(exc, SessionBusy):
+            return self._moved(hosted)
         if isinstance(exc, CodeModeError):
             return error_reply(exc)
         if exc is not None:
@@ -443,6 +450,8 @@ class SessionHost:
         runtime = hosted.runtime
         try:
             return ok_reply(await runtime.resume(runtime.pausable_cell(cell_id), int(generation)))
+        except SessionBusy:
+            return self._moved(hosted)
         except CodeModeError as exc:
             return error_reply(exc)
 
@@ -452,6 +461,8 @@ class SessionHost:
             return MOVED
         try:
             event: Completed | Terminated = await hosted.runtime.terminate(cell_id)
+        except SessionBusy:
+            return self._moved(hosted)
         except CodeModeError as exc:
             return error_reply(exc)
         hosted.observations.pop(cell_id, None)
@@ -463,6 +474,8 @@ class SessionHost:
             return MOVED
         try:
             return ok_reply(hosted.runtime.awaiting_approval(cell_id))
+        except SessionBusy:
+            return self._moved(hosted)
         except CodeModeError as exc:
             return error_reply(exc)
 
@@ -478,6 +491,8 @@ class SessionHost:
                 await hosted.runtime.approve(cell_id, str(call_id))
             else:
                 await hosted.runtime.reject(cell_id, str(call_id), str(reason))
+        except SessionBusy:
+            return self._moved(hosted)
         except CodeModeError as exc:
             return error_reply(exc)
         return ok_reply(None)
@@ -507,9 +522,8 @@ class SessionHost:
         hosted = self._sessions.pop(session_id, None)
         if hosted is None:
             return ok_reply(None)
-        suspend = getattr(hosted.runtime, "suspend", None)
-        if suspend is not None and self._store is not None:
-            await suspend()
+        if hosted.runtime.is_durable:
+            await hosted.runtime.suspend()
         else:
             await hosted.runtime.shutdown()
         hosted.queue.put_nowait(None)

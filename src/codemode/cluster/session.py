@@ -31,6 +31,7 @@ import contextlib
 import logging
 import math
 import secrets
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -183,6 +184,8 @@ class ClusterSession(Session):
         self._loop = asyncio.get_running_loop()
         self.failovers = 0
         """How many times this session was reattached after its host failed."""
+        self.failover_seconds: list[float] = []
+        """How long each reattachment took, from the failure noticed to the session reopened."""
 
     # ------------------------------------------------------------------ properties
 
@@ -287,12 +290,22 @@ class ClusterSession(Session):
         the least loaded one (waiting for a dead holder's lease to expire). Blocks until done."""
         if broken is not None:
             self.failovers += 1
+        began = time.monotonic()
         while True:
             if self._ended:
                 raise ShuttingDown()
             for name, host in await self._cluster._candidates(self._session_id):
                 try:
-                    return await self._attach(name, host)
+                    attachment = await self._attach(name, host)
+                    if broken is not None:
+                        self.failover_seconds.append(time.monotonic() - began)
+                        logger.warning(
+                            "session %s reopened on %s after %.2f s",
+                            self._session_id,
+                            name,
+                            self.failover_seconds[-1],
+                        )
+                    return attachment
                 except _TryElsewhere as exc:
                     logger.debug("session %s: not on %s: %s", self._session_id, name, exc)
             await asyncio.sleep(_REATTACH_PAUSE)
