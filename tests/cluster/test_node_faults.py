@@ -131,17 +131,15 @@ async def sessions_on(
     pytest.fail(f"no session was placed on a host of node {node_id}: {await cluster.hosts()}")
 
 
-async def hosts_restarted_off(cluster: SessionCluster, ray_cluster: Any, node: Any) -> None:
-    """Wait until Ray has restarted every host of ``cluster`` on a live node other than
-    ``node`` (it declares a node dead some seconds after its raylet stops answering)."""
-    hosts: list[Any] = []
-    for _ in range(300):
-        hosts = await cluster.hosts()
-        live = ray_cluster.node_ids() - {node.node_id}
-        if all(h.alive and h.node_id in live for h in hosts):
-            return
-        await asyncio.sleep(0.2)
-    pytest.fail(f"the hosts were not restarted on live nodes: {hosts}")
+async def all_on_live_nodes(
+    cluster: SessionCluster, ray_cluster: Any, node: Any, sessions: list[Any]
+) -> None:
+    """Every session is now open on a host that runs on a live node other than ``node``."""
+    where = {h.actor_name: h for h in await cluster.hosts()}
+    live = ray_cluster.node_ids() - {node.node_id}
+    for session in sessions:
+        host = where[session.host_name]
+        assert host.alive and host.node_id in live, (session.session_id, host)
 
 
 def kill_raylet(node: Any) -> None:
@@ -180,7 +178,7 @@ async def test_cells_survive_the_death_of_their_node(
             assert len(repeats) <= 1, (cell.cell_id, ids)
             assert len(set(ids)) == CALLS
         assert any(before[c.cell_id] < CALLS for _, c in opened)
-        await hosts_restarted_off(cluster, ray_cluster, victim)
+        await all_on_live_nodes(cluster, ray_cluster, victim, [s for s, _ in opened])
         for session, _ in opened:
             await session.shutdown()
     finally:

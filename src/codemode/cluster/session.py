@@ -89,6 +89,12 @@ _REATTACH_PAUSE: Final = 0.1
 AnyEvent = Yielded | Completed | Terminated | Pending
 
 
+def _gone(errors: Any, *more: type[Exception]) -> tuple[type[Exception], ...]:
+    """What an actor call raises when its host is gone: dead or restarting (``RayActorError``),
+    or pinned to a node that died (``ActorUnschedulableError``, not a ``RayActorError``)."""
+    return (errors.RayActorError, errors.ActorUnschedulableError, *more)
+
+
 class _ObservationCancelled(Exception):
     """The host stopped the observation before it produced an event."""
 
@@ -235,7 +241,7 @@ class ClusterSession(Session):
         try:
             reply = await host.open.remote(self._session_id, self._limits, self._caller)
             opened = unwrap(reply)
-        except (ray.exceptions.RayActorError, SessionMoved) as exc:
+        except _gone(ray.exceptions, SessionMoved) as exc:
             raise _TryElsewhere(str(exc)) from None
         except SessionBusy as exc:
             raise _TryElsewhere(str(exc)) from None
@@ -322,7 +328,7 @@ class ClusterSession(Session):
             try:
                 reply = await getattr(attachment.host, method).remote(self._session_id, *args)
                 return unwrap(reply)
-            except (ray.exceptions.RayActorError, SessionMoved) as exc:
+            except _gone(ray.exceptions, SessionMoved) as exc:
                 self._broken(attachment, type(exc).__name__)
                 continue
 
@@ -601,7 +607,7 @@ class ClusterSession(Session):
                 reply = await attachment.host.observe.remote(
                     self._session_id, cell_id, number, yield_after
                 )
-            except ray.exceptions.RayActorError as exc:
+            except _gone(ray.exceptions) as exc:
                 self._broken(attachment, type(exc).__name__)
                 continue
             if reply[0] == "cancelled":
