@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -55,6 +56,11 @@ ECHO = ToolDefinition("echo", input_schema={"type": "object"})
 MiB = 1024 * 1024
 
 Opener = Callable[[Any], Awaitable[Any]]  # delegate -> an open Session
+
+
+def progress(text: str) -> None:
+    """A progress line on stderr (the table goes to stdout at the end)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
 def calls_source(n: int) -> str:
@@ -91,16 +97,35 @@ async def run_cell(session: Any, calls: int) -> Completed:
             return event
 
 
+PHASE_TIMEOUT = 180.0
+"""Seconds one phase may take: a phase that hangs is reported (and the run goes on)."""
+
+
 async def measure(open_session: Opener, sessions: int, calls: int) -> dict[str, float]:
     figures: dict[str, float] = {}
+    try:
+        async with asyncio.timeout(PHASE_TIMEOUT * 3):
+            await _measure(open_session, sessions, calls, figures)
+    except TimeoutError:
+        progress(f"TIMED OUT after {figures}")
+        figures["timed out (1 = yes)"] = 1.0
+    return figures
+
+
+async def _measure(
+    open_session: Opener, sessions: int, calls: int, figures: dict[str, float]
+) -> None:
+    progress(f"opening {sessions} sessions")
     # Sessions opened per second.
     start = time.perf_counter()
     opened = await asyncio.gather(*(open_session(echo_delegate()) for _ in range(sessions)))
     figures["sessions opened/s"] = sessions / (time.perf_counter() - start)
+    progress(f"{sessions} cells of {calls} calls at once")
     # Nested calls per second, every session at once.
     start = time.perf_counter()
     await asyncio.gather(*(run_cell(s, calls) for s in opened))
     figures["nested calls/s (all sessions)"] = sessions * calls / (time.perf_counter() - start)
+    progress("one cell alone, 3 times")
     # Per-call latency, one cell alone.
     runs = []
     for _ in range(3):
@@ -108,8 +133,8 @@ async def measure(open_session: Opener, sessions: int, calls: int) -> dict[str, 
         await run_cell(opened[0], calls)
         runs.append((time.perf_counter() - start) / calls)
     figures["ms per call (one cell)"] = statistics.median(runs) * 1000
+    progress(f"shutting {sessions} sessions down")
     await asyncio.gather(*(s.shutdown() for s in opened))
-    return figures
 
 
 # ---------------------------------------------------------------------------- in process
@@ -121,6 +146,7 @@ async def in_process(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str,
     async def plain(delegate: Any) -> Any:
         return SessionRuntime(delegate)
 
+    progress("in process")
     results["in process"] = await measure(plain, args.sessions, args.calls)
     store = SqliteStore(tmp / "inprocess.db", lease_seconds=args.lease_seconds)
     if hasattr(SessionRuntime, "open"):  # durable sessions (docs/durability.md)
@@ -177,17 +203,26 @@ async def on_ray(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, flo
     with local_ray_cluster() as (ray_cluster, worker):
         for hosts in args.hosts:
             store = SqliteStore(tmp / f"cluster{hosts}.db", lease_seconds=args.lease_seconds)
+            progress(f"cluster of {hosts} hosts")
             async with session_cluster(ray_cluster.address, store, hosts) as cluster:
                 figures = await measure(cluster.session, args.sessions, args.calls)
                 results[f"cluster, {hosts} host{'s' if hosts > 1 else ''}"] = figures
                 if hosts == 1:
-                    results["memory, 1 host"] = await host_memory(cluster, args.memory_sessions)
+                    progress("host memory")
+                    async with asyncio.timeout(PHASE_TIMEOUT):
+                        results["memory, 1 host"] = await host_memory(cluster, args.memory_sessions)
             await store.close()
         if not args.no_failover:
             store = SqliteStore(tmp / "failover.db", lease_seconds=args.lease_seconds)
             async with session_cluster(ray_cluster.address, store, 2) as cluster:
-                results["failover, host actor killed"] = await failover(cluster, None)
-                results["failover, node removed"] = await failover(cluster, (ray_cluster, worker))
+                progress("failover: host actor killed")
+                async with asyncio.timeout(PHASE_TIMEOUT):
+                    results["failover, host actor killed"] = await failover(cluster, None)
+                progress("failover: node removed")
+                async with asyncio.timeout(PHASE_TIMEOUT):
+                    results["failover, node removed"] = await failover(
+                        cluster, (ray_cluster, worker)
+                    )
             await store.close()
     return results
 
@@ -294,15 +329,22 @@ async def run_events(session: Any, cell: Any) -> Completed:
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
-    names: list[str] = []
-    for figures in results.values():
-        names += [n for n in figures if n not in names]
-    width = max(len(c) for c in results)
-    lines = [f"{'':{width}}  " + "  ".join(f"{n:>30}" for n in names)]
+    """One table per set of figures (throughput, memory, failover): configurations as rows."""
+    groups: dict[tuple[str, ...], list[str]] = {}
     for config, figures in results.items():
-        cells = (f"{figures[n]:>30,.2f}" if n in figures else f"{'':>30}" for n in names)
-        lines.append(f"{config:{width}}  " + "  ".join(cells))
-    return "\n".join(lines)
+        groups.setdefault(tuple(figures), []).append(config)
+    out: list[str] = []
+    for names, configs in groups.items():
+        width = max(len(c) for c in configs)
+        cols = [max(len(n), 10) for n in names]
+        out.append(
+            f"{'':{width}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(names, cols, strict=True))
+        )
+        for config in configs:
+            cells = (f"{results[config][n]:>{w},.2f}" for n, w in zip(names, cols, strict=True))
+            out.append(f"{config:{width}}  " + "  ".join(cells))
+        out.append("")
+    return "\n".join(out)
 
 
 async def main() -> None:
