@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -347,7 +348,15 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(out)
 
 
+def dump_tasks() -> None:
+    """SIGUSR1: print the stack of every asyncio task on stderr (to see where a run waits)."""
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+
+
 async def main() -> None:
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hosts", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--sessions", type=int, default=20)
