@@ -1,6 +1,6 @@
 """Fixtures of the cluster tests: the shared multi-node Ray cluster and session clusters on it.
 
-``ray_cluster`` (session scope) is the real cluster of :mod:`ray_support`; ``session_cluster``
+``ray_cluster`` (package scope) is the real cluster of :mod:`ray_support`; ``session_cluster``
 (module scope) is a :class:`~codemode.cluster.SessionCluster` of two hosts on it with a SQLite
 store of its own, closed at the end of the module. ``make_cluster`` makes more (any store, any
 number of hosts), each closed at the end of its test.
@@ -30,7 +30,7 @@ LEASE = 2.0
 __all__ = ["LEASE", "postgres_server_fixture"]  # the store tests' PostgreSQL server fixture
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster() -> Iterator[ray_support.RayCluster]:
     shared = ray_support.acquire()
     try:

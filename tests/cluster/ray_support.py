@@ -3,13 +3,16 @@
 :func:`acquire` starts it once (``ray.cluster_utils.Cluster``: a head node and one more node,
 each its own raylet, on 127.0.0.1 only, one CPU slot each, a small object store, no dashboard)
 and connects this process to it; :func:`release` stops it when its last user lets go. The
-``ray_cluster`` fixture of ``tests/cluster/conftest.py`` (and the ``cluster`` factory of the
-scenario suite) use it, so the cluster's start (about ten seconds here) is paid once per run.
+``ray_cluster`` fixture of ``tests/cluster/conftest.py`` (package scope: the cluster tests share
+one start) and the ``cluster`` factory of the scenario suite (module scope) use it, so the
+cluster's start (about ten seconds here) is paid at most twice per run, and no Ray process
+outlives the tests that need it.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,14 +54,22 @@ class RayCluster:
 
 _CLUSTER: RayCluster | None = None
 _USERS = 0
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_HANDLERS: dict[int, Any] = {}
 
 
 def acquire() -> RayCluster:
-    """The shared cluster, started on first use; pair with :func:`release`."""
+    """The shared cluster, started on first use; pair with :func:`release`.
+
+    Ray installs its own SIGTERM handler in the process that starts a head node or connects a
+    driver; the test process's handlers are put back right after, so the rest of the run
+    behaves as without Ray."""
     global _CLUSTER, _USERS
     if _CLUSTER is None:
         import ray
         from ray.cluster_utils import Cluster
+
+        _HANDLERS.update({sig: signal.getsignal(sig) for sig in _SIGNALS})
 
         cluster = Cluster(
             initialize_head=True,
@@ -73,6 +84,7 @@ def acquire() -> RayCluster:
         )
         shared.add_node()
         ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+        _restore_signals()
         _CLUSTER = shared
     _USERS += 1
     return _CLUSTER
@@ -89,6 +101,13 @@ def release() -> None:
     shared, _CLUSTER = _CLUSTER, None
     ray.shutdown()
     shared.cluster.shutdown()
+    _restore_signals()
+
+
+def _restore_signals() -> None:
+    for sig, handler in _HANDLERS.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def run_sync(make: Any) -> Any:

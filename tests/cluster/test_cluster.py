@@ -14,6 +14,7 @@ from codemode import (
     CreateCellRequest,
     MissingCell,
     Pending,
+    SessionBusy,
     ToolDefinition,
     WrongCellKind,
     Yielded,
@@ -177,3 +178,35 @@ async def test_yielded_output_is_delivered_once(session_cluster: SessionCluster)
             if not isinstance(event, Yielded):
                 break
         assert texts == ["t0", "t1", "t2", "end"]
+
+
+async def test_a_second_caller_takes_the_session_over(session_cluster: SessionCluster) -> None:
+    first_tools, second_tools = Tools(), Tools()
+    first: ClusterSession = await session_cluster.session(first_tools.delegate())
+    cell = await first.create_cell(
+        CreateCellRequest("text('a'); text(String((await tools.block({n: 1})).n));", tools=[BLOCK])
+    )
+    event = await asyncio.wait_for(first.wait(cell, 0.5), HANG)
+    assert [i.text for i in event.items] == ["a"]  # type: ignore[union-attr]
+    second: ClusterSession = await session_cluster.session(
+        second_tools.delegate(), session_id=first.session_id
+    )
+    try:
+        assert second.host_name == first.host_name
+        resumed = second.cell(cell.cell_id)
+        second_tools.gate.set()  # the call left unanswered is asked again, of the new caller
+        event = await asyncio.wait_for(second.wait(resumed, HANG), HANG)
+        assert event == Completed(event.items)
+        assert [i.text for i in event.items] == ["1"]  # type: ignore[union-attr]
+        assert [x for _, x in second_tools.calls] == [{"n": 1}]
+        await asyncio.sleep(0.5)
+        with pytest.raises(SessionBusy):
+            await first.create_cell(CreateCellRequest("text('x')"))
+        await first.shutdown()  # leaves the session to its new caller
+        assert second.is_alive
+        again = await second.create_cell(CreateCellRequest("text('still here')"))
+        assert (await asyncio.wait_for(second.wait(again, HANG), HANG)).items[
+            0
+        ].text == "still here"  # type: ignore[union-attr]
+    finally:
+        await second.shutdown()

@@ -104,9 +104,69 @@ async def test_host_killed_while_cells_run_loses_and_repeats_nothing(
         ids = [(c.cell_id, c.call_id) for c in steps.calls]
         assert len(ids) == len(set(ids)) == 41
 
-        # The paused cell is back at its frontier; idempotent creates still hold.
+        # Idempotent creates hold across the failover: the key names the same (closed) cell.
+        assert (await session.create_cell(keyed)).cell_id == first.cell_id
+
+        # The paused cell is back at its frontier.
         assert await session.resume(paused, 1) is ResumeOutcome.RESUMED
         end = await asyncio.wait_for(session.wait_to_pending(paused), HANG)
         assert isinstance(end, Completed) and texts(end.items) == ["held 1"]
+    finally:
+        await session.shutdown()
+
+
+async def test_operations_blocked_on_a_dead_host_complete_on_the_new_one(
+    make_cluster: Any,
+) -> None:
+    import ray
+
+    cluster = await make_cluster()
+    gate = asyncio.Event()
+    calls: list[NestedToolCall] = []
+
+    class Gated:
+        async def invoke_tool(self, call: NestedToolCall) -> Any:
+            calls.append(call)
+            if call.tool.name == "hold":
+                await gate.wait()
+            return call.input
+
+        async def notify(self, call_id: str, cell_id: str, text: str) -> None:
+            pass
+
+    session: ClusterSession = await cluster.session(Gated())
+    try:
+        cont = await session.create_cell(
+            CreateCellRequest(
+                "text('a'); const r = await tools.hold({n: 1}); text('b' + r.n);", tools=[HOLD]
+            )
+        )
+        paused = await session.create_pausable_cell(
+            CreateCellRequest(
+                "const r = await tools.step({i: 5}); text('p' + r.i); await tools.hold({n: 2}); text('q');",
+                tools=[STEP, HOLD],
+            )
+        )
+        first = await asyncio.wait_for(session.wait_to_pending(paused), HANG)
+        assert isinstance(first, Pending) and first.frontier.pending_tool_call_ids == ("tool-1",)
+        assert await session.resume(paused, 1) is ResumeOutcome.RESUMED
+        waiting = asyncio.ensure_future(session.wait(cont, HANG))
+        pending = asyncio.ensure_future(session.wait_to_pending(paused))
+        await asyncio.sleep(0.5)
+        assert session._attachment is not None
+        ray.kill(ray.get_actor(session._attachment.name, namespace=NAMESPACE), no_restart=False)
+        await asyncio.sleep(0.5)
+        gate.set()  # the call running here answers the host that recovered the session
+        done = await asyncio.wait_for(waiting, HANG)
+        assert isinstance(done, Completed) and texts(done.items) == ["a", "b1"]
+        second = await asyncio.wait_for(pending, HANG)
+        assert isinstance(second, Pending) and second.frontier.generation == 2
+        assert texts(second.frontier.items) == ["p5"]
+        assert await session.resume(paused, 2) is ResumeOutcome.RESUMED
+        end = await asyncio.wait_for(session.wait_to_pending(paused), HANG)
+        assert isinstance(end, Completed) and texts(end.items) == ["q"]
+        assert session.failovers >= 1
+        ids = [(c.cell_id, c.call_id) for c in calls]
+        assert len(ids) == len(set(ids)) == 3
     finally:
         await session.shutdown()

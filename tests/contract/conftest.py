@@ -141,7 +141,7 @@ def ws_server() -> Iterator[WebSocketServer]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def contract_session_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A SessionCluster of two hosts on the shared two-node Ray cluster (tests/cluster)."""
     from codemode import SqliteStore

@@ -11,6 +11,7 @@ own (a cell's work is bursty; the hosts share their node's cores).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Final
@@ -193,6 +194,13 @@ class SessionCluster:
                 return result
         except (ray.exceptions.ActorDiedError, ValueError) as exc:
             logger.debug("host %s is dead: %s", name, exc)
+            self._revive(name)
+            return None
+        except ray.exceptions.ActorUnschedulableError as exc:
+            # Pinned to a node that died: give it up, so that it is made again elsewhere.
+            logger.warning("host %s cannot be scheduled (%s); starting it again", name, exc)
+            with contextlib.suppress(Exception):
+                ray.kill(self._handle(name), no_restart=True)
             self._revive(name)
             return None
         except Exception as exc:  # a restarting or unreachable host

@@ -197,6 +197,11 @@ class SessionHost:
         hosted = self._sessions.get(session_id)
         return hosted is not None and hosted.runtime.is_alive
 
+    async def caller_of(self, session_id: str) -> str | None:
+        """The caller the session is open for here (``None`` when it is not open here)."""
+        hosted = self._hosted(session_id)
+        return None if hosted is None else hosted.caller
+
     async def load(self, session_id: str) -> tuple[bool, int, int]:
         """For placement: whether this host holds ``session_id``, its live cells and its
         sessions."""

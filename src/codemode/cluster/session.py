@@ -186,6 +186,7 @@ class ClusterSession(Session):
         self._background: set[asyncio.Task[Any]] = set()
         self._alive = True
         self._ended = False
+        self._lost = False  # another caller took the session over
         self._shutdown_task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self.failovers = 0
@@ -266,6 +267,8 @@ class ClusterSession(Session):
     async def _current(self) -> _Attachment:
         """The live attachment, waiting for a reattachment in progress."""
         while True:
+            if self._lost:
+                raise SessionBusy(self._session_id)
             attachment = self._attachment
             if attachment is not None and not attachment.broken:
                 return attachment
@@ -298,6 +301,8 @@ class ClusterSession(Session):
             self.failovers += 1
         began = time.monotonic()
         while True:
+            if self._lost:
+                raise SessionBusy(self._session_id)
             if self._ended:
                 raise ShuttingDown()
             for name, host in await self._cluster._candidates(self._session_id):
@@ -322,6 +327,8 @@ class ClusterSession(Session):
         import ray.exceptions
 
         while True:
+            if self._lost:
+                raise SessionBusy(self._session_id)
             if self._ended:
                 raise ShuttingDown()
             attachment = await self._current()
@@ -358,10 +365,38 @@ class ClusterSession(Session):
                 self._broken(attachment, type(exc).__name__)
         except asyncio.CancelledError:
             raise
-        if not self._ended and self._attachment is attachment and not attachment.broken:
-            # The host ended the stream without a newer attach of ours: it lost the session.
-            self._broken(attachment, "its call stream ended")
+        if (
+            self._alive
+            and not self._ended
+            and self._attachment is attachment
+            and not attachment.broken
+        ):
+            # The host ended the stream without a newer attach of ours (nor our own shutdown or
+            # suspend): another caller took the session over, or the host lost it.
+            caller: str | None = None
+            with contextlib.suppress(ray.exceptions.RayError):
+                caller = await attachment.host.caller_of.remote(self._session_id)
+            if caller is not None and caller != self._caller:
+                self._taken_over()
+            else:
+                self._broken(attachment, "its call stream ended")
         attachment.progress.set()
+
+    def _taken_over(self) -> None:
+        """Another caller reopened the session: this client stops driving it (its later
+        operations raise ``SessionBusy``), as a runtime that lost its lease does."""
+        logger.warning("session %s: reopened by another caller; this one stops", self._session_id)
+        self._lost = True
+        self._alive = False
+        self._ended = True
+        attachment = self._attachment
+        if attachment is not None:
+            attachment.broken = True
+            attachment.progress.set()
+        for entry in list(self._calls.values()):
+            if entry.task is not None and not entry.task.done():
+                entry.cancel_requested = True
+                entry.task.cancel()
 
     def _on_call(self, attachment: _Attachment, message: CallMessage) -> None:
         if message.notify:
@@ -451,6 +486,8 @@ class ClusterSession(Session):
     # ------------------------------------------------------------------ records and handles
 
     def _usable(self, cell_id: str | None) -> None:
+        if self._lost:
+            raise SessionBusy(self._session_id)
         if not self._alive:
             raise ShuttingDown() if cell_id is None else MissingCell(cell_id)
 
@@ -600,6 +637,8 @@ class ClusterSession(Session):
 
         cell_id = record.cell_id
         while True:
+            if self._lost:
+                raise SessionBusy(self._session_id)
             if self._ended:
                 raise MissingCell(cell_id)
             attachment = await self._current()
@@ -783,8 +822,9 @@ class ClusterSession(Session):
         await asyncio.shield(self._shutdown_task)
 
     async def _end(self, how: str) -> None:
-        with contextlib.suppress(ShuttingDown):
-            await self._invoke(how)
+        if not self._lost:  # a session another caller took over is theirs to end
+            with contextlib.suppress(ShuttingDown):
+                await self._invoke(how)
         self._ended = True
         for observation in [r.observation for r in self._cells.entries()]:
             if observation is not None:
