@@ -2,7 +2,8 @@
 on the session hosts it carried; the sessions come back on live hosts by replay from the shared
 store and their callers see no error, nothing lost and nothing repeated (docs/scaling.md).
 
-Each drill adds a node of its own to the test cluster, starts a ``SessionCluster`` whose hosts
+Each drill adds a node of its own to the test cluster, starts a ``SessionCluster`` (on SQLite,
+and once on a real PostgreSQL started by the test run) whose hosts
 spread over the nodes, opens sessions until the new node's hosts hold some, starts cells on all of
 them, and kills the node: with ``ray.cluster_utils.Cluster.remove_node`` (the raylet and its
 workers are killed), or by SIGKILL of the raylet process alone (its workers die with it).
@@ -26,6 +27,7 @@ from codemode import (
     CreateCellRequest,
     NestedToolCall,
     Pending,
+    PostgresStore,
     SqliteStore,
     TextItem,
     ToolDefinition,
@@ -85,8 +87,8 @@ async def observe_to_end(session: Any, cell: Any) -> list[str]:
 
 
 async def start_with_a_host_on(
-    ray_cluster: Any, node: Any, tmp_path: Path
-) -> tuple[SessionCluster, SqliteStore]:
+    ray_cluster: Any, node: Any, tmp_path: Path, postgres: Any = None
+) -> tuple[SessionCluster, Any]:
     """A session cluster of 3 hosts (one per node, softly) of which one runs on ``node``.
 
     Ray's soft node affinity is a preference: right after a node joins, a host may still be
@@ -97,7 +99,10 @@ async def start_with_a_host_on(
             if ray.cluster_resources().get("CPU", 0) >= len(ray_cluster.node_ids()):
                 break
             await asyncio.sleep(0.05)
-        store = SqliteStore(tmp_path / f"sessions-{attempt}.db", lease_seconds=LEASE)
+        store: Any = SqliteStore(tmp_path / f"sessions-{attempt}.db", lease_seconds=LEASE)
+        if postgres is not None:  # a schema of its own: other tables, other host actors
+            dsn = postgres.dsn(search_path=postgres.new_schema())
+            store = PostgresStore(dsn, lease_seconds=LEASE)
         cluster = await SessionCluster.start(store=store, hosts=3, address=ray_cluster.address)
         if any(h.node_id == node.node_id for h in await cluster.hosts()):
             return cluster, store
@@ -148,11 +153,15 @@ def kill_raylet(node: Any) -> None:
     os.kill(process.pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("how", ["remove_node", "kill_raylet"])
+@pytest.mark.parametrize(
+    ("how", "kind"),
+    [("remove_node", "sqlite"), ("kill_raylet", "sqlite"), ("remove_node", "postgres")],
+)
 async def test_cells_survive_the_death_of_their_node(
-    how: str, ray_cluster: Any, victim: Any, tmp_path: Path
+    how: str, kind: str, ray_cluster: Any, victim: Any, tmp_path: Path, request: Any
 ) -> None:
-    cluster, store = await start_with_a_host_on(ray_cluster, victim, tmp_path)
+    postgres = request.getfixturevalue("postgres_server") if kind == "postgres" else None
+    cluster, store = await start_with_a_host_on(ray_cluster, victim, tmp_path, postgres)
     try:
         delegate = SlowEcho()
         opened = await sessions_on(cluster, victim.node_id, delegate, wanted=1)
