@@ -3,10 +3,11 @@ on the session hosts it carried; the sessions come back on live hosts by replay 
 store and their callers see no error, nothing lost and nothing repeated (docs/scaling.md).
 
 Each drill adds a node of its own to the test cluster, starts a ``SessionCluster`` (on SQLite,
-and once on a real PostgreSQL started by the test run) whose hosts
-spread over the nodes, opens sessions until the new node's hosts hold some, starts cells on all of
-them, and kills the node: with ``ray.cluster_utils.Cluster.remove_node`` (the raylet and its
-workers are killed), or by SIGKILL of the raylet process alone (its workers die with it).
+and once on a real PostgreSQL started by the test run) with a host on that node, opens sessions
+until that host holds some, starts cells on all of them, and kills the node: with
+``ray.cluster_utils.Cluster.remove_node`` (the raylet and its workers are killed), or by SIGKILL
+of the raylet process alone (its workers live on until Ray declares the node dead; a session host
+ends itself when its raylet is gone, so the leases it held expire).
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ async def all_on_live_nodes(
 
 
 def kill_raylet(node: Any) -> None:
-    """SIGKILL the node's raylet process (its workers die with it: Ray fate-shares them)."""
+    """SIGKILL the node's raylet process alone (not its workers)."""
     process = node.all_processes["raylet"][0].process
     os.kill(process.pid, signal.SIGKILL)
 
