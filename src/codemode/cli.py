@@ -320,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     from codemode.protocol.policy import add_serve_flags
 
     add_serve_flags(serve)
+    from codemode.protocol.cluster_source import add_cluster_flags
+
+    add_cluster_flags(serve)
 
     mcp = sub.add_parser(
         "mcp",
@@ -660,11 +663,13 @@ def _main(argv: Sequence[str] | None) -> int:
         rss_budget_bytes=args.rss_budget_bytes, memory_limit_bytes=args.worker_memory_limit_bytes
     )
     if args.command == "serve":
+        from codemode.protocol.cluster_source import source_from_args
         from codemode.protocol.policy import policy_from_args
         from codemode.protocol.server import serve_main
 
         try:
             policy = policy_from_args(args)
+            sessions = source_from_args(args, limits)  # --cluster: sessions on Ray
         except ValueError as exc:
             print(f"codemode: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -677,6 +682,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 policy=policy,
                 # (With `serve --cluster`, --store is the store the cluster's hosts share.)
                 store=None if getattr(args, "cluster", None) else _store_options(args),
+                source=sessions,
             )
     if args.command == "mcp":
         from codemode.mcp.server import mcp_main

@@ -131,6 +131,7 @@ from codemode.protocol.observations import (
 )
 from codemode.protocol.policy import UNREADY_FRAME_BYTES, ServePolicy, is_loopback, origin_allowed
 from codemode.protocol.rpc import ConnectionLost, Endpoint, IncomingRequest, RpcError
+from codemode.protocol.sources import ServedRuntime, SessionSource, new_session_id
 from codemode.protocol.transport import Transport, WebSocketTransport, open_stdio
 from codemode.session import SessionRuntime
 from codemode.store.base import SessionStore
@@ -219,7 +220,7 @@ class _ForwardingDelegate:
 @dataclass(eq=False)
 class _ServedSession:
     session_id: str
-    runtime: SessionRuntime
+    runtime: ServedRuntime
     cell_ids: set[str] = field(default_factory=set)
     records: ObservationRecords = field(init=False)
     # A durable session (the server has a store): suspended, not shut down, when its
@@ -506,6 +507,8 @@ class _Connection:
                 f"{self.server.engine_name}",
             )
         self.server.check_session_cap()
+        if self.server.source is not None:
+            return await self._open_from(self.server.source, limits)
         if self.server.store is not None:
             return await self._open_durable(self.server.store, limits, requested_id)
         session_id = f"s{secrets.token_hex(8)}"
@@ -576,8 +579,10 @@ class _Connection:
     async def _cancelled_open(self, session: _ServedSession, reattach: bool) -> None:
         """A ``session/open`` cancelled while the runtime opened: once the open settles, a
         session it created is shut down and one it reattached is suspended (SPEC 10.4)."""
+        runtime = session.runtime
+        assert isinstance(runtime, SessionRuntime)  # durable sessions are served in process
         try:
-            await session.runtime.open()
+            await runtime.open()
         except BaseException:
             session.forget()
             return
@@ -603,6 +608,24 @@ class _Connection:
             session.created(cell_id)
             cells.append({"cellId": cell_id, "kind": kind, **_recorded_tools(record)})
         return cells
+
+    async def _open_from(self, source: SessionSource, limits: CellLimits) -> dict[str, Any]:
+        """``session/open`` on a server with a session source (``serve --cluster``)."""
+        session_id = new_session_id()
+        try:
+            runtime = await source.open_session(
+                _ForwardingDelegate(self, session_id), limits, session_id
+            )
+        except ValueError as exc:
+            raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
+        self.sessions[session_id] = _ServedSession(session_id, runtime)
+        logger.info("%s: session %s opened (%s)", self.name, session_id, source.description)
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            await asyncio.shield(runtime.shutdown())  # as _open: SPEC 10.4
+            raise
+        return {"sessionId": session_id}
 
     async def _shutdown_session(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
         session = self._session(params)
@@ -773,12 +796,14 @@ class ProtocolServer:
         engine_name: str = ENGINES[0],
         policy: ServePolicy | None = None,
         store: SessionStore | None = None,
+        source: SessionSource | None = None,
     ) -> None:
         self.ceilings = ceilings or CellLimits()
         # With a store, sessions are durable (docs/durability.md, "Fronts"): a connection that
         # ends suspends them, and session/open with a sessionId reattaches.
         self.store = store
         self._held: dict[str, _ServedSession] = {}  # durable sessions served by this process
+        self.source = source  # None: every session is a SessionRuntime in this process
         self.engine_factory = engine_factory
         self.engine_name = engine_name  # what session/open offers ("v8", "python")
         self.policy = policy or ServePolicy()
@@ -907,16 +932,43 @@ async def _close_store(store: SessionStore | None) -> None:
             logger.exception("closing the session store failed")
 
 
+async def _start_source(source: SessionSource | None) -> bool:
+    """Start ``source`` (if any); False, with the reason on stderr, when it cannot start."""
+    if source is None:
+        return True
+    try:
+        await source.start()
+    except Exception as exc:
+        logger.debug("the session source did not start", exc_info=True)
+        print(f"codemode serve: cannot start: {exc}", file=sys.stderr, flush=True)
+        return False
+    logger.info("sessions run on %s", source.description)
+    return True
+
+
+async def _close_source(source: SessionSource | None) -> None:
+    if source is not None:
+        try:
+            await source.close()
+        except Exception:
+            logger.warning("closing the session source failed", exc_info=True)
+
+
 async def serve_stdio(
     ceilings: CellLimits,
     engine: str = "v8",
     policy: ServePolicy | None = None,
     store: StoreOptions | None = None,
+    source: SessionSource | None = None,
 ) -> int:
     """Serve one connection on stdin/stdout until stdin closes (or SIGTERM/SIGINT); its sessions
     are shut down (durable ones, with ``store``, suspended) before returning 0. ``engine`` names
-    the sessions' engine (``v8``, ``python``)."""
+    the sessions' engine (``v8``, ``python``); with ``source``, sessions come from it instead
+    (started first: 1 if it cannot start)."""
     transport = await open_stdio()
+    if not await _start_source(source):
+        await transport.close()
+        return EXIT_FAILED
     session_store = store.open() if store is not None else None
     server = ProtocolServer(
         ceilings,
@@ -924,12 +976,16 @@ async def serve_stdio(
         engine_name=wire_engine_name(engine),
         policy=policy,
         store=session_store,
+        source=source,
     )
     task = asyncio.ensure_future(server.serve_connection(transport))
     _stop_on_signals(lambda: _cancel_quietly(task))
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await _close_store(session_store)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        await _close_source(source)
+        await _close_store(session_store)
     return EXIT_OK
 
 
@@ -944,12 +1000,36 @@ async def serve_websocket(
     engine: str = "v8",
     policy: ServePolicy | None = None,
     store: StoreOptions | None = None,
+    source: SessionSource | None = None,
 ) -> int:
     """Serve WebSocket connections on ``ws://host:port/`` until ``stop`` is set (or SIGTERM or
     SIGINT); then every session is shut down (durable ones, with ``store``, suspended). With
     ``token``, the opening handshake must carry ``Authorization: Bearer <token>`` (else HTTP
     401). ``ready`` receives the URL once bound. ``engine`` names the sessions' engine (``v8``,
-    ``python``)."""
+    ``python``); with ``source``, sessions come from it instead (started before listening: 1 if
+    it cannot start)."""
+    if not await _start_source(source):
+        return EXIT_FAILED
+    try:
+        return await _serve_websocket(
+            host, port, ceilings, token, ready, stop, engine, policy, store, source
+        )
+    finally:
+        await _close_source(source)
+
+
+async def _serve_websocket(
+    host: str,
+    port: int,
+    ceilings: CellLimits,
+    token: str | None,
+    ready: Callable[[str], None] | None,
+    stop: asyncio.Event | None,
+    engine: str,
+    policy: ServePolicy | None,
+    store: StoreOptions | None,
+    source: SessionSource | None,
+) -> int:
     from websockets.asyncio.server import ServerConnection, serve
     from websockets.http11 import Request, Response
 
@@ -960,6 +1040,7 @@ async def serve_websocket(
         engine_name=wire_engine_name(engine),
         policy=policy,
         store=session_store,
+        source=source,
     )
     stop_event = stop or asyncio.Event()
     expected = f"Bearer {token}".encode() if token is not None else None
@@ -1032,6 +1113,7 @@ def serve_main(
     engine: str = "v8",
     policy: ServePolicy | None = None,
     store: StoreOptions | None = None,
+    source: SessionSource | None = None,
 ) -> int:
     """``codemode serve``: stdio (default) or WebSocket (``listen``), with durable sessions in
     ``store`` when given (``--store PATH``); returns the exit status
@@ -1055,7 +1137,7 @@ def serve_main(
             print(f"codemode serve: the environment variable {token_env} is empty", file=sys.stderr)
             return EXIT_USAGE
     if listen is None:
-        return asyncio.run(serve_stdio(limits, engine, policy, store))
+        return asyncio.run(serve_stdio(limits, engine, policy, store, source))
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
@@ -1071,7 +1153,14 @@ def serve_main(
     try:
         return asyncio.run(
             serve_websocket(
-                host, port, limits, token=token, engine=engine, policy=policy, store=store
+                host,
+                port,
+                limits,
+                token=token,
+                engine=engine,
+                policy=policy,
+                store=store,
+                source=source,
             )
         )
     except OSError as exc:
