@@ -6,7 +6,8 @@
 //   bridge.start(config, stored, source)  install tools and limits, the stored values' JSON
 //                                         text, compile the body and start it; returns the
 //                                         output journal's buffer
-//   bridge.step(inputs)                   apply tool results and fire timers, in order
+//   bridge.step(inputs)                   apply tool results and fire timers, in order (the
+//                                         inputs as an argument, or in the inbox)
 //   bridge.drain()                        {ev: [...], pending: [...], settled: ...} as JSON text
 //
 // JavaScript runs only while the host is inside one of these calls, and V8 flushes microtasks at
@@ -61,6 +62,7 @@
   // Hardening (docs/safety.md): the bridge's own state never goes through a method or accessor
   // the cell could replace after the prelude ran; the host re-checks every report anyway.
   const MathMax = Math.max;
+  const MathMin = Math.min;
   const Uint16ArrayCtor = Uint16Array;
   const Uint32ArrayCtor = Uint32Array;
   const ObjectHasOwn = Object.prototype.hasOwnProperty;
@@ -171,11 +173,38 @@
   let journalFlag = null;
   let journalAt = 4;
   const charCodeAt = uncurry(String.prototype.charCodeAt);
+  const StringFromCharCode = StringCtor.fromCharCode;
   // One journal per isolate, made now: the host holds a view of its memory before any cell
-  // runs. 4 Mi units (8 MiB of address space, committed only as far as it is written).
+  // runs. 4 Mi units (8 MiB of address space, committed only as far as it is written): the
+  // journal's records take the first JOURNAL_UNITS, the inbox (below) the rest.
   const journalBuffer = new IntrinsicArrayBuffer(4194304 * 2);
+  const JOURNAL_UNITS = 4194304 - 131072;
+
+  // The inbox: the host writes a step's inputs (JSON text, UTF-16 units) here, and their
+  // length into the 32-bit word before them, instead of copying a string argument into the
+  // isolate, which costs a blocking round trip to the isolate's thread (engine/v8.py keeps the
+  // same layout). Written by the host only between two bridge calls; read by step().
+  const inboxLength = new Uint32ArrayCtor(journalBuffer, JOURNAL_UNITS * 2, 1);
+  const inbox = new Uint16ArrayCtor(journalBuffer, JOURNAL_UNITS * 2 + 4);
+  const inboxChunk = [];  // a plain array: its length and elements are its own properties
+  function readInbox() {
+    const n = inboxLength[0];
+    let text = "";
+    if (n <= 256) {
+      for (let i = 0; i < n; i++) text += StringFromCharCode(inbox[i]);
+      return text;
+    }
+    for (let i = 0; i < n; i += 4096) {
+      const m = MathMin(4096, n - i);
+      inboxChunk.length = m;
+      for (let j = 0; j < m; j++) inboxChunk[j] = inbox[i + j];
+      text += ReflectApply(StringFromCharCode, null, inboxChunk);
+    }
+    inboxChunk.length = 0;
+    return text;
+  }
   function journalReset() {
-    journal = new Uint16ArrayCtor(journalBuffer);
+    journal = new Uint16ArrayCtor(journalBuffer, 0, JOURNAL_UNITS);
     journalEnd = new Uint32ArrayCtor(journalBuffer, 0, 1);
     journalFlag = new Uint32ArrayCtor(journalBuffer, 4, 1);
     journalAt = 4;
@@ -1050,7 +1079,14 @@
       }
     },
 
+    // No arguments: the three are in the inbox, as one JSON array of three strings.
     start(configText, storedText, source) {
+      if (configText === undefined) {
+        const args = JSONparse(readInbox());
+        configText = args[0];
+        storedText = args[1];
+        source = args[2];
+      }
       // The body is first compiled on its own by the function constructor (so it cannot close
       // the wrapper early), and its SyntaxError, uncaught here, reaches the host with V8's own
       // line and caret, which the host reports as `cell.js:LINE:COLUMN` (docs/cells.md).
@@ -1065,9 +1101,10 @@
       return journalBuffer;
     },
 
+    // `inputsText` absent: the inputs are in the inbox.
     step(inputsText) {
       runCleanups();
-      const inputs = JSONparse(inputsText);
+      const inputs = JSONparse(inputsText === undefined ? readInbox() : inputsText);
       for (let i = 0; i < inputs.length; i++) {
         const input = inputs[i];
         if (settled !== null) return;
