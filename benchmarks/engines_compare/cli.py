@@ -83,7 +83,10 @@ def main() -> None:
         if e not in ENGINES:
             parser.error(f"unknown engine {e!r}; choose from {', '.join(ENGINES)}")
     if args.baseline:
-        wanted += [f"{e}@base" for e in wanted if e.startswith("codemode")]
+        # Each baseline column runs right after its own, so the two see the same load.
+        wanted = [
+            v for e in wanted for v in ((e, f"{e}@base") if e.startswith("codemode") else (e,))
+        ]
         args.baseline = str(Path(args.baseline).resolve())
     facts = machine_facts()
     facts["runs"] = args.runs

@@ -817,8 +817,10 @@ class _V8Cell(EngineCell):
         if view is None or self._closed:
             return ()
         try:
-            # one copy; the cell may still be writing past the end mark
-            data = bytes(view[: 2 * _JOURNAL_UNITS])
+            # One copy of the records up to the committed end (not of the whole buffer); the
+            # cell may still be writing past the end mark.
+            end = min(int.from_bytes(view[0:4], "little"), _JOURNAL_UNITS)
+            data = bytes(view[: 2 * end])
             return self._authority.salvage(_journal_items(data))
         except Exception:  # pragma: no cover - a journal is best effort
             logger.debug("journal of cell %s unreadable", self._boot.cell_id, exc_info=True)
@@ -868,14 +870,14 @@ class _V8Cell(EngineCell):
         if self._closed:
             return None
         try:
+            budget = time.monotonic() + _SALVAGE_TIMEOUT
             orphan, self._orphan = self._orphan, None
-            if orphan is not None:
-                raw = await asyncio.wait_for(orphan, _SALVAGE_TIMEOUT)
-                if raw is None:
-                    return None
-            else:
+            # The drain queued behind an abandoned step, if any; it fails when the step's
+            # termination reached it too (then it emptied nothing: drain afresh).
+            raw = None if orphan is None else await asyncio.wait_for(orphan, _SALVAGE_TIMEOUT)
+            if raw is None:
                 drain = self._bridge.call(self._bridge.drain)
-                raw = await asyncio.wait_for(drain, _SALVAGE_TIMEOUT)
+                raw = await asyncio.wait_for(drain, max(budget - time.monotonic(), 0.0))
             return await self._parse(raw, 0.0)
         except asyncio.CancelledError:
             raise
