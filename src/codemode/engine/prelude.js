@@ -62,7 +62,6 @@
   // Hardening (docs/safety.md): the bridge's own state never goes through a method or accessor
   // the cell could replace after the prelude ran; the host re-checks every report anyway.
   const MathMax = Math.max;
-  const MathMin = Math.min;
   const Uint16ArrayCtor = Uint16Array;
   const Uint32ArrayCtor = Uint32Array;
   const ObjectHasOwn = Object.prototype.hasOwnProperty;
@@ -186,21 +185,20 @@
   // same layout). Written by the host only between two bridge calls; read by step().
   const inboxLength = new Uint32ArrayCtor(journalBuffer, JOURNAL_UNITS * 2, 1);
   const inbox = new Uint16ArrayCtor(journalBuffer, JOURNAL_UNITS * 2 + 4);
-  const inboxChunk = [];  // a plain array: its length and elements are its own properties
+  // Whole chunks go through one fromCharCode call each. The array is filled now, before any
+  // cell runs, and its length never changes: every write below is to an own data property, so
+  // no setter a cell defines on Array.prototype is ever reached.
+  const INBOX_CHUNK = 4096;
+  const inboxChunk = new Array(INBOX_CHUNK).fill(0);
   function readInbox() {
     const n = inboxLength[0];
     let text = "";
-    if (n <= 256) {
-      for (let i = 0; i < n; i++) text += StringFromCharCode(inbox[i]);
-      return text;
-    }
-    for (let i = 0; i < n; i += 4096) {
-      const m = MathMin(4096, n - i);
-      inboxChunk.length = m;
-      for (let j = 0; j < m; j++) inboxChunk[j] = inbox[i + j];
+    let i = 0;
+    for (; i + INBOX_CHUNK <= n; i += INBOX_CHUNK) {
+      for (let j = 0; j < INBOX_CHUNK; j++) inboxChunk[j] = inbox[i + j];
       text += ReflectApply(StringFromCharCode, null, inboxChunk);
     }
-    inboxChunk.length = 0;
+    for (; i < n; i++) text += StringFromCharCode(inbox[i]);
     return text;
   }
   function journalReset() {
