@@ -188,7 +188,7 @@
   // Whole chunks go through one fromCharCode call each. The array is filled now, before any
   // cell runs, and its length never changes: every write below is to an own data property, so
   // no setter a cell defines on Array.prototype is ever reached.
-  const INBOX_CHUNK = 4096;
+  const INBOX_CHUNK = 512;  // 4 KiB of heap per isolate
   const inboxChunk = new Array(INBOX_CHUNK).fill(0);
   function readInbox() {
     const n = inboxLength[0];
