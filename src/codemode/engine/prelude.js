@@ -1077,14 +1077,7 @@
       }
     },
 
-    // No arguments: the three are in the inbox, as one JSON array of three strings.
     start(configText, storedText, source) {
-      if (configText === undefined) {
-        const args = JSONparse(readInbox());
-        configText = args[0];
-        storedText = args[1];
-        source = args[2];
-      }
       // The body is first compiled on its own by the function constructor (so it cannot close
       // the wrapper early), and its SyntaxError, uncaught here, reaches the host with V8's own
       // line and caret, which the host reports as `cell.js:LINE:COLUMN` (docs/cells.md).

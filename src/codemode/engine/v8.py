@@ -762,14 +762,10 @@ class _V8Cell(EngineCell):
             return StepReport((), (), Settlement(text))
         stored_json = self._stored.json_text()
         bridge = self._bridge
-        args = (self._boot_config, stored_json, scan.source)
-        inbox = self._inbox
         try:
-            small = sum(map(len, args)) < _INBOX_UNITS // 2
-            # In the inbox, the three need no blocking copies into the isolate.
-            if inbox is not None and small and inbox.put(_dumps(args)):
-                return await self._command(bridge.start)
-            return await self._command(bridge.start, *args)
+            # As arguments, not through the inbox: the inbox's JSON text would stay in every
+            # idle cell's heap as garbage (about 16 KiB a cell) to save three quick copies.
+            return await self._command(bridge.start, self._boot_config, stored_json, scan.source)
         except EngineLost as lost:
             located = syntax_error_from(str(lost.__cause__ or ""), scan.source)
             if located is None:
