@@ -207,8 +207,10 @@ class _QuietResults:
         def handle_callback_from_v8(callback_id: int, raw: Any) -> None:
             if callback_id in expected:
                 results[callback_id] = wrap(raw)
-            else:
+            elif not context.event_loop.is_closed():
                 wake(callback_id, raw)
+            # else: a task abandoned before its loop closed, answering while the context is
+            # freed; nobody waits for it (its value goes with the context)
 
         object.__setattr__(context, "handle_callback_from_v8", handle_callback_from_v8)
 
