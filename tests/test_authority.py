@@ -329,9 +329,9 @@ def _forge(monkeypatch: pytest.MonkeyPatch, forged: str) -> list[str]:
     original = v8._V8Cell._eval
     seen: list[str] = []
 
-    async def _eval(self: Any, fn: Any, *args: str) -> Any:
-        result = await original(self, fn, *args)
-        if fn is self._bridge.drain and not seen:
+    async def _eval(self: Any, fn: Any, *args: str, drain: bool = False) -> Any:
+        result = await original(self, fn, *args, drain=drain)
+        if (drain or fn is self._bridge.drain) and not seen:
             seen.append(result)
             return forged
         return result

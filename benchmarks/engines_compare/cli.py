@@ -61,6 +61,12 @@ def main() -> None:
     parser.add_argument("--idle-monty", type=int, default=10)
     parser.add_argument("--idle-deno-worker", type=int, default=20)
     parser.add_argument("--idle-deno-process", type=int, default=5)
+    parser.add_argument(
+        "--baseline",
+        metavar="SRC",
+        help="also run the codemode engines from another checkout's src/ directory (columns"
+        " `codemode@base`, `codemode-worker@base`), in the same run: a before/after comparison",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     # `./dev bench ARGS` passes the same ARGS to every benchmark script: ignore the others'.
@@ -76,9 +82,15 @@ def main() -> None:
     for e in wanted:
         if e not in ENGINES:
             parser.error(f"unknown engine {e!r}; choose from {', '.join(ENGINES)}")
+    if args.baseline:
+        # Each baseline column runs right after its own, so the two see the same load.
+        wanted = [
+            v for e in wanted for v in ((e, f"{e}@base") if e.startswith("codemode") else (e,))
+        ]
+        args.baseline = str(Path(args.baseline).resolve())
     facts = machine_facts()
     facts["runs"] = args.runs
-    missing = {e: reason for e in wanted if (reason := missing_reason(e))}
+    missing = {e: reason for e in wanted if (reason := missing_reason(e.split("@")[0]))}
     for engine, reason in missing.items():
         print(f"{engine}: skipped: {reason}", file=sys.stderr)
 
@@ -94,7 +106,7 @@ def main() -> None:
     with contextlib.suppress(OSError):
         facts["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
 
-    merged = merge_runs(runs)
+    merged = merge_runs(runs, wanted)
     print_table(merged, args.calls, facts)
     RESULTS.parent.mkdir(exist_ok=True)
     config = {
@@ -109,7 +121,8 @@ def main() -> None:
 def run_child(engine: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
-    cmd = [sys.executable, str(PACKAGE), "--child", engine, "--child-out", out]
+    base_engine, _, variant = engine.partition("@")
+    cmd = [sys.executable, str(PACKAGE), "--child", base_engine, "--child-out", out]
     for name in (
         "calls", "cells", "cells_deno_process", "warmup", "reps", "runaway_reps",
         "idle", "idle_monty", "idle_deno_worker", "idle_deno_process",
@@ -117,7 +130,12 @@ def run_child(engine: str, args: argparse.Namespace) -> dict[str, Any]:
         cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     # Its own process group, so that a hung child and the deno/monty processes it started can be
     # ended together.
-    proc = subprocess.Popen(cmd, stdout=sys.stderr, start_new_session=True)
+    env = None
+    if variant == "base":
+        # The baseline checkout's codemode comes first on the path (the worker processes of
+        # WorkerEngine inherit it).
+        env = dict(os.environ, PYTHONPATH=args.baseline)
+    proc = subprocess.Popen(cmd, stdout=sys.stderr, start_new_session=True, env=env)
     try:
         code = proc.wait(timeout=900)
         if code != 0:

@@ -19,7 +19,15 @@ COMPARE_VENV = HERE / ".venv-compare"
 RESULTS = HERE / "results" / "engines_compare.json"
 REEXEC_GUARD = "CODEMODE_ENGINES_COMPARE_REEXEC"
 
-ENGINES = ("codemode", "mini-racer", "quickjs-ng", "monty", "deno-worker", "deno-process")
+ENGINES = (
+    "codemode",
+    "codemode-worker",
+    "mini-racer",
+    "quickjs-ng",
+    "monty",
+    "deno-worker",
+    "deno-process",
+)
 MiB = 1024 * 1024
 DEADLINE = 0.050  # the runaway cell's host-side deadline, seconds after its start
 COMPUTE_N = 1_000_000

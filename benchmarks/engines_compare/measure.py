@@ -20,7 +20,7 @@ from engines_compare.common import (
     settle_memory,
     tree_memory,
 )
-from engines_compare.peer_codemode import CodemodeAdapter
+from engines_compare.peer_codemode import CodemodeAdapter, CodemodeWorkerAdapter
 from engines_compare.peer_deno import DenoProcessAdapter, DenoWorkerAdapter, find_deno
 from engines_compare.peer_miniracer import MiniRacerAdapter
 from engines_compare.peer_monty import MontyAdapter
@@ -32,7 +32,7 @@ def missing_reason(engine: str) -> str | None:
         return importlib.util.find_spec(module) is not None
 
     setup = "run benchmarks/compare-setup.sh"
-    if engine == "codemode" and not has("codemode"):
+    if engine.startswith("codemode") and not has("codemode"):
         return "codemode is not installed in this interpreter"
     if engine == "mini-racer" and not has("py_mini_racer"):
         return "mini-racer is not installed"
@@ -65,6 +65,7 @@ async def measure_engine(engine: str, args: argparse.Namespace, script: str) -> 
     expect = expected_outputs(calls)
     idle_n = {
         "codemode": args.idle,
+        "codemode-worker": args.idle,
         "mini-racer": args.idle,
         "quickjs-ng": args.idle,
         "monty": args.idle_monty,
@@ -75,6 +76,8 @@ async def measure_engine(engine: str, args: argparse.Namespace, script: str) -> 
     adapter: Adapter
     if engine == "codemode":
         adapter = CodemodeAdapter(calls, idle_n)
+    elif engine == "codemode-worker":
+        adapter = CodemodeWorkerAdapter(calls, idle_n)
     elif engine == "mini-racer":
         adapter = MiniRacerAdapter(calls)
     elif engine == "quickjs-ng":

@@ -39,7 +39,6 @@ class CodemodeAdapter(Adapter):
 
     def _runtime(self, pool_size: int | None) -> Any:
         from codemode import CellLimits, SessionRuntime, tools_delegate
-        from codemode.engine.v8 import V8Engine
 
         self.tools = Tools()
         limits = CellLimits(
@@ -48,9 +47,14 @@ class CodemodeAdapter(Adapter):
             max_live_cells=max(256, self.idle_n + 16),
             max_idempotency_keys=max(10_000, self.idle_n + 16),
         )
-        engine = V8Engine() if pool_size is None else V8Engine(pool_size=pool_size)
+        engine = self._engine(pool_size)
         delegate = tools_delegate({"echo": self.tools.echo, "hang": self.tools.hang})
         return SessionRuntime(delegate, limits=limits, engine=engine)
+
+    def _engine(self, pool_size: int | None) -> Any:
+        from codemode.engine.v8 import V8Engine
+
+        return V8Engine() if pool_size is None else V8Engine(pool_size=pool_size)
 
     async def start(self) -> None:
         self.rt = self._runtime(None)
@@ -124,10 +128,34 @@ class CodemodeAdapter(Adapter):
     def versions(self) -> dict[str, str]:
         import codemode
 
-        return {"codemode": codemode.__version__, "mini-racer": _dist_version("mini-racer")}
+        return {
+            "codemode": f"{codemode.__version__} ({os.path.dirname(codemode.__file__)})",
+            "mini-racer": _dist_version("mini-racer"),
+        }
 
     def installed_bytes(self) -> int | None:
         return _dist_bytes("mini-racer")
+
+
+class CodemodeWorkerAdapter(CodemodeAdapter):
+    """The same session runtime on ``WorkerEngine``: V8 in one child process behind a pipe
+    (docs/engines.md). Every cell of the runtime goes to that one worker; its isolates come from
+    the worker's own pool (2 by default, ``pool_size=0`` for the "on demand" row). Runaway:
+    ``terminate(cell)`` at the deadline; the worker abandons the running eval. The memory rows
+    count the worker process (the child's RSS grows with each idle cell)."""
+
+    name = "codemode-worker"
+
+    def _engine(self, pool_size: int | None) -> Any:
+        from codemode.engine.worker import WorkerEngine
+
+        return WorkerEngine() if pool_size is None else WorkerEngine(pool_size=pool_size)
+
+    async def runaway(self) -> tuple[float, float]:
+        from engines_compare.common import process_tree
+
+        ms, _ = await super().runaway()
+        return ms, await busy_after_stop(process_tree())
 
 
 # --- raw mini-racer ----------------------------------------------------------------------------

@@ -77,11 +77,11 @@ def machine_facts() -> dict[str, Any]:
     return facts
 
 
-def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_runs(runs: list[dict[str, Any]], order: list[str] | None = None) -> dict[str, Any]:
     """The median over runs of each per-run median (and of each idle-memory figure). A workload
     that failed in some runs is merged over the runs where it worked, and says how many."""
     merged: dict[str, Any] = {}
-    for engine in ENGINES:
+    for engine in order or ENGINES:
         per_run = [r[engine] for r in runs if engine in r]
         if not per_run:
             continue
@@ -124,7 +124,7 @@ def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def print_table(merged: dict[str, Any], calls: int, facts: dict[str, Any]) -> None:
-    engines = [e for e in ENGINES if e in merged]
+    engines = list(merged)
     notes: list[str] = []
     label_w = max(len(label.format(calls=calls)) for _, label, _ in ROWS) + 2
     col_w = 2 + max(

@@ -145,6 +145,7 @@ class CellActor:
         self._notifier: asyncio.Task[None] | None = None
         self._observer_futures: dict[int, asyncio.Future[None]] = {}
         self._pump_task: asyncio.Task[None] | None = None
+        self._dispatched = False  # delegate calls started since the pump last looked
         self._settle_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
@@ -297,6 +298,7 @@ class CellActor:
                     continue
                 call = effect.call
                 self._calls[call.call_id] = self._loop.create_task(self._invoke(call))
+                self._dispatched = True
             elif isinstance(effect, RejectCall):
                 if self.recorder is not None and self.recorder.replaying:
                     self.recorder.reject(effect)
@@ -355,9 +357,17 @@ class CellActor:
                 self._apply(self.machine.quiescent(self._pending_ids))
                 if not self.machine.may_run:
                     continue
-                timeout = None
-                if self._timer_heap:
-                    timeout = max(self._timer_heap[0][0] - time.monotonic(), 0.0)
+                if self._dispatched:
+                    # Let the delegate calls just started take their first step, then look
+                    # again: the results of those that answer at once make the next step
+                    # without a wake-up of this task (and a loop iteration) per call.
+                    self._dispatched = False
+                    await asyncio.sleep(0)
+                    continue
+                if not self._timer_heap:
+                    await self._wake.wait()
+                    continue
+                timeout = max(self._timer_heap[0][0] - time.monotonic(), 0.0)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await self._wake.wait()

@@ -6,7 +6,8 @@
 //   bridge.start(config, stored, source)  install tools and limits, the stored values' JSON
 //                                         text, compile the body and start it; returns the
 //                                         output journal's buffer
-//   bridge.step(inputs)                   apply tool results and fire timers, in order
+//   bridge.step(inputs)                   apply tool results and fire timers, in order (the
+//                                         inputs as an argument, or in the inbox)
 //   bridge.drain()                        {ev: [...], pending: [...], settled: ...} as JSON text,
 //                                         plus reads: N when the cell read the clock or the
 //                                         random source (N runs of reads, see envRead)
@@ -174,11 +175,37 @@
   let journalFlag = null;
   let journalAt = 4;
   const charCodeAt = uncurry(String.prototype.charCodeAt);
+  const StringFromCharCode = StringCtor.fromCharCode;
   // One journal per isolate, made now: the host holds a view of its memory before any cell
-  // runs. 4 Mi units (8 MiB of address space, committed only as far as it is written).
+  // runs. 4 Mi units (8 MiB of address space, committed only as far as it is written): the
+  // journal's records take the first JOURNAL_UNITS, the inbox (below) the rest.
   const journalBuffer = new IntrinsicArrayBuffer(4194304 * 2);
+  const JOURNAL_UNITS = 4194304 - 131072;
+
+  // The inbox: the host writes a step's inputs (JSON text, UTF-16 units) here, and their
+  // length into the 32-bit word before them, instead of copying a string argument into the
+  // isolate, which costs a blocking round trip to the isolate's thread (engine/v8.py keeps the
+  // same layout). Written by the host only between two bridge calls; read by step().
+  const inboxLength = new Uint32ArrayCtor(journalBuffer, JOURNAL_UNITS * 2, 1);
+  const inbox = new Uint16ArrayCtor(journalBuffer, JOURNAL_UNITS * 2 + 4);
+  // Whole chunks go through one fromCharCode call each. The array is filled now, before any
+  // cell runs, and its length never changes: every write below is to an own data property, so
+  // no setter a cell defines on Array.prototype is ever reached.
+  const INBOX_CHUNK = 512;  // 4 KiB of heap per isolate
+  const inboxChunk = new Array(INBOX_CHUNK).fill(0);
+  function readInbox() {
+    const n = inboxLength[0];
+    let text = "";
+    let i = 0;
+    for (; i + INBOX_CHUNK <= n; i += INBOX_CHUNK) {
+      for (let j = 0; j < INBOX_CHUNK; j++) inboxChunk[j] = inbox[i + j];
+      text += ReflectApply(StringFromCharCode, null, inboxChunk);
+    }
+    for (; i < n; i++) text += StringFromCharCode(inbox[i]);
+    return text;
+  }
   function journalReset() {
-    journal = new Uint16ArrayCtor(journalBuffer);
+    journal = new Uint16ArrayCtor(journalBuffer, 0, JOURNAL_UNITS);
     journalEnd = new Uint32ArrayCtor(journalBuffer, 0, 1);
     journalFlag = new Uint32ArrayCtor(journalBuffer, 4, 1);
     journalAt = 4;
@@ -1207,8 +1234,9 @@
       return which === "reads" ? readBuffer : journalBuffer;
     },
 
+    // `inputsText` absent: the inputs are in the inbox.
     step(inputsText) {
-      const inputs = JSONparse(inputsText);
+      const inputs = JSONparse(inputsText === undefined ? readInbox() : inputsText);
       for (let i = 0; i < inputs.length; i++) {
         const input = inputs[i];
         if (settled !== null) return;

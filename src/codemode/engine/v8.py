@@ -68,14 +68,57 @@ V8_FLAGS = ("--single-threaded", "--expose-gc")
 _SALVAGE_TIMEOUT = 0.2
 
 
+# mini-racer's exception types, bound by _init_v8 (importing mini-racer is deferred until an
+# engine is made, so `import codemode` stays light).
+_JSEvalException: Any = None
+_JSOOMException: Any = None
+
+
 def _init_v8() -> None:
-    from py_mini_racer import _dll
+    global _JSEvalException, _JSOOMException
+    from py_mini_racer import JSEvalException, JSOOMException, _dll
+
+    _JSEvalException, _JSOOMException = JSEvalException, JSOOMException
 
     try:
         _dll.init_mini_racer(flags=V8_FLAGS, ignore_duplicate_init=False)
     except _dll.LibAlreadyInitializedError:
         logger.debug("mini-racer was initialised before codemode; keeping its V8 flags")
     pin_v8_zone_and_locale(_NATIVE_LOCK)  # once per process (docs/determinism.md)
+
+
+class _Inbox:
+    """The host's side of the prelude's inbox: a step's inputs are written into the isolate's
+    memory instead of being copied in as a string argument, which costs a blocking round trip
+    to the isolate's thread. Only written between two bridge calls, while the cell's
+    JavaScript is quiescent (it runs only inside the host's calls)."""
+
+    __slots__ = ("length", "units")
+
+    def __init__(self, length: memoryview, units: memoryview) -> None:
+        self.length = length
+        self.units = units
+
+    @classmethod
+    def of(cls, journal: memoryview) -> _Inbox | None:
+        base = 2 * _JOURNAL_UNITS
+        if len(journal) < base + 4 + 2 * _INBOX_UNITS:
+            return None
+        return cls(
+            journal[base : base + 4].cast("I"), journal[base + 4 : base + 4 + 2 * _INBOX_UNITS]
+        )
+
+    def put(self, text: str) -> bool:
+        """Write ``text`` into the inbox; False when it does not fit (then it goes as an
+        argument)."""
+        if len(text) > _INBOX_UNITS:
+            return False
+        data = text.encode("utf-16-le", "surrogatepass")
+        if len(data) > 2 * _INBOX_UNITS:
+            return False
+        self.units[: len(data)] = data
+        self.length[0] = len(data) // 2
+        return True
 
 
 class _LimitExceeded(Exception):
@@ -119,8 +162,15 @@ class _Bridge:
         self.compiles = bridge["compiles"]
         # Reused argument arrays, one per arity (setting a slot is one quick native call).
         self.argv: tuple[Any, ...] = (arrays[0], arrays[1], None, arrays[2])
+        self.quiet = _QuietResults(context)
+        self.native_call, self.native_cancel = (
+            context._dll.mr_call_function,
+            context._dll.mr_cancel_task,
+        )
 
-    async def call(self, fn: Any, *args: str) -> Any:
+    async def arguments(self, args: tuple[str, ...]) -> Any:
+        """The reused argument array holding ``args`` (each set with a blocking native call;
+        a large one from a worker thread)."""
         argv = self.argv[len(args)]
         for i, arg in enumerate(args):
             if len(arg) > _THREAD_ARG_CHARS:
@@ -128,6 +178,10 @@ class _Bridge:
                 await asyncio.to_thread(argv.__setitem__, i, arg)
             else:
                 argv[i] = arg
+        return argv
+
+    async def call(self, fn: Any, *args: str) -> Any:
+        argv = await self.arguments(args)
         ctx = self.context
         # mini-racer 0.14.1 internals (pinned): `call_function_cancelable` minus its per-call
         # argument array, which it builds with a blocking eval.
@@ -139,6 +193,195 @@ class _Bridge:
         )
 
 
+class _QuietResults:
+    """Results of bridge calls that must not wake the event loop (a step: the drain behind it
+    does). mini-racer 0.14.1 internals (pinned): every task's result reaches Python through
+    ``Context.handle_callback_from_v8``, on the isolate's thread with the GIL held, which wakes
+    the loop; for the ids expected here it only keeps the value handle instead (never frees
+    it on that thread: freeing a value there could wait for the thread itself)."""
+
+    def __init__(self, context: Any) -> None:
+        self._expected: set[int] = set()
+        self._results: dict[int, Any] = {}
+        wake = context.handle_callback_from_v8
+        expected, results, wrap = self._expected, self._results, context._wrap_raw_handle
+
+        def handle_callback_from_v8(callback_id: int, raw: Any) -> None:
+            if callback_id in expected:
+                results[callback_id] = wrap(raw)
+            elif not context.event_loop.is_closed():
+                wake(callback_id, raw)
+            # else: a task abandoned before its loop closed, answering while the context is
+            # freed; nobody waits for it (its value goes with the context)
+
+        object.__setattr__(context, "handle_callback_from_v8", handle_callback_from_v8)
+
+    def expect(self, callback_id: int) -> None:
+        self._expected.add(callback_id)
+
+    def take(self, callback_id: int) -> Any:
+        """The value handle of a result (None if it has not come); the id is forgotten."""
+        self._expected.discard(callback_id)
+        return self._results.pop(callback_id, None)
+
+
+class _Calls:
+    """Bridge calls submitted back to back to the isolate's thread.
+
+    The thread runs them in order, and runs the microtasks a call left behind before the next
+    call starts (mini-racer's explicit microtask checkpoint after each task), so a step and the
+    drain submitted right behind it cost one wait for the isolate, not two round trips. The
+    step is submitted *quiet* (its result wakes nobody; the drain's does) and the drain with a
+    future. mini-racer 0.14.1 internals (pinned): the task callback registry of
+    ``Context._run_cancelable_mr_task``, without its per-call task.
+
+    :meth:`abort` abandons the step, which terminates its JavaScript (as abandoning
+    ``eval_cancelable`` does), but lets a drain behind it run: that drain empties the cell's
+    outbox, so its report is what a salvage must give (``orphan``); nothing the cell did is
+    lost to the pipelining.
+    """
+
+    __slots__ = (
+        "_bridge",
+        "_callbacks",
+        "_drain",
+        "_ids",
+        "_quiet",
+        "_quiet_task",
+        "_tasks",
+        "future",
+        "orphan",
+    )
+
+    def __init__(self, bridge: _Bridge) -> None:
+        self._bridge = bridge
+        self._callbacks: dict[int, Any] = bridge.context._active_cancelable_mr_task_callbacks
+        self._ids: list[int] = []
+        self._quiet: int | None = None
+        self._quiet_task: int | None = None
+        self._tasks: list[int] = []
+        self._drain = False
+        self.future: asyncio.Future[Any] | None = None  # the last call's result
+        # Once aborted with a drain behind the step: resolves to the drain's report (None if
+        # it failed); set by abort().
+        self.orphan: asyncio.Future[str | None] | None = None
+
+    def _post(self, fn: Any, argv: Any, callback_id: int) -> int:
+        ctx = self._bridge.context
+        return int(
+            self._bridge.native_call(
+                ctx._ctx,
+                fn.raw_handle.raw,
+                self._bridge.bridge.raw_handle.raw,
+                argv.raw_handle.raw,
+                callback_id,
+            )
+        )
+
+    def submit_quiet(self, fn: Any, argv: Any) -> None:
+        """Submit a call whose result does not wake the event loop: it is kept until
+        :meth:`quiet_result` asks for it, once a call submitted behind it came back."""
+        callback_id = next(self._bridge.context._next_async_callback_id)
+        self._bridge.quiet.expect(callback_id)
+        self._quiet = callback_id
+        self._quiet_task = self._post(fn, argv, callback_id)
+
+    def quiet_result(self) -> Any:
+        """The quiet call's result (raises its JavaScript error); call only after a call
+        submitted behind it came back (the isolate's thread answers in order)."""
+        if self._quiet is None:  # abandoned meanwhile
+            raise EngineLost("the cell's engine was closed")
+        handle = self._bridge.quiet.take(self._quiet)
+        self._quiet = None
+        if handle is None:
+            raise EngineLost("the step's result is missing")
+        return self._bridge.context._value_handle_to_python(handle)
+
+    def submit(
+        self, fn: Any, argv: Any, loop: asyncio.AbstractEventLoop, *, drain: bool = False
+    ) -> asyncio.Future[Any]:
+        """Submit the last call of the batch; its future gets the result. ``drain``: it is the
+        drain behind a quiet step (see :meth:`abort`)."""
+        ctx = self._bridge.context
+        future: asyncio.Future[Any] = loop.create_future()
+        calls = self
+
+        def done(handle: Any) -> None:  # on the event loop, from mini-racer's callback
+            try:
+                value = ctx._value_handle_to_python(handle)
+            except _JSEvalException as exc:
+                if not future.done():
+                    future.set_exception(exc)
+                elif calls.orphan is not None and not calls.orphan.done():
+                    calls.orphan.set_result(None)
+                return
+            if not future.done():
+                future.set_result(value)
+            elif calls.orphan is not None and not calls.orphan.done():
+                calls.orphan.set_result(value if isinstance(value, str) else None)
+
+        callback_id = next(ctx._next_async_callback_id)
+        self._callbacks[callback_id] = done
+        self._ids.append(callback_id)
+        self._drain = drain
+        self.future = future
+        self._tasks.append(self._post(fn, argv, callback_id))
+        return future
+
+    def abort(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Abandon the batch now: its future is cancelled and the step's JavaScript is
+        terminated; a drain behind the step still runs and ``orphan`` gets its report (not
+        without a ``loop``: then the drain is abandoned too). Calling it again changes
+        nothing."""
+        ctx = self._bridge.context
+        if self._quiet is not None:
+            self._bridge.quiet.take(self._quiet)
+            self._quiet = None
+        if self._quiet_task is not None:
+            self._bridge.native_cancel(ctx._ctx, self._quiet_task)
+            self._quiet_task = None
+        future = self.future
+        if future is None or (not self._drain and future.done()):
+            self.release()
+            return
+        if not self._drain or (loop is None and self.orphan is None):
+            future.cancel()
+            self.release()
+            return
+        if self.orphan is None:
+            assert loop is not None
+            orphan: asyncio.Future[str | None] = loop.create_future()
+            self.orphan = orphan
+            if future.done():
+                ok = not future.cancelled() and future.exception() is None
+                value = future.result() if ok else None
+                orphan.set_result(value if isinstance(value, str) else None)
+            else:
+                # The drain's callback stays registered: it resolves the orphan (and is
+                # forgotten when it comes; never, if the isolate is freed first).
+                future.cancel()
+                self._ids.clear()
+                self._tasks.clear()
+                return
+        self.release()
+
+    def release(self) -> None:
+        """Forget the callbacks and cancel the native tasks (ignored for finished ones)."""
+        ctx = self._bridge.context
+        for callback_id in self._ids:
+            self._callbacks.pop(callback_id, None)
+        self._ids.clear()
+        if self._quiet is not None:
+            self._bridge.quiet.take(self._quiet)
+            self._quiet = None
+        if self._quiet_task is not None:
+            self._bridge.native_cancel(ctx._ctx, self._quiet_task)
+            self._quiet_task = None
+        for task_id in self._tasks:
+            self._bridge.native_cancel(ctx._ctx, task_id)
+        self._tasks.clear()
+
+
 class _Isolate:
     """One mini-racer context (an isolate on a thread of its own) with the prelude evaluated."""
 
@@ -148,6 +391,7 @@ class _Isolate:
         self.bridge: _Bridge | None = None
         self.journal: memoryview | None = None  # the output journal's memory (see prelude)
         self.reads: memoryview | None = None  # the environment reads' memory (see prelude)
+        self.inbox: _Inbox | None = None  # a step's inputs go in there, in the same buffer
 
     def free(self) -> threading.Event | None:
         """Release the isolate and its thread, without blocking: the native teardown runs on
@@ -277,6 +521,7 @@ async def _new_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
         journal = await bridge.call(bridge.journal)
         if isinstance(journal, memoryview):
             isolate.journal = journal
+            isolate.inbox = _Inbox.of(journal)
         reads = await bridge.call(bridge.journal, "reads")
         if isinstance(reads, memoryview):
             isolate.reads = reads
@@ -461,10 +706,12 @@ class _V8Cell(EngineCell):
         self._boot = boot
         self._limits = boot.limits
         self._closed = False
-        self._inflight: asyncio.Task[Any] | None = None
+        self._inflight: _Calls | None = None
         self._out_of_cpu = False
         self._flagged: str | None = None
-        self._poll_handle: asyncio.TimerHandle | None = None
+        # The drain submitted behind a step that was abandoned or failed (_Calls.abort): it
+        # emptied the cell's outbox, so its report is what the next salvage gives.
+        self._orphan: asyncio.Future[str | None] | None = None
         self._cpu_used = 0.0
         assert isolate.bridge is not None
         self._bridge = isolate.bridge
@@ -476,6 +723,7 @@ class _V8Cell(EngineCell):
         self._boot_config = self._render_boot()  # serialised at admission: the snapshot is fixed
         self._journal = isolate.journal
         self._reads = isolate.reads
+        self._inbox = isolate.inbox
 
     @property
     def closed(self) -> bool:
@@ -526,6 +774,8 @@ class _V8Cell(EngineCell):
         stored_json = self._stored.json_text()
         bridge = self._bridge
         try:
+            # As arguments, not through the inbox: the inbox's JSON text would stay in every
+            # idle cell's heap as garbage (about 16 KiB a cell) to save three quick copies.
             return await self._command(bridge.start, self._boot_config, stored_json, scan.source)
         except EngineLost as lost:
             located = syntax_error_from(str(lost.__cause__ or ""), scan.source)
@@ -546,16 +796,19 @@ class _V8Cell(EngineCell):
                     parts.append(f'["r","{item.call_id}",false,{_dumps(item.message)}]')
             else:
                 parts.append(f'["t",{int(item.timer_id)}]')
-        return await self._command(self._bridge.step, f"[{','.join(parts)}]")
+        text = f"[{','.join(parts)}]"
+        inbox = self._inbox
+        if inbox is not None and inbox.put(text):
+            return await self._command(self._bridge.step)  # no argument to copy in
+        return await self._command(self._bridge.step, text)
 
     async def stop(self) -> tuple[EngineEvent, ...]:
         if self._closed:
             return ()
         inflight = self._inflight
-        if inflight is not None and not inflight.done():
-            # Abandoning an eval terminates its JavaScript and leaves the context usable.
-            inflight.cancel()
-            await asyncio.wait({inflight}, timeout=_SALVAGE_TIMEOUT)
+        if inflight is not None:
+            # Abandoning a step terminates its JavaScript and leaves the context usable.
+            self._abort(inflight)
         try:
             report = await self._drain_stopped()
             events = report.events if report is not None else self._read_journal()
@@ -571,7 +824,10 @@ class _V8Cell(EngineCell):
         if view is None or self._closed:
             return ()
         try:
-            data = bytes(view)  # one copy; the cell may still be writing past the end mark
+            # One copy of the records up to the committed end (not of the whole buffer); the
+            # cell may still be writing past the end mark.
+            end = min(int.from_bytes(view[0:4], "little"), _JOURNAL_UNITS)
+            data = bytes(view[: 2 * end])
             return self._authority.salvage(_journal_items(data))
         except Exception:  # pragma: no cover - a journal is best effort
             logger.debug("journal of cell %s unreadable", self._boot.cell_id, exc_info=True)
@@ -582,7 +838,7 @@ class _V8Cell(EngineCell):
             return
         self._closed = True
         if self._inflight is not None:
-            self._inflight.cancel()
+            self._inflight.abort(None)
         done = self._isolate.free()
         if done is not None and self._on_free is not None:
             self._on_free(done)
@@ -590,11 +846,11 @@ class _V8Cell(EngineCell):
     # ------------------------------------------------------------------ internals
 
     async def _command(self, fn: Any, *args: str) -> StepReport:
-        """Run one step and the drain that follows it (microtasks run between the two)."""
+        """Run one step and the drain that follows it (microtasks run between the two; both
+        are submitted at once, so the host waits for the isolate once)."""
         cpu_before = self._cpu_used
         try:
-            await self._eval(fn, *args)
-            raw = await self._eval(self._bridge.drain)
+            raw = await self._eval(fn, *args, drain=True)
         except _LimitExceeded as exc:
             report = await self._salvage(Settlement(limit_error_text(self._limits, exc.field_name)))
             self.close()
@@ -621,7 +877,14 @@ class _V8Cell(EngineCell):
         if self._closed:
             return None
         try:
-            raw = await asyncio.wait_for(self._bridge.call(self._bridge.drain), _SALVAGE_TIMEOUT)
+            budget = time.monotonic() + _SALVAGE_TIMEOUT
+            orphan, self._orphan = self._orphan, None
+            # The drain queued behind an abandoned step, if any; it fails when the step's
+            # termination reached it too (then it emptied nothing: drain afresh).
+            raw = None if orphan is None else await asyncio.wait_for(orphan, _SALVAGE_TIMEOUT)
+            if raw is None:
+                drain = self._bridge.call(self._bridge.drain)
+                raw = await asyncio.wait_for(drain, max(budget - time.monotonic(), 0.0))
             return await self._parse(raw, 0.0)
         except asyncio.CancelledError:
             raise
@@ -629,26 +892,40 @@ class _V8Cell(EngineCell):
             logger.debug("nothing salvaged from cell %s", self._boot.cell_id, exc_info=True)
             return None
 
-    async def _eval(self, fn: Any, *args: str) -> Any:
-        """Call the bridge function ``fn`` within the cell's remaining CPU budget.
+    async def _eval(self, fn: Any, *args: str, drain: bool = False) -> Any:
+        """Call the bridge function ``fn`` within the cell's remaining CPU budget; with
+        ``drain``, submit the drain right behind it and return the drain's result.
 
-        Cancelling the caller abandons the call, which terminates the running JavaScript. A
-        heap-limit hit anywhere in it (microtasks included, which V8 runs at the end of the call)
+        Cancelling the caller abandons the calls, which terminates the running JavaScript. A
+        heap-limit hit anywhere in them (microtasks included, which V8 runs after each call)
         is a ``max_heap_bytes`` limit, even when the call itself came back normally.
         """
         if self._closed:
             raise EngineLost("the cell's engine was closed")
-        remaining = max(self._limits.max_cpu_seconds - self._cpu_used, 0.0)
+        bridge = self._bridge
+        argv = await bridge.arguments(args) if args else bridge.argv[0]
+        if self._closed:
+            raise EngineLost("the cell's engine was closed")
         loop = asyncio.get_running_loop()
-        task: asyncio.Task[Any] = loop.create_task(self._bridge.call(fn, *args))
-        self._inflight = task
+        calls = _Calls(bridge)
+        if drain:
+            # The step's own result wakes nobody: the drain's answer comes right after it.
+            calls.submit_quiet(fn, argv)
+            step = calls.submit(bridge.drain, bridge.argv[0], loop, drain=True)
+        else:
+            step = calls.submit(fn, argv, loop)
+        self._inflight = calls
         self._out_of_cpu = False
-        deadline = loop.call_later(remaining, self._cpu_deadline, task)
         self._flagged = None
-        self._poll_handle = loop.call_later(_FLAG_POLL, self._poll_flag, task)
         started = time.perf_counter()
+        deadline = started + max(self._limits.max_cpu_seconds - self._cpu_used, 0.0)
+        watch = loop.call_later(min(deadline - started, _FLAG_POLL), self._watch, calls, deadline)
+        finished = False
         try:
-            result = await task  # a cancelled caller cancels the eval too
+            result = await step  # a cancelled caller abandons the calls too
+            if drain:
+                calls.quiet_result()  # raises the step's error, if any
+            finished = True
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
@@ -659,28 +936,52 @@ class _V8Cell(EngineCell):
                 raise _LimitExceeded(self._flagged) from None
             raise EngineLost("the cell's engine was closed") from None
         except Exception as exc:
-            from py_mini_racer import JSOOMException
-
-            if isinstance(exc, JSOOMException):
+            if isinstance(exc, _JSOOMException):
                 raise _LimitExceeded("max_heap_bytes") from exc
             if self._context.was_hard_memory_limit_reached():
                 raise _LimitExceeded("max_heap_bytes") from exc
             raise EngineLost(f"{type(exc).__name__}: {exc}") from exc
         finally:
-            deadline.cancel()
-            if self._poll_handle is not None:
-                self._poll_handle.cancel()
-                self._poll_handle = None
-            if task.done():
-                self._inflight = None  # else `stop` waits for the abandoned step to end
+            watch.cancel()
+            if finished:
+                calls.release()
+            else:
+                self._abort(calls)
+            if self._inflight is calls:
+                self._inflight = None
             self._cpu_used += time.perf_counter() - started
         if self._context.was_hard_memory_limit_reached():
+            if drain:  # the report the drain made is what the salvage gives
+                self._orphan = asyncio.get_running_loop().create_future()
+                self._orphan.set_result(result if isinstance(result, str) else None)
             raise _LimitExceeded("max_heap_bytes")
         return result
 
-    def _cpu_deadline(self, task: asyncio.Task[Any]) -> None:
-        self._out_of_cpu = True
-        task.cancel()
+    def _abort(self, calls: _Calls) -> None:
+        """Abandon a batch of bridge calls (idempotent); keep its drain's report coming."""
+        calls.abort(asyncio.get_running_loop())
+        if calls.orphan is not None:
+            self._orphan = calls.orphan
+
+    def _watch(self, calls: _Calls, deadline: float) -> None:
+        """While a call runs: past the CPU deadline, or once the cell flagged a limit in its
+        journal (even if it caught the unwinding and spins on), abandon it. One timer, re-armed
+        every ``_FLAG_POLL`` seconds."""
+        if self._inflight is not calls or calls.future is None or calls.future.done():
+            return  # finished: the caller takes the result
+        now = time.perf_counter()
+        if now >= deadline:
+            self._out_of_cpu = True
+            self._abort(calls)
+            return
+        flagged = self._limit_flag()
+        if flagged is not None:
+            self._flagged = flagged
+            self._abort(calls)
+            return
+        asyncio.get_running_loop().call_later(
+            min(deadline - now, _FLAG_POLL), self._watch, calls, deadline
+        )
 
     def _limit_flag(self) -> str | None:
         """The limit the cell flagged in its journal while running, if any."""
@@ -691,18 +992,6 @@ class _V8Cell(EngineCell):
         if 1 <= code <= len(_FLAGGED_LIMITS):
             return _FLAGGED_LIMITS[code - 1]
         return None
-
-    def _poll_flag(self, task: asyncio.Task[Any]) -> None:
-        """While a step runs: a limit the cell hit ends the step now, even if the cell caught
-        the unwinding and spins on (its report still names the limit)."""
-        if task.done():
-            return
-        flagged = self._limit_flag()
-        if flagged is not None:
-            self._flagged = flagged
-            task.cancel()
-            return
-        self._poll_handle = asyncio.get_running_loop().call_later(_FLAG_POLL, self._poll_flag, task)
 
     async def _parse(self, raw: Any, cpu_seconds: float) -> StepReport:
         """Check a drain report on the host (:class:`CellAuthority`); a large one on a worker
@@ -755,6 +1044,11 @@ _FLAGGED_LIMITS = (
 
 # How often a running step looks at its cell's limit flag.
 _FLAG_POLL = 0.02
+
+# The layout of the journal's buffer (the prelude's JOURNAL_UNITS): the journal's records, then
+# the inbox (one 32-bit length word, then up to _INBOX_UNITS UTF-16 units).
+_JOURNAL_UNITS = 4194304 - 131072
+_INBOX_UNITS = 131072 - 2
 
 # Arguments longer than this are copied into the isolate from a worker thread.
 _THREAD_ARG_CHARS = 256 * 1024

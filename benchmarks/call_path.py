@@ -1,0 +1,191 @@
+"""Where one nested call's time goes: a sequential cell of awaited calls, broken down.
+
+Runs ``let n = 0; for (...) n += (await tools.echo({i})).i`` through ``SessionRuntime`` on the
+in-process V8 engine and reports, per nested call:
+
+- wall time and the host process's CPU time (every thread: the event loop's and V8's);
+- how often the host waits on the isolate's thread: calls submitted to mini-racer (each a task
+  on the isolate's thread), blocking native calls (a string argument copied in), and the event
+  loop's wake-ups from that thread (``call_soon_threadsafe``);
+- event-loop iterations and asyncio tasks created;
+- a cProfile attribution of the loop thread's time by module (asyncio, the actor, the machine,
+  the authority, the delegate boundary, the engine, mini-racer's Python side, JSON, and the wait
+  for the isolate in ``epoll``), scaled to the unprofiled time per call.
+
+Run it against another checkout's ``src`` with ``PYTHONPATH=/path/to/src`` to compare (the
+figures in BENCHMARKS.md "Call path" come from one run of both, alternated).
+
+    .venv/bin/python benchmarks/call_path.py [--calls 1000] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import pstats
+import statistics
+import time
+from typing import Any
+
+SEQ = "let n = 0; for (let i = 0; i < {n}; i++) n += (await tools.echo({{i}})).i; text(String(n))"
+
+GROUPS = (
+    ("epoll wait (the isolate's thread working, or idle)", ("select.epoll",)),
+    ("mini-racer native calls (submit, copy in)", ("counted_submit", "counted_set")),
+    ("mini-racer Python side", ("py_mini_racer",)),
+    ("engine (codemode/engine/v8.py)", ("codemode/engine/",)),
+    ("authority (report checks)", ("codemode/cell/authority.py",)),
+    ("machine", ("codemode/cell/machine.py",)),
+    ("actor", ("codemode/cell/actor.py",)),
+    ("delegate boundary + delegate", ("codemode/cell/delegate.py", "codemode/session.py")),
+    ("JSON", ("json/",)),
+    (
+        "asyncio (loop, tasks, futures, handles)",
+        ("asyncio", "selectors.py", "socket", "counted_", "task_factory", "contextvars"),
+    ),
+)
+
+
+def _group(key: tuple[str, int, str]) -> str:
+    text = f"{key[0]}:{key[2]}"
+    for name, needles in GROUPS:
+        if any(n in text for n in needles):
+            return name
+    return "other"
+
+
+async def _echo(value: Any) -> Any:
+    return value
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    args, _ = parser.parse_known_args()
+
+    import codemode
+    from codemode import (
+        CellLimits,
+        Completed,
+        CreateCellRequest,
+        SessionRuntime,
+        ToolDefinition,
+        tools_delegate,
+    )
+    from codemode.engine.v8 import V8Engine
+
+    loop = asyncio.get_running_loop()
+    counts = {"submitted": 0, "blocking": 0, "wakeups": 0, "iterations": 0, "tasks": 0}
+
+    engine = V8Engine()
+    from py_mini_racer import _dll
+
+    dll = _dll.init_mini_racer(ignore_duplicate_init=True)
+    submit, set_item = dll.mr_call_function, dll.mr_set_object_item
+
+    def counted_submit(*a: Any) -> Any:
+        counts["submitted"] += 1
+        return submit(*a)
+
+    def counted_set(*a: Any) -> Any:
+        counts["blocking"] += 1
+        return set_item(*a)
+
+    dll.mr_call_function, dll.mr_set_object_item = counted_submit, counted_set
+    threadsafe = loop.call_soon_threadsafe
+
+    def counted_threadsafe(*a: Any, **k: Any) -> Any:
+        counts["wakeups"] += 1
+        return threadsafe(*a, **k)
+
+    loop.call_soon_threadsafe = counted_threadsafe  # type: ignore[method-assign]
+    run_once = loop._run_once  # type: ignore[attr-defined]
+
+    def counted_run_once() -> None:
+        counts["iterations"] += 1
+        run_once()
+
+    loop._run_once = counted_run_once  # type: ignore[attr-defined]
+
+    def task_factory(lp: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        counts["tasks"] += 1
+        return asyncio.Task(coro, loop=lp, **kw)
+
+    loop.set_task_factory(task_factory)  # type: ignore[arg-type]
+
+    n = args.calls
+    limits = CellLimits(max_tool_calls=n + 10)
+    rt = SessionRuntime(tools_delegate({"echo": _echo}), limits=limits, engine=engine)
+    src = SEQ.format(n=n)
+
+    async def cell() -> None:
+        c = await rt.create_cell(CreateCellRequest(src, (ToolDefinition("echo"),)))
+        ev = await rt.wait(c, 300)
+        assert isinstance(ev, Completed) and ev.error_text is None, ev
+        assert ev.items[0].text == str(n * (n - 1) // 2)  # type: ignore[union-attr]
+
+    async with rt:
+        await cell()
+        await cell()
+        walls, cpus = [], []
+        per_call: dict[str, list[float]] = {k: [] for k in counts}
+        for _ in range(args.reps):
+            before = dict(counts)
+            c0, t0 = time.process_time(), time.perf_counter()
+            await cell()
+            walls.append((time.perf_counter() - t0) / n * 1e6)
+            cpus.append((time.process_time() - c0) / n * 1e6)
+            for k in counts:
+                per_call[k].append((counts[k] - before[k]) / n)
+        profile = cProfile.Profile()
+        t0 = time.perf_counter()
+        profile.enable()
+        await cell()
+        profile.disable()
+        profiled_wall = (time.perf_counter() - t0) / n * 1e6
+
+    stats = pstats.Stats(profile)
+    groups: dict[str, float] = {}
+    total = 0.0
+    for key, value in stats.stats.items():  # type: ignore[attr-defined]
+        tottime = value[2]
+        total += tottime
+        groups[_group(key)] = groups.get(_group(key), 0.0) + tottime
+    if os.environ.get("CALL_PATH_OTHER"):
+        others = [(v[2], k) for k, v in stats.stats.items() if _group(k) == "other"]  # type: ignore[attr-defined]
+        for t, k in sorted(others, reverse=True)[:15]:
+            print(f"{t * 1e3:8.2f} ms  {k}")
+    wall = statistics.median(walls)
+    result = {
+        "codemode": os.path.dirname(codemode.__file__),
+        "load": round(os.getloadavg()[0], 2),
+        "wall_us_per_call": round(wall, 1),
+        "host_cpu_us_per_call": round(statistics.median(cpus), 1),
+        "per_call": {k: round(statistics.median(v), 2) for k, v in per_call.items()},
+        # Each group's share of the profiled run, applied to the unprofiled wall time per call.
+        "breakdown_us": {
+            k: round(v / total * wall, 1) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])
+        },
+        "profiled_wall_us_per_call": round(profiled_wall, 1),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"codemode from {result['codemode']} (load {result['load']})")
+    print(
+        f"per sequential nested call: {wall:.0f} us wall, {result['host_cpu_us_per_call']} us CPU"
+    )
+    for k, v in result["per_call"].items():  # type: ignore[union-attr]
+        print(f"  {k:<12} {v:6.2f} per call")
+    print("loop thread's time per call, by module (cProfile shares x unprofiled wall):")
+    for k, v in result["breakdown_us"].items():  # type: ignore[union-attr]
+        print(f"  {v:7.1f} us  {k}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,133 @@
+"""The call path of the V8 engine (docs/call-path.md): one wait for the isolate per step, inputs
+through the inbox, and nothing lost or weakened on the way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from codemode import (
+    CellLimits,
+    Completed,
+    CreateCellRequest,
+    SessionRuntime,
+    Terminated,
+    TextItem,
+    ToolDefinition,
+    tools_delegate,
+)
+from codemode.engine.v8 import V8Engine
+
+ECHO = (ToolDefinition("echo"),)
+
+
+async def _echo(value: Any) -> Any:
+    return value
+
+
+@pytest.fixture
+async def rt() -> AsyncIterator[SessionRuntime]:
+    limits = CellLimits(max_parallel_tool_calls=300, max_tool_calls=5000)
+    async with SessionRuntime(tools_delegate({"echo": _echo}), limits=limits) as runtime:
+        yield runtime
+
+
+async def run(rt: SessionRuntime, source: str) -> Completed:
+    cell = await rt.create_cell(CreateCellRequest(source, ECHO))
+    ev = await asyncio.wait_for(rt.wait(cell, 60), 90)
+    assert isinstance(ev, Completed), ev
+    return ev
+
+
+async def test_sequential_calls_wait_for_the_isolate_once_per_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Per step: two calls submitted together (the step, the drain behind it) and no blocking
+    native call (the inputs go through the inbox)."""
+    from py_mini_racer import _dll
+
+    dll = _dll.init_mini_racer(ignore_duplicate_init=True)
+    counts = {"submitted": 0, "blocking": 0}
+    submit, set_item = dll.mr_call_function, dll.mr_set_object_item
+
+    def counted_submit(*a: Any) -> Any:
+        counts["submitted"] += 1
+        return submit(*a)
+
+    def counted_set(*a: Any) -> Any:
+        counts["blocking"] += 1
+        return set_item(*a)
+
+    monkeypatch.setattr(dll, "mr_call_function", counted_submit)
+    monkeypatch.setattr(dll, "mr_set_object_item", counted_set)
+    n = 200
+    async with SessionRuntime(
+        tools_delegate({"echo": _echo}), limits=CellLimits(), engine=V8Engine(pool_size=0)
+    ) as runtime:
+        await run(runtime, "text('warm')")  # isolate creation and the warm-up cell
+        before = dict(counts)
+        ev = await run(
+            runtime, f"let n = 0; for (let i = 0; i < {n}; i++) n += (await tools.echo({{i}})).i;"
+            " text(String(n))"
+        )  # fmt: skip
+        assert ev.items == (TextItem(str(n * (n - 1) // 2)),)
+        steps = n + 1  # the start, then one step per result
+        # the isolate made on demand and its warm-up cell take a few of their own
+        assert counts["submitted"] - before["submitted"] <= 2 * steps + 10
+        assert counts["blocking"] - before["blocking"] <= 10  # never one per step
+
+
+async def test_inputs_through_the_inbox_arrive_intact(rt: SessionRuntime) -> None:
+    """Many results in one step (several inbox chunks), characters outside the BMP, and a cell
+    that put an index setter on Array.prototype: its own view only, never the inputs."""
+    ev = await run(
+        rt,
+        "Object.defineProperty(Array.prototype, '0', {set() {}, get() { return 'x' },"
+        " configurable: true});"
+        "const big = 'é\\u{1F600}\\ud800'.repeat(3000);"
+        "const r = await Promise.all(Array.from({length: 250},"
+        " (_, i) => tools.echo({i, s: i === 7 ? big : 'y'})));"
+        "text(String(r.reduce((a, x) => a + x.i, 0)) + ' ' + (r[7].s === big))",
+    )
+    assert ev.items == (TextItem("31125 true"),)
+
+
+async def test_inputs_larger_than_the_inbox_still_arrive(rt: SessionRuntime) -> None:
+    ev = await run(
+        rt,
+        "const s = 'z'.repeat(600 * 1024); const r = await tools.echo({s});text(String(r.s === s))",
+    )
+    assert ev.items == (TextItem("true"),)
+
+
+async def test_a_large_source_starts_without_the_inbox(rt: SessionRuntime) -> None:
+    body = "let x = 0;" + "x += 1;" * 40_000 + "text(String(x + (await tools.echo({a: 1})).a))"
+    ev = await run(rt, body)
+    assert ev.items == (TextItem("40001"),)
+
+
+async def test_a_runaway_step_stops_and_keeps_its_output(rt: SessionRuntime) -> None:
+    """The drain queued behind an abandoned step reports what the step wrote."""
+    for source, expected in (
+        # spinning in the step itself: the step is terminated, the drain behind it reports
+        ("text('a'); await tools.echo({}); text('b'); while (true) {}", ["a", "b"]),
+        # spinning in a continuation after the step returned: from the journal
+        ("await tools.echo({}); text('c'); await null; while (true) {}", ["c"]),
+    ):
+        cell = await rt.create_cell(CreateCellRequest(source, ECHO))
+        await asyncio.sleep(0.2)
+        ev = await asyncio.wait_for(rt.terminate(cell), 30)
+        assert isinstance(ev, Terminated)
+        assert [i.text for i in ev.items if isinstance(i, TextItem)] == expected
+
+
+async def test_a_step_past_its_cpu_budget_keeps_its_output() -> None:
+    async with SessionRuntime(
+        tools_delegate({"echo": _echo}), limits=CellLimits(max_cpu_seconds=0.3)
+    ) as runtime:
+        ev = await run(runtime, "await tools.echo({}); text('before'); while (true) {}")
+        assert ev.error_text == "exec cell exceeded max_cpu_seconds (0.3)"
+        assert ev.items == (TextItem("before"),)
