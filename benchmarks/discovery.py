@@ -1,4 +1,4 @@
-"""Discovery for large catalogs (SPEC 9.6): description size and search quality.
+"""Discovery for large catalogs (docs/model-tools.md): description size and search quality.
 
 Generates catalogs of 50 and 5,000 tools (services x verbs x resources, each with a schema and a
 two-sentence description) and measures:

@@ -1,4 +1,4 @@
-"""Benchmark: round-trip overhead of a nested tool call over stdio versus in-process (SPEC 10).
+"""Benchmark: round-trip overhead of a nested tool call over stdio versus in-process (docs/protocol.md).
 
 One continuing cell on real V8 runs ``for (;;) await tools.echo({i})``: each nested call goes
 from the JavaScript to the host's delegate and its answer back before the next call starts. The

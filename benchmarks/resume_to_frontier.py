@@ -1,7 +1,7 @@
-"""Benchmark: from a tool answer plus ``resume`` to the next pending frontier (SPEC 5).
+"""Benchmark: from a tool answer plus ``resume`` to the next pending frontier (docs/sessions.md).
 
 One pausable cell on real V8 runs ``for (;;) await tools.step({i})``. A delegate parks every call
-on a future (the synchronous host driver of SPEC 5.4). Each round starts at an observed frontier
+on a future (the synchronous host driver of docs/sessions.md). Each round starts at an observed frontier
 and measures, with ``time.perf_counter``:
 
 - ``answer_then_resume``: resolve the pending call's future, ``await resume(cell, g)``, then

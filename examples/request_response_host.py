@@ -1,4 +1,4 @@
-"""A synchronous request/response host for pausable cells (SPEC section 5.4).
+"""A synchronous request/response host for pausable cells (docs/sessions.md).
 
 Picture an API server: a client posts a JavaScript program; the server must answer *this* HTTP
 request with the batch of tool calls the program is waiting on, and the client, which owns the
@@ -15,7 +15,7 @@ a *pending frontier*; nothing runs, whatever arrives.
     print(response.texts)
     host.close()
 
-How it follows SPEC 5.4:
+How it follows docs/sessions.md:
 
 1. The delegate parks one future per ``(cell_id, call_id)`` and awaits it: the cell's calls wait
    for the client, not for a tool implementation on the server.
@@ -26,7 +26,7 @@ How it follows SPEC 5.4:
 
 Retries are harmless. A retried request gets the response of the first one (responses are kept
 per ``(cell_id, request generation)``; a new program is deduplicated by its ``request_id``, the
-cell's idempotency key, SPEC 6). A stale request, one naming a generation that was already
+cell's idempotency key, docs/sessions.md). A stale request, one naming a generation that was already
 resumed, also gets its recorded response; an answer given twice is ignored; the runtime itself
 treats a repeated ``resume`` as ``ALREADY_RUNNING``. Only a generation the server never handed
 out is an error (``BadRequest``).
@@ -194,7 +194,7 @@ class _Slot:
 
 
 class _ParkingDelegate:
-    """SPEC 5.4 step 1: each nested call parks a future until the client answers it."""
+    """docs/sessions.md step 1: each nested call parks a future until the client answers it."""
 
     def __init__(self) -> None:
         self._slots: dict[tuple[str, str], _Slot] = {}
@@ -421,7 +421,7 @@ class RequestResponseHost:
         create = CreateCellRequest(
             request.source, tuple(request.tools), idempotency_key=request.request_id
         )
-        # With a request_id, a retried NewProgram finds the same cell (SPEC 6), even closed.
+        # With a request_id, a retried NewProgram finds the same cell (docs/sessions.md), even closed.
         handle = await self._runtime.create_pausable_cell(create)
         program = self._programs.get(handle.cell_id)
         if program is None:
@@ -453,7 +453,7 @@ class RequestResponseHost:
                 )
             if program.final is not None:
                 return program.final
-            # SPEC 5.4 step 4: resolve the parked futures, then resume (order does not matter).
+            # docs/sessions.md step 4: resolve the parked futures, then resume (order does not matter).
             ahead = program.recovered  # the recovered cell may not have issued them again yet
             for call_id, value in request.results.items():
                 self._delegate.answer(request.cell_id, call_id, value, ahead=ahead)
@@ -473,7 +473,7 @@ class RequestResponseHost:
             return response
 
     async def _advance(self, program: _Program) -> HostResponse:
-        """SPEC 5.4 steps 2-3: wait for the next frontier (or the end) and build the response.
+        """docs/sessions.md steps 2-3: wait for the next frontier (or the end) and build the response.
 
         A frontier whose calls were all answered already (their results queued in the paused
         cell), or that waits only on a timer, asks nothing of the client: it is resumed at once

@@ -166,7 +166,7 @@ async def heartbeat() -> AsyncIterator[Heartbeat]:
     assert hb.max_gap < 0.5, f"event loop stalled for {hb.max_gap:.3f} s"
 
 
-# ---------------------------------------------------------------------------- idempotent creation (SPEC 6)
+# ---------------------------------------------------------------------------- idempotent creation (docs/sessions.md)
 
 
 def other(kind: CellKind) -> CellKind:

@@ -1,4 +1,4 @@
-"""The command line, run as a real subprocess (SPEC 10.7; scenario 86, first half)."""
+"""The command line, run as a real subprocess (docs/protocol.md; scenario 86, first half)."""
 
 from __future__ import annotations
 

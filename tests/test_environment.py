@@ -1,4 +1,4 @@
-"""The cell's JavaScript environment on real V8 (SPEC section 2; scenarios 1-26)."""
+"""The cell's JavaScript environment on real V8 (docs/cells.md; scenarios 1-26)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Idempotent cell creation on real V8 (SPEC section 6; scenarios 51-55).
+"""Idempotent cell creation on real V8 (docs/sessions.md; scenarios 51-55).
 
 Every behaviour that applies to both kinds of cell is checked for continuing (``create_cell``) and
 pausable (``create_pausable_cell``) cells. Engine failures, slow admissions and cancellations

@@ -1,4 +1,4 @@
-"""Teardown on real V8 that only an in-process session shows (SPEC 7; scenario 65): garbage
+"""Teardown on real V8 that only an in-process session shows (docs/sessions.md; scenario 65): garbage
 collection, the loop closing without a shutdown, a late answer into a spinning cell. The scenarios
 that hold for every kind of session (37-38, 56-64) are in ``tests/contract/test_scenarios.py``.
 
@@ -56,7 +56,7 @@ async def test_65_garbage_collected_runtime_stops_its_cells() -> None:
 
 
 def test_loop_closing_without_shutdown_stops_cells() -> None:
-    """SPEC 7.5: a runtime whose loop closes without a shutdown stops its cells' JavaScript,
+    """docs/sessions.md: a runtime whose loop closes without a shutdown stops its cells' JavaScript,
     even while the runtime object itself is still referenced."""
     kept: list[SessionRuntime] = []
 

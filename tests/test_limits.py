@@ -1,4 +1,4 @@
-"""Limits and hostile cells on real V8 (SPEC 8; scenarios 66-71).
+"""Limits and hostile cells on real V8 (docs/safety.md; scenarios 66-71).
 
 Each hostile cell must end with a clear ``error_text`` while the event loop keeps ticking and the
 session's next cell still works.
@@ -58,7 +58,7 @@ async def test_tool_call_limit_is_uncatchable(runtime: SessionRuntime) -> None:
 async def test_67_parallel_calls_and_output_limits(
     runtime: SessionRuntime, delegate: RecordingDelegate
 ) -> None:
-    # max_parallel_tool_calls is a bound, not a failure (SPEC 8.2): the 101st call waits.
+    # max_parallel_tool_calls is a bound, not a failure (docs/safety.md): the 101st call waits.
     cell = await runtime.create_cell(
         request("await Promise.all(Array.from({length: 101}, () => tools.block({}))); text('ok')")
     )

@@ -387,7 +387,7 @@ def test_yield_control_is_a_noop_in_a_pausable_cell() -> None:
     assert m.collect(tok).event == Pending(PendingFrontier(1, T("a"), ()))
 
 
-def test_resume_needs_new_work_before_the_next_frontier() -> None:  # SPEC 5.3
+def test_resume_needs_new_work_before_the_next_frontier() -> None:  # docs/sessions.md
     m = paus()
     m.quiescent(("tool-1",))
     assert m.resume(1) == Decision((RunEngine(),), outcome=ResumeOutcome.RESUMED)

@@ -81,7 +81,7 @@ def test_a_paused_cell_keeps_feeding_the_delegate() -> None:
     m.call_issued(call(m, 2))
     m.quiescent(("tool-1", "tool-2"))
     assert m.phase is Phase.PAUSED
-    # Queued calls are issued calls: a slot freed while paused is used at once (SPEC 5.1).
+    # Queued calls are issued calls: a slot freed while paused is used at once (docs/sessions.md).
     assert dispatched(m.call_returned("tool-1")) == ["tool-2"]
 
 

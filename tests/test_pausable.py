@@ -1,5 +1,5 @@
 """Pausable cells on real V8, in process: the synchronous host driver, timers, stored values and
-races (SPEC section 5). Scenarios 37-50, which hold for every kind of session, are in
+races (docs/sessions.md). Scenarios 37-50, which hold for every kind of session, are in
 ``tests/contract/test_scenarios.py``."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ ALREADY_RUNNING = ResumeOutcome.ALREADY_RUNNING
 
 
 class ParkingDelegate:
-    """SPEC 5.4 step 1: each call parks a future keyed by its call id until the host answers."""
+    """docs/sessions.md step 1: each call parks a future keyed by its call id until the host answers."""
 
     def __init__(self) -> None:
         self.futures: dict[tuple[str, str], asyncio.Future[Any]] = {}
@@ -97,7 +97,7 @@ async def test_synchronous_host_driver_with_duplicate_and_stale_resumes(make_run
     assert parking.calls[(cell_id, "tool-1")].input == {"q": "x"}
     assert await handle(None, {}) == ev1  # a retried first request: the same frontier
 
-    # Resume first, answer later: the order does not matter (SPEC 5.4 step 4).
+    # Resume first, answer later: the order does not matter (docs/sessions.md step 4).
     assert await rt.resume(rt.pausable_cell(cell_id), 1) is RESUMED
     ev2 = await handle(1, {"tool-1": "X"})  # the client's request: a duplicate resume of gen 1
     assert isinstance(ev2, Pending)

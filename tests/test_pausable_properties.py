@@ -1,8 +1,8 @@
-"""Property-based test of pausable cells on real V8 (SPEC 5.1-5.5).
+"""Property-based test of pausable cells on real V8 (docs/sessions.md).
 
 Each example drives one pausable cell with a random sequence of host operations (answer an
 outstanding call, resume a current, stale or future generation, observe, duplicate concurrent
-resumes, let time pass), then finishes the program, and checks the invariants of SPEC 5:
+resumes, let time pass), then finishes the program, and checks the invariants of docs/sessions.md:
 
 - repeated observations of one generation are identical; distinct frontiers have strictly
   increasing generations;
@@ -69,7 +69,7 @@ def call_number(call_id: str) -> int:
 
 
 class ParkingDelegate:
-    """Each call parks a future until the test answers it (SPEC 5.4 step 1)."""
+    """Each call parks a future until the test answers it (docs/sessions.md step 1)."""
 
     def __init__(self) -> None:
         self.futures: dict[str, asyncio.Future[Any]] = {}
@@ -180,7 +180,7 @@ async def scenario(ops: list[tuple[str, int, int]], finish_seed: int) -> None:
             try:
                 event = await asyncio.wait_for(rt.wait_to_pending(cell), budget)
             except TimeoutError:
-                return None  # cancelled: SPEC 5.2 says it loses nothing
+                return None  # cancelled: docs/sessions.md says it loses nothing
             if isinstance(event, Pending):
                 log.record_frontier(event.frontier, set(delegate.futures))
                 return event.frontier

@@ -1,4 +1,4 @@
-"""Python cells on Monty (SPEC 14): the Python twins of the scenarios of the contract suite
+"""Python cells on Monty (docs/python-cells.md): the Python twins of the scenarios of the contract suite
 (``tests/contract``) and of test_pausable, test_lifecycle and test_limits, the Python cell
 environment, and dumping a paused cell into another process. Scenarios whose cell source is the
 same in both languages (28, 32, 36, 46) run on Python cells in the contract suite itself."""

@@ -1,4 +1,4 @@
-"""The one ``Session`` contract: its surface is SPEC 1.4 plus the approvals, and every kind of
+"""The one ``Session`` contract: its surface is docs/sessions.md plus the approvals, and every kind of
 session implements it (mypy checks the signatures; this checks the surface and the wiring)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """codemode: run LLM-written JavaScript cells that call your tools, in a V8 sandbox.
 
-The public API is the names below (SPEC section 1); everything else is internal.
+The public API is the names below (docs/sessions.md); everything else is internal.
 ``RemoteSession`` is imported on first use, so ``import codemode`` (and ``codemode.model``) does
 not load the WebSocket client library.
 """

@@ -1,4 +1,4 @@
-"""The ``codemode`` command line (SPEC 10.7).
+"""The ``codemode`` command line (docs/protocol.md).
 
 ``codemode run FILE`` runs one cell in a fresh session against the demo tools and prints its
 events as they arrive; ``codemode run --example`` runs the bundled demo cell. Exit status: 0 the
@@ -141,7 +141,7 @@ def example_source(python: bool = False) -> str:
 
 def _add_limit_flags(parser: argparse.ArgumentParser) -> None:
     defaults = CellLimits()
-    group = parser.add_argument_group("limits (SPEC 8.1)")
+    group = parser.add_argument_group("limits (docs/safety.md)")
     group.add_argument("--max-heap-bytes", type=int, default=defaults.max_heap_bytes)
     group.add_argument("--max-tool-calls", type=int, default=defaults.max_tool_calls)
     group.add_argument(
@@ -544,7 +544,8 @@ async def _refuse_held_calls(runtime: SessionRuntime, cell_id: str, err: TextIO)
 async def _run_with_mcp(
     args: argparse.Namespace, source: str, limits: CellLimits, config_path: str
 ) -> int:
-    """Run the cell with the tools of the upstream MCP servers of ``config_path`` (SPEC 10.7)."""
+    """Run the cell with the tools of the upstream MCP servers of ``config_path``
+    (docs/protocol.md)."""
     from codemode.mcp.approval import load_approval_policy
     from codemode.mcp.config import ConfigError, load_config
     from codemode.mcp.upstream import UpstreamSet

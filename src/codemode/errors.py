@@ -1,4 +1,4 @@
-"""The exception hierarchy of codemode (SPEC section 1.5 and 10.3).
+"""The exception hierarchy of codemode (docs/sessions.md).
 
 Every error the public API raises is a :class:`CodeModeError`. Each subclass carries the fields its
 message names, so a caller (or the wire protocol, which rebuilds errors from their ``kind`` and
@@ -150,7 +150,7 @@ class EngineError(CodeModeError):
         return {"text": self.text}
 
 
-# ---------------------------------------------------------------------------- the wire (SPEC 10.3)
+# ------------------------------------------------------------ the wire (docs/protocol.md)
 
 
 class UnknownSession(CodeModeError):
@@ -166,7 +166,7 @@ class UnknownSession(CodeModeError):
 
 class ObservationConflict(_CellError):
     """A ``cell/wait``, ``cell/waitToPending`` or ``observation/release`` named an observation
-    generation that does not fit the cell's record (SPEC 10.4); the message says how."""
+    generation that does not fit the cell's record (docs/protocol.md); the message says how."""
 
     def __init__(self, cell_id: str, generation: int, message: str) -> None:
         super().__init__(cell_id, message)
@@ -199,7 +199,7 @@ class ProtocolError(CodeModeError):
         return {"message": self.message, "code": self.code}
 
 
-# ------------------------------------------------------------------ durable sessions (SPEC 12)
+# -------------------------------------------------- durable sessions (docs/durability.md)
 
 
 class SessionBusy(CodeModeError):

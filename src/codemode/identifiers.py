@@ -1,4 +1,4 @@
-"""The mapping from raw tool names to JavaScript identifiers (SPEC section 2.7).
+"""The mapping from raw tool names to JavaScript identifiers (docs/cells.md).
 
 One definition, used by the engine (``tools.<identifier>``, ``ALL_TOOLS``) and by the model-facing
 declarations (section 9), so the two can never disagree.

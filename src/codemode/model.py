@@ -1,4 +1,4 @@
-"""The plain data of codemode's public API (SPEC section 1): requests, tools, events, limits.
+"""The plain data of codemode's public API (docs/sessions.md): requests, tools, events, limits.
 
 Nothing here does I/O or knows about an engine; every type is a frozen dataclass or an enum so it
 can be compared, hashed (where its fields allow), logged and sent over the wire as is.
@@ -226,7 +226,7 @@ class PausableCell(_Handle):
 
 @dataclass(frozen=True)
 class CellLimits:
-    """Per-cell and per-session limits (SPEC section 8.1). Every field must be positive.
+    """Per-cell and per-session limits (docs/safety.md). Every field must be positive.
 
     Attributes:
         max_heap_bytes: memory of one cell's JavaScript; V8's heap and the contents of

@@ -1,8 +1,8 @@
 """``SessionRuntime``: the cells of one session, their kinds, stored values and lifecycle.
 
 The session layer owns the registry of cells (with each cell's kind, the single source of its
-execution policy), idempotent admission (SPEC 6), the stored-value map (SPEC 3), the session-wide
-limits and shutdown (SPEC 7.5). Every rule about one cell's observation and termination lives in
+execution policy), idempotent admission, the stored-value map, the session-wide limits and shutdown
+(docs/sessions.md). Every rule about one cell's observation and termination lives in
 the cell layer; the methods here check the handle, find the cell and delegate.
 """
 
@@ -73,7 +73,7 @@ CELL_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
 def new_cell_id() -> str:
-    """A fresh 16-character cell id: 80 random bits in the alphabet of SPEC 8.4."""
+    """A fresh 16-character cell id: 80 random bits in the alphabet of docs/safety.md."""
     bits = secrets.randbits(80)
     chars = []
     for _ in range(16):
@@ -83,7 +83,7 @@ def new_cell_id() -> str:
 
 
 def _fingerprint(request: CreateCellRequest, kind: CellKind) -> str:
-    """A digest of the whole request and the kind of create (SPEC 6 rule 2)."""
+    """A digest of the whole request and the kind of create (docs/sessions.md rule 2)."""
     doc = {
         "kind": str(kind),
         "source": request.source,
@@ -561,7 +561,8 @@ class SessionRuntime(Session):
             done: asyncio.Future[None] = core.loop.create_future()
             core.admitting_keys[key] = done
             task = core.loop.create_task(self._admit_keyed(request, kind, key, fingerprint, done))
-            # A cancelled caller leaves the admission running; it records the key (SPEC 6.7).
+            # A cancelled caller leaves the admission running; it records the key
+            # (docs/sessions.md).
             # asyncio holds tasks weakly: keep this one until it ends, whoever still awaits it.
             core.admission_tasks.add(task)
             task.add_done_callback(core.admission_tasks.discard)
@@ -734,7 +735,7 @@ class SessionRuntime(Session):
     # ------------------------------------------------------------------ operations
 
     async def wait(self, cell: Cell, yield_after: float) -> CellEvent:
-        """Observe a continuing cell for up to ``yield_after`` seconds (SPEC section 4)."""
+        """Observe a continuing cell for up to ``yield_after`` seconds (docs/sessions.md)."""
         if self._store is not None:
             # A recovered continuing cell may be observed during its replay: what it delivers
             # then is output the replay produced past what had been delivered before.
@@ -747,7 +748,7 @@ class SessionRuntime(Session):
         return event
 
     async def wait_to_pending(self, cell: PausableCell) -> PausableCellEvent:
-        """The current frontier of a pausable cell, or wait for the next one (SPEC 5.2)."""
+        """The current frontier of a pausable cell, or wait for the next one (docs/sessions.md)."""
         if self._store is None:
             actor = self._actor(cell, CellKind.PAUSABLE)
         else:
@@ -763,7 +764,7 @@ class SessionRuntime(Session):
         return event
 
     async def resume(self, cell: PausableCell, generation: int) -> ResumeOutcome:
-        """Continue a pausable cell past frontier ``generation`` (SPEC 5.3)."""
+        """Continue a pausable cell past frontier ``generation`` (docs/sessions.md)."""
         if self._store is None:
             return self._actor(cell, CellKind.PAUSABLE).resume(int(generation))
         await self._gate()
@@ -779,7 +780,7 @@ class SessionRuntime(Session):
         return outcome
 
     async def terminate(self, cell: Cell | PausableCell | str) -> Completed | Terminated:
-        """Stop a cell of either kind (SPEC 7.1)."""
+        """Stop a cell of either kind (docs/sessions.md)."""
         if self._store is None:
             return await self._find(cell).terminate()
         await self._gate()
@@ -836,7 +837,8 @@ class SessionRuntime(Session):
             await self._recorded()
 
     async def shutdown(self) -> None:
-        """Terminate every cell and release the engine (SPEC 7.5). Idempotent; concurrent calls
+        """Terminate every cell and release the engine (docs/sessions.md). Idempotent; concurrent
+        calls
         share one cleanup, which goes on even if a caller is cancelled."""
         if self._store is not None and not self._opened and self._core.alive:
             self._core.ending.set()  # an open stops waiting for replays: they are ended

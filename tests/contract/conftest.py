@@ -179,7 +179,7 @@ FACTORIES: dict[str, MakeSession] = {
 }
 IN_PROCESS = {"local", "python", "durable"}
 """Kinds whose events reach the caller exactly as the cell layer prepared them (no wire that may
-regroup output across a cancelled observation, SPEC 10.6) and whose loop runs the cells: the
+regroup output across a cancelled observation, docs/protocol.md) and whose loop runs the cells: the
 scenarios add their exact-grouping and timing assertions for these."""
 
 CORE_KINDS = ["local", "spawn", "durable", "reopen", "cluster"]

@@ -2,10 +2,10 @@
 in-process ``SessionRuntime`` (``local``), ``RemoteSession.spawn`` (``spawn``) and, for a subset,
 ``RemoteSession.connect`` over WebSocket (``ws``).
 
-The scenarios are adapted from 27-64 of SPEC section 11 (continuing, pausable, idempotent,
+The scenarios are adapted from 27-64 of docs/sessions.md (continuing, pausable, idempotent,
 lifecycle). Errors must be the same classes with the same fields and messages in every mode.
 Where the wire may legitimately deliver output in another grouping (an event the server had
-already sent to a cancelled ``wait`` is returned by the next observation, SPEC 10.6), a scenario
+already sent to a cancelled ``wait`` is returned by the next observation, docs/protocol.md), a scenario
 checks the concatenated output instead of one event.
 """
 
@@ -717,7 +717,7 @@ async def test_53_every_operation_on_the_retried_handle_is_missing(
 async def test_54_failed_keyed_admission_records_nothing(
     factory: SessionFactory, delegate: RecordingDelegate
 ) -> None:
-    # The admission fails with EngineError because the session is full (SPEC 8.2).
+    # The admission fails with EngineError because the session is full (docs/safety.md).
     rt = await factory.session(delegate, CellLimits(max_live_cells=1))
     blocker = await rt.create_cell(request("await tools.block({})"))
     req = request(ECHO_SOURCE, idempotency_key="k54")

@@ -1,4 +1,4 @@
-"""Upstream annotations and ``execution.taskSupport`` through ``codemode mcp`` (SPEC 9.5, 10.7).
+"""Upstream annotations and ``execution.taskSupport`` through ``codemode mcp`` (docs/model-tools.md).
 
 Uses the tool lists captured from five real MCP servers (``tests/tools/data/mcp_servers``).
 """

@@ -1,5 +1,5 @@
 """``codemode run FILE --mcp-config PATH`` and ``codemode mcp``'s command line: real subprocesses
-for the runs, in process for usage errors and the result conversion (SPEC 10.7)."""
+for the runs, in process for usage errors and the result conversion (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``{"mcpServers": {...}}`` configuration of ``codemode mcp`` (SPEC 10.7)."""
+"""The ``{"mcpServers": {...}}`` configuration of ``codemode mcp`` (docs/protocol.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """``codemode mcp`` end to end: the SDK's ``ClientSession`` over stdio to ``python -m codemode mcp``,
-which runs real upstream MCP servers over stdio (SPEC 10.7; scenario 86, second half)."""
+which runs real upstream MCP servers over stdio (docs/protocol.md; scenario 86, second half)."""
 
 from __future__ import annotations
 

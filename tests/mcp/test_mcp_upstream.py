@@ -1,4 +1,4 @@
-"""Upstream MCP servers as nested tools, in process, over real stdio (SPEC 10.7).
+"""Upstream MCP servers as nested tools, in process, over real stdio (docs/protocol.md).
 
 The upstreams are the SDK test server (``servers/fake_server.py``) and the third-party
 ``mcp-server-time``; cells run in a real ``SessionRuntime`` behind ``CodeModeTools`` with

@@ -1,6 +1,6 @@
 """Python cells on every front: ``codemode run`` with ``--python`` or a ``.py`` file,
 ``codemode serve --engine python`` through ``RemoteSession``, ``codemode mcp --engine python``
-through the MCP SDK's client (SPEC 14, 10.7)."""
+through the MCP SDK's client (docs/python-cells.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The observation records of SPEC 10.4 under their bounds, on an in-process server."""
+"""The observation records of docs/protocol.md under their bounds, on an in-process server."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ async def test_a_cancelled_keyed_create_keeps_its_admission_alive() -> None:
     try:
         creator = asyncio.ensure_future(runtime.create_cell(request))
         await asyncio.wait_for(engine.entered.wait(), 5)
-        creator.cancel()  # SPEC 6.7: the admission still finishes and is recorded
+        creator.cancel()  # docs/sessions.md: the admission still finishes and is recorded
         await asyncio.wait({creator})
         assert creator.cancelled()
         del creator  # the caller is gone (its cancelled task, and its frames, with it)

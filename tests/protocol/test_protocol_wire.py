@@ -1,4 +1,4 @@
-"""Scenarios 79, 81-84 of SPEC section 11 at the raw protocol level: ``codemode serve`` runs as a
+"""Scenarios 79, 81-84 of docs/sessions.md at the raw protocol level: ``codemode serve`` runs as a
 child process and the test writes JSON-RPC lines to its stdin and reads its stdout."""
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ async def test_the_example_of_section_10_2() -> None:
             "items": [{"type": "text", "text": '{"a":1}'}],
             "errorText": None,
         }
-        # The retry of the create names the same cell (idempotencyKey, SPEC 10.4).
+        # The retry of the create names the same cell (idempotencyKey, docs/protocol.md).
         again = await create(
             client,
             session_id,

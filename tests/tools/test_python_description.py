@@ -1,4 +1,4 @@
-"""The Python ``exec`` description (SPEC 14): CodeModeTools over a Python session, and the tool
+"""The Python ``exec`` description (docs/python-cells.md): CodeModeTools over a Python session, and the tool
 declarations rendered as Python and checked by a real type checker (mypy)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The cell's ``catalog`` global and the discovery listing of large catalogs (SPEC 9.6), on V8."""
+"""The cell's ``catalog`` global and the discovery listing of large catalogs (docs/model-tools.md), on V8."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 9.4 tool specs and adapters, and the structure of the 9.5 descriptions (hand-written)."""
+"""docs/model-tools.md tool specs and adapters, and the structure of the 9.5 descriptions (hand-written)."""
 
 from __future__ import annotations
 

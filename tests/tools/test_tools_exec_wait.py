@@ -1,4 +1,4 @@
-"""SPEC 9 end to end through ``CodeModeTools`` on real V8: scenarios 72-78 and the tool front."""
+"""docs/model-tools.md end to end through ``CodeModeTools`` on real V8: scenarios 72-78 and the tool front."""
 
 from __future__ import annotations
 
@@ -689,7 +689,7 @@ async def test_a_cpu_bound_cell_runs_on_and_terminates(tools: CodeModeTools) -> 
 _LOST_OUTPUT = (
     "BUG: output appended before a CPU-bound loop (text('go'); while (true) {}) is lost when the "
     "cell is terminated or the session shuts down: Terminated(()) instead of Terminated(['go']) "
-    "(SPEC 1.3 / 4.8 'whole output, each item exactly once', 7.1 'Terminated(undelivered items)'); "
+    "(docs/sessions.md / 4.8 'whole output, each item exactly once', 7.1 'Terminated(undelivered items)'); "
     "the max_cpu_seconds path keeps it (Completed(['go'], ...))"
 )
 
@@ -698,7 +698,7 @@ async def test_terminate_keeps_output_written_before_a_cpu_bound_loop(
     runtime: SessionRuntime,
 ) -> None:
     cell = await runtime.create_cell(CreateCellRequest('text("go"); while (true) {}'))
-    await runtime.wait(cell, 0.1)  # Yielded(()) is allowed here (SPEC 4.4) ...
+    await runtime.wait(cell, 0.1)  # Yielded(()) is allowed here (docs/sessions.md) ...
     assert await runtime.terminate(cell) == Terminated((TextItem("go"),))  # ... but not a loss
 
 

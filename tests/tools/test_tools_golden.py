@@ -5,7 +5,7 @@ regenerate them with
 
     CODEMODE_UPDATE_GOLDEN=1 .venv/bin/pytest tests/tools/test_tools_golden.py
 
-and review the diff by eye against SPEC section 9.5 before committing: a golden test only pins
+and review the diff by eye against docs/model-tools.md before committing: a golden test only pins
 what was approved. The rules themselves are pinned by hand-written expectations in
 ``test_tools_typescript.py``.
 """
@@ -623,7 +623,7 @@ CASES: dict[str, Any] = {
     "exec_description_no_tools.md": lambda: exec_description(
         (), describe_tools=True, code_mode_only=False, limits=CellLimits()
     ),
-    # The same tools with a reference budget they exceed: the discovery listing (SPEC 9.6).
+    # The same tools with a reference budget they exceed: the discovery listing (docs/model-tools.md).
     "exec_description_discovery.md": lambda: exec_description(
         TOOLS,
         describe_tools=True,

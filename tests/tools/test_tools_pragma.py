@@ -1,4 +1,4 @@
-"""SPEC 9.1 step 1 (scenario 72): every pragma message exactly, in the order of checking."""
+"""docs/model-tools.md step 1 (scenario 72): every pragma message exactly, in the order of checking."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC 9.3: the result header, token estimates, middle truncation and ``ToolResult.text``."""
+"""docs/model-tools.md: the result header, token estimates, middle truncation and ``ToolResult.text``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every rendered declaration type-checks with the real TypeScript compiler (SPEC 9.5).
+"""Every rendered declaration type-checks with the real TypeScript compiler (docs/model-tools.md).
 
 The declarations come from the ~20 sample tools of the goldens, from the captured tool lists of
 five real MCP servers (``tests/tools/data/mcp_servers/``, mapped exactly as ``codemode mcp`` maps

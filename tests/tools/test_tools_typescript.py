@@ -1,4 +1,4 @@
-"""Each rule of SPEC 9.5 "TypeScript from JSON Schema", pinned with hand-written expectations."""
+"""Each rule of docs/model-tools.md "TypeScript from JSON Schema", pinned with hand-written expectations."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ loop, so each machine call is atomic.
 
 The actor deliberately holds no reference to the ``SessionRuntime`` object, only to the
 :class:`CellHost` it needs, so a runtime dropped without ``shutdown`` can be garbage-collected and
-stop its cells (SPEC 7.5).
+stop its cells (docs/sessions.md).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ __all__ = ["CALLBACK_GRACE", "CellActor", "CellHost"]
 
 logger = logging.getLogger("codemode.cell")
 
-# How long cancelled delegate callbacks are awaited before they are abandoned (SPEC 7.3).
+# How long cancelled delegate callbacks are awaited before they are abandoned (docs/sessions.md).
 CALLBACK_GRACE = 0.1
 
 
@@ -99,7 +99,7 @@ class CellHost(Protocol):
 
     def loop_closing(self) -> None:
         """A cell's driver was cancelled by someone other than the cell itself: the event loop
-        is being torn down without a shutdown (SPEC 7.5)."""
+        is being torn down without a shutdown (docs/sessions.md)."""
         ...
 
 
@@ -167,7 +167,8 @@ class CellActor:
         self._engine.watch_loss(self._on_engine_lost)
 
     def _on_engine_lost(self, reason: str) -> None:
-        """The engine was lost between commands (SPEC 7.6): settle as the pump would have."""
+        """The engine was lost between commands (docs/sessions.md): settle as the pump would
+        have."""
         if self.machine.may_run or self.machine.phase.value == "paused":
             self._log.warning("engine of cell %s lost: %s", self.cell_id, reason)
             self._apply(self.machine.engine_lost())
@@ -499,7 +500,8 @@ class CellActor:
     # ------------------------------------------------------------------ settling and stopping
 
     async def _settle(self) -> None:
-        """Natural completion (SPEC 7.3): notifications first, then cancel calls, then commit."""
+        """Natural completion (docs/sessions.md): notifications first, then cancel calls, then
+        commit."""
         if self._notes is not None:
             await self._notes.join()
         await self._cancel_and_wait(self._take_call_tasks())
@@ -526,7 +528,7 @@ class CellActor:
 
     async def _stop(self) -> None:
         """Termination: stop the JavaScript, keep what it had produced, cancel every callback,
-        close (SPEC 7.1, 7.3)."""
+        close (docs/sessions.md)."""
         self._stopping = True
         pump = self._pump_task
         if pump is not None and not pump.done():

@@ -1,4 +1,4 @@
-"""The host's authority over what a cell's sandbox reports (SPEC 8; docs/safety.md).
+"""The host's authority over what a cell's sandbox reports (docs/safety.md; docs/safety.md).
 
 Everything an engine reads back from a cell (its *drain report*) is untrusted input: a hostile
 cell may have broken the JavaScript bridge and written the report itself. :class:`CellAuthority`

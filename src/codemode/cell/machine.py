@@ -1,4 +1,4 @@
-"""The lifecycle of one cell as a sans-IO state machine (SPEC sections 4, 5 and 7).
+"""The lifecycle of one cell as a sans-IO state machine (docs/sessions.md).
 
 Every rule about what a caller of ``wait``, ``wait_to_pending``, ``resume`` or ``terminate`` sees
 lives here, and only here. The machine does no I/O, owns no clock and never awaits: each method
@@ -14,7 +14,7 @@ any call) or rejects it (then its promise rejects with the host's reason). Calls
 (queued or held) when the cell settles, is terminated or the session shuts down never reach the
 delegate. See ``docs/approvals.md``.
 
-Vocabulary (SPEC section 4): *recorded* output has reached the runtime and was not yet delivered;
+Vocabulary (docs/sessions.md): *recorded* output has reached the runtime and was not yet delivered;
 an *observer* is a ``wait``/``wait_to_pending`` call in progress; *delivered* means returned to a
 caller. An observer's event is *prepared* by the machine at the instant its reason occurs (a
 deadline, a ``yield_control()``, a frontier, the commit, a termination) and *collected* when the
@@ -530,7 +530,7 @@ class CellMachine:
 
     @_rule("yield_requested", [])
     def yield_requested(self) -> list[Effect]:
-        """``yield_control()`` (SPEC 4 rules 3 and 5; a no-op for pausable cells)."""
+        """``yield_control()`` (docs/sessions.md rules 3 and 5; a no-op for pausable cells)."""
         if self.kind is CellKind.PAUSABLE:
             return []
         obs = self._observer
@@ -553,7 +553,7 @@ class CellMachine:
         """All JavaScript that could run has run and no input waits to be processed.
 
         A pausable cell that has processed work since its last frontier (or resume) takes a new
-        frontier here and pauses (SPEC 5.1, 5.3); a continuing cell passes on.
+        frontier here and pauses (docs/sessions.md); a continuing cell passes on.
         """
         if self.kind is not CellKind.PAUSABLE or not self._progressed:
             return []
@@ -574,7 +574,7 @@ class CellMachine:
 
     @_rule("body_settled", [])
     def body_settled(self, error_text: str | None) -> list[Effect]:
-        """The body settled, ``exit()`` was called, or a limit ended the cell (SPEC 7.3)."""
+        """The body settled, ``exit()`` was called, or a limit ended the cell (docs/sessions.md)."""
         self._completion_error = error_text
         self.phase = Phase.SETTLING
         self._drop_waiting_calls()
@@ -582,7 +582,7 @@ class CellMachine:
 
     @_rule("engine_lost", [])
     def engine_lost(self, error_text: str | None = None) -> list[Effect]:
-        """The engine ended without a settlement (SPEC 7.6): fail, commit nothing. A durable
+        """The engine ended without a settlement (docs/sessions.md): fail, commit nothing. A durable
         session's replay that cannot recover the cell ends it so, with its own ``error_text``."""
         if self._frontier is not None and not self._frontier_handed_over():
             self._recorded[:0] = self._frontier.frontier.items
@@ -607,7 +607,7 @@ class CellMachine:
 
     @_rule("commit", [])
     def commit(self) -> list[Effect]:
-        """The single linearisation point of a natural completion (SPEC 7.2).
+        """The single linearisation point of a natural completion (docs/sessions.md).
 
         Does nothing if a termination was requested first; otherwise commits the stored writes
         and makes the completion deliverable, in this one synchronous step.
@@ -627,7 +627,7 @@ class CellMachine:
     def restore_delivered(self, items: int, any_delivered: bool) -> None:
         """A continuing cell about to be replayed (durable sessions): the first ``items``
         output items it produces were delivered before it was recovered, so they are dropped;
-        ``any_delivered`` says whether any event was (the initial-yield boundary of SPEC 4
+        ``any_delivered`` says whether any event was (the initial-yield boundary of docs/sessions.md
         rule 5 is then behind it)."""
         self._skip_output = items
         self._delivered_any = self._delivered_any or any_delivered
@@ -638,7 +638,7 @@ class CellMachine:
     def observe(self) -> Decision:
         """Begin ``wait`` (continuing) or ``wait_to_pending`` (pausable) after the handle checks.
 
-        Raises ``MissingCell``, ``ClosedCell`` or ``BusyObserver`` (SPEC 4 rule 2).
+        Raises ``MissingCell``, ``ClosedCell`` or ``BusyObserver`` (docs/sessions.md rule 2).
         """
         refuse_second_observer(self.cell_id, self._observer is not None)
         if self.kind is CellKind.CONTINUING and self._stash is not None:
@@ -749,7 +749,8 @@ class CellMachine:
 
     @_rule("resume")
     def resume(self, generation: int) -> Decision:
-        """``resume(cell, generation)``: the decision table of SPEC 5.3, after the handle checks.
+        """``resume(cell, generation)``: the decision table of docs/sessions.md, after the handle
+        checks.
 
         ==========================================  ==========================================
         situation                                   result
@@ -785,7 +786,7 @@ class CellMachine:
 
     @_rule("terminate")
     def terminate(self) -> Decision:
-        """``terminate(cell)`` (SPEC 7.1, 7.2). A running or paused cell enters TERMINATING at
+        """``terminate(cell)`` (docs/sessions.md). A running or paused cell enters TERMINATING at
         once, so a completion not yet committed loses; its attached observer gets
         ``Terminated(())``; the caller's items are counted when the cleanup has finished."""
         if self.phase is Phase.COMPLETED:
@@ -805,7 +806,7 @@ class CellMachine:
 
     @_rule("shutdown", [])
     def shutdown(self) -> list[Effect]:
-        """The session shuts down (SPEC 7.5): terminate, or close a committed completion. An
+        """The session shuts down (docs/sessions.md): terminate, or close a committed completion. An
         attached observer gets ``Terminated(undelivered items)`` when the cleanup finishes."""
         if self.phase is Phase.COMPLETED:
             obs = self._observer

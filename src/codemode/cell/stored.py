@@ -1,4 +1,4 @@
-"""A session's stored values, kept as JSON text (SPEC 3, 8.1 ``max_stored_bytes``).
+"""A session's stored values, kept as JSON text (docs/sessions.md ``max_stored_bytes``).
 
 The session map is never held as Python objects: each entry is kept as the JSON text the cell
 produced (``"key":value``), so giving a cell its snapshot costs one string join (done once per

@@ -557,7 +557,7 @@ class ClusterSession(Session):
 
     def _late_create(self, task: asyncio.Task[Any], kind: CellKind, keyed: bool) -> None:
         """The answer to a create whose caller was cancelled: keep a keyed cell (its retry
-        finds it), terminate an unkeyed one nobody can reach (SPEC 6.7)."""
+        finds it), terminate an unkeyed one nobody can reach (docs/sessions.md)."""
         if task.cancelled() or task.exception() is not None:
             return
         cell_id = task.result()

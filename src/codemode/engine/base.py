@@ -1,4 +1,4 @@
-"""The engine boundary: the sandbox that runs one cell's JavaScript (SPEC sections 2 and 8).
+"""The engine boundary: the sandbox that runs one cell's JavaScript (docs/cells.md).
 
 An :class:`Engine` opens one :class:`EngineCell` per cell. The cell layer drives an engine cell
 with a few commands (run the body, apply tool results and fire timers, close) and reads back what
@@ -44,7 +44,7 @@ __all__ = [
 
 
 def limit_error_text(limits: CellLimits, field_name: str) -> str:
-    """The fixed ``error_text`` of a cell that exceeded one of its limits (SPEC 8.2)."""
+    """The fixed ``error_text`` of a cell that exceeded one of its limits (docs/safety.md)."""
     return f"exec cell exceeded {field_name} ({getattr(limits, field_name)!r})"
 
 
@@ -76,7 +76,7 @@ class CellBoot:
     pausable: bool
     # JSON text of an array holding each tool's reference entry (its heading, description and
     # TypeScript declaration), in ``tools`` order: what the cell's ``catalog.describe`` answers
-    # (SPEC 9.6). None: ``catalog.describe`` gives the description alone.
+    # (docs/model-tools.md). None: ``catalog.describe`` gives the description alone.
     tool_reference: str | None = None
     # Recorded reads to answer first, in order, when a cell is replayed (docs/determinism.md):
     # each entry answers its ``count`` next reads of its source; a read of another source, and
@@ -193,7 +193,7 @@ StepInput = ToolResultInput | TimerFired
 
 
 class EngineLost(Exception):
-    """The engine ended without reporting a settlement (SPEC 7.6)."""
+    """The engine ended without reporting a settlement (docs/sessions.md)."""
 
 
 class EngineCell(abc.ABC):

@@ -1,4 +1,4 @@
-"""A small JavaScript lexer for the two source checks V8 cannot do for us (SPEC 2.8).
+"""A small JavaScript lexer for the two source checks V8 cannot do for us (docs/cells.md).
 
 A cell body is compiled as the body of an async function, where V8 rejects every ``import``
 statement with a generic syntax error and answers a dynamic ``import(...)`` with ``Not

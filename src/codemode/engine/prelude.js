@@ -1,4 +1,4 @@
-// The cell environment of codemode (SPEC section 2), evaluated once in every fresh V8 context.
+// The cell environment of codemode (docs/cells.md), evaluated once in every fresh V8 context.
 //
 // The host talks to this file only through the bridge object this script evaluates to (no global
 // names it, so a cell cannot reach it), with strings in (parsed here) and JSON text out:
@@ -107,7 +107,7 @@
   // Every output item costs at least this many bytes (its framing; the host counts the same).
   const MIN_ITEM_BYTES = 16;
 
-  // Globals the sandbox removes (SPEC 2.8) or replaces with its own (timers, console).
+  // Globals the sandbox removes (docs/cells.md) or replaces with its own (timers, console).
   for (const name of [
     "gc", "Atomics", "SharedArrayBuffer", "WebAssembly", "console",
     "setTimeout", "clearTimeout", "setInterval", "clearInterval", "__timer_manager",
@@ -268,7 +268,7 @@
     outputBytes += n;
   }
 
-  // SPEC 2.2 "conversion to text".
+  // docs/cells.md "conversion to text".
   function toText(v) {
     const t = typeof v;
     if (v === undefined || v === null || t === "boolean" || t === "number" || t === "bigint" || t === "string") {
@@ -278,7 +278,7 @@
     return s === undefined ? StringCtor(v) : s;
   }
 
-  // SPEC 2.9.
+  // docs/cells.md.
   function errorText(v) {
     try {
       if (v !== null && (typeof v === "object" || typeof v === "function") && typeof v.stack === "string") {
@@ -518,7 +518,7 @@
   // ---------------------------------------------------------------- nested tools
   function makeTool(index, name, kind) {
     return function () {
-      // Conversion first, so its errors are thrown synchronously (SPEC 2.7).
+      // Conversion first, so its errors are thrown synchronously (docs/cells.md).
       const json = arguments.length === 0 ? undefined : JSONstringify(arguments[0]);
       if (limitHit) throw LIMIT;
       if (exited || settled !== null) return new PromiseCtor(() => {});
@@ -537,7 +537,7 @@
     };
   }
 
-  // ---------------------------------------------------------------- external memory (SPEC 8.3)
+  // ---------------------------------------------------------------- external memory (docs/safety.md)
   // V8's heap limit does not see ArrayBuffer backing stores (ENGINE-NOTES 2), so every way of
   // allocating one goes through `account`, which holds live bytes to limits.maxExternalBytes.
   // Live bytes are found by sweeping weak references after a full GC when the budget runs out.
@@ -880,7 +880,7 @@
     return PromiseCtor.reject(new ErrorCtor("unsupported import in exec"));
   }
 
-  // ---------------------------------------------------------------- catalog (SPEC 9.6)
+  // ---------------------------------------------------------------- catalog (docs/model-tools.md)
   // `catalog.search(query, {limit})` and `catalog.describe(name)` answer from what the cell got at
   // boot (the tools' identifiers and descriptions, and their reference entries as JSON text, parsed
   // on the first describe): no host round trip, no tool call, no frontier. Tools that match more

@@ -137,7 +137,8 @@ def _monty() -> Any:
 
 
 def error_text_of(exc: Any) -> str:
-    """``{ExceptionType}: {message}`` and the cell's frames, innermost first (SPEC 14)."""
+    """``{ExceptionType}: {message}`` and the cell's frames, innermost first
+    (docs/python-cells.md)."""
     head = exc.display("type-msg")
     try:
         frames = list(exc.traceback())
@@ -640,7 +641,7 @@ class PythonCell(EngineCell):
 
     def _pending_ids(self) -> tuple[str, ...]:
         """The unsettled calls at a quiescent point; a continuing cell never takes a frontier,
-        so it skips the list (SPEC 5.1)."""
+        so it skips the list (docs/sessions.md)."""
         if self._snapshot is None or not self._boot.pausable:
             return ()
         return tuple(sorted(self._tool_of_future.values(), key=_call_number))
@@ -669,7 +670,7 @@ class PythonCell(EngineCell):
         self._events = []
         reads = self._env.take()
         if settlement is not None:
-            self.close()  # after completion no code of the cell runs (SPEC 2.1)
+            self.close()  # after completion no code of the cell runs (docs/cells.md)
             return StepReport(events, (), settlement, self._cpu_used - cpu_before, reads)
         return StepReport(events, self._pending_ids(), None, self._cpu_used - cpu_before, reads)
 

@@ -228,7 +228,7 @@ def plain_json(value: Any) -> Any:
 
 
 def tool_input(tool: ToolDefinition, args: Any, kwargs: Any) -> Any:
-    """The delegate's input for ``tools.<id>(*args, **kwargs)`` (SPEC 14 and 2.7): a function
+    """The delegate's input for ``tools.<id>(*args, **kwargs)`` (docs/python-cells.md): a function
     tool takes keyword arguments or one dict (nothing, or ``None``, means ``{}``); a freeform
     tool takes one string. Raises ``HelperError`` with the message the cell sees."""
     if not isinstance(args, (tuple, list)) or not isinstance(kwargs, dict):
@@ -258,7 +258,7 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 
 
 def image_item_fields(value: Any, detail: Any) -> tuple[str, ImageDetail]:
-    """The URL and detail of ``image(value, detail)`` (SPEC 2.3 with Python values: a dict for
+    """The URL and detail of ``image(value, detail)`` (docs/cells.md with Python values: a dict for
     an object, ``None`` for ``null``). Raises ``HelperError`` with the message the cell sees."""
     embedded: str | None = None
     if isinstance(value, str):
@@ -323,7 +323,7 @@ def image_item_fields(value: Any, detail: Any) -> tuple[str, ImageDetail]:
 
 
 def finite_json_text(encoded: str) -> Any:
-    """Parse JSON text written by the sandbox, NaN and infinities as ``None`` (SPEC 3)."""
+    """Parse JSON text written by the sandbox, NaN and infinities as ``None`` (docs/sessions.md)."""
     value = json.loads(encoded, parse_constant=lambda _c: None)
     if isinstance(value, float) and not math.isfinite(value):  # pragma: no cover - defensive
         return None

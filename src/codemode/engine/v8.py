@@ -1,4 +1,4 @@
-"""The default engine: one V8 isolate per cell, through mini-racer (SPEC 2, 8; ENGINE-NOTES).
+"""The default engine: one V8 isolate per cell, through mini-racer (docs/cells.md; ENGINE-NOTES).
 
 Rules this module keeps (each learned the hard way, see ENGINE-NOTES.md):
 
@@ -857,7 +857,7 @@ class _V8Cell(EngineCell):
             return report
         report = await self._parse(raw, self._cpu_used - cpu_before)
         if report.settlement is not None:
-            self.close()  # after completion no JavaScript of the cell runs (SPEC 2.1)
+            self.close()  # after completion no JavaScript of the cell runs (docs/cells.md)
         return report
 
     async def _salvage(self, settlement: Settlement) -> StepReport:

@@ -1,4 +1,4 @@
-"""The MCP front of codemode (SPEC 10.7): ``codemode mcp`` and ``codemode run --mcp-config``.
+"""The MCP front of codemode (docs/protocol.md): ``codemode mcp`` and ``codemode run --mcp-config``.
 
 - :mod:`codemode.mcp.config` reads the ``{"mcpServers": {...}}`` file MCP clients already use;
 - :mod:`codemode.mcp.upstream` connects to those servers and turns their tools into the nested

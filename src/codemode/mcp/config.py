@@ -1,4 +1,5 @@
-"""The upstream configuration of ``codemode mcp`` and ``codemode run --mcp-config`` (SPEC 10.7).
+"""The upstream configuration of ``codemode mcp`` and ``codemode run --mcp-config``
+(docs/protocol.md).
 
 The file is the JSON that MCP clients already use::
 

@@ -1,4 +1,4 @@
-"""``codemode mcp``: an MCP server whose only tools are ``exec`` and ``wait`` (SPEC 10.7).
+"""``codemode mcp``: an MCP server whose only tools are ``exec`` and ``wait`` (docs/protocol.md).
 
 The nested tools of every cell are the tools of the upstream MCP servers of the configuration
 (:mod:`codemode.mcp.upstream`). ``exec`` and ``wait`` are :class:`~codemode.tools.CodeModeTools`
@@ -318,7 +318,7 @@ async def _send_log(
     session: ServerSession, text: str, related_request_id: mcp_types.RequestId | None
 ) -> None:
     # The SDK marks logging deprecated for the 2026-07-28 protocol (SEP-2577); for a connection at
-    # that version it sends only what the request opted into. SPEC 10.7 asks for it, so the
+    # that version it sends only what the request opted into. docs/protocol.md asks for it, so the
     # warning is silenced here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MCPDeprecationWarning)

@@ -1,4 +1,5 @@
-"""Connections to the upstream MCP servers whose tools become the nested tools of cells (SPEC 10.7).
+"""Connections to the upstream MCP servers whose tools become the nested tools of cells
+(docs/protocol.md).
 
 :class:`UpstreamSet` starts every configured server, lists its tools (all pages) and maps each to
 the nested function tool ``mcp__{server}__{tool}``: namespace ``{server}``, the upstream
@@ -108,7 +109,8 @@ def nested_tool_name(server: str, tool: str) -> str:
 
 
 def mcp_output_schema(structured: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The MCP-shaped output schema of a nested tool (SPEC 9.5): a ``CallToolResult`` object whose
+    """The MCP-shaped output schema of a nested tool (docs/model-tools.md): a ``CallToolResult``
+    object whose
     ``structuredContent`` is ``structured`` (the upstream ``outputSchema``) when there is one.
 
     The upstream schema's ``$defs`` and ``definitions`` are also copied to the root, since local
@@ -192,7 +194,8 @@ def _hint(tool: mcp_types.Tool, field: str, default: bool) -> bool:
 
 
 def nested_tool_definition(server: str, tool: mcp_types.Tool) -> ToolDefinition:
-    """The nested function tool for ``tool`` of ``server`` (SPEC 10.7): ``mcp__{server}__{tool}``
+    """The nested function tool for ``tool`` of ``server`` (docs/protocol.md):
+    ``mcp__{server}__{tool}``
     in namespace ``server``, the upstream description (its title when it has none) with the
     annotations line appended (see the module docstring), its ``inputSchema``, and the MCP-shaped
     output schema of its ``outputSchema``."""

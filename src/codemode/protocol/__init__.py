@@ -1,4 +1,4 @@
-"""The codemode wire protocol (SPEC section 10): ``codemode serve`` and its Python client.
+"""The codemode wire protocol (docs/protocol.md): ``codemode serve`` and its Python client.
 
 - :mod:`.messages`: the message definitions, defined once; ``schema.json`` is generated from them.
 - :mod:`.transport`: stdio lines and WebSocket messages as frames.

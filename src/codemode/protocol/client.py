@@ -1,4 +1,4 @@
-"""``RemoteSession``: a code-mode session served by ``codemode serve`` (SPEC 10.6).
+"""``RemoteSession``: a code-mode session served by ``codemode serve`` (docs/protocol.md).
 
 It has the methods, semantics and errors of :class:`~codemode.session.SessionRuntime`; the cells
 run in the server process, the delegate's tools run here. A thin adapter: the server's runtime
@@ -8,7 +8,7 @@ applies every rule of sessions and cells; this side adds only what the wire need
   ``ForeignHandle``). ``cell()`` / ``pausable_cell()`` answer from this client's record of the
   cells it created (it is the session's only client); a cell leaves the record when its terminal
   event is delivered, its termination returns, or the server reports it missing.
-- **Observations** are numbered per cell from 0 (SPEC 10.4). A second concurrent ``wait`` /
+- **Observations** are numbered per cell from 0 (docs/protocol.md). A second concurrent ``wait`` /
   ``wait_to_pending`` of a cell raises ``BusyObserver`` here; one while this client terminates the
   cell raises ``ClosedCell``. After each terminal event (and each error outcome) the client sends
   ``observation/release`` in the background; failures are logged.
@@ -16,7 +16,7 @@ applies every rule of sessions and cells; this side adds only what the wire need
   ``$/cancelRequest`` and keeps listening: an event the server had already sent is returned by the
   cell's next observation, so no output is lost. A cancelled ``create_cell`` also sends
   ``$/cancelRequest``; if the server had admitted the cell anyway, a keyed cell is kept (a retry
-  finds it) and an unkeyed one is terminated, as in-process (SPEC 6.7). ``resume`` and
+  finds it) and an unkeyed one is terminated, as in-process (docs/sessions.md). ``resume`` and
   ``terminate`` run to completion on the server whatever happens to their caller.
 - **Errors** of the server's runtime are rebuilt as the same class with the same fields; a
   standard JSON-RPC error (or a malformed answer) raises ``ProtocolError``.
@@ -172,7 +172,7 @@ def _signal_name(code: int) -> str:
 
 class RemoteSession(Session):
     """A session on a ``codemode serve`` process (``spawn``) or WebSocket server (``connect``),
-    with the methods, semantics and errors of ``SessionRuntime`` (SPEC 1.4, 10.6).
+    with the methods, semantics and errors of ``SessionRuntime`` (docs/sessions.md).
 
     Create it with :meth:`spawn` or :meth:`connect`; use it as ``async with`` or call
     :meth:`shutdown`.
@@ -460,18 +460,19 @@ class RemoteSession(Session):
 
     def _admitted(self, cell_id: str, kind: CellKind, tools: tuple[ToolDefinition, ...]) -> None:
         """A create answered ``cell_id``: record it unless it is known to be closed (a keyed
-        retry of a closed cell, SPEC 6 rule 3)."""
+        retry of a closed cell, docs/sessions.md rule 3)."""
         if cell_id not in self._cells and cell_id not in self._closed_ids:
             self._cells.add(_CellRecord(cell_id, kind, tools))
 
     # ------------------------------------------------------------------ creation
 
     async def create_cell(self, request: CreateCellRequest) -> Cell:
-        """Admit a continuing cell on the server and return its handle (SPEC 4 rule 1, 6)."""
+        """Admit a continuing cell on the server and return its handle (docs/sessions.md rule 1,
+        6)."""
         return Cell(await self._create(request, CellKind.CONTINUING), self._owner)
 
     async def create_pausable_cell(self, request: CreateCellRequest) -> PausableCell:
-        """Admit a pausable cell on the server and return its handle (SPEC 5, 6)."""
+        """Admit a pausable cell on the server and return its handle (docs/sessions.md)."""
         return PausableCell(await self._create(request, CellKind.PAUSABLE), self._owner)
 
     async def _create(self, request: CreateCellRequest, kind: CellKind) -> str:
@@ -534,7 +535,7 @@ class RemoteSession(Session):
         if key is not None:
             self._admitted(cell_id, kind, tools)
             return
-        # Nobody can reach an unkeyed cell whose creator went away: terminate it (SPEC 6.7).
+        # Nobody can reach an unkeyed cell whose creator went away: terminate it (docs/sessions.md).
         logger.debug("%s: terminating cell %s whose create was cancelled", self._name, cell_id)
         if self._endpoint is not None and self._lost_reason is None:
             self._endpoint.background(self._terminate_quietly(cell_id))
@@ -577,7 +578,7 @@ class RemoteSession(Session):
     # ------------------------------------------------------------------ observation
 
     async def wait(self, cell: Cell, yield_after: float) -> CellEvent:
-        """Observe a continuing cell for up to ``yield_after`` seconds (SPEC 4)."""
+        """Observe a continuing cell for up to ``yield_after`` seconds (docs/sessions.md)."""
         record = self._record(cell, CellKind.CONTINUING)
         seconds = float(yield_after)
         if math.isnan(seconds) or seconds < 0:
@@ -591,7 +592,7 @@ class RemoteSession(Session):
         return event
 
     async def wait_to_pending(self, cell: PausableCell) -> PausableCellEvent:
-        """The current frontier of a pausable cell, or wait for the next one (SPEC 5.2)."""
+        """The current frontier of a pausable cell, or wait for the next one (docs/sessions.md)."""
         record = self._record(cell, CellKind.PAUSABLE)
         event = await self._observe(record, "cell/waitToPending", {})
         if not isinstance(event, Pending | Completed | Terminated):
@@ -734,7 +735,7 @@ class RemoteSession(Session):
     # ------------------------------------------------------------------ resume and terminate
 
     async def resume(self, cell: PausableCell, generation: int) -> ResumeOutcome:
-        """Continue a pausable cell past frontier ``generation`` (SPEC 5.3); retry-safe."""
+        """Continue a pausable cell past frontier ``generation`` (docs/sessions.md); retry-safe."""
         record = self._record(cell, CellKind.PAUSABLE)
         if record.terminating:
             check_refused("resume", Phase.TERMINATING, record.cell_id)
@@ -752,7 +753,8 @@ class RemoteSession(Session):
         return ResumeOutcome(result["outcome"])
 
     async def terminate(self, cell: Cell | PausableCell | str) -> Completed | Terminated:
-        """Stop a cell of either kind (SPEC 7.1); runs to completion on the server even if the
+        """Stop a cell of either kind (docs/sessions.md); runs to completion on the server even if
+        the
         caller is cancelled."""
         cell_id = self._cells.cell_id_of(cell)
         self._usable(cell_id)
@@ -786,7 +788,7 @@ class RemoteSession(Session):
             kept_items = kept.frontier.items
         if kept_items:
             # Output the server delivered to an observation whose caller went away: it was kept
-            # for the cell's next observer, and terminate is the last one (SPEC 10.6).
+            # for the cell's next observer, and terminate is the last one (docs/protocol.md).
             items = (*kept_items, *event.items)
             if isinstance(event, Completed):
                 return Completed(items, event.error_text)
@@ -876,7 +878,7 @@ class RemoteSession(Session):
     # ------------------------------------------------------------------ shutdown
 
     async def shutdown(self) -> None:
-        """Shut the server session down and close the connection (SPEC 7.5, 10.6). Idempotent;
+        """Shut the server session down and close the connection (docs/sessions.md). Idempotent;
         concurrent calls share one cleanup, which goes on if a caller is cancelled."""
         self._alive = False
         self._shutdown_began = True
@@ -895,7 +897,7 @@ class RemoteSession(Session):
         The session's cells stay in the store; reattach with ``connect(..., session_id=)`` or
         ``spawn(..., store=, session_id=)``. Afterwards this object behaves as after
         :meth:`shutdown`. A session that is not durable is shut down by its server instead
-        (SPEC 10.5). Idempotent, like :meth:`shutdown` (whichever comes first wins)."""
+        (docs/protocol.md). Idempotent, like :meth:`shutdown` (whichever comes first wins)."""
         self._alive = False
         self._shutdown_began = True
         if self._shutdown_task is None:

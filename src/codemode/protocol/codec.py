@@ -264,7 +264,7 @@ ERROR_CLASSES: Final[Mapping[str, type[CodeModeError]]] = _error_classes()
 
 
 def error_to_wire(exc: CodeModeError) -> dict[str, Any]:
-    """The JSON-RPC error object of a :class:`CodeModeError` (SPEC 10.3)."""
+    """The JSON-RPC error object of a :class:`CodeModeError` (docs/protocol.md)."""
     data: dict[str, Any] = {"kind": type(exc).__name__}
     for name, value in exc.fields().items():
         data[camel(name)] = value

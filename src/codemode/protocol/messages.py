@@ -1,4 +1,4 @@
-"""The codemode wire protocol's messages, defined once (SPEC section 10).
+"""The codemode wire protocol's messages, defined once (docs/protocol.md).
 
 Every method, its parameters and its result is described here with the type builders of
 :mod:`codemode.protocol.jsontypes` (``Obj``, ``Str``, ``Int``, ...). The same definitions
@@ -78,9 +78,9 @@ SUPPORTED_VERSIONS: Final = (1,)
 
 MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
 """The largest frame either side accepts: a longer stdio line, or a larger WebSocket message,
-closes the connection (SPEC 10.1)."""
+closes the connection (docs/protocol.md)."""
 
-# JSON-RPC error codes (SPEC 10.3).
+# JSON-RPC error codes (docs/protocol.md).
 PARSE_ERROR: Final = -32700
 INVALID_REQUEST: Final = -32600
 METHOD_NOT_FOUND: Final = -32601
@@ -105,7 +105,7 @@ SessionId = Str(
     "server with a store (serve --store), a durable session's id, which outlives connections and "
     "restarts and may be given to session/open to reattach."
 )
-CellId = Str(description="A cell id (16 characters, SPEC 8.4).")
+CellId = Str(description="A cell id (16 characters, docs/safety.md).")
 RequestId = define(
     "RequestId",
     Union(
@@ -132,7 +132,7 @@ Tool = define(
                 False,
             ),
         ),
-        description="A nested tool enabled in a cell (SPEC 1.1).",
+        description="A nested tool enabled in a cell (docs/sessions.md).",
     ),
 )
 
@@ -220,7 +220,7 @@ PendingEvent = define(
             Field("pendingToolCallIds", Arr(Str())),
             AWAITING_APPROVAL,
         ),
-        description="A pausable cell is paused at a frontier (SPEC 5.1); awaitingApproval: "
+        description="A pausable cell is paused at a frontier (docs/sessions.md); awaitingApproval: "
         "the held calls among the pending ones.",
     ),
 )
@@ -260,7 +260,7 @@ Limits = define(
     Obj(
         _limit_fields(),
         closed=True,
-        description="CellLimits fields in camelCase (SPEC 8.1); a missing field takes the "
+        description="CellLimits fields in camelCase (docs/safety.md); a missing field takes the "
         "server's value.",
     ),
 )
@@ -306,7 +306,7 @@ class MethodDef:
     """One protocol method.
 
     ``cancellable``: whether a ``$/cancelRequest`` stops a pending request of this method (the
-    others run to completion and are answered normally, SPEC 10.4).
+    others run to completion and are answered normally, docs/protocol.md).
     """
 
     name: str
@@ -423,7 +423,7 @@ METHOD_LIST: Final[tuple[MethodDef, ...]] = (
         CLIENT_TO_SERVER,
         Obj((Field("sessionId", SessionId),)),
         EMPTY,
-        "Shut the session down (SPEC 7.5). Idempotent.",
+        "Shut the session down (docs/sessions.md). Idempotent.",
     ),
     MethodDef(
         "cell/create",
@@ -439,7 +439,7 @@ METHOD_LIST: Final[tuple[MethodDef, ...]] = (
             )
         ),
         Obj((Field("cellId", CellId),)),
-        "Admit a cell (SPEC 1.4, 6).",
+        "Admit a cell (docs/sessions.md).",
         cancellable=True,
     ),
     MethodDef(
@@ -456,7 +456,8 @@ METHOD_LIST: Final[tuple[MethodDef, ...]] = (
             OBSERVATION,
         ),
         CellEvent,
-        "Observe a continuing cell (SPEC 4); replayable by observation generation (SPEC 10.4).",
+        "Observe a continuing cell (docs/sessions.md); replayable by observation generation "
+        "(docs/protocol.md).",
         cancellable=True,
     ),
     MethodDef(
@@ -464,7 +465,7 @@ METHOD_LIST: Final[tuple[MethodDef, ...]] = (
         CLIENT_TO_SERVER,
         _session_cell(OBSERVATION),
         PausableCellEvent,
-        "Observe a pausable cell to its frontier (SPEC 5.2); replayable like cell/wait.",
+        "Observe a pausable cell to its frontier (docs/sessions.md); replayable like cell/wait.",
         cancellable=True,
     ),
     MethodDef(
@@ -472,14 +473,14 @@ METHOD_LIST: Final[tuple[MethodDef, ...]] = (
         CLIENT_TO_SERVER,
         _session_cell(Field("generation", Int())),
         Obj((Field("outcome", Enum(("resumed", "already_running"))),)),
-        "Resume a pausable cell past a frontier (SPEC 5.3).",
+        "Resume a pausable cell past a frontier (docs/sessions.md).",
     ),
     MethodDef(
         "cell/terminate",
         CLIENT_TO_SERVER,
         _session_cell(),
         TerminalEvent,
-        "Terminate a cell (SPEC 7.1). Not replayable.",
+        "Terminate a cell (docs/sessions.md). Not replayable.",
     ),
     MethodDef(
         "cell/awaitingApproval",
@@ -514,7 +515,7 @@ METHOD_LIST: Final[tuple[MethodDef, ...]] = (
         CLIENT_TO_SERVER,
         _session_cell(OBSERVATION),
         EMPTY,
-        "Drop the payload of a terminal observation outcome (SPEC 10.4).",
+        "Drop the payload of a terminal observation outcome (docs/protocol.md).",
     ),
     MethodDef(
         "tool/invoke",
@@ -547,7 +548,7 @@ METHOD_LIST: Final[tuple[MethodDef, ...]] = (
         BOTH,
         Obj((Field("id", RequestId),)),
         None,
-        "A notification: stop the peer's pending request of that id (SPEC 10.4).",
+        "A notification: stop the peer's pending request of that id (docs/protocol.md).",
     ),
 )
 
@@ -630,7 +631,7 @@ def generate_schema() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "urn:codemode:protocol:1",
         "title": "codemode wire protocol, version 1",
-        "description": "JSON-RPC 2.0 messages of `codemode serve` (SPEC section 10). Generated by "
+        "description": "JSON-RPC 2.0 messages of `codemode serve` (docs/protocol.md). Generated by "
         "`python -m codemode.protocol.schemagen --write` from codemode/protocol/messages.py; "
         "do not edit by hand.",
         "anyOf": [*requests, {"$ref": "#/$defs/Response"}],

@@ -1,6 +1,6 @@
 """A JSON-RPC 2.0 endpoint over a frame transport, used by both the server and the client.
 
-Both sides send requests (SPEC 10.1). An :class:`Endpoint`:
+Both sides send requests (docs/protocol.md). An :class:`Endpoint`:
 
 - reads frames in order and answers what is malformed: a frame that is not JSON (or not UTF-8)
   with ``-32700`` and id ``null``, a batch or anything else that is not a request, notification
@@ -8,7 +8,7 @@ Both sides send requests (SPEC 10.1). An :class:`Endpoint`:
   lines are skipped; the connection goes on after each;
 - hands each request to its :class:`Dispatcher` in arrival order and runs it as its own task, so
   requests run concurrently and are answered in any order; a
-  :class:`~codemode.errors.CodeModeError` becomes ``-32000`` (SPEC 10.3);
+  :class:`~codemode.errors.CodeModeError` becomes ``-32000`` (docs/protocol.md);
 - handles ``$/cancelRequest``: a pending request whose method is cancellable is stopped (its
   dispatcher decides how, through :attr:`IncomingRequest.on_cancel`) and answered ``-32800``; a
   cancel for a finished or unknown request is ignored;

@@ -1,4 +1,4 @@
-"""The protocol server: ``codemode serve`` (SPEC 10.1-10.5, 10.7).
+"""The protocol server: ``codemode serve`` (docs/protocol.md).
 
 A thin adapter. Each ``session/open`` creates one :class:`~codemode.session.SessionRuntime`
 whose delegate forwards ``invoke_tool`` as a ``tool/invoke`` request to the client and ``notify``
@@ -7,10 +7,10 @@ callback); every other method calls the runtime method of that name. All rules o
 cells stay in the runtime. What lives here is protocol state only:
 
 - the connection's handshake (``initialize``) and its sessions (ids stay known until the
-  connection ends; a connection's sessions are shut down when it ends, SPEC 10.5, and the
+  connection ends; a connection's sessions are shut down when it ends, docs/protocol.md, and the
   requests it had sent are still answered if the output is open, within
   :data:`INCOMING_GRACE`);
-- the **observation records** of SPEC 10.4, kept by the sans-IO
+- the **observation records** of docs/protocol.md, kept by the sans-IO
   :class:`~codemode.protocol.observations.ObservationRecords` (one per session): per cell, the
   latest observation generation with its request and its state (pending, finished with an event
   or an error, or released), so that a re-sent ``cell/wait`` / ``cell/waitToPending`` replays its
@@ -41,7 +41,7 @@ Decisions where the spec is silent:
   without ``output`` rejects it with a message saying so.
 - A ``$/cancelRequest`` of a ``cell/create`` cancels the runtime's create like a caller that went
   away: a keyed admission still finishes and is recorded, an unkeyed one admits nothing or is
-  terminated (SPEC 6.7); the request is answered ``-32800`` unless it had already finished.
+  terminated (docs/sessions.md); the request is answered ``-32800`` unless it had already finished.
 - Integers may be sent as integral floats (``1.0``), as JSON Schema counts them;
   ``yieldAfterMs`` is at most ``1e15``.
 - ``codemode serve`` on stdio keeps the original stdout for protocol lines and points file
@@ -372,7 +372,7 @@ class _Connection:
 
     async def close(self, reason: str) -> None:
         """Shut down every session of the connection (its outstanding tool calls and
-        notifications cancelled, SPEC 10.5), then close the transport. Idempotent."""
+        notifications cancelled, docs/protocol.md), then close the transport. Idempotent."""
         if self._closed is not None:
             await asyncio.shield(self._closed)
             return
@@ -522,7 +522,7 @@ class _Connection:
         try:
             await asyncio.sleep(0)
         except asyncio.CancelledError:
-            # SPEC 10.4: a session opened for a cancelled session/open is shut down.
+            # docs/protocol.md: a session opened for a cancelled session/open is shut down.
             await asyncio.shield(runtime.shutdown())
             raise
         return {"sessionId": session_id}
@@ -558,7 +558,7 @@ class _Connection:
         try:
             cells = self._recovered_cells(session, await store.list_cells(session_id, state="open"))
         except asyncio.CancelledError:
-            # SPEC 10.4: a session opened for a cancelled session/open is shut down; one that
+            # docs/protocol.md: a session opened for a cancelled session/open is shut down; one that
             # was asked for by id existed before (or was meant to): it is only suspended.
             await asyncio.shield(session.end(suspend=requested_id is not None))
             raise
@@ -578,7 +578,7 @@ class _Connection:
 
     async def _cancelled_open(self, session: _ServedSession, reattach: bool) -> None:
         """A ``session/open`` cancelled while the runtime opened: once the open settles, a
-        session it created is shut down and one it reattached is suspended (SPEC 10.4)."""
+        session it created is shut down and one it reattached is suspended (docs/protocol.md)."""
         runtime = session.runtime
         assert isinstance(runtime, SessionRuntime)  # durable sessions are served in process
         try:
@@ -623,7 +623,7 @@ class _Connection:
         try:
             await asyncio.sleep(0)
         except asyncio.CancelledError:
-            await asyncio.shield(runtime.shutdown())  # as _open: SPEC 10.4
+            await asyncio.shield(runtime.shutdown())  # as _open: docs/protocol.md
             raise
         return {"sessionId": session_id}
 
@@ -660,7 +660,7 @@ class _Connection:
     def _observe(
         self, request: IncomingRequest, params: dict[str, Any]
     ) -> Coroutine[Any, Any, Any]:
-        """``cell/wait`` and ``cell/waitToPending``: the record of SPEC 10.4 is consulted and
+        """``cell/wait`` and ``cell/waitToPending``: the record of docs/protocol.md is consulted and
         updated synchronously, in arrival order; the returned coroutine awaits the outcome."""
         session = self._session(params)
         cell_id: str = params["cellId"]
@@ -682,7 +682,7 @@ class _Connection:
         task = record.task
         if record.pending and task is not None:
             # A cancel of this request (or of any replay joined to it) stops the observation;
-            # its outcome is then -32800 (SPEC 10.4).
+            # its outcome is then -32800 (docs/protocol.md).
             request.on_cancel = lambda: _cancel_quietly(task)
         else:
             request.on_cancel = None

@@ -1,4 +1,4 @@
-"""Frame transports of the wire protocol (SPEC 10.1).
+"""Frame transports of the wire protocol (docs/protocol.md).
 
 A transport moves whole frames, each one JSON-RPC message:
 

@@ -1,4 +1,4 @@
-"""The model-facing front of code mode (SPEC section 9): the ``exec`` and ``wait`` tools.
+"""The model-facing front of code mode (docs/model-tools.md): the ``exec`` and ``wait`` tools.
 
 Pure parts live in their own modules: :mod:`.typescript` (JSON Schema to TypeScript),
 :mod:`.description` (tool descriptions and tool specs), :mod:`.pragma` (the ``// @exec:`` first-line

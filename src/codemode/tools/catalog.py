@@ -1,4 +1,4 @@
-"""The data behind a cell's ``catalog`` global (SPEC 9.6): each tool's reference entry.
+"""The data behind a cell's ``catalog`` global (docs/model-tools.md): each tool's reference entry.
 
 ``catalog.describe(name)`` answers with the very entry the ``exec`` description would show for that
 tool (:func:`codemode.tools.description.tool_reference_blocks`); ``catalog.search`` ranks the

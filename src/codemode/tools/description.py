@@ -1,4 +1,4 @@
-"""The model-facing descriptions and tool specs of ``exec`` and ``wait`` (SPEC sections 9.4, 9.5).
+"""The model-facing descriptions and tool specs of ``exec`` and ``wait`` (docs/model-tools.md).
 
 Everything here is pure: the same arguments always give the same text, so descriptions can be
 golden-tested and cached by a host (prompt caching depends on byte-identical tool specs).
@@ -19,7 +19,8 @@ golden-tested and cached by a host (prompt caching depends on byte-identical too
    declaration in a ``ts`` code fence (:func:`tool_reference_blocks`). Without ``describe_tools``,
    :data:`ALL_TOOLS_TEXT` instead.
 
-**Discovery (SPEC 9.6).** When the reference would take more than ``reference_budget_tokens``
+**Discovery (docs/model-tools.md).** When the reference would take more than
+``reference_budget_tokens``
 tokens (⌈UTF-8 bytes / 4⌉), it is replaced by a listing: the same namespace headings, then one
 line per tool, ``- `{identifier}`: {first line}``, the first non-blank line of its description cut
 to :data:`FIRST_LINE_MAX_CHARS` characters (an ellipsis marks a cut), followed by
@@ -69,7 +70,8 @@ WAIT_TOOL_NAME: Final = "wait"
 NO_NAMESPACE_HEADING: Final = "Other tools"
 
 DEFAULT_REFERENCE_BUDGET_TOKENS: Final = 8000
-"""Above this many tokens the tool reference becomes a one-line-per-tool listing (SPEC 9.6)."""
+"""Above this many tokens the tool reference becomes a one-line-per-tool listing
+(docs/model-tools.md)."""
 
 FIRST_LINE_MAX_CHARS: Final = 160
 """The longest first description line of the discovery listing, in characters."""
@@ -383,7 +385,8 @@ _WAIT_PARAMETERS: Final[Mapping[str, Any]] = {
 
 
 def exec_tool_spec_dict(description: str, freeform: bool = False) -> dict[str, Any]:
-    """The ``exec`` tool as an OpenAI Responses tool (SPEC 9.4), a fresh dict on each call.
+    """The ``exec`` tool as an OpenAI Responses tool (docs/model-tools.md), a fresh dict on each
+    call.
 
     A function tool ``{"type": "function", "name": "exec", "description", "strict": False,
     "parameters": {code: string, required, no additional properties}}``, or with ``freeform`` a
@@ -406,7 +409,8 @@ def exec_tool_spec_dict(description: str, freeform: bool = False) -> dict[str, A
 
 
 def wait_tool_spec_dict(description: str) -> dict[str, Any]:
-    """The ``wait`` tool as an OpenAI Responses function tool (SPEC 9.4), a fresh dict on each call:
+    """The ``wait`` tool as an OpenAI Responses function tool (docs/model-tools.md), a fresh dict
+    on each call:
     ``cell_id`` (string, required), ``yield_time_ms`` and ``max_tokens`` (numbers), ``terminate``
     (boolean), ``until`` (enum ``yield``/``completed``), no other properties, ``strict`` false."""
     return {

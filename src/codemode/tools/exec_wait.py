@@ -1,4 +1,5 @@
-"""``CodeModeTools``: the model-facing ``exec`` and ``wait`` tools over a session (SPEC section 9).
+"""``CodeModeTools``: the model-facing ``exec`` and ``wait`` tools over a session
+(docs/model-tools.md).
 
 This module is a thin front over the session layer. The rules it applies live once, elsewhere:
 the pragma in :mod:`.pragma`, the result format and truncation in :mod:`.render`, the tool specs
@@ -9,7 +10,7 @@ decided here, beyond the spec's text:
   :class:`~codemode.errors.CodeModeError` other than ``MissingCell``) are returned, never raised:
   one :class:`~codemode.model.TextItem` with the message and ``is_error=True``. Exceptions that
   are not ``CodeModeError`` (bugs, cancellation) propagate.
-- **Retried ``exec``** (SPEC 9.1 step 2, scenario 78). The cell is created with
+- **Retried ``exec``** (docs/model-tools.md step 2, scenario 78). The cell is created with
   ``idempotency_key=call_id``, so a retry never starts a second cell. On top of that, the result
   of each ``exec`` that observed its cell is remembered per ``call_id`` (the last
   :data:`RETRY_CACHE_ENTRIES` results, at most :data:`RETRY_CACHE_BYTES` of output in all, the
@@ -20,7 +21,7 @@ decided here, beyond the spec's text:
   ``call_id`` is still running waits for it and returns its result. When there is nothing to
   return (the first ``exec`` was cancelled or failed before observing, or its result was evicted),
   the retry observes the same cell afresh: it gets the output not yet delivered (cancelling an
-  observation loses nothing, SPEC 4.7), or, if the cell has closed, the not-found failure of
+  observation loses nothing, docs/sessions.md), or, if the cell has closed, the not-found failure of
   ``wait``. A retry with another source under the same ``call_id`` reaches the session, which
   answers ``IdempotencyConflict`` (a usage error) when the code differs; when only the pragma
   differs it is the same cell, observed afresh with the new budgets. An empty ``call_id`` gives
@@ -305,18 +306,20 @@ class CodeModeTools:
         return self._max_wait_ms
 
     def exec_tool_spec(self, *, freeform: bool = False) -> dict[str, Any]:
-        """The ``exec`` tool as an OpenAI Responses tool (SPEC 9.4): a function tool taking
+        """The ``exec`` tool as an OpenAI Responses tool (docs/model-tools.md): a function tool
+        taking
         ``{code}``, or with ``freeform`` a custom tool. A fresh dict, byte-identical each call."""
         return exec_tool_spec_dict(self._exec_description, freeform=freeform)
 
     def wait_tool_spec(self) -> dict[str, Any]:
-        """The ``wait`` tool as an OpenAI Responses function tool (SPEC 9.4); a fresh dict."""
+        """The ``wait`` tool as an OpenAI Responses function tool (docs/model-tools.md); a fresh
+        dict."""
         return wait_tool_spec_dict(self._wait_description)
 
     # ------------------------------------------------------------------ dispatch
 
     async def call(self, name: str, arguments: str | Mapping[str, Any], call_id: str) -> ToolResult:
-        """Run one raw model tool call (SPEC 9).
+        """Run one raw model tool call (docs/model-tools.md).
 
         ``exec``: a mapping, or a string holding a JSON object, with a string ``code`` gives the
         source; any other string is the source itself (a freeform call). ``wait``: a mapping or
@@ -348,10 +351,11 @@ class CodeModeTools:
     # ------------------------------------------------------------------ exec
 
     async def exec(self, source: str, call_id: str) -> ToolResult:
-        """Run ``source`` as a new continuing cell and observe it once (SPEC 9.1).
+        """Run ``source`` as a new continuing cell and observe it once (docs/model-tools.md).
 
         The pragma sets the observation time (default 10 000 ms, capped at ``max_wait_ms``) and the
-        token budget (default 10 000). The result has the header of SPEC 9.3 with the wall time of
+        token budget (default 10 000). The result has the header of docs/model-tools.md with the
+        wall time of
         this call; ``is_error`` is ``True`` for ``Script failed`` and usage errors. A retry with the
         same ``call_id`` never starts a second cell and returns the first result when it is known
         (see the module docstring).
@@ -431,7 +435,7 @@ class CodeModeTools:
         terminate: bool = False,
         until: str = "yield",
     ) -> ToolResult:
-        """Observe or terminate a cell that ``exec`` left running (SPEC 9.2).
+        """Observe or terminate a cell that ``exec`` left running (docs/model-tools.md).
 
         - ``terminate=True``: terminates it; ``Script terminated``, or the cell's ``Completed``
           when it had already completed.

@@ -1,4 +1,4 @@
-"""The ``exec`` source and its optional first-line pragma (SPEC section 9.1, step 1).
+"""The ``exec`` source and its optional first-line pragma (docs/model-tools.md, step 1).
 
 ``parse_exec_source`` either returns an :class:`ExecRequest` or raises :class:`PragmaError`, whose
 ``message`` (also ``str(error)``) is exactly one of the model-facing texts of the spec. The checks
@@ -124,7 +124,7 @@ def parse_exec_source(source: str) -> ExecRequest:
 
     Returns an :class:`ExecRequest` (defaults ``yield_time_ms=10000``, ``max_output_tokens=10000``
     for fields the pragma leaves out, or without a pragma). Raises :class:`PragmaError` with the
-    exact SPEC 9.1 message, checked in the order given in this module's docstring.
+    exact docs/model-tools.md message, checked in the order given in this module's docstring.
     """
     if not source.strip():
         raise PragmaError(BLANK_SOURCE_MESSAGE)

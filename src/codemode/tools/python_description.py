@@ -1,4 +1,4 @@
-"""The model-facing ``exec`` description for Python cells (SPEC 14; docs/python-cells.md).
+"""The model-facing ``exec`` description for Python cells (docs/python-cells.md).
 
 Same structure as :mod:`codemode.tools.description` (preface, rules, globals, limits, MCP types,
 tool reference), for a session whose engine is :class:`codemode.PythonEngine`. The nested tools are

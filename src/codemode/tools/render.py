@@ -1,4 +1,4 @@
-"""Formatting a cell event for the model, with token-budget truncation (SPEC section 9.3).
+"""Formatting a cell event for the model, with token-budget truncation (docs/model-tools.md).
 
 Token counts are estimates: ⌈UTF-8 bytes / 4⌉ (:func:`estimate_tokens`). A lone surrogate (which a
 JavaScript string may hold) counts as its three-byte WTF-8 form and survives truncation unchanged.

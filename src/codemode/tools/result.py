@@ -1,4 +1,4 @@
-"""``ToolResult``: what one model-facing ``exec`` or ``wait`` call returns (SPEC section 9)."""
+"""``ToolResult``: what one model-facing ``exec`` or ``wait`` call returns (docs/model-tools.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ class ToolResult:
     """The answer to one ``exec``/``wait`` call.
 
     Attributes:
-        items: what the model sees; a cell result starts with its header item (SPEC 9.3), a usage
+        items: what the model sees; a cell result starts with its header item
+        (docs/model-tools.md), a usage
             error is one text item with the message.
         is_error: ``True`` for ``Script failed`` and for usage errors, else ``False``.
         cell_id: the cell the call observed, when there is one.

@@ -1,6 +1,6 @@
 """JSON Schema to TypeScript, for the nested-tool declarations of the ``exec`` description.
 
-SPEC section 9.5 ("TypeScript from JSON Schema"). Everything here is pure and deterministic: the
+docs/model-tools.md ("TypeScript from JSON Schema"). Everything here is pure and deterministic: the
 same schema always renders to the same text. Properties keep the schema's own order (the order
 its author chose, which often carries meaning: ``source`` before ``destination``); they are never
 sorted.
