@@ -41,11 +41,25 @@ DEFAULT_INTERVAL = 0.01  # seconds between samples while a guarded cell runs
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+_statm: int | None = None  # a descriptor of /proc/self/statm, kept open (one pread a sample)
+
+
+def _forget_statm() -> None:
+    global _statm
+    _statm = None  # a forked child's descriptor names its parent's file: reopen
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_statm)
+
+
 def rss_bytes() -> int:
     """The resident memory of this process in bytes (Linux ``/proc``); 0 where unknown."""
+    global _statm
     try:
-        with open("/proc/self/statm", "rb") as fh:
-            return int(fh.read().split()[1]) * _PAGE
+        if _statm is None:
+            _statm = os.open("/proc/self/statm", os.O_RDONLY)
+        return int(os.pread(_statm, 128, 0).split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return 0
 

@@ -166,6 +166,9 @@ class _Child:
     async def _start(self) -> None:
         config = dict(self.config)
         config["parent"] = os.getpid()
+        # Answers come on a pipe of our own, read by a protocol that resolves each command's
+        # future as its line arrives (no reader task, no stream buffer between).
+        answers_fd, child_out = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
                 self.config["python"],
@@ -173,28 +176,35 @@ class _Child:
                 "codemode.engine.worker_main",
                 json.dumps(config),
                 stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
+                stdout=child_out,
                 stderr=asyncio.subprocess.PIPE,
-                limit=self.config["max_message_bytes"],
                 start_new_session=True,  # a Ctrl-C at the terminal is the host's to handle
             )
         except (OSError, ValueError) as exc:
+            os.close(answers_fd)
             self._fail_start(f"could not start a worker process: {exc}")
             return
+        finally:
+            os.close(child_out)
         self.proc = proc
         _track(self.engine_ref(), proc)
         self._task(self._read_stderr())
+        answers = _Answers(self, self.config["max_message_bytes"], self.loop)
         try:
+            await self.loop.connect_read_pipe(
+                lambda: answers, os.fdopen(answers_fd, "rb", buffering=0)
+            )
             async with asyncio.timeout(self.config["start_timeout"]):
-                assert proc.stdout is not None
-                line = await proc.stdout.readline()
+                line = await answers.first
             first = _loads(line) if line.endswith(b"\n") else None
             if not isinstance(first, dict) or first.get("ready") != proc.pid:
                 raise _Malformed(f"unexpected first line {line[:200]!r}")
         except asyncio.CancelledError:
+            answers.close()
             self._abandon_process()
             raise
         except Exception as exc:
+            answers.close()
             await self._end(f"did not start ({type(exc).__name__}: {exc})")
             self._fail_start(self.lost or "the worker process did not start")
             return
@@ -203,7 +213,14 @@ class _Child:
         logger.debug("worker process %d started", proc.pid)
         if self.retired:
             self.shutdown()
-        await self._read_answers()
+        try:
+            reason = await answers.ended
+        except asyncio.CancelledError:
+            answers.close()
+            self._abandon_process()
+            raise
+        answers.close()
+        await self._end(reason)
 
     def _fail_start(self, reason: str) -> None:
         self.lost = self.lost or reason
@@ -224,33 +241,17 @@ class _Child:
                 self.stderr_tail.append(chunk[-4096:])
                 logger.debug("worker %s: %s", self.pid, chunk[:2000].decode("utf-8", "replace"))
 
-    async def _read_answers(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        stdout = self.proc.stdout
-        reason = "closed its pipe"
-        try:
-            while True:
-                line = await stdout.readline()
-                if not line.endswith(b"\n"):
-                    break
-                if len(line) > _BIG_MESSAGE:
-                    msg = await asyncio.to_thread(_loads, line)
-                else:
-                    msg = _loads(line)
-                if not isinstance(msg, dict):
-                    raise _Malformed("an answer is not an object")
-                i = msg.get("i")
-                if type(i) is not int:
-                    raise _Malformed("an answer without a command id")
-                future = self.pending.pop(i, None)
-                if future is not None and not future.done():
-                    future.set_result(msg)
-        except asyncio.CancelledError:
-            self._abandon_process()
-            raise
-        except Exception as exc:  # a line over the limit, not JSON, not an answer
-            reason = f"sent a malformed answer ({type(exc).__name__}: {str(exc)[:200]})"
-        await self._end(reason)
+    def answer(self, msg: Any) -> None:
+        """One decoded answer: resolve the future of its command (an answer to a command
+        abandoned meanwhile is dropped)."""
+        if not isinstance(msg, dict):
+            raise _Malformed("an answer is not an object")
+        i = msg.get("i")
+        if type(i) is not int:
+            raise _Malformed("an answer without a command id")
+        future = self.pending.pop(i, None)
+        if future is not None and not future.done():
+            future.set_result(msg)
 
     def compromised(self, reason: str) -> None:
         """An answer broke the protocol: nothing the child says can be trusted any more."""
@@ -408,6 +409,113 @@ class _Child:
             future.set_exception(EngineLost("the cell's engine was closed"))
         if send_cancel:
             self.send_quietly(f'{{"op":"cancel","i":{i}}}\n'.encode())
+
+
+class _Answers(asyncio.Protocol):
+    """The worker's answer pipe: splits what arrives into lines and hands each, decoded, to
+    :meth:`_Child.answer` at once, in order. A line longer than ``limit``, one that is not JSON
+    or not an answer ends the stream (``ended`` gets the reason; the child is then ended). The
+    first line (the worker's ``ready``) goes to ``first`` undecoded. Lines over
+    ``_BIG_MESSAGE`` are decoded on a worker thread; lines behind one wait for it."""
+
+    def __init__(self, child: _Child, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._child = child
+        self._limit = limit
+        self._loop = loop
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._transport: asyncio.ReadTransport | None = None
+        self._backlog: deque[bytes] | None = None  # lines behind one decoded on a thread
+        self.first: asyncio.Future[bytes] = loop.create_future()
+        self.ended: asyncio.Future[str] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.ReadTransport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.ended.done():
+            return
+        start = 0
+        n = len(data)
+        while start < n:
+            end = data.find(b"\n", start)
+            if end < 0:
+                self._parts.append(data[start:] if start else data)
+                self._size += n - start
+                if self._size > self._limit:
+                    self._fail(ValueError(f"an answer longer than {self._limit} bytes"))
+                return
+            if self._parts:
+                self._parts.append(data[start : end + 1])
+                line = b"".join(self._parts)
+                self._parts.clear()
+                self._size = 0
+            else:
+                line = data if start == 0 and end == n - 1 else data[start : end + 1]
+            start = end + 1
+            if len(line) > self._limit:
+                self._fail(ValueError(f"an answer longer than {self._limit} bytes"))
+                return
+            self._line(line)
+            if self.ended.done():
+                return
+
+    def _line(self, line: bytes) -> None:
+        if not self.first.done():
+            self.first.set_result(line)
+            return
+        if self._backlog is not None:
+            self._backlog.append(line)
+            return
+        if len(line) > _BIG_MESSAGE:
+            self._backlog = deque()
+            self._child._task(self._decode_big(line))
+            return
+        try:
+            self._child.answer(_loads(line))
+        except Exception as exc:  # not JSON, not an answer
+            self._fail(exc)
+
+    async def _decode_big(self, line: bytes) -> None:
+        try:
+            msg = await asyncio.to_thread(_loads, line)
+            self._child.answer(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail(exc)
+            return
+        backlog, self._backlog = self._backlog, None
+        while backlog and not self.ended.done():
+            self._line(backlog.popleft())
+            if self._backlog is not None:  # another big one: it takes the rest
+                self._backlog.extend(backlog)
+                return
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.ended.done():
+            self.ended.set_result(
+                f"sent a malformed answer ({type(exc).__name__}: {str(exc)[:200]})"
+            )
+        if not self.first.done():
+            self.first.set_exception(_Malformed(f"a malformed first line ({exc})"))
+        self.close()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.first.done():
+            self.first.set_result(b"")
+        if not self.ended.done():
+            self.ended.set_result("closed its pipe")
+
+    def close(self) -> None:
+        """Stop reading (the child is ending or ended)."""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
 
 
 def _track(engine: WorkerEngine | None, proc: asyncio.subprocess.Process) -> None:

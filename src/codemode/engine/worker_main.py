@@ -25,6 +25,26 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+# Light modules only (the host imports this one for boot_to_json): V8 is imported lazily.
+from codemode.engine.base import (
+    CellBoot,
+    EngineLost,
+    EnvRead,
+    NotifyRequested,
+    OutputProduced,
+    StoresWritten,
+    StoreWritten,
+    TimerCleared,
+    TimerFired,
+    TimerSet,
+    ToolCallRequested,
+    ToolResultInput,
+    YieldRequested,
+)
+from codemode.engine.determinism import SOURCES
+from codemode.errors import EngineError
+from codemode.model import CellLimits, TextItem, ToolDefinition, ToolKind
+
 __all__ = ["main"]
 
 # One message may carry a tool result or a cell's stored values: up to the cell's heap limit.
@@ -66,26 +86,14 @@ def _protocol_fds() -> tuple[int, int]:
 
 
 def _event(ev: Any) -> list[Any]:
-    from codemode.engine.base import (
-        NotifyRequested,
-        OutputProduced,
-        StoresWritten,
-        StoreWritten,
-        TimerCleared,
-        TimerSet,
-        ToolCallRequested,
-        YieldRequested,
-    )
-    from codemode.model import TextItem
-
+    if isinstance(ev, ToolCallRequested):  # the common case first
+        return ["call", ev.call_id, ev.tool_index, ev.input]
     if isinstance(ev, OutputProduced):
         item = ev.item
         if isinstance(item, TextItem):
             return ["text", item.text]
         detail = item.detail.value if item.detail is not None else None
         return ["image", item.image_url, detail]
-    if isinstance(ev, ToolCallRequested):
-        return ["call", ev.call_id, ev.tool_index, ev.input]
     if isinstance(ev, NotifyRequested):
         return ["notify", ev.text]
     if isinstance(ev, YieldRequested):
@@ -99,6 +107,52 @@ def _event(ev: Any) -> list[Any]:
     if isinstance(ev, StoresWritten):
         return ["stores", dict(ev.writes)]
     raise TypeError(f"unknown engine event {type(ev).__name__}")
+
+
+class _Commands(asyncio.Protocol):
+    """The command pipe: each complete line is decoded and dispatched as it arrives (no reader
+    task between the pipe and the command). A line that is not a command ends the worker."""
+
+    def __init__(self, server: _Server, loop: asyncio.AbstractEventLoop) -> None:
+        self._server = server
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.ended: asyncio.Future[None] = loop.create_future()
+
+    def data_received(self, data: bytes) -> None:
+        start = 0
+        n = len(data)
+        while start < n and not self.ended.done():
+            end = data.find(b"\n", start)
+            if end < 0:
+                self._parts.append(data[start:] if start else data)
+                self._size += n - start
+                if self._size > MAX_LINE:
+                    self._end()
+                return
+            if self._parts:
+                self._parts.append(data[start:end])
+                line = b"".join(self._parts)
+                self._parts.clear()
+                self._size = 0
+            else:
+                line = data[start:end]
+            start = end + 1
+            try:
+                self._server.dispatch(json.loads(line))
+            except Exception:  # the host never sends this: end, as at the end of the pipe
+                self._end()
+
+    def _end(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        self._end()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end()
 
 
 class _Server:
@@ -127,19 +181,13 @@ class _Server:
 
     async def serve(self, cmd_fd: int, out_fd: int) -> None:
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=MAX_LINE)
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(cmd_fd, "rb", buffering=0)
-        )
+        commands = _Commands(self, loop)
+        await loop.connect_read_pipe(lambda: commands, os.fdopen(cmd_fd, "rb", buffering=0))
         self.out, _ = await loop.connect_write_pipe(
             asyncio.Protocol, os.fdopen(out_fd, "wb", buffering=0)
         )
         self.send({"ready": os.getpid()})
-        while True:
-            line = await reader.readline()
-            if not line.endswith(b"\n"):
-                break  # the host closed the pipe (or died): end
-            self.dispatch(json.loads(line))
+        await commands.ended  # the host closed the pipe (or died): end
         for task in self.tasks.values():
             task.cancel()
         for cell in self.cells.values():
@@ -163,9 +211,6 @@ class _Server:
             task.add_done_callback(lambda _t: self.tasks.pop(i, None))
 
     async def command(self, i: int, op: str, msg: dict[str, Any]) -> None:
-        from codemode.engine.base import EngineLost
-        from codemode.errors import EngineError
-
         key = msg["c"]
         try:
             if op == "open":
@@ -215,9 +260,6 @@ class _Server:
 
 def _boot(data: dict[str, Any]) -> Any:
     """The :class:`CellBoot` of :func:`boot_to_json`'s wire form."""
-    from codemode.engine.base import CellBoot
-    from codemode.model import CellLimits, ToolDefinition, ToolKind
-
     fields = dict(data)
     fields["tools"] = tuple(
         ToolDefinition(**{**t, "kind": ToolKind(t["kind"])}) for t in data["tools"]
@@ -228,14 +270,10 @@ def _boot(data: dict[str, Any]) -> Any:
 
 
 def _replay_reads(raw: Any) -> tuple[Any, ...]:
-    from codemode.engine.base import EnvRead
-
     return tuple(EnvRead(str(source), float(value), int(count)) for source, value, count in raw)
 
 
 def _reads(reads: Any) -> list[Any]:
-    from codemode.engine.determinism import SOURCES
-
     out: list[Any] = []
     for read in reads:
         out += (SOURCES.index(read.source), read.value, read.count)
@@ -243,8 +281,6 @@ def _reads(reads: Any) -> list[Any]:
 
 
 def _inputs(raw: list[Any]) -> list[Any]:
-    from codemode.engine.base import TimerFired, ToolResultInput
-
     inputs: list[Any] = []
     for item in raw:
         if item[0] == "t":
