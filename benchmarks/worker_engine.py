@@ -7,6 +7,12 @@ in one ``Promise.all``; then one engine step
 and WorkerEngine. Prints a table and writes
 benchmarks/results/worker_engine.json. Run: .venv/bin/python benchmarks/worker_engine.py
 [--cells N] [--calls N] [--rounds N]. Figures are medians; the machine's noise is about 20 %.
+
+``--breakdown``: what one nested call costs on each side (wall, host CPU, the worker's CPU by
+thread; with ``strace`` installed, system calls, event-loop iterations and wake-ups, futex calls
+and pipe writes per call on each side, from a traced run). ``--baseline SRC``: the session
+workloads of this checkout and of another checkout's ``src/`` run alternately, ``--alternations``
+times each, printed side by side (the machine is shared and noisy: only alternated runs compare).
 """
 
 from __future__ import annotations
@@ -14,8 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
+import re
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -143,15 +155,228 @@ async def steps_main(steps: int) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------- per-call breakdown
+
+
+def _thread_ticks(pid: int) -> dict[int, tuple[int, int]]:
+    """User and system clock ticks of every thread of ``pid`` (Linux ``/proc``)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(tid)] = (int(fields[11]), int(fields[12]))
+    return out
+
+
+async def breakdown_run(kind: str, calls: int, parallel: bool = False) -> dict[str, Any]:
+    """One cell of ``calls`` sequential awaited calls (or one ``Promise.all``) after a warm-up;
+    per call: wall time, host CPU and, for the worker, its CPU by thread. Writes ``GO`` and
+    ``END`` to stderr around the cell (markers for a system-call trace)."""
+    limits = CellLimits(max_tool_calls=calls * 2 + 10, max_parallel_tool_calls=calls + 10)
+    engine: Engine = WorkerEngine() if kind == "worker" else V8Engine()
+    delegate = tools_delegate({"echo": echo, "slow": slow})
+    async with SessionRuntime(delegate, limits=limits, engine=engine) as rt:
+        for _ in range(5):
+            await run_cell(rt, "await tools.echo({i: 1}); text('hi')")
+        pid = engine.worker_pids()[0] if isinstance(engine, WorkerEngine) else None
+        if parallel:
+            source = (
+                f"await Promise.all(Array.from({{length: {calls}}}, (_, i) => tools.echo({{i}})))"
+            )
+        else:
+            source = f"for (let i = 0; i < {calls}; i++) await tools.echo({{i}})"
+        ticks = _thread_ticks(pid) if pid else {}
+        os.write(2, b"GO\n")
+        wall, cpu = time.perf_counter(), time.process_time()
+        await run_cell(rt, source)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        os.write(2, b"END\n")
+        after = _thread_ticks(pid) if pid else {}
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK") / calls
+    result: dict[str, Any] = {
+        "wall_us_per_call": round(wall * 1e6 / calls, 1),
+        "host_cpu_us_per_call": round(cpu * 1e6 / calls, 1),
+    }
+    if pid:
+        threads = []
+        for tid, (user, system) in after.items():
+            u0, s0 = ticks.get(tid, (0, 0))
+            threads.append((tid == pid, (user - u0) * tick_us, (system - s0) * tick_us))
+        main = next((t for t in threads if t[0]), (True, 0.0, 0.0))
+        others = sorted((t for t in threads if not t[0]), key=lambda t: -(t[1] + t[2]))
+        busiest = others[0] if others else (False, 0.0, 0.0)
+        result["worker_main_thread_user_sys_us"] = [round(main[1]), round(main[2])]
+        result["worker_isolate_thread_user_sys_us"] = [round(busiest[1]), round(busiest[2])]
+        result["worker_other_threads_us"] = round(sum(t[1] + t[2] for t in others[1:]))
+    return result
+
+
+def _syscalls(trace: str, calls: int) -> dict[str, dict[str, float]]:
+    """Per call and per side (host process, worker process), from an ``strace -f`` log: system
+    calls by name, event-loop iterations (``epoll_wait``), wake-ups (``epoll_wait`` calls that
+    slept and returned events), futex calls (thread hand-overs), pipe messages (``write``)."""
+    parent: dict[int, int] = {}
+    pending: dict[int, str] = {}
+    root: int | None = None
+    worker: int | None = None
+    counting = False
+    sides: dict[str, dict[str, float]] = {"host": {}, "worker": {}}
+    for line in trace.splitlines():
+        m = re.match(r"(\d+)\s+(.*)$", line)
+        if not m:
+            continue
+        pid, text = int(m[1]), m[2]
+        if root is None:
+            root = pid
+        if text.endswith("<unfinished ...>"):
+            pending[pid] = text[: -len("<unfinished ...>")]
+            continue
+        resumed = re.match(r"<\.\.\. \w+ resumed>(.*)$", text)
+        if resumed:
+            text = pending.pop(pid, "") + resumed[1]
+        call = re.match(r"(\w+)\((.*)\)\s+=\s+(-?\d+|\?)", text)
+        if not call:
+            continue
+        name, args, ret = call[1], call[2], call[3]
+        if name in ("clone", "clone3", "vfork", "fork") and ret.isdigit():
+            parent[int(ret)] = pid
+            if worker is None and pid == root and name != "clone3":
+                worker = int(ret)  # the first process the host starts (not a thread)
+        if name == "write" and args.startswith('2, "GO\\n"'):
+            counting = True
+            continue
+        if name == "write" and args.startswith('2, "END\\n"'):
+            counting = False
+            continue
+        if not counting:
+            continue
+        p = pid
+        while p in parent and p != worker:
+            p = parent[p]
+        side = sides["worker" if p == worker else "host"]
+        side[name] = side.get(name, 0) + 1
+        if name == "epoll_wait":
+            timeout = args.rsplit(",", 1)[-1].strip()
+            if timeout != "0" and ret not in ("0", "?"):
+                side["wake-ups"] = side.get("wake-ups", 0) + 1
+    out = {}
+    for name, side in sides.items():
+        total = sum(v for k, v in side.items() if k != "wake-ups")
+        figures = {k: round(v / calls, 2) for k, v in sorted(side.items(), key=lambda kv: -kv[1])}
+        out[name] = {"all system calls": round(total / calls, 2), **figures}
+    return out
+
+
+def breakdown(calls: int) -> dict[str, Any]:
+    """The per-call breakdown of a sequential nested call, in process and in a worker; with
+    ``strace`` on the path, the system calls of each side too (traced runs, separately)."""
+    results: dict[str, Any] = {}
+    for kind in ("v8", "worker"):
+        results[kind] = asyncio.run(breakdown_run(kind, calls))
+        results[kind + " Promise.all"] = asyncio.run(breakdown_run(kind, calls, parallel=True))
+    if shutil.which("strace"):
+        for kind in ("v8", "worker"):
+            with tempfile.TemporaryDirectory() as tmp:
+                log = Path(tmp) / "trace"
+                subprocess.run(
+                    [
+                        "strace",
+                        "-f",
+                        "-qq",
+                        "-o",
+                        str(log),
+                        sys.executable,
+                        __file__,
+                        "--breakdown-inner",
+                        kind,
+                        "--calls",
+                        str(calls),
+                    ],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                results[kind + " system calls"] = _syscalls(log.read_text(), calls)
+    return results
+
+
+def compare(baseline: str, alternations: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The session workloads of this checkout and of ``baseline`` (a ``src/`` directory), in
+    subprocesses run alternately; per side and figure, every run's value."""
+    sides = {"this": str(Path(__file__).resolve().parents[1] / "src"), "baseline": baseline}
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    for _ in range(alternations):
+        for side, src in sides.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "out.json"
+                subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--cells",
+                        str(args.cells),
+                        "--calls",
+                        str(args.calls),
+                        "--rounds",
+                        str(args.rounds),
+                        "--steps",
+                        "0",
+                        "--json",
+                        str(out),
+                    ],
+                    check=True,
+                    env=dict(os.environ, PYTHONPATH=src),
+                    stdout=subprocess.DEVNULL,
+                )
+                runs[side].append(json.loads(out.read_text())["results"])
+    return runs
+
+
+def print_compare(runs: dict[str, list[dict[str, Any]]]) -> None:
+    first = runs["this"][0]
+    print(f"{'median of the runs (min-max)':44}{'this':>22}{'baseline':>22}")
+    for engine in first:
+        for key in first[engine]:
+            cells = []
+            for side in ("this", "baseline"):
+                values = [r[engine][key] for r in runs[side]]
+                cells.append(f"{statistics.median(values):g} ({min(values):g}-{max(values):g})")
+            print(f"{engine + ' ' + key:44}{cells[0]:>22}{cells[1]:>22}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--cells", type=int, default=200)
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--json", help="write the results here instead (no table)")
+    parser.add_argument("--breakdown", action="store_true", help="per-call breakdown only")
+    parser.add_argument("--breakdown-inner", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", metavar="SRC", help="compare with another checkout's src/")
+    parser.add_argument("--alternations", type=int, default=3)
     args = parser.parse_args()
+    if args.breakdown_inner:
+        asyncio.run(breakdown_run(args.breakdown_inner, args.calls))
+        sys.exit(0)
+    if args.breakdown:
+        print(json.dumps(breakdown(args.calls), indent=2))
+        sys.exit(0)
+    if args.baseline:
+        runs = compare(str(Path(args.baseline).resolve()), args.alternations, args)
+        print_compare(runs)
+        out = Path(__file__).parent / "results" / "worker_engine_compare.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(runs, indent=2) + "\n")
+        sys.exit(0)
     results = asyncio.run(main(args.cells, args.calls, args.rounds))
-    steps = asyncio.run(steps_main(args.steps))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results}))
+        sys.exit(0)
+    steps = asyncio.run(steps_main(args.steps)) if args.steps else {}
     keys = list(next(iter(results.values())))
     names = list(results)
     print(f"{'':28}" + "".join(f"{n:>18}" for n in names) + f"{'worker / v8':>14}")
