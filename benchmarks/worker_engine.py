@@ -158,23 +158,22 @@ async def steps_main(steps: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------- per-call breakdown
 
 
-def _thread_ticks(pid: int) -> dict[int, tuple[int, int]]:
-    """User and system clock ticks of every thread of ``pid`` (Linux ``/proc``)."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        out[int(tid)] = (int(fields[11]), int(fields[12]))
-    return out
+def _ticks(pid: int, tid: int | None = None) -> tuple[int, int]:
+    """User and system clock ticks of process ``pid`` (threads that ended included) or of its
+    thread ``tid`` (Linux ``/proc``)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path, "rb") as fh:
+        fields = fh.read().rsplit(b")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
 
 
-async def breakdown_run(kind: str, calls: int, parallel: bool = False) -> dict[str, Any]:
+async def breakdown_run(
+    kind: str, calls: int, parallel: bool = False, markers: bool = False
+) -> dict[str, Any]:
     """One cell of ``calls`` sequential awaited calls (or one ``Promise.all``) after a warm-up;
-    per call: wall time, host CPU and, for the worker, its CPU by thread. Writes ``GO`` and
-    ``END`` to stderr around the cell (markers for a system-call trace)."""
+    per call: wall time, host CPU and, for the worker, the CPU of its main thread and of its
+    other threads (the isolate's, mostly). ``markers``: write ``GO`` and ``END`` to stderr
+    around the cell (for a system-call trace)."""
     limits = CellLimits(max_tool_calls=calls * 2 + 10, max_parallel_tool_calls=calls + 10)
     engine: Engine = WorkerEngine() if kind == "worker" else V8Engine()
     delegate = tools_delegate({"echo": echo, "slow": slow})
@@ -188,29 +187,30 @@ async def breakdown_run(kind: str, calls: int, parallel: bool = False) -> dict[s
             )
         else:
             source = f"for (let i = 0; i < {calls}; i++) await tools.echo({{i}})"
-        ticks = _thread_ticks(pid) if pid else {}
-        os.write(2, b"GO\n")
-        wall, cpu = time.perf_counter(), time.process_time()
+        ticks = (_ticks(pid), _ticks(pid, pid)) if pid else None
+        if markers:
+            os.write(2, b"GO\n")
+        wall, cpu = time.perf_counter(), os.times()
         await run_cell(rt, source)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        os.write(2, b"END\n")
-        after = _thread_ticks(pid) if pid else {}
+        wall, end = time.perf_counter() - wall, os.times()
+        if markers:
+            os.write(2, b"END\n")
+        after = (_ticks(pid), _ticks(pid, pid)) if pid else None
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK") / calls
     result: dict[str, Any] = {
         "wall_us_per_call": round(wall * 1e6 / calls, 1),
-        "host_cpu_us_per_call": round(cpu * 1e6 / calls, 1),
+        "host_cpu_user_sys_us_per_call": [
+            round((end.user - cpu.user) * 1e6 / calls),
+            round((end.system - cpu.system) * 1e6 / calls),
+        ],
     }
-    if pid:
-        threads = []
-        for tid, (user, system) in after.items():
-            u0, s0 = ticks.get(tid, (0, 0))
-            threads.append((tid == pid, (user - u0) * tick_us, (system - s0) * tick_us))
-        main = next((t for t in threads if t[0]), (True, 0.0, 0.0))
-        others = sorted((t for t in threads if not t[0]), key=lambda t: -(t[1] + t[2]))
-        busiest = others[0] if others else (False, 0.0, 0.0)
-        result["worker_main_thread_user_sys_us"] = [round(main[1]), round(main[2])]
-        result["worker_isolate_thread_user_sys_us"] = [round(busiest[1]), round(busiest[2])]
-        result["worker_other_threads_us"] = round(sum(t[1] + t[2] for t in others[1:]))
+    if ticks is not None and after is not None:
+        (user0, sys0), (muser0, msys0) = ticks
+        (user1, sys1), (muser1, msys1) = after
+        main = ((muser1 - muser0) * tick_us, (msys1 - msys0) * tick_us)
+        rest = ((user1 - user0) * tick_us - main[0], (sys1 - sys0) * tick_us - main[1])
+        result["worker_main_thread_user_sys_us"] = [round(main[0]), round(main[1])]
+        result["worker_other_threads_user_sys_us"] = [round(rest[0]), round(rest[1])]
     return result
 
 
@@ -265,7 +265,11 @@ def _syscalls(trace: str, calls: int) -> dict[str, dict[str, float]]:
     out = {}
     for name, side in sides.items():
         total = sum(v for k, v in side.items() if k != "wake-ups")
-        figures = {k: round(v / calls, 2) for k, v in sorted(side.items(), key=lambda kv: -kv[1])}
+        figures = {
+            k: round(v / calls, 2)
+            for k, v in sorted(side.items(), key=lambda kv: -kv[1])
+            if v / calls >= 0.05  # what happens per call, not once
+        }
         out[name] = {"all system calls": round(total / calls, 2), **figures}
     return out
 
@@ -360,7 +364,7 @@ if __name__ == "__main__":
     parser.add_argument("--alternations", type=int, default=3)
     args = parser.parse_args()
     if args.breakdown_inner:
-        asyncio.run(breakdown_run(args.breakdown_inner, args.calls))
+        asyncio.run(breakdown_run(args.breakdown_inner, args.calls, markers=True))
         sys.exit(0)
     if args.breakdown:
         print(json.dumps(breakdown(args.calls), indent=2))

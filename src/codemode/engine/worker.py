@@ -106,8 +106,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name} in an answer")
 
 
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
 def _loads(data: bytes) -> Any:
-    return json.loads(data, parse_constant=_reject_constant)
+    """Decode one answer (UTF-8 JSON; ``NaN`` and the infinities refused)."""
+    return _decode(data.decode())
 
 
 def _describe_exit(returncode: int | None) -> str:
