@@ -225,6 +225,21 @@ async def test_one_worker_per_engine_started_lazily(make_worker_runtime: Any) ->
         await rt.terminate(c.cell_id) if c in cells else await other.terminate(c.cell_id)
 
 
+async def test_a_worker_without_an_rss_budget_keeps_serving_completed_cells(
+    make_worker_runtime: Any,
+) -> None:
+    """With the watchdog off, a cell that completes without error is not a watchdog stop: the
+    worker keeps serving the session (it used to be retired after every completed cell)."""
+    rt = make_worker_runtime(rss_budget_bytes=None)
+    engine = engine_of(rt)
+    pids = []
+    for n in range(3):
+        cell = await rt.create_cell(request(f"text('{n}')"))
+        assert await asyncio.wait_for(rt.wait(cell, HANG), HANG) == Completed(T(str(n)))
+        pids.append(engine.worker_pids())
+    assert len(pids[0]) == 1 and pids == [pids[0]] * 3
+
+
 # ---------------------------------------------------------------------- what the OS boundary buys
 
 

@@ -818,7 +818,8 @@ class _WorkerCell(EngineCell):
             child.compromised(f"{op}: {exc}")
             raise EngineLost(f"the worker process sent a malformed answer ({exc})") from None
         if report.settlement is not None:
-            if report.settlement.error_text == self._rss_error:
+            error_text = report.settlement.error_text
+            if error_text is not None and error_text == self._rss_error:
                 # The allocator keeps what the cell grew: later cells get a fresh worker.
                 child.draining = True
             self._mark_closed()  # the child closed its cell after the settlement
