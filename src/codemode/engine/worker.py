@@ -18,8 +18,10 @@ its own ``WorkerEngine``), or at most ``cells_per_worker`` cells. Children start
 first cell. The wire carries only JSON, one object per line, and every answer is validated: a
 malformed answer means the child is compromised, and it is killed.
 
-The host's event loop never blocks on the pipe: reads and writes are asyncio streams, and one
-engine command is one round trip. See ``docs/engines.md``.
+The host's event loop never blocks on the pipe: commands are written to an asyncio stream, and
+answers are read by a protocol on the loop that decodes each line as it arrives and resolves
+its command's future directly (no reader task between). One engine command is one round trip:
+a nested call costs one line each way. See ``docs/engines.md`` and ``docs/call-path.md``.
 """
 
 from __future__ import annotations
