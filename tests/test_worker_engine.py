@@ -240,6 +240,37 @@ async def test_a_worker_without_an_rss_budget_keeps_serving_completed_cells(
     assert len(pids[0]) == 1 and pids == [pids[0]] * 3
 
 
+async def test_results_cross_the_pipe_as_json_text_intact() -> None:
+    """A result's value goes to the worker as its JSON text in a string (docs/engines.md):
+    newlines, quotes, backslashes, characters outside the BMP, lone surrogates, nesting, many
+    results in one step and failed calls all arrive as the delegate gave them."""
+    from codemode import CreateCellRequest, tools_delegate
+
+    async def echo(value: Any) -> Any:
+        return value
+
+    async def fail(value: Any) -> Any:
+        raise ValueError('no "luck"\nat all')
+
+    limits = CellLimits(max_parallel_tool_calls=300, max_tool_calls=1000)
+    delegate = tools_delegate({"echo": echo, "fail": fail})
+    async with SessionRuntime(delegate, limits=limits, engine=WorkerEngine()) as rt:
+        source = (
+            "const odd = 'a\\nb\\\\\"c\\u2028\\u{1F600}\\ud800\\n';"
+            "const r = await Promise.all(Array.from({length: 200},"
+            " (_, i) => tools.echo({i, s: i % 50 ? 'y' : odd, deep: [[{x: [i]}]]})));"
+            "let err; try { await tools.fail({}) } catch (e) { err = e.message }"
+            "text(String(r.reduce((a, x) => a + x.i + x.deep[0][0].x[0], 0)));"
+            "text(String(r.filter(x => x.s === odd).length)); text(err)"
+        )
+        tools = (ToolDefinition("echo"), ToolDefinition("fail"))
+        cell = await rt.create_cell(CreateCellRequest(source, tools))
+        event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert isinstance(event, Completed) and event.error_text is None, event
+    assert event.items[:2] == T(str(2 * sum(range(200))), "4")
+    assert isinstance(event.items[2], TextItem) and 'no "luck"\nat all' in event.items[2].text
+
+
 # ---------------------------------------------------------------------- what the OS boundary buys
 
 

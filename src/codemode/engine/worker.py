@@ -829,15 +829,14 @@ class _WorkerCell(EngineCell):
 
 
 def _step_tail(inputs: Sequence[StepInput]) -> str:
-    """The inputs of a step command, as the end of its line."""
+    """The inputs of a step command, as the end of its line. A result's value goes as its JSON
+    text in a string: the worker hands that text to the isolate as it is (no decoding and
+    encoding of every value there), and escaping keeps one message on one line."""
     parts = []
     for item in inputs:
         if isinstance(item, ToolResultInput):
             if item.ok:
-                value = item.value_json
-                if "\n" in value:  # one message is one line
-                    value = _dumps(json.loads(value))
-                parts.append(f'["r",{_dumps(item.call_id)},true,{value}]')
+                parts.append(f'["r",{_dumps(item.call_id)},true,{_dumps(item.value_json)}]')
             else:
                 parts.append(f'["r",{_dumps(item.call_id)},false,{_dumps(item.message)}]')
         else:

@@ -285,8 +285,11 @@ def _inputs(raw: list[Any]) -> list[Any]:
     for item in raw:
         if item[0] == "t":
             inputs.append(TimerFired(int(item[1])))
-        elif item[2]:
-            inputs.append(ToolResultInput(item[1], True, value_json=_dumps(item[3])))
+        elif item[2]:  # the value's JSON text, as the host wrote it
+            value_json = item[3]
+            if not isinstance(value_json, str):
+                raise TypeError("a tool result's value is not JSON text")
+            inputs.append(ToolResultInput(item[1], True, value_json=value_json))
         else:
             inputs.append(ToolResultInput(item[1], False, message=str(item[3])))
     return inputs
