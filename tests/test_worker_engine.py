@@ -607,6 +607,28 @@ async def test_in_process_watchdog_stops_the_cell_that_grew_the_process(
         assert await asyncio.wait_for(rt.wait(bystander, HANG), HANG) == Completed(T("calm"))
 
 
+def test_rss_samples_follow_the_process_across_a_fork() -> None:
+    """The watchdog keeps /proc/self/statm open; a forked child must sample itself, not the
+    parent it was forked from."""
+    script = textwrap.dedent(
+        """
+        import os
+        from codemode.engine.watchdog import rss_bytes
+        before = rss_bytes()
+        assert before > 0
+        pid = os.fork()
+        if pid == 0:
+            grown = bytearray(80_000_000)
+            grown[::4096] = b"1" * len(grown[::4096])
+            os._exit(0 if rss_bytes() > before + 50_000_000 else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the child sampled its parent"
+        assert rss_bytes() < before + 50_000_000
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=HANG)
+
+
 async def test_watchdog_leaves_cells_under_budget_alone(delegate: RecordingDelegate) -> None:
     engine = GuardedEngine(rss_budget_bytes=rss_bytes() + 2048 * MiB)
     async with SessionRuntime(delegate, engine=engine) as rt:

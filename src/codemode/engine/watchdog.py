@@ -16,6 +16,7 @@ worker processes also run under an OS limit. See ``docs/engines.md``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import weakref
@@ -45,8 +46,12 @@ _statm: int | None = None  # a descriptor of /proc/self/statm, kept open (one pr
 
 
 def _forget_statm() -> None:
+    """In a forked child: the inherited descriptor names the parent's file; reopen."""
     global _statm
-    _statm = None  # a forked child's descriptor names its parent's file: reopen
+    fd, _statm = _statm, None
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 if hasattr(os, "register_at_fork"):
