@@ -225,6 +225,19 @@ async def test_one_worker_per_engine_started_lazily(make_worker_runtime: Any) ->
         await rt.terminate(c.cell_id) if c in cells else await other.terminate(c.cell_id)
 
 
+async def test_the_worker_is_in_its_own_process_group_of_the_hosts_session(
+    make_worker_runtime: Any,
+) -> None:
+    """A Ctrl-C at the terminal (its foreground process group) is the host's to handle, but the
+    worker stays in the host's session: Linux schedules a session as one group (autogroup)."""
+    rt = make_worker_runtime()
+    cell = await rt.create_cell(request("text('x')"))
+    await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    [pid] = engine_of(rt).worker_pids()
+    assert os.getpgid(pid) == pid != os.getpgid(0)
+    assert os.getsid(pid) == os.getsid(0)
+
+
 async def test_a_worker_without_an_rss_budget_keeps_serving_completed_cells(
     make_worker_runtime: Any,
 ) -> None:
