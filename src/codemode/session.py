@@ -33,6 +33,7 @@ from codemode.errors import (
     CodeModeError,
     EngineError,
     IdempotencyConflict,
+    MissingCell,
     SessionBusy,
     ShuttingDown,
     WrongCellKind,
@@ -506,7 +507,7 @@ class SessionRuntime(Session):
         recorder = actor.recorder
         if recorder is not None and first and isinstance(event, Yielded | Pending):
             items = event.items if isinstance(event, Yielded) else event.frontier.items
-            recorder.delivered(len(items))
+            recorder.delivered(len(items), event)
         await self._recorded()
 
     @property
@@ -763,6 +764,71 @@ class SessionRuntime(Session):
         assert isinstance(event, Pending | Completed | Terminated)
         return event
 
+    async def observe_numbered(
+        self, cell_id: str, yield_after: float | None, seen: int | None = None
+    ) -> tuple[Yielded | Completed | Terminated | Pending, int | None]:
+        """For fronts whose replies can be lost on their way (a cluster's hosts): ``wait`` for
+        ``yield_after`` seconds (``None``: ``wait_to_pending``), and the event's *delivery
+        number*, how many events of the cell were delivered with it (``None`` without a store).
+        The caller passes the number of the last event it received as ``seen``; when the last
+        delivered event never reached it (``seen`` is one less than the delivered count: the
+        process that answered died after recording the delivery, which a recovered runtime
+        knows from the store), that event is returned again, its items reproduced by replay,
+        instead of a new observation. A delivered completion's closing is recorded once the
+        caller acknowledges it (:meth:`acknowledge`), so a runtime that recovers the session
+        meanwhile can give it again. docs/cluster.md, re-delivery."""
+        kind = CellKind.CONTINUING if yield_after is not None else CellKind.PAUSABLE
+        if self._store is None:
+            if yield_after is None:
+                return await self.wait_to_pending(self.pausable_cell(cell_id)), None
+            return await self.wait(self.cell(cell_id), yield_after), None
+        await self._gate()
+        journal = self._core.journal
+        assert journal is not None
+        kept = journal.ended_events.get(cell_id) if seen is not None else None
+        if kept is not None and seen is not None and kept[0] == seen + 1:
+            return kept[1], kept[0]
+        actor = self._actor(cell_id, kind)
+        if seen is not None:
+            try:
+                actor = await self._replayed(cell_id, kind)
+            except MissingCell:
+                kept = journal.ended_events.get(cell_id)  # its replay found it delivered
+                if kept is not None and kept[0] == seen + 1:
+                    return kept[1], kept[0]
+                raise
+            again = actor.recorder.again(seen) if actor.recorder is not None else None
+            if again is not None:
+                assert actor.recorder is not None
+                return again, actor.recorder.events_delivered
+        recorder = actor.recorder
+        journal.hold_close(cell_id)
+        event: Yielded | Completed | Terminated | Pending | None = None
+        try:
+            if yield_after is None:
+                event = await self.wait_to_pending(PausableCell(cell_id, self._core.cells.owner))
+            else:
+                event = await self.wait(Cell(cell_id, self._core.cells.owner), yield_after)
+        finally:
+            if not isinstance(event, Completed):
+                journal.release_close(cell_id)
+        assert event is not None
+        if recorder is None:
+            return event, None
+        if isinstance(event, Completed):
+            journal.ended(cell_id, len(event.items))
+            recorder.events_delivered += 1
+            await self._recorded()
+        return event, recorder.events_delivered
+
+    def acknowledge(self, cell_id: str) -> None:
+        """The caller of :meth:`observe_numbered` received the cell's completion: its closing
+        is recorded now (idempotent)."""
+        journal = self._core.journal
+        if journal is not None:
+            journal.release_close(str(cell_id))
+            journal.ended_events.pop(str(cell_id), None)
+
     async def resume(self, cell: PausableCell, generation: int) -> ResumeOutcome:
         """Continue a pausable cell past frontier ``generation`` (docs/sessions.md)."""
         if self._store is None:
@@ -784,7 +850,10 @@ class SessionRuntime(Session):
         if self._store is None:
             return await self._find(cell).terminate()
         await self._gate()
-        event = await self._find(cell).terminate()
+        actor = self._find(cell)
+        event = await actor.terminate()
+        if self._core.journal is not None:
+            self._core.journal.release_close(actor.cell_id)  # recorded before the answer
         await self._recorded()
         return event
 

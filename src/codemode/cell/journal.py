@@ -32,6 +32,10 @@ Journal entry kinds (payloads are JSON):
               not send those again)
 ``completed`` ``{"e": error_text}``: the completion was committed (its writes are in the same
               batch, as stored values)
+``ended``     ``{"n": items}``: the completion was delivered to a caller whose reply may be lost
+              (a cluster's host, ``SessionRuntime.observe_numbered``); the cell's closing is
+              recorded once the caller acknowledges it, and a runtime that recovers the cell
+              first keeps its completion for a retry of that caller (docs/cluster.md)
 """
 
 from __future__ import annotations
@@ -44,7 +48,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from codemode.cell.machine import CellMachine, CommitWrites, DispatchCall, Effect, RejectCall
+from codemode.cell.machine import (
+    CellMachine,
+    CommitWrites,
+    DispatchCall,
+    Effect,
+    Phase,
+    RejectCall,
+)
 from codemode.engine.base import (
     EngineCell,
     EngineLost,
@@ -55,7 +66,7 @@ from codemode.engine.base import (
     ToolResultInput,
 )
 from codemode.errors import CodeModeError, SessionBusy, StoreError
-from codemode.model import CellKind, CreateCellRequest, ToolDefinition, ToolKind
+from codemode.model import CellKind, CreateCellRequest, Pending, ToolDefinition, ToolKind, Yielded
 from codemode.store.base import Batch, CellRecord, Delivery, Entry, JournalEntry, NewCell
 
 if TYPE_CHECKING:
@@ -83,8 +94,10 @@ APPROVE = "approve"
 REJECT = "reject"
 COMPLETED = "completed"
 NOTIFIED = "notified"
+ENDED = "ended"
 
 _GONE_KEPT = 65_536
+_ENDED_KEPT = 4096
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
@@ -162,6 +175,11 @@ class Journal:
         self._gone: dict[str, None] = {}
         self.failed: CodeModeError | None = None
         self.muted = False  # shutting down or stopped: record nothing more
+        # Re-delivery (docs/cluster.md): cells whose closing waits for their caller's
+        # acknowledgement (None: observed, not closed yet; True: closed, its record held), and
+        # the completions of recovered cells whose delivery was recorded (a retry gets them).
+        self._holding: dict[str, bool] = {}
+        self.ended_events: dict[str, tuple[int, Any]] = {}
 
     # ------------------------------------------------------------------ appending
 
@@ -188,8 +206,35 @@ class Journal:
             self._gone[cell_id] = None
             if len(self._gone) > _GONE_KEPT:
                 del self._gone[next(iter(self._gone))]
+            if cell_id in self._holding:
+                self._holding[cell_id] = True  # recorded when let go (release_close)
+                return
             self._closed.append(cell_id)
             self._bump()
+
+    def hold_close(self, cell_id: str) -> None:
+        """Keep the cell's closing from the store until :meth:`release_close` (its terminal
+        event is on its way to a caller that acknowledges it)."""
+        self._holding.setdefault(cell_id, False)
+
+    def release_close(self, cell_id: str) -> None:
+        """Record the closing held for the cell, if it closed meanwhile (idempotent)."""
+        if self._holding.pop(cell_id, False) and not self.muted:
+            self._closed.append(cell_id)
+            self._bump()
+            self.kick()
+
+    def ended(self, cell_id: str, items: int) -> None:
+        """The cell's completion (``items`` items) was delivered; its closing is held."""
+        if not self.muted:
+            self._entries.append(Entry(cell_id, ENDED, {"n": items}))
+            self._bump()
+
+    def kept_completion(self, cell_id: str, count: int, event: Any) -> None:
+        """A recovered cell's delivered completion, kept for a retry of its caller."""
+        self.ended_events[cell_id] = (count, event)
+        while len(self.ended_events) > _ENDED_KEPT:
+            del self.ended_events[next(iter(self.ended_events))]
 
     def values(self, writes: dict[str, str]) -> None:
         """Committed stored values (key -> the value's JSON text)."""
@@ -278,6 +323,7 @@ class RecordedCell:
     notified: int = 0
     paused_at_end: bool = False  # results reached it paused after its last resume
     cut_seq: int | None = None  # the engine command its engine was lost in (0: the run)
+    ended: bool = False  # its completion was delivered (an ``ended`` entry)
 
     @classmethod
     def parse(
@@ -303,6 +349,8 @@ class RecordedCell:
                     cell.arrived[item[1]] = item
             elif entry.kind == NOTIFIED:
                 cell.notified += 1
+            elif entry.kind == ENDED:
+                cell.ended = True
             elif entry.kind == COMPLETED:
                 cell.completed = True
                 cell.completed_error = entry.payload.get("e")
@@ -343,6 +391,12 @@ class CellRecorder:
         self.virtual: set[str] = set()  # recorded calls "at the delegate" during replay
         self.deferred: list[DispatchCall] = []  # unanswered calls, issued after the replay
         self.rejections: dict[str, ToolResultInput] = {}
+        # Re-delivery (docs/cluster.md): how many events were delivered to callers (the
+        # store's count for a recovered cell), and the last one when it can be given again.
+        self.events_delivered = 0
+        if recorded is not None:
+            self.events_delivered = len(recorded.deliveries) + int(recorded.ended)
+        self.last_event: Yielded | None = None
 
     # ------------------------------------------------------------------ recording
 
@@ -413,8 +467,19 @@ class CellRecorder:
             and bool(self.recorded and self.recorded.deliveries)
         )
 
-    def delivered(self, items: int) -> None:
+    def delivered(self, items: int, event: Yielded | Pending | None = None) -> None:
         self.journal.delivery(self.cell_id, items)
+        self.events_delivered += 1
+        self.last_event = event if isinstance(event, Yielded) else None
+
+    def again(self, seen: int | None) -> Yielded | None:
+        """The last delivered event again, for a caller that says it has seen ``seen`` events
+        of this cell, one fewer than were delivered (its reply was lost: its host died after
+        the delivery was recorded). ``None`` otherwise: observe as usual. A pausable cell's
+        frontier is not kept here: observing it again repeats it anyway."""
+        if seen is None or seen != self.events_delivered - 1:
+            return None
+        return self.last_event
 
     def committing(self, machine: CellMachine, effects: list[Effect]) -> list[Effect]:
         """The completion is being committed: record it with its writes, or, when replaying a
@@ -463,6 +528,8 @@ async def replay(actor: CellActor, rec: CellRecorder) -> None:
     rec.replaying = True
     try:
         await _replay_all(actor, rec)
+        if rec.recorded is not None and rec.recorded.ended:
+            await _keep_completion(actor, rec)
     finally:
         rec.replaying = False
         rec.recorded = None  # free the record
@@ -470,6 +537,20 @@ async def replay(actor: CellActor, rec: CellRecorder) -> None:
         rec.rejections.clear()
         rec.virtual.clear()
         rec.replayed.set()
+
+
+async def _keep_completion(actor: CellActor, rec: CellRecorder) -> None:
+    """A recovered cell whose completion had been delivered: take that completion again (the
+    replay reproduced it; the cell closes now) and keep it for a retry of the caller whose
+    reply was lost (docs/cluster.md, re-delivery)."""
+    rec.replaying = False
+    if actor.machine.phase not in (Phase.SETTLING, Phase.COMPLETED):
+        return  # the record said it ended; its replay did not (a divergence already told)
+    try:
+        event = await actor.observe(None)
+    except CodeModeError:
+        return
+    rec.journal.kept_completion(rec.cell_id, rec.events_delivered, event)
 
 
 async def _replay_all(actor: CellActor, rec: CellRecorder) -> None:
@@ -492,6 +573,17 @@ async def _replay_all(actor: CellActor, rec: CellRecorder) -> None:
     finally:
         rec.replaying = False
     machine = actor.machine
+    recorded = rec.recorded
+    if (
+        recorded is not None
+        and recorded.deliveries
+        and actor.kind is CellKind.CONTINUING
+        and rec.events_delivered == len(recorded.deliveries)  # none delivered during replay
+        and len(machine.skipped_tail) == recorded.deliveries[-1]
+    ):
+        # The replay reproduced the last delivered event's items: kept for re-delivery.
+        rec.last_event = Yielded(tuple(machine.skipped_tail))
+    machine.skipped_tail = []
     if machine.takes_results:
         leftover = rec.recorded.arrived if rec.recorded is not None else {}
         for call_id, item in leftover.items():
@@ -557,7 +649,8 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
     assert recorded is not None
     machine = actor.machine
     if actor.kind is CellKind.CONTINUING:
-        machine.restore_delivered(sum(recorded.deliveries), bool(recorded.deliveries))
+        last = recorded.deliveries[-1] if recorded.deliveries else 0
+        machine.restore_delivered(sum(recorded.deliveries), bool(recorded.deliveries), last)
     reads: list[EnvRead] = []
     step = 0
     seen_resumes = 0

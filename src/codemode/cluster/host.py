@@ -176,6 +176,7 @@ class SessionHost:
         self._store: Any = None
         self._sessions: dict[str, _Hosted] = {}
         self._opening: dict[str, asyncio.Task[_Hosted]] = {}
+        self._die_after_delivery: tuple[str, str] | None = None  # a fault drill (drill_...)
         logging.basicConfig(level=os.environ.get("CODEMODE_CLUSTER_LOG", "WARNING"))
 
     # ------------------------------------------------------------------ host-level
@@ -376,11 +377,19 @@ class SessionHost:
         return ok_reply(cell_id)
 
     async def observe(
-        self, session_id: str, cell_id: str, number: int, yield_after: float | None
+        self,
+        session_id: str,
+        cell_id: str,
+        number: int,
+        yield_after: float | None,
+        seen: int | None = None,
     ) -> Reply:
         """Observation ``number`` of a cell: ``wait`` with ``yield_after`` seconds, or
         ``wait_to_pending`` when it is ``None``. The same number again joins that observation
-        (or returns its outcome); an older one is an ``ObservationConflict``."""
+        (or returns its outcome); an older one is an ``ObservationConflict``. ``seen`` is the
+        delivery number of the last event the caller received: a new observation gives the
+        last delivered event again when the caller never received it (its host died after
+        recording the delivery, SessionRuntime.observe_numbered)."""
         hosted = self._hosted(session_id)
         if hosted is None:
             return MOVED
@@ -411,9 +420,7 @@ class SessionHost:
         runtime = hosted.runtime
 
         async def run() -> Any:
-            if yield_after is None:
-                return await runtime.wait_to_pending(runtime.pausable_cell(cell_id))
-            return await runtime.wait(runtime.cell(cell_id), yield_after)
+            return await runtime.observe_numbered(cell_id, yield_after, seen)
 
         observation = _Observation(
             cell_id, number, key, asyncio.get_running_loop().create_task(run())
@@ -433,14 +440,17 @@ class SessionHost:
             return error_reply(exc)
         if exc is not None:
             raise exc
-        event = task.result()
+        event, delivery = task.result()
+        if self._die_after_delivery == (hosted.session_id, observation.cell_id):
+            logger.error("host %s: the fault drill ends this process", self._host_id)
+            os._exit(71)  # the delivery is recorded; its reply never leaves
         held: tuple[ApprovalRequest, ...] = ()
         if isinstance(event, Yielded):
             with contextlib.suppress(CodeModeError):
                 held = hosted.runtime.awaiting_approval(observation.cell_id)
         # The requests issued so far: the caller delivers those to its delegate before it
         # returns the event, as an in-process runtime would have.
-        return ok_reply((event, held, hosted.next_request))
+        return ok_reply((event, held, hosted.next_request, delivery))
 
     async def cancel_observation(self, session_id: str, cell_id: str, number: int) -> None:
         """Stop observation ``number`` (its caller went away): the cell keeps its output."""
@@ -521,6 +531,7 @@ class SessionHost:
         latest = hosted.observations.get(cell_id)
         if latest is not None and latest.number == number and latest.task.done():
             del hosted.observations[cell_id]
+        hosted.runtime.acknowledge(cell_id)  # a completion's closing is recorded now
 
     async def shutdown(self, session_id: str) -> Reply:
         """End the session (every cell terminated, its cells deleted from the store)."""
@@ -551,6 +562,12 @@ class SessionHost:
             await self.suspend(session_id)
         if self._store is not None:
             await self._store.close()
+
+    async def drill_die_after_delivery(self, session_id: str, cell_id: str) -> None:
+        """A fault drill (tests, operators): this host process exits right after the next
+        observation of the cell has recorded its delivery, before its reply is sent: the
+        narrowest window a host failure can hit (docs/cluster.md, re-delivery)."""
+        self._die_after_delivery = (str(session_id), str(cell_id))
 
     async def ping(self) -> str:
         return self._host_id
