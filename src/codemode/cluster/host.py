@@ -237,6 +237,7 @@ class SessionHost:
                 hosted = await asyncio.shield(task)
             if hosted.caller != caller:
                 hosted.caller = caller
+                hosted.attach = -1  # the new caller numbers its call streams from 1 again
                 for observation in hosted.observations.values():
                     if not observation.cancelled:
                         observation.cancelled = True
