@@ -802,7 +802,7 @@ class SessionRuntime(Session):
                 assert actor.recorder is not None
                 return again, actor.recorder.events_delivered
         recorder = actor.recorder
-        journal.hold_close(cell_id)
+        held = journal.hold_close(cell_id)
         event: Yielded | Completed | Terminated | Pending | None = None
         try:
             if yield_after is None:
@@ -810,15 +810,18 @@ class SessionRuntime(Session):
             else:
                 event = await self.wait(Cell(cell_id, self._core.cells.owner), yield_after)
         finally:
-            if not isinstance(event, Completed):
+            if held and not isinstance(event, Completed):
                 journal.release_close(cell_id)
         assert event is not None
         if recorder is None:
             return event, None
         if isinstance(event, Completed):
-            journal.ended(cell_id, len(event.items))
             recorder.events_delivered += 1
-            await self._recorded()
+            if held and journal.holds_close(cell_id):
+                journal.ended(cell_id, len(event.items))
+                await self._recorded()
+            elif held:
+                journal.release_close(cell_id)
         return event, recorder.events_delivered
 
     def acknowledge(self, cell_id: str) -> None:

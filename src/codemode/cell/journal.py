@@ -212,10 +212,17 @@ class Journal:
             self._closed.append(cell_id)
             self._bump()
 
-    def hold_close(self, cell_id: str) -> None:
+    def hold_close(self, cell_id: str) -> bool:
         """Keep the cell's closing from the store until :meth:`release_close` (its terminal
-        event is on its way to a caller that acknowledges it)."""
-        self._holding.setdefault(cell_id, False)
+        event is on its way to a caller that acknowledges it); False if it is held already."""
+        if cell_id in self._holding or cell_id in self._gone or self.muted:
+            return False
+        self._holding[cell_id] = False
+        return True
+
+    def holds_close(self, cell_id: str) -> bool:
+        """Whether the cell closed and its closing is held."""
+        return self._holding.get(cell_id, False)
 
     def release_close(self, cell_id: str) -> None:
         """Record the closing held for the cell, if it closed meanwhile (idempotent)."""

@@ -8,9 +8,12 @@ from here to the client as ``tool/invoke``, exactly as for in-process sessions. 
 language reaches cluster sessions with the protocol it already speaks (docs/scaling.md).
 
 A ``session/open`` may ask for limits up to the server's ceilings (the limit flags), as with
-in-process sessions; the host applies them. Stopping the server shuts its
-connections' sessions down, then leaves the cluster (its host actors keep running for other
-front doors; ``SessionCluster.close`` stops nothing it did not start).
+in-process sessions; the host applies them. The sessions live in the store (:attr:`store`), so
+the server serves them as ``serve --store`` serves its durable sessions: a connection that ends
+suspends its sessions, and ``session/open`` with a ``sessionId`` reopens one (from another
+connection, or another server process on the same cluster and store). Stopping the server
+suspends its connections' sessions, then leaves the cluster (its host actors keep running for
+other front doors; ``SessionCluster.close`` stops nothing it did not start).
 """
 
 from __future__ import annotations
