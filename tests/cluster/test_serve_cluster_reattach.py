@@ -26,6 +26,7 @@ from codemode import (
     Pending,
     RemoteSession,
     ResumeOutcome,
+    SessionBusy,
     SessionLost,
     TextItem,
     ToolDefinition,
@@ -160,6 +161,9 @@ async def test_a_client_reattaches_after_its_connection_dropped(
         assert session.is_durable is True
         session_id = session.session_id
         cell, paused = await start_cells(session, first)
+        # While its connection lives, the session is that connection's.
+        with pytest.raises(SessionBusy):
+            await RemoteSession.connect(server.url, Gate(), session_id=session_id)
         # The connection drops (no session/shutdown, no clean close): the server suspends
         # the session on the cluster, its cells stay in the store.
         endpoint = session._endpoint

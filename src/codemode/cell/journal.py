@@ -218,6 +218,8 @@ class Journal:
         if cell_id in self._holding or cell_id in self._gone or self.muted:
             return False
         self._holding[cell_id] = False
+        if len(self._holding) > _GONE_KEPT:  # callers that never acknowledged: record them
+            self.release_close(next(iter(self._holding)))
         return True
 
     def holds_close(self, cell_id: str) -> bool:
