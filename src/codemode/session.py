@@ -420,12 +420,27 @@ class SessionRuntime(Session):
             core.journal.closed(record.cell_id)
             return None
         recorder = CellRecorder(core.journal, record.cell_id, kind, recorded=cell, reopen=reopen)
+        self._start_actor(record.cell_id, kind, engine_cell, tools, request.tool_call_id, recorder)
+        return recorder
+
+    def _start_actor(
+        self,
+        cell_id: str,
+        kind: CellKind,
+        engine_cell: Any,
+        tools: tuple[ToolDefinition, ...],
+        tool_call_id: str,
+        recorder: CellRecorder | None,
+    ) -> CellActor:
+        """Register a cell whose engine cell is open and start driving it: the one place both
+        an admission and a recovery (whose ``recorder`` replays the record first) go through."""
+        core = self._core
         actor = CellActor(
-            record.cell_id,
+            cell_id,
             kind,
             engine_cell,
             tools,
-            request.tool_call_id,
+            tool_call_id,
             core,
             max_result_bytes=core.limits.max_heap_bytes,
             max_parallel_calls=core.limits.max_parallel_tool_calls,
@@ -433,7 +448,7 @@ class SessionRuntime(Session):
         )
         core.cells.add(actor)
         actor.start()
-        return recorder
+        return actor
 
     async def suspend(self) -> None:
         """Stop the cells running here without ending them and release the lease: the next
@@ -652,19 +667,7 @@ class SessionRuntime(Session):
             recorder = await self._record_admission(
                 engine_cell, cell_id, kind, request, stored, key, fingerprint
             )
-        actor = CellActor(
-            cell_id,
-            kind,
-            engine_cell,
-            tools,
-            request.tool_call_id,
-            core,
-            max_result_bytes=core.limits.max_heap_bytes,
-            max_parallel_calls=core.limits.max_parallel_tool_calls,
-            recorder=recorder,
-        )
-        core.cells.add(actor)
-        actor.start()
+        self._start_actor(cell_id, kind, engine_cell, tools, request.tool_call_id, recorder)
         logger.debug("admitted %s cell %s", kind, cell_id)
         return cell_id
 
