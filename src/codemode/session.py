@@ -35,6 +35,7 @@ from codemode.errors import (
     IdempotencyConflict,
     SessionBusy,
     ShuttingDown,
+    StoreError,
     WrongCellKind,
 )
 from codemode.model import (
@@ -161,6 +162,7 @@ class _SessionCore:
         self.journal: Journal | None = None
         self.keeper: LeaseKeeper | None = None
         self.lost = False  # the lease was lost: every call raises SessionBusy
+        self.failed: StoreError | None = None  # the store failed: every call raises it
         self.ending = asyncio.Event()  # shutdown or suspend began: open stops waiting
 
     # CellHost
@@ -209,7 +211,28 @@ class _SessionCore:
             self.keeper.cancel()
         if self.journal is not None:
             self.journal.muted = True
-        self.halt_cells(SessionBusy(self.session_id))
+        if self.failed is None:  # else they stopped already, and stay known (store_failed)
+            self.halt_cells(SessionBusy(self.session_id))
+
+    def store_failed(self, error: StoreError) -> None:
+        """The store refused a write of the journal (docs/durability.md, "When the store
+        fails"): nothing more can be recorded, so no cell can go on here. Every cell stops
+        without an outcome, as at a suspend (its JavaScript stops, its delegate calls are
+        cancelled, observers waiting on it get ``error``), and every later call on the session
+        raises ``error``; the cells stay open in the store, and a later ``open`` recovers them
+        from their last recorded step. The cells stay known here (``is_live``), never
+        ``MissingCell``: they are not closed."""
+        if self.failed is not None or self.lost:
+            return
+        logger.error(
+            "session %s: the store failed (%s); its cells stop here", self.session_id, error
+        )
+        self.failed = error
+        if self.journal is not None:
+            self.journal.muted = True
+        for actor in self.cells.entries():
+            with _suppress_all():
+                actor.halt(error)
 
     def halt_cells(self, error: BaseException) -> None:
         for actor in self.cells.entries():
@@ -341,7 +364,7 @@ class SessionRuntime(Session):
         keeper.granted(sent, opened.lease)
         keeper.start()
         core.keeper = keeper
-        core.journal = Journal(store, sid, owner, keeper, core.lease_lost)
+        core.journal = Journal(store, sid, owner, keeper, core.lease_lost, core.store_failed)
         try:
             if not opened.created:
                 recorded = opened.session.limits
@@ -479,17 +502,23 @@ class SessionRuntime(Session):
         self._finalizer.detach()
 
     async def _gate(self) -> None:
-        """Durable sessions: open first; after a lost lease every call raises SessionBusy."""
+        """Durable sessions: open first; after a failed store write every call raises its
+        ``StoreError``, after a lost lease ``SessionBusy`` (whichever came first)."""
         if not self._opened:
             await self.open()
-        if self._core.lost:
-            raise SessionBusy(self._core.session_id)
+        self._broken()
 
     def _gate_sync(self) -> None:
         if not self._opened:
             raise RuntimeError("open the session first")
-        if self._core.lost:
-            raise SessionBusy(self._core.session_id)
+        self._broken()
+
+    def _broken(self) -> None:
+        core = self._core
+        if core.failed is not None:
+            raise core.failed
+        if core.lost:
+            raise SessionBusy(core.session_id)
 
     async def _replayed(
         self, cell: Cell | PausableCell | str, expected: CellKind | None

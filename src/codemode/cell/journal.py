@@ -131,7 +131,8 @@ class Journal:
     Appending is synchronous and never fails; :meth:`flush` makes everything appended so far
     durable in one batch and raises ``SessionBusy`` (the lease is lost) or ``StoreError``. The
     write runs in a task of its own, so a cancelled flusher never leaves half a batch behind.
-    After a failure the journal is broken: every later flush raises the same error.
+    After a failure the journal is broken: every later flush raises the same error (and
+    ``on_failed`` is called once with a ``StoreError``, so the session stops its cells).
     """
 
     def __init__(
@@ -141,12 +142,14 @@ class Journal:
         owner: str,
         keeper: LeaseKeeper,
         on_lost: Callable[[], None],
+        on_failed: Callable[[StoreError], None] | None = None,
     ) -> None:
         self.store = store
         self.session_id = session_id
         self.owner = owner
         self._keeper = keeper
         self._on_lost = on_lost
+        self._on_failed = on_failed  # called once, when a write fails with StoreError
         self._loop = asyncio.get_running_loop()
         self._cells: list[NewCell] = []
         self._entries: list[Entry] = []
@@ -258,6 +261,9 @@ class Journal:
             self.failed = StoreError(f"writing the journal failed: {exc}")
         finally:
             self._task = None
+        if isinstance(self.failed, StoreError) and self._on_failed is not None:
+            on_failed, self._on_failed = self._on_failed, None
+            on_failed(self.failed)
 
 
 # ---------------------------------------------------------------------------- one cell
