@@ -163,7 +163,6 @@ class _SessionCore:
         self.keeper: LeaseKeeper | None = None
         self.lost = False  # the lease was lost: every call raises SessionBusy
         self.failed: StoreError | None = None  # the store failed: every call raises it
-        self.ending = asyncio.Event()  # shutdown or suspend began: open stops waiting
 
     # CellHost
     def commit_writes(self, writes: dict[str, Any]) -> None:
@@ -329,10 +328,12 @@ class SessionRuntime(Session):
     # ------------------------------------------------------------------ durability
 
     async def open(self) -> SessionRuntime:
-        """Load the session from its store, or create it there, and take its lease; recover
-        every cell that had not closed (by replay) before returning. Idempotent; a no-op
-        without a store. Raises ``SessionBusy`` when another live runtime holds the session,
-        ``StoreError`` when the store cannot serve it."""
+        """Load the session from its store, or create it there, and take its lease; re-admit
+        every cell that had not closed before returning (each then replays its record in the
+        background, under its own limits; an operation on a cell waits for that cell's replay,
+        a ``wait`` at most its budget). Idempotent; a no-op without a store. Raises
+        ``SessionBusy`` when another live runtime holds the session, ``StoreError`` when the
+        store cannot serve it."""
         if self._opened:
             return self
         core = self._core
@@ -378,23 +379,14 @@ class SessionRuntime(Session):
                     kind, _, digest = (key.fingerprint or "").partition(":")
                     if kind in (CellKind.CONTINUING.value, CellKind.PAUSABLE.value):
                         core.keys[key.key] = _KeyRecord(key.cell_id, CellKind(kind), digest)
-                # Each recovered cell replays in its own task, all at once; open returns when
-                # every replay is over (a cell whose recorded JavaScript spins holds it up to
-                # its max_cpu_seconds), or when a shutdown or suspend begins (which stops them).
-                recovering = []
+                # Each recovered cell replays in its own task, under its own limits; open
+                # returns once every cell is re-admitted, without waiting for the replays (a
+                # cell whose recorded JavaScript spins holds up no one but its own callers:
+                # each operation on a cell waits for that cell's replay, docs/durability.md).
                 for record in await store.list_cells(sid, state="open"):
                     entries = await store.read_journal(sid, record.cell_id)
                     deliveries = await store.deliveries(sid, record.cell_id)
-                    recorder = await self._recover(RecordedCell.parse(record, entries, deliveries))
-                    if recorder is not None:
-                        recovering.append(recorder.replayed.wait())
-                replays: asyncio.Future[Any] = asyncio.gather(*recovering)
-                ending: asyncio.Future[Any] = core.loop.create_task(core.ending.wait())
-                try:
-                    await asyncio.wait({replays, ending}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    ending.cancel()
-                    replays.cancel()
+                    await self._recover(RecordedCell.parse(record, entries, deliveries))
                 await core.journal.flush()
         except BaseException:
             core.halt_cells(ShuttingDown())
@@ -481,7 +473,6 @@ class SessionRuntime(Session):
             raise RuntimeError("suspend needs a durable session (a store)")
         core = self._core
         core.alive = False
-        core.ending.set()
         if self._open_task is not None and not self._opened:
             with _suppress_all():
                 await asyncio.shield(self._open_task)
@@ -768,12 +759,26 @@ class SessionRuntime(Session):
 
     async def wait(self, cell: Cell, yield_after: float) -> CellEvent:
         """Observe a continuing cell for up to ``yield_after`` seconds (docs/sessions.md)."""
+        budget = float(yield_after)
         if self._store is not None:
-            # A recovered continuing cell may be observed during its replay: what it delivers
-            # then is output the replay produced past what had been delivered before.
             await self._gate()
-        actor = self._actor(cell, CellKind.CONTINUING)
-        event = await actor.observe(float(yield_after))
+            actor = self._actor(cell, CellKind.CONTINUING)
+            recorder = actor.recorder
+            if recorder is not None and not recorder.replayed.is_set():
+                # A recovered cell still replaying has nothing new to deliver: wait for the
+                # replay within the budget, else yield empty-handed (the cell runs on).
+                started = time.monotonic()
+                try:
+                    await asyncio.wait_for(asyncio.shield(recorder.replayed.wait()), budget)
+                except TimeoutError:
+                    self._gate_sync()
+                    return Yielded(())
+                await self._gate()
+                actor = self._actor(cell, CellKind.CONTINUING)
+                budget = max(budget - (time.monotonic() - started), 0.0)
+        else:
+            actor = self._actor(cell, CellKind.CONTINUING)
+        event = await actor.observe(budget)
         assert isinstance(event, Yielded | Completed | Terminated)
         if actor.recorder is not None:
             await self._delivered(actor, event, True)
@@ -828,9 +833,13 @@ class SessionRuntime(Session):
         Raises ``ForeignHandle`` or ``MissingCell`` (unknown or closed cell). See
         ``docs/approvals.md``.
         """
-        if self._store is not None:
-            self._gate_sync()
-        return self._find(cell).awaiting_approval()
+        if self._store is None:
+            return self._find(cell).awaiting_approval()
+        self._gate_sync()
+        actor = self._find(cell)
+        if actor.recorder is not None and not actor.recorder.replayed.is_set():
+            return ()  # replaying: its held calls are known once the replay is over
+        return actor.awaiting_approval()
 
     async def approve(self, cell: Cell | PausableCell | str, call_id: str) -> None:
         """Let the held call ``call_id`` reach the delegate; it is an ordinary call from now on
@@ -873,7 +882,6 @@ class SessionRuntime(Session):
         calls
         share one cleanup, which goes on even if a caller is cancelled."""
         if self._store is not None and not self._opened and self._core.alive:
-            self._core.ending.set()  # an open stops waiting for replays: they are ended
             with _suppress_all():
                 await self.open()  # ending a session ends its recorded cells too
         core = self._core
