@@ -23,6 +23,9 @@ Journal entry kinds (payloads are JSON):
               result is ``["r", call_id, ok, value_json_or_message, tool_name, input_digest]``,
               a timer firing ``["t", timer_id]``
 ``reads``     ``{"r": [[source, value, count], ...]}``: the environment reads of the step before
+``timers``    ``{"t": [[timer_id, due], ...]}``: the timers the step before set, each with the
+              wall-clock time (Unix seconds) it is due at: a timer still pending when the cell
+              is recovered fires then (at once if that time has passed), not a whole delay later
 ``arrived``   ``{"i": [input]}``: a tool result that reached a *paused* cell (consumed by a
               later step once resumed; recorded at once, so a restart in between keeps it)
 ``resume``    ``{"g": generation, "seen": bool}``: a pausable cell resumed past a frontier
@@ -38,8 +41,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -52,6 +57,7 @@ from codemode.engine.base import (
     StepInput,
     StepReport,
     TimerFired,
+    TimerSet,
     ToolResultInput,
 )
 from codemode.errors import CodeModeError, SessionBusy, StoreError
@@ -77,6 +83,7 @@ logger = logging.getLogger("codemode.journal")
 
 STEP = "step"
 READS = "reads"
+TIMERS = "timers"
 ARRIVED = "arrived"
 RESUME = "resume"
 APPROVE = "approve"
@@ -284,6 +291,7 @@ class RecordedCell:
     notified: int = 0
     paused_at_end: bool = False  # results reached it paused after its last resume
     cut_seq: int | None = None  # the engine command its engine was lost in (0: the run)
+    timers: dict[int, float] = field(default_factory=dict)  # timer id -> due (wall clock)
 
     @classmethod
     def parse(
@@ -309,6 +317,9 @@ class RecordedCell:
                     cell.arrived[item[1]] = item
             elif entry.kind == NOTIFIED:
                 cell.notified += 1
+            elif entry.kind == TIMERS:
+                for timer_id, due in entry.payload["t"]:
+                    cell.timers[int(timer_id)] = float(due)
             elif entry.kind == COMPLETED:
                 cell.completed = True
                 cell.completed_error = entry.payload.get("e")
@@ -384,10 +395,19 @@ class CellRecorder:
         self.journal.kick()
 
     async def step_finished(self, report: StepReport) -> None:
-        """Record a step's environment reads, and wait until the step is recorded."""
+        """Record a step's environment reads and the due times of the timers it set, and wait
+        until the step is recorded."""
         if report.reads:
             reads = [[r.source, r.value, r.count] for r in report.reads]
             self.journal.entry(self.cell_id, READS, {"r": reads})
+        timers = None
+        for event in report.events:
+            if isinstance(event, TimerSet):
+                if timers is None:
+                    timers, now = [], time.time()
+                timers.append([event.timer_id, round(now + event.delay, 3)])
+        if timers is not None:
+            self.journal.entry(self.cell_id, TIMERS, {"t": timers})
         await self.journal.flush()
 
     def resumed(self, generation: int, seen: bool) -> None:
@@ -514,6 +534,21 @@ async def _replay_all(actor: CellActor, rec: CellRecorder) -> None:
             actor._apply((effect,))
         for result in rec.rejections.values():
             actor._ready.append(result)
+        if rec.recorded is not None and rec.recorded.timers and actor._timers:
+            _timers_at_recorded_times(actor, rec.recorded.timers)
+
+
+def _timers_at_recorded_times(actor: CellActor, recorded: dict[int, float]) -> None:
+    """The timers still pending after a replay were set again by it, each its whole delay from
+    now: make each due at the wall-clock time it was recorded with instead (at once if that
+    time has passed), so a recovery does not postpone a timer by the time the cell was down."""
+    wall, mono = time.time(), time.monotonic()
+    for timer_id in actor._timers:
+        due = recorded.get(timer_id)
+        if due is not None:
+            actor._timers[timer_id] = mono + max(due - wall, 0.0)
+    actor._timer_heap = [(due, timer_id) for timer_id, due in actor._timers.items()]
+    heapq.heapify(actor._timer_heap)
 
 
 async def _fresh_start(actor: CellActor, rec: CellRecorder) -> None:
