@@ -133,6 +133,10 @@ def tools_delegate(
     return _FunctionDelegate(tools, notify)
 
 
+# How long ``open`` waits for the replays of a reopened session's cells (docs/durability.md):
+# replays still going on then (a cell that spins) continue in the background.
+REPLAY_GRACE = 2.0
+
 # A stored-values map with more keys than this has its JSON joined on a worker thread.
 _THREAD_SNAPSHOT_KEYS = 10_000
 
@@ -163,6 +167,7 @@ class _SessionCore:
         self.keeper: LeaseKeeper | None = None
         self.lost = False  # the lease was lost: every call raises SessionBusy
         self.failed: StoreError | None = None  # the store failed: every call raises it
+        self.ending = asyncio.Event()  # shutdown or suspend began: open stops waiting
 
     # CellHost
     def commit_writes(self, writes: dict[str, Any]) -> None:
@@ -329,11 +334,12 @@ class SessionRuntime(Session):
 
     async def open(self) -> SessionRuntime:
         """Load the session from its store, or create it there, and take its lease; re-admit
-        every cell that had not closed before returning (each then replays its record in the
-        background, under its own limits; an operation on a cell waits for that cell's replay,
-        a ``wait`` at most its budget). Idempotent; a no-op without a store. Raises
-        ``SessionBusy`` when another live runtime holds the session, ``StoreError`` when the
-        store cannot serve it."""
+        every cell that had not closed and return once their replays are over, or at the
+        latest ``REPLAY_GRACE`` seconds after (a replay still going on then, such as a cell
+        that spins, goes on in the background under the cell's own limits; an operation on
+        that cell waits for its replay, a ``wait`` at most its budget). Idempotent; a no-op
+        without a store. Raises ``SessionBusy`` when another live runtime holds the session,
+        ``StoreError`` when the store cannot serve it."""
         if self._opened:
             return self
         core = self._core
@@ -379,14 +385,30 @@ class SessionRuntime(Session):
                     kind, _, digest = (key.fingerprint or "").partition(":")
                     if kind in (CellKind.CONTINUING.value, CellKind.PAUSABLE.value):
                         core.keys[key.key] = _KeyRecord(key.cell_id, CellKind(kind), digest)
-                # Each recovered cell replays in its own task, under its own limits; open
-                # returns once every cell is re-admitted, without waiting for the replays (a
-                # cell whose recorded JavaScript spins holds up no one but its own callers:
-                # each operation on a cell waits for that cell's replay, docs/durability.md).
+                # Each recovered cell replays in its own task, under its own limits. open
+                # returns once every cell is re-admitted and every replay is over, or at the
+                # latest REPLAY_GRACE seconds later (or when a shutdown or suspend begins): a
+                # cell whose recorded JavaScript spins holds up no one but its own callers, as
+                # each operation on a cell waits for that cell's replay (docs/durability.md).
+                recovering = []
                 for record in await store.list_cells(sid, state="open"):
                     entries = await store.read_journal(sid, record.cell_id)
                     deliveries = await store.deliveries(sid, record.cell_id)
-                    await self._recover(RecordedCell.parse(record, entries, deliveries))
+                    recorder = await self._recover(RecordedCell.parse(record, entries, deliveries))
+                    if recorder is not None:
+                        recovering.append(recorder.replayed.wait())
+                if recovering:
+                    replays: asyncio.Future[Any] = asyncio.gather(*recovering)
+                    ending: asyncio.Future[Any] = core.loop.create_task(core.ending.wait())
+                    try:
+                        await asyncio.wait(
+                            {replays, ending},
+                            timeout=REPLAY_GRACE,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                    finally:
+                        ending.cancel()
+                        replays.cancel()
                 await core.journal.flush()
         except BaseException:
             core.halt_cells(ShuttingDown())
@@ -473,6 +495,7 @@ class SessionRuntime(Session):
             raise RuntimeError("suspend needs a durable session (a store)")
         core = self._core
         core.alive = False
+        core.ending.set()
         if self._open_task is not None and not self._opened:
             with _suppress_all():
                 await asyncio.shield(self._open_task)
@@ -882,6 +905,7 @@ class SessionRuntime(Session):
         calls
         share one cleanup, which goes on even if a caller is cancelled."""
         if self._store is not None and not self._opened and self._core.alive:
+            self._core.ending.set()  # an open stops waiting for replays: they are ended
             with _suppress_all():
                 await self.open()  # ending a session ends its recorded cells too
         core = self._core

@@ -1,7 +1,8 @@
-"""``open`` returns once every recovered cell is re-admitted, without waiting for the replays
-(docs/durability.md, "Replay"): a cell whose recorded JavaScript spins holds up no one but its
-own callers, each operation on a cell waits for that cell's replay (a ``wait`` at most its
-budget), and the replay goes on under the cell's own limits."""
+"""``open`` returns once every recovered cell is re-admitted and its replay is over, or at the
+latest ``REPLAY_GRACE`` seconds after (docs/durability.md, "Replay"): a cell whose recorded
+JavaScript spins holds up no one but its own callers, each operation on a cell waits for that
+cell's replay (a ``wait`` at most its budget), and the replay goes on under the cell's own
+limits."""
 
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ async def test_open_returns_while_a_recovered_cell_spins_and_the_others_are_serv
     second = RecordingDelegate()
     second.release()
     rt2 = runtimes.make(second, sid)
-    await asyncio.wait_for(rt2.open(), HANG)  # the spinner's replay spins for up to 100 s
+    # The spinner's replay spins for up to 100 s; open waits for it REPLAY_GRACE seconds.
+    await asyncio.wait_for(rt2.open(), HANG)
     spinner = rt2.cell(spinner_id)
     paused = rt2.pausable_cell(paused_id)
 

@@ -675,6 +675,13 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
             f"step {step}: the cell read its environment {len(reads)} times, "
             f"the record has {len(recorded.reads)}"
         )
+    if len(reads) > len(recorded.reads):
+        # The record ends inside a step whose reads were never written (its process stopped
+        # first): the replay read live values there. Record them before any effect of that
+        # step is carried out (its calls are issued after the replay), as a step does.
+        extra = [[r.source, r.value, r.count] for r in reads[len(recorded.reads) :]]
+        rec.journal.entry(rec.cell_id, READS, {"r": extra})
+        await rec.journal.flush()
     machine = actor.machine
     if recorded.completed and machine.takes_results:
         # Its engine was lost between two commands (7.6): it completes so again.
