@@ -5,6 +5,7 @@ server process once the first one, which held the session, is killed with SIGKIL
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import quote
@@ -30,6 +31,14 @@ from codemode.cli_common import is_postgres_dsn, open_store
 from codemode.store import PostgresStore, SqliteStore
 
 LEASE = "2"  # seconds: a killed server's sessions are busy until its lease runs out
+RUN = [sys.executable, "-m", "codemode", "run"]
+YIELDED = "--- yielded ---"
+RUN_SOURCE = """
+text("first");
+yield_control();
+const r = await tools.sleep({ms: 1500});
+text("second " + r.slept);
+"""
 
 
 def url_dsn(server: PostgresServer) -> str:
@@ -144,3 +153,29 @@ async def test_serve_with_an_unreachable_postgres_store_fails_at_its_start() -> 
         await served.stop()
     stderr = "".join(served.stderr)
     assert "codemode serve: cannot start: the PostgreSQL store is unreachable" in stderr, stderr
+
+
+def test_a_killed_run_is_recovered_from_a_postgres_store(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """``codemode run --store DSN --session ID FILE``: the run killed mid-cell is recovered by the
+    same command (in another process, as on another machine), which prints only the rest."""
+    cell = tmp_path / "cell.js"
+    cell.write_text(RUN_SOURCE)
+    session = "p4v9q0m2x7d1r8tz"
+    args = ["--store", url_dsn(postgres_server), "--session", session, "--lease-seconds", "1"]
+    args += ["--yield-after", "0.05", str(cell)]
+    first = subprocess.Popen([*RUN, *args], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout is not None
+        assert first.stdout.readline() == "first\n"
+        assert first.stdout.readline() == YIELDED + "\n"
+    finally:
+        first.kill()  # while tools.sleep runs: the call is issued, not answered
+        first.wait()
+    second = subprocess.run([*RUN, *args], capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert [line for line in second.stdout.splitlines() if line != YIELDED] == ["second 1500"]
+    third = subprocess.run([*RUN, *args], capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0, third.stderr
+    assert "already ran to its end in session " + session in third.stderr
