@@ -277,6 +277,25 @@ class _SessionCore:
             self.engine.close()
 
 
+async def _replay_over(actor: CellActor, bound: float | None) -> bool:
+    """Wait (at most ``bound`` seconds, None: no bound) until a recovered cell's replay is over
+    or the cell stopped; False if the time ran out. True at once for a cell that is not
+    replaying."""
+    recorder = actor.recorder
+    if recorder is None or recorder.replayed.is_set():
+        return True
+    waits = {
+        asyncio.ensure_future(recorder.replayed.wait()),
+        asyncio.ensure_future(actor.wait_closed()),
+    }
+    try:
+        done, _ = await asyncio.wait(waits, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits:
+            waiter.cancel()
+    return bool(done)
+
+
 class _suppress_all:
     def __enter__(self) -> None:
         return None
@@ -541,7 +560,7 @@ class SessionRuntime(Session):
         actor = self._core.cells.resolve(cell, expected)
         recorder = actor.recorder
         if recorder is not None and not recorder.replayed.is_set():
-            await recorder.replayed.wait()
+            await _replay_over(actor, None)
             await self._gate()
             actor = self._core.cells.resolve(cell, expected)
         return actor
@@ -786,14 +805,11 @@ class SessionRuntime(Session):
         if self._store is not None:
             await self._gate()
             actor = self._actor(cell, CellKind.CONTINUING)
-            recorder = actor.recorder
-            if recorder is not None and not recorder.replayed.is_set():
+            if actor.recorder is not None and not actor.recorder.replayed.is_set():
                 # A recovered cell still replaying has nothing new to deliver: wait for the
                 # replay within the budget, else yield empty-handed (the cell runs on).
                 started = time.monotonic()
-                try:
-                    await asyncio.wait_for(asyncio.shield(recorder.replayed.wait()), budget)
-                except TimeoutError:
+                if not await _replay_over(actor, budget):
                     self._gate_sync()
                     return Yielded(())
                 await self._gate()
@@ -844,7 +860,12 @@ class SessionRuntime(Session):
         if self._store is None:
             return await self._find(cell).terminate()
         await self._gate()
-        event = await self._find(cell).terminate()
+        actor = self._find(cell)
+        if actor.kind is CellKind.PAUSABLE:
+            # Which of a recovered pausable cell's items were delivered is known once its replay
+            # passed its delivered frontiers: the replay first, so none is delivered twice.
+            actor = await self._replayed(cell, None)
+        event = await actor.terminate()
         await self._recorded()
         return event
 

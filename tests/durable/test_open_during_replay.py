@@ -110,3 +110,30 @@ async def test_a_replay_goes_on_under_the_cells_own_cpu_limit(runtimes: Runtimes
     assert event == Completed((), limit_error_text(limits, "max_cpu_seconds")), event
     assert rt2.is_live(paused_id)
     await rt2.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_terminate_of_a_replaying_pausable_cell_delivers_nothing_twice(
+    runtimes: Runtimes,
+) -> None:
+    """A recovered pausable cell's delivered items are known once its replay passed its
+    delivered frontiers, so ``terminate`` waits for the replay (here until the spinning cell's
+    CPU limit ends it) and answers with only what was never delivered."""
+    limits = CellLimits(max_cpu_seconds=3.0)
+    first = RecordingDelegate()
+    first.release()
+    rt = runtimes.make(first, limits=limits)
+    cell = await rt.create_pausable_cell(
+        request('text("p0"); await tools.echo({}); text("p1"); while (true) {}')
+    )
+    frontier = await rt.wait_to_pending(cell)
+    assert isinstance(frontier, Pending) and texts(frontier.frontier.items) == ["p0"]
+    await rt.resume(cell, 1)
+    await first.wait_calls(1)
+    await rt.suspend()  # spinning, "p1" produced in the spinning step: never delivered
+    rt2 = runtimes.make(RecordingDelegate(), rt.session_id)
+    await asyncio.wait_for(rt2.open(), HANG)
+    event = await asyncio.wait_for(rt2.terminate(rt2.pausable_cell(cell.cell_id)), HANG)
+    assert "p0" not in texts(event.items), event
+    assert event == Completed((TextItem("p1"),), limit_error_text(limits, "max_cpu_seconds"))
+    await rt2.shutdown()
