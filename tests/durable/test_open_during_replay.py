@@ -117,8 +117,8 @@ async def test_terminate_of_a_replaying_pausable_cell_delivers_nothing_twice(
     runtimes: Runtimes,
 ) -> None:
     """A recovered pausable cell's delivered items are known once its replay passed its
-    delivered frontiers, so ``terminate`` waits for the replay (here until the spinning cell's
-    CPU limit ends it) and answers with only what was never delivered."""
+    delivered frontiers, so ``terminate`` waits for the replay (at the latest until the
+    spinning cell's CPU limit ends it) and answers with only what was never delivered."""
     limits = CellLimits(max_cpu_seconds=3.0)
     first = RecordingDelegate()
     first.release()
@@ -134,6 +134,9 @@ async def test_terminate_of_a_replaying_pausable_cell_delivers_nothing_twice(
     rt2 = runtimes.make(RecordingDelegate(), rt.session_id)
     await asyncio.wait_for(rt2.open(), HANG)
     event = await asyncio.wait_for(rt2.terminate(rt2.pausable_cell(cell.cell_id)), HANG)
-    assert "p0" not in texts(event.items), event
-    assert event == Completed((TextItem("p1"),), limit_error_text(limits, "max_cpu_seconds"))
+    # Terminated, or ended by its CPU limit first (where the replay stops): "p1" once, no "p0".
+    assert texts(event.items) == ["p1"], event
+    assert isinstance(event, Terminated) or event == Completed(
+        (TextItem("p1"),), limit_error_text(limits, "max_cpu_seconds")
+    ), event
     await rt2.shutdown()

@@ -228,6 +228,7 @@ class Journal:
         target = self._appended
         while self._durable < target:
             if self.failed is not None:
+                self._tell_failed()  # (whichever path the failed write took)
                 raise self.failed
             task = self._task
             if task is None:
@@ -268,6 +269,10 @@ class Journal:
             self.failed = StoreError(f"writing the journal failed: {exc}")
         finally:
             self._task = None
+        self._tell_failed()
+
+    def _tell_failed(self) -> None:
+        """After a write failed with ``StoreError``: call ``on_failed`` (once)."""
         if isinstance(self.failed, StoreError) and self._on_failed is not None:
             on_failed, self._on_failed = self._on_failed, None
             on_failed(self.failed)
