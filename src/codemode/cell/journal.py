@@ -23,6 +23,9 @@ Journal entry kinds (payloads are JSON):
               result is ``["r", call_id, ok, value_json_or_message, tool_name, input_digest]``,
               a timer firing ``["t", timer_id]``
 ``reads``     ``{"r": [[source, value, count], ...]}``: the environment reads of the step before
+``timers``    ``{"t": [[timer_id, due], ...]}``: the timers the step before set, each with the
+              wall-clock time (Unix seconds) it is due at: a timer still pending when the cell
+              is recovered fires then (at once if that time has passed), not a whole delay later
 ``arrived``   ``{"i": [input]}``: a tool result that reached a *paused* cell (consumed by a
               later step once resumed; recorded at once, so a restart in between keeps it)
 ``resume``    ``{"g": generation, "seen": bool}``: a pausable cell resumed past a frontier
@@ -42,8 +45,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -63,6 +68,7 @@ from codemode.engine.base import (
     StepInput,
     StepReport,
     TimerFired,
+    TimerSet,
     ToolResultInput,
 )
 from codemode.errors import CodeModeError, SessionBusy, StoreError
@@ -88,6 +94,7 @@ logger = logging.getLogger("codemode.journal")
 
 STEP = "step"
 READS = "reads"
+TIMERS = "timers"
 ARRIVED = "arrived"
 RESUME = "resume"
 APPROVE = "approve"
@@ -144,7 +151,8 @@ class Journal:
     Appending is synchronous and never fails; :meth:`flush` makes everything appended so far
     durable in one batch and raises ``SessionBusy`` (the lease is lost) or ``StoreError``. The
     write runs in a task of its own, so a cancelled flusher never leaves half a batch behind.
-    After a failure the journal is broken: every later flush raises the same error.
+    After a failure the journal is broken: every later flush raises the same error (and
+    ``on_failed`` is called once with a ``StoreError``, so the session stops its cells).
     """
 
     def __init__(
@@ -154,12 +162,14 @@ class Journal:
         owner: str,
         keeper: LeaseKeeper,
         on_lost: Callable[[], None],
+        on_failed: Callable[[StoreError], None] | None = None,
     ) -> None:
         self.store = store
         self.session_id = session_id
         self.owner = owner
         self._keeper = keeper
         self._on_lost = on_lost
+        self._on_failed = on_failed  # called once, when a write fails with StoreError
         self._loop = asyncio.get_running_loop()
         self._cells: list[NewCell] = []
         self._entries: list[Entry] = []
@@ -272,6 +282,7 @@ class Journal:
         target = self._appended
         while self._durable < target:
             if self.failed is not None:
+                self._tell_failed()  # (whichever path the failed write took)
                 raise self.failed
             task = self._task
             if task is None:
@@ -312,6 +323,13 @@ class Journal:
             self.failed = StoreError(f"writing the journal failed: {exc}")
         finally:
             self._task = None
+        self._tell_failed()
+
+    def _tell_failed(self) -> None:
+        """After a write failed with ``StoreError``: call ``on_failed`` (once)."""
+        if isinstance(self.failed, StoreError) and self._on_failed is not None:
+            on_failed, self._on_failed = self._on_failed, None
+            on_failed(self.failed)
 
 
 # ---------------------------------------------------------------------------- one cell
@@ -332,6 +350,7 @@ class RecordedCell:
     notified: int = 0
     paused_at_end: bool = False  # results reached it paused after its last resume
     cut_seq: int | None = None  # the engine command its engine was lost in (0: the run)
+    timers: dict[int, float] = field(default_factory=dict)  # timer id -> due (wall clock)
     ended: bool = False  # its completion was delivered (an ``ended`` entry)
 
     @classmethod
@@ -358,6 +377,9 @@ class RecordedCell:
                     cell.arrived[item[1]] = item
             elif entry.kind == NOTIFIED:
                 cell.notified += 1
+            elif entry.kind == TIMERS:
+                for timer_id, due in entry.payload["t"]:
+                    cell.timers[int(timer_id)] = float(due)
             elif entry.kind == ENDED:
                 cell.ended = True
             elif entry.kind == COMPLETED:
@@ -441,10 +463,19 @@ class CellRecorder:
         self.journal.kick()
 
     async def step_finished(self, report: StepReport) -> None:
-        """Record a step's environment reads, and wait until the step is recorded."""
+        """Record a step's environment reads and the due times of the timers it set, and wait
+        until the step is recorded."""
         if report.reads:
             reads = [[r.source, r.value, r.count] for r in report.reads]
             self.journal.entry(self.cell_id, READS, {"r": reads})
+        timers = None
+        for event in report.events:
+            if isinstance(event, TimerSet):
+                if timers is None:
+                    timers, now = [], time.time()
+                timers.append([event.timer_id, round(now + event.delay, 3)])
+        if timers is not None:
+            self.journal.entry(self.cell_id, TIMERS, {"t": timers})
         await self.journal.flush()
 
     def resumed(self, generation: int, seen: bool) -> None:
@@ -609,6 +640,21 @@ async def _replay_all(actor: CellActor, rec: CellRecorder) -> None:
             actor._apply((effect,))
         for result in rec.rejections.values():
             actor._ready.append(result)
+        if rec.recorded is not None and rec.recorded.timers and actor._timers:
+            _timers_at_recorded_times(actor, rec.recorded.timers)
+
+
+def _timers_at_recorded_times(actor: CellActor, recorded: dict[int, float]) -> None:
+    """The timers still pending after a replay were set again by it, each its whole delay from
+    now: make each due at the wall-clock time it was recorded with instead (at once if that
+    time has passed), so a recovery does not postpone a timer by the time the cell was down."""
+    wall, mono = time.time(), time.monotonic()
+    for timer_id in actor._timers:
+        due = recorded.get(timer_id)
+        if due is not None:
+            actor._timers[timer_id] = mono + max(due - wall, 0.0)
+    actor._timer_heap = [(due, timer_id) for timer_id, due in actor._timers.items()]
+    heapq.heapify(actor._timer_heap)
 
 
 async def _fresh_start(actor: CellActor, rec: CellRecorder) -> None:
@@ -736,6 +782,13 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
             f"step {step}: the cell read its environment {len(reads)} times, "
             f"the record has {len(recorded.reads)}"
         )
+    if len(reads) > len(recorded.reads):
+        # The record ends inside a step whose reads were never written (its process stopped
+        # first): the replay read live values there. Record them before any effect of that
+        # step is carried out (its calls are issued after the replay), as a step does.
+        extra = [[r.source, r.value, r.count] for r in reads[len(recorded.reads) :]]
+        rec.journal.entry(rec.cell_id, READS, {"r": extra})
+        await rec.journal.flush()
     machine = actor.machine
     if recorded.completed and machine.takes_results:
         # Its engine was lost between two commands (7.6): it completes so again.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from codemode.cli_common import open_store
 from codemode.model import CellLimits, SessionDelegate
 from codemode.store.base import SessionStore
 
@@ -31,18 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["ClusterSource", "add_cluster_flags", "open_store", "source_from_args"]
 
 DEFAULT_HOSTS = 2
-
-
-def open_store(where: str, *, lease_seconds: float = 10.0) -> SessionStore:
-    """The store named by ``--store``: a PostgreSQL DSN (``postgresql://...``,
-    ``postgres://...`` or libpq ``key=value`` pairs) gives a ``PostgresStore``, anything else is
-    the path of a ``SqliteStore`` file (hosts on one machine only)."""
-    from codemode.store import PostgresStore, SqliteStore
-
-    text = where.strip()
-    if text.startswith(("postgresql://", "postgres://")) or "=" in text.split("/")[0]:
-        return PostgresStore(text, lease_seconds=lease_seconds)
-    return SqliteStore(text, lease_seconds=lease_seconds)
 
 
 class ClusterSource:

@@ -979,6 +979,27 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
             loop.add_signal_handler(sig, stop)
 
 
+async def _start_store(options: StoreOptions | None) -> tuple[bool, SessionStore | None]:
+    """Open the store of ``--store PATH_OR_DSN`` (if any) and reach it once, so that a server
+    whose store is unreachable, refused or of a newer schema says so at its start instead of at
+    its first ``session/open``: ``(False, None)``, with the reason on stderr."""
+    if options is None:
+        return True, None
+    store = options.open()
+    try:
+        await store.get_lease("-")  # a read: connects, migrates the schema forward
+    except Exception as exc:
+        logger.debug("the session store did not open", exc_info=True)
+        if isinstance(exc, ImportError):
+            text = f"a PostgreSQL store needs pip install 'codemode[postgres]' ({exc})"
+        else:
+            text = str(exc)
+        print(f"codemode serve: cannot start: {text}", file=sys.stderr, flush=True)
+        await _close_store(store)
+        return False, None
+    return True, store
+
+
 async def _close_store(store: SessionStore | None) -> None:
     if store is not None:
         try:
@@ -1024,7 +1045,11 @@ async def serve_stdio(
     if not await _start_source(source):
         await transport.close()
         return EXIT_FAILED
-    session_store = store.open() if store is not None else None
+    started, session_store = await _start_store(store)
+    if not started:
+        await _close_source(source)
+        await transport.close()
+        return EXIT_FAILED
     server = ProtocolServer(
         ceilings,
         engine_factory=engine_factory(engine),
@@ -1088,7 +1113,9 @@ async def _serve_websocket(
     from websockets.asyncio.server import ServerConnection, serve
     from websockets.http11 import Request, Response
 
-    session_store = store.open() if store is not None else None
+    started, session_store = await _start_store(store)
+    if not started:
+        return EXIT_FAILED
     server = ProtocolServer(
         ceilings,
         engine_factory=engine_factory(engine),
