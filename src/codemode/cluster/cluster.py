@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -212,7 +213,9 @@ class SessionCluster:
         live hosts by fewest live cells (then fewest sessions)."""
         answers = await asyncio.gather(*(self._probe(n, session_id) for n in self._names))
         live = [(name, a) for name, a in zip(self._names, answers, strict=True) if a is not None]
-        live.sort(key=lambda pair: (not pair[1][0], pair[1][1], pair[1][2]))
+        # Ties are broken at random: sessions opened at once all see the same loads, and would
+        # otherwise all go to the first host.
+        live.sort(key=lambda pair: (not pair[1][0], pair[1][1], pair[1][2], random.random()))
         return [(name, self._handle(name)) for name, _ in live]
 
     async def hosts(self) -> list[HostInfo]:
