@@ -21,6 +21,7 @@ from codemode.model import CellLimits, SessionDelegate
 from codemode.session import new_cell_id
 from codemode.store.base import SessionStore
 
+from .orphans import orphan_grace
 from .spec import StoreSpec
 
 __all__ = ["NAMESPACE", "HostInfo", "SessionCluster"]
@@ -132,7 +133,7 @@ class SessionCluster:
             max_task_retries=0,
             num_cpus=0,
             scheduling_strategy=strategy,
-        ).remote(name, self._spec, self._limits)
+        ).remote(name, self._spec, self._limits, orphan_grace())
 
     def _revive(self, name: str) -> None:
         """Make the host ``name`` again if Ray gave it up (its node died)."""

@@ -15,6 +15,10 @@ keeps each cell's latest observation, so a retried request with the same number 
 gets its outcome again instead of starting another one; a cancelled caller's observation is
 stopped with :meth:`SessionHost.cancel_observation` and loses nothing (the runtime keeps the
 output for the next observer).
+
+A session whose caller process died (Ray's control store says so) and that no other caller
+reopens within the host's grace period is suspended: it stays in the store for a later reopen
+(:mod:`codemode.cluster.orphans`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +47,7 @@ from codemode.model import (
 )
 from codemode.session import SessionRuntime
 
+from .orphans import ORPHAN_GRACE, dead_callers
 from .spec import (
     MOVED,
     CallMessage,
@@ -89,6 +95,7 @@ class _Hosted:
     next_request: int = 0
     attach: int = -1
     caller: str = ""
+    orphaned_at: float | None = None  # when its caller was first found dead (monotonic)
 
     def push(self, message: CallMessage | CancelMessage) -> None:
         self.queue.put_nowait(message)
@@ -168,7 +175,13 @@ def _exit_with_raylet(period: float = 0.5) -> None:
 class SessionHost:
     """A session host (run as an async Ray actor; see the module docstring)."""
 
-    def __init__(self, host_id: str, spec: StoreSpec | None, limits: CellLimits | None) -> None:
+    def __init__(
+        self,
+        host_id: str,
+        spec: StoreSpec | None,
+        limits: CellLimits | None,
+        orphan_grace: float = ORPHAN_GRACE,
+    ) -> None:
         _exit_with_raylet()
         self._host_id = host_id
         self._spec = spec
@@ -176,6 +189,10 @@ class SessionHost:
         self._store: Any = None
         self._sessions: dict[str, _Hosted] = {}
         self._opening: dict[str, asyncio.Task[_Hosted]] = {}
+        self._orphan_grace = max(float(orphan_grace), 0.0)
+        self._watcher: asyncio.Task[None] | None = None
+        self._streams = 0  # call streams running now
+        self._reaped = 0  # orphaned sessions suspended so far
         logging.basicConfig(level=os.environ.get("CODEMODE_CLUSTER_LOG", "WARNING"))
 
     # ------------------------------------------------------------------ host-level
@@ -191,6 +208,12 @@ class SessionHost:
             "sessions": len(self._sessions),
             "live_cells": live,
             "pid": os.getpid(),
+            "opening": len(self._opening),
+            "streams": self._streams,
+            "orphans": sum(h.orphaned_at is not None for h in self._sessions.values()),
+            "reaped": self._reaped,
+            "orphan_grace": self._orphan_grace,
+            "tasks": len(asyncio.all_tasks()),
         }
 
     async def holds(self, session_id: str) -> bool:
@@ -236,10 +259,12 @@ class SessionHost:
                 hosted = await asyncio.shield(task)
             if hosted.caller != caller:
                 hosted.caller = caller
+                hosted.orphaned_at = None
                 for observation in hosted.observations.values():
                     if not observation.cancelled:
                         observation.cancelled = True
                         observation.task.cancel()
+            self._watch_callers()
             cells = await self._cells_of(hosted)
             return ok_reply(
                 {"cells": cells, "limits": hosted.runtime.limits, "issued": hosted.next_request}
@@ -307,16 +332,20 @@ class SessionHost:
         old.put_nowait(None)
         for number in sorted(hosted.pending):
             queue.put_nowait(hosted.pending[number].message)
-        while True:
-            batch = [await queue.get()]
-            while not queue.empty():
-                batch.append(queue.get_nowait())
-            ended = None in batch
-            messages = [m for m in batch if m is not None]
-            if messages:
-                yield messages
-            if ended:
-                return
+        self._streams += 1
+        try:
+            while True:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                ended = None in batch
+                messages = [m for m in batch if m is not None]
+                if messages:
+                    yield messages
+                if ended:
+                    return
+        finally:
+            self._streams -= 1
 
     async def answer_many(self, session_id: str, answers: list[tuple[int, bool, str]]) -> None:
         """Several answers at once (see :meth:`answer`)."""
@@ -545,8 +574,68 @@ class SessionHost:
         hosted.queue.put_nowait(None)
         return ok_reply(None)
 
+    # ------------------------------------------------------------------ orphaned sessions
+
+    def _watch_callers(self) -> None:
+        """Start watching the callers of this host's sessions (once)."""
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._watch_loop(), name="codemode-cluster-orphans"
+            )
+
+    async def _watch_loop(self) -> None:
+        period = min(5.0, max(0.5, self._orphan_grace / 4))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.reap_orphans()
+            except Exception:  # the GCS did not answer: try again next period
+                logger.warning("host %s: checking callers failed", self._host_id, exc_info=True)
+
+    async def reap_orphans(self) -> list[str]:
+        """Check the callers of the sessions held here now (Ray's control store); mark the
+        sessions whose caller died, and suspend those marked for the grace period or longer
+        whose caller did not change meanwhile. Returns the ids of the sessions suspended.
+        (The host runs this every few seconds by itself.)"""
+        callers = {h.caller for h in self._sessions.values() if h.caller}
+        if not callers:
+            return []
+        dead = await asyncio.to_thread(dead_callers, callers)
+        now = time.monotonic()
+        due: list[_Hosted] = []
+        for hosted in list(self._sessions.values()):
+            if hosted.caller not in dead:
+                hosted.orphaned_at = None
+            elif hosted.orphaned_at is None:
+                hosted.orphaned_at = now
+                logger.warning(
+                    "host %s: the caller of session %s is gone; suspending it in %.0f s unless "
+                    "it is reopened",
+                    self._host_id,
+                    hosted.session_id,
+                    self._orphan_grace,
+                )
+            if hosted.orphaned_at is not None and now - hosted.orphaned_at >= self._orphan_grace:
+                due.append(hosted)
+        reaped = await asyncio.gather(*(self._reap(h) for h in due))
+        return [h.session_id for h, done in zip(due, reaped, strict=True) if done]
+
+    async def _reap(self, hosted: _Hosted) -> bool:
+        if self._sessions.get(hosted.session_id) is not hosted or hosted.orphaned_at is None:
+            return False  # reopened (by another caller) or ended meanwhile
+        await self.suspend(hosted.session_id)
+        self._reaped += 1
+        logger.warning(
+            "host %s: session %s suspended (its caller is gone); it stays in the store",
+            self._host_id,
+            hosted.session_id,
+        )
+        return True
+
     async def stop(self) -> None:
         """Suspend every session (the host is being stopped)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
         for session_id in list(self._sessions):
             await self.suspend(session_id)
         if self._store is not None:
