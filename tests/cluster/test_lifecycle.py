@@ -4,6 +4,7 @@ their hosts, nor in the store (docs/cluster.md, "Ending sessions")."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -75,7 +76,7 @@ async def test_many_sessions_suspended_at_once_stay_in_the_store(
     store = SqliteStore(tmp_path / "suspended.db", lease_seconds=LEASE)
     cluster = await make_cluster(store=store, hosts=2)
     try:
-        sessions = await asyncio.wait_for(open_with_live_cells(cluster, 30), HANG)
+        sessions = await asyncio.wait_for(open_with_live_cells(cluster, 20), HANG)
         assert len({s.host_name for s in sessions}) == 2  # opened at once, placed on both
         async with asyncio.timeout(HANG):
             await asyncio.gather(*(s.suspend() for s in sessions))
@@ -84,5 +85,55 @@ async def test_many_sessions_suspended_at_once_stay_in_the_store(
         for session in sessions:
             assert len(await store.list_cells(session.session_id, state="open")) == 1
             assert await store.get_lease(session.session_id) is None
+    finally:
+        await store.close()
+
+
+async def host_counts(cluster: SessionCluster) -> list[dict[str, int]]:
+    """Each host's own report: sessions, live cells, sessions opening, call streams running,
+    tasks on its event loop."""
+    import ray
+
+    counts = []
+    for info in await cluster.hosts():
+        handle = ray.get_actor(info.actor_name, namespace=info.namespace)
+        report = await handle.info.remote()
+        keys = ("sessions", "live_cells", "opening", "streams", "tasks")
+        counts.append({k: report[k] for k in keys})
+    return counts
+
+
+@pytest.mark.fault
+async def test_two_hundred_sessions_opened_and_shut_down_at_once_leave_nothing(
+    make_cluster: Any, tmp_path: Any
+) -> None:
+    store = SqliteStore(tmp_path / "busy.db", lease_seconds=LEASE)
+    cluster = await make_cluster(store=store, hosts=2)
+    try:
+        # A few sessions first, so that each host runs what it runs for as long as it lives.
+        warm = await asyncio.gather(*(cluster.session(echo_delegate([])) for _ in range(4)))
+        await asyncio.gather(*(s.shutdown() for s in warm))
+        before = await host_counts(cluster)
+        assert [(c["sessions"], c["streams"]) for c in before] == [(0, 0), (0, 0)]
+
+        async with asyncio.timeout(HANG):
+            sessions = await asyncio.gather(
+                *(cluster.session(echo_delegate([])) for _ in range(200))
+            )
+            during = await host_counts(cluster)
+            assert sum(c["sessions"] for c in during) == 200
+            assert all(c["sessions"] > 0 for c in during)
+            await asyncio.gather(*(s.shutdown() for s in sessions))
+        ids = [s.session_id for s in sessions]
+        await assert_nothing_left(cluster, store, ids)
+        # No call stream, opening or other task left running on a host (the streams of the
+        # sessions just shut down end as their callers see them end).
+        after = await host_counts(cluster)
+        settle = time.monotonic() + 30.0
+        while after != before and time.monotonic() < settle:
+            await asyncio.sleep(0.2)
+            after = await host_counts(cluster)
+        assert after == before
+        assert not cluster._sessions
     finally:
         await store.close()
