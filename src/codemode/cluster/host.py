@@ -96,6 +96,14 @@ class _Hosted:
     attach: int = -1
     caller: str = ""
     orphaned_at: float | None = None  # when its caller was first found dead (monotonic)
+    ending: bool = False  # this host is shutting it down or suspending it
+
+    def lost(self) -> bool:
+        """Whether the runtime ended without this host ending it: it lost its lease (it missed
+        renewals, or another runtime took the session over). An operation that raced the loss
+        fails with whatever the runtime raised (``SessionBusy``, or ``ShuttingDown`` when it
+        was past the lease check); either way the session is no longer here."""
+        return not self.ending and not self.runtime.is_alive
 
     def push(self, message: CallMessage | CancelMessage) -> None:
         self.queue.put_nowait(message)
@@ -192,6 +200,7 @@ class SessionHost:
         self._orphan_grace = max(float(orphan_grace), 0.0)
         self._watcher: asyncio.Task[None] | None = None
         self._streams = 0  # call streams running now
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._reaped = 0  # orphaned sessions suspended so far
         logging.basicConfig(level=os.environ.get("CODEMODE_CLUSTER_LOG", "WARNING"))
 
@@ -311,6 +320,10 @@ class SessionHost:
             del self._sessions[hosted.session_id]
             hosted.queue.put_nowait(None)
             logger.warning("host %s: session %s lost its lease", self._host_id, hosted.session_id)
+            # Release what the runtime still holds here (its engine); nothing is recorded.
+            task = asyncio.get_running_loop().create_task(hosted.runtime.shutdown())
+            self._cleanups.add(task)
+            task.add_done_callback(self._cleanups.discard)
         return MOVED
 
     # ------------------------------------------------------------------ the call stream
@@ -401,7 +414,7 @@ class SessionHost:
         except SessionBusy:
             return self._moved(hosted)
         except CodeModeError as exc:
-            return error_reply(exc)
+            return self._moved(hosted) if hosted.lost() else error_reply(exc)
         return ok_reply(cell_id)
 
     async def observe(
@@ -456,7 +469,7 @@ class SessionHost:
         if task.cancelled():
             return ("cancelled", None)
         exc = task.exception()
-        if isinstance(exc, SessionBusy):
+        if isinstance(exc, SessionBusy) or (isinstance(exc, CodeModeError) and hosted.lost()):
             return self._moved(hosted)
         if isinstance(exc, CodeModeError):
             return error_reply(exc)
@@ -498,7 +511,7 @@ class SessionHost:
         except SessionBusy:
             return self._moved(hosted)
         except CodeModeError as exc:
-            return error_reply(exc)
+            return self._moved(hosted) if hosted.lost() else error_reply(exc)
 
     async def terminate(self, session_id: str, cell_id: str) -> Reply:
         hosted = self._hosted(session_id)
@@ -509,7 +522,7 @@ class SessionHost:
         except SessionBusy:
             return self._moved(hosted)
         except CodeModeError as exc:
-            return error_reply(exc)
+            return self._moved(hosted) if hosted.lost() else error_reply(exc)
         hosted.observations.pop(cell_id, None)
         return ok_reply(event)
 
@@ -522,7 +535,7 @@ class SessionHost:
         except SessionBusy:
             return self._moved(hosted)
         except CodeModeError as exc:
-            return error_reply(exc)
+            return self._moved(hosted) if hosted.lost() else error_reply(exc)
 
     async def decide(
         self, session_id: str, cell_id: str, call_id: str, reason: str | None
@@ -539,7 +552,7 @@ class SessionHost:
         except SessionBusy:
             return self._moved(hosted)
         except CodeModeError as exc:
-            return error_reply(exc)
+            return self._moved(hosted) if hosted.lost() else error_reply(exc)
         return ok_reply(None)
 
     async def release(self, session_id: str, cell_id: str, number: int) -> None:
@@ -554,8 +567,11 @@ class SessionHost:
     async def shutdown(self, session_id: str) -> Reply:
         """End the session (every cell terminated, its cells deleted from the store)."""
         hosted = self._sessions.get(session_id)
-        if hosted is None:
-            return MOVED
+        if hosted is None or hosted.lost():
+            # Lost here: the caller shuts it down where it is reopened (its cells leave the
+            # store there).
+            return MOVED if hosted is None else self._moved(hosted)
+        hosted.ending = True
         await hosted.runtime.shutdown()
         hosted.queue.put_nowait(None)
         self._sessions.pop(session_id, None)
@@ -567,6 +583,7 @@ class SessionHost:
         hosted = self._sessions.pop(session_id, None)
         if hosted is None:
             return ok_reply(None)
+        hosted.ending = True
         if hosted.runtime.is_durable:
             await hosted.runtime.suspend()
         else:
