@@ -390,4 +390,11 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()  # before Ray's exit handlers run
+        sys.stderr.flush()
+        raise
