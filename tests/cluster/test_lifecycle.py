@@ -110,9 +110,14 @@ async def test_two_hundred_sessions_opened_and_shut_down_at_once_leave_nothing(
     store = SqliteStore(tmp_path / "busy.db", lease_seconds=LEASE)
     cluster = await make_cluster(store=store, hosts=2)
     try:
-        # A few sessions first, so that each host runs what it runs for as long as it lives.
-        warm = await asyncio.gather(*(cluster.session(echo_delegate([])) for _ in range(4)))
-        await asyncio.gather(*(s.shutdown() for s in warm))
+        # Sessions on every host first, so that each host runs what it runs for as long as it
+        # lives (its watch of the callers).
+        for _ in range(20):
+            warm = await asyncio.gather(*(cluster.session(echo_delegate([])) for _ in range(4)))
+            spread = all(c["sessions"] > 0 for c in await host_counts(cluster))
+            await asyncio.gather(*(s.shutdown() for s in warm))
+            if spread:
+                break
         before = await host_counts(cluster)
         assert [(c["sessions"], c["streams"]) for c in before] == [(0, 0), (0, 0)]
 
