@@ -71,6 +71,7 @@ from codemode.model import (
 )
 from codemode.registry import CellRegistry
 
+from .orphans import caller_id
 from .spec import CallMessage, CancelMessage, SessionMoved, unwrap
 
 if TYPE_CHECKING:
@@ -180,7 +181,7 @@ class ClusterSession(Session):
         self._delegate = delegate
         self._session_id = session_id
         self._limits = limits
-        self._caller = secrets.token_hex(8)  # this client, to the hosts
+        self._caller = caller_id()  # this client, to the hosts (docs/cluster.md, orphans)
         self._cells: CellRegistry[_CellRecord] = CellRegistry()
         self._owner = self._cells.owner
         self._closed_ids: OrderedDict[str, None] = OrderedDict()
