@@ -230,3 +230,34 @@ async def test_errors_queueing_and_termination_with_eager_calls() -> None:
         assert blocked == [1, 2]  # the third waits for a slot
         assert await rt.terminate(cell) == Terminated((TextItem("x"),))
     assert sorted(blocked) == [-2, -1, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"i": 5},
+        {"a": "\u00e9\u2028\U0001f600", "b": 1.5, "c": None, "d": True, "e": -0.0},
+        [1, 2, "x", False],
+        "text",
+        3,
+        2.5e300,
+        None,
+        {1: 2},
+        {"n": float("nan")},
+        {"t": (1,)},
+        {(1,): 2},
+        [float("inf")],
+    ],
+)
+async def test_small_results_are_encoded_as_before(value: Any) -> None:
+    """The fast path for small results gives the cell exactly what the general encoder gives."""
+    from codemode.cell import delegate as boundary
+    from codemode.model import NestedToolCall
+
+    async def invoke(call: NestedToolCall) -> Any:
+        return value
+
+    call = NestedToolCall("c", "tool-1", ToolDefinition("t"), {})
+    fast = await boundary.call_delegate(invoke, call, cancel_requested=lambda: False, max_bytes=100)
+    general = await boundary._encode_result("tool-1", "t", value, 100, None)
+    assert fast == general

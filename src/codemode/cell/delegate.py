@@ -39,6 +39,23 @@ _ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False)
 _dumps = _ENCODER.encode  # one encoder for every result, not one per json.dumps call
 
 
+def _small_encoder() -> Callable[[Any], str]:
+    """The same text as ``_dumps`` for the flat values :func:`_is_small` admits, from one C
+    encoder made once (``JSONEncoder.encode`` makes one per call). It skips the cycle check: a
+    flat value holds no container that could contain itself."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - an interpreter without the C accelerator
+        return _dumps
+    encode = make(
+        None, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ": ", ", ",
+        False, False, False,
+    )  # fmt: skip
+    return lambda value: "".join(encode(value, 0))
+
+
+_dumps_small = _small_encoder()
+
+
 def _dumps_incrementally(value: Any) -> str:
     """JSON-encode in small pieces so a worker thread gives the GIL back between them."""
     encoder = json.JSONEncoder(ensure_ascii=True, allow_nan=False)
@@ -105,7 +122,7 @@ async def call_delegate(
     if max_bytes is not None and _is_small(value):
         # The common case, without another coroutine or the probe: a small result is encoded
         # on the loop whatever the cap, and checked against it after.
-        return _encoded(call.call_id, name, value, max_bytes, encode or _dumps)
+        return _encoded(call.call_id, name, value, max_bytes, encode or _dumps_small)
     return await _encode_result(call.call_id, name, value, max_bytes, encode)
 
 
