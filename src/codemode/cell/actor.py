@@ -424,6 +424,11 @@ class CellActor:
             self._start_calls()
         finally:
             self._batching = False
+            if self._to_start:  # an event failed midway: what it released starts as before
+                released, self._to_start = self._to_start, []
+                for call in released:
+                    self._calls[call.call_id] = self._loop.create_task(self._invoke(call))
+                    self._dispatched = True
         self._pending_ids = report.pending_call_ids
         if report.settlement is not None:
             self._apply(self.machine.body_settled(report.settlement.error_text))
@@ -436,14 +441,16 @@ class CellActor:
         flat loop."""
         queue = self._to_start
         i = 0
-        while i < len(queue):
-            call = queue[i]
-            i += 1
-            task = start_eager(self._loop, self._invoke(call))
-            if not task.done():
-                self._calls[call.call_id] = task
-                self._dispatched = True
-        queue.clear()
+        try:
+            while i < len(queue):
+                call = queue[i]
+                i += 1
+                task = start_eager(self._loop, self._invoke(call))
+                if not task.done():
+                    self._calls[call.call_id] = task
+                    self._dispatched = True
+        finally:
+            del queue[:i]
 
     def _handle_events(self, report: StepReport) -> None:
         machine = self.machine
