@@ -31,6 +31,10 @@ import time
 from typing import Any
 
 SEQ = "let n = 0; for (let i = 0; i < {n}; i++) n += (await tools.echo({{i}})).i; text(String(n))"
+PAR = (
+    "const r = await Promise.all(Array.from({{length: {n}}}, (_, i) => tools.echo({{i}})));"
+    " text(String(r.reduce((a, x) => a + x.i, 0)))"
+)
 
 GROUPS = (
     ("epoll wait (the isolate's thread working, or idle)", ("select.epoll",)),
@@ -66,6 +70,15 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    parser.add_argument(
+        "--workload",
+        choices=("seq", "par"),
+        default="seq",
+        help="seq: sequential awaited calls; par: all calls in one Promise.all",
+    )
+    parser.add_argument(
+        "--top", type=int, default=0, help="also print the N functions with most own time"
+    )
     args, _ = parser.parse_known_args()
 
     import codemode
@@ -119,9 +132,9 @@ async def main() -> None:
     loop.set_task_factory(task_factory)  # type: ignore[arg-type]
 
     n = args.calls
-    limits = CellLimits(max_tool_calls=n + 10)
+    limits = CellLimits(max_tool_calls=n + 10, max_parallel_tool_calls=n + 10)
     rt = SessionRuntime(tools_delegate({"echo": _echo}), limits=limits, engine=engine)
-    src = SEQ.format(n=n)
+    src = (SEQ if args.workload == "seq" else PAR).format(n=n)
 
     async def cell() -> None:
         c = await rt.create_cell(CreateCellRequest(src, (ToolDefinition("echo"),)))
@@ -156,6 +169,10 @@ async def main() -> None:
         tottime = value[2]
         total += tottime
         groups[_group(key)] = groups.get(_group(key), 0.0) + tottime
+    if args.top:
+        ranked = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])  # type: ignore[attr-defined]
+        for k, v in ranked[: args.top]:
+            print(f"{v[2] / n * 1e6:8.2f} us/call own  {v[0]:>8} calls  {k[0]}:{k[1]} {k[2]}")
     if os.environ.get("CALL_PATH_OTHER"):
         others = [(v[2], k) for k, v in stats.stats.items() if _group(k) == "other"]  # type: ignore[attr-defined]
         for t, k in sorted(others, reverse=True)[:15]:
@@ -178,7 +195,8 @@ async def main() -> None:
         return
     print(f"codemode from {result['codemode']} (load {result['load']})")
     print(
-        f"per sequential nested call: {wall:.0f} us wall, {result['host_cpu_us_per_call']} us CPU"
+        f"per nested call ({args.workload}): {wall:.0f} us wall,"
+        f" {result['host_cpu_us_per_call']} us CPU"
     )
     for k, v in result["per_call"].items():  # type: ignore[union-attr]
         print(f"  {k:<12} {v:6.2f} per call")

@@ -10,7 +10,8 @@ One run measures, side by side:
 
 Figures per configuration:
 
-- sessions opened per second (``--sessions`` opened concurrently, then shut down);
+- sessions opened per second (``--sessions`` opened concurrently), and shut down per second
+  (all at once, each with a finished cell);
 - nested calls per second: ``--sessions`` sessions, one cell each making ``--calls`` sequential
   ``echo`` calls, all at once;
 - per-call latency: one cell making ``--calls`` sequential calls alone (median of 3), and its
@@ -134,8 +135,10 @@ async def _measure(
         await run_cell(opened[0], calls)
         runs.append((time.perf_counter() - start) / calls)
     figures["ms per call (one cell)"] = statistics.median(runs) * 1000
-    progress(f"shutting {sessions} sessions down")
+    progress(f"shutting {sessions} sessions down at once")
+    start = time.perf_counter()
     await asyncio.gather(*(s.shutdown() for s in opened))
+    figures["sessions shut down/s"] = sessions / (time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------- in process
@@ -196,7 +199,11 @@ async def session_cluster(address: str, store: Any, hosts: int) -> AsyncIterator
     try:
         yield cluster
     finally:
-        await cluster.close()
+        try:
+            async with asyncio.timeout(PHASE_TIMEOUT):
+                await cluster.close()
+        except TimeoutError:
+            progress("TIMED OUT closing the cluster")
 
 
 async def on_ray(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, float]]:
@@ -383,4 +390,11 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()  # before Ray's exit handlers run
+        sys.stderr.flush()
+        raise

@@ -222,14 +222,17 @@ def limits_from_args(args: argparse.Namespace) -> CellLimits:
 def _add_store_flags(parser: argparse.ArgumentParser, *, run: bool) -> None:
     group = parser.add_argument_group("durable sessions (docs/durability.md)")
     what = (
-        "run the cell in a durable session kept in the SQLite file PATH: a run that was "
-        "killed is recovered by running the same command again"
+        "run the cell in a durable session kept in the SQLite file PATH (or the PostgreSQL "
+        "database of a DSN, postgresql://...): a run that was killed is recovered by running "
+        "the same command again"
         if run
-        else "keep the sessions in the SQLite file PATH: a session whose connection ends is "
-        "suspended, not shut down, and session/open with its sessionId reattaches to it, also "
-        "after a restart of the server"
+        else "keep the sessions in the SQLite file PATH, or in the PostgreSQL database of a DSN "
+        "(postgresql://... or libpq key=value pairs), which servers on several machines may "
+        "share: a session whose connection ends is suspended, not shut down, and session/open "
+        "with its sessionId reattaches to it, also after a restart of the server or on another "
+        "server sharing the store (with --cluster: the store the cluster's hosts share)"
     )
-    group.add_argument("--store", metavar="PATH", help=what)
+    group.add_argument("--store", metavar="PATH_OR_DSN", help=what)
     if run:
         group.add_argument(
             "--session",
@@ -639,7 +642,7 @@ def _main(argv: Sequence[str] | None) -> int:
             if args.file.endswith(".py"):
                 args.python = True
         if args.session is not None and args.store is None:
-            print("codemode: --session needs --store PATH", file=sys.stderr)
+            print("codemode: --session needs --store PATH_OR_DSN", file=sys.stderr)
             return EXIT_USAGE
         if args.session is not None and (problem := session_id_problem(args.session)):
             print(f"codemode: --session {problem}", file=sys.stderr)

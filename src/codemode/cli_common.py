@@ -25,6 +25,8 @@ __all__ = [
     "LOG_LEVEL_ENV",
     "StoreOptions",
     "configure_logging",
+    "is_postgres_dsn",
+    "open_store",
     "parse_host_port",
     "positive_seconds",
     "session_id_problem",
@@ -120,16 +122,37 @@ def session_id_problem(session_id: str) -> str | None:
     return None
 
 
+def is_postgres_dsn(where: str) -> bool:
+    """Whether ``--store`` names a PostgreSQL database: a URL (``postgresql://...``,
+    ``postgres://...``) or libpq ``key=value`` pairs (``host=db1 dbname=codemode``); anything
+    else is the path of a SQLite file."""
+    text = where.strip()
+    return text.startswith(("postgresql://", "postgres://")) or "=" in text.split("/")[0]
+
+
+def open_store(where: str, *, lease_seconds: float = 10.0) -> SessionStore:
+    """The store named by ``--store PATH_OR_DSN`` (of ``run``, ``serve`` and ``serve
+    --cluster``): a ``PostgresStore`` for a PostgreSQL DSN (:func:`is_postgres_dsn`; several
+    processes on several machines may share it), else a ``SqliteStore`` on the file (several
+    processes of one machine). Neither touches its database before first use."""
+    if is_postgres_dsn(where):
+        from codemode.store.postgres import PostgresStore
+
+        return PostgresStore(where.strip(), lease_seconds=lease_seconds)
+    from codemode.store.sqlite import SqliteStore
+
+    return SqliteStore(where, lease_seconds=lease_seconds)
+
+
 @dataclass(frozen=True)
 class StoreOptions:
-    """``--store PATH`` and ``--lease-seconds`` of ``codemode run`` and ``codemode serve``: the
-    SQLite file durable sessions live in (docs/durability.md, "Fronts")."""
+    """``--store PATH_OR_DSN`` and ``--lease-seconds`` of ``codemode run`` and ``codemode
+    serve``: the SQLite file or PostgreSQL database durable sessions live in
+    (docs/durability.md, "Fronts")."""
 
     path: str
     lease_seconds: float = 10.0
 
     def open(self) -> SessionStore:
-        """A :class:`~codemode.SqliteStore` on :attr:`path` (it opens the file on first use)."""
-        from codemode.store.sqlite import SqliteStore
-
-        return SqliteStore(self.path, lease_seconds=self.lease_seconds)
+        """The store :func:`open_store` names (it reaches its database on first use)."""
+        return open_store(self.path, lease_seconds=self.lease_seconds)

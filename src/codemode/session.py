@@ -33,8 +33,10 @@ from codemode.errors import (
     CodeModeError,
     EngineError,
     IdempotencyConflict,
+    MissingCell,
     SessionBusy,
     ShuttingDown,
+    StoreError,
     WrongCellKind,
 )
 from codemode.model import (
@@ -132,6 +134,10 @@ def tools_delegate(
     return _FunctionDelegate(tools, notify)
 
 
+# How long ``open`` waits for the replays of a reopened session's cells (docs/durability.md):
+# replays still going on then (a cell that spins) continue in the background.
+REPLAY_GRACE = 2.0
+
 # A stored-values map with more keys than this has its JSON joined on a worker thread.
 _THREAD_SNAPSHOT_KEYS = 10_000
 
@@ -161,6 +167,7 @@ class _SessionCore:
         self.journal: Journal | None = None
         self.keeper: LeaseKeeper | None = None
         self.lost = False  # the lease was lost: every call raises SessionBusy
+        self.failed: StoreError | None = None  # the store failed: every call raises it
         self.ending = asyncio.Event()  # shutdown or suspend began: open stops waiting
 
     # CellHost
@@ -209,7 +216,28 @@ class _SessionCore:
             self.keeper.cancel()
         if self.journal is not None:
             self.journal.muted = True
-        self.halt_cells(SessionBusy(self.session_id))
+        if self.failed is None:  # else they stopped already, and stay known (store_failed)
+            self.halt_cells(SessionBusy(self.session_id))
+
+    def store_failed(self, error: StoreError) -> None:
+        """The store refused a write of the journal (docs/durability.md, "When the store
+        fails"): nothing more can be recorded, so no cell can go on here. Every cell stops
+        without an outcome, as at a suspend (its JavaScript stops, its delegate calls are
+        cancelled, observers waiting on it get ``error``), and every later call on the session
+        raises ``error``; the cells stay open in the store, and a later ``open`` recovers them
+        from their last recorded step. The cells stay known here (``is_live``), never
+        ``MissingCell``: they are not closed."""
+        if self.failed is not None or self.lost:
+            return
+        logger.error(
+            "session %s: the store failed (%s); its cells stop here", self.session_id, error
+        )
+        self.failed = error
+        if self.journal is not None:
+            self.journal.muted = True
+        for actor in self.cells.entries():
+            with _suppress_all():
+                actor.halt(error)
 
     def halt_cells(self, error: BaseException) -> None:
         for actor in self.cells.entries():
@@ -248,6 +276,25 @@ class _SessionCore:
         self.cells.clear()
         with _suppress_all():
             self.engine.close()
+
+
+async def _replay_over(actor: CellActor, bound: float | None) -> bool:
+    """Wait (at most ``bound`` seconds, None: no bound) until a recovered cell's replay is over
+    or the cell stopped; False if the time ran out. True at once for a cell that is not
+    replaying."""
+    recorder = actor.recorder
+    if recorder is None or recorder.replayed.is_set():
+        return True
+    waits = {
+        asyncio.ensure_future(recorder.replayed.wait()),
+        asyncio.ensure_future(actor.wait_closed()),
+    }
+    try:
+        done, _ = await asyncio.wait(waits, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits:
+            waiter.cancel()
+    return bool(done)
 
 
 class _suppress_all:
@@ -306,8 +353,11 @@ class SessionRuntime(Session):
     # ------------------------------------------------------------------ durability
 
     async def open(self) -> SessionRuntime:
-        """Load the session from its store, or create it there, and take its lease; recover
-        every cell that had not closed (by replay) before returning. Idempotent; a no-op
+        """Load the session from its store, or create it there, and take its lease; re-admit
+        every cell that had not closed and return once their replays are over, or at the
+        latest ``REPLAY_GRACE`` seconds after (a replay still going on then, such as a cell
+        that spins, goes on in the background under the cell's own limits; an operation on
+        that cell waits for its replay, a ``wait`` at most its budget). Idempotent; a no-op
         without a store. Raises ``SessionBusy`` when another live runtime holds the session,
         ``StoreError`` when the store cannot serve it."""
         if self._opened:
@@ -341,7 +391,7 @@ class SessionRuntime(Session):
         keeper.granted(sent, opened.lease)
         keeper.start()
         core.keeper = keeper
-        core.journal = Journal(store, sid, owner, keeper, core.lease_lost)
+        core.journal = Journal(store, sid, owner, keeper, core.lease_lost, core.store_failed)
         try:
             if not opened.created:
                 recorded = opened.session.limits
@@ -355,9 +405,11 @@ class SessionRuntime(Session):
                     kind, _, digest = (key.fingerprint or "").partition(":")
                     if kind in (CellKind.CONTINUING.value, CellKind.PAUSABLE.value):
                         core.keys[key.key] = _KeyRecord(key.cell_id, CellKind(kind), digest)
-                # Each recovered cell replays in its own task, all at once; open returns when
-                # every replay is over (a cell whose recorded JavaScript spins holds it up to
-                # its max_cpu_seconds), or when a shutdown or suspend begins (which stops them).
+                # Each recovered cell replays in its own task, under its own limits. open
+                # returns once every cell is re-admitted and every replay is over, or at the
+                # latest REPLAY_GRACE seconds later (or when a shutdown or suspend begins): a
+                # cell whose recorded JavaScript spins holds up no one but its own callers, as
+                # each operation on a cell waits for that cell's replay (docs/durability.md).
                 recovering = []
                 for record in await store.list_cells(sid, state="open"):
                     entries = await store.read_journal(sid, record.cell_id)
@@ -365,13 +417,18 @@ class SessionRuntime(Session):
                     recorder = await self._recover(RecordedCell.parse(record, entries, deliveries))
                     if recorder is not None:
                         recovering.append(recorder.replayed.wait())
-                replays: asyncio.Future[Any] = asyncio.gather(*recovering)
-                ending: asyncio.Future[Any] = core.loop.create_task(core.ending.wait())
-                try:
-                    await asyncio.wait({replays, ending}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    ending.cancel()
-                    replays.cancel()
+                if recovering:
+                    replays: asyncio.Future[Any] = asyncio.gather(*recovering)
+                    ending: asyncio.Future[Any] = core.loop.create_task(core.ending.wait())
+                    try:
+                        await asyncio.wait(
+                            {replays, ending},
+                            timeout=REPLAY_GRACE,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                    finally:
+                        ending.cancel()
+                        replays.cancel()
                 await core.journal.flush()
         except BaseException:
             core.halt_cells(ShuttingDown())
@@ -420,12 +477,27 @@ class SessionRuntime(Session):
             core.journal.closed(record.cell_id)
             return None
         recorder = CellRecorder(core.journal, record.cell_id, kind, recorded=cell, reopen=reopen)
+        self._start_actor(record.cell_id, kind, engine_cell, tools, request.tool_call_id, recorder)
+        return recorder
+
+    def _start_actor(
+        self,
+        cell_id: str,
+        kind: CellKind,
+        engine_cell: Any,
+        tools: tuple[ToolDefinition, ...],
+        tool_call_id: str,
+        recorder: CellRecorder | None,
+    ) -> CellActor:
+        """Register a cell whose engine cell is open and start driving it: the one place both
+        an admission and a recovery (whose ``recorder`` replays the record first) go through."""
+        core = self._core
         actor = CellActor(
-            record.cell_id,
+            cell_id,
             kind,
             engine_cell,
             tools,
-            request.tool_call_id,
+            tool_call_id,
             core,
             max_result_bytes=core.limits.max_heap_bytes,
             max_parallel_calls=core.limits.max_parallel_tool_calls,
@@ -433,7 +505,7 @@ class SessionRuntime(Session):
         )
         core.cells.add(actor)
         actor.start()
-        return recorder
+        return actor
 
     async def suspend(self) -> None:
         """Stop the cells running here without ending them and release the lease: the next
@@ -464,17 +536,23 @@ class SessionRuntime(Session):
         self._finalizer.detach()
 
     async def _gate(self) -> None:
-        """Durable sessions: open first; after a lost lease every call raises SessionBusy."""
+        """Durable sessions: open first; after a failed store write every call raises its
+        ``StoreError``, after a lost lease ``SessionBusy`` (whichever came first)."""
         if not self._opened:
             await self.open()
-        if self._core.lost:
-            raise SessionBusy(self._core.session_id)
+        self._broken()
 
     def _gate_sync(self) -> None:
         if not self._opened:
             raise RuntimeError("open the session first")
-        if self._core.lost:
-            raise SessionBusy(self._core.session_id)
+        self._broken()
+
+    def _broken(self) -> None:
+        core = self._core
+        if core.failed is not None:
+            raise core.failed
+        if core.lost:
+            raise SessionBusy(core.session_id)
 
     async def _replayed(
         self, cell: Cell | PausableCell | str, expected: CellKind | None
@@ -483,7 +561,7 @@ class SessionRuntime(Session):
         actor = self._core.cells.resolve(cell, expected)
         recorder = actor.recorder
         if recorder is not None and not recorder.replayed.is_set():
-            await recorder.replayed.wait()
+            await _replay_over(actor, None)
             await self._gate()
             actor = self._core.cells.resolve(cell, expected)
         return actor
@@ -506,7 +584,7 @@ class SessionRuntime(Session):
         recorder = actor.recorder
         if recorder is not None and first and isinstance(event, Yielded | Pending):
             items = event.items if isinstance(event, Yielded) else event.frontier.items
-            recorder.delivered(len(items))
+            recorder.delivered(len(items), event)
         await self._recorded()
 
     @property
@@ -652,19 +730,7 @@ class SessionRuntime(Session):
             recorder = await self._record_admission(
                 engine_cell, cell_id, kind, request, stored, key, fingerprint
             )
-        actor = CellActor(
-            cell_id,
-            kind,
-            engine_cell,
-            tools,
-            request.tool_call_id,
-            core,
-            max_result_bytes=core.limits.max_heap_bytes,
-            max_parallel_calls=core.limits.max_parallel_tool_calls,
-            recorder=recorder,
-        )
-        core.cells.add(actor)
-        actor.start()
+        self._start_actor(cell_id, kind, engine_cell, tools, request.tool_call_id, recorder)
         logger.debug("admitted %s cell %s", kind, cell_id)
         return cell_id
 
@@ -736,12 +802,23 @@ class SessionRuntime(Session):
 
     async def wait(self, cell: Cell, yield_after: float) -> CellEvent:
         """Observe a continuing cell for up to ``yield_after`` seconds (docs/sessions.md)."""
+        budget = float(yield_after)
         if self._store is not None:
-            # A recovered continuing cell may be observed during its replay: what it delivers
-            # then is output the replay produced past what had been delivered before.
             await self._gate()
-        actor = self._actor(cell, CellKind.CONTINUING)
-        event = await actor.observe(float(yield_after))
+            actor = self._actor(cell, CellKind.CONTINUING)
+            if actor.recorder is not None and not actor.recorder.replayed.is_set():
+                # A recovered cell still replaying has nothing new to deliver: wait for the
+                # replay within the budget, else yield empty-handed (the cell runs on).
+                started = time.monotonic()
+                if not await _replay_over(actor, budget):
+                    self._gate_sync()
+                    return Yielded(())
+                await self._gate()
+                actor = self._actor(cell, CellKind.CONTINUING)
+                budget = max(budget - (time.monotonic() - started), 0.0)
+        else:
+            actor = self._actor(cell, CellKind.CONTINUING)
+        event = await actor.observe(budget)
         assert isinstance(event, Yielded | Completed | Terminated)
         if actor.recorder is not None:
             await self._delivered(actor, event, True)
@@ -762,6 +839,74 @@ class SessionRuntime(Session):
             await self._delivered(actor, event, not repeat)
         assert isinstance(event, Pending | Completed | Terminated)
         return event
+
+    async def observe_numbered(
+        self, cell_id: str, yield_after: float | None, seen: int | None = None
+    ) -> tuple[Yielded | Completed | Terminated | Pending, int | None]:
+        """For fronts whose replies can be lost on their way (a cluster's hosts): ``wait`` for
+        ``yield_after`` seconds (``None``: ``wait_to_pending``), and the event's *delivery
+        number*, how many events of the cell were delivered with it (``None`` without a store).
+        The caller passes the number of the last event it received as ``seen``; when the last
+        delivered event never reached it (``seen`` is one less than the delivered count: the
+        process that answered died after recording the delivery, which a recovered runtime
+        knows from the store), that event is returned again, its items reproduced by replay,
+        instead of a new observation. A delivered completion's closing is recorded once the
+        caller acknowledges it (:meth:`acknowledge`), so a runtime that recovers the session
+        meanwhile can give it again. docs/cluster.md, re-delivery."""
+        kind = CellKind.CONTINUING if yield_after is not None else CellKind.PAUSABLE
+        if self._store is None:
+            if yield_after is None:
+                return await self.wait_to_pending(self.pausable_cell(cell_id)), None
+            return await self.wait(self.cell(cell_id), yield_after), None
+        await self._gate()
+        journal = self._core.journal
+        assert journal is not None
+        kept = journal.ended_events.get(cell_id) if seen is not None else None
+        if kept is not None and seen is not None and kept[0] == seen + 1:
+            return kept[1], kept[0]
+        actor = self._actor(cell_id, kind)
+        if seen is not None:
+            try:
+                actor = await self._replayed(cell_id, kind)
+            except MissingCell:
+                kept = journal.ended_events.get(cell_id)  # its replay found it delivered
+                if kept is not None and kept[0] == seen + 1:
+                    return kept[1], kept[0]
+                raise
+            again = actor.recorder.again(seen) if actor.recorder is not None else None
+            if again is not None:
+                assert actor.recorder is not None
+                return again, actor.recorder.events_delivered
+        recorder = actor.recorder
+        held = journal.hold_close(cell_id)
+        event: Yielded | Completed | Terminated | Pending | None = None
+        try:
+            if yield_after is None:
+                event = await self.wait_to_pending(PausableCell(cell_id, self._core.cells.owner))
+            else:
+                event = await self.wait(Cell(cell_id, self._core.cells.owner), yield_after)
+        finally:
+            if held and not isinstance(event, Completed):
+                journal.release_close(cell_id)
+        assert event is not None
+        if recorder is None:
+            return event, None
+        if isinstance(event, Completed):
+            recorder.events_delivered += 1
+            if held and journal.holds_close(cell_id):
+                journal.ended(cell_id, len(event.items))
+                await self._recorded()
+            elif held:
+                journal.release_close(cell_id)
+        return event, recorder.events_delivered
+
+    def acknowledge(self, cell_id: str) -> None:
+        """The caller of :meth:`observe_numbered` received the cell's completion: its closing
+        is recorded now (idempotent)."""
+        journal = self._core.journal
+        if journal is not None:
+            journal.release_close(str(cell_id))
+            journal.ended_events.pop(str(cell_id), None)
 
     async def resume(self, cell: PausableCell, generation: int) -> ResumeOutcome:
         """Continue a pausable cell past frontier ``generation`` (docs/sessions.md)."""
@@ -784,7 +929,14 @@ class SessionRuntime(Session):
         if self._store is None:
             return await self._find(cell).terminate()
         await self._gate()
-        event = await self._find(cell).terminate()
+        actor = self._find(cell)
+        if actor.kind is CellKind.PAUSABLE:
+            # Which of a recovered pausable cell's items were delivered is known once its replay
+            # passed its delivered frontiers: the replay first, so none is delivered twice.
+            actor = await self._replayed(cell, None)
+        event = await actor.terminate()
+        if self._core.journal is not None:
+            self._core.journal.release_close(actor.cell_id)  # recorded before the answer
         await self._recorded()
         return event
 
@@ -796,9 +948,13 @@ class SessionRuntime(Session):
         Raises ``ForeignHandle`` or ``MissingCell`` (unknown or closed cell). See
         ``docs/approvals.md``.
         """
-        if self._store is not None:
-            self._gate_sync()
-        return self._find(cell).awaiting_approval()
+        if self._store is None:
+            return self._find(cell).awaiting_approval()
+        self._gate_sync()
+        actor = self._find(cell)
+        if actor.recorder is not None and not actor.recorder.replayed.is_set():
+            return ()  # replaying: its held calls are known once the replay is over
+        return actor.awaiting_approval()
 
     async def approve(self, cell: Cell | PausableCell | str, call_id: str) -> None:
         """Let the held call ``call_id`` reach the delegate; it is an ordinary call from now on

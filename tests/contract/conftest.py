@@ -250,12 +250,6 @@ def contract_session_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterat
 REOPEN_SKIPS = {
     "test_49_resume_without_any_frontier_is_invalid_generation_none": "its cell must still be "
     "busy when it resumes, but a reopen replays the cell to its first frontier first",
-    "test_59_runaway_loop_is_observed_and_terminated": "open waits for every replay, and the "
-    "replay of a spinning cell spins until its CPU limit",
-    "test_wait_caller_cancelled_while_cell_spins": "open waits for every replay, and the "
-    "replay of a spinning cell spins until its CPU limit",
-    "test_61_concurrent_and_cancelled_shutdowns": "open waits for every replay, and the "
-    "replay of a spinning cell spins until its CPU limit",
 }
 """Scenarios whose premise a suspend-and-reopen after the first create changes (the reason)."""
 

@@ -440,11 +440,9 @@ async def test_shutdown_does_not_wait_for_a_spinning_replay(runtimes: Runtimes) 
     await asyncio.sleep(0.2)  # it spins in the step that took the answer
     await rt.suspend()
     rt2 = runtimes.make(RecordingDelegate(), rt.session_id)
-    opening = asyncio.ensure_future(rt2.open())
-    await asyncio.sleep(0.3)
-    assert not opening.done()  # open waits for the replay, which spins
+    await asyncio.wait_for(rt2.open(), 20)  # open waits for the spinning replay a moment only
+    assert rt2.is_live(cell.cell_id)
     await asyncio.wait_for(rt2.shutdown(), 5)  # ends it at once
-    await asyncio.wait_for(opening, 5)
     rt3 = runtimes.make(RecordingDelegate(), rt.session_id)
     await rt3.open()
     with pytest.raises(MissingCell):

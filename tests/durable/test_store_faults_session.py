@@ -17,7 +17,6 @@ import inspect
 import json
 import os
 import random
-import re
 import signal
 import sqlite3
 import subprocess
@@ -52,7 +51,6 @@ from test_store_faults import tmpfs  # the store tests' small tmpfs (root only; 
 from codemode import (
     Completed,
     CreateCellRequest,
-    MissingCell,
     NestedToolCall,
     OutputItem,
     Pending,
@@ -338,13 +336,12 @@ async def _fail_under_running_cells(
     a pausable cell at its first frontier run in a durable session when the store starts
     refusing writes. What a caller of the first runtime sees, precisely:
 
-    - the running cell's next step cannot be recorded, so it stops (nothing it did after its last
-      recorded step reaches anyone): the next ``wait`` raises ``StoreError`` with the store's
-      text, and later ones raise ``StoreError`` or ``MissingCell`` (the cell is gone from this
-      runtime; it is not closed in the store);
+    - the running cell's next step cannot be recorded, so every cell stops here, as at a
+      suspend (nothing a cell did after its last recorded step reaches anyone): the next
+      ``wait`` raises ``StoreError`` with the store's text, and so does every later call of the
+      runtime on any cell, the same error each time (never ``MissingCell``: the cells are not
+      closed, the store holds them open, and ``is_live`` says so);
     - ``create_cell`` raises ``StoreError`` (its admission cannot be recorded);
-    - ``wait_to_pending`` of the paused cell returns its frontier (nothing new to record) or
-      raises ``StoreError``;
     - ``shutdown()`` returns (it cannot delete the session's cells: they stay in the store).
 
     Nothing recorded is lost: once the store accepts writes again, a new runtime reopens the
@@ -361,21 +358,36 @@ async def _fail_under_running_cells(
     frontier = await rt.wait_to_pending(paused)
     assert isinstance(frontier, Pending) and frontier.frontier.generation == 1
     await break_store()
-    with pytest.raises(StoreError, match=says):
+    with pytest.raises(StoreError, match=says) as info:
         for _ in range(50):  # the cell's next step is at most 30 ms away
             event = await rt.wait(runner, 0.1)
             assert isinstance(event, Yielded), event
             items.extend(_texts(event.items))
+    failure = info.value
     for _ in range(2):
-        with pytest.raises((StoreError, MissingCell)):
+        with pytest.raises(StoreError) as again:
             await rt.wait(runner, 0.1)
+        assert again.value is failure
+    assert rt.is_live(runner.cell_id) and rt.is_live(paused.cell_id)
     with pytest.raises(StoreError, match=says):
         await rt.create_cell(CreateCellRequest("text(1)"))
-    try:
-        again = await rt.wait_to_pending(paused)
-        assert again == frontier
-    except StoreError as exc:
-        assert re.search(says, str(exc)), exc
+    for call in (
+        lambda: rt.wait_to_pending(paused),
+        lambda: rt.resume(paused, 1),
+        lambda: rt.terminate(runner),
+        lambda: rt.create_cell(CreateCellRequest(RUNNER, (STEP,), idempotency_key="runner")),
+    ):
+        with pytest.raises(StoreError) as again:
+            await call()
+        assert again.value is failure
+    for sync_call in (
+        lambda: rt.cell(runner.cell_id),
+        lambda: rt.pausable_cell(paused.cell_id),
+        lambda: rt.awaiting_approval(paused),
+    ):
+        with pytest.raises(StoreError) as again:
+            sync_call()
+        assert again.value is failure
     await asyncio.wait_for(rt.shutdown(), 30)
     assert not rt.is_alive
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from codemode import tracing
 from codemode.cell.delegate import call_delegate
+from codemode.cell.eager import start_eager
 from codemode.cell.machine import (
     BeginSettling,
     CellMachine,
@@ -104,7 +105,7 @@ class CellHost(Protocol):
 
 
 # Delegate callbacks abandoned after the grace period, kept alive until they end.
-_ABANDONED: set[asyncio.Task[Any]] = set()
+_ABANDONED: set[asyncio.Future[Any]] = set()
 
 # Commits of more stored writes than this are merged on a worker thread first.
 _THREAD_WRITES = 10_000
@@ -138,7 +139,7 @@ class CellActor:
         self._ready: list[StepInput] = []
         self._timers: dict[int, float] = {}
         self._timer_heap: list[tuple[float, int]] = []
-        self._calls: dict[str, asyncio.Task[None]] = {}
+        self._calls: dict[str, asyncio.Future[None]] = {}
         self._cancel_requested: set[str] = set()
         self._pending_ids: tuple[str, ...] = ()
         self._notes: asyncio.Queue[str] | None = None
@@ -146,6 +147,10 @@ class CellActor:
         self._observer_futures: dict[int, asyncio.Future[None]] = {}
         self._pump_task: asyncio.Task[None] | None = None
         self._dispatched = False  # delegate calls started since the pump last looked
+        # While the pump applies a report (and the delegate calls it starts), calls to start
+        # wait here and are started eagerly, one after the other, once the report is applied.
+        self._batching = False
+        self._to_start: list[NestedToolCall] = []
         self._settle_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
@@ -297,6 +302,11 @@ class CellActor:
                     and self.recorder.dispatch(effect)
                 ):
                     continue
+                if self._batching and self.kind is not CellKind.PAUSABLE:
+                    # (A pausable cell takes its frontier before any result: calls start as
+                    # tasks of their own, after the pump took it.)
+                    self._to_start.append(effect.call)
+                    continue
                 call = effect.call
                 self._calls[call.call_id] = self._loop.create_task(self._invoke(call))
                 self._dispatched = True
@@ -407,6 +417,42 @@ class CellActor:
         return inputs
 
     def _handle(self, report: StepReport) -> None:
+        self._batching = True
+        try:
+            self._handle_events(report)
+            # Before the settlement: settling cancels the calls still at the delegate.
+            self._start_calls()
+        finally:
+            self._batching = False
+            if self._to_start:  # an event failed midway: what it released starts as before
+                released, self._to_start = self._to_start, []
+                for call in released:
+                    self._calls[call.call_id] = self._loop.create_task(self._invoke(call))
+                    self._dispatched = True
+        self._pending_ids = report.pending_call_ids
+        if report.settlement is not None:
+            self._apply(self.machine.body_settled(report.settlement.error_text))
+
+    def _start_calls(self) -> None:
+        """Start the delegate calls the report released, in order, each eagerly (its first step
+        runs now, as a task of its own): one that answers at once puts its result in the next
+        step's inputs with no task scheduled and no loop iteration. Calls that free a slot
+        release more calls (``max_parallel_tool_calls``); those join the queue, so this stays a
+        flat loop."""
+        queue = self._to_start
+        i = 0
+        try:
+            while i < len(queue):
+                call = queue[i]
+                i += 1
+                task = start_eager(self._loop, self._invoke(call))
+                if not task.done():
+                    self._calls[call.call_id] = task
+                    self._dispatched = True
+        finally:
+            del queue[:i]
+
+    def _handle_events(self, report: StepReport) -> None:
         machine = self.machine
         for ev in report.events:
             if isinstance(ev, OutputProduced):
@@ -433,9 +479,6 @@ class CellActor:
                 machine.store_written(ev.key, ev.value)
             elif isinstance(ev, StoresWritten):
                 machine.stores_written(ev.writes)
-        self._pending_ids = report.pending_call_ids
-        if report.settlement is not None:
-            self._apply(machine.body_settled(report.settlement.error_text))
 
     def _compact_timer_heap(self) -> None:
         """Cleared timers leave the heap once they are most of it (amortised O(1) a clear)."""
@@ -548,8 +591,8 @@ class CellActor:
         self._terminated_items = finished.items
         self._apply(finished.effects)
 
-    def _take_call_tasks(self) -> list[asyncio.Task[Any]]:
-        tasks: list[asyncio.Task[Any]] = []
+    def _take_call_tasks(self) -> list[asyncio.Future[Any]]:
+        tasks: list[asyncio.Future[Any]] = []
         for call_id, task in self._calls.items():
             self._cancel_requested.add(call_id)
             tasks.append(task)
@@ -557,7 +600,7 @@ class CellActor:
         return tasks
 
     @staticmethod
-    async def _cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
+    async def _cancel_and_wait(tasks: list[asyncio.Future[Any]]) -> None:
         pending = [t for t in tasks if not t.done()]
         for task in pending:
             task.cancel()

@@ -39,6 +39,23 @@ _ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False)
 _dumps = _ENCODER.encode  # one encoder for every result, not one per json.dumps call
 
 
+def _small_encoder() -> Callable[[Any], str]:
+    """The same text as ``_dumps`` for the flat values :func:`_is_small` admits, from one C
+    encoder made once (``JSONEncoder.encode`` makes one per call). It skips the cycle check: a
+    flat value holds no container that could contain itself."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - an interpreter without the C accelerator
+        return _dumps
+    encode = make(
+        None, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ": ", ", ",
+        False, False, False,
+    )  # fmt: skip
+    return lambda value: "".join(encode(value, 0))
+
+
+_dumps_small = _small_encoder()
+
+
 def _dumps_incrementally(value: Any) -> str:
     """JSON-encode in small pieces so a worker thread gives the GIL back between them."""
     encoder = json.JSONEncoder(ensure_ascii=True, allow_nan=False)
@@ -102,7 +119,50 @@ async def call_delegate(
         return ToolResultInput(call.call_id, False, message=f"tool `{name}` was cancelled")
     except Exception as exc:
         return ToolResultInput(call.call_id, False, message=str(exc) or type(exc).__name__)
+    if max_bytes is not None and _is_small(value):
+        # The common case, without another coroutine or the probe: a small result is encoded
+        # on the loop whatever the cap, and checked against it after.
+        return _encoded(call.call_id, name, value, max_bytes, encode or _dumps_small)
     return await _encode_result(call.call_id, name, value, max_bytes, encode)
+
+
+# Scalars a small result may hold.
+_SCALARS = (int, float, bool, type(None))
+
+
+def _is_small(value: Any) -> bool:
+    """A result that is cheap to encode whatever it holds: a scalar, a short string, or a dict
+    or list of at most 16 such items (no probe needed to keep the loop responsive)."""
+    kind = type(value)
+    if kind is dict:
+        if len(value) > 16:
+            return False
+        items = value.values()
+    elif kind is list:
+        if len(value) > 16:
+            return False
+        items = value
+    else:
+        return kind in _SCALARS or (kind is str and len(value) <= 4096)
+    for item in items:
+        kind = type(item)
+        if not (kind in _SCALARS or (kind is str and len(item) <= 4096)):
+            return False
+    return True
+
+
+def _encoded(
+    call_id: str, name: str, value: Any, limit: int, encode: Callable[[Any], str]
+) -> ToolResultInput:
+    try:
+        value_json = encode(value)
+    except (TypeError, ValueError, RecursionError):
+        return ToolResultInput(
+            call_id, False, message=f"tool `{name}` returned a value that is not JSON"
+        )
+    if len(value_json) > limit:
+        return _too_big(call_id, name, limit)
+    return ToolResultInput(call_id, True, value_json=value_json)
 
 
 async def _encode_result(

@@ -23,6 +23,9 @@ Journal entry kinds (payloads are JSON):
               result is ``["r", call_id, ok, value_json_or_message, tool_name, input_digest]``,
               a timer firing ``["t", timer_id]``
 ``reads``     ``{"r": [[source, value, count], ...]}``: the environment reads of the step before
+``timers``    ``{"t": [[timer_id, due], ...]}``: the timers the step before set, each with the
+              wall-clock time (Unix seconds) it is due at: a timer still pending when the cell
+              is recovered fires then (at once if that time has passed), not a whole delay later
 ``arrived``   ``{"i": [input]}``: a tool result that reached a *paused* cell (consumed by a
               later step once resumed; recorded at once, so a restart in between keeps it)
 ``resume``    ``{"g": generation, "seen": bool}``: a pausable cell resumed past a frontier
@@ -32,19 +35,32 @@ Journal entry kinds (payloads are JSON):
               not send those again)
 ``completed`` ``{"e": error_text}``: the completion was committed (its writes are in the same
               batch, as stored values)
+``ended``     ``{"n": items}``: the completion was delivered to a caller whose reply may be lost
+              (a cluster's host, ``SessionRuntime.observe_numbered``); the cell's closing is
+              recorded once the caller acknowledges it, and a runtime that recovers the cell
+              first keeps its completion for a retry of that caller (docs/cluster.md)
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from codemode.cell.machine import CellMachine, CommitWrites, DispatchCall, Effect, RejectCall
+from codemode.cell.machine import (
+    CellMachine,
+    CommitWrites,
+    DispatchCall,
+    Effect,
+    Phase,
+    RejectCall,
+)
 from codemode.engine.base import (
     EngineCell,
     EngineLost,
@@ -52,10 +68,11 @@ from codemode.engine.base import (
     StepInput,
     StepReport,
     TimerFired,
+    TimerSet,
     ToolResultInput,
 )
 from codemode.errors import CodeModeError, SessionBusy, StoreError
-from codemode.model import CellKind, CreateCellRequest, ToolDefinition, ToolKind
+from codemode.model import CellKind, CreateCellRequest, Pending, ToolDefinition, ToolKind, Yielded
 from codemode.store.base import Batch, CellRecord, Delivery, Entry, JournalEntry, NewCell
 
 if TYPE_CHECKING:
@@ -77,14 +94,17 @@ logger = logging.getLogger("codemode.journal")
 
 STEP = "step"
 READS = "reads"
+TIMERS = "timers"
 ARRIVED = "arrived"
 RESUME = "resume"
 APPROVE = "approve"
 REJECT = "reject"
 COMPLETED = "completed"
 NOTIFIED = "notified"
+ENDED = "ended"
 
 _GONE_KEPT = 65_536
+_ENDED_KEPT = 4096
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
@@ -131,7 +151,8 @@ class Journal:
     Appending is synchronous and never fails; :meth:`flush` makes everything appended so far
     durable in one batch and raises ``SessionBusy`` (the lease is lost) or ``StoreError``. The
     write runs in a task of its own, so a cancelled flusher never leaves half a batch behind.
-    After a failure the journal is broken: every later flush raises the same error.
+    After a failure the journal is broken: every later flush raises the same error (and
+    ``on_failed`` is called once with a ``StoreError``, so the session stops its cells).
     """
 
     def __init__(
@@ -141,12 +162,14 @@ class Journal:
         owner: str,
         keeper: LeaseKeeper,
         on_lost: Callable[[], None],
+        on_failed: Callable[[StoreError], None] | None = None,
     ) -> None:
         self.store = store
         self.session_id = session_id
         self.owner = owner
         self._keeper = keeper
         self._on_lost = on_lost
+        self._on_failed = on_failed  # called once, when a write fails with StoreError
         self._loop = asyncio.get_running_loop()
         self._cells: list[NewCell] = []
         self._entries: list[Entry] = []
@@ -162,6 +185,11 @@ class Journal:
         self._gone: dict[str, None] = {}
         self.failed: CodeModeError | None = None
         self.muted = False  # shutting down or stopped: record nothing more
+        # Re-delivery (docs/cluster.md): cells whose closing waits for their caller's
+        # acknowledgement (None: observed, not closed yet; True: closed, its record held), and
+        # the completions of recovered cells whose delivery was recorded (a retry gets them).
+        self._holding: dict[str, bool] = {}
+        self.ended_events: dict[str, tuple[int, Any]] = {}
 
     # ------------------------------------------------------------------ appending
 
@@ -188,8 +216,44 @@ class Journal:
             self._gone[cell_id] = None
             if len(self._gone) > _GONE_KEPT:
                 del self._gone[next(iter(self._gone))]
+            if cell_id in self._holding:
+                self._holding[cell_id] = True  # recorded when let go (release_close)
+                return
             self._closed.append(cell_id)
             self._bump()
+
+    def hold_close(self, cell_id: str) -> bool:
+        """Keep the cell's closing from the store until :meth:`release_close` (its terminal
+        event is on its way to a caller that acknowledges it); False if it is held already."""
+        if cell_id in self._holding or cell_id in self._gone or self.muted:
+            return False
+        self._holding[cell_id] = False
+        if len(self._holding) > _GONE_KEPT:  # callers that never acknowledged: record them
+            self.release_close(next(iter(self._holding)))
+        return True
+
+    def holds_close(self, cell_id: str) -> bool:
+        """Whether the cell closed and its closing is held."""
+        return self._holding.get(cell_id, False)
+
+    def release_close(self, cell_id: str) -> None:
+        """Record the closing held for the cell, if it closed meanwhile (idempotent)."""
+        if self._holding.pop(cell_id, False) and not self.muted:
+            self._closed.append(cell_id)
+            self._bump()
+            self.kick()
+
+    def ended(self, cell_id: str, items: int) -> None:
+        """The cell's completion (``items`` items) was delivered; its closing is held."""
+        if not self.muted:
+            self._entries.append(Entry(cell_id, ENDED, {"n": items}))
+            self._bump()
+
+    def kept_completion(self, cell_id: str, count: int, event: Any) -> None:
+        """A recovered cell's delivered completion, kept for a retry of its caller."""
+        self.ended_events[cell_id] = (count, event)
+        while len(self.ended_events) > _ENDED_KEPT:
+            del self.ended_events[next(iter(self.ended_events))]
 
     def values(self, writes: dict[str, str]) -> None:
         """Committed stored values (key -> the value's JSON text)."""
@@ -218,6 +282,7 @@ class Journal:
         target = self._appended
         while self._durable < target:
             if self.failed is not None:
+                self._tell_failed()  # (whichever path the failed write took)
                 raise self.failed
             task = self._task
             if task is None:
@@ -258,6 +323,13 @@ class Journal:
             self.failed = StoreError(f"writing the journal failed: {exc}")
         finally:
             self._task = None
+        self._tell_failed()
+
+    def _tell_failed(self) -> None:
+        """After a write failed with ``StoreError``: call ``on_failed`` (once)."""
+        if isinstance(self.failed, StoreError) and self._on_failed is not None:
+            on_failed, self._on_failed = self._on_failed, None
+            on_failed(self.failed)
 
 
 # ---------------------------------------------------------------------------- one cell
@@ -278,6 +350,8 @@ class RecordedCell:
     notified: int = 0
     paused_at_end: bool = False  # results reached it paused after its last resume
     cut_seq: int | None = None  # the engine command its engine was lost in (0: the run)
+    timers: dict[int, float] = field(default_factory=dict)  # timer id -> due (wall clock)
+    ended: bool = False  # its completion was delivered (an ``ended`` entry)
 
     @classmethod
     def parse(
@@ -303,6 +377,11 @@ class RecordedCell:
                     cell.arrived[item[1]] = item
             elif entry.kind == NOTIFIED:
                 cell.notified += 1
+            elif entry.kind == TIMERS:
+                for timer_id, due in entry.payload["t"]:
+                    cell.timers[int(timer_id)] = float(due)
+            elif entry.kind == ENDED:
+                cell.ended = True
             elif entry.kind == COMPLETED:
                 cell.completed = True
                 cell.completed_error = entry.payload.get("e")
@@ -343,6 +422,12 @@ class CellRecorder:
         self.virtual: set[str] = set()  # recorded calls "at the delegate" during replay
         self.deferred: list[DispatchCall] = []  # unanswered calls, issued after the replay
         self.rejections: dict[str, ToolResultInput] = {}
+        # Re-delivery (docs/cluster.md): how many events were delivered to callers (the
+        # store's count for a recovered cell), and the last one when it can be given again.
+        self.events_delivered = 0
+        if recorded is not None:
+            self.events_delivered = len(recorded.deliveries) + int(recorded.ended)
+        self.last_event: Yielded | None = None
 
     # ------------------------------------------------------------------ recording
 
@@ -378,10 +463,19 @@ class CellRecorder:
         self.journal.kick()
 
     async def step_finished(self, report: StepReport) -> None:
-        """Record a step's environment reads, and wait until the step is recorded."""
+        """Record a step's environment reads and the due times of the timers it set, and wait
+        until the step is recorded."""
         if report.reads:
             reads = [[r.source, r.value, r.count] for r in report.reads]
             self.journal.entry(self.cell_id, READS, {"r": reads})
+        timers = None
+        for event in report.events:
+            if isinstance(event, TimerSet):
+                if timers is None:
+                    timers, now = [], time.time()
+                timers.append([event.timer_id, round(now + event.delay, 3)])
+        if timers is not None:
+            self.journal.entry(self.cell_id, TIMERS, {"t": timers})
         await self.journal.flush()
 
     def resumed(self, generation: int, seen: bool) -> None:
@@ -413,8 +507,19 @@ class CellRecorder:
             and bool(self.recorded and self.recorded.deliveries)
         )
 
-    def delivered(self, items: int) -> None:
+    def delivered(self, items: int, event: Yielded | Pending | None = None) -> None:
         self.journal.delivery(self.cell_id, items)
+        self.events_delivered += 1
+        self.last_event = event if isinstance(event, Yielded) else None
+
+    def again(self, seen: int | None) -> Yielded | None:
+        """The last delivered event again, for a caller that says it has seen ``seen`` events
+        of this cell, one fewer than were delivered (its reply was lost: its host died after
+        the delivery was recorded). ``None`` otherwise: observe as usual. A pausable cell's
+        frontier is not kept here: observing it again repeats it anyway."""
+        if seen is None or seen != self.events_delivered - 1:
+            return None
+        return self.last_event
 
     def committing(self, machine: CellMachine, effects: list[Effect]) -> list[Effect]:
         """The completion is being committed: record it with its writes, or, when replaying a
@@ -463,6 +568,8 @@ async def replay(actor: CellActor, rec: CellRecorder) -> None:
     rec.replaying = True
     try:
         await _replay_all(actor, rec)
+        if rec.recorded is not None and rec.recorded.ended:
+            await _keep_completion(actor, rec)
     finally:
         rec.replaying = False
         rec.recorded = None  # free the record
@@ -470,6 +577,20 @@ async def replay(actor: CellActor, rec: CellRecorder) -> None:
         rec.rejections.clear()
         rec.virtual.clear()
         rec.replayed.set()
+
+
+async def _keep_completion(actor: CellActor, rec: CellRecorder) -> None:
+    """A recovered cell whose completion had been delivered: take that completion again (the
+    replay reproduced it; the cell closes now) and keep it for a retry of the caller whose
+    reply was lost (docs/cluster.md, re-delivery)."""
+    rec.replaying = False
+    if actor.machine.phase not in (Phase.SETTLING, Phase.COMPLETED):
+        return  # the record said it ended; its replay did not (a divergence already told)
+    try:
+        event = await actor.observe(None)
+    except CodeModeError:
+        return
+    rec.journal.kept_completion(rec.cell_id, rec.events_delivered, event)
 
 
 async def _replay_all(actor: CellActor, rec: CellRecorder) -> None:
@@ -492,6 +613,17 @@ async def _replay_all(actor: CellActor, rec: CellRecorder) -> None:
     finally:
         rec.replaying = False
     machine = actor.machine
+    recorded = rec.recorded
+    if (
+        recorded is not None
+        and recorded.deliveries
+        and actor.kind is CellKind.CONTINUING
+        and rec.events_delivered == len(recorded.deliveries)  # none delivered during replay
+        and len(machine.skipped_tail) == recorded.deliveries[-1]
+    ):
+        # The replay reproduced the last delivered event's items: kept for re-delivery.
+        rec.last_event = Yielded(tuple(machine.skipped_tail))
+    machine.skipped_tail = []
     if machine.takes_results:
         leftover = rec.recorded.arrived if rec.recorded is not None else {}
         for call_id, item in leftover.items():
@@ -508,6 +640,21 @@ async def _replay_all(actor: CellActor, rec: CellRecorder) -> None:
             actor._apply((effect,))
         for result in rec.rejections.values():
             actor._ready.append(result)
+        if rec.recorded is not None and rec.recorded.timers and actor._timers:
+            _timers_at_recorded_times(actor, rec.recorded.timers)
+
+
+def _timers_at_recorded_times(actor: CellActor, recorded: dict[int, float]) -> None:
+    """The timers still pending after a replay were set again by it, each its whole delay from
+    now: make each due at the wall-clock time it was recorded with instead (at once if that
+    time has passed), so a recovery does not postpone a timer by the time the cell was down."""
+    wall, mono = time.time(), time.monotonic()
+    for timer_id in actor._timers:
+        due = recorded.get(timer_id)
+        if due is not None:
+            actor._timers[timer_id] = mono + max(due - wall, 0.0)
+    actor._timer_heap = [(due, timer_id) for timer_id, due in actor._timers.items()]
+    heapq.heapify(actor._timer_heap)
 
 
 async def _fresh_start(actor: CellActor, rec: CellRecorder) -> None:
@@ -557,7 +704,8 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
     assert recorded is not None
     machine = actor.machine
     if actor.kind is CellKind.CONTINUING:
-        machine.restore_delivered(sum(recorded.deliveries), bool(recorded.deliveries))
+        last = recorded.deliveries[-1] if recorded.deliveries else 0
+        machine.restore_delivered(sum(recorded.deliveries), bool(recorded.deliveries), last)
     reads: list[EnvRead] = []
     step = 0
     seen_resumes = 0
@@ -634,6 +782,13 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
             f"step {step}: the cell read its environment {len(reads)} times, "
             f"the record has {len(recorded.reads)}"
         )
+    if len(reads) > len(recorded.reads):
+        # The record ends inside a step whose reads were never written (its process stopped
+        # first): the replay read live values there. Record them before any effect of that
+        # step is carried out (its calls are issued after the replay), as a step does.
+        extra = [[r.source, r.value, r.count] for r in reads[len(recorded.reads) :]]
+        rec.journal.entry(rec.cell_id, READS, {"r": extra})
+        await rec.journal.flush()
     machine = actor.machine
     if recorded.completed and machine.takes_results:
         # Its engine was lost between two commands (7.6): it completes so again.

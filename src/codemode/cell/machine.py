@@ -367,6 +367,10 @@ class CellMachine:
     _held: dict[str, NestedToolCall] = field(default_factory=dict)
     _hold_notice: bool = False  # a call became held with nobody observing (continuing cells)
     _skip_output: int = 0  # output items a recovered cell had delivered (restore_delivered)
+    _keep_skipped: int = 0  # the last this many of them are kept in skipped_tail
+    skipped_tail: list[OutputItem] = field(default_factory=list)
+    """The items of a recovered cell's last delivered event, reproduced by its replay (kept for
+    a caller whose reply was lost: docs/cluster.md, re-delivery)."""
     strict: bool = field(default_factory=_strict_default)
     """Raise :class:`DriverBug` on inputs the table marks ``bug`` (on in the test suite)."""
 
@@ -514,6 +518,8 @@ class CellMachine:
         """The cell produced an output item."""
         if self._skip_output:
             self._skip_output -= 1  # delivered before a durable session was recovered
+            if self._skip_output < self._keep_skipped:
+                self.skipped_tail.append(item)
             return []
         self._recorded.append(item)
         return []
@@ -624,12 +630,15 @@ class CellMachine:
         return effects
 
     @_rule("restore_delivered")
-    def restore_delivered(self, items: int, any_delivered: bool) -> None:
+    def restore_delivered(self, items: int, any_delivered: bool, keep: int = 0) -> None:
         """A continuing cell about to be replayed (durable sessions): the first ``items``
         output items it produces were delivered before it was recovered, so they are dropped;
         ``any_delivered`` says whether any event was (the initial-yield boundary of docs/sessions.md
-        rule 5 is then behind it)."""
+        rule 5 is then behind it). The last ``keep`` of them (the last delivered event's) are
+        kept in :attr:`skipped_tail`."""
         self._skip_output = items
+        self._keep_skipped = min(keep, items)
+        self.skipped_tail = []
         self._delivered_any = self._delivered_any or any_delivered
 
     # ------------------------------------------------------------------ observers

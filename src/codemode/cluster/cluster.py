@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -20,6 +21,7 @@ from codemode.model import CellLimits, SessionDelegate
 from codemode.session import new_cell_id
 from codemode.store.base import SessionStore
 
+from .orphans import orphan_grace
 from .spec import StoreSpec
 
 __all__ = ["NAMESPACE", "HostInfo", "SessionCluster"]
@@ -131,7 +133,7 @@ class SessionCluster:
             max_task_retries=0,
             num_cpus=0,
             scheduling_strategy=strategy,
-        ).remote(name, self._spec, self._limits)
+        ).remote(name, self._spec, self._limits, orphan_grace())
 
     def _revive(self, name: str) -> None:
         """Make the host ``name`` again if Ray gave it up (its node died)."""
@@ -212,7 +214,9 @@ class SessionCluster:
         live hosts by fewest live cells (then fewest sessions)."""
         answers = await asyncio.gather(*(self._probe(n, session_id) for n in self._names))
         live = [(name, a) for name, a in zip(self._names, answers, strict=True) if a is not None]
-        live.sort(key=lambda pair: (not pair[1][0], pair[1][1], pair[1][2]))
+        # Ties are broken at random: sessions opened at once all see the same loads, and would
+        # otherwise all go to the first host.
+        live.sort(key=lambda pair: (not pair[1][0], pair[1][1], pair[1][2], random.random()))
         return [(name, self._handle(name)) for name, _ in live]
 
     async def hosts(self) -> list[HostInfo]:

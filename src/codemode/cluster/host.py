@@ -15,6 +15,10 @@ keeps each cell's latest observation, so a retried request with the same number 
 gets its outcome again instead of starting another one; a cancelled caller's observation is
 stopped with :meth:`SessionHost.cancel_observation` and loses nothing (the runtime keeps the
 output for the next observer).
+
+A session whose caller process died (Ray's control store says so) and that no other caller
+reopens within the host's grace period is suspended: it stays in the store for a later reopen
+(:mod:`codemode.cluster.orphans`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +47,7 @@ from codemode.model import (
 )
 from codemode.session import SessionRuntime
 
+from .orphans import ORPHAN_GRACE, dead_callers
 from .spec import (
     MOVED,
     CallMessage,
@@ -89,6 +95,15 @@ class _Hosted:
     next_request: int = 0
     attach: int = -1
     caller: str = ""
+    orphaned_at: float | None = None  # when its caller was first found dead (monotonic)
+    ending: bool = False  # this host is shutting it down or suspending it
+
+    def lost(self) -> bool:
+        """Whether the runtime ended without this host ending it: it lost its lease (it missed
+        renewals, or another runtime took the session over). An operation that raced the loss
+        fails with whatever the runtime raised (``SessionBusy``, or ``ShuttingDown`` when it
+        was past the lease check); either way the session is no longer here."""
+        return not self.ending and not self.runtime.is_alive
 
     def push(self, message: CallMessage | CancelMessage) -> None:
         self.queue.put_nowait(message)
@@ -168,7 +183,13 @@ def _exit_with_raylet(period: float = 0.5) -> None:
 class SessionHost:
     """A session host (run as an async Ray actor; see the module docstring)."""
 
-    def __init__(self, host_id: str, spec: StoreSpec | None, limits: CellLimits | None) -> None:
+    def __init__(
+        self,
+        host_id: str,
+        spec: StoreSpec | None,
+        limits: CellLimits | None,
+        orphan_grace: float = ORPHAN_GRACE,
+    ) -> None:
         _exit_with_raylet()
         self._host_id = host_id
         self._spec = spec
@@ -176,6 +197,12 @@ class SessionHost:
         self._store: Any = None
         self._sessions: dict[str, _Hosted] = {}
         self._opening: dict[str, asyncio.Task[_Hosted]] = {}
+        self._die_after_delivery: tuple[str, str] | None = None  # a fault drill (drill_...)
+        self._orphan_grace = max(float(orphan_grace), 0.0)
+        self._watcher: asyncio.Task[None] | None = None
+        self._streams = 0  # call streams running now
+        self._cleanups: set[asyncio.Task[None]] = set()
+        self._reaped = 0  # orphaned sessions suspended so far
         logging.basicConfig(level=os.environ.get("CODEMODE_CLUSTER_LOG", "WARNING"))
 
     # ------------------------------------------------------------------ host-level
@@ -191,6 +218,12 @@ class SessionHost:
             "sessions": len(self._sessions),
             "live_cells": live,
             "pid": os.getpid(),
+            "opening": len(self._opening),
+            "streams": self._streams,
+            "orphans": sum(h.orphaned_at is not None for h in self._sessions.values()),
+            "reaped": self._reaped,
+            "orphan_grace": self._orphan_grace,
+            "tasks": len(asyncio.all_tasks()),
         }
 
     async def holds(self, session_id: str) -> bool:
@@ -236,10 +269,13 @@ class SessionHost:
                 hosted = await asyncio.shield(task)
             if hosted.caller != caller:
                 hosted.caller = caller
+                hosted.attach = -1  # the new caller numbers its call streams from 1 again
+                hosted.orphaned_at = None
                 for observation in hosted.observations.values():
                     if not observation.cancelled:
                         observation.cancelled = True
                         observation.task.cancel()
+            self._watch_callers()
             cells = await self._cells_of(hosted)
             return ok_reply(
                 {"cells": cells, "limits": hosted.runtime.limits, "issued": hosted.next_request}
@@ -286,6 +322,10 @@ class SessionHost:
             del self._sessions[hosted.session_id]
             hosted.queue.put_nowait(None)
             logger.warning("host %s: session %s lost its lease", self._host_id, hosted.session_id)
+            # Release what the runtime still holds here (its engine); nothing is recorded.
+            task = asyncio.get_running_loop().create_task(hosted.runtime.shutdown())
+            self._cleanups.add(task)
+            task.add_done_callback(self._cleanups.discard)
         return MOVED
 
     # ------------------------------------------------------------------ the call stream
@@ -307,16 +347,20 @@ class SessionHost:
         old.put_nowait(None)
         for number in sorted(hosted.pending):
             queue.put_nowait(hosted.pending[number].message)
-        while True:
-            batch = [await queue.get()]
-            while not queue.empty():
-                batch.append(queue.get_nowait())
-            ended = None in batch
-            messages = [m for m in batch if m is not None]
-            if messages:
-                yield messages
-            if ended:
-                return
+        self._streams += 1
+        try:
+            while True:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                ended = None in batch
+                messages = [m for m in batch if m is not None]
+                if messages:
+                    yield messages
+                if ended:
+                    return
+        finally:
+            self._streams -= 1
 
     async def answer_many(self, session_id: str, answers: list[tuple[int, bool, str]]) -> None:
         """Several answers at once (see :meth:`answer`)."""
@@ -372,15 +416,23 @@ class SessionHost:
         except SessionBusy:
             return self._moved(hosted)
         except CodeModeError as exc:
-            return error_reply(exc)
+            return self._moved(hosted) if hosted.lost() else error_reply(exc)
         return ok_reply(cell_id)
 
     async def observe(
-        self, session_id: str, cell_id: str, number: int, yield_after: float | None
+        self,
+        session_id: str,
+        cell_id: str,
+        number: int,
+        yield_after: float | None,
+        seen: int | None = None,
     ) -> Reply:
         """Observation ``number`` of a cell: ``wait`` with ``yield_after`` seconds, or
         ``wait_to_pending`` when it is ``None``. The same number again joins that observation
-        (or returns its outcome); an older one is an ``ObservationConflict``."""
+        (or returns its outcome); an older one is an ``ObservationConflict``. ``seen`` is the
+        delivery number of the last event the caller received: a new observation gives the
+        last delivered event again when the caller never received it (its host died after
+        recording the delivery, SessionRuntime.observe_numbered)."""
         hosted = self._hosted(session_id)
         if hosted is None:
             return MOVED
@@ -411,9 +463,7 @@ class SessionHost:
         runtime = hosted.runtime
 
         async def run() -> Any:
-            if yield_after is None:
-                return await runtime.wait_to_pending(runtime.pausable_cell(cell_id))
-            return await runtime.wait(runtime.cell(cell_id), yield_after)
+            return await runtime.observe_numbered(cell_id, yield_after, seen)
 
         observation = _Observation(
             cell_id, number, key, asyncio.get_running_loop().create_task(run())
@@ -427,20 +477,23 @@ class SessionHost:
         if task.cancelled():
             return ("cancelled", None)
         exc = task.exception()
-        if isinstance(exc, SessionBusy):
+        if isinstance(exc, SessionBusy) or (isinstance(exc, CodeModeError) and hosted.lost()):
             return self._moved(hosted)
         if isinstance(exc, CodeModeError):
             return error_reply(exc)
         if exc is not None:
             raise exc
-        event = task.result()
+        event, delivery = task.result()
+        if self._die_after_delivery == (hosted.session_id, observation.cell_id):
+            logger.error("host %s: the fault drill ends this process", self._host_id)
+            os._exit(71)  # the delivery is recorded; its reply never leaves
         held: tuple[ApprovalRequest, ...] = ()
         if isinstance(event, Yielded):
             with contextlib.suppress(CodeModeError):
                 held = hosted.runtime.awaiting_approval(observation.cell_id)
         # The requests issued so far: the caller delivers those to its delegate before it
         # returns the event, as an in-process runtime would have.
-        return ok_reply((event, held, hosted.next_request))
+        return ok_reply((event, held, hosted.next_request, delivery))
 
     async def cancel_observation(self, session_id: str, cell_id: str, number: int) -> None:
         """Stop observation ``number`` (its caller went away): the cell keeps its output."""
@@ -469,7 +522,7 @@ class SessionHost:
         except SessionBusy:
             return self._moved(hosted)
         except CodeModeError as exc:
-            return error_reply(exc)
+            return self._moved(hosted) if hosted.lost() else error_reply(exc)
 
     async def terminate(self, session_id: str, cell_id: str) -> Reply:
         hosted = self._hosted(session_id)
@@ -480,7 +533,7 @@ class SessionHost:
         except SessionBusy:
             return self._moved(hosted)
         except CodeModeError as exc:
-            return error_reply(exc)
+            return self._moved(hosted) if hosted.lost() else error_reply(exc)
         hosted.observations.pop(cell_id, None)
         return ok_reply(event)
 
@@ -493,7 +546,7 @@ class SessionHost:
         except SessionBusy:
             return self._moved(hosted)
         except CodeModeError as exc:
-            return error_reply(exc)
+            return self._moved(hosted) if hosted.lost() else error_reply(exc)
 
     async def decide(
         self, session_id: str, cell_id: str, call_id: str, reason: str | None
@@ -510,7 +563,7 @@ class SessionHost:
         except SessionBusy:
             return self._moved(hosted)
         except CodeModeError as exc:
-            return error_reply(exc)
+            return self._moved(hosted) if hosted.lost() else error_reply(exc)
         return ok_reply(None)
 
     async def release(self, session_id: str, cell_id: str, number: int) -> None:
@@ -521,12 +574,16 @@ class SessionHost:
         latest = hosted.observations.get(cell_id)
         if latest is not None and latest.number == number and latest.task.done():
             del hosted.observations[cell_id]
+        hosted.runtime.acknowledge(cell_id)  # a completion's closing is recorded now
 
     async def shutdown(self, session_id: str) -> Reply:
         """End the session (every cell terminated, its cells deleted from the store)."""
         hosted = self._sessions.get(session_id)
-        if hosted is None:
-            return MOVED
+        if hosted is None or hosted.lost():
+            # Lost here: the caller shuts it down where it is reopened (its cells leave the
+            # store there).
+            return MOVED if hosted is None else self._moved(hosted)
+        hosted.ending = True
         await hosted.runtime.shutdown()
         hosted.queue.put_nowait(None)
         self._sessions.pop(session_id, None)
@@ -538,6 +595,7 @@ class SessionHost:
         hosted = self._sessions.pop(session_id, None)
         if hosted is None:
             return ok_reply(None)
+        hosted.ending = True
         if hosted.runtime.is_durable:
             await hosted.runtime.suspend()
         else:
@@ -545,12 +603,78 @@ class SessionHost:
         hosted.queue.put_nowait(None)
         return ok_reply(None)
 
+    # ------------------------------------------------------------------ orphaned sessions
+
+    def _watch_callers(self) -> None:
+        """Start watching the callers of this host's sessions (once)."""
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._watch_loop(), name="codemode-cluster-orphans"
+            )
+
+    async def _watch_loop(self) -> None:
+        period = min(5.0, max(0.5, self._orphan_grace / 4))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.reap_orphans()
+            except Exception:  # the GCS did not answer: try again next period
+                logger.warning("host %s: checking callers failed", self._host_id, exc_info=True)
+
+    async def reap_orphans(self) -> list[str]:
+        """Check the callers of the sessions held here now (Ray's control store); mark the
+        sessions whose caller died, and suspend those marked for the grace period or longer
+        whose caller did not change meanwhile. Returns the ids of the sessions suspended.
+        (The host runs this every few seconds by itself.)"""
+        callers = {h.caller for h in self._sessions.values() if h.caller}
+        if not callers:
+            return []
+        dead = await asyncio.to_thread(dead_callers, callers)
+        now = time.monotonic()
+        due: list[_Hosted] = []
+        for hosted in list(self._sessions.values()):
+            if hosted.caller not in dead:
+                hosted.orphaned_at = None
+            elif hosted.orphaned_at is None:
+                hosted.orphaned_at = now
+                logger.warning(
+                    "host %s: the caller of session %s is gone; suspending it in %.0f s unless "
+                    "it is reopened",
+                    self._host_id,
+                    hosted.session_id,
+                    self._orphan_grace,
+                )
+            if hosted.orphaned_at is not None and now - hosted.orphaned_at >= self._orphan_grace:
+                due.append(hosted)
+        reaped = await asyncio.gather(*(self._reap(h) for h in due))
+        return [h.session_id for h, done in zip(due, reaped, strict=True) if done]
+
+    async def _reap(self, hosted: _Hosted) -> bool:
+        if self._sessions.get(hosted.session_id) is not hosted or hosted.orphaned_at is None:
+            return False  # reopened (by another caller) or ended meanwhile
+        await self.suspend(hosted.session_id)
+        self._reaped += 1
+        logger.warning(
+            "host %s: session %s suspended (its caller is gone); it stays in the store",
+            self._host_id,
+            hosted.session_id,
+        )
+        return True
+
     async def stop(self) -> None:
         """Suspend every session (the host is being stopped)."""
+        if self._watcher is not None:
+            self._watcher.cancel()
         for session_id in list(self._sessions):
             await self.suspend(session_id)
         if self._store is not None:
             await self._store.close()
+
+    async def drill_die_after_delivery(self, session_id: str, cell_id: str) -> None:
+        """A fault drill (tests, operators): this host process exits right after the next
+        observation of the cell has recorded its delivery, before its reply is sent: the
+        narrowest window a host failure can hit (docs/cluster.md, re-delivery)."""
+        self._die_after_delivery = (str(session_id), str(cell_id))
 
     async def ping(self) -> str:
         return self._host_id

@@ -71,6 +71,7 @@ from codemode.model import (
 )
 from codemode.registry import CellRegistry
 
+from .orphans import caller_id
 from .spec import CallMessage, CancelMessage, SessionMoved, unwrap
 
 if TYPE_CHECKING:
@@ -116,6 +117,10 @@ class _CellRecord:
     terminating: bool = False
     held: dict[str, ApprovalRequest] = field(default_factory=dict)
     held_frontier: int = 0
+    # The delivery number of the last event received (None: unknown, a cell this client did
+    # not create); sent with each observation so that a host that recovered the session gives
+    # an event whose reply was lost again (docs/cluster.md, re-delivery).
+    seen: int | None = None
 
 
 @dataclass(eq=False)
@@ -176,7 +181,7 @@ class ClusterSession(Session):
         self._delegate = delegate
         self._session_id = session_id
         self._limits = limits
-        self._caller = secrets.token_hex(8)  # this client, to the hosts
+        self._caller = caller_id()  # this client, to the hosts (docs/cluster.md, orphans)
         self._cells: CellRegistry[_CellRecord] = CellRegistry()
         self._owner = self._cells.owner
         self._closed_ids: OrderedDict[str, None] = OrderedDict()
@@ -506,7 +511,10 @@ class ClusterSession(Session):
 
     def _admitted(self, cell_id: str, kind: CellKind) -> None:
         if cell_id not in self._cells and cell_id not in self._closed_ids:
-            self._cells.add(_CellRecord(cell_id, kind))
+            # Created here: no event of it was delivered before (a keyed create that finds a
+            # cell another caller observed is the one exception: its first event may then
+            # come again, docs/cluster.md).
+            self._cells.add(_CellRecord(cell_id, kind, seen=0))
 
     def cell(self, cell_id: str) -> Cell:
         """A handle on a live continuing cell of this session."""
@@ -646,7 +654,7 @@ class ClusterSession(Session):
             attachment = await self._current()
             try:
                 reply = await attachment.host.observe.remote(
-                    self._session_id, cell_id, number, yield_after
+                    self._session_id, cell_id, number, yield_after, record.seen
                 )
             except _gone(ray.exceptions) as exc:
                 self._broken(attachment, type(exc).__name__)
@@ -654,10 +662,12 @@ class ClusterSession(Session):
             if reply[0] == "cancelled":
                 raise _ObservationCancelled()
             try:
-                event, held, issued = unwrap(reply)
+                event, held, issued, delivery = unwrap(reply)
             except SessionMoved:
                 self._broken(attachment, "it no longer holds the session")
                 continue
+            if delivery is not None:
+                record.seen = delivery
             await attachment.caught_up(issued)
             break
         if isinstance(event, Yielded):

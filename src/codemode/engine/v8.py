@@ -295,6 +295,8 @@ class _Calls:
         self._quiet = None
         if handle is None:
             raise EngineLost("the step's result is missing")
+        if handle.raw.contents.type == _UNDEFINED:
+            return None  # a step's usual result: nothing to convert (mini-racer 0.14.1 layout)
         return self._bridge.context._value_handle_to_python(handle)
 
     def submit(
@@ -364,6 +366,18 @@ class _Calls:
                 self._tasks.clear()
                 return
         self.release()
+
+    def forget(self) -> None:
+        """After the last call came back: every call of the batch has finished (the isolate's
+        thread runs them in order), so there is nothing to cancel; forget the callbacks."""
+        for callback_id in self._ids:
+            self._callbacks.pop(callback_id, None)
+        self._ids.clear()
+        self._tasks.clear()
+        self._quiet_task = None
+        if self._quiet is not None:
+            self._bridge.quiet.take(self._quiet)
+            self._quiet = None
 
     def release(self) -> None:
         """Forget the callbacks and cancel the native tasks (ignored for finished ones)."""
@@ -944,7 +958,7 @@ class _V8Cell(EngineCell):
         finally:
             watch.cancel()
             if finished:
-                calls.release()
+                calls.forget()
             else:
                 self._abort(calls)
             if self._inflight is calls:
@@ -1049,6 +1063,9 @@ _FLAG_POLL = 0.02
 # the inbox (one 32-bit length word, then up to _INBOX_UNITS UTF-16 units).
 _JOURNAL_UNITS = 4194304 - 131072
 _INBOX_UNITS = 131072 - 2
+
+# mini-racer's type code of `undefined` (0.14.1, `_MiniRacerTypes.undefined`).
+_UNDEFINED = 11
 
 # Arguments longer than this are copied into the isolate from a worker thread.
 _THREAD_ARG_CHARS = 256 * 1024

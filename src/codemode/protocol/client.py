@@ -225,7 +225,8 @@ class RemoteSession(Session):
         """Start ``command`` (default: this interpreter with ``-m codemode serve``) as a child on
         pipes, log its stderr, and open one session on it with ``limits`` (default: the server's).
 
-        With ``store`` (a SQLite file), ``--store PATH`` is appended to the command: the session
+        With ``store`` (a SQLite file, or a PostgreSQL DSN such as ``postgresql://...``),
+        ``--store PATH_OR_DSN`` is appended to the command: the session
         is durable (docs/durability.md, "Fronts"). With ``session_id`` too, the session of that
         id in the store is reattached (its live cells recovered; see :meth:`connect`), or
         created with that id. ``session_id`` without ``store`` asks the server for a session it

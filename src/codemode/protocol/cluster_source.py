@@ -8,9 +8,12 @@ from here to the client as ``tool/invoke``, exactly as for in-process sessions. 
 language reaches cluster sessions with the protocol it already speaks (docs/scaling.md).
 
 A ``session/open`` may ask for limits up to the server's ceilings (the limit flags), as with
-in-process sessions; the host applies them. Stopping the server shuts its
-connections' sessions down, then leaves the cluster (its host actors keep running for other
-front doors; ``SessionCluster.close`` stops nothing it did not start).
+in-process sessions; the host applies them. The sessions live in the store (:attr:`store`), so
+the server serves them as ``serve --store`` serves its durable sessions: a connection that ends
+suspends its sessions, and ``session/open`` with a ``sessionId`` reopens one (from another
+connection, or another server process on the same cluster and store). Stopping the server
+suspends its connections' sessions, then leaves the cluster (its host actors keep running for
+other front doors; ``SessionCluster.close`` stops nothing it did not start).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from codemode.cli_common import open_store
 from codemode.model import CellLimits, SessionDelegate
 from codemode.store.base import SessionStore
 
@@ -28,18 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["ClusterSource", "add_cluster_flags", "open_store", "source_from_args"]
 
 DEFAULT_HOSTS = 2
-
-
-def open_store(where: str, *, lease_seconds: float = 10.0) -> SessionStore:
-    """The store named by ``--store``: a PostgreSQL DSN (``postgresql://...``,
-    ``postgres://...`` or libpq ``key=value`` pairs) gives a ``PostgresStore``, anything else is
-    the path of a ``SqliteStore`` file (hosts on one machine only)."""
-    from codemode.store import PostgresStore, SqliteStore
-
-    text = where.strip()
-    if text.startswith(("postgresql://", "postgres://")) or "=" in text.split("/")[0]:
-        return PostgresStore(text, lease_seconds=lease_seconds)
-    return SqliteStore(text, lease_seconds=lease_seconds)
 
 
 class ClusterSource:

@@ -490,7 +490,8 @@ class _Connection:
             problem = session_id_problem(requested_id)
             if problem is not None:
                 raise RpcError(INVALID_PARAMS, f"invalid params: sessionId {problem}")
-            if self.server.store is None:
+            source = self.server.source
+            if self.server.store is None and (source is None or source.store is None):
                 raise UnknownSession(requested_id)  # nothing outlives its connection here
         ceilings = self.server.ceilings
         limits = ceilings
@@ -508,6 +509,8 @@ class _Connection:
             )
         self.server.check_session_cap()
         if self.server.source is not None:
+            if self.server.source.store is not None:
+                return await self._open_durable_from(self.server.source, limits, requested_id)
             return await self._open_from(self.server.source, limits)
         if self.server.store is not None:
             return await self._open_durable(self.server.store, limits, requested_id)
@@ -626,6 +629,47 @@ class _Connection:
             await asyncio.shield(runtime.shutdown())  # as _open: docs/protocol.md
             raise
         return {"sessionId": session_id}
+
+    async def _open_durable_from(
+        self, source: SessionSource, limits: CellLimits, requested_id: str | None
+    ) -> dict[str, Any]:
+        """``session/open`` on a server whose source keeps its sessions in a store (``serve
+        --cluster``): as :meth:`_open_durable`, the session is suspended when its connection
+        ends and ``sessionId`` reopens it (its live cells listed); the source opens it."""
+        store = source.store
+        assert store is not None
+        if requested_id is not None:
+            await self.server._wait_released(requested_id)
+        session_id = requested_id or new_session_id()
+        self.server._reserve(session_id)  # SessionBusy if another open of this id is running
+        try:
+            runtime = await source.open_session(
+                _ForwardingDelegate(self, session_id, durable=True), limits, session_id
+            )
+        except ValueError as exc:
+            raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
+        finally:
+            self.server._unreserve(session_id)
+        session = _ServedSession(session_id, runtime, durable=True, connection=self)
+        try:
+            self.server._hold(session)
+            cells = self._recovered_cells(session, await store.list_cells(session_id, state="open"))
+        except asyncio.CancelledError:
+            # docs/protocol.md: a session opened for a cancelled session/open is shut down; one
+            # asked for by id is only suspended.
+            await asyncio.shield(session.end(suspend=requested_id is not None))
+            raise
+        except BaseException:
+            await asyncio.shield(session.end(suspend=True))
+            raise
+        self.sessions[session_id] = session
+        logger.info("%s: session %s opened (%s)", self.name, session_id, source.description)
+        return {
+            "sessionId": session_id,
+            "durable": True,
+            "limits": limits_to_wire(runtime.limits),
+            "cells": cells,
+        }
 
     async def _shutdown_session(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
         session = self._session(params)
@@ -803,6 +847,7 @@ class ProtocolServer:
         # ends suspends them, and session/open with a sessionId reattaches.
         self.store = store
         self._held: dict[str, _ServedSession] = {}  # durable sessions served by this process
+        self._reserved: set[str] = set()  # ids a session source is opening now
         self.source = source  # None: every session is a SessionRuntime in this process
         self.engine_factory = engine_factory
         self.engine_name = engine_name  # what session/open offers ("v8", "python")
@@ -846,6 +891,16 @@ class ProtocolServer:
         if session.session_id in self._held:
             raise SessionBusy(session.session_id)
         self._held[session.session_id] = session
+
+    def _reserve(self, session_id: str) -> None:
+        """Mark ``session_id`` as being opened by a session source (``SessionBusy`` if it is
+        already, or if a live connection holds it)."""
+        if session_id in self._reserved or session_id in self._held:
+            raise SessionBusy(session_id)
+        self._reserved.add(session_id)
+
+    def _unreserve(self, session_id: str) -> None:
+        self._reserved.discard(session_id)
 
     def _let_go(self, session: _ServedSession) -> None:
         if self._held.get(session.session_id) is session:
@@ -924,6 +979,27 @@ def _stop_on_signals(stop: Callable[[], None]) -> None:
             loop.add_signal_handler(sig, stop)
 
 
+async def _start_store(options: StoreOptions | None) -> tuple[bool, SessionStore | None]:
+    """Open the store of ``--store PATH_OR_DSN`` (if any) and reach it once, so that a server
+    whose store is unreachable, refused or of a newer schema says so at its start instead of at
+    its first ``session/open``: ``(False, None)``, with the reason on stderr."""
+    if options is None:
+        return True, None
+    store = options.open()
+    try:
+        await store.get_lease("-")  # a read: connects, migrates the schema forward
+    except Exception as exc:
+        logger.debug("the session store did not open", exc_info=True)
+        if isinstance(exc, ImportError):
+            text = f"a PostgreSQL store needs pip install 'codemode[postgres]' ({exc})"
+        else:
+            text = str(exc)
+        print(f"codemode serve: cannot start: {text}", file=sys.stderr, flush=True)
+        await _close_store(store)
+        return False, None
+    return True, store
+
+
 async def _close_store(store: SessionStore | None) -> None:
     if store is not None:
         try:
@@ -969,7 +1045,11 @@ async def serve_stdio(
     if not await _start_source(source):
         await transport.close()
         return EXIT_FAILED
-    session_store = store.open() if store is not None else None
+    started, session_store = await _start_store(store)
+    if not started:
+        await _close_source(source)
+        await transport.close()
+        return EXIT_FAILED
     server = ProtocolServer(
         ceilings,
         engine_factory=engine_factory(engine),
@@ -1033,7 +1113,9 @@ async def _serve_websocket(
     from websockets.asyncio.server import ServerConnection, serve
     from websockets.http11 import Request, Response
 
-    session_store = store.open() if store is not None else None
+    started, session_store = await _start_store(store)
+    if not started:
+        return EXIT_FAILED
     server = ProtocolServer(
         ceilings,
         engine_factory=engine_factory(engine),

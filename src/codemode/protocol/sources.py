@@ -16,6 +16,7 @@ from typing import Protocol
 from codemode.contract import Session
 from codemode.model import CellLimits, SessionDelegate
 from codemode.session import new_cell_id
+from codemode.store.base import SessionStore
 
 __all__ = ["ServedRuntime", "SessionSource", "new_session_id"]
 
@@ -50,6 +51,13 @@ class SessionSource(Protocol):
     @property
     def description(self) -> str:
         """What the server logs once the source started (where its sessions run)."""
+        ...
+
+    @property
+    def store(self) -> SessionStore | None:
+        """The store the source's sessions live in, or ``None``. With a store the server
+        suspends a session whose connection ends and ``session/open`` with a ``sessionId``
+        reopens it (docs/protocol.md, durable sessions); it reads the live cells' records there."""
         ...
 
     async def start(self) -> None:
