@@ -214,13 +214,21 @@ class Journal:
     def has_pending(self) -> bool:
         return self._durable < self._appended
 
-    def kick(self) -> None:
-        """Start writing what was appended, without waiting (:meth:`flush` waits for it): in
-        the loop's next turn, so the write runs while the caller's engine step does."""
+    def kick(self, *, now: bool = False) -> None:
+        """Start writing what was appended, without waiting (:meth:`flush` waits for it). A
+        store that commits small writes on this thread (:attr:`_write_now`) does it here with
+        ``now``, else in the loop's next turn: a write of a few dozen microseconds made while
+        the engine's thread runs a step would hand the GIL back and forth with that thread at
+        each SQLite call, which costs more than the write."""
         if self._task is not None or self._durable >= self._appended or self.failed is not None:
             return
         if self._write_now is None:
             self._task = self._loop.create_task(self._write_pending())
+        elif now:
+            if self._soon is not None:
+                self._soon.cancel()
+                self._soon = None
+            self._start_write()
         elif self._soon is None:
             self._soon = self._loop.call_soon(self._write_soon)
 
@@ -426,7 +434,7 @@ class CellRecorder:
         depend on an input that is not recorded, and the window in which an answer can be lost
         to a crash (from its arrival to its write) is no wider than if the step waited."""
         self.journal.entry(self.cell_id, STEP, {"i": self._encode(inputs)})
-        self.journal.kick()
+        self.journal.kick(now=True)
 
     async def step_finished(self, report: StepReport) -> None:
         """Record a step's environment reads, and wait until the step is recorded."""

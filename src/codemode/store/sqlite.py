@@ -709,15 +709,20 @@ class SqliteStore:
             counters[cell_id] += 1
             seqs.append(counters[cell_id])
             rows.append((session_id, cell_id, counters[cell_id], kind, payload))
-        conn.executemany(
+        insert = (
             "INSERT INTO codemode_journal (session_id, cell_id, seq, kind, payload) "
-            "VALUES (?, ?, ?, ?, ?)",
-            rows,
+            "VALUES (?, ?, ?, ?, ?)"
         )
-        conn.executemany(
-            "UPDATE codemode_cells SET entries = ? WHERE session_id = ? AND cell_id = ?",
-            [(n, session_id, cell_id) for cell_id, n in counters.items()],
-        )
+        update = "UPDATE codemode_cells SET entries = ? WHERE session_id = ? AND cell_id = ?"
+        if len(rows) == 1:  # one engine step's entry: the common case
+            conn.execute(insert, rows[0])
+        else:
+            conn.executemany(insert, rows)
+        if len(counters) == 1:
+            ((cell_id, n),) = counters.items()
+            conn.execute(update, (n, session_id, cell_id))
+        else:
+            conn.executemany(update, [(n, session_id, cell_id) for cell_id, n in counters.items()])
         return seqs
 
     def _deliver(self, conn: sqlite3.Connection, session_id: str, batch: Batch) -> None:
