@@ -130,8 +130,10 @@ class Journal:
 
     Appending is synchronous and never fails; :meth:`flush` makes everything appended so far
     durable in one batch and raises ``SessionBusy`` (the lease is lost) or ``StoreError``. The
-    write runs in a task of its own, so a cancelled flusher never leaves half a batch behind.
-    After a failure the journal is broken: every later flush raises the same error.
+    write is committed on the spot when the store can do that without waiting
+    (``write_now``), else it runs in a task of its own; either way a cancelled flusher never
+    leaves half a batch behind. After a failure the journal is broken: every later flush raises
+    the same error.
     """
 
     def __init__(
@@ -428,11 +430,12 @@ class CellRecorder:
         self.journal.entry(self.cell_id, ARRIVED, {"i": [item]})
 
     def step_started(self, inputs: Sequence[StepInput]) -> None:
-        """Start recording a step's inputs as the engine starts consuming them. The write runs
-        while the step runs: :meth:`step_finished` waits for it before any effect of the step is
-        carried out (a call dispatched, output delivered), so nothing outside the cell can
-        depend on an input that is not recorded, and the window in which an answer can be lost
-        to a crash (from its arrival to its write) is no wider than if the step waited."""
+        """Start recording a step's inputs as the engine starts consuming them: committed here
+        when the store can do it at once (SqliteStore), else written while the step runs.
+        Either way :meth:`step_finished` waits for it before any effect of the step is carried
+        out (a call dispatched, output delivered), so nothing outside the cell can depend on an
+        input that is not recorded, and the window in which an answer can be lost to a crash
+        (from its arrival to its write) is no wider than if the step waited."""
         self.journal.entry(self.cell_id, STEP, {"i": self._encode(inputs)})
         self.journal.kick(now=True)
 

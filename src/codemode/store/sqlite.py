@@ -39,6 +39,7 @@ from codemode.store.base import (
     Batch,
     CellRecord,
     CellState,
+    Entry,
     JournalEntry,
     KeyRecord,
     Lease,
@@ -117,6 +118,22 @@ _INLINE_ROWS = 256
 _INLINE_BYTES = 256 * 1024
 # Commits on the caller's thread between two checkpoints on the store's thread.
 _CHECKPOINT_EVERY = 200
+
+
+# UPDATE ... RETURNING (SQLite 3.35): a step's write in two statements (_prepare_step).
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+
+
+def _only_entries(batch: Batch) -> bool:
+    return not (
+        batch.cells
+        or batch.deliveries
+        or batch.closed
+        or batch.values
+        or batch.values_deleted
+        or batch.keys_deleted
+        or batch.journals_deleted
+    )
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -571,6 +588,8 @@ class SqliteStore:
         """The transaction's body of a write, and whether it is small enough for the caller's
         thread."""
         check_batch(batch)
+        if _RETURNING and len(batch.entries) == 1 and _only_entries(batch):
+            return self._prepare_step(session_id, owner, batch.entries[0]), True
         # Serialize JSON on the caller's thread: a value JSON cannot hold fails before any I/O.
         cells = [
             (
@@ -670,6 +689,37 @@ class SqliteStore:
             sum(len(e[2]) for e in entries) <= _INLINE_BYTES
         )
         return run, small
+
+    def _prepare_step(
+        self, session_id: str, owner: str, entry: Entry
+    ) -> Callable[[sqlite3.Connection, float], list[int]]:
+        """The body of a batch of one journal entry (an engine step's), in two statements: the
+        lease check and the cell's counter in one UPDATE, then the entry. Its errors are those
+        of the general body (the lease first, then the cell)."""
+        cell_id, kind = entry.cell_id, entry.kind
+        payload = dump_json(entry.payload, f"a journal entry of cell {cell_id}")
+
+        def run(conn: sqlite3.Connection, now: float) -> list[int]:
+            rows = conn.execute(
+                "UPDATE codemode_cells SET entries = entries + 1 "
+                "WHERE session_id = ? AND cell_id = ? AND state = 'open' AND EXISTS ("
+                "SELECT 1 FROM codemode_leases WHERE session_id = ? AND owner = ? "
+                "AND expires_at > ?) RETURNING entries",
+                (session_id, cell_id, session_id, owner, now),
+            ).fetchall()
+            if not rows:  # which check failed: the general body's checks raise it
+                self._check_lease(conn, session_id, owner, now)
+                self._counters(conn, session_id, [cell_id], "entries")
+                raise StoreError(f"cell {cell_id} is not recorded in session {session_id}")
+            seq = int(rows[0][0])
+            conn.execute(
+                "INSERT INTO codemode_journal (session_id, cell_id, seq, kind, payload) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (session_id, cell_id, seq, kind, payload),
+            )
+            return [seq]
+
+        return run
 
     @staticmethod
     def _state(conn: sqlite3.Connection, session_id: str, cell_id: str) -> str | None:
