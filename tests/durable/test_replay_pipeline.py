@@ -206,3 +206,37 @@ async def test_a_limit_reached_during_replay_ends_the_cell_as_step_by_step(
     assert spy.results == [None]  # the back-to-back run stopped at the limit
     assert second.calls == []
     await rt2.shutdown()
+
+
+async def test_reads_made_past_the_record_are_recorded_before_their_effects(
+    runtimes: Runtimes,
+) -> None:
+    """A process that died after a command's inputs were recorded but before its reads: the
+    replay reads live there, and records what it read before the call made of it goes out, so
+    another restart issues the same call."""
+    first = RecordingDelegate()
+    rt = runtimes.make(first)
+    await rt.open()
+    cell = await rt.create_cell(
+        request(
+            "const a = await tools.echo({ n: 1 }); await tools.block({t: Date.now() + a.n, r: Math.random()});"
+        )
+    )
+    await first.wait_calls(2)
+    await rt.suspend()
+    with sqlite3.connect(runtimes.backend.location) as db:  # as if it died before the reads
+        assert db.execute("DELETE FROM codemode_journal WHERE kind = 'reads'").rowcount == 1
+    inputs = []
+    for _ in range(2):
+        again = RecordingDelegate()
+        rt2 = runtimes.make(again, rt.session_id)
+        await rt2.open()
+        await again.wait_calls(1)
+        assert [c.call_id for c in again.calls] == ["tool-2"]
+        inputs.append(again.calls[0].input)
+        await rt2.suspend()
+    assert inputs[0] == inputs[1]
+    rt3 = runtimes.make(RecordingDelegate(), rt.session_id)
+    await rt3.open()
+    assert rt3.is_live(cell.cell_id)
+    await rt3.shutdown()

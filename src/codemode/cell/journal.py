@@ -631,6 +631,21 @@ def _check_reads(rec: CellRecorder, seen: list[EnvRead], report: StepReport, ste
         seen.append(read)
 
 
+async def _record_new_reads(rec: CellRecorder, seen: list[EnvRead]) -> None:
+    """Reads a replayed command made past the record (its process died after recording the
+    command's inputs, before its reads): record them before any effect of the command is
+    carried out, as a live step does, so that what the cell does with them (a call it issues)
+    is replayed the same way after another restart. They join the record in memory too (a
+    fresh sandbox of this recovery answers them, see ``reopen`` in session.py)."""
+    assert rec.recorded is not None
+    expected = rec.recorded.reads
+    if len(seen) > len(expected):
+        new = seen[len(expected) :]
+        expected.extend(new)
+        rec.journal.entry(rec.cell_id, READS, {"r": [[r.source, r.value, r.count] for r in new]})
+        await rec.journal.flush()
+
+
 def _recorded_inputs(payload: Any) -> list[StepInput]:
     """A recorded step's inputs, as they were applied (unchecked: see :func:`_replay_once`)."""
     inputs: list[StepInput] = []
@@ -712,6 +727,7 @@ async def _replay_once(actor: CellActor, rec: CellRecorder, pipelined: bool = Fa
     reports = _Reports(actor, recorded, pipelined and report.settlement is None)
     await reports.prefetch()
     _check_reads(rec, reads, report, step)
+    await _record_new_reads(rec, reads)
     actor._handle(report)
     for entry in recorded.entries:
         if entry.seq == recorded.cut_seq:
@@ -755,6 +771,7 @@ async def _replay_once(actor: CellActor, rec: CellRecorder, pipelined: bool = Fa
             machine.inputs_applied()
             report = await reports.report(step - 1, inputs, step)
             _check_reads(rec, reads, report, step)
+            await _record_new_reads(rec, reads)
             actor._handle(report)
         elif kind == RESUME:
             generation = int(payload["g"])
