@@ -798,6 +798,8 @@ class _V8Cell(EngineCell):
                 parts.append(f'["t",{int(item.timer_id)}]')
         text = f"[{','.join(parts)}]"
         inbox = self._inbox
+        if self._closed:  # the inbox's memory went with the isolate
+            raise EngineLost("the cell's engine was closed")
         if inbox is not None and inbox.put(text):
             return await self._command(self._bridge.step)  # no argument to copy in
         return await self._command(self._bridge.step, text)
