@@ -21,7 +21,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -468,7 +468,9 @@ class SessionRuntime(Session):
         )
 
         async def reopen() -> Any:
-            return await core.engine.open_cell(boot)
+            # A fresh sandbox answers the reads recorded so far, those this recovery recorded
+            # included (cell/journal.py).
+            return await core.engine.open_cell(replace(boot, replay_reads=tuple(cell.reads)))
 
         try:
             engine_cell = await reopen()

@@ -150,9 +150,11 @@ class Journal:
 
     Appending is synchronous and never fails; :meth:`flush` makes everything appended so far
     durable in one batch and raises ``SessionBusy`` (the lease is lost) or ``StoreError``. The
-    write runs in a task of its own, so a cancelled flusher never leaves half a batch behind.
-    After a failure the journal is broken: every later flush raises the same error (and
-    ``on_failed`` is called once with a ``StoreError``, so the session stops its cells).
+    write is committed on the spot when the store can do that without waiting
+    (``write_now``), else it runs in a task of its own; either way a cancelled flusher never
+    leaves half a batch behind. After a failure the journal is broken: every later flush raises
+    the same error (and ``on_failed`` is called once with a ``StoreError``, so the session stops
+    its cells).
     """
 
     def __init__(
@@ -180,6 +182,12 @@ class Journal:
         self._appended = 0
         self._durable = 0
         self._task: asyncio.Task[None] | None = None
+        # A store that can commit a small batch at once on this thread (SqliteStore.write_now):
+        # such a write is made from a loop callback rather than a task of its own.
+        self._write_now: Callable[[str, str, Batch], list[int] | None] | None = getattr(
+            store, "write_now", None
+        )
+        self._soon: asyncio.Handle | None = None
         # Cells closed lately: nothing more is recorded of them (a late report of a closed
         # cell comes right after its close, so the most recent ones are enough).
         self._gone: dict[str, None] = {}
@@ -272,10 +280,47 @@ class Journal:
     def has_pending(self) -> bool:
         return self._durable < self._appended
 
-    def kick(self) -> None:
-        """Start writing what was appended, without waiting (:meth:`flush` waits for it)."""
-        if self._task is None and self._durable < self._appended and self.failed is None:
+    def kick(self, *, now: bool = False) -> None:
+        """Start writing what was appended, without waiting (:meth:`flush` waits for it). A
+        store that commits small writes on this thread (:attr:`_write_now`) does it here with
+        ``now``, else in the loop's next turn: a write of a few dozen microseconds made while
+        the engine's thread runs a step would hand the GIL back and forth with that thread at
+        each SQLite call, which costs more than the write."""
+        if self._task is not None or self._durable >= self._appended or self.failed is not None:
+            return
+        if self._write_now is None:
             self._task = self._loop.create_task(self._write_pending())
+        elif now:
+            if self._soon is not None:
+                self._soon.cancel()
+                self._soon = None
+            self._start_write()
+        elif self._soon is None:
+            self._soon = self._loop.call_soon(self._write_soon)
+
+    def _write_soon(self) -> None:
+        self._soon = None
+        if self._task is None and self._durable < self._appended and self.failed is None:
+            self._start_write()
+
+    def _start_write(self) -> None:
+        """Write what was appended: committed here when the store can do it at once, else in
+        a task (:attr:`_task`)."""
+        assert self._write_now is not None
+        batch, upto = self._take()
+        if batch.is_empty():
+            self._durable = upto
+            return
+        try:
+            self._keeper.check()
+            done = self._write_now(self.session_id, self.owner, batch)
+        except Exception as exc:
+            self._failed_with(exc)
+            return
+        if done is not None:
+            self._durable = upto
+        else:
+            self._task = self._loop.create_task(self._write_pending(batch, upto))
 
     async def flush(self) -> None:
         """Make every fact appended so far durable (``SessionBusy`` / ``StoreError``)."""
@@ -286,6 +331,12 @@ class Journal:
                 raise self.failed
             task = self._task
             if task is None:
+                if self._write_now is not None:
+                    if self._soon is not None:
+                        self._soon.cancel()
+                        self._soon = None
+                    self._start_write()
+                    continue
                 task = self._task = self._loop.create_task(self._write_pending())
             await asyncio.shield(task)
         if self.failed is not None and self._durable < target:  # pragma: no cover
@@ -305,22 +356,19 @@ class Journal:
         self._closed, self._values, self._keys_deleted = [], {}, []
         return batch, self._appended
 
-    async def _write_pending(self) -> None:
+    async def _write_pending(self, taken: Batch | None = None, upto: int = 0) -> None:
         try:
-            batch, upto = self._take()
+            if taken is None:
+                batch, upto = self._take()
+            else:
+                batch = taken  # already taken (and checked against the lease) by _start_write
             if not batch.is_empty():
-                self._keeper.check()
+                if taken is None:
+                    self._keeper.check()
                 await self.store.write(self.session_id, self.owner, batch)
             self._durable = upto
-        except SessionBusy as exc:
-            self.failed = exc
-            self._on_lost()
-        except StoreError as exc:
-            logger.error("session %s: the store refused a write: %s", self.session_id, exc)
-            self.failed = exc
-        except Exception as exc:  # pragma: no cover - a bug in a store
-            logger.exception("session %s: writing the journal failed", self.session_id)
-            self.failed = StoreError(f"writing the journal failed: {exc}")
+        except Exception as exc:
+            self._failed_with(exc)
         finally:
             self._task = None
         self._tell_failed()
@@ -330,6 +378,17 @@ class Journal:
         if isinstance(self.failed, StoreError) and self._on_failed is not None:
             on_failed, self._on_failed = self._on_failed, None
             on_failed(self.failed)
+
+    def _failed_with(self, exc: Exception) -> None:
+        if isinstance(exc, SessionBusy):
+            self.failed = exc
+            self._on_lost()
+        elif isinstance(exc, StoreError):
+            logger.error("session %s: the store refused a write: %s", self.session_id, exc)
+            self.failed = exc
+        else:  # pragma: no cover - a bug in a store
+            logger.error("session %s: writing the journal failed", self.session_id, exc_info=exc)
+            self.failed = StoreError(f"writing the journal failed: {exc}")
 
 
 # ---------------------------------------------------------------------------- one cell
@@ -429,6 +488,9 @@ class CellRecorder:
             self.events_delivered = len(recorded.deliveries) + int(recorded.ended)
         self.last_event: Yielded | None = None
 
+        # How many notifications had reached the delegate (a fresh replay skips them again).
+        self.notified_before = recorded.notified if recorded is not None else 0
+
     # ------------------------------------------------------------------ recording
 
     def call_issued(self, call_id: str, tool_name: str, value: Any) -> None:
@@ -454,13 +516,14 @@ class CellRecorder:
         self.journal.entry(self.cell_id, ARRIVED, {"i": [item]})
 
     def step_started(self, inputs: Sequence[StepInput]) -> None:
-        """Start recording a step's inputs as the engine starts consuming them. The write runs
-        while the step runs: :meth:`step_finished` waits for it before any effect of the step is
-        carried out (a call dispatched, output delivered), so nothing outside the cell can
-        depend on an input that is not recorded, and the window in which an answer can be lost
-        to a crash (from its arrival to its write) is no wider than if the step waited."""
+        """Start recording a step's inputs as the engine starts consuming them: committed here
+        when the store can do it at once (SqliteStore), else written while the step runs.
+        Either way :meth:`step_finished` waits for it before any effect of the step is carried
+        out (a call dispatched, output delivered), so nothing outside the cell can depend on an
+        input that is not recorded, and the window in which an answer can be lost to a crash
+        (from its arrival to its write) is no wider than if the step waited."""
         self.journal.entry(self.cell_id, STEP, {"i": self._encode(inputs)})
-        self.journal.kick()
+        self.journal.kick(now=True)
 
     async def step_finished(self, report: StepReport) -> None:
         """Record a step's environment reads and the due times of the timers it set, and wait
@@ -593,14 +656,29 @@ async def _keep_completion(actor: CellActor, rec: CellRecorder) -> None:
     rec.journal.kept_completion(rec.cell_id, rec.events_delivered, event)
 
 
+class _PipelineStopped(Exception):
+    """The engine could not run the recorded steps back to back (:func:`_replay_once`)."""
+
+
+# Recorded steps handed to the engine at once when it can run them back to back.
+_PIPELINE_STEPS = 4096
+
+
 async def _replay_all(actor: CellActor, rec: CellRecorder) -> None:
     attempts = 0
+    pipelined = True
     try:
         while True:
             attempts += 1
             try:
-                await _replay_once(actor, rec)
+                await _replay_once(actor, rec, pipelined)
                 break
+            except _PipelineStopped:
+                # A limit or a lost isolate in the middle of the steps run back to back: again
+                # in a fresh sandbox, step by step, which reports that ending precisely.
+                attempts -= 1
+                pipelined = False
+                await _fresh_start(actor, rec)
             except EngineLost:
                 if attempts >= 2:
                     _diverge_text(actor, "its sandbox died during replay")
@@ -669,6 +747,8 @@ async def _fresh_start(actor: CellActor, rec: CellRecorder) -> None:
     rec.virtual.clear()
     rec.deferred.clear()
     rec.rejections.clear()
+    if rec.recorded is not None:
+        rec.recorded.notified = rec.notified_before
     actor._engine = await rec.reopen()
 
 
@@ -699,7 +779,87 @@ def _check_reads(rec: CellRecorder, seen: list[EnvRead], report: StepReport, ste
         seen.append(read)
 
 
-async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
+async def _record_new_reads(rec: CellRecorder, seen: list[EnvRead]) -> None:
+    """Reads a replayed command made past the record (its process died after recording the
+    command's inputs, before its reads): record them before any effect of the command is
+    carried out, as a live step does, so that what the cell does with them (a call it issues)
+    is replayed the same way after another restart. They join the record in memory too (a
+    fresh sandbox of this recovery answers them, see ``reopen`` in session.py)."""
+    assert rec.recorded is not None
+    expected = rec.recorded.reads
+    if len(seen) > len(expected):
+        new = seen[len(expected) :]
+        expected.extend(new)
+        rec.journal.entry(rec.cell_id, READS, {"r": [[r.source, r.value, r.count] for r in new]})
+        await rec.journal.flush()
+
+
+def _recorded_inputs(payload: Any) -> list[StepInput]:
+    """A recorded step's inputs, as they were applied (unchecked: see :func:`_replay_once`)."""
+    inputs: list[StepInput] = []
+    for item in payload["i"]:
+        if item[0] == "r":
+            if item[2]:
+                inputs.append(ToolResultInput(item[1], True, value_json=item[3]))
+            else:
+                inputs.append(ToolResultInput(item[1], False, message=item[3]))
+        else:
+            inputs.append(TimerFired(int(item[1])))
+    return inputs
+
+
+class _Reports:
+    """The reports of a recovered cell's recorded steps.
+
+    Step by step, each comes from :meth:`EngineCell.step` when the replay reaches it. With an
+    engine that can run recorded steps back to back (``replay_steps``, the V8 engine), they
+    are run in windows of :data:`_PIPELINE_STEPS` ahead of the host's checks: the first window
+    before the host handles anything of the cell (so a window that stops early costs nothing
+    but a fresh start, see :func:`_replay_all`). Each step's inputs are the record's, in their
+    recorded grouping; the host still checks each of them against what the cell issued, and
+    every report, in order, as before."""
+
+    def __init__(self, actor: CellActor, recorded: RecordedCell, pipelined: bool) -> None:
+        self._actor = actor
+        self._run: Any = getattr(actor._engine, "replay_steps", None) if pipelined else None
+        self._inputs: list[list[StepInput]] = []
+        if self._run is not None:
+            for entry in recorded.entries:
+                if entry.seq == recorded.cut_seq:
+                    break
+                if entry.kind == STEP:
+                    try:
+                        self._inputs.append(_recorded_inputs(entry.payload))
+                    except (KeyError, IndexError, TypeError, ValueError):
+                        break  # a malformed step: checked (and refused) when reached
+        self._window: list[StepReport] = []
+        self._base = 0  # the index of the window's first step
+        self._short = False  # the last window ended early (a step settled the cell)
+
+    async def prefetch(self) -> None:
+        if self._run is not None and self._inputs:
+            await self._fetch(0)
+
+    async def _fetch(self, base: int) -> None:
+        window = self._inputs[base : base + _PIPELINE_STEPS]
+        got = await self._run(window)
+        if got is None:
+            raise _PipelineStopped()
+        self._base, self._window = base, got
+        self._short = len(got) < len(window)
+
+    async def report(self, index: int, inputs: list[StepInput], step: int) -> StepReport:
+        """The report of recorded step ``index`` (from 0), whose checked inputs are ``inputs``."""
+        if self._run is None or index >= len(self._inputs):
+            return await self._actor._engine.step(inputs)
+        if index >= self._base + len(self._window):
+            if self._short:
+                raise Diverged(f"step {step}: the cell has ended where the record goes on")
+            await self._fetch(index)
+        return self._window[index - self._base]
+
+
+async def _replay_once(actor: CellActor, rec: CellRecorder, pipelined: bool = False) -> None:
     recorded = rec.recorded
     assert recorded is not None
     machine = actor.machine
@@ -713,7 +873,10 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
         _lost_again(actor, recorded)  # lost in its first command: nothing ran
         return
     report = await actor._engine.run()
+    reports = _Reports(actor, recorded, pipelined and report.settlement is None)
+    await reports.prefetch()
     _check_reads(rec, reads, report, step)
+    await _record_new_reads(rec, reads)
     actor._handle(report)
     for entry in recorded.entries:
         if entry.seq == recorded.cut_seq:
@@ -755,8 +918,9 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
                         raise Diverged(f"step {step}: timer {timer_id} was not set")
                     inputs.append(TimerFired(timer_id))
             machine.inputs_applied()
-            report = await actor._engine.step(inputs)
+            report = await reports.report(step - 1, inputs, step)
             _check_reads(rec, reads, report, step)
+            await _record_new_reads(rec, reads)
             actor._handle(report)
         elif kind == RESUME:
             generation = int(payload["g"])
@@ -782,13 +946,6 @@ async def _replay_once(actor: CellActor, rec: CellRecorder) -> None:
             f"step {step}: the cell read its environment {len(reads)} times, "
             f"the record has {len(recorded.reads)}"
         )
-    if len(reads) > len(recorded.reads):
-        # The record ends inside a step whose reads were never written (its process stopped
-        # first): the replay read live values there. Record them before any effect of that
-        # step is carried out (its calls are issued after the replay), as a step does.
-        extra = [[r.source, r.value, r.count] for r in reads[len(recorded.reads) :]]
-        rec.journal.entry(rec.cell_id, READS, {"r": extra})
-        await rec.journal.flush()
     machine = actor.machine
     if recorded.completed and machine.takes_results:
         # Its engine was lost between two commands (7.6): it completes so again.

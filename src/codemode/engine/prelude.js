@@ -175,6 +175,7 @@
   let journalFlag = null;
   let journalAt = 4;
   const charCodeAt = uncurry(String.prototype.charCodeAt);
+  const stringSlice = uncurry(String.prototype.slice);
   const StringFromCharCode = StringCtor.fromCharCode;
   // One journal per isolate, made now: the host holds a view of its memory before any cell
   // runs. 4 Mi units (8 MiB of address space, committed only as far as it is written): the
@@ -1282,7 +1283,45 @@
       }
       return '{"ev":[' + events + '],"pending":' + ids + ',"settled":' + end + envDrain() + "}";
     },
+
+    // Replay (engine/v8.py replay_steps, docs/durability.md): the recorded inputs of many steps
+    // at once, a JSON array of step() texts (as an argument, or in the inbox). replayQueue
+    // applies the first; each replayNext returns the report of the step before (as drain()
+    // does, its environment reads inline: the read buffer is rewritten before the host looks)
+    // and applies the next; replayDrain reports the last. One task per step: V8 runs the
+    // microtasks of a step after its task, before the next task drains them.
+    replayQueue(stepsText) {
+      replaySteps = JSONparse(stepsText === undefined ? readInbox() : stepsText);
+      replayStepAt = 0;
+      replayApply();
+    },
+    replayNext() {
+      const report = bridge.replayDrain();
+      replayApply();
+      return report;
+    },
+    replayDrain() {
+      let reads = "";
+      if (readRuns > 0) {
+        for (let i = 0; i < 3 * readRuns; i++) reads += (i === 0 ? "" : ",") + readSlots[i];
+        readRuns = 0;  // drain() adds no count: the runs go inline
+      }
+      const report = bridge.drain();
+      if (reads === "") return report;
+      return stringSlice(report, 0, report.length - 1) + ',"reads":[' + reads + "]}";
+    },
   });
+  let replaySteps = null;  // replayQueue's step texts
+  let replayStepAt = 0;
+  function replayApply() {
+    if (replaySteps === null || replayStepAt >= replaySteps.length) {
+      replaySteps = null;
+      return;
+    }
+    const text = replaySteps[replayStepAt];
+    replaySteps[replayStepAt++] = null;
+    bridge.step(text);
+  }
 
   // The bridge is the completion value of this script: only the host holds it (no global
   // names it), so a cell can neither call it nor boot it again.

@@ -812,9 +812,120 @@ class _V8Cell(EngineCell):
                 parts.append(f'["t",{int(item.timer_id)}]')
         text = f"[{','.join(parts)}]"
         inbox = self._inbox
+        if self._closed:  # the inbox's memory went with the isolate
+            raise EngineLost("the cell's engine was closed")
         if inbox is not None and inbox.put(text):
             return await self._command(self._bridge.step)  # no argument to copy in
         return await self._command(self._bridge.step, text)
+
+    async def replay_steps(self, steps: Sequence[Sequence[StepInput]]) -> list[StepReport] | None:
+        """Replay (docs/durability.md): run recorded steps back to back, as many :meth:`step`
+        calls would, with one wait for the isolate's thread instead of one per step.
+
+        The host knows every recorded step's inputs, so it hands them over in one piece
+        (prelude ``replayQueue``) and submits one task per step at once (``replayNext``: the
+        report of the step before, then the next inputs; V8 runs a step's microtasks after its
+        task, so each report is what :meth:`step` would have returned). Every report is then
+        checked in order by the host's :class:`CellAuthority`, each step's inputs declared to
+        it first, exactly as :meth:`step` does. Returns the reports in order; fewer when one
+        settled the cell (which is then closed, as :meth:`step` closes it). None when the run
+        did not finish normally (a limit, a JavaScript error of the bridge, a lost isolate):
+        the cell is closed and none of its reports was checked; replay in a fresh cell with
+        :meth:`step`, which reports such endings precisely."""
+        if not steps:
+            return []
+        if self._closed:
+            raise EngineLost("the cell's engine was closed")
+        bridge = self._bridge
+        ctx = self._context
+        fns = getattr(bridge, "replay_fns", None)
+        if fns is None:
+            fns = tuple(bridge.bridge[n] for n in ("replayQueue", "replayNext", "replayDrain"))
+            bridge.replay_fns = fns  # type: ignore[attr-defined]
+        queue_fn, next_fn, drain_fn = fns
+        queue_text = _dumps([_step_text(inputs) for inputs in steps])
+        inbox = self._inbox
+        if inbox is not None and inbox.put(queue_text):
+            argv = bridge.argv[0]
+        else:
+            argv = await bridge.arguments((queue_text,))
+        if self._closed:
+            raise EngineLost("the cell's engine was closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        callbacks = ctx._active_cancelable_mr_task_callbacks
+
+        def done(handle: Any) -> None:  # on the event loop, from mini-racer's callback
+            if future.done():
+                return
+            try:
+                future.set_result(ctx._value_handle_to_python(handle))
+            except Exception as exc:
+                future.set_exception(exc)
+
+        quiet: list[int] = []
+        tasks: list[int] = []
+        raw_bridge = bridge.bridge.raw_handle.raw
+
+        def post(fn: Any, args: Any, callback_id: int) -> None:
+            tasks.append(
+                int(
+                    bridge.native_call(
+                        ctx._ctx, fn.raw_handle.raw, raw_bridge, args.raw_handle.raw, callback_id
+                    )
+                )
+            )
+
+        final = next(ctx._next_async_callback_id)
+        callbacks[final] = done
+        started = time.perf_counter()
+        finished = False
+        try:
+            for i in range(len(steps)):
+                callback_id = next(ctx._next_async_callback_id)
+                bridge.quiet.expect(callback_id)
+                quiet.append(callback_id)
+                post(
+                    queue_fn if i == 0 else next_fn, argv if i == 0 else bridge.argv[0], callback_id
+                )
+            post(drain_fn, bridge.argv[0], final)
+            deadline = started + max(self._limits.max_cpu_seconds - self._cpu_used, 0.0)
+            while not future.done():
+                now = time.perf_counter()
+                if now >= deadline or self._limit_flag() is not None:
+                    return None  # a limit: the step-by-step replay reports it precisely
+                await asyncio.wait({future}, timeout=min(deadline - now, _FLAG_POLL))
+            if future.exception() is not None or ctx.was_hard_memory_limit_reached():
+                return None
+            raws: list[Any] = []
+            for callback_id in quiet[1:]:
+                handle = bridge.quiet.take(callback_id)
+                if handle is None:
+                    return None
+                raws.append(ctx._value_handle_to_python(handle))
+            raws.append(future.result())
+            finished = True
+        except _JSEvalException:
+            return None
+        finally:
+            callbacks.pop(final, None)
+            for callback_id in quiet:
+                bridge.quiet.take(callback_id)
+            if not finished:
+                for task_id in tasks:
+                    bridge.native_cancel(ctx._ctx, task_id)
+                self.close()
+            self._cpu_used += time.perf_counter() - started
+        cpu = (time.perf_counter() - started) / len(steps)
+        reports: list[StepReport] = []
+        for inputs, raw in zip(steps, raws, strict=True):
+            self._authority.inputs(inputs)
+            report = await self._parse(raw, cpu)
+            reports.append(report)
+            if report.settlement is not None:
+                self.close()  # after completion no JavaScript of the cell runs (docs/cells.md)
+                break
+        return reports
 
     async def stop(self) -> tuple[EngineEvent, ...]:
         if self._closed:
@@ -1026,6 +1137,21 @@ class _V8Cell(EngineCell):
         if located == settlement.error_text:
             return report
         return dataclasses.replace(report, settlement=Settlement(located))
+
+
+def _step_text(inputs: Sequence[StepInput]) -> str:
+    """A step's inputs as the prelude's ``step`` reads them (the same text :meth:`_V8Cell.step`
+    makes)."""
+    parts = []
+    for item in inputs:
+        if isinstance(item, ToolResultInput):
+            if item.ok:
+                parts.append(f'["r","{item.call_id}",true,{item.value_json}]')
+            else:
+                parts.append(f'["r","{item.call_id}",false,{_dumps(item.message)}]')
+        else:
+            parts.append(f'["t",{int(item.timer_id)}]')
+    return f"[{','.join(parts)}]"
 
 
 def _journal_items(data: bytes) -> list[tuple[int, str]]:

@@ -8,8 +8,13 @@ machine (docs/durability.md).
   ``busy_seconds`` for another process's transaction to end.
 - ``synchronous=NORMAL``: a committed transaction survives the crash of any process; a power loss
   or an OS crash may lose the last transactions (never corrupt the file).
-- All blocking I/O runs on one dedicated thread per store, which owns the connection; the event
-  loop never waits on the disk.
+- Blocking I/O runs on one dedicated thread per store, which owns the connection; the event loop
+  never waits on the disk. A small ``write`` runs on the caller's thread instead when it cannot
+  wait: when the file's write lock is free at once (a second connection without a busy
+  timeout), it commits there, which with ``synchronous=NORMAL`` appends to the WAL without
+  flushing it (the checkpoints, which flush, run on the store's thread); otherwise it goes to the
+  store's thread like any write. This saves a journal write the two thread hand-offs (and their
+  scheduling delays on a loaded machine) that used to cost more than the transaction itself.
 - The schema is versioned (table ``codemode_schema_version``) and migrated forward on open; a file
   from a newer codemode is refused with :class:`~codemode.StoreError`.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import os
 import sqlite3
 import threading
@@ -33,6 +39,7 @@ from codemode.store.base import (
     Batch,
     CellRecord,
     CellState,
+    Entry,
     JournalEntry,
     KeyRecord,
     Lease,
@@ -106,6 +113,34 @@ _CELL_COLUMNS = (
 )
 
 
+# Writes of at most this many rows and this much JSON may run on the caller's thread.
+_INLINE_ROWS = 256
+_INLINE_BYTES = 256 * 1024
+# Commits on the caller's thread between two checkpoints on the store's thread.
+_CHECKPOINT_EVERY = 200
+
+
+# UPDATE ... RETURNING (SQLite 3.35): a step's write in two statements (_prepare_step).
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+
+
+def _only_entries(batch: Batch) -> bool:
+    return not (
+        batch.cells
+        or batch.deliveries
+        or batch.closed
+        or batch.values
+        or batch.values_deleted
+        or batch.keys_deleted
+        or batch.journals_deleted
+    )
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+
+
 def newer_schema_text(where: str, found: int, supported: int) -> str:
     return (
         f"the session store {where} has schema version {found}, newer than this codemode "
@@ -150,6 +185,12 @@ class SqliteStore:
         self._queue: collections.deque[
             tuple[Callable[[sqlite3.Connection, float], Any], concurrent.futures.Future[Any]]
         ] = collections.deque()
+        # The caller-thread path of small writes (see the module's docstring): a connection
+        # made on the store's thread, used by one caller at a time, never waiting for a lock.
+        self._inline: sqlite3.Connection | None = None
+        self._inline_lock = threading.Lock()
+        self._grouped_writes = 0  # writes queued for or running on the store's thread
+        self._since_checkpoint = 0
 
     @property
     def lease_seconds(self) -> float:
@@ -195,6 +236,23 @@ class SqliteStore:
             conn.close()
             raise
         self._conn = conn
+        try:
+            self._inline = self._inline_connection()
+        except sqlite3.Error:  # pragma: no cover - then every write takes the thread
+            self._inline = None
+        return conn
+
+    def _inline_connection(self) -> sqlite3.Connection:
+        """The connection of the caller-thread path: no busy timeout (a lock held elsewhere
+        sends the write to the store's thread) and no automatic checkpoint (a checkpoint
+        flushes the disk: it runs on the store's thread, see :meth:`_checkpoint`)."""
+        conn = sqlite3.connect(self._path, timeout=0, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def _wal(self, conn: sqlite3.Connection) -> None:
@@ -271,6 +329,55 @@ class SqliteStore:
             return StoreError(f"{where} failed with an I/O error (is the disk full?): {exc}")
         return StoreError(f"{where} failed: {exc}")
 
+    def _try_inline(self, body: Callable[[sqlite3.Connection, float], T]) -> tuple[bool, T | None]:
+        """Run ``body(conn, now)`` as one transaction on the caller's thread if that needs no
+        waiting: no write of this store is queued for its thread (writes keep their order) and
+        the file's write lock is free at once. ``(False, None)``: not run, nothing written
+        (take the store's thread); ``(True, result)``: committed. Raises as the thread's path
+        does (StoreError, SessionBusy), having written nothing."""
+        conn = self._inline
+        if conn is None or self._grouped_writes or self._closed:
+            return False, None
+        if not self._inline_lock.acquire(blocking=False):
+            return False, None
+        try:
+            if self._inline is not conn:  # closed meanwhile
+                return False, None
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if _busy(exc):
+                    return False, None
+                raise self._error(exc) from exc
+            try:
+                result = body(conn, time.time())
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError) and _busy(exc):
+                    return False, None
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(exc) from exc
+                raise
+        finally:
+            self._inline_lock.release()
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= _CHECKPOINT_EVERY:
+            self._since_checkpoint = 0
+            with contextlib.suppress(RuntimeError):  # the executor is shut down: closing
+                self._executor.submit(self._checkpoint)
+        return True, result
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL's committed pages into the database (on the store's thread; without
+        waiting for readers or writers), so the caller-thread path never flushes the disk."""
+        try:
+            if self._conn is not None:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:  # pragma: no cover - the next checkpoint tries again
+            pass
+
     async def _grouped(self, body: Callable[[sqlite3.Connection, float], T]) -> T:
         """Run ``body(conn, now)`` as one write of a group commit: the store's thread runs every
         write queued meanwhile in one transaction, each in a savepoint of its own (a write that
@@ -282,8 +389,12 @@ class SqliteStore:
         with self._queue_lock:
             self._queue.append((body, future))
         loop = asyncio.get_running_loop()
-        loop.run_in_executor(self._executor, self._flush)
-        result: T = await asyncio.wrap_future(future)
+        self._grouped_writes += 1
+        try:
+            loop.run_in_executor(self._executor, self._flush)
+            result: T = await asyncio.wrap_future(future)
+        finally:
+            self._grouped_writes -= 1
         return result
 
     def _flush(self) -> None:
@@ -453,7 +564,32 @@ class SqliteStore:
     # ------------------------------------------------------------------------------ writes
 
     async def write(self, session_id: str, owner: str, batch: Batch) -> list[int]:
+        run, small = self._prepare_write(session_id, owner, batch)
+        if small:
+            done, result = self._try_inline(run)
+            if done:
+                assert result is not None
+                return result
+        return await self._grouped(run)
+
+    def write_now(self, session_id: str, owner: str, batch: Batch) -> list[int] | None:
+        """:meth:`write` on the caller's thread, if that needs no waiting (see the module's
+        docstring): the entries' sequence numbers once committed, or None when nothing was
+        written (then call :meth:`write`). Raises as :meth:`write` does."""
+        run, small = self._prepare_write(session_id, owner, batch)
+        if not small:
+            return None
+        done, result = self._try_inline(run)
+        return result if done else None
+
+    def _prepare_write(
+        self, session_id: str, owner: str, batch: Batch
+    ) -> tuple[Callable[[sqlite3.Connection, float], list[int]], bool]:
+        """The transaction's body of a write, and whether it is small enough for the caller's
+        thread."""
         check_batch(batch)
+        if _RETURNING and len(batch.entries) == 1 and _only_entries(batch):
+            return self._prepare_step(session_id, owner, batch.entries[0]), True
         # Serialize JSON on the caller's thread: a value JSON cannot hold fails before any I/O.
         cells = [
             (
@@ -520,14 +656,16 @@ class SqliteStore:
                         "ON CONFLICT (session_id, key) DO UPDATE SET value = excluded.value",
                         values,
                     )
-                conn.executemany(
-                    "DELETE FROM codemode_values WHERE session_id = ? AND key = ?",
-                    [(session_id, key) for key in batch.values_deleted],
-                )
-                conn.executemany(
-                    "DELETE FROM codemode_keys WHERE session_id = ? AND key = ?",
-                    [(session_id, key) for key in batch.keys_deleted],
-                )
+                if batch.values_deleted:
+                    conn.executemany(
+                        "DELETE FROM codemode_values WHERE session_id = ? AND key = ?",
+                        [(session_id, key) for key in batch.values_deleted],
+                    )
+                if batch.keys_deleted:
+                    conn.executemany(
+                        "DELETE FROM codemode_keys WHERE session_id = ? AND key = ?",
+                        [(session_id, key) for key in batch.keys_deleted],
+                    )
                 for cell_id in batch.journals_deleted:
                     state = self._state(conn, session_id, cell_id)
                     if state != "closed":
@@ -547,7 +685,41 @@ class SqliteStore:
 
             return body(now)
 
-        return await self._grouped(run)
+        small = len(entries) + len(cells) + len(values) <= _INLINE_ROWS and (
+            sum(len(e[2]) for e in entries) <= _INLINE_BYTES
+        )
+        return run, small
+
+    def _prepare_step(
+        self, session_id: str, owner: str, entry: Entry
+    ) -> Callable[[sqlite3.Connection, float], list[int]]:
+        """The body of a batch of one journal entry (an engine step's), in two statements: the
+        lease check and the cell's counter in one UPDATE, then the entry. Its errors are those
+        of the general body (the lease first, then the cell)."""
+        cell_id, kind = entry.cell_id, entry.kind
+        payload = dump_json(entry.payload, f"a journal entry of cell {cell_id}")
+
+        def run(conn: sqlite3.Connection, now: float) -> list[int]:
+            rows = conn.execute(
+                "UPDATE codemode_cells SET entries = entries + 1 "
+                "WHERE session_id = ? AND cell_id = ? AND state = 'open' AND EXISTS ("
+                "SELECT 1 FROM codemode_leases WHERE session_id = ? AND owner = ? "
+                "AND expires_at > ?) RETURNING entries",
+                (session_id, cell_id, session_id, owner, now),
+            ).fetchall()
+            if not rows:  # which check failed: the general body's checks raise it
+                self._check_lease(conn, session_id, owner, now)
+                self._counters(conn, session_id, [cell_id], "entries")
+                raise StoreError(f"cell {cell_id} is not recorded in session {session_id}")
+            seq = int(rows[0][0])
+            conn.execute(
+                "INSERT INTO codemode_journal (session_id, cell_id, seq, kind, payload) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (session_id, cell_id, seq, kind, payload),
+            )
+            return [seq]
+
+        return run
 
     @staticmethod
     def _state(conn: sqlite3.Connection, session_id: str, cell_id: str) -> str | None:
@@ -587,15 +759,20 @@ class SqliteStore:
             counters[cell_id] += 1
             seqs.append(counters[cell_id])
             rows.append((session_id, cell_id, counters[cell_id], kind, payload))
-        conn.executemany(
+        insert = (
             "INSERT INTO codemode_journal (session_id, cell_id, seq, kind, payload) "
-            "VALUES (?, ?, ?, ?, ?)",
-            rows,
+            "VALUES (?, ?, ?, ?, ?)"
         )
-        conn.executemany(
-            "UPDATE codemode_cells SET entries = ? WHERE session_id = ? AND cell_id = ?",
-            [(n, session_id, cell_id) for cell_id, n in counters.items()],
-        )
+        update = "UPDATE codemode_cells SET entries = ? WHERE session_id = ? AND cell_id = ?"
+        if len(rows) == 1:  # one engine step's entry: the common case
+            conn.execute(insert, rows[0])
+        else:
+            conn.executemany(insert, rows)
+        if len(counters) == 1:
+            ((cell_id, n),) = counters.items()
+            conn.execute(update, (n, session_id, cell_id))
+        else:
+            conn.executemany(update, [(n, session_id, cell_id) for cell_id, n in counters.items()])
         return seqs
 
     def _deliver(self, conn: sqlite3.Connection, session_id: str, batch: Batch) -> None:
@@ -744,6 +921,10 @@ class SqliteStore:
         self._executor.shutdown(wait=False)
 
     def _close_connection(self) -> None:
+        with self._inline_lock:
+            if self._inline is not None:
+                self._inline.close()
+                self._inline = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
