@@ -800,17 +800,7 @@ class _V8Cell(EngineCell):
 
     async def step(self, inputs: Sequence[StepInput]) -> StepReport:
         self._authority.inputs(inputs)
-        parts = []
-        for item in inputs:
-            if isinstance(item, ToolResultInput):
-                # Call ids are the runtime's own "tool-N": no escaping needed.
-                if item.ok:
-                    parts.append(f'["r","{item.call_id}",true,{item.value_json}]')
-                else:
-                    parts.append(f'["r","{item.call_id}",false,{_dumps(item.message)}]')
-            else:
-                parts.append(f'["t",{int(item.timer_id)}]')
-        text = f"[{','.join(parts)}]"
+        text = _step_text(inputs)
         inbox = self._inbox
         if self._closed:  # the inbox's memory went with the isolate
             raise EngineLost("the cell's engine was closed")
@@ -1140,8 +1130,8 @@ class _V8Cell(EngineCell):
 
 
 def _step_text(inputs: Sequence[StepInput]) -> str:
-    """A step's inputs as the prelude's ``step`` reads them (the same text :meth:`_V8Cell.step`
-    makes)."""
+    """A step's inputs as the prelude's ``step`` reads them (for :meth:`_V8Cell.step` and the
+    replay's back-to-back steps). Call ids are the runtime's own "tool-N": no escaping needed."""
     parts = []
     for item in inputs:
         if isinstance(item, ToolResultInput):
