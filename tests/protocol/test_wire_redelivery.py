@@ -6,6 +6,8 @@ gets every item exactly once: a continuing cell's yield, its completion, a pausa
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 from codemode import (
     Completed,
+    MissingCell,
     Pending,
     RemoteSession,
     SessionBusy,
@@ -150,5 +153,35 @@ async def test_a_frontier_whose_answer_was_lost_is_delivered_again(
         final = await session.wait_to_pending(cell)
         assert isinstance(final, Completed) and final.error_text is None
         assert texts(final.items) == ["c2"]
+    finally:
+        await session.shutdown()
+
+
+async def test_a_completion_received_but_not_released_is_not_live_again_on_reattach(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "sessions.db"
+    session = await RemoteSession.spawn(RecordingDelegate(), store=store, command=COMMAND)
+    try:
+        session_id = session.session_id
+        cell = await session.create_cell(request(CONTINUING))
+        with monkeypatch.context() as patch:
+            patch.setattr(RemoteSession, "_release", lambda self, cell_id, generation: None)
+            await session.wait(cell, 30)
+            final = await session.wait(cell, 30)  # its release is never sent
+        assert isinstance(final, Completed) and texts(final.items) == ["two"]
+        assert session.server_pid is not None
+        os.kill(session.server_pid, signal.SIGKILL)
+        await asyncio.sleep(0.2)
+    finally:
+        await session.shutdown()
+
+    session = await reattach(RecordingDelegate(), store, session_id)
+    try:
+        # The server lists the cell (its completion was never acknowledged); this process
+        # received that completion, so the cell is not live again here (and is released).
+        assert not session.is_live(cell.cell_id)
+        with pytest.raises(MissingCell):
+            session.cell(cell.cell_id)
     finally:
         await session.shutdown()
