@@ -10,10 +10,12 @@ import os
 import signal
 import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 
+import codemode.protocol.client as client_module
 from codemode import (
     Completed,
     MissingCell,
@@ -183,5 +185,31 @@ async def test_a_completion_received_but_not_released_is_not_live_again_on_reatt
         assert not session.is_live(cell.cell_id)
         with pytest.raises(MissingCell):
             session.cell(cell.cell_id)
+    finally:
+        await session.shutdown()
+
+
+async def test_a_reattach_from_a_new_process_has_no_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit (docs/protocol.md): without this process's numbers (cleared here, as in a new
+    process), a completion lost with the server is not given again, and its cell is closed."""
+    store = tmp_path / "sessions.db"
+    monkeypatch.setenv(DRILL, "2")
+    session = await RemoteSession.spawn(RecordingDelegate(), store=store, command=COMMAND)
+    monkeypatch.delenv(DRILL)
+    try:
+        session_id = session.session_id
+        cell = await session.create_cell(request(CONTINUING))
+        await session.wait(cell, 30)
+        with pytest.raises(SessionLost):
+            await session.wait(cell, 30)
+    finally:
+        await session.shutdown()
+
+    monkeypatch.setattr(client_module, "_deliveries", OrderedDict())
+    session = await reattach(RecordingDelegate(), store, session_id)
+    try:
+        assert not session.is_live(cell.cell_id)
     finally:
         await session.shutdown()

@@ -382,6 +382,8 @@ class RemoteSession(Session):
                 assert self._endpoint is not None
                 self._endpoint.background(self._release_quietly(params))
                 continue
+            if known is None and cell.get("completed") is True:
+                continue  # closed; without this process's numbers its completion is not ours
             self._admitted(cell_id, CellKind(cell["kind"]), tools)
             record = self._cells.get(cell_id)
             if record is not None:

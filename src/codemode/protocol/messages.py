@@ -303,6 +303,15 @@ OpenedCell = define(
             Field("cellId", CellId),
             Field("kind", Enum(("continuing", "pausable"))),
             Field("tools", Arr(Tool, description="The tools the cell was created with."), False),
+            Field(
+                "completed",
+                Bool(
+                    description="true: the cell closed, its delivered completion not yet "
+                    "released; only a client that numbers its deliveries can get it again "
+                    "(docs/protocol.md, Re-delivery)."
+                ),
+                False,
+            ),
         ),
         description="A live cell of a reattached durable session.",
     ),

@@ -599,11 +599,11 @@ class _Connection:
         await session.end(suspend=reattach)
 
     @staticmethod
-    def _recovered_cells(session: _ServedSession, records: Any) -> list[dict[str, str]]:
+    def _recovered_cells(session: _ServedSession, records: Any) -> list[dict[str, Any]]:
         """The live cells of a durable session just opened, with their kinds (the client
         rebuilds its record of cells from them)."""
         runtime = session.runtime
-        cells: list[dict[str, str]] = []
+        cells: list[dict[str, Any]] = []
         for record in records:
             cell_id = record.cell_id
             if not runtime.is_live(cell_id):
@@ -612,7 +612,12 @@ class _Connection:
                     # numbers its deliveries may get it again (docs/protocol.md, Re-delivery).
                     session.created(cell_id)
                     cells.append(
-                        {"cellId": cell_id, "kind": str(record.kind), **_recorded_tools(record)}
+                        {
+                            "cellId": cell_id,
+                            "kind": str(record.kind),
+                            **_recorded_tools(record),
+                            "completed": True,
+                        }
                     )
                 continue
             try:
