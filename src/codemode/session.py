@@ -902,6 +902,12 @@ class SessionRuntime(Session):
                 journal.release_close(cell_id)
         return event, recorder.events_delivered
 
+    def delivered_completion(self, cell_id: str) -> bool:
+        """Whether ``cell_id`` closed with a delivered completion that its caller has not
+        acknowledged yet (:meth:`observe_numbered` can give it again)."""
+        journal = self._core.journal
+        return journal is not None and str(cell_id) in journal.ended_events
+
     def acknowledge(self, cell_id: str) -> None:
         """The caller of :meth:`observe_numbered` received the cell's completion: its closing
         is recorded now (idempotent)."""

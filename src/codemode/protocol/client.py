@@ -130,6 +130,24 @@ IN_FLIGHT_GRACE: Final = 5.0
 HANDSHAKE_TIMEOUT: Final = 60.0
 """The longest ``spawn`` / ``connect`` wait for ``initialize`` and ``session/open`` answers."""
 _KNOWN_TOOLS: Final = 4096
+_DELIVERIES_KEPT: Final = 65536
+_CLOSED: Final = -1
+
+# Re-delivery (docs/protocol.md): per (session id, cell id), the delivery number of the last
+# event this process received from a durable server, or _CLOSED once the cell's terminal
+# outcome arrived. It lives in the process, not in one RemoteSession, so that a RemoteSession
+# reattached with ``connect(..., session_id=)`` / ``spawn(..., session_id=)`` after a lost
+# connection sends it; a new process has none (docs/cluster.md, "Limits of the guarantee").
+_deliveries: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+
+def _remember_delivery(session_id: str, cell_id: str, number: int) -> None:
+    key = (session_id, cell_id)
+    _deliveries[key] = number
+    _deliveries.move_to_end(key)
+    while len(_deliveries) > _DELIVERIES_KEPT:
+        _deliveries.popitem(last=False)
+
 
 AnyEvent = Yielded | Completed | Terminated | Pending
 
@@ -161,6 +179,8 @@ class _CellRecord:
     # The cell's held calls as of its latest event or approval request (see awaiting_approval).
     held: dict[str, ApprovalRequest] = field(default_factory=dict)
     held_frontier: int = 0  # the frontier generation the held calls were last taken from
+    # The delivery number of the last event received (durable servers; None: unknown).
+    delivered: int | None = 0
 
 
 def _signal_name(code: int) -> str:
@@ -353,7 +373,21 @@ class RemoteSession(Session):
         for cell in opened.get("cells", ()):
             # A reattached durable session's live cells, with the tools they were created with.
             tools = tuple(tool_from_wire(t) for t in cell.get("tools", ()))
-            self._admitted(cell["cellId"], CellKind(cell["kind"]), tools)
+            cell_id = cell["cellId"]
+            known = _deliveries.get((self._session_id, cell_id))
+            if known == _CLOSED:
+                # Its terminal outcome reached this process before the connection was lost,
+                # the release perhaps not: release it again (the server records the closing).
+                params = {"sessionId": self._session_id, "cellId": cell_id, "observation": 0}
+                assert self._endpoint is not None
+                self._endpoint.background(self._release_quietly(params))
+                continue
+            if known is None and cell.get("completed") is True:
+                continue  # closed; without this process's numbers its completion is not ours
+            self._admitted(cell_id, CellKind(cell["kind"]), tools)
+            record = self._cells.get(cell_id)
+            if record is not None:
+                record.delivered = known  # None in a new process: nothing to send
         self._open_answered.set()
         logger.info(
             "%s: session %s opened%s",
@@ -517,6 +551,8 @@ class RemoteSession(Session):
             raise self._lost_error() from None
         cell_id: str = self._checked("cell/create", result)["cellId"]
         self._admitted(cell_id, kind, tools)
+        if self._durable and (self._session_id, cell_id) not in _deliveries:
+            _remember_delivery(self._session_id, cell_id, 0)  # for a reattach (Re-delivery)
         return cell_id
 
     def _late_create(
@@ -648,6 +684,8 @@ class RemoteSession(Session):
             **extra,
             "observation": observation.generation,
         }
+        if self._durable:
+            params["delivered"] = record.delivered
         observation.task = self._loop.create_task(
             self._run_observation(observation, record.cell_id, method, params),
             name=f"codemode-remote-observe-{record.cell_id}-{observation.generation}",
@@ -691,6 +729,12 @@ class RemoteSession(Session):
         if isinstance(event, Pending):
             event = Pending(replace(event.frontier, awaiting_approval=held))
         record = self._cells.get(cell_id)
+        delivery = data.get("delivery")
+        if isinstance(delivery, int) and not isinstance(delivery, bool):
+            closed = isinstance(event, Completed | Terminated)
+            _remember_delivery(self._session_id, cell_id, _CLOSED if closed else delivery)
+            if record is not None:
+                record.delivered = delivery
         if record is not None:
             if isinstance(event, Yielded):  # the server's list when it delivered the event
                 record.held = {a.call_id: a for a in held}

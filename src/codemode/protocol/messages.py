@@ -183,11 +183,25 @@ AWAITING_APPROVAL = Field(
     Arr(ApprovalRequest, description="Held calls, sorted by call id; absent when none."),
     False,
 )
+DELIVERY = Field(
+    "delivery",
+    Int(
+        minimum=0,
+        description="The event's delivery number, when the request sent delivered "
+        "(docs/protocol.md, Re-delivery).",
+    ),
+    False,
+)
 
 YieldedEvent = define(
     "YieldedEvent",
     Obj(
-        (Field("type", Const("yielded")), Field("items", Items), AWAITING_APPROVAL),
+        (
+            Field("type", Const("yielded")),
+            Field("items", Items),
+            AWAITING_APPROVAL,
+            DELIVERY,
+        ),
         description="The budget ran out, the cell called yield_control() or a call became "
         "held; it keeps running. awaitingApproval: the cell's held calls when it was delivered.",
     ),
@@ -199,6 +213,7 @@ CompletedEvent = define(
             Field("type", Const("completed")),
             Field("items", Items),
             Field("errorText", nullable(Str())),
+            DELIVERY,
         ),
         description="The cell's body settled; errorText is set when it failed.",
     ),
@@ -206,7 +221,7 @@ CompletedEvent = define(
 TerminatedEvent = define(
     "TerminatedEvent",
     Obj(
-        (Field("type", Const("terminated")), Field("items", Items)),
+        (Field("type", Const("terminated")), Field("items", Items), DELIVERY),
         description="The cell was terminated (cell/terminate or the session's shutdown).",
     ),
 )
@@ -219,6 +234,7 @@ PendingEvent = define(
             Field("items", Items),
             Field("pendingToolCallIds", Arr(Str())),
             AWAITING_APPROVAL,
+            DELIVERY,
         ),
         description="A pausable cell is paused at a frontier (docs/sessions.md); awaitingApproval: "
         "the held calls among the pending ones.",
@@ -287,6 +303,15 @@ OpenedCell = define(
             Field("cellId", CellId),
             Field("kind", Enum(("continuing", "pausable"))),
             Field("tools", Arr(Tool, description="The tools the cell was created with."), False),
+            Field(
+                "completed",
+                Bool(
+                    description="true: the cell closed, its delivered completion not yet "
+                    "released; only a client that numbers its deliveries can get it again "
+                    "(docs/protocol.md, Re-delivery)."
+                ),
+                False,
+            ),
         ),
         description="A live cell of a reattached durable session.",
     ),
@@ -330,6 +355,18 @@ def _session_cell(*more: Field) -> Obj:
 OBSERVATION = Field(
     "observation",
     Int(minimum=0, description="The observation generation, numbered per cell from 0."),
+)
+DELIVERED = Field(
+    "delivered",
+    nullable(
+        Int(
+            minimum=0,
+            description="Re-delivery (docs/protocol.md): the delivery number of the last event "
+            "of this cell the client received (0: none; null: unknown). Sending it promises an "
+            "observation/release of a terminal outcome; the answer then carries its delivery.",
+        )
+    ),
+    False,
 )
 
 METHOD_LIST: Final[tuple[MethodDef, ...]] = (
@@ -454,6 +491,7 @@ METHOD_LIST: Final[tuple[MethodDef, ...]] = (
                 ),
             ),
             OBSERVATION,
+            DELIVERED,
         ),
         CellEvent,
         "Observe a continuing cell (docs/sessions.md); replayable by observation generation "
@@ -463,7 +501,7 @@ METHOD_LIST: Final[tuple[MethodDef, ...]] = (
     MethodDef(
         "cell/waitToPending",
         CLIENT_TO_SERVER,
-        _session_cell(OBSERVATION),
+        _session_cell(OBSERVATION, DELIVERED),
         PausableCellEvent,
         "Observe a pausable cell to its frontier (docs/sessions.md); replayable like cell/wait.",
         cancellable=True,

@@ -229,6 +229,9 @@ class _ServedSession:
     connection: _Connection | None = None
     ended: bool = False  # suspended or shut down by this server
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    # Delivery numbers of finished numbered observations, by id() of their record, until
+    # ``finished`` puts them in the answer.
+    deliveries: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.records = ObservationRecords(self.is_live)
@@ -296,12 +299,14 @@ class _ServedSession:
             self.records.finish(record, error=error, terminal=True)
             return
         exc = task.exception()
+        delivery = self.deliveries.pop(id(record), None)
         if exc is None:
             event = task.result()
+            result = event_to_wire(event, self.held_calls(cell_id, event))
+            if delivery is not None:
+                result["delivery"] = delivery
             self.records.finish(
-                record,
-                result=event_to_wire(event, self.held_calls(cell_id, event)),
-                terminal=isinstance(event, Completed | Terminated),
+                record, result=result, terminal=isinstance(event, Completed | Terminated)
             )
         elif isinstance(exc, CodeModeError):
             self.records.finish(record, error=error_to_wire(exc), terminal=True)
@@ -559,7 +564,9 @@ class _Connection:
             session.forget()
             raise
         try:
-            cells = self._recovered_cells(session, await store.list_cells(session_id, state="open"))
+            # Every recorded cell: a closed one whose completion awaits its acknowledgement is
+            # listed too (docs/protocol.md, Re-delivery).
+            cells = self._recovered_cells(session, await store.list_cells(session_id))
         except asyncio.CancelledError:
             # docs/protocol.md: a session opened for a cancelled session/open is shut down; one that
             # was asked for by id existed before (or was meant to): it is only suspended.
@@ -592,14 +599,26 @@ class _Connection:
         await session.end(suspend=reattach)
 
     @staticmethod
-    def _recovered_cells(session: _ServedSession, records: Any) -> list[dict[str, str]]:
+    def _recovered_cells(session: _ServedSession, records: Any) -> list[dict[str, Any]]:
         """The live cells of a durable session just opened, with their kinds (the client
         rebuilds its record of cells from them)."""
         runtime = session.runtime
-        cells: list[dict[str, str]] = []
+        cells: list[dict[str, Any]] = []
         for record in records:
             cell_id = record.cell_id
             if not runtime.is_live(cell_id):
+                if isinstance(runtime, SessionRuntime) and runtime.delivered_completion(cell_id):
+                    # Closed, its completion delivered but never acknowledged: a client that
+                    # numbers its deliveries may get it again (docs/protocol.md, Re-delivery).
+                    session.created(cell_id)
+                    cells.append(
+                        {
+                            "cellId": cell_id,
+                            "kind": str(record.kind),
+                            **_recorded_tools(record),
+                            "completed": True,
+                        }
+                    )
                 continue
             try:
                 runtime.pausable_cell(cell_id)
@@ -739,7 +758,26 @@ class _Connection:
         request = record.request
         cell_id = request.cell_id
 
+        numbered = "delivered" in params and isinstance(runtime, SessionRuntime)
+        server = self.server
+
         async def observe() -> Yielded | Completed | Terminated | Pending:
+            if numbered:
+                # The client numbers what it received (docs/protocol.md, "Re-delivery"): the
+                # answer carries the event's delivery number, and a completion's closing is
+                # held until the client releases the observation.
+                assert isinstance(runtime, SessionRuntime)
+                budget = params["yieldAfterMs"] / 1000.0 if request.method == "cell/wait" else None
+                seen = params["delivered"]
+                event, delivery = await runtime.observe_numbered(
+                    cell_id,
+                    max(budget, 0.0) if budget is not None else None,
+                    None if seen is None else as_int(seen),
+                )
+                if delivery is not None:
+                    session.deliveries[id(record)] = delivery
+                    server.delivery_recorded()
+                return event
             if request.method == "cell/wait":
                 return await runtime.wait(runtime.cell(cell_id), params["yieldAfterMs"] / 1000.0)
             return await runtime.wait_to_pending(runtime.pausable_cell(cell_id))
@@ -784,6 +822,10 @@ class _Connection:
     async def _release(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
         session = self._session(params)
         session.records.release(params["cellId"], as_int(params["observation"]))
+        if isinstance(session.runtime, SessionRuntime):
+            # The client received the cell's terminal outcome: a completion's closing held by a
+            # numbered observation is recorded now (docs/protocol.md, "Re-delivery").
+            session.runtime.acknowledge(params["cellId"])
         return {}
 
 
@@ -855,6 +897,19 @@ class ProtocolServer:
         self._connections: set[_Connection] = set()
         self._leaked_cells = 0
         self._admitting = 0
+        # A fault drill for tests: with CODEMODE_TEST_KILL_AT_DELIVERY=N, this process kills
+        # itself (SIGKILL) right after the Nth numbered delivery is recorded in the store, before
+        # its answer is written (docs/protocol.md, "Re-delivery").
+        drill = os.environ.get("CODEMODE_TEST_KILL_AT_DELIVERY", "")
+        self._kill_at_delivery = int(drill) if drill.isdigit() else None
+        self._deliveries = 0
+
+    def delivery_recorded(self) -> None:
+        """A numbered observation's delivery was recorded (the fault drill counts them)."""
+        self._deliveries += 1
+        if self._kill_at_delivery is not None and self._deliveries == self._kill_at_delivery:
+            logger.error("the fault drill CODEMODE_TEST_KILL_AT_DELIVERY ends this process")
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _open_sessions(self) -> list[_ServedSession]:
         return [s for c in self._connections for s in c.sessions.values() if s.runtime.is_alive]
