@@ -22,7 +22,9 @@ from durable_support import (  # the fixtures: imported for pytest to find them
 )
 
 from codemode import CellLimits, Completed, Pending, Terminated, TextItem, Yielded
+from codemode.cell.journal import STEP
 from codemode.engine.base import limit_error_text
+from codemode.store import SessionStore
 from conftest import RecordingDelegate, request
 
 HANG = 30.0  # a hang guard, far below the spinning cell's CPU limit
@@ -35,6 +37,11 @@ PAUSED = 'text("p"); const a = await tools.echo({k: "a"}); text(a.k);'
 
 def texts(items: tuple[object, ...]) -> list[str]:
     return [item.text for item in items if isinstance(item, TextItem)]
+
+
+async def recorded_steps(store: SessionStore, session_id: str, cell_id: str) -> int:
+    """How many engine steps of the cell its journal holds."""
+    return sum(1 for e in await store.read_journal(session_id, cell_id) if e.kind == STEP)
 
 
 async def spinning_session(runtimes: Runtimes, limits: CellLimits) -> tuple[str, str, str]:
@@ -128,8 +135,15 @@ async def test_terminate_of_a_replaying_pausable_cell_delivers_nothing_twice(
     )
     frontier = await rt.wait_to_pending(cell)
     assert isinstance(frontier, Pending) and texts(frontier.frontier.items) == ["p0"]
+    store = runtimes.backend.make()
+    steps_at_frontier = await recorded_steps(store, rt.session_id, cell.cell_id)
     await rt.resume(cell, 1)
     await first.wait_calls(1)
+    # The answer is recorded before the step that applies it runs; suspending before that
+    # would leave the call unanswered (asked again on reopen), which is another scenario.
+    while await recorded_steps(store, rt.session_id, cell.cell_id) == steps_at_frontier:
+        await asyncio.sleep(0.01)
+    await store.close()
     await rt.suspend()  # spinning, "p1" produced in the spinning step: never delivered
     rt2 = runtimes.make(RecordingDelegate(), rt.session_id)
     await asyncio.wait_for(rt2.open(), HANG)
