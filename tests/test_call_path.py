@@ -49,6 +49,10 @@ async def test_sequential_calls_wait_for_the_isolate_once_per_step(
     native call (the inputs go through the inbox)."""
     from py_mini_racer import _dll
 
+    # The engine first: it initialises V8 with codemode's flags. Initialising mini-racer here
+    # first would fix V8's default flags for the rest of the process (no `gc` for the prelude's
+    # typed-array accounting; tests/test_process_state.py).
+    engine = V8Engine(pool_size=0)
     dll = _dll.init_mini_racer(ignore_duplicate_init=True)
     counts = {"submitted": 0, "blocking": 0}
     submit, set_item = dll.mr_call_function, dll.mr_set_object_item
@@ -65,7 +69,7 @@ async def test_sequential_calls_wait_for_the_isolate_once_per_step(
     monkeypatch.setattr(dll, "mr_set_object_item", counted_set)
     n = 200
     async with SessionRuntime(
-        tools_delegate({"echo": _echo}), limits=CellLimits(), engine=V8Engine(pool_size=0)
+        tools_delegate({"echo": _echo}), limits=CellLimits(), engine=engine
     ) as runtime:
         await run(runtime, "text('warm')")  # isolate creation and the warm-up cell
         before = dict(counts)

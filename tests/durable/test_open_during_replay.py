@@ -141,7 +141,8 @@ async def test_terminate_of_a_replaying_pausable_cell_delivers_nothing_twice(
     await first.wait_calls(1)
     # The answer is recorded before the step that applies it runs; suspending before that
     # would leave the call unanswered (asked again on reopen), which is another scenario.
-    while await recorded_steps(store, rt.session_id, cell.cell_id) == steps_at_frontier:
+    # Polled: the record lands in the store, which has no event to wait on.
+    while await recorded_steps(store, rt.session_id, cell.cell_id) == steps_at_frontier:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
     await store.close()
     await rt.suspend()  # spinning, "p1" produced in the spinning step: never delivered

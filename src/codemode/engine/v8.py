@@ -74,16 +74,32 @@ _JSEvalException: Any = None
 _JSOOMException: Any = None
 
 
+_init_lock = threading.Lock()
+_v8_ready = False
+
+
 def _init_v8() -> None:
-    global _JSEvalException, _JSOOMException
+    """Initialise V8 with :data:`V8_FLAGS`, once per process. If the application initialised
+    mini-racer first, its flags stay (V8 fixes them at the first initialisation) and a warning
+    says so: without ``--expose-gc`` a cell's dropped ArrayBuffers are counted against
+    ``max_heap_bytes`` until V8 collects them on its own (docs/safety.md)."""
+    global _JSEvalException, _JSOOMException, _v8_ready
     from py_mini_racer import JSEvalException, JSOOMException, _dll
 
     _JSEvalException, _JSOOMException = JSEvalException, JSOOMException
-
-    try:
-        _dll.init_mini_racer(flags=V8_FLAGS, ignore_duplicate_init=False)
-    except _dll.LibAlreadyInitializedError:
-        logger.debug("mini-racer was initialised before codemode; keeping its V8 flags")
+    with _init_lock:
+        if not _v8_ready:
+            try:
+                _dll.init_mini_racer(flags=V8_FLAGS, ignore_duplicate_init=False)
+            except _dll.LibAlreadyInitializedError:
+                logger.warning(
+                    "mini-racer was initialised before codemode: cells run under the "
+                    "application's V8 flags, not %s; without --expose-gc, typed arrays a cell "
+                    "drops count against max_heap_bytes until V8 collects them on its own "
+                    "(docs/safety.md)",
+                    " ".join(V8_FLAGS),
+                )
+            _v8_ready = True
     pin_v8_zone_and_locale(_NATIVE_LOCK)  # once per process (docs/determinism.md)
 
 
