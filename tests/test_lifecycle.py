@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
+import threading
 import time
 import weakref
+from typing import Any
+
+import pytest
 
 from codemode import (
     SessionRuntime,
     Terminated,
 )
+from codemode.engine.v8 import V8Engine
 from conftest import RecordingDelegate, engine_threads, request
 from scenarios import heartbeat
 
@@ -80,3 +86,41 @@ def test_loop_closing_without_shutdown_stops_cells() -> None:
         time.sleep(0.01)
     assert engine_threads() <= base
     assert kept[0].is_alive is False
+
+
+def test_an_answer_after_the_loop_closed_is_dropped_quietly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An isolate still working when its event loop closes (the pool's next isolate, being made
+    while the application shuts down) answers into a closed loop: nothing may be raised on the
+    isolate's thread, where it was printed as "Exception ignored on calling ctypes callback"."""
+    from py_mini_racer._mini_racer import _make_context
+
+    from codemode.engine import v8
+
+    V8Engine(pool_size=0).close()  # V8 initialised with codemode's flags
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    loop = asyncio.new_event_loop()
+    manager = _make_context(loop)
+    context = v8._enter_context(manager)
+    guarded, answered = context.handle_callback_from_v8, threading.Event()
+
+    def observed(callback_id: int, raw: Any) -> None:
+        try:
+            guarded(callback_id, raw)
+        finally:
+            answered.set()
+
+    object.__setattr__(context, "handle_callback_from_v8", observed)
+    try:
+        code = context._python_to_value_handle(
+            "const t = Date.now(); while (Date.now() - t < 100) {} 1"
+        )
+        context._dll.mr_eval(context._ctx, code.raw, next(context._next_async_callback_id))
+        loop.close()  # while the isolate is still running the eval
+        assert answered.wait(30)
+    finally:
+        v8._disarm_value_handles(context)
+        v8._exit_context(manager)
+    assert unraisable == []

@@ -304,16 +304,21 @@ def pin_v8_zone_and_locale(native_lock: Any) -> bool:
 
 def _probe(native_lock: Any, seen: list[str]) -> None:
     from py_mini_racer import MiniRacer
+    from py_mini_racer._mini_racer import _make_context
+
+    from codemode.engine.v8guard import drop_answers_after_loop_close
 
     saved = {name: os.environ.get(name) for name in _PIN_ENV}
     try:
         os.environ.update(_PIN_ENV)
+        maker = _make_context()  # on a loop of its own, which closes before the context
         with native_lock:
-            racer = MiniRacer()
+            context = maker.__enter__()
         try:
-            seen.append(str(racer.eval(_PIN_PROBE)))
+            drop_answers_after_loop_close(context)
+            seen.append(str(MiniRacer(context).eval(_PIN_PROBE)))
         finally:
-            racer.close()
+            maker.__exit__(None, None, None)
     except Exception:  # pragma: no cover - native failure: the warning says so
         logger.debug("probing V8's time zone failed", exc_info=True)
     finally:

@@ -49,6 +49,7 @@ from codemode.engine.source import (
     prepare_source_async,
     syntax_error_from,
 )
+from codemode.engine.v8guard import drop_answers_after_loop_close
 from codemode.errors import EngineError
 from codemode.identifiers import tool_identifiers
 
@@ -156,7 +157,9 @@ _NATIVE_LOCK = threading.Lock()
 
 def _enter_context(manager: Any) -> Any:
     with _NATIVE_LOCK:
-        return manager.__enter__()
+        context = manager.__enter__()
+    drop_answers_after_loop_close(context)  # before the context runs anything
+    return context
 
 
 class _Bridge:
@@ -225,10 +228,8 @@ class _QuietResults:
         def handle_callback_from_v8(callback_id: int, raw: Any) -> None:
             if callback_id in expected:
                 results[callback_id] = wrap(raw)
-            elif not context.event_loop.is_closed():
+            else:  # dropped once the loop closed (drop_answers_after_loop_close)
                 wake(callback_id, raw)
-            # else: a task abandoned before its loop closed, answering while the context is
-            # freed; nobody waits for it (its value goes with the context)
 
         object.__setattr__(context, "handle_callback_from_v8", handle_callback_from_v8)
 
@@ -351,13 +352,7 @@ class _Calls:
         terminated; a drain behind the step still runs and ``orphan`` gets its report (not
         without a ``loop``: then the drain is abandoned too). Calling it again changes
         nothing."""
-        ctx = self._bridge.context
-        if self._quiet is not None:
-            self._bridge.quiet.take(self._quiet)
-            self._quiet = None
-        if self._quiet_task is not None:
-            self._bridge.native_cancel(ctx._ctx, self._quiet_task)
-            self._quiet_task = None
+        self._drop_quiet()
         future = self.future
         if future is None or (not self._drain and future.done()):
             self.release()
@@ -397,19 +392,24 @@ class _Calls:
 
     def release(self) -> None:
         """Forget the callbacks and cancel the native tasks (ignored for finished ones)."""
-        ctx = self._bridge.context
         for callback_id in self._ids:
             self._callbacks.pop(callback_id, None)
         self._ids.clear()
+        self._drop_quiet()
+        ctx = self._bridge.context
+        for task_id in self._tasks:
+            self._bridge.native_cancel(ctx._ctx, task_id)
+        self._tasks.clear()
+
+    def _drop_quiet(self) -> None:
+        """Forget the quiet call's result and cancel its native task (ignored once it
+        finished); calling it again changes nothing."""
         if self._quiet is not None:
             self._bridge.quiet.take(self._quiet)
             self._quiet = None
         if self._quiet_task is not None:
-            self._bridge.native_cancel(ctx._ctx, self._quiet_task)
+            self._bridge.native_cancel(self._bridge.context._ctx, self._quiet_task)
             self._quiet_task = None
-        for task_id in self._tasks:
-            self._bridge.native_cancel(ctx._ctx, task_id)
-        self._tasks.clear()
 
 
 class _Isolate:

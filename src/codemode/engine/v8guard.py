@@ -1,0 +1,32 @@
+"""One rule for every mini-racer context codemode makes: a task's answer that arrives after the
+context's event loop closed is dropped, never raised on the isolate's thread."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def drop_answers_after_loop_close(context: Any) -> None:
+    """From now on, an answer of ``context``'s isolate that arrives once its event loop is
+    closed is dropped: nobody waits for it any more (a task abandoned when its loop ended, such
+    as an isolate still being made for the pool), and its value goes with the context.
+
+    mini-racer 0.14.1 internals (pinned): every task's answer reaches Python through
+    ``Context.handle_callback_from_v8``, on the isolate's thread inside a ctypes callback, which
+    hands it to the loop with ``call_soon_threadsafe``; on a closed loop that raised "Event loop
+    is closed", printed as "Exception ignored on calling ctypes callback function". Install it
+    before the context runs anything; later wrappers (the V8 engine's quiet results) call it."""
+    wake = context.handle_callback_from_v8
+    loop = context.event_loop
+
+    def handle_callback_from_v8(callback_id: int, raw: Any) -> None:
+        if loop.is_closed():
+            return
+        try:
+            wake(callback_id, raw)
+        except RuntimeError:
+            if not loop.is_closed():
+                raise
+            # the loop closed between the check and the hand-over: nobody waits either
+
+    object.__setattr__(context, "handle_callback_from_v8", handle_callback_from_v8)
