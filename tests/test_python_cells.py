@@ -864,8 +864,8 @@ async def test_heartbeat_never_stalls_more_than_50ms(
             )
             assert isinstance(await asyncio.wait_for(py.wait(chatty, 30), 35), Completed)
             await py.terminate(spinner)
-        gaps.append(hb.max_gap)
-        if hb.max_gap < 0.05:
+        gaps.append(hb.max_stall)
+        if hb.max_stall < 0.05:
             break
     assert min(gaps) < 0.05, f"event loop stalled for {[round(g, 3) for g in gaps]} s"
 

@@ -37,7 +37,7 @@ from codemode.engine.base import CellBoot
 from codemode.engine.watchdog import GuardedEngine, rss_error_text
 from codemode.engine.worker import WorkerEngine, _event, _Malformed, _report
 from conftest import RecordingDelegate, request, rss_bytes
-from scenarios import Heartbeat
+from scenarios import Heartbeat, heartbeat
 
 MiB = 1024 * 1024
 HANG = 30.0
@@ -53,56 +53,10 @@ def T(*texts: str) -> tuple[TextItem, ...]:
     return tuple(TextItem(t) for t in texts)
 
 
-def _runqueue_wait() -> float:
-    """Seconds the calling thread has spent runnable but not running (Linux schedstat)."""
-    try:
-        with open("/proc/thread-self/schedstat") as fh:
-            return int(fh.read().split()[1]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-class SchedHeartbeat(Heartbeat):
-    """Ticks every 5 ms; records the longest gap between ticks, minus the time the loop's
-    thread was waiting for a CPU (runnable but not scheduled).
-
-    The test machine runs several suites on 2 cores, so the OS may not run us for tens of
-    milliseconds; that is not a stall of the event loop. Everything else is: running our own
-    code, blocking in a system call, waiting for the GIL or a lock."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.max_stall = 0.0
-
-        self._last, self._last_wait = time.monotonic(), _runqueue_wait()
-
-    def tick(self) -> None:
-        now, wait = time.monotonic(), _runqueue_wait()
-        gap = now - self._last
-        self.max_gap = max(self.max_gap, gap)
-        self.max_stall = max(self.max_stall, gap - (wait - self._last_wait))
-        self._last, self._last_wait = now, wait
-        self.ticks += 1
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(0.005)
-            self.tick()
-
-
-@contextlib.asynccontextmanager
-async def strict_heartbeat(limit: float = 0.05) -> AsyncIterator[Heartbeat]:
+def strict_heartbeat(limit: float = 0.05) -> contextlib.AbstractAsyncContextManager[Heartbeat]:
     """The event loop never stalls for more than ``limit`` seconds inside the block, time spent
-    waiting for a CPU aside (and never for 0.5 s whatever the reason)."""
-    hb = SchedHeartbeat()
-    task = asyncio.ensure_future(hb.run())
-    try:
-        yield hb
-    finally:
-        task.cancel()
-        hb.tick()  # the gap up to now counts too
-    assert hb.max_stall < limit, f"event loop stalled for {hb.max_stall:.3f} s"
-    assert hb.max_gap < 0.5, f"event loop stalled for {hb.max_gap:.3f} s"
+    waiting for a CPU aside (scenarios.heartbeat)."""
+    return heartbeat(limit)
 
 
 def alive(pid: int) -> bool:

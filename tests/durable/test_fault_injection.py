@@ -411,7 +411,7 @@ async def _run_child(
 async def _reference(tmp: Path, skip: str) -> dict[str, Outcome]:
     log = tmp / "reference.log"
     child = await _run_child(log, 0, "none", "reference", tmp / "reference.err", skip)
-    rc = await asyncio.wait_for(child.wait(), 120)
+    rc = await asyncio.wait_for(child.wait(), 600)  # a hang guard: ~40 s at a load of 25
     assert rc == 0, (tmp / "reference.err").read_text()
     return reference_outcomes(fault_child.read_log(str(log)))
 
@@ -578,6 +578,7 @@ async def test_clock_and_random_reads_survive_a_reopen(tmp_path: Path) -> None:
     assert await reads_survive_a_reopen(tmp_path)
 
 
+@pytest.mark.timeout(900)  # a reference run and a killed round: ~110 s at a load of 25
 async def test_the_harness_catches_a_runtime_that_forgets_its_cells(tmp_path: Path) -> None:
     """The same harness against a runtime without a store (each new process starts the session
     afresh): one kill in the middle of the workload must be caught."""

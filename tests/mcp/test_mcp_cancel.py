@@ -1,6 +1,7 @@
-"""Issue 12 point 1: the official MCP client cancelling an ``exec`` (a client-side timeout, which
-sends ``notifications/cancelled``) terminates its cell: its later nested calls never reach the
-upstream server and its stored writes are discarded, as for termination."""
+"""Issue 12 point 1: the official MCP client cancelling an ``exec`` (a caller that gives up on the
+call, which sends ``notifications/cancelled``, as a client-side timeout does) terminates its cell:
+its later nested calls never reach the upstream server and its stored writes are discarded, as
+for termination."""
 
 from __future__ import annotations
 
@@ -14,17 +15,19 @@ from pathlib import Path
 import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
 from mcp_support import REPO, SERVERS, codemode_mcp_session, free_port, output, write_config
 from test_mcp_http import wait_for_port
 
 RECORDING_SERVER = SERVERS / "recording_server.py"
+# The cell's late call comes this long after its early one, unless the cancellation stopped it:
+# time enough for the cancellation to land on a loaded machine.
+LATE_AFTER = 3.0
 
 CELL = (
     '// @exec: {"yield_time_ms": 20000}\n'
     'await tools.mcp__rec__record({text: "early"});\n'
     'store("k", "written by a cancelled exec");\n'
-    "await new Promise(r => setTimeout(r, 1500));\n"
+    f"await new Promise(r => setTimeout(r, {int(LATE_AFTER * 1000)}));\n"
     'await tools.mcp__rec__record({text: "late"});\n'
     'text("done");'
 )
@@ -61,6 +64,18 @@ async def http_session(config: Path) -> AsyncIterator[ClientSession]:
             await process.wait()
 
 
+async def _recorded(log: Path, expected: list[str]) -> None:
+    """Wait (hang guard 60 s) until the upstream server recorded ``expected``; polled: the
+    record is a file another process writes."""
+    async with asyncio.timeout(60):
+        while _lines(log) != expected:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+def _lines(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
 def _session(transport: str, config: Path) -> AbstractAsyncContextManager[ClientSession]:
     return codemode_mcp_session(config) if transport == "stdio" else http_session(config)
 
@@ -69,9 +84,12 @@ def _session(transport: str, config: Path) -> AbstractAsyncContextManager[Client
 async def test_cancelled_exec_terminates_its_cell(tmp_path: Path, transport: str) -> None:
     config, log = _config(tmp_path)
     async with _session(transport, config) as session:
-        with pytest.raises(MCPError):
-            await session.call_tool("exec", {"code": CELL}, read_timeout_seconds=0.7)
-        await asyncio.sleep(2.5)  # the cell would have made its late call by now
+        call = asyncio.ensure_future(session.call_tool("exec", {"code": CELL}))
+        await _recorded(log, ["early"])  # cancel only once the cell made its early call
+        call.cancel()  # the client sends notifications/cancelled for it
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await asyncio.sleep(LATE_AFTER + 1.5)  # the cell would have made its late call by now
         assert log.read_text().split() == ["early"]
         loaded = await session.call_tool("exec", {"code": 'text(String(load("k")))'})
         assert output(loaded) == ["undefined"]

@@ -13,7 +13,7 @@ from mcp_support import REPO, Recorder, fake_entry, free_port, output, running_c
 
 
 async def wait_for_port(port: int, process: asyncio.subprocess.Process) -> None:
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(120):
         while True:
             assert process.returncode is None, "codemode mcp --http exited early"
             try:

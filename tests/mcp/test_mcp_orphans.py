@@ -44,7 +44,7 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
 
 
-async def _all_gone(pids: list[int], bound: float = 10.0) -> list[int]:
+async def _all_gone(pids: list[int], bound: float = 60.0) -> list[int]:
     deadline = time.monotonic() + bound
     while True:
         alive = [p for p in pids if _alive(p)]

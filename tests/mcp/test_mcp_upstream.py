@@ -60,7 +60,7 @@ async def run(tools: CodeModeTools, source: str) -> list[str]:
     return [item.text for item in result.items[1:] if isinstance(item, TextItem)]
 
 
-async def until(condition: Any, within: float = 10.0) -> None:
+async def until(condition: Any, within: float = 60.0) -> None:
     """Poll ``condition()`` until it is true (at most ``within`` seconds)."""
     for _ in range(int(within / 0.02)):
         if condition():
