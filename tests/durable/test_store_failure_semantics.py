@@ -32,7 +32,7 @@ from codemode import (
     ToolDefinition,
     Yielded,
 )
-from codemode.store import Batch
+from codemode.store import Batch, Entry
 
 STEP = ToolDefinition("step", "One step.")
 FULL = "the SQLite store x is full: database or disk is full"
@@ -55,6 +55,12 @@ class FlakyStore(SqliteStore):
             raise StoreError(FULL)
         inner = getattr(super(), "write_now", None)
         return None if inner is None else inner(session_id, owner, batch)
+
+    def write_entry_now(self, session_id: str, owner: str, entry: Entry) -> int | None:
+        """The same for a batch of one entry (an engine step's)."""
+        if self.refusing:
+            raise StoreError(FULL)
+        return super().write_entry_now(session_id, owner, entry)
 
 
 class Gate:

@@ -109,10 +109,40 @@ _ENDED_KEPT = 4096
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
+def _no_default(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# The C encoder behind ``_compact.encode``, made once instead of at every call (the same text:
+# same separators, sorted keys, NaN allowed), without the circular-reference bookkeeping: a
+# circular value recurses until RecursionError and takes ``_compact``'s path, which says so.
+_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_fast_compact: Callable[[Any, int], Sequence[str]] | None = (
+    _make_encoder(
+        None, _no_default, json.encoder.encode_basestring, None, ":", ",", True, False, True
+    )
+    if _make_encoder is not None
+    else None
+)
+
+
+def _digest_text(value: Any) -> str:
+    """``_compact.encode(value)``: through the encoder made once when it can."""
+    if _fast_compact is not None and not isinstance(value, str):
+        try:
+            return "".join(_fast_compact(value, 0))
+        except RecursionError:
+            pass  # circular (or too deep): the plain encoder tells which
+    return _compact.encode(value)
+
+
 def input_digest(value: Any) -> str:
-    """A short digest of a call's input, compared when the call is replayed."""
+    """A short digest of a call's input, compared when the call is replayed: blake2b (8 bytes,
+    hex) of the input's compact JSON with sorted keys (its ``repr`` when JSON cannot hold it).
+    Part of the journal's format: recorded digests must stay equal to what this computes
+    (tests/durable/test_recording_path.py holds values computed by earlier releases)."""
     try:
-        text = _compact.encode(value)
+        text = _digest_text(value)
     except (TypeError, ValueError):
         text = repr(value)
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
@@ -151,10 +181,11 @@ class Journal:
     Appending is synchronous and never fails; :meth:`flush` makes everything appended so far
     durable in one batch and raises ``SessionBusy`` (the lease is lost) or ``StoreError``. The
     write is committed on the spot when the store can do that without waiting
-    (``write_now``), else it runs in a task of its own; either way a cancelled flusher never
-    leaves half a batch behind. After a failure the journal is broken: every later flush raises
-    the same error (and ``on_failed`` is called once with a ``StoreError``, so the session stops
-    its cells).
+    (``write_now``; ``write_entry_now`` when the batch is one entry, an engine step's, which
+    spares building the batch), else it runs in a task of its own; either way a cancelled
+    flusher never leaves half a batch behind. After a failure the journal is broken: every
+    later flush raises the same error (and ``on_failed`` is called once with a ``StoreError``,
+    so the session stops its cells).
     """
 
     def __init__(
@@ -186,6 +217,10 @@ class Journal:
         # such a write is made from a loop callback rather than a task of its own.
         self._write_now: Callable[[str, str, Batch], list[int] | None] | None = getattr(
             store, "write_now", None
+        )
+        # ... and one that commits a batch of one entry (an engine step's) without the batch.
+        self._write_entry_now: Callable[[str, str, Entry], int | None] | None = getattr(
+            store, "write_entry_now", None
         )
         self._soon: asyncio.Handle | None = None
         # Cells closed lately: nothing more is recorded of them (a late report of a closed
@@ -307,6 +342,28 @@ class Journal:
         """Write what was appended: committed here when the store can do it at once, else in
         a task (:attr:`_task`)."""
         assert self._write_now is not None
+        if (
+            self._write_entry_now is not None
+            and self._appended - self._durable == 1
+            and len(self._entries) == 1
+        ):
+            # Only one entry is pending (nothing else was appended since the last write).
+            entry = self._entries[0]
+            try:
+                self._keeper.check()
+                seq = self._write_entry_now(self.session_id, self.owner, entry)
+            except Exception as exc:
+                self._entries = []
+                self._failed_with(exc)
+                return
+            if seq is not None:
+                self._entries = []
+                self._durable = self._appended
+                return
+            # Not written (it would have to wait): the store's thread writes it.
+            batch, upto = self._take()
+            self._task = self._loop.create_task(self._write_pending(batch, upto))
+            return
         batch, upto = self._take()
         if batch.is_empty():
             self._durable = upto

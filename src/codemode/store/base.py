@@ -282,10 +282,14 @@ class SessionStore(Protocol):
 # ------------------------------------------------------------------------------ shared helpers
 
 
+# json.dumps with these options builds an encoder at every call: made once (the same text).
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def dump_json(value: Any, what: str) -> str:
     """JSON text of ``value`` (compact, exact); a value JSON cannot hold is a StoreError."""
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _dumps(value)
     except (TypeError, ValueError) as exc:
         raise StoreError(f"the store cannot record {what}: {exc}") from exc
 

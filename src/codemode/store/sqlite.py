@@ -124,6 +124,18 @@ _CHECKPOINT_EVERY = 200
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 
+# An engine step's write (_prepare_step): the lease check and the cell's counter, the entry.
+_STEP_COUNTER = (
+    "UPDATE codemode_cells SET entries = entries + 1 "
+    "WHERE session_id = ? AND cell_id = ? AND state = 'open' AND EXISTS ("
+    "SELECT 1 FROM codemode_leases WHERE session_id = ? AND owner = ? "
+    "AND expires_at > ?) RETURNING entries"
+)
+_STEP_INSERT = (
+    "INSERT INTO codemode_journal (session_id, cell_id, seq, kind, payload) VALUES (?, ?, ?, ?, ?)"
+)
+
+
 def _only_entries(batch: Batch) -> bool:
     return not (
         batch.cells
@@ -582,6 +594,19 @@ class SqliteStore:
         done, result = self._try_inline(run)
         return result if done else None
 
+    def write_entry_now(self, session_id: str, owner: str, entry: Entry) -> int | None:
+        """:meth:`write_now` of a batch of this one entry (an engine step's, the journal's
+        most frequent write), without building the batch: its sequence number once committed,
+        or None when nothing was written (then call :meth:`write`)."""
+        if not _RETURNING:
+            seqs = self.write_now(session_id, owner, Batch(entries=(entry,)))
+            return None if seqs is None else seqs[0]
+        run, small = self._prepare_step(session_id, owner, entry)
+        if not small:
+            return None
+        done, result = self._try_inline(run)
+        return result[0] if done and result is not None else None
+
     def _prepare_write(
         self, session_id: str, owner: str, batch: Batch
     ) -> tuple[Callable[[sqlite3.Connection, float], list[int]], bool]:
@@ -589,7 +614,7 @@ class SqliteStore:
         thread."""
         check_batch(batch)
         if _RETURNING and len(batch.entries) == 1 and _only_entries(batch):
-            return self._prepare_step(session_id, owner, batch.entries[0]), True
+            return self._prepare_step(session_id, owner, batch.entries[0])
         # Serialize JSON on the caller's thread: a value JSON cannot hold fails before any I/O.
         cells = [
             (
@@ -692,34 +717,27 @@ class SqliteStore:
 
     def _prepare_step(
         self, session_id: str, owner: str, entry: Entry
-    ) -> Callable[[sqlite3.Connection, float], list[int]]:
+    ) -> tuple[Callable[[sqlite3.Connection, float], list[int]], bool]:
         """The body of a batch of one journal entry (an engine step's), in two statements: the
-        lease check and the cell's counter in one UPDATE, then the entry. Its errors are those
-        of the general body (the lease first, then the cell)."""
+        lease check and the cell's counter in one UPDATE, then the entry; and whether it is
+        small enough for the caller's thread. Its errors are those of the general body (the
+        lease first, then the cell)."""
         cell_id, kind = entry.cell_id, entry.kind
         payload = dump_json(entry.payload, f"a journal entry of cell {cell_id}")
 
         def run(conn: sqlite3.Connection, now: float) -> list[int]:
             rows = conn.execute(
-                "UPDATE codemode_cells SET entries = entries + 1 "
-                "WHERE session_id = ? AND cell_id = ? AND state = 'open' AND EXISTS ("
-                "SELECT 1 FROM codemode_leases WHERE session_id = ? AND owner = ? "
-                "AND expires_at > ?) RETURNING entries",
-                (session_id, cell_id, session_id, owner, now),
+                _STEP_COUNTER, (session_id, cell_id, session_id, owner, now)
             ).fetchall()
             if not rows:  # which check failed: the general body's checks raise it
                 self._check_lease(conn, session_id, owner, now)
                 self._counters(conn, session_id, [cell_id], "entries")
                 raise StoreError(f"cell {cell_id} is not recorded in session {session_id}")
             seq = int(rows[0][0])
-            conn.execute(
-                "INSERT INTO codemode_journal (session_id, cell_id, seq, kind, payload) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (session_id, cell_id, seq, kind, payload),
-            )
+            conn.execute(_STEP_INSERT, (session_id, cell_id, seq, kind, payload))
             return [seq]
 
-        return run
+        return run, len(payload) <= _INLINE_BYTES
 
     @staticmethod
     def _state(conn: sqlite3.Connection, session_id: str, cell_id: str) -> str | None:
