@@ -1013,7 +1013,9 @@ class SessionRuntime(Session):
     # ------------------------------------------------------------------ approvals
 
     def awaiting_approval(self, cell: Cell | PausableCell | str) -> tuple[ApprovalRequest, ...]:
-        """The calls of ``cell`` held for the host's approval, sorted by call id.
+        """The calls of ``cell`` held for the host's approval, sorted by call id; of a
+        recovered cell still replaying, those its record holds and does not decide
+        (docs/durability.md, "While a cell replays").
 
         Raises ``ForeignHandle`` or ``MissingCell`` (unknown or closed cell). See
         ``docs/approvals.md``.
@@ -1021,10 +1023,7 @@ class SessionRuntime(Session):
         if self._store is None:
             return self._find(cell).awaiting_approval()
         self._gate_sync()
-        actor = self._find(cell)
-        if actor.recorder is not None and not actor.recorder.replayed.is_set():
-            return ()  # replaying: its held calls are known once the replay is over
-        return actor.awaiting_approval()
+        return self._find(cell).awaiting_approval()
 
     async def approve(self, cell: Cell | PausableCell | str, call_id: str) -> None:
         """Let the held call ``call_id`` reach the delegate; it is an ordinary call from now on

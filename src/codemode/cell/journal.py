@@ -30,6 +30,8 @@ Journal entry kinds (payloads are JSON):
               later step once resumed; recorded at once, so a restart in between keeps it)
 ``resume``    ``{"g": generation, "seen": bool}``: a pausable cell resumed past a frontier
               (``seen``: that frontier had been delivered)
+``held``      ``{"c": call_id, "t": tool_name, "i": input}``: a call of a tool that needs approval
+              was held (what ``awaiting_approval`` answers while the cell is replayed again)
 ``approve``   ``{"c": call_id}``; ``reject`` ``{"c": call_id, "m": reason}``
 ``notified``  ``{}``: a notification of the cell reached the delegate (a recovered cell does
               not send those again)
@@ -60,6 +62,7 @@ from codemode.cell.machine import (
     Effect,
     Phase,
     RejectCall,
+    call_number,
 )
 from codemode.engine.base import (
     EngineCell,
@@ -97,6 +100,7 @@ READS = "reads"
 TIMERS = "timers"
 ARRIVED = "arrived"
 RESUME = "resume"
+HELD = "held"
 APPROVE = "approve"
 REJECT = "reject"
 COMPLETED = "completed"
@@ -411,6 +415,8 @@ class RecordedCell:
     cut_seq: int | None = None  # the engine command its engine was lost in (0: the run)
     timers: dict[int, float] = field(default_factory=dict)  # timer id -> due (wall clock)
     ended: bool = False  # its completion was delivered (an ``ended`` entry)
+    held: dict[str, tuple[str, Any]] = field(default_factory=dict)  # call id -> (tool, input)
+    decided: set[str] = field(default_factory=set)  # held calls approved or rejected
 
     @classmethod
     def parse(
@@ -441,6 +447,10 @@ class RecordedCell:
                     cell.timers[int(timer_id)] = float(due)
             elif entry.kind == ENDED:
                 cell.ended = True
+            elif entry.kind == HELD:
+                cell.held[str(entry.payload["c"])] = (str(entry.payload["t"]), entry.payload["i"])
+            elif entry.kind in (APPROVE, REJECT):
+                cell.decided.add(str(entry.payload["c"]))
             elif entry.kind == COMPLETED:
                 cell.completed = True
                 cell.completed_error = entry.payload.get("e")
@@ -540,6 +550,25 @@ class CellRecorder:
         if timers is not None:
             self.journal.entry(self.cell_id, TIMERS, {"t": timers})
         await self.journal.flush()
+
+    def held(self, call_id: str, tool_name: str, value: Any) -> None:
+        """A call of a tool that needs approval was held (recorded once: a replay that holds
+        it again records nothing)."""
+        recorded = self.recorded
+        if recorded is None or call_id not in recorded.held:
+            self.journal.entry(self.cell_id, HELD, {"c": call_id, "t": tool_name, "i": value})
+
+    def held_in_record(self) -> list[tuple[str, str, Any]]:
+        """While the cell is replayed: the calls its record holds and does not decide, as
+        ``(call_id, tool_name, input)`` in issue order, none when the record ends the cell (a
+        completion drops its held calls). These are the calls the replay holds again, unless it
+        diverges; once it is over the cell itself knows them."""
+        recorded = self.recorded
+        if recorded is None or recorded.completed:
+            return []
+        undecided = [c for c in recorded.held if c not in recorded.decided]
+        undecided.sort(key=call_number)
+        return [(c, *recorded.held[c]) for c in undecided]
 
     def resumed(self, generation: int, seen: bool) -> None:
         self.journal.entry(self.cell_id, RESUME, {"g": generation, "seen": seen})
