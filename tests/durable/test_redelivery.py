@@ -103,6 +103,49 @@ async def test_a_lost_yield_and_a_lost_completion_come_again(runtimes: Runtimes)
     await rt3.shutdown()
 
 
+async def test_a_kept_completion_survives_a_second_crash(runtimes: Runtimes) -> None:
+    """The runtime that recovered a delivered, unacknowledged completion keeps its closing
+    held too: when it dies before the caller's retry, the next one derives it again; once
+    acknowledged, the cell is closed in the store."""
+    delegate = Slow()
+    rt = runtimes.make(delegate)
+    await rt.open()
+    cell = await rt.create_cell(CreateCellRequest(SOURCE, tools=[STEP]))
+    seen = 0
+    while True:
+        event, number = await rt.observe_numbered(cell.cell_id, 10.0, seen)
+        assert number == seen + 1
+        seen = number
+        if isinstance(event, Completed):
+            break
+    done = event
+    assert texts(done) == ["c3"]
+    await rt.suspend()  # the first crash: its reply never left
+    sid = rt.session_id
+    for _ in range(2):  # each runtime recovers it, then dies before the caller's retry
+        again = runtimes.make(delegate, sid)
+        await again.open()
+        assert again.delivered_completion(cell.cell_id)
+        await again.suspend()
+        record = await runtimes.backend.make().get_cell(sid, cell.cell_id)
+        assert record is not None and record.state == "open"  # its closing still held
+    last = runtimes.make(delegate, sid)
+    await last.open()
+    done_again, n = await last.observe_numbered(cell.cell_id, 10.0, seen - 1)
+    assert done_again == done and n == seen
+    last.acknowledge(cell.cell_id)
+    await last.suspend()  # (writes what was recorded: the closing, released)
+    record = await runtimes.backend.make().get_cell(sid, cell.cell_id)
+    assert record is not None and record.state == "closed"
+    final = runtimes.make(delegate, sid)
+    await final.open()
+    assert not final.delivered_completion(cell.cell_id)
+    with pytest.raises(MissingCell):
+        await final.observe_numbered(cell.cell_id, 10.0, seen - 1)
+    assert [c.call_id for c in delegate.calls] == ["tool-1", "tool-2"]  # none asked again
+    await final.shutdown()
+
+
 async def test_an_acknowledged_completion_closes_the_cell_in_the_store(
     runtimes: Runtimes,
 ) -> None:

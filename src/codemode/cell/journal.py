@@ -262,10 +262,14 @@ class Journal:
             self._bump()
 
     def kept_completion(self, cell_id: str, count: int, event: Any) -> None:
-        """A recovered cell's delivered completion, kept for a retry of its caller."""
+        """A recovered cell's delivered completion, kept for a retry of its caller (its closing
+        held until the caller acknowledges it; beyond :data:`_ENDED_KEPT` kept completions, the
+        oldest is given up and its closing recorded)."""
         self.ended_events[cell_id] = (count, event)
         while len(self.ended_events) > _ENDED_KEPT:
-            del self.ended_events[next(iter(self.ended_events))]
+            oldest = next(iter(self.ended_events))
+            del self.ended_events[oldest]
+            self.release_close(oldest)
 
     def values(self, writes: dict[str, str]) -> None:
         """Committed stored values (key -> the value's JSON text)."""
@@ -674,15 +678,22 @@ async def replay(actor: CellActor, rec: CellRecorder) -> None:
 async def _keep_completion(actor: CellActor, rec: CellRecorder) -> None:
     """A recovered cell whose completion had been delivered: take that completion again (the
     replay reproduced it; the cell closes now) and keep it for a retry of the caller whose
-    reply was lost (docs/cluster.md, re-delivery)."""
+    reply was lost (docs/cluster.md, re-delivery). Its closing stays held, as it was in the
+    runtime that delivered it, until that caller acknowledges it: the store keeps the cell
+    open with its record, so a runtime that recovers the session after this one died too
+    derives the completion again."""
     rec.replaying = False
     if actor.machine.phase not in (Phase.SETTLING, Phase.COMPLETED):
         return  # the record said it ended; its replay did not (a divergence already told)
+    journal = rec.journal
+    held = journal.hold_close(rec.cell_id)
     try:
         event = await actor.observe(None)
     except CodeModeError:
+        if held:
+            journal.release_close(rec.cell_id)  # nothing kept: its closing goes as usual
         return
-    rec.journal.kept_completion(rec.cell_id, rec.events_delivered, event)
+    journal.kept_completion(rec.cell_id, rec.events_delivered, event)
 
 
 class _PipelineStopped(Exception):
