@@ -28,6 +28,7 @@ from codemode import (
 from codemode.engine.base import CellBoot, Engine, EngineCell, StepInput, StepReport
 from codemode.engine.choice import default_engine
 from codemode.session import _RECOVERING_AT_ONCE
+from codemode.store import Batch, Entry
 from conftest import RecordingDelegate, request
 
 CELLS = _RECOVERING_AT_ONCE + 4
@@ -91,8 +92,8 @@ class _LateEngine(Engine):
 
 async def test_cells_are_recovered_concurrently_in_admission_order(runtimes: Runtimes) -> None:
     """Sandboxes open concurrently (bounded), the cells start in their admission order whatever
-    order their sandboxes are ready in, and a cell whose sandbox cannot be opened is closed
-    without holding up or breaking the others."""
+    order their sandboxes are ready in, and a cell whose sandbox cannot be opened, or whose
+    journal cannot be read, is closed without holding up or breaking the others."""
     first = RecordingDelegate()
     rt = runtimes.make(first)
     await rt.open()
@@ -109,17 +110,26 @@ async def test_cells_are_recovered_concurrently_in_admission_order(runtimes: Run
 
     order = [cell.cell_id for cell, _ in cells]
     failing = order[3]
+    # Another cell's journal gets an entry its recovery cannot read (written as a process of
+    # some other version could have).
+    malformed = order[6]
+    store = runtimes.backend.make()
+    await store.open_session(rt.session_id, "tamper", limits={})
+    await store.write(rt.session_id, "tamper", Batch(entries=[Entry(malformed, "step", {"i": 5})]))
+    await store.release_lease(rt.session_id, "tamper")
     engine = _LateEngine(order, failing)
     second = RecordingDelegate()
     rt2 = runtimes.make(second, rt.session_id, engine=engine)
     async with asyncio.timeout(30):
         await rt2.open()
     assert engine.most == _RECOVERING_AT_ONCE  # concurrent, and bounded
-    assert engine.started == [i for i in order if i != failing]  # admission order
-    record = await runtimes.backend.make().get_cell(rt.session_id, failing)
-    assert record is not None and record.state == "closed"  # not recovered again later
+    lost = (failing, malformed)
+    assert engine.started == [i for i in order if i not in lost]  # admission order
+    for cell_id in lost:
+        record = await store.get_cell(rt.session_id, cell_id)
+        assert record is not None and record.state == "closed"  # not recovered again later
     for cell, event in cells:
-        if cell.cell_id == failing:
+        if cell.cell_id in lost:
             assert not rt2.is_live(cell.cell_id)
             try:
                 rt2.pausable_cell(cell.cell_id)
@@ -131,7 +141,7 @@ async def test_cells_are_recovered_concurrently_in_admission_order(runtimes: Run
         again = await rt2.wait_to_pending(rt2.pausable_cell(cell.cell_id))
         assert again == event  # back at its frontier, nothing lost, nothing twice
     # The recorded answers were not asked again; the unanswered calls are issued again.
-    assert sorted(c.cell_id for c in second.calls) == sorted(i for i in order if i != failing)
+    assert sorted(c.cell_id for c in second.calls) == sorted(i for i in order if i not in lost)
     assert {c.call_id for c in second.calls} == {"tool-2"}
     # Idempotency keys still name their recorded cells (the failed one's too: keys outlive).
     for n, (cell, _) in enumerate(cells):
