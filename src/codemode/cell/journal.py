@@ -557,10 +557,16 @@ class CellRecorder:
 
     def held(self, call_id: str, tool_name: str, value: Any) -> None:
         """A call of a tool that needs approval was held (recorded once: a replay that holds
-        it again records nothing)."""
+        it again records nothing). An input JSON cannot hold is not recorded (the store would
+        refuse the whole write): the replay still holds that call again, once it reaches it."""
         recorded = self.recorded
-        if recorded is None or call_id not in recorded.held:
-            self.journal.entry(self.cell_id, HELD, {"c": call_id, "t": tool_name, "i": value})
+        if recorded is not None and call_id in recorded.held:
+            return
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            return
+        self.journal.entry(self.cell_id, HELD, {"c": call_id, "t": tool_name, "i": value})
 
     def held_in_record(self) -> list[tuple[str, str, Any]]:
         """While the cell is replayed: the calls its record holds and does not decide, as
