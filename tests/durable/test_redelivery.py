@@ -23,6 +23,7 @@ from durable_support import (  # the fixtures: imported for pytest to find them
     runtimes_fixture,  # noqa: F401
 )
 
+import codemode.cell.journal as journal_module
 from codemode import (
     Completed,
     CreateCellRequest,
@@ -144,6 +145,31 @@ async def test_a_kept_completion_survives_a_second_crash(runtimes: Runtimes) -> 
         await final.observe_numbered(cell.cell_id, 10.0, seen - 1)
     assert [c.call_id for c in delegate.calls] == ["tool-1", "tool-2"]  # none asked again
     await final.shutdown()
+
+
+async def test_kept_completions_beyond_the_cap_are_given_up_and_closed(
+    runtimes: Runtimes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runtime keeps at most ``_ENDED_KEPT`` completions: the oldest beyond is given up and
+    its cell's closing recorded, so it does not stay in the store for ever."""
+    monkeypatch.setattr(journal_module, "_ENDED_KEPT", 1)
+    rt = runtimes.make(Slow())
+    await rt.open()
+    ids = []
+    for text in ("x", "y"):
+        cell = await rt.create_cell(CreateCellRequest(f"text('{text}')", tools=[]))
+        done, number = await rt.observe_numbered(cell.cell_id, 10.0, 0)
+        assert isinstance(done, Completed) and number == 1
+        ids.append(cell.cell_id)
+    await rt.suspend()  # neither acknowledged
+    rt2 = runtimes.make(Slow(), rt.session_id)
+    await rt2.open()
+    kept = [i for i in ids if rt2.delivered_completion(i)]
+    assert len(kept) == 1
+    await rt2.suspend()
+    store = runtimes.backend.make()
+    states = {i: (await store.get_cell(rt.session_id, i)).state for i in ids}  # type: ignore[union-attr]
+    assert states == {i: "open" if i in kept else "closed" for i in ids}
 
 
 async def test_an_acknowledged_completion_closes_the_cell_in_the_store(
