@@ -122,7 +122,7 @@ async def test_cells_are_recovered_concurrently_in_admission_order(runtimes: Run
     rt2 = runtimes.make(second, rt.session_id, engine=engine)
     async with asyncio.timeout(30):
         await rt2.open()
-    assert engine.most == _RECOVERING_AT_ONCE  # concurrent, and bounded
+    assert 1 < engine.most <= _RECOVERING_AT_ONCE  # concurrent, and bounded
     lost = (failing, malformed)
     assert engine.started == [i for i in order if i not in lost]  # admission order
     for cell_id in lost:
