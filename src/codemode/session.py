@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -63,8 +63,8 @@ from codemode.registry import CellRegistry
 from codemode.tools.catalog import reference_json
 
 if TYPE_CHECKING:
-    from codemode.cell.journal import CellRecorder, Journal, RecordedCell
-    from codemode.store.base import SessionStore
+    from codemode.cell.journal import CellRecorder, Journal
+    from codemode.store.base import CellJournal, SessionStore
     from codemode.store.lease import LeaseKeeper
 
 __all__ = ["SessionRuntime", "new_cell_id", "tools_delegate"]
@@ -297,6 +297,27 @@ async def _replay_over(actor: CellActor, bound: float | None) -> bool:
     return bool(done)
 
 
+# How many recovered cells of a reopened session open their sandbox at once (session.open).
+_RECOVERING_AT_ONCE = 8
+
+
+@dataclass(frozen=True)
+class _Recovered:
+    """A recorded cell whose fresh sandbox is open: ``start`` registers it and starts its
+    replay (once), else ``engine_cell`` must be closed."""
+
+    engine_cell: Any
+    start: Callable[[], CellRecorder]
+
+
+def _close_unstarted(task: asyncio.Task[_Recovered | None]) -> None:
+    """A sandbox opened for a recovery that was given up before its cell started: close it."""
+    if not task.cancelled() and task.exception() is None:
+        recovered = task.result()
+        if recovered is not None:
+            recovered.engine_cell.close()
+
+
 class _suppress_all:
     def __enter__(self) -> None:
         return None
@@ -377,7 +398,7 @@ class SessionRuntime(Session):
         return self
 
     async def _open(self) -> None:
-        from codemode.cell.journal import Journal, RecordedCell
+        from codemode.cell.journal import Journal
         from codemode.store.lease import LeaseKeeper
 
         store = self._store
@@ -410,13 +431,8 @@ class SessionRuntime(Session):
                 # latest REPLAY_GRACE seconds later (or when a shutdown or suspend begins): a
                 # cell whose recorded JavaScript spins holds up no one but its own callers, as
                 # each operation on a cell waits for that cell's replay (docs/durability.md).
-                recovering = []
-                for record in await store.list_cells(sid, state="open"):
-                    entries = await store.read_journal(sid, record.cell_id)
-                    deliveries = await store.deliveries(sid, record.cell_id)
-                    recorder = await self._recover(RecordedCell.parse(record, entries, deliveries))
-                    if recorder is not None:
-                        recovering.append(recorder.replayed.wait())
+                cells = await store.read_cells(sid, state="open")
+                recovering = [r.replayed.wait() for r in await self._recover_all(cells)]
                 if recovering:
                     replays: asyncio.Future[Any] = asyncio.gather(*recovering)
                     ending: asyncio.Future[Any] = core.loop.create_task(core.ending.wait())
@@ -440,20 +456,60 @@ class SessionRuntime(Session):
             raise
         self._opened = True
 
-    async def _recover(self, cell: RecordedCell) -> CellRecorder | None:
-        """Admit a recorded cell again, in a fresh sandbox that replays its record."""
-        from codemode.cell.journal import CellRecorder, request_from_json
+    async def _recover_all(self, cells: list[CellJournal]) -> list[CellRecorder]:
+        """Admit the recorded ``cells`` again (given in admission order), each in a fresh sandbox
+        that replays its record; returns their recorders.
+
+        The sandboxes are opened concurrently, at most :data:`_RECOVERING_AT_ONCE` at a time,
+        and each cell is registered and started once its sandbox and those of every cell before
+        it are open: the cells are re-admitted in their admission order, as one at a time would
+        (the registry's order, and the order in which their replays start, stay that), while the
+        store is read once and the opening of a sandbox overlaps the others' and the replays
+        already started. A cell that cannot be recovered is logged and recorded closed
+        (:meth:`_recover`) and holds up no other. If this is interrupted (cancelled, or a
+        failure that is not the cell's own), the sandboxes opened and not started are closed."""
+        gate = asyncio.Semaphore(_RECOVERING_AT_ONCE)
+
+        async def opened(cell: CellJournal) -> _Recovered | None:
+            async with gate:
+                return await self._recover(cell)
+
+        loop = self._core.loop
+        tasks = [loop.create_task(opened(cell)) for cell in cells]
+        recorders: list[CellRecorder] = []
+        started = 0
+        try:
+            for task in tasks:
+                recovered = await task
+                started += 1
+                if recovered is not None:
+                    recorders.append(recovered.start())
+        finally:
+            for task in tasks[started:]:
+                task.cancel()
+            for task in tasks[started:]:
+                task.add_done_callback(_close_unstarted)
+        return recorders
+
+    async def _recover(self, found: CellJournal) -> _Recovered | None:
+        """Open a fresh sandbox for a recorded cell, returning what admits it again (its
+        actor replays the record first); None when the cell cannot be recovered (its record is
+        malformed or no sandbox could be opened): that is logged, and the cell recorded
+        closed."""
+        from codemode.cell.journal import CellRecorder, RecordedCell, request_from_json
 
         core = self._core
         assert core.journal is not None
-        record = cell.record
+        journal = core.journal
+        record = found.record
         try:
+            cell = RecordedCell.parse(record, found.entries, found.deliveries)
             request, stored_json = request_from_json(record.request)
             kind = CellKind(record.kind)
             stored = StoredSnapshot.from_values(json.loads(stored_json))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             logger.error("cell %s cannot be recovered: its record is %s", record.cell_id, exc)
-            core.journal.closed(record.cell_id)
+            journal.closed(record.cell_id)
             return None
         tools = tuple(request.tools)
         boot = CellBoot(
@@ -476,11 +532,17 @@ class SessionRuntime(Session):
             engine_cell = await reopen()
         except EngineError as exc:
             logger.error("cell %s cannot be recovered: %s", record.cell_id, exc)
-            core.journal.closed(record.cell_id)
+            journal.closed(record.cell_id)
             return None
-        recorder = CellRecorder(core.journal, record.cell_id, kind, recorded=cell, reopen=reopen)
-        self._start_actor(record.cell_id, kind, engine_cell, tools, request.tool_call_id, recorder)
-        return recorder
+
+        def start() -> CellRecorder:
+            recorder = CellRecorder(journal, record.cell_id, kind, recorded=cell, reopen=reopen)
+            self._start_actor(
+                record.cell_id, kind, engine_cell, tools, request.tool_call_id, recorder
+            )
+            return recorder
+
+        return _Recovered(engine_cell, start)
 
     def _start_actor(
         self,
@@ -951,7 +1013,9 @@ class SessionRuntime(Session):
     # ------------------------------------------------------------------ approvals
 
     def awaiting_approval(self, cell: Cell | PausableCell | str) -> tuple[ApprovalRequest, ...]:
-        """The calls of ``cell`` held for the host's approval, sorted by call id.
+        """The calls of ``cell`` held for the host's approval, sorted by call id; of a
+        recovered cell still replaying, those its record holds and does not decide
+        (docs/durability.md, "While a cell replays").
 
         Raises ``ForeignHandle`` or ``MissingCell`` (unknown or closed cell). See
         ``docs/approvals.md``.
@@ -959,10 +1023,7 @@ class SessionRuntime(Session):
         if self._store is None:
             return self._find(cell).awaiting_approval()
         self._gate_sync()
-        actor = self._find(cell)
-        if actor.recorder is not None and not actor.recorder.replayed.is_set():
-            return ()  # replaying: its held calls are known once the replay is over
-        return actor.awaiting_approval()
+        return self._find(cell).awaiting_approval()
 
     async def approve(self, cell: Cell | PausableCell | str, call_id: str) -> None:
         """Let the held call ``call_id`` reach the delegate; it is an ordinary call from now on

@@ -21,7 +21,16 @@ from durable_support import (  # the fixtures: imported for pytest to find them
     runtimes_fixture,  # noqa: F401
 )
 
-from codemode import CellLimits, Completed, Pending, Terminated, TextItem, Yielded
+from codemode import (
+    ApprovalRequest,
+    CellLimits,
+    Completed,
+    Pending,
+    Terminated,
+    TextItem,
+    ToolDefinition,
+    Yielded,
+)
 from codemode.cell.journal import STEP
 from codemode.engine.base import limit_error_text
 from codemode.store import SessionStore
@@ -154,4 +163,44 @@ async def test_terminate_of_a_replaying_pausable_cell_delivers_nothing_twice(
     assert isinstance(event, Terminated) or event == Completed(
         (TextItem("p1"),), limit_error_text(limits, "max_cpu_seconds")
     ), event
+    await rt2.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_awaiting_approval_during_a_replay_gives_the_records_undecided_holds(
+    runtimes: Runtimes,
+) -> None:
+    """While a recovered cell is still replaying after ``open`` returned (it spins), its held
+    calls are those its record holds and does not decide: a call approved before the suspend is
+    not among them, one still held is, with its tool and input."""
+    guarded = ToolDefinition("guarded", "needs approval", needs_approval=True)
+    echo = ToolDefinition("echo", "Returns its input.")
+    first = RecordingDelegate()
+    first.release()
+    rt = runtimes.make(first, limits=CellLimits(max_cpu_seconds=100))
+    cell = await rt.create_cell(
+        request(
+            "const a = tools.guarded({n: 1}); const b = tools.guarded({n: 2});"
+            "await tools.echo({}); while (true) {}",
+            guarded,
+            echo,
+        )
+    )
+    held = (
+        ApprovalRequest(cell.cell_id, "tool-1", guarded, {"n": 1}),
+        ApprovalRequest(cell.cell_id, "tool-2", guarded, {"n": 2}),
+    )
+    async with asyncio.timeout(HANG):
+        while rt.awaiting_approval(cell) != held:
+            await rt.wait(cell, 0.05)
+        await rt.approve(cell, "tool-1")
+        await first.wait_calls(2)  # echo and the approved call
+    await rt.suspend()
+
+    rt2 = runtimes.make(RecordingDelegate(), rt.session_id)
+    await asyncio.wait_for(rt2.open(), HANG)  # after REPLAY_GRACE: the replay spins on
+    spinner = rt2.cell(cell.cell_id)
+    assert await asyncio.wait_for(rt2.wait(spinner, 0.1), HANG) == Yielded(())
+    assert rt2.awaiting_approval(spinner) == held[1:]
+    await asyncio.wait_for(rt2.terminate(spinner), HANG)
     await rt2.shutdown()

@@ -23,6 +23,7 @@ from durable_support import (  # the fixtures: imported for pytest to find them
     runtimes_fixture,  # noqa: F401
 )
 
+import codemode.cell.journal as journal_module
 from codemode import (
     Completed,
     CreateCellRequest,
@@ -101,6 +102,74 @@ async def test_a_lost_yield_and_a_lost_completion_come_again(runtimes: Runtimes)
     # The answered call was not asked again (tool-2 was in flight at the suspend: asked again).
     assert [c.call_id for c in delegate.calls].count("tool-1") == 1
     await rt3.shutdown()
+
+
+async def test_a_kept_completion_survives_a_second_crash(runtimes: Runtimes) -> None:
+    """The runtime that recovered a delivered, unacknowledged completion keeps its closing
+    held too: when it dies before the caller's retry, the next one derives it again; once
+    acknowledged, the cell is closed in the store."""
+    delegate = Slow()
+    rt = runtimes.make(delegate)
+    await rt.open()
+    cell = await rt.create_cell(CreateCellRequest(SOURCE, tools=[STEP]))
+    seen = 0
+    while True:
+        event, number = await rt.observe_numbered(cell.cell_id, 10.0, seen)
+        assert number == seen + 1
+        seen = number
+        if isinstance(event, Completed):
+            break
+    done = event
+    assert texts(done) == ["c3"]
+    await rt.suspend()  # the first crash: its reply never left
+    sid = rt.session_id
+    for _ in range(2):  # each runtime recovers it, then dies before the caller's retry
+        again = runtimes.make(delegate, sid)
+        await again.open()
+        assert again.delivered_completion(cell.cell_id)
+        await again.suspend()
+        record = await runtimes.backend.make().get_cell(sid, cell.cell_id)
+        assert record is not None and record.state == "open"  # its closing still held
+    last = runtimes.make(delegate, sid)
+    await last.open()
+    done_again, n = await last.observe_numbered(cell.cell_id, 10.0, seen - 1)
+    assert done_again == done and n == seen
+    last.acknowledge(cell.cell_id)
+    await last.suspend()  # (writes what was recorded: the closing, released)
+    record = await runtimes.backend.make().get_cell(sid, cell.cell_id)
+    assert record is not None and record.state == "closed"
+    final = runtimes.make(delegate, sid)
+    await final.open()
+    assert not final.delivered_completion(cell.cell_id)
+    with pytest.raises(MissingCell):
+        await final.observe_numbered(cell.cell_id, 10.0, seen - 1)
+    assert [c.call_id for c in delegate.calls] == ["tool-1", "tool-2"]  # none asked again
+    await final.shutdown()
+
+
+async def test_kept_completions_beyond_the_cap_are_given_up_and_closed(
+    runtimes: Runtimes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runtime keeps at most ``_ENDED_KEPT`` completions: the oldest beyond is given up and
+    its cell's closing recorded, so it does not stay in the store for ever."""
+    monkeypatch.setattr(journal_module, "_ENDED_KEPT", 1)
+    rt = runtimes.make(Slow())
+    await rt.open()
+    ids = []
+    for text in ("x", "y"):
+        cell = await rt.create_cell(CreateCellRequest(f"text('{text}')", tools=[]))
+        done, number = await rt.observe_numbered(cell.cell_id, 10.0, 0)
+        assert isinstance(done, Completed) and number == 1
+        ids.append(cell.cell_id)
+    await rt.suspend()  # neither acknowledged
+    rt2 = runtimes.make(Slow(), rt.session_id)
+    await rt2.open()
+    kept = [i for i in ids if rt2.delivered_completion(i)]
+    assert len(kept) == 1
+    await rt2.suspend()
+    store = runtimes.backend.make()
+    states = {i: (await store.get_cell(rt.session_id, i)).state for i in ids}  # type: ignore[union-attr]
+    assert states == {i: "open" if i in kept else "closed" for i in ids}
 
 
 async def test_an_acknowledged_completion_closes_the_cell_in_the_store(

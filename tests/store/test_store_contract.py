@@ -310,6 +310,57 @@ async def test_closed_cells_take_no_entries_and_their_journal_can_be_deleted(
     assert await store.read_journal(sid, "c2") == []
 
 
+async def test_read_cells_gives_every_cell_with_its_journal_in_admission_order(
+    backend: Backend,
+) -> None:
+    """``read_cells`` is ``list_cells`` with each cell's ``read_journal`` and ``deliveries``, in
+    one read: in admission order (not the ids' order), only this session's cells."""
+    store, sid = await opened(backend)
+    other_sid = new_id()
+    await store.open_session(other_sid, "A", limits={})
+    await store.write(
+        other_sid, "A", Batch(cells=[NewCell("c1", "pausable", {})], entries=[Entry("c1", "x", 0)])
+    )
+    await store.write(
+        sid,
+        "A",
+        Batch(
+            cells=[
+                NewCell("c3", "continuing", {"code": "3"}, "k3", "fp3"),
+                NewCell("c1", "pausable", {"code": "1"}),
+                NewCell("c2", "continuing", {"code": "2"}),
+            ],
+            entries=[Entry("c1", "step", {"n": 1}), Entry("c3", "boot", None)],
+            deliveries=[Delivery("c3", 2)],
+        ),
+    )
+    await store.write(
+        sid,
+        "A",
+        Batch(
+            entries=[Entry("c1", "step", [1.5, "é"]), Entry("c2", "done", {})],
+            deliveries=[Delivery("c1", 0), Delivery("c3", 4), Delivery("c1", 7)],
+            closed=["c2"],
+        ),
+    )
+    cells = await store.read_cells(sid)
+    assert [c.record for c in cells] == await store.list_cells(sid)
+    assert [c.record.cell_id for c in cells] == ["c3", "c1", "c2"]
+    for cell in cells:
+        assert cell.entries == await store.read_journal(sid, cell.record.cell_id)
+        assert cell.deliveries == await store.deliveries(sid, cell.record.cell_id)
+    assert [e.payload for e in cells[1].entries] == [{"n": 1}, [1.5, "é"]]
+    assert cells[1].deliveries == [0, 7] and cells[0].deliveries == [2, 4]
+    opened_cells = await store.read_cells(sid, state="open")
+    assert [c.record.cell_id for c in opened_cells] == ["c3", "c1"]
+    assert opened_cells == cells[:2]
+    closed = await store.read_cells(sid, state="closed")
+    assert [(c.record.cell_id, [e.kind for e in c.entries]) for c in closed] == [("c2", ["done"])]
+    assert await store.read_cells(new_id()) == []
+    reader = backend.make()  # another process reads the same
+    assert await reader.read_cells(sid) == cells
+
+
 async def test_delivered_event_boundaries(backend: Backend) -> None:
     store, sid = await opened(backend)
     await store.write(

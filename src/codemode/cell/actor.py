@@ -256,7 +256,18 @@ class CellActor:
         return Terminated(self._terminated_items)
 
     def awaiting_approval(self) -> tuple[ApprovalRequest, ...]:
-        """The cell's held calls, sorted by call id."""
+        """The cell's held calls, sorted by call id. While a recovered cell is replayed, the
+        calls its record holds and does not decide (those the replay holds again: see
+        :meth:`CellRecorder.held_in_record`): the cell knows its own only once the replay has
+        reached them, and the decisions recorded after them once it has passed those."""
+        recorder = self.recorder
+        if recorder is not None and not recorder.replayed.is_set():
+            tools = {tool.name: tool for tool in self._tools}
+            return tuple(
+                ApprovalRequest(self.cell_id, call_id, tools[name], value)
+                for call_id, name, value in recorder.held_in_record()
+                if name in tools
+            )
         return self.machine.awaiting_approval
 
     def approve(self, call_id: str) -> None:
@@ -493,6 +504,8 @@ class CellActor:
         call = NestedToolCall(self.cell_id, ev.call_id, tool, ev.input)
         if self.recorder is not None:
             self.recorder.call_issued(ev.call_id, tool.name, ev.input)
+            if tool.needs_approval:
+                self.recorder.held(ev.call_id, tool.name, ev.input)
         if self._debug:
             self._log.debug("cell %s calls %s as %s", self.cell_id, tool.name, ev.call_id)
         # The machine decides when it reaches the delegate (a free slot, an approval).

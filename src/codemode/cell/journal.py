@@ -30,6 +30,8 @@ Journal entry kinds (payloads are JSON):
               later step once resumed; recorded at once, so a restart in between keeps it)
 ``resume``    ``{"g": generation, "seen": bool}``: a pausable cell resumed past a frontier
               (``seen``: that frontier had been delivered)
+``held``      ``{"c": call_id, "t": tool_name, "i": input}``: a call of a tool that needs approval
+              was held (what ``awaiting_approval`` answers while the cell is replayed again)
 ``approve``   ``{"c": call_id}``; ``reject`` ``{"c": call_id, "m": reason}``
 ``notified``  ``{}``: a notification of the cell reached the delegate (a recovered cell does
               not send those again)
@@ -60,6 +62,7 @@ from codemode.cell.machine import (
     Effect,
     Phase,
     RejectCall,
+    call_number,
 )
 from codemode.engine.base import (
     EngineCell,
@@ -97,6 +100,7 @@ READS = "reads"
 TIMERS = "timers"
 ARRIVED = "arrived"
 RESUME = "resume"
+HELD = "held"
 APPROVE = "approve"
 REJECT = "reject"
 COMPLETED = "completed"
@@ -293,10 +297,14 @@ class Journal:
             self._bump()
 
     def kept_completion(self, cell_id: str, count: int, event: Any) -> None:
-        """A recovered cell's delivered completion, kept for a retry of its caller."""
+        """A recovered cell's delivered completion, kept for a retry of its caller (its closing
+        held until the caller acknowledges it; beyond :data:`_ENDED_KEPT` kept completions, the
+        oldest is given up and its closing recorded)."""
         self.ended_events[cell_id] = (count, event)
         while len(self.ended_events) > _ENDED_KEPT:
-            del self.ended_events[next(iter(self.ended_events))]
+            oldest = next(iter(self.ended_events))
+            del self.ended_events[oldest]
+            self.release_close(oldest)
 
     def values(self, writes: dict[str, str]) -> None:
         """Committed stored values (key -> the value's JSON text)."""
@@ -468,6 +476,8 @@ class RecordedCell:
     cut_seq: int | None = None  # the engine command its engine was lost in (0: the run)
     timers: dict[int, float] = field(default_factory=dict)  # timer id -> due (wall clock)
     ended: bool = False  # its completion was delivered (an ``ended`` entry)
+    held: dict[str, tuple[str, Any]] = field(default_factory=dict)  # call id -> (tool, input)
+    decided: set[str] = field(default_factory=set)  # held calls approved or rejected
 
     @classmethod
     def parse(
@@ -498,6 +508,10 @@ class RecordedCell:
                     cell.timers[int(timer_id)] = float(due)
             elif entry.kind == ENDED:
                 cell.ended = True
+            elif entry.kind == HELD:
+                cell.held[str(entry.payload["c"])] = (str(entry.payload["t"]), entry.payload["i"])
+            elif entry.kind in (APPROVE, REJECT):
+                cell.decided.add(str(entry.payload["c"]))
             elif entry.kind == COMPLETED:
                 cell.completed = True
                 cell.completed_error = entry.payload.get("e")
@@ -597,6 +611,31 @@ class CellRecorder:
         if timers is not None:
             self.journal.entry(self.cell_id, TIMERS, {"t": timers})
         await self.journal.flush()
+
+    def held(self, call_id: str, tool_name: str, value: Any) -> None:
+        """A call of a tool that needs approval was held (recorded once: a replay that holds
+        it again records nothing). An input JSON cannot hold is not recorded (the store would
+        refuse the whole write): the replay still holds that call again, once it reaches it."""
+        recorded = self.recorded
+        if recorded is not None and call_id in recorded.held:
+            return
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            return
+        self.journal.entry(self.cell_id, HELD, {"c": call_id, "t": tool_name, "i": value})
+
+    def held_in_record(self) -> list[tuple[str, str, Any]]:
+        """While the cell is replayed: the calls its record holds and does not decide, as
+        ``(call_id, tool_name, input)`` in issue order, none when the record ends the cell (a
+        completion drops its held calls). These are the calls the replay holds again, unless it
+        diverges; once it is over the cell itself knows them."""
+        recorded = self.recorded
+        if recorded is None or recorded.completed:
+            return []
+        undecided = [c for c in recorded.held if c not in recorded.decided]
+        undecided.sort(key=call_number)
+        return [(c, *recorded.held[c]) for c in undecided]
 
     def resumed(self, generation: int, seen: bool) -> None:
         self.journal.entry(self.cell_id, RESUME, {"g": generation, "seen": seen})
@@ -702,15 +741,22 @@ async def replay(actor: CellActor, rec: CellRecorder) -> None:
 async def _keep_completion(actor: CellActor, rec: CellRecorder) -> None:
     """A recovered cell whose completion had been delivered: take that completion again (the
     replay reproduced it; the cell closes now) and keep it for a retry of the caller whose
-    reply was lost (docs/cluster.md, re-delivery)."""
+    reply was lost (docs/cluster.md, re-delivery). Its closing stays held, as it was in the
+    runtime that delivered it, until that caller acknowledges it: the store keeps the cell
+    open with its record, so a runtime that recovers the session after this one died too
+    derives the completion again."""
     rec.replaying = False
     if actor.machine.phase not in (Phase.SETTLING, Phase.COMPLETED):
         return  # the record said it ended; its replay did not (a divergence already told)
+    journal = rec.journal
+    held = journal.hold_close(rec.cell_id)
     try:
         event = await actor.observe(None)
     except CodeModeError:
+        if held:
+            journal.release_close(rec.cell_id)  # nothing kept: its closing goes as usual
         return
-    rec.journal.kept_completion(rec.cell_id, rec.events_delivered, event)
+    journal.kept_completion(rec.cell_id, rec.events_delivered, event)
 
 
 class _PipelineStopped(Exception):

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from codemode.store.base import (
     Batch,
+    CellJournal,
     CellRecord,
     Delivery,
     Entry,
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # mypy checks that both stores implement the protocol
 
 __all__ = [
     "Batch",
+    "CellJournal",
     "CellRecord",
     "Delivery",
     "Entry",

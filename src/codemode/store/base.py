@@ -17,7 +17,7 @@ writes nothing. Reads need no lease.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -25,6 +25,7 @@ from codemode.errors import StoreError
 
 __all__ = [
     "Batch",
+    "CellJournal",
     "CellRecord",
     "Delivery",
     "Entry",
@@ -133,6 +134,16 @@ class Delivery:
 
     cell_id: str
     items: int
+
+
+@dataclass(frozen=True)
+class CellJournal:
+    """A recorded cell with everything a reopen needs of it: its record, its whole journal (in
+    order) and its delivered-event boundaries (in order)."""
+
+    record: CellRecord
+    entries: list[JournalEntry]
+    deliveries: list[int]
 
 
 @dataclass(frozen=True)
@@ -257,6 +268,15 @@ class SessionStore(Protocol):
         """The cell's delivered-event boundaries in order: how many items each event carried."""
         ...
 
+    async def read_cells(
+        self, session_id: str, *, state: CellState | None = None
+    ) -> list[CellJournal]:
+        """The session's recorded cells (of that state, if given) in admission order, each with
+        its whole journal and its deliveries: what :meth:`list_cells`, :meth:`read_journal` and
+        :meth:`deliveries` give, read in one go and as of one moment (a reopen reads the cells
+        it recovers so)."""
+        ...
+
     async def get_values(self, session_id: str) -> dict[str, Any]:
         """The session's stored values."""
         ...
@@ -296,6 +316,26 @@ def dump_json(value: Any, what: str) -> str:
 
 def load_json(text: str) -> Any:
     return json.loads(text)
+
+
+def group_cells(
+    records: Sequence[CellRecord],
+    entries: Iterable[tuple[str, int, str, str]],
+    deliveries: Iterable[tuple[str, int]],
+) -> list[CellJournal]:
+    """:meth:`SessionStore.read_cells` from rows read in one go: ``records`` in admission
+    order, the session's journal rows ``(cell_id, seq, kind, payload_json)`` and delivery rows
+    ``(cell_id, items)``, each cell's in order; rows of other cells are skipped."""
+    journals = {r.cell_id: CellJournal(r, [], []) for r in records}
+    for cell_id, seq, kind, payload in entries:
+        cell = journals.get(cell_id)
+        if cell is not None:
+            cell.entries.append(JournalEntry(cell_id, int(seq), kind, load_json(payload)))
+    for cell_id, items in deliveries:
+        cell = journals.get(cell_id)
+        if cell is not None:
+            cell.deliveries.append(int(items))
+    return list(journals.values())
 
 
 def check_batch(batch: Batch) -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from codemode.errors import SessionBusy, StoreError
 from codemode.store.base import (
     Batch,
+    CellJournal,
     CellRecord,
     CellState,
     JournalEntry,
@@ -35,6 +36,7 @@ from codemode.store.base import (
     SessionRecord,
     check_batch,
     dump_json,
+    group_cells,
     load_json,
 )
 from codemode.store.sqlite import newer_schema_text
@@ -200,6 +202,20 @@ def _cell(row: tuple[Any, ...]) -> CellRecord:
         created=float(row[6]),
         entries=int(row[7]),
         delivered=int(row[8]),
+    )
+
+
+def _cells_query(session_id: str, state: CellState | None) -> tuple[str, tuple[Any, ...]]:
+    """The query of a session's cells (of ``state``, if given) in admission order."""
+    if state is None:
+        return (
+            f"SELECT {_CELL_COLUMNS} FROM codemode_cells WHERE session_id = %s ORDER BY ordinal",
+            (session_id,),
+        )
+    return (
+        f"SELECT {_CELL_COLUMNS} FROM codemode_cells "
+        "WHERE session_id = %s AND state = %s ORDER BY ordinal",
+        (session_id, state),
     )
 
 
@@ -686,18 +702,7 @@ class PostgresStore:
     async def list_cells(
         self, session_id: str, *, state: CellState | None = None
     ) -> list[CellRecord]:
-        if state is None:
-            rows = await self._fetchall(
-                f"SELECT {_CELL_COLUMNS} FROM codemode_cells WHERE session_id = %s "
-                "ORDER BY ordinal",
-                (session_id,),
-            )
-        else:
-            rows = await self._fetchall(
-                f"SELECT {_CELL_COLUMNS} FROM codemode_cells "
-                "WHERE session_id = %s AND state = %s ORDER BY ordinal",
-                (session_id, state),
-            )
+        rows = await self._fetchall(*_cells_query(session_id, state))
         return [_cell(row) for row in rows]
 
     async def get_cell(self, session_id: str, cell_id: str) -> CellRecord | None:
@@ -724,6 +729,32 @@ class PostgresStore:
             (session_id, cell_id),
         )
         return [int(row[0]) for row in rows]
+
+    async def read_cells(
+        self, session_id: str, *, state: CellState | None = None
+    ) -> list[CellJournal]:
+        async def run(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> list[CellJournal]:
+            # One snapshot for the three reads (a writer's batch lands whole between them).
+            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                query, params = _cells_query(session_id, state)
+                cur = await conn.execute(query, params)
+                records = [_cell(row) for row in await cur.fetchall()]
+                cur = await conn.execute(
+                    "SELECT cell_id, seq, kind, payload FROM codemode_journal "
+                    "WHERE session_id = %s ORDER BY cell_id, seq",
+                    (session_id,),
+                )
+                entries = await cur.fetchall()
+                cur = await conn.execute(
+                    "SELECT cell_id, items FROM codemode_deliveries WHERE session_id = %s "
+                    "ORDER BY cell_id, seq",
+                    (session_id,),
+                )
+                deliveries = await cur.fetchall()
+            return group_cells(records, entries, deliveries)
+
+        return await self._run(run)
 
     async def get_values(self, session_id: str) -> dict[str, Any]:
         rows = await self._fetchall(

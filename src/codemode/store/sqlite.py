@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from codemode.errors import SessionBusy, StoreError
 from codemode.store.base import (
     Batch,
+    CellJournal,
     CellRecord,
     CellState,
     Entry,
@@ -47,6 +48,7 @@ from codemode.store.base import (
     SessionRecord,
     check_batch,
     dump_json,
+    group_cells,
     load_json,
 )
 
@@ -856,22 +858,24 @@ class SqliteStore:
     async def list_cells(
         self, session_id: str, *, state: CellState | None = None
     ) -> list[CellRecord]:
-        def run(conn: sqlite3.Connection) -> list[CellRecord]:
-            if state is None:
-                rows = conn.execute(
-                    f"SELECT {_CELL_COLUMNS} FROM codemode_cells WHERE session_id = ? "
-                    "ORDER BY rowid",
-                    (session_id,),
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    f"SELECT {_CELL_COLUMNS} FROM codemode_cells "
-                    "WHERE session_id = ? AND state = ? ORDER BY rowid",
-                    (session_id, state),
-                ).fetchall()
-            return [_cell(row) for row in rows]
+        return await self._run(lambda conn: self._cells(conn, session_id, state))
 
-        return await self._run(run)
+    @staticmethod
+    def _cells(
+        conn: sqlite3.Connection, session_id: str, state: CellState | None
+    ) -> list[CellRecord]:
+        if state is None:
+            rows = conn.execute(
+                f"SELECT {_CELL_COLUMNS} FROM codemode_cells WHERE session_id = ? ORDER BY rowid",
+                (session_id,),
+            ).fetchall()
+        else:
+            rows = conn.execute(
+                f"SELECT {_CELL_COLUMNS} FROM codemode_cells "
+                "WHERE session_id = ? AND state = ? ORDER BY rowid",
+                (session_id, state),
+            ).fetchall()
+        return [_cell(row) for row in rows]
 
     async def get_cell(self, session_id: str, cell_id: str) -> CellRecord | None:
         def run(conn: sqlite3.Connection) -> CellRecord | None:
@@ -904,6 +908,27 @@ class SqliteStore:
                 (session_id, cell_id),
             ).fetchall()
             return [int(row[0]) for row in rows]
+
+        return await self._run(run)
+
+    async def read_cells(
+        self, session_id: str, *, state: CellState | None = None
+    ) -> list[CellJournal]:
+        def run(conn: sqlite3.Connection) -> list[CellJournal]:
+            conn.execute("BEGIN")  # one read transaction: one snapshot of the file
+            records = self._cells(conn, session_id, state)
+            entries = conn.execute(
+                "SELECT cell_id, seq, kind, payload FROM codemode_journal "
+                "WHERE session_id = ? ORDER BY cell_id, seq",
+                (session_id,),
+            ).fetchall()
+            deliveries = conn.execute(
+                "SELECT cell_id, items FROM codemode_deliveries WHERE session_id = ? "
+                "ORDER BY cell_id, seq",
+                (session_id,),
+            ).fetchall()
+            conn.execute("COMMIT")
+            return group_cells(records, entries, deliveries)
 
         return await self._run(run)
 
