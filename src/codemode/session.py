@@ -959,6 +959,9 @@ class SessionRuntime(Session):
             recorder.events_delivered += 1
             if held and journal.holds_close(cell_id):
                 journal.ended(cell_id, len(event.items))
+                # Kept for a retry until acknowledged: a caller whose own reply was lost after
+                # this runtime answered (a front killed in between) observes it again here.
+                journal.kept_completion(cell_id, recorder.events_delivered, event)
                 await self._recorded()
             elif held:
                 journal.release_close(cell_id)

@@ -28,6 +28,7 @@ from codemode import (
     ResumeOutcome,
     SessionBusy,
     SessionLost,
+    SqliteStore,
     TextItem,
     ToolDefinition,
     Yielded,
@@ -206,5 +207,137 @@ async def test_a_client_reattaches_through_a_server_restarted_after_sigkill(
     try:
         assert session.session_id == session_id
         await finish_cells(session, second, cell.cell_id, paused.cell_id)
+    finally:
+        await session.shutdown()
+
+
+# ---------------------------------------------------------------------------- re-delivery
+# The hop between the client and `serve --cluster` (docs/protocol.md, "Re-delivery"): the serve
+# process is SIGKILLed by its fault drill right after it received an event whose delivery the
+# host recorded, before it answered the client; the same client, reattached through a new
+# serve process, gets that event again, and every item exactly once.
+
+DRILL = "CODEMODE_TEST_KILL_AT_DELIVERY"
+TWICE = "text('one'); yield_control(); text('two');"
+STEPS = "text('a'); const x = await tools.echo({n: 1}); text('b' + x.n);" + (
+    "const y = await tools.echo({n: 2}); text('c' + y.n);"
+)
+
+
+def serve_command(address: str, store: Path) -> list[str]:
+    return [sys.executable, "-m", "codemode", "serve", *serve_args(address, store)]
+
+
+async def killed_at_delivery(
+    monkeypatch: pytest.MonkeyPatch, command: list[str], delegate: Gate, deliveries: int
+) -> RemoteSession:
+    """A client of a serve process that kills itself at its ``deliveries``-th numbered
+    delivery."""
+    monkeypatch.setenv(DRILL, str(deliveries))
+    try:
+        return await RemoteSession.spawn(delegate, command=command)
+    finally:
+        monkeypatch.delenv(DRILL)
+
+
+async def test_serve_cluster_gives_a_yield_lost_with_the_server_again(
+    ray_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    command = serve_command(ray_cluster.address, tmp_path / "sessions.db")
+    session = await killed_at_delivery(monkeypatch, command, Gate(), 1)
+    try:
+        session_id = session.session_id
+        cell = await session.create_cell(CreateCellRequest(TWICE))
+        with pytest.raises(SessionLost):
+            await asyncio.wait_for(session.wait(cell, 30.0), HANG)
+    finally:
+        await session.shutdown()
+
+    session = await RemoteSession.spawn(Gate(), command=command, session_id=session_id)
+    try:
+        first = await asyncio.wait_for(session.wait(session.cell(cell.cell_id), 30.0), HANG)
+        assert isinstance(first, Yielded) and texts(first.items) == ["one"]  # again
+        final = await asyncio.wait_for(session.wait(session.cell(cell.cell_id), 30.0), HANG)
+        assert isinstance(final, Completed) and final.error_text is None
+        assert texts(final.items) == ["two"]
+    finally:
+        await session.shutdown()
+
+
+async def test_serve_cluster_gives_a_completion_lost_with_the_server_again(
+    ray_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "sessions.db"
+    command = serve_command(ray_cluster.address, path)
+    session = await killed_at_delivery(monkeypatch, command, Gate(), 2)
+    try:
+        session_id = session.session_id
+        cell = await session.create_cell(CreateCellRequest(TWICE))
+        first = await asyncio.wait_for(session.wait(cell, 30.0), HANG)
+        assert isinstance(first, Yielded) and texts(first.items) == ["one"]
+        with pytest.raises(SessionLost):
+            await asyncio.wait_for(session.wait(cell, 30.0), HANG)
+    finally:
+        await session.shutdown()
+
+    store = SqliteStore(path)
+    try:
+        session = await RemoteSession.spawn(Gate(), command=command, session_id=session_id)
+        try:
+            assert session.is_live(cell.cell_id)  # closed, its completion not acknowledged
+            record = await store.get_cell(session_id, cell.cell_id)
+            assert record is not None and record.state == "open"  # its closing is held
+            final = await asyncio.wait_for(session.wait(session.cell(cell.cell_id), 30.0), HANG)
+            assert isinstance(final, Completed) and final.error_text is None
+            assert texts(final.items) == ["two"]  # again, once
+            # The client's observation/release reaches the host: the closing is recorded.
+            deadline = asyncio.get_running_loop().time() + HANG
+            while True:
+                record = await store.get_cell(session_id, cell.cell_id)
+                assert record is not None
+                if record.state == "closed":
+                    break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AssertionError("the acknowledged completion's closing was not recorded")
+                await asyncio.sleep(0.1)
+        finally:
+            await session.shutdown()
+    finally:
+        await store.close()
+
+
+async def test_serve_cluster_gives_a_frontier_lost_with_the_server_again(
+    ray_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    command = serve_command(ray_cluster.address, tmp_path / "sessions.db")
+    first = Gate()
+    session = await killed_at_delivery(monkeypatch, command, first, 2)
+    try:
+        session_id = session.session_id
+        cell = await session.create_pausable_cell(CreateCellRequest(STEPS, (ECHO,)))
+        event = await asyncio.wait_for(session.wait_to_pending(cell), HANG)
+        assert isinstance(event, Pending) and event.frontier.generation == 1
+        assert texts(event.frontier.items) == ["a"]
+        assert await session.resume(cell, 1) is ResumeOutcome.RESUMED
+        with pytest.raises(SessionLost):
+            await asyncio.wait_for(session.wait_to_pending(cell), HANG)
+    finally:
+        await session.shutdown()
+
+    second = Gate()
+    session = await RemoteSession.spawn(second, command=command, session_id=session_id)
+    try:
+        paused = session.pausable_cell(cell.cell_id)
+        event = await asyncio.wait_for(session.wait_to_pending(paused), HANG)
+        assert isinstance(event, Pending) and event.frontier.generation == 2
+        assert texts(event.frontier.items) == ["b1"]  # again: its answer never arrived
+        assert await session.resume(paused, 2) is ResumeOutcome.RESUMED
+        final = await asyncio.wait_for(session.wait_to_pending(paused), HANG)
+        assert isinstance(final, Completed) and final.error_text is None
+        assert texts(final.items) == ["c2"]
+        # tool-1 was answered before: never asked again (tool-2 may be asked of both clients:
+        # the first one's call died with its serve process, docs/cluster.md).
+        assert [c.call_id for c in first.calls][:1] == ["tool-1"]
+        assert [c.call_id for c in second.calls] in ([], ["tool-2"])
     finally:
         await session.shutdown()

@@ -190,6 +190,27 @@ async def test_an_acknowledged_completion_closes_the_cell_in_the_store(
     await rt2.shutdown()
 
 
+async def test_the_runtime_that_delivered_a_completion_gives_it_again_until_acknowledged(
+    runtimes: Runtimes,
+) -> None:
+    """The process that answered died, not the runtime (``serve --cluster``'s serve process,
+    the session still open on its host): a retry with ``seen`` one less than the delivered
+    count gets the completion again from the same runtime, until it is acknowledged."""
+    rt = runtimes.make(Slow())
+    await rt.open()
+    cell = await rt.create_cell(CreateCellRequest("text('x')", tools=[]))
+    done, number = await rt.observe_numbered(cell.cell_id, 10.0, 0)
+    assert isinstance(done, Completed) and texts(done) == ["x"] and number == 1
+    assert not rt.is_live(cell.cell_id) and rt.delivered_completion(cell.cell_id)
+    again, number = await rt.observe_numbered(cell.cell_id, 10.0, 0)
+    assert again is done and number == 1
+    rt.acknowledge(cell.cell_id)
+    assert not rt.delivered_completion(cell.cell_id)
+    with pytest.raises(MissingCell):
+        await rt.observe_numbered(cell.cell_id, 10.0, 0)
+    await rt.shutdown()
+
+
 async def test_a_caller_that_did_not_lose_anything_gets_no_repeat(runtimes: Runtimes) -> None:
     """``seen`` equal to the delivered count, or unknown (``None``): a plain observation."""
     delegate = Slow()

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import pytest
+from protocol_support import RawError, serve_process
 
 import codemode.protocol.client as client_module
 from codemode import (
@@ -213,3 +214,56 @@ async def test_a_reattach_from_a_new_process_has_no_numbers(
         assert not session.is_live(cell.cell_id)
     finally:
         await session.shutdown()
+
+
+@pytest.mark.parametrize("announced", [False, True])
+async def test_a_held_completion_is_listed_only_to_a_client_that_numbers_deliveries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, announced: bool
+) -> None:
+    """docs/protocol.md: a closed cell whose completion awaits its release is listed
+    (``completed: true``) only to a client that announced ``redelivery``. An older client (one
+    that does not number, as the Node example client) sees no such cell, and observing it
+    answers ``MissingCell`` as for any closed cell."""
+    store = tmp_path / "sessions.db"
+    monkeypatch.setenv(DRILL, "2")  # dies once the completion's delivery is recorded
+    session = await RemoteSession.spawn(RecordingDelegate(), store=store, command=COMMAND)
+    monkeypatch.delenv(DRILL)
+    try:
+        session_id = session.session_id
+        cell = await session.create_cell(request(CONTINUING))
+        await session.wait(cell, 30)
+        with pytest.raises(SessionLost):
+            await session.wait(cell, 30)
+    finally:
+        await session.shutdown()
+
+    async with serve_process("--store", str(store), "--lease-seconds", "1") as server:
+        client = server.client
+        capabilities = {"notify": True, "redelivery": True} if announced else {"notify": True}
+        await client.call("initialize", {"protocolVersion": 1, "capabilities": capabilities})
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                opened = await client.call("session/open", {"sessionId": session_id})
+                break
+            except RawError as exc:  # the killed server's lease runs out within 1 s
+                assert (exc.data or {}).get("kind") == "SessionBusy"
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+        if announced:
+            assert [(c["cellId"], c.get("completed")) for c in opened["cells"]] == [
+                (cell.cell_id, True)
+            ]
+            return
+        assert opened["cells"] == []
+        with pytest.raises(RawError) as missing:
+            await client.call(
+                "cell/wait",
+                {
+                    "sessionId": session_id,
+                    "cellId": cell.cell_id,
+                    "yieldAfterMs": 1000,
+                    "observation": 0,
+                },
+            )
+        assert (missing.value.data or {}).get("kind") == "MissingCell"

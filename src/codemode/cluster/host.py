@@ -252,9 +252,10 @@ class SessionHost:
         for ``caller`` (a client's id; a new caller's arrival stops the observations of the one
         before, which went away).
 
-        Returns ``{"cells": [(cell_id, kind, next observation number), ...], "limits":
-        CellLimits, "issued": requests issued so far}``; ``SessionBusy`` while another live
-        runtime holds its lease.
+        Returns ``{"cells": [(cell_id, kind, next observation number), ...], "completions":
+        [the same, of closed cells whose delivered completion awaits its acknowledgement],
+        "limits": CellLimits, "issued": requests issued so far}``; ``SessionBusy`` while another
+        live runtime holds its lease.
         """
         if limits is not None and not isinstance(limits, CellLimits):
             raise TypeError("limits must be CellLimits")
@@ -276,9 +277,14 @@ class SessionHost:
                         observation.cancelled = True
                         observation.task.cancel()
             self._watch_callers()
-            cells = await self._cells_of(hosted)
+            cells, completions = await self._cells_of(hosted)
             return ok_reply(
-                {"cells": cells, "limits": hosted.runtime.limits, "issued": hosted.next_request}
+                {
+                    "cells": cells,
+                    "completions": completions,
+                    "limits": hosted.runtime.limits,
+                    "issued": hosted.next_request,
+                }
             )
         except CodeModeError as exc:
             return error_reply(exc)
@@ -298,16 +304,26 @@ class SessionHost:
         logger.info("host %s: session %s open", self._host_id, session_id)
         return hosted
 
-    async def _cells_of(self, hosted: _Hosted) -> list[tuple[str, str, int]]:
-        """The session's live cells: those created here, and those recovered from the store."""
+    async def _cells_of(
+        self, hosted: _Hosted
+    ) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
+        """``(live, completions)``: the session's live cells (those created here, and those
+        recovered from the store), and its closed cells whose delivered completion awaits the
+        caller's acknowledgement (SessionRuntime.delivered_completion: a retry gets it again),
+        each ``(cell_id, kind, next observation number)``."""
+        completions: list[tuple[str, str, int]] = []
         store = self._store_object()
         if store is not None:
-            for record in await store.list_cells(hosted.session_id, state="open"):
-                if record.cell_id in hosted.kinds or not hosted.runtime.is_live(record.cell_id):
-                    continue
+            runtime = hosted.runtime
+            for record in await store.list_cells(hosted.session_id):
                 kind = CellKind.PAUSABLE if record.kind == "pausable" else CellKind.CONTINUING
-                hosted.kinds[record.cell_id] = kind
-        return hosted.live_cells()
+                if runtime.is_live(record.cell_id):
+                    hosted.kinds.setdefault(record.cell_id, kind)
+                elif runtime.delivered_completion(record.cell_id):
+                    latest = hosted.observations.get(record.cell_id)
+                    number = 0 if latest is None else latest.number + 1
+                    completions.append((record.cell_id, str(kind), number))
+        return hosted.live_cells(), completions
 
     def _hosted(self, session_id: str) -> _Hosted | None:
         hosted = self._sessions.get(session_id)

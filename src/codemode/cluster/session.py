@@ -22,6 +22,11 @@ applies every rule of sessions and cells; this side adds what crossing processes
   replay from the store, once the dead holder's lease expired), then runs there. ``create_cell``
   always carries an idempotency key (an internal one when the request has none), so a create
   whose reply was lost is found by its retry instead of admitting a second cell.
+- **Re-delivery.** Each observation sends the host the delivery number of the last event
+  received, so an event whose reply was lost with its host comes again. A front that serves a
+  client of its own (``codemode serve --cluster``) uses :meth:`ClusterSession.observe_numbered`
+  and :meth:`ClusterSession.acknowledge` to pass its client's number on and to hold the release
+  of a completion until that client released it (docs/protocol.md, "Re-delivery").
 """
 
 from __future__ import annotations
@@ -103,7 +108,7 @@ class _ObservationCancelled(Exception):
 @dataclass(eq=False)
 class _Observation:
     number: int
-    task: asyncio.Task[AnyEvent]
+    task: asyncio.Task[tuple[AnyEvent, int | None]]  # the event and its delivery number
     stop_sent: bool = False
 
 
@@ -185,6 +190,12 @@ class ClusterSession(Session):
         self._cells: CellRegistry[_CellRecord] = CellRegistry()
         self._owner = self._cells.owner
         self._closed_ids: OrderedDict[str, None] = OrderedDict()
+        # Re-delivery on the hop before this one (a protocol client, docs/protocol.md): the
+        # cells whose completion reached a numbered observation (or an earlier caller, as the
+        # host reports) and awaits the client's acknowledgement; their release to the host
+        # waits for it.
+        self._awaiting: OrderedDict[str, _CellRecord] = OrderedDict()
+        self._releases: set[asyncio.Task[None]] = set()
         self._attachment: _Attachment | None = None
         self._attachments = 0
         self._reattaching: asyncio.Task[_Attachment] | None = None
@@ -263,6 +274,16 @@ class ClusterSession(Session):
                 self._cells.add(record)
             if record is not None:
                 record.next_observation = max(record.next_observation, next_observation)
+        for cell_id, kind, next_observation in opened.get("completions", ()):
+            # Closed cells whose delivered completion the host still holds for a retry.
+            record = self._awaiting.get(cell_id)
+            if record is not None:
+                record.next_observation = max(record.next_observation, next_observation)
+            elif cell_id in self._closed_ids:
+                # Received and released here; that release was lost with its host: again.
+                self._release_soon(cell_id, -1)
+            else:  # delivered to an earlier caller: its client may ask for it again
+                self._await_acknowledgement(_CellRecord(cell_id, CellKind(kind), next_observation))
         self._attachment = attachment
         attachment.pump = self._loop.create_task(
             self._pump(attachment), name=f"codemode-cluster-calls-{self._session_id}"
@@ -586,18 +607,62 @@ class ClusterSession(Session):
         seconds = float(yield_after)
         if math.isnan(seconds) or seconds < 0:
             seconds = 0.0
-        event = await self._observe(record, seconds)
+        event, _ = await self._observe(record, seconds, record.seen, numbered=False)
         assert isinstance(event, Yielded | Completed | Terminated)
         return event
 
     async def wait_to_pending(self, cell: PausableCell) -> PausableCellEvent:
         """The current frontier of a pausable cell, or wait for the next one."""
         record = self._record(cell, CellKind.PAUSABLE)
-        event = await self._observe(record, None)
+        event, _ = await self._observe(record, None, record.seen, numbered=False)
         assert isinstance(event, Pending | Completed | Terminated)
         return event
 
-    async def _observe(self, record: _CellRecord, yield_after: float | None) -> AnyEvent:
+    async def observe_numbered(
+        self, cell_id: str, yield_after: float | None, seen: int | None = None
+    ) -> tuple[AnyEvent, int | None]:
+        """For a front whose own replies can be lost (``codemode serve --cluster``): as
+        :meth:`SessionRuntime.observe_numbered`, with the numbering of the host's store. ``seen``
+        (the delivery number of the last event the front's client received) goes to the host,
+        which gives that client's lost event again; ``None`` sends this session's own number.
+        A terminal outcome is released to the host only when :meth:`acknowledge` is called, so
+        a completion stays there for a retry through another front meanwhile."""
+        cell_id = str(cell_id)
+        self._usable(cell_id)
+        record = self._awaiting.get(cell_id)
+        if record is None:
+            kind = CellKind.CONTINUING if yield_after is not None else CellKind.PAUSABLE
+            record = self._cells.find_kind(cell_id, kind)
+        if yield_after is not None:
+            yield_after = float(yield_after)
+            if math.isnan(yield_after) or yield_after < 0:
+                yield_after = 0.0
+        return await self._observe(
+            record, yield_after, record.seen if seen is None else seen, numbered=True
+        )
+
+    def acknowledge(self, cell_id: str) -> None:
+        """The front's client released the cell's terminal outcome: release it to the host,
+        which records a held completion's closing now (idempotent)."""
+        record = self._awaiting.pop(str(cell_id), None)
+        if record is not None:
+            self._release_soon(record.cell_id, record.next_observation - 1)
+
+    def delivered_completion(self, cell_id: str) -> bool:
+        """Whether the cell closed with a delivered completion that awaits :meth:`acknowledge`
+        (:meth:`observe_numbered` gives it again)."""
+        return str(cell_id) in self._awaiting
+
+    def _await_acknowledgement(self, record: _CellRecord) -> None:
+        self._awaiting[record.cell_id] = record
+        self._awaiting.move_to_end(record.cell_id)
+        while len(self._awaiting) > _ANSWERED:  # never acknowledged: let the host record them
+            oldest = self._awaiting.popitem(last=False)[1]
+            self._release_soon(oldest.cell_id, oldest.next_observation - 1)
+
+    async def _observe(
+        self, record: _CellRecord, yield_after: float | None, seen: int | None, *, numbered: bool
+    ) -> tuple[AnyEvent, int | None]:
         if record.terminating:
             raise ClosedCell(record.cell_id)
         if record.observer_waiting:
@@ -606,10 +671,10 @@ class ClusterSession(Session):
         try:
             while True:
                 if record.observation is None:
-                    record.observation = self._start_observation(record, yield_after)
+                    record.observation = self._start_observation(record, yield_after, seen)
                 observation = record.observation
                 try:
-                    event = await asyncio.shield(observation.task)
+                    event, delivery = await asyncio.shield(observation.task)
                 except asyncio.CancelledError:
                     if not observation.task.done() and not observation.stop_sent:
                         observation.stop_sent = True  # once per observation
@@ -628,21 +693,26 @@ class ClusterSession(Session):
                 record.observation = None
                 if isinstance(event, Completed | Terminated):
                     self._forget(record.cell_id)
-                    self._background_task(self._release(record.cell_id, observation.number))
-                return event
+                    if numbered:
+                        self._await_acknowledgement(record)
+                    else:
+                        self._release_soon(record.cell_id, observation.number)
+                return event, delivery
         finally:
             record.observer_waiting = False
 
-    def _start_observation(self, record: _CellRecord, yield_after: float | None) -> _Observation:
+    def _start_observation(
+        self, record: _CellRecord, yield_after: float | None, seen: int | None
+    ) -> _Observation:
         number = record.next_observation
         record.next_observation += 1
-        task = self._loop.create_task(self._run_observation(record, number, yield_after))
+        task = self._loop.create_task(self._run_observation(record, number, yield_after, seen))
         task.add_done_callback(_retrieve)
         return _Observation(number, task)
 
     async def _run_observation(
-        self, record: _CellRecord, number: int, yield_after: float | None
-    ) -> AnyEvent:
+        self, record: _CellRecord, number: int, yield_after: float | None, seen: int | None
+    ) -> tuple[AnyEvent, int | None]:
         import ray.exceptions
 
         cell_id = record.cell_id
@@ -654,7 +724,7 @@ class ClusterSession(Session):
             attachment = await self._current()
             try:
                 reply = await attachment.host.observe.remote(
-                    self._session_id, cell_id, number, yield_after, record.seen
+                    self._session_id, cell_id, number, yield_after, seen
                 )
             except _gone(ray.exceptions) as exc:
                 self._broken(attachment, type(exc).__name__)
@@ -676,7 +746,7 @@ class ClusterSession(Session):
             record.held_frontier = event.frontier.generation
             record.held = {a.call_id: a for a in event.frontier.awaiting_approval}
         assert isinstance(event, Yielded | Completed | Terminated | Pending)
-        return event
+        return event, delivery
 
     async def _stop_observation(self, record: _CellRecord, observation: _Observation) -> None:
         import ray.exceptions
@@ -688,6 +758,13 @@ class ClusterSession(Session):
             await attachment.host.cancel_observation.remote(
                 self._session_id, record.cell_id, observation.number
             )
+
+    def _release_soon(self, cell_id: str, number: int) -> None:
+        """Release the cell's observation ``number`` (any number acknowledges the cell) to the
+        host, in the background; a suspend or shutdown waits for it first."""
+        task = self._loop.create_task(self._release(cell_id, number))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def _release(self, cell_id: str, number: int) -> None:
         import ray.exceptions
@@ -756,7 +833,7 @@ class ClusterSession(Session):
             return None
         record.observation = None
         try:
-            return await asyncio.shield(observation.task)
+            return (await asyncio.shield(observation.task))[0]
         except asyncio.CancelledError:
             if not observation.task.done():
                 record.observation = observation
@@ -834,6 +911,8 @@ class ClusterSession(Session):
         await asyncio.shield(self._shutdown_task)
 
     async def _end(self, how: str) -> None:
+        if self._releases:  # acknowledgements reach the host before the session leaves it
+            await asyncio.wait(set(self._releases), timeout=5.0)
         if not self._lost:  # a session another caller took over is theirs to end
             with contextlib.suppress(ShuttingDown):
                 await self._invoke(how)

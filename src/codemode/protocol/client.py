@@ -353,7 +353,8 @@ class RemoteSession(Session):
             {
                 "protocolVersion": PROTOCOL_VERSION,
                 "clientInfo": {"name": "codemode-python", "version": codemode_version()},
-                "capabilities": {"notify": True},
+                # It numbers its deliveries (docs/protocol.md, Re-delivery).
+                "capabilities": {"notify": True, "redelivery": True},
             },
         )
         self._server_info = dict(init.get("serverInfo", {}))

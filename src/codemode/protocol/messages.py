@@ -307,8 +307,8 @@ OpenedCell = define(
                 "completed",
                 Bool(
                     description="true: the cell closed, its delivered completion not yet "
-                    "released; only a client that numbers its deliveries can get it again "
-                    "(docs/protocol.md, Re-delivery)."
+                    "released; listed only to a client that announced the redelivery "
+                    "capability, which can get it again (docs/protocol.md, Re-delivery)."
                 ),
                 False,
             ),
@@ -384,6 +384,15 @@ METHOD_LIST: Final[tuple[MethodDef, ...]] = (
                             Field(
                                 "notify",
                                 Bool(description="Whether the client wants cell/notify."),
+                                False,
+                            ),
+                            Field(
+                                "redelivery",
+                                Bool(
+                                    description="true: the client numbers its deliveries "
+                                    "(docs/protocol.md, Re-delivery), so session/open lists "
+                                    "the closed cells whose completion it may get again."
+                                ),
                                 False,
                             ),
                         )

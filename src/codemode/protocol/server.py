@@ -23,7 +23,11 @@ one, recovering its live cells, whose ids and kinds the result lists. The server
 durable sessions its connections hold: a reattach to one of them is ``SessionBusy`` while its
 connection lives, and waits for its suspension while that connection is ending. A nested call
 whose connection ended is left unanswered (so nothing is recorded for it) until the suspension
-cancels it; the next open issues it again.
+cancels it; the next open issues it again. A source that keeps its sessions in a store
+(``serve --cluster``) is served the same way, through the same ``session/open`` path. An
+observation that carries ``delivered`` (docs/protocol.md, "Re-delivery") goes to the runtime's
+``observe_numbered`` and a release to its ``acknowledge``, whatever the runtime: in process, or
+a cluster session that passes the number on to its host.
 
 Decisions where the spec is silent:
 
@@ -168,10 +172,6 @@ class _ForwardingDelegate:
         self._session_id = session_id
         self._durable = durable
 
-    def bind(self, session_id: str) -> None:
-        """Name the session (a durable runtime chooses its id when none was asked for)."""
-        self._session_id = session_id
-
     async def invoke_tool(self, call: NestedToolCall) -> Any:
         params = {
             "sessionId": self._session_id,
@@ -240,13 +240,6 @@ class _ServedSession:
         """The connection ended: suspend a durable session (it stays in the store for a later
         ``session/open`` with its id), shut any other down."""
         await self.end(suspend=self.durable)
-
-    def forget(self) -> None:
-        """The runtime never opened: give the session's id up."""
-        self.ended = True
-        self.released.set()
-        if self.connection is not None:
-            self.connection.server._let_go(self)
 
     async def end(self, *, suspend: bool) -> None:
         """Suspend or shut the runtime down (once), then give the session's id up."""
@@ -345,6 +338,9 @@ class _Connection:
         )
         self.initialized = False
         self.notify_enabled = True
+        # The client numbers its deliveries (capabilities.redelivery): session/open lists the
+        # closed cells whose completion it may get again (docs/protocol.md, Re-delivery).
+        self.redelivery = False
         self.sessions: dict[str, _ServedSession] = {}
         self.task: asyncio.Task[Any] | None = None  # the task serving this connection
         self._closed: asyncio.Future[None] | None = None
@@ -464,7 +460,9 @@ class _Connection:
             )
         self.initialized = True
         self.endpoint.unready_frame_limit = None
-        self.notify_enabled = params.get("capabilities", {}).get("notify", True)
+        capabilities = params.get("capabilities", {})
+        self.notify_enabled = capabilities.get("notify", True)
+        self.redelivery = capabilities.get("redelivery", False) is True
         client = params.get("clientInfo") or {}
         logger.info("%s: initialized by %s", self.name, client.get("name", "a client"))
         return _value(
@@ -495,8 +493,7 @@ class _Connection:
             problem = session_id_problem(requested_id)
             if problem is not None:
                 raise RpcError(INVALID_PARAMS, f"invalid params: sessionId {problem}")
-            source = self.server.source
-            if self.server.store is None and (source is None or source.store is None):
+            if self.server.durable_store is None:
                 raise UnknownSession(requested_id)  # nothing outlives its connection here
         ceilings = self.server.ceilings
         limits = ceilings
@@ -513,12 +510,11 @@ class _Connection:
                 f"{self.server.engine_name}",
             )
         self.server.check_session_cap()
+        store = self.server.durable_store
+        if store is not None:
+            return await self._open_durable(store, limits, requested_id)
         if self.server.source is not None:
-            if self.server.source.store is not None:
-                return await self._open_durable_from(self.server.source, limits, requested_id)
             return await self._open_from(self.server.source, limits)
-        if self.server.store is not None:
-            return await self._open_durable(self.server.store, limits, requested_id)
         session_id = f"s{secrets.token_hex(8)}"
         engine = self.server.engine_factory() if self.server.engine_factory else None
         runtime = SessionRuntime(
@@ -538,46 +534,42 @@ class _Connection:
     async def _open_durable(
         self, store: SessionStore, limits: CellLimits, requested_id: str | None
     ) -> dict[str, Any]:
-        """``session/open`` on a server with a store: create a durable session, or reattach to
-        ``requested_id`` (load it from the store, recovering its cells). A session this process
-        serves on a live connection is busy; one whose connection is ending is waited for (it
-        is being suspended)."""
+        """``session/open`` on a server whose sessions are durable (``--store``, or a source
+        that keeps its sessions in a store: ``--cluster``): create one, or reattach to
+        ``requested_id`` (its cells recovered, listed from ``store``). A session this process
+        serves on a live connection is busy, and so is one another ``session/open`` is opening;
+        one whose connection is ending is waited for (it is being suspended)."""
+        reattach = requested_id is not None
         if requested_id is not None:
             await self.server._wait_released(requested_id)
-        engine = self.server.engine_factory() if self.server.engine_factory else None
-        delegate = _ForwardingDelegate(self, requested_id or "", durable=True)
-        runtime = SessionRuntime(
-            delegate, limits=limits, engine=engine, store=store, session_id=requested_id
-        )
-        session_id = runtime.session_id
-        delegate.bind(session_id)
-        session = _ServedSession(session_id, runtime, durable=True, connection=self)
-        self.server._hold(session)  # SessionBusy if another open of this id is in progress
+        session_id = requested_id or new_session_id()
+        self.server._reserve(session_id)  # SessionBusy while another open of this id runs
         try:
-            await runtime.open()
-        except asyncio.CancelledError:
-            # The open goes on (it is shielded in the runtime): end what it opens.
-            await asyncio.shield(self._cancelled_open(session, requested_id is not None))
-            raise
-        except BaseException:
-            # Not opened (SessionBusy: another process holds it; StoreError).
-            session.forget()
-            raise
+            opening = asyncio.get_running_loop().create_task(self._open_runtime(session_id, limits))
+            try:
+                runtime = await asyncio.shield(opening)
+            except asyncio.CancelledError:
+                # docs/protocol.md: a session opened for a cancelled session/open is shut down;
+                # one asked for by id existed before (or was meant to): it is only suspended.
+                await asyncio.shield(_end_opened(opening, suspend=reattach))
+                raise
+        finally:
+            self.server._unreserve(session_id)
+        session = _ServedSession(session_id, runtime, durable=True, connection=self)
+        self.server._hold(session)
         try:
             # Every recorded cell: a closed one whose completion awaits its acknowledgement is
-            # listed too (docs/protocol.md, Re-delivery).
+            # listed too, to a client that numbers its deliveries (docs/protocol.md, Re-delivery).
             cells = self._recovered_cells(session, await store.list_cells(session_id))
         except asyncio.CancelledError:
-            # docs/protocol.md: a session opened for a cancelled session/open is shut down; one that
-            # was asked for by id existed before (or was meant to): it is only suspended.
-            await asyncio.shield(session.end(suspend=requested_id is not None))
+            await asyncio.shield(session.end(suspend=reattach))  # as above
             raise
         except BaseException:
             await asyncio.shield(session.end(suspend=True))
             raise
         self.sessions[session_id] = session
         logger.info(
-            "%s: durable session %s opened (%d live cells)", self.name, session_id, len(cells)
+            "%s: durable session %s opened (%d cells listed)", self.name, session_id, len(cells)
         )
         return {
             "sessionId": session_id,
@@ -586,28 +578,36 @@ class _Connection:
             "cells": cells,
         }
 
-    async def _cancelled_open(self, session: _ServedSession, reattach: bool) -> None:
-        """A ``session/open`` cancelled while the runtime opened: once the open settles, a
-        session it created is shut down and one it reattached is suspended (docs/protocol.md)."""
-        runtime = session.runtime
-        assert isinstance(runtime, SessionRuntime)  # durable sessions are served in process
-        try:
-            await runtime.open()
-        except BaseException:
-            session.forget()
-            return
-        await session.end(suspend=reattach)
+    async def _open_runtime(self, session_id: str, limits: CellLimits) -> ServedRuntime:
+        """Open the durable session ``session_id`` (create it, or recover it from the store):
+        from the server's source when it has one, else as a :class:`SessionRuntime` on the
+        server's store. ``SessionBusy`` when another process holds it, ``StoreError`` when the
+        store cannot serve it; ``-32602`` for limits the source cannot apply."""
+        delegate = _ForwardingDelegate(self, session_id, durable=True)
+        source = self.server.source
+        if source is not None:
+            try:
+                return await source.open_session(delegate, limits, session_id)
+            except ValueError as exc:
+                raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
+        engine = self.server.engine_factory() if self.server.engine_factory else None
+        runtime = SessionRuntime(
+            delegate, limits=limits, engine=engine, store=self.server.store, session_id=session_id
+        )
+        await runtime.open()
+        return runtime
 
-    @staticmethod
-    def _recovered_cells(session: _ServedSession, records: Any) -> list[dict[str, Any]]:
-        """The live cells of a durable session just opened, with their kinds (the client
-        rebuilds its record of cells from them)."""
+    def _recovered_cells(self, session: _ServedSession, records: Any) -> list[dict[str, Any]]:
+        """The cells of a durable session just opened, of the store's ``records``: its live
+        cells with their kinds (the client rebuilds its record of cells from them), and, for a
+        client that announced ``redelivery``, the closed cells whose delivered completion awaits
+        its acknowledgement (``completed: true``)."""
         runtime = session.runtime
         cells: list[dict[str, Any]] = []
         for record in records:
             cell_id = record.cell_id
             if not runtime.is_live(cell_id):
-                if isinstance(runtime, SessionRuntime) and runtime.delivered_completion(cell_id):
+                if self.redelivery and runtime.delivered_completion(cell_id):
                     # Closed, its completion delivered but never acknowledged: a client that
                     # numbers its deliveries may get it again (docs/protocol.md, Re-delivery).
                     session.created(cell_id)
@@ -648,47 +648,6 @@ class _Connection:
             await asyncio.shield(runtime.shutdown())  # as _open: docs/protocol.md
             raise
         return {"sessionId": session_id}
-
-    async def _open_durable_from(
-        self, source: SessionSource, limits: CellLimits, requested_id: str | None
-    ) -> dict[str, Any]:
-        """``session/open`` on a server whose source keeps its sessions in a store (``serve
-        --cluster``): as :meth:`_open_durable`, the session is suspended when its connection
-        ends and ``sessionId`` reopens it (its live cells listed); the source opens it."""
-        store = source.store
-        assert store is not None
-        if requested_id is not None:
-            await self.server._wait_released(requested_id)
-        session_id = requested_id or new_session_id()
-        self.server._reserve(session_id)  # SessionBusy if another open of this id is running
-        try:
-            runtime = await source.open_session(
-                _ForwardingDelegate(self, session_id, durable=True), limits, session_id
-            )
-        except ValueError as exc:
-            raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from None
-        finally:
-            self.server._unreserve(session_id)
-        session = _ServedSession(session_id, runtime, durable=True, connection=self)
-        try:
-            self.server._hold(session)
-            cells = self._recovered_cells(session, await store.list_cells(session_id, state="open"))
-        except asyncio.CancelledError:
-            # docs/protocol.md: a session opened for a cancelled session/open is shut down; one
-            # asked for by id is only suspended.
-            await asyncio.shield(session.end(suspend=requested_id is not None))
-            raise
-        except BaseException:
-            await asyncio.shield(session.end(suspend=True))
-            raise
-        self.sessions[session_id] = session
-        logger.info("%s: session %s opened (%s)", self.name, session_id, source.description)
-        return {
-            "sessionId": session_id,
-            "durable": True,
-            "limits": limits_to_wire(runtime.limits),
-            "cells": cells,
-        }
 
     async def _shutdown_session(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
         session = self._session(params)
@@ -758,15 +717,15 @@ class _Connection:
         request = record.request
         cell_id = request.cell_id
 
-        numbered = "delivered" in params and isinstance(runtime, SessionRuntime)
+        numbered = "delivered" in params
         server = self.server
 
         async def observe() -> Yielded | Completed | Terminated | Pending:
             if numbered:
                 # The client numbers what it received (docs/protocol.md, "Re-delivery"): the
                 # answer carries the event's delivery number, and a completion's closing is
-                # held until the client releases the observation.
-                assert isinstance(runtime, SessionRuntime)
+                # held until the client releases the observation. One rule for every runtime
+                # (in process, or a cluster session passing the number on to its host).
                 budget = params["yieldAfterMs"] / 1000.0 if request.method == "cell/wait" else None
                 seen = params["delivered"]
                 event, delivery = await runtime.observe_numbered(
@@ -822,10 +781,9 @@ class _Connection:
     async def _release(self, request: IncomingRequest, params: dict[str, Any]) -> Any:
         session = self._session(params)
         session.records.release(params["cellId"], as_int(params["observation"]))
-        if isinstance(session.runtime, SessionRuntime):
-            # The client received the cell's terminal outcome: a completion's closing held by a
-            # numbered observation is recorded now (docs/protocol.md, "Re-delivery").
-            session.runtime.acknowledge(params["cellId"])
+        # The client received the cell's terminal outcome: a completion's closing held by a
+        # numbered observation is recorded now (docs/protocol.md, "Re-delivery").
+        session.runtime.acknowledge(params["cellId"])
         return {}
 
 
@@ -841,6 +799,19 @@ def _recorded_tools(record: Any) -> dict[str, Any]:
         logger.debug("cell %s: its recorded tools are unreadable", record.cell_id, exc_info=True)
         return {}
     return {"tools": [tool_to_wire(t) for t in request.tools]}
+
+
+async def _end_opened(opening: asyncio.Task[ServedRuntime], *, suspend: bool) -> None:
+    """A ``session/open`` was cancelled while ``opening`` opened its runtime: once that open
+    settles, suspend or shut down what it opened (docs/protocol.md)."""
+    await asyncio.wait({opening})
+    if opening.cancelled() or opening.exception() is not None:
+        return  # nothing was opened
+    runtime = opening.result()
+    try:
+        await (runtime.suspend() if suspend else runtime.shutdown())
+    except Exception:
+        logger.warning("ending a session opened for a cancelled session/open failed", exc_info=True)
 
 
 def _cancel_task(request: IncomingRequest) -> None:
@@ -889,7 +860,7 @@ class ProtocolServer:
         # ends suspends them, and session/open with a sessionId reattaches.
         self.store = store
         self._held: dict[str, _ServedSession] = {}  # durable sessions served by this process
-        self._reserved: set[str] = set()  # ids a session source is opening now
+        self._reserved: set[str] = set()  # ids of durable sessions being opened now
         self.source = source  # None: every session is a SessionRuntime in this process
         self.engine_factory = engine_factory
         self.engine_name = engine_name  # what session/open offers ("v8", "python")
@@ -940,16 +911,21 @@ class ProtocolServer:
         finally:
             self._admitting -= 1
 
+    @property
+    def durable_store(self) -> SessionStore | None:
+        """The store of this server's durable sessions: ``--store``'s, or its source's (``None``:
+        sessions end with their connection)."""
+        return self.store if self.source is None else self.source.store
+
     def _hold(self, session: _ServedSession) -> None:
-        """Serve the durable session ``session`` in this process; ``SessionBusy`` if this
-        process already serves that id."""
-        if session.session_id in self._held:
-            raise SessionBusy(session.session_id)
+        """Serve the durable session ``session`` in this process (its id was reserved while it
+        opened, so no other session of this process holds it)."""
+        assert session.session_id not in self._held
         self._held[session.session_id] = session
 
     def _reserve(self, session_id: str) -> None:
-        """Mark ``session_id`` as being opened by a session source (``SessionBusy`` if it is
-        already, or if a live connection holds it)."""
+        """Mark ``session_id`` as being opened (``SessionBusy`` if it is already, or if a
+        connection of this process holds it)."""
         if session_id in self._reserved or session_id in self._held:
             raise SessionBusy(session_id)
         self._reserved.add(session_id)

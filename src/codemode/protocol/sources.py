@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from codemode.contract import Session
-from codemode.model import CellLimits, SessionDelegate
+from codemode.model import CellLimits, Completed, Pending, SessionDelegate, Terminated, Yielded
 from codemode.session import new_cell_id
 from codemode.store.base import SessionStore
 
@@ -42,6 +42,26 @@ class ServedRuntime(Session, Protocol):
     async def suspend(self) -> None:
         """Stop here without ending anything (a durable session: its cells are recovered by the
         next open); a session that cannot be suspended raises ``RuntimeError``."""
+        ...
+
+    async def observe_numbered(
+        self, cell_id: str, yield_after: float | None, seen: int | None = None
+    ) -> tuple[Yielded | Completed | Terminated | Pending, int | None]:
+        """An observation whose client numbers what it receives (docs/protocol.md,
+        "Re-delivery"): ``wait`` for ``yield_after`` seconds (``None``: ``wait_to_pending``),
+        with the event's delivery number (``None`` when the session does not number them). With
+        ``seen`` one less than the number of events delivered, the last one is given again. A
+        completion's closing waits for :meth:`acknowledge` (SessionRuntime.observe_numbered)."""
+        ...
+
+    def acknowledge(self, cell_id: str) -> None:
+        """The client released the cell's terminal outcome: a completion's closing held by
+        :meth:`observe_numbered` is recorded now (idempotent; never raises)."""
+        ...
+
+    def delivered_completion(self, cell_id: str) -> bool:
+        """Whether ``cell_id`` closed with a delivered completion not acknowledged yet (which
+        :meth:`observe_numbered` can give again)."""
         ...
 
 
