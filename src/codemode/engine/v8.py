@@ -1116,11 +1116,14 @@ class _V8Cell(EngineCell):
         self._flagged = None
         started = time.perf_counter()
         deadline = started + max(self._limits.max_cpu_seconds - self._cpu_used, 0.0)
-        watch = loop.call_later(min(deadline - started, _FLAG_POLL), self._watch, calls, deadline)
+        watch: asyncio.TimerHandle | None = None
         finished = False
         try:
-            if drain and wait > 0:  # a quick step resolves `step` here: the await is free
+            if drain and wait > 0:  # a quick step resolves `step` here: no timer, no wake-up
                 calls.settle_blocking(min(wait, deadline - started))
+            if not step.done():  # (the wait is shorter than _FLAG_POLL: no flag check missed)
+                delay = min(deadline - time.perf_counter(), _FLAG_POLL)
+                watch = loop.call_later(delay, self._watch, calls, deadline)
             result = await step  # a cancelled caller abandons the calls too
             if drain:
                 calls.quiet_result()  # raises the step's error, if any
@@ -1141,7 +1144,8 @@ class _V8Cell(EngineCell):
                 raise _LimitExceeded("max_heap_bytes") from exc
             raise EngineLost(f"{type(exc).__name__}: {exc}") from exc
         finally:
-            watch.cancel()
+            if watch is not None:
+                watch.cancel()
             if finished:
                 calls.forget()
             else:
@@ -1262,7 +1266,8 @@ _FLAGGED_LIMITS = (
 # How often a running step looks at its cell's limit flag.
 _FLAG_POLL = 0.02
 
-# The longest a step may block its event loop's thread (V8Engine's step_wait).
+# The longest a step may block its event loop's thread (V8Engine's step_wait); shorter than
+# _FLAG_POLL, so a blocked wait never misses a look at the limit flag.
 _MAX_STEP_WAIT = 0.01
 
 # The layout of the journal's buffer (the prelude's JOURNAL_UNITS): the journal's records, then
