@@ -19,6 +19,8 @@ from codemode import (
     ToolDefinition,
     tools_delegate,
 )
+from codemode.cell.eager import start_eager
+from codemode.engine.base import CellBoot, OutputProduced, ToolCallRequested, ToolResultInput
 from codemode.engine.v8 import V8Engine
 
 ECHO = (ToolDefinition("echo"),)
@@ -135,3 +137,73 @@ async def test_a_step_past_its_cpu_budget_keeps_its_output() -> None:
         ev = await run(runtime, "await tools.echo({}); text('before'); while (true) {}")
         assert ev.error_text == "exec cell exceeded max_cpu_seconds (0.3)"
         assert ev.items == (TextItem("before"),)
+
+
+async def _quick_steps(engine: V8Engine, steps: int) -> int:
+    """Drive ``steps`` steps of a cell of sequential calls, each started as an eager task (as
+    the worker process starts its commands); returns how many answered without suspending."""
+    boot = CellBoot(
+        "quick",
+        f"for (let i = 0; i < {steps}; i++) await tools.echo({{i}}); text('end')",
+        ECHO,
+        {},
+        CellLimits(max_tool_calls=steps + 1),
+        False,
+    )
+    cell = await engine.open_cell(boot)
+    loop = asyncio.get_running_loop()
+    report = await cell.run()
+    at_once = 0
+    try:
+        for i in range(steps):
+            call = report.events[-1]
+            assert isinstance(call, ToolCallRequested) and call.input == {"i": i}
+            task = start_eager(loop, cell.step([ToolResultInput(call.call_id, True, "7")]))
+            at_once += task.done()
+            report = await task
+        assert report.settlement is not None and report.settlement.error_text is None
+        assert report.events == (OutputProduced(TextItem("end")),)
+    finally:
+        cell.close()
+        await engine.aclose()
+    return at_once
+
+
+async def test_step_wait_takes_a_quick_answer_on_the_loop_thread() -> None:
+    """With ``step_wait`` (the worker process's engine) a quick step's answer is handed to the
+    blocked loop thread: the step finishes without suspending. Without it (the in-process
+    default) a step never blocks the loop: it always suspends."""
+    assert await _quick_steps(V8Engine(step_wait=0.01), 30) > 0
+    assert await _quick_steps(V8Engine(), 30) == 0
+
+
+async def test_step_wait_keeps_every_runaway_stoppable() -> None:
+    """A step longer than the blocking wait goes on asynchronously: the CPU deadline, a stop
+    and a flagged limit still end it, with the output it made before."""
+    limits = CellLimits(max_cpu_seconds=0.3, max_output_bytes=1000)
+    async with SessionRuntime(
+        tools_delegate({"echo": _echo}), limits=limits, engine=V8Engine(step_wait=0.01)
+    ) as runtime:
+        ev = await run(runtime, "await tools.echo({}); text('before'); while (true) {}")
+        assert ev.error_text == "exec cell exceeded max_cpu_seconds (0.3)"
+        assert ev.items == (TextItem("before"),)
+        ev = await run(
+            runtime,
+            "await tools.echo({}); text('a'); try { text('x'.repeat(2000)) } catch {}; "
+            "while (true) {}",
+        )
+        assert ev.error_text == "exec cell exceeded max_output_bytes (1000)"
+        cell = await runtime.create_cell(
+            CreateCellRequest("await tools.echo({}); text('c'); while (true) {}", ECHO)
+        )
+        await asyncio.sleep(0.1)
+        stopped = await asyncio.wait_for(runtime.terminate(cell), 30)
+        assert isinstance(stopped, Terminated)
+        assert [i.text for i in stopped.items if isinstance(i, TextItem)] == ["c"]
+
+
+def test_step_wait_is_bounded() -> None:
+    with pytest.raises(ValueError, match="step_wait"):
+        V8Engine(step_wait=1.0)
+    with pytest.raises(ValueError, match="step_wait"):
+        V8Engine(step_wait=-0.001)

@@ -36,6 +36,7 @@ from codemode import (
     SessionDelegate,
     SessionRuntime,
     SqliteStore,
+    WorkerEngine,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "protocol"))
@@ -76,6 +77,12 @@ async def _local(
     delegate: SessionDelegate, limits: CellLimits | None, _: FactoryContext
 ) -> Session:
     return SessionRuntime(delegate, limits=limits)
+
+
+async def _worker(
+    delegate: SessionDelegate, limits: CellLimits | None, _: FactoryContext
+) -> Session:
+    return SessionRuntime(delegate, limits=limits, engine=WorkerEngine())
 
 
 async def _spawn(
@@ -170,6 +177,7 @@ async def _cluster(
 
 FACTORIES: dict[str, MakeSession] = {
     "local": _local,  # SessionRuntime in this process
+    "worker": _worker,  # SessionRuntime whose cells run in a worker process (WorkerEngine)
     "spawn": _spawn,  # RemoteSession over a child `codemode serve` (stdio)
     "ws": _ws,  # RemoteSession over WebSocket to one shared `codemode serve --listen`
     "python": _python,  # SessionRuntime on Python cells (language-neutral scenarios only)
@@ -182,7 +190,7 @@ IN_PROCESS = {"local", "python", "durable"}
 regroup output across a cancelled observation, docs/protocol.md) and whose loop runs the cells: the
 scenarios add their exact-grouping and timing assertions for these."""
 
-CORE_KINDS = ["local", "spawn", "durable", "reopen", "cluster"]
+CORE_KINDS = ["local", "worker", "spawn", "durable", "reopen", "cluster"]
 """Every scenario runs on these."""
 EVERY_KIND = ["local", "spawn", "ws", "cluster"]
 """A subset of the scenarios also runs on these (a WebSocket session per test is slower)."""

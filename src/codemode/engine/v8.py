@@ -222,12 +222,16 @@ class _QuietResults:
     def __init__(self, context: Any) -> None:
         self._expected: set[int] = set()
         self._results: dict[int, Any] = {}
+        self.handoffs: dict[int, _Handoff] = {}  # results a blocked thread takes (_Handoff)
         wake = context.handle_callback_from_v8
         expected, results, wrap = self._expected, self._results, context._wrap_raw_handle
+        handoffs = self.handoffs
 
         def handle_callback_from_v8(callback_id: int, raw: Any) -> None:
             if callback_id in expected:
                 results[callback_id] = wrap(raw)
+            elif handoffs and (h := handoffs.get(callback_id)) is not None and h.offer(raw):
+                pass  # the thread blocked for it takes it (and wraps it, on its own thread)
             else:  # dropped once the loop closed (drop_answers_after_loop_close)
                 wake(callback_id, raw)
 
@@ -240,6 +244,41 @@ class _QuietResults:
         """The value handle of a result (None if it has not come); the id is forgotten."""
         self._expected.discard(callback_id)
         return self._results.pop(callback_id, None)
+
+
+class _Handoff:
+    """The result of one bridge call, handed straight to a thread blocked for it (the event
+    loop's, in a worker process: see ``V8Engine``'s ``step_wait``), so it wakes no event
+    loop. Once that thread stops waiting without it, the result goes the usual way (through
+    the loop). Only the raw handle crosses: it is wrapped, and later freed, on the waiting
+    thread, never on the isolate's."""
+
+    __slots__ = ("_gate", "_mutex", "_raw", "_waiting")
+
+    def __init__(self) -> None:
+        self._gate = threading.Lock()
+        self._gate.acquire()  # released by offer()
+        self._mutex = threading.Lock()
+        self._waiting = True
+        self._raw: Any = None
+
+    def offer(self, raw: Any) -> bool:
+        """On the isolate's thread: hand ``raw`` over; False once nobody waits for it."""
+        with self._mutex:
+            if not self._waiting:
+                return False
+            self._waiting = False
+            self._raw = raw
+        self._gate.release()
+        return True
+
+    def wait(self, timeout: float) -> Any:
+        """Block up to ``timeout`` seconds; the raw result, or None (then it will come the
+        usual way: never both, never neither)."""
+        self._gate.acquire(timeout=max(timeout, 0.0))
+        with self._mutex:
+            self._waiting = False
+            return self._raw
 
 
 class _Calls:
@@ -262,6 +301,7 @@ class _Calls:
         "_bridge",
         "_callbacks",
         "_drain",
+        "_handoff",
         "_ids",
         "_quiet",
         "_quiet_task",
@@ -278,6 +318,7 @@ class _Calls:
         self._quiet_task: int | None = None
         self._tasks: list[int] = []
         self._drain = False
+        self._handoff: tuple[int, _Handoff] | None = None
         self.future: asyncio.Future[Any] | None = None  # the last call's result
         # Once aborted with a drain behind the step: resolves to the drain's report (None if
         # it failed); set by abort().
@@ -317,10 +358,17 @@ class _Calls:
         return self._bridge.context._value_handle_to_python(handle)
 
     def submit(
-        self, fn: Any, argv: Any, loop: asyncio.AbstractEventLoop, *, drain: bool = False
+        self,
+        fn: Any,
+        argv: Any,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        drain: bool = False,
+        handoff: bool = False,
     ) -> asyncio.Future[Any]:
         """Submit the last call of the batch; its future gets the result. ``drain``: it is the
-        drain behind a quiet step (see :meth:`abort`)."""
+        drain behind a quiet step (see :meth:`abort`). ``handoff``: :meth:`settle_blocking`
+        may take the result on this thread."""
         ctx = self._bridge.context
         future: asyncio.Future[Any] = loop.create_future()
         calls = self
@@ -344,8 +392,30 @@ class _Calls:
         self._ids.append(callback_id)
         self._drain = drain
         self.future = future
+        if handoff:  # registered before the call is posted: its result cannot pass it by
+            self._handoff = (callback_id, _Handoff())
+            self._bridge.quiet.handoffs[callback_id] = self._handoff[1]
         self._tasks.append(self._post(fn, argv, callback_id))
         return future
+
+    def settle_blocking(self, timeout: float) -> None:
+        """Block this thread (up to ``timeout`` seconds) for the last call's result, submitted
+        with ``handoff``; if it comes, resolve the future now, with no event-loop wake-up.
+        Otherwise the result comes through the event loop as usual."""
+        if self._handoff is None:
+            return
+        callback_id, handoff = self._handoff
+        self._handoff = None
+        try:
+            raw = handoff.wait(timeout)
+        finally:
+            self._bridge.quiet.handoffs.pop(callback_id, None)
+        if raw is not None:
+            ctx = self._bridge.context
+            callback = self._callbacks.get(callback_id)
+            handle = ctx._wrap_raw_handle(raw)  # freed with it, on this thread
+            if callback is not None:
+                callback(handle)
 
     def abort(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Abandon the batch now: its future is cancelled and the step's JavaScript is
@@ -392,6 +462,7 @@ class _Calls:
 
     def release(self) -> None:
         """Forget the callbacks and cancel the native tasks (ignored for finished ones)."""
+        self.settle_blocking(0.0)  # (never left registered: see _V8Cell._eval)
         for callback_id in self._ids:
             self._callbacks.pop(callback_id, None)
         self._ids.clear()
@@ -657,14 +728,22 @@ class V8Engine(Engine):
     Engines on one event loop share a pool of ``pool_size`` isolates created ahead of time
     (the largest size asked for wins); the pool is freed when the last engine using it closes.
     ``pool_size=0`` creates every isolate on demand.
+
+    ``step_wait`` (seconds, at most 0.01; default 0: never) lets a step block the event loop's
+    thread that long for its result before waiting asynchronously: a step that answers within
+    it wakes no event loop. For a loop that serves only its cells (the worker process of
+    :class:`~codemode.engine.worker.WorkerEngine`), never for an application's loop.
     """
 
     name = "v8"
 
-    def __init__(self, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
+    def __init__(self, *, pool_size: int = DEFAULT_POOL_SIZE, step_wait: float = 0.0) -> None:
         if pool_size < 0:
             raise ValueError("pool_size must be at least 0")
+        if not 0.0 <= step_wait <= _MAX_STEP_WAIT:
+            raise ValueError(f"step_wait must be between 0 and {_MAX_STEP_WAIT} seconds")
         _init_v8()
+        self._step_wait = float(step_wait)
         self._pool_size = pool_size
         self._pool: _IsolatePool | None = None
         self._closed = False
@@ -692,7 +771,7 @@ class V8Engine(Engine):
         except Exception as exc:  # pragma: no cover - native failure
             raise EngineError(f"could not create a V8 isolate: {exc}") from exc
         try:
-            return _V8Cell(isolate, boot, self._track_free)
+            return _V8Cell(isolate, boot, self._track_free, self._step_wait)
         except Exception as exc:
             isolate.free()
             raise EngineError(f"could not start the V8 cell environment: {exc}") from exc
@@ -729,8 +808,10 @@ class _V8Cell(EngineCell):
         isolate: _Isolate,
         boot: CellBoot,
         on_free: Callable[[threading.Event], None] | None = None,
+        step_wait: float = 0.0,
     ) -> None:
         self._isolate = isolate
+        self._step_wait = step_wait
         self._on_free = on_free
         self._context = isolate.context
         self._boot = boot
@@ -1039,10 +1120,11 @@ class _V8Cell(EngineCell):
             raise EngineLost("the cell's engine was closed")
         loop = asyncio.get_running_loop()
         calls = _Calls(bridge)
+        wait = self._step_wait
         if drain:
             # The step's own result wakes nobody: the drain's answer comes right after it.
             calls.submit_quiet(fn, argv)
-            step = calls.submit(bridge.drain, bridge.argv[0], loop, drain=True)
+            step = calls.submit(bridge.drain, bridge.argv[0], loop, drain=True, handoff=wait > 0)
         else:
             step = calls.submit(fn, argv, loop)
         self._inflight = calls
@@ -1050,9 +1132,14 @@ class _V8Cell(EngineCell):
         self._flagged = None
         started = time.perf_counter()
         deadline = started + max(self._limits.max_cpu_seconds - self._cpu_used, 0.0)
-        watch = loop.call_later(min(deadline - started, _FLAG_POLL), self._watch, calls, deadline)
+        watch: asyncio.TimerHandle | None = None
         finished = False
         try:
+            if drain and wait > 0:  # a quick step resolves `step` here: no timer, no wake-up
+                calls.settle_blocking(min(wait, deadline - started))
+            if not step.done():  # (the wait is shorter than _FLAG_POLL: no flag check missed)
+                delay = min(deadline - time.perf_counter(), _FLAG_POLL)
+                watch = loop.call_later(delay, self._watch, calls, deadline)
             result = await step  # a cancelled caller abandons the calls too
             if drain:
                 calls.quiet_result()  # raises the step's error, if any
@@ -1073,7 +1160,8 @@ class _V8Cell(EngineCell):
                 raise _LimitExceeded("max_heap_bytes") from exc
             raise EngineLost(f"{type(exc).__name__}: {exc}") from exc
         finally:
-            watch.cancel()
+            if watch is not None:
+                watch.cancel()
             if finished:
                 calls.forget()
             else:
@@ -1145,14 +1233,17 @@ class _V8Cell(EngineCell):
         return dataclasses.replace(report, settlement=Settlement(located))
 
 
-def _step_text(inputs: Sequence[StepInput]) -> str:
+def _step_text(inputs: Sequence[StepInput], *, quote_values: bool = False) -> str:
     """A step's inputs as the prelude's ``step`` reads them (for :meth:`_V8Cell.step` and the
-    replay's back-to-back steps). Call ids are the runtime's own "tool-N": no escaping needed."""
+    replay's back-to-back steps). Call ids are the runtime's own "tool-N": no escaping needed.
+    ``quote_values``: each result's value as its JSON text in a JSON string (the worker
+    engine's step line, ``engine/worker.py``: one line, and the worker passes the text on)."""
     parts = []
     for item in inputs:
         if isinstance(item, ToolResultInput):
             if item.ok:
-                parts.append(f'["r","{item.call_id}",true,{item.value_json}]')
+                value = _dumps(item.value_json) if quote_values else item.value_json
+                parts.append(f'["r","{item.call_id}",true,{value}]')
             else:
                 parts.append(f'["r","{item.call_id}",false,{_dumps(item.message)}]')
         else:
@@ -1190,6 +1281,10 @@ _FLAGGED_LIMITS = (
 
 # How often a running step looks at its cell's limit flag.
 _FLAG_POLL = 0.02
+
+# The longest a step may block its event loop's thread (V8Engine's step_wait); shorter than
+# _FLAG_POLL, so a blocked wait never misses a look at the limit flag.
+_MAX_STEP_WAIT = 0.01
 
 # The layout of the journal's buffer (the prelude's JOURNAL_UNITS): the journal's records, then
 # the inbox (one 32-bit length word, then up to _INBOX_UNITS UTF-16 units).

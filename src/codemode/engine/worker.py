@@ -63,6 +63,7 @@ from codemode.engine.base import (
     YieldRequested,
 )
 from codemode.engine.determinism import check_reads
+from codemode.engine.v8 import _step_text
 from codemode.engine.watchdog import rss_error_text
 from codemode.engine.worker_main import boot_to_json
 from codemode.errors import EngineError
@@ -833,19 +834,11 @@ class _WorkerCell(EngineCell):
 
 
 def _step_tail(inputs: Sequence[StepInput]) -> str:
-    """The inputs of a step command, as the end of its line. A result's value goes as its JSON
-    text in a string: the worker hands that text to the isolate as it is (no decoding and
-    encoding of every value there), and escaping keeps one message on one line."""
-    parts = []
-    for item in inputs:
-        if isinstance(item, ToolResultInput):
-            if item.ok:
-                parts.append(f'["r",{_dumps(item.call_id)},true,{_dumps(item.value_json)}]')
-            else:
-                parts.append(f'["r",{_dumps(item.call_id)},false,{_dumps(item.message)}]')
-        else:
-            parts.append(f'["t",{int(item.timer_id)}]')
-    return f',"in":[{",".join(parts)}]}}'
+    """The inputs of a step command, as the end of its line: the in-process engine's step text
+    with each result's value as its JSON text in a string (the worker hands that text to the
+    isolate as it is, with no decoding and encoding of every value there; escaping keeps one
+    message on one line)."""
+    return f',"in":{_step_text(inputs, quote_values=True)}}}'
 
 
 def _step_tail_bytes(inputs: Sequence[StepInput]) -> bytes:

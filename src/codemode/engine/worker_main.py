@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 # Light modules only (the host imports this one for boot_to_json): V8 is imported lazily.
+from codemode.cell.eager import start_eager
 from codemode.engine.base import (
     CellBoot,
     EngineLost,
@@ -49,6 +50,11 @@ __all__ = ["main"]
 
 # One message may carry a tool result or a cell's stored values: up to the cell's heap limit.
 MAX_LINE = 1 << 30
+
+# How long the worker's loop may block for a step's result (V8Engine's step_wait): most steps
+# take well under a millisecond; a longer one goes on asynchronously, and meanwhile a command
+# that arrives (another cell's, a cancel) waits at most this long.
+STEP_WAIT = 0.002
 
 _dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
 
@@ -161,13 +167,15 @@ class _Server:
         from codemode.engine.v8 import V8Engine
         from codemode.engine.watchdog import GuardedEngine
 
-        engine: Engine = V8Engine(pool_size=int(config.get("pool_size", 2)))
+        # This loop serves only its cells: a quick step may block it for its result (no
+        # wake-up of the loop per step; a longer step goes on asynchronously after STEP_WAIT).
+        engine: Engine = V8Engine(pool_size=int(config.get("pool_size", 2)), step_wait=STEP_WAIT)
         budget = config.get("rss_budget")
         if budget is not None:
             engine = GuardedEngine(engine, rss_budget_bytes=int(budget))
         self.engine = engine
         self.cells: dict[int, Any] = {}
-        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.tasks: dict[int, asyncio.Future[None]] = {}
         self.out: asyncio.WriteTransport | None = None
 
     def send(self, message: dict[str, Any]) -> None:
@@ -206,9 +214,12 @@ class _Server:
                 cell.close()
         else:
             i = msg["i"]
-            task = asyncio.get_running_loop().create_task(self.command(i, op, msg))
-            self.tasks[i] = task
-            task.add_done_callback(lambda _t: self.tasks.pop(i, None))
+            # Started at once: a quick step finishes (and answers) right here, without a
+            # scheduled task or another loop iteration.
+            task = start_eager(asyncio.get_running_loop(), self.command(i, op, msg))
+            if not task.done():
+                self.tasks[i] = task
+                task.add_done_callback(lambda _t: self.tasks.pop(i, None))
 
     async def command(self, i: int, op: str, msg: dict[str, Any]) -> None:
         key = msg["c"]
