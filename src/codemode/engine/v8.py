@@ -5,8 +5,10 @@ Rules this module keeps (each learned the hard way, see ENGINE-NOTES.md):
 - every context gets a hard heap limit, so V8's own out-of-memory handling never aborts the process;
 - only strings cross the boundary, as call arguments (data, never spliced into source); Python
   holds only the prelude's bridge functions, which no global names (docs/safety.md);
-- every host-to-JavaScript step is an abandonable mini-racer task awaited on the event loop, so a
-  busy isolate never blocks the loop, and a runaway step can be abandoned;
+- every host-to-JavaScript step of a cell is an abandonable mini-racer task awaited on the event
+  loop, so a busy isolate never blocks the loop, and a runaway step can be abandoned (only the
+  prelude, the host's own code, runs through synchronous calls, on the thread creating the
+  isolate, before any cell has it);
 - every report the cell sends is checked by the host (:class:`CellAuthority`), and a heap-limit
   hit is detected after every step, continuations included;
 - a runaway cell is stopped by cancelling its eval (and, at the end, freeing its context), which
