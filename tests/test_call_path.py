@@ -207,3 +207,38 @@ def test_step_wait_is_bounded() -> None:
         V8Engine(step_wait=1.0)
     with pytest.raises(ValueError, match="step_wait"):
         V8Engine(step_wait=-0.001)
+
+
+async def _pool_full(pool: Any, size: int) -> None:
+    for _ in range(6000):  # a hang guard of a minute
+        if len(pool._ready) >= size and not pool._filling:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the pool was not refilled")
+
+
+async def test_the_pool_replaces_an_isolate_off_the_cells_path() -> None:
+    """docs/call-path.md: the isolate a cell took is replaced once that cell closes, not while
+    it runs its calls; a cell that lives on does not leave the pool short (a bounded delay);
+    a take that empties the pool refills it at once."""
+    from codemode.engine.base import CellBoot
+
+    engine = V8Engine(pool_size=2)
+    boot = CellBoot("c1", "text('x')", (), {}, CellLimits(), False)
+    try:
+        first = await engine.open_cell(boot)  # made on demand; the empty pool fills at once
+        pool = engine._pool
+        assert pool is not None
+        await _pool_full(pool, 2)
+        second = await engine.open_cell(boot)
+        assert len(pool._ready) == 1 and not pool._filling  # not while `second` runs
+        second.close()
+        assert pool._filling  # its close starts the refill
+        await _pool_full(pool, 2)
+        third = await engine.open_cell(boot)
+        await _pool_full(pool, 2)  # refilled while `third` lives on
+        report = await third.run()
+        assert report.settlement is not None and report.settlement.error_text is None
+        first.close()
+    finally:
+        await engine.aclose()

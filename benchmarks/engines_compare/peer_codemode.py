@@ -35,6 +35,7 @@ class CodemodeAdapter(Adapter):
         self.calls = calls
         self.idle_n = idle_n
         self.rt: Any = None
+        self.engine: Any = None
         self._idle: list[Any] = []
 
     def _runtime(self, pool_size: int | None) -> Any:
@@ -48,6 +49,8 @@ class CodemodeAdapter(Adapter):
             max_idempotency_keys=max(10_000, self.idle_n + 16),
         )
         engine = self._engine(pool_size)
+        if pool_size is None:
+            self.engine = engine
         delegate = tools_delegate({"echo": self.tools.echo, "hang": self.tools.hang})
         return SessionRuntime(delegate, limits=limits, engine=engine)
 
@@ -59,6 +62,18 @@ class CodemodeAdapter(Adapter):
     async def start(self) -> None:
         self.rt = self._runtime(None)
         await self.rt.__aenter__()
+
+    async def before_cell(self) -> None:
+        """Untimed, like the other engines' sandboxes made ahead: let the isolate pool finish
+        replacing the isolate the last cell took (codemode refills it in the background; a
+        cell started right behind another would otherwise share the machine with that refill).
+        Reads the pool's private state, the same on older checkouts (``--baseline``)."""
+        pool = getattr(self.engine, "_pool", None)
+        give_up = time.perf_counter() + 1.0
+        while pool is not None and time.perf_counter() < give_up:
+            if getattr(pool, "_refill_handle", None) is None and not getattr(pool, "_filling", ()):
+                return
+            await asyncio.sleep(0.002)
 
     async def close(self) -> None:
         if self.rt is not None:

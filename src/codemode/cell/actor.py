@@ -287,7 +287,23 @@ class CellActor:
 
     def _apply(self, effects: Iterable[Effect]) -> None:
         for effect in effects:
-            if isinstance(effect, WakeObserver):
+            # The effect of every nested call first (the others are once a cell or a step).
+            if isinstance(effect, DispatchCall):
+                if (
+                    self.recorder is not None
+                    and self.recorder.replaying
+                    and self.recorder.dispatch(effect)
+                ):
+                    continue
+                if self._batching and self.kind is not CellKind.PAUSABLE:
+                    # (A pausable cell takes its frontier before any result: calls start as
+                    # tasks of their own, after the pump took it.)
+                    self._to_start.append(effect.call)
+                    continue
+                call = effect.call
+                self._calls[call.call_id] = self._loop.create_task(self._invoke(call))
+                self._dispatched = True
+            elif isinstance(effect, WakeObserver):
                 future = self._observer_futures.get(effect.token)
                 if future is not None and not future.done():
                     future.set_result(None)
@@ -306,21 +322,6 @@ class CellActor:
                 self._stop_task = self._loop.create_task(self._stop())
             elif isinstance(effect, Closed):
                 self._on_closed()
-            elif isinstance(effect, DispatchCall):
-                if (
-                    self.recorder is not None
-                    and self.recorder.replaying
-                    and self.recorder.dispatch(effect)
-                ):
-                    continue
-                if self._batching and self.kind is not CellKind.PAUSABLE:
-                    # (A pausable cell takes its frontier before any result: calls start as
-                    # tasks of their own, after the pump took it.)
-                    self._to_start.append(effect.call)
-                    continue
-                call = effect.call
-                self._calls[call.call_id] = self._loop.create_task(self._invoke(call))
-                self._dispatched = True
             elif isinstance(effect, RejectCall):
                 if self.recorder is not None and self.recorder.replaying:
                     self.recorder.reject(effect)

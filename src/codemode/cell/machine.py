@@ -84,6 +84,10 @@ class Phase(enum.Enum):
     TERMINATING = "terminating"  # stopped by terminate/shutdown; callbacks are being cleaned up
     CLOSED = "closed"  # gone: every operation answers MissingCell
 
+    # Members are singletons: hash by identity (C), not by name (a Python call in every table
+    # lookup, two per nested call).
+    __hash__ = object.__hash__
+
 
 # ---------------------------------------------------------------------------- the transition table
 
@@ -182,6 +186,11 @@ def _rule(
     """Gate a method of :class:`CellMachine` by its row of the table: refuse, ignore (returning
     ``empty``), or run it and (strict) check the phase it leaves."""
     row = TRANSITIONS[name]
+    # The phases in which the input's rule simply runs (not refused, not ignored).
+    runs = {
+        phase: verdict not in _REFUSALS and verdict not in ("late", "bug")
+        for phase, verdict in row.items()
+    }
 
     def wrap(
         method: Callable[Concatenate[CellMachine, _P], _R],
@@ -189,6 +198,8 @@ def _rule(
         @functools.wraps(method)
         def gated(self: CellMachine, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
             before = self.phase
+            if runs[before] and not self.strict:
+                return method(self, *args, **kwargs)
             verdict = row[before]
             refusal = _REFUSALS.get(verdict)
             if refusal is not None:
@@ -496,7 +507,7 @@ class CellMachine:
         return []  # its observer is about to return anyway
 
     def _dispatch(self) -> list[Effect]:
-        if self.phase not in (Phase.RUNNING, Phase.PAUSED):
+        if not self._queued or self.phase not in (Phase.RUNNING, Phase.PAUSED):
             return []
         effects: list[Effect] = []
         while self._queued and len(self._at_delegate) < self.max_parallel:

@@ -5,8 +5,10 @@ Rules this module keeps (each learned the hard way, see ENGINE-NOTES.md):
 - every context gets a hard heap limit, so V8's own out-of-memory handling never aborts the process;
 - only strings cross the boundary, as call arguments (data, never spliced into source); Python
   holds only the prelude's bridge functions, which no global names (docs/safety.md);
-- every host-to-JavaScript step is an abandonable mini-racer task awaited on the event loop, so a
-  busy isolate never blocks the loop, and a runaway step can be abandoned;
+- every host-to-JavaScript step of a cell is an abandonable mini-racer task awaited on the event
+  loop, so a busy isolate never blocks the loop, and a runaway step can be abandoned (only the
+  prelude, the host's own code, runs through synchronous calls, on the thread creating the
+  isolate, before any cell has it);
 - every report the cell sends is checked by the host (:class:`CellAuthority`), and a heap-limit
   hit is detected after every step, continuations included;
 - a runaway cell is stopped by cancelling its eval (and, at the end, freeing its context), which
@@ -18,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import concurrent.futures
 import dataclasses
 import importlib.resources
 import json
 import logging
+import queue
 import threading
 import time
 import weakref
@@ -49,7 +53,7 @@ from codemode.engine.source import (
     prepare_source_async,
     syntax_error_from,
 )
-from codemode.engine.v8guard import drop_answers_after_loop_close
+from codemode.engine.v8guard import SYNC_CALLBACK_ID, drop_answers_after_loop_close
 from codemode.errors import EngineError
 from codemode.identifiers import tool_identifiers
 
@@ -198,6 +202,21 @@ class _Bridge:
             else:
                 argv[i] = arg
         return argv
+
+    def call_sync(self, fn: Any, *args: str) -> Any:
+        """As :meth:`call`, waiting on the calling thread, which must not be the event loop's
+        (see :func:`_run_sync`); for short arguments only (each copied in with a blocking
+        native call)."""
+        argv = self.argv[len(args)]
+        for i, arg in enumerate(args):
+            argv[i] = arg
+        return _run_sync(
+            self.context,
+            self.native_call,
+            fn.raw_handle.raw,
+            self.bridge.raw_handle.raw,
+            argv.raw_handle.raw,
+        )
 
     async def call(self, fn: Any, *args: str) -> Any:
         argv = await self.arguments(args)
@@ -595,35 +614,46 @@ async def wait_freed() -> None:
         await asyncio.to_thread(_REAPER.wait_idle, 5.0)
 
 
-async def _new_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
-    """Create an isolate off the event loop and evaluate the prelude in it. Never leaks: a
-    cancelled or failed creation frees what it made."""
+def _run_sync(context: Any, method: Any, *args: Any) -> Any:
+    """Run one mini-racer task and wait for its result on the calling thread, which must not be
+    the event loop's. The result comes back through mini-racer's queue of uncancelable tasks
+    (callback id 0), so no event loop is woken or needed. Only for the host's own code (the
+    prelude and its warm-up, which cannot run away); a lost isolate is given up on after
+    ``_SYNC_TIMEOUT`` seconds. mini-racer 0.14.1 internals (pinned): that queue is single file,
+    so only one thread may use it per context (the thread creating the isolate)."""
+    method(context._ctx, *args, SYNC_CALLBACK_ID)
+    try:
+        handle = context._non_cancelable_mr_task_results_queue.get(timeout=_SYNC_TIMEOUT)
+    except queue.Empty:
+        raise EngineError("a new V8 isolate did not answer") from None
+    return context._value_handle_to_python(handle)
+
+
+def _create_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
+    """Create an isolate and evaluate the prelude in it, on the calling thread (never the event
+    loop's: every native call here waits for the isolate's thread). The event loop is not
+    involved until the isolate is handed over. Never leaks: a failure frees what it made."""
     from py_mini_racer._mini_racer import _make_context
 
     manager = _make_context(loop)
-    created = loop.run_in_executor(None, _enter_context, manager)
-    try:
-        context = await asyncio.shield(created)
-    except BaseException:  # cancelled, or the coroutine itself was garbage-collected
-        created.add_done_callback(lambda f: _free_if_created(f, manager))
-        raise
+    context = _enter_context(manager)
     isolate = _Isolate(manager, context)
     try:
         context.set_hard_memory_limit(_POOL_HEAP_LIMIT)
-        bridge_object = await context.eval_cancelable(
-            f"{PRELUDE}\n//# sourceURL=codemode-prelude.js"
-        )
-        arrays = await context.eval_cancelable("[[], [0], [0, 0, 0]]")
+        source = context._python_to_value_handle(f"{PRELUDE}\n//# sourceURL=codemode-prelude.js")
+        bridge_object = _run_sync(context, context._dll.mr_eval, source.raw)
+        arrays_source = context._python_to_value_handle("[[], [0], [0, 0, 0]]")
+        arrays = _run_sync(context, context._dll.mr_eval, arrays_source.raw)
         bridge = isolate.bridge = _Bridge(context, bridge_object, arrays)
         # A throwaway cell compiles the prelude's hot paths now rather than in a real cell's
         # first step (about 0.4 ms); `boot` resets every piece of per-cell state.
-        await bridge.call(bridge.start, *_WARM_UP)
-        await bridge.call(bridge.drain)
-        journal = await bridge.call(bridge.journal)
+        bridge.call_sync(bridge.start, *_WARM_UP)
+        bridge.call_sync(bridge.drain)
+        journal = bridge.call_sync(bridge.journal)
         if isinstance(journal, memoryview):
             isolate.journal = journal
             isolate.inbox = _Inbox.of(journal)
-        reads = await bridge.call(bridge.journal, "reads")
+        reads = bridge.call_sync(bridge.journal, "reads")
         if isinstance(reads, memoryview):
             isolate.reads = reads
     except BaseException:
@@ -632,9 +662,33 @@ async def _new_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
     return isolate
 
 
-def _free_if_created(future: asyncio.Future[Any], manager: Any) -> None:
+async def _new_isolate(
+    loop: asyncio.AbstractEventLoop, threads: concurrent.futures.Executor | None = None
+) -> _Isolate:
+    """Create an isolate with the prelude on a thread of ``threads`` (by default the threads
+    of on-demand creation), off the event loop: the loop is woken once, when it is ready.
+    Never leaks: a cancelled or failed creation frees what it made."""
+    created = (threads or _ON_DEMAND_THREADS).submit(_create_isolate, loop)
+    try:
+        return await asyncio.wrap_future(created, loop=loop)
+    except BaseException:  # cancelled, or the coroutine itself was garbage-collected
+        created.add_done_callback(_free_if_created)
+        raise
+
+
+def _free_if_created(future: concurrent.futures.Future[_Isolate]) -> None:
     if not future.cancelled() and future.exception() is None:
-        _REAPER.free(manager)
+        future.result().free()
+
+
+# Isolates are created on threads of their own, never on the event loop's: the pool's refill on
+# one thread (one isolate at a time, so a refill never takes more than one core from the cells
+# running meanwhile), a cell that found the pool empty on a few others.
+_FILL_THREAD = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="codemode-v8-fill")
+_ON_DEMAND_THREADS = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="codemode-v8-new")
+
+# How long the thread creating an isolate waits for one of its answers.
+_SYNC_TIMEOUT = 30.0
 
 
 _WARM_UP = (
@@ -654,8 +708,15 @@ _POOL_HEAP_LIMIT = 64 * 1024 * 1024
 
 class _IsolatePool:
     """Isolates created ahead of time for one event loop, so a new cell skips isolate creation
-    and the prelude (ENGINE-NOTES 9). Bounded, refilled in the background, never shared: an
-    isolate is handed to exactly one cell and freed with it."""
+    and the prelude (ENGINE-NOTES 9). Bounded, never shared: an isolate is handed to exactly
+    one cell and freed with it.
+
+    Refilled off the cells' path: an isolate taken is replaced once the cell that took it
+    closes, or at the latest ``_REFILL_MAX_DELAY`` seconds after it was taken, and at once when
+    no isolate is left ready (the next cell would otherwise create its own). The refill runs on
+    one thread of its own, one isolate at a time, and wakes the event loop once per isolate, so
+    a cell running its calls meanwhile competes with it for neither the loop nor more than one
+    core."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
         self.loop = loop
@@ -667,20 +728,28 @@ class _IsolatePool:
 
     async def take(self) -> _Isolate:
         isolate = self._ready.popleft() if self._ready else None
-        # Refill a little later: creating an isolate right now would compete for the CPU with
-        # the cell that is starting on the isolate just taken.
-        if self._refill_handle is None:
-            self._refill_handle = self.loop.call_later(_REFILL_DELAY, self._deferred_refill)
+        if not self._ready:
+            self.refill()
+        elif self._refill_handle is None:
+            self._refill_handle = self.loop.call_later(_REFILL_MAX_DELAY, self.refill)
         if isolate is None:
             logger.debug("isolate pool empty: creating one on demand")
             isolate = await _new_isolate(self.loop)
         return isolate
 
-    def _deferred_refill(self) -> None:
-        self._refill_handle = None
-        self.refill()
+    def released(self) -> None:
+        """A cell that took an isolate closed: refill now (on the pool's loop only)."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # the bound of take() still holds
+        if running is self.loop:
+            self.refill()
 
     def refill(self) -> None:
+        if self._refill_handle is not None:
+            self._refill_handle.cancel()
+            self._refill_handle = None
         while self.users > 0 and len(self._ready) + len(self._filling) < self.size:
             task = self.loop.create_task(self._fill_one())
             self._filling.add(task)
@@ -688,7 +757,7 @@ class _IsolatePool:
 
     async def _fill_one(self) -> None:
         try:
-            isolate = await _new_isolate(self.loop)
+            isolate = await _new_isolate(self.loop, _FILL_THREAD)
         except asyncio.CancelledError:
             raise
         except Exception:  # pragma: no cover - native failure; the next take creates one
@@ -719,7 +788,8 @@ _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _IsolatePool] = (
 )
 
 DEFAULT_POOL_SIZE = 4
-_REFILL_DELAY = 0.005
+# The latest an isolate taken from the pool is replaced, while the cell that took it lives.
+_REFILL_MAX_DELAY = 0.1
 
 
 class V8Engine(Engine):
@@ -779,6 +849,8 @@ class V8Engine(Engine):
     def _track_free(self, done: threading.Event) -> None:
         self._freeing = [e for e in self._freeing if not e.is_set()]
         self._freeing.append(done)
+        if self._pool is not None:
+            self._pool.released()  # the cell closed: the pool refills now
 
     async def aclose(self) -> None:
         """Close, and wait (at most 5 s) until the isolates of this engine's cells are freed;

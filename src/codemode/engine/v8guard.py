@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+# mini-racer's callback id of uncancelable tasks (0.14.1, pinned): their answers go to a queue
+# that a thread reads (``_non_cancelable_mr_task_results_queue``), not to the event loop, so
+# they are handed over whether the loop is open or not.
+SYNC_CALLBACK_ID = 0
+
 
 def drop_answers_after_loop_close(context: Any) -> None:
     """From now on, an answer of ``context``'s isolate that arrives once its event loop is
@@ -20,7 +25,7 @@ def drop_answers_after_loop_close(context: Any) -> None:
     loop = context.event_loop
 
     def handle_callback_from_v8(callback_id: int, raw: Any) -> None:
-        if loop.is_closed():
+        if callback_id != SYNC_CALLBACK_ID and loop.is_closed():
             return
         try:
             wake(callback_id, raw)
