@@ -4,7 +4,7 @@ delegate that can be told to hang, so a test can stop a runtime with calls in fl
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,37 @@ import contextlib
 from store_support import Backend, backend_fixture, postgres_server_fixture
 
 from codemode import CellLimits, SessionRuntime
+from codemode.engine.base import EngineCell, StepInput, StepReport
 
-__all__ = ["Backend", "Runtimes", "backend_fixture", "postgres_server_fixture", "runtimes_fixture"]
+__all__ = [
+    "Backend",
+    "Runtimes",
+    "WrappedCell",
+    "backend_fixture",
+    "postgres_server_fixture",
+    "runtimes_fixture",
+]
+
+
+class WrappedCell(EngineCell):
+    """A real engine cell that a test's engine wraps: everything is passed to ``inner``; a
+    subclass overrides what it changes (a sandbox that dies, a start it records)."""
+
+    def __init__(self, inner: EngineCell) -> None:
+        self.inner = inner
+
+    async def run(self) -> StepReport:
+        return await self.inner.run()
+
+    async def step(self, inputs: Sequence[StepInput]) -> StepReport:
+        return await self.inner.step(inputs)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.inner.closed
 
 
 class Runtimes:

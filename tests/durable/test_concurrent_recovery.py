@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from durable_support import (  # the fixtures: imported for pytest to find them
     Runtimes,
+    WrappedCell,
     backend_fixture,  # noqa: F401
     postgres_server_fixture,  # noqa: F401
     runtimes_fixture,  # noqa: F401
@@ -25,7 +25,7 @@ from codemode import (
     ResumeOutcome,
     TextItem,
 )
-from codemode.engine.base import CellBoot, Engine, EngineCell, StepInput, StepReport
+from codemode.engine.base import CellBoot, Engine, EngineCell, StepReport
 from codemode.engine.choice import default_engine
 from codemode.session import _RECOVERING_AT_ONCE
 from codemode.store import Batch, Entry
@@ -40,25 +40,15 @@ text("done");
 """
 
 
-class _StartedCell(EngineCell):
+class _StartedCell(WrappedCell):
     def __init__(self, inner: EngineCell, started: list[str], cell_id: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._started = started
         self._cell_id = cell_id
 
     async def run(self) -> StepReport:
         self._started.append(self._cell_id)
         return await self.inner.run()
-
-    async def step(self, inputs: Sequence[StepInput]) -> StepReport:
-        return await self.inner.step(inputs)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    @property
-    def closed(self) -> bool:
-        return self.inner.closed
 
 
 class _LateEngine(Engine):

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from durable_support import (  # the fixtures: imported for pytest to find them
     Runtimes,
+    WrappedCell,
     backend_fixture,  # noqa: F401
     postgres_server_fixture,  # noqa: F401
     runtimes_fixture,  # noqa: F401
@@ -105,23 +106,10 @@ async def test_replay_that_departs_from_the_record_ends_the_cell(runtimes: Runti
     await rt2.shutdown()
 
 
-class _DyingCell(EngineCell):
-    def __init__(self, inner: EngineCell) -> None:
-        self.inner = inner
-
+class _DyingCell(WrappedCell):
     async def run(self) -> StepReport:
         self.inner.close()
         raise EngineLost("the sandbox died")
-
-    async def step(self, inputs: Sequence[StepInput]) -> StepReport:
-        return await self.inner.step(inputs)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    @property
-    def closed(self) -> bool:
-        return self.inner.closed
 
 
 class _DyingEngine(Engine):
@@ -156,10 +144,7 @@ async def test_a_sandbox_that_dies_twice_during_replay_ends_the_cell(runtimes: R
     await rt2.shutdown()
 
 
-class _LosingCell(_DyingCell):
-    async def run(self) -> StepReport:
-        return await self.inner.run()
-
+class _LosingCell(WrappedCell):
     async def step(self, inputs: Sequence[StepInput]) -> StepReport:
         self.inner.close()
         raise EngineLost("the sandbox died")

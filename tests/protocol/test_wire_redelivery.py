@@ -18,6 +18,7 @@ from protocol_support import RawError, serve_process
 
 import codemode.protocol.client as client_module
 from codemode import (
+    Cell,
     Completed,
     MissingCell,
     Pending,
@@ -58,6 +59,24 @@ async def reattach(delegate: RecordingDelegate, store: Path, session_id: str) ->
             await asyncio.sleep(0.1)
 
 
+async def _lose_the_completion(store: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Cell]:
+    """A served session (store ``store``) whose server dies once the completion of its
+    continuing cell is delivered (recorded), before the reply reaches the client; the cell
+    yields ``one`` first."""
+    monkeypatch.setenv(DRILL, "2")  # dies once the completion's delivery is recorded
+    session = await RemoteSession.spawn(RecordingDelegate(), store=store, command=COMMAND)
+    monkeypatch.delenv(DRILL)
+    try:
+        cell = await session.create_cell(request(CONTINUING))
+        first = await session.wait(cell, 30)
+        assert isinstance(first, Yielded) and texts(first.items) == ["one"]
+        with pytest.raises(SessionLost):
+            await session.wait(cell, 30)
+    finally:
+        await session.shutdown()
+    return session.session_id, cell
+
+
 async def test_a_yield_whose_answer_was_lost_is_delivered_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -90,18 +109,7 @@ async def test_a_completion_whose_answer_was_lost_is_delivered_again_then_closed
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = tmp_path / "sessions.db"
-    monkeypatch.setenv(DRILL, "2")  # dies once the completion's delivery is recorded
-    session = await RemoteSession.spawn(RecordingDelegate(), store=store, command=COMMAND)
-    monkeypatch.delenv(DRILL)
-    try:
-        session_id = session.session_id
-        cell = await session.create_cell(request(CONTINUING))
-        first = await session.wait(cell, 30)
-        assert isinstance(first, Yielded) and texts(first.items) == ["one"]
-        with pytest.raises(SessionLost):
-            await session.wait(cell, 30)
-    finally:
-        await session.shutdown()
+    session_id, cell = await _lose_the_completion(store, monkeypatch)
 
     session = await reattach(RecordingDelegate(), store, session_id)
     try:
@@ -196,17 +204,7 @@ async def test_a_reattach_from_a_new_process_has_no_numbers(
     """The limit (docs/protocol.md): without this process's numbers (cleared here, as in a new
     process), a completion lost with the server is not given again, and its cell is closed."""
     store = tmp_path / "sessions.db"
-    monkeypatch.setenv(DRILL, "2")
-    session = await RemoteSession.spawn(RecordingDelegate(), store=store, command=COMMAND)
-    monkeypatch.delenv(DRILL)
-    try:
-        session_id = session.session_id
-        cell = await session.create_cell(request(CONTINUING))
-        await session.wait(cell, 30)
-        with pytest.raises(SessionLost):
-            await session.wait(cell, 30)
-    finally:
-        await session.shutdown()
+    session_id, cell = await _lose_the_completion(store, monkeypatch)
 
     monkeypatch.setattr(client_module, "_deliveries", OrderedDict())
     session = await reattach(RecordingDelegate(), store, session_id)
@@ -225,17 +223,7 @@ async def test_a_held_completion_is_listed_only_to_a_client_that_numbers_deliver
     that does not number, as the Node example client) sees no such cell, and observing it
     answers ``MissingCell`` as for any closed cell."""
     store = tmp_path / "sessions.db"
-    monkeypatch.setenv(DRILL, "2")  # dies once the completion's delivery is recorded
-    session = await RemoteSession.spawn(RecordingDelegate(), store=store, command=COMMAND)
-    monkeypatch.delenv(DRILL)
-    try:
-        session_id = session.session_id
-        cell = await session.create_cell(request(CONTINUING))
-        await session.wait(cell, 30)
-        with pytest.raises(SessionLost):
-            await session.wait(cell, 30)
-    finally:
-        await session.shutdown()
+    session_id, cell = await _lose_the_completion(store, monkeypatch)
 
     async with serve_process("--store", str(store), "--lease-seconds", "1") as server:
         client = server.client
