@@ -79,6 +79,12 @@ async def main() -> None:
     parser.add_argument(
         "--top", type=int, default=0, help="also print the N functions with most own time"
     )
+    parser.add_argument(
+        "--step-wait",
+        type=float,
+        default=0.0,
+        help="V8Engine's step_wait (seconds; 0, the in-process default: a step never blocks)",
+    )
     args, _ = parser.parse_known_args()
 
     import codemode
@@ -95,7 +101,7 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     counts = {"submitted": 0, "blocking": 0, "wakeups": 0, "iterations": 0, "tasks": 0}
 
-    engine = V8Engine()
+    engine = V8Engine(step_wait=args.step_wait)
     from py_mini_racer import _dll
 
     dll = _dll.init_mini_racer(ignore_duplicate_init=True)
