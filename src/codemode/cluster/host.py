@@ -310,12 +310,13 @@ class SessionHost:
         """``(live, completions)``: the session's live cells (those created here, and those
         recovered from the store), and its closed cells whose delivered completion awaits the
         caller's acknowledgement (SessionRuntime.delivered_completion: a retry gets it again),
-        each ``(cell_id, kind, next observation number)``."""
+        each ``(cell_id, kind, next observation number)``. Both are open in the store: a held
+        completion's closing is recorded only once it is acknowledged."""
         completions: list[tuple[str, str, int]] = []
         store = self._store_object()
         if store is not None:
             runtime = hosted.runtime
-            for record in await store.list_cells(hosted.session_id):
+            for record in await store.list_cells(hosted.session_id, state="open"):
                 kind = CellKind.PAUSABLE if record.kind == "pausable" else CellKind.CONTINUING
                 if runtime.is_live(record.cell_id):
                     hosted.kinds.setdefault(record.cell_id, kind)

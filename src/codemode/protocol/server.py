@@ -558,9 +558,10 @@ class _Connection:
         session = _ServedSession(session_id, runtime, durable=True, connection=self)
         self.server._hold(session)
         try:
-            # Every recorded cell: a closed one whose completion awaits its acknowledgement is
-            # listed too, to a client that numbers its deliveries (docs/protocol.md, Re-delivery).
-            cells = self._recovered_cells(session, await store.list_cells(session_id))
+            # The store's open cells: a closed one whose completion awaits its acknowledgement
+            # is among them (its closing is recorded once acknowledged) and is listed to a client
+            # that numbers its deliveries (docs/protocol.md, Re-delivery).
+            cells = self._recovered_cells(session, await store.list_cells(session_id, state="open"))
         except asyncio.CancelledError:
             await asyncio.shield(session.end(suspend=reattach))  # as above
             raise
