@@ -42,18 +42,25 @@ pytestmark = [pytest.mark.fault, pytest.mark.timeout(200)]
 ECHO = ToolDefinition("echo", "Returns its input after a short pause.")
 LEASE = 2.0  # seconds: a dead host's sessions may be taken over this long after its last renewal
 CALLS = 12
+HOLD_FROM = 3  # the drill holds every cell at its call `i = 3`
 
 
 class SlowEcho:
-    """A delegate whose ``echo`` answers after ``pause`` seconds; records every invocation."""
+    """A delegate whose ``echo`` answers after ``pause`` seconds; records every invocation.
+    With ``hold_from``, a call whose input ``i`` is at least that waits until ``gate`` is set
+    (so a drill can kill a node while every cell is mid-run, waiting on a call)."""
 
-    def __init__(self, pause: float = 0.05) -> None:
+    def __init__(self, pause: float = 0.05, hold_from: int | None = None) -> None:
         self.pause = pause
+        self.hold_from = hold_from
+        self.gate = asyncio.Event()
         self.calls: list[NestedToolCall] = []
         self.answered: list[tuple[str, str]] = []
 
     async def invoke_tool(self, call: NestedToolCall) -> Any:
         self.calls.append(call)
+        if self.hold_from is not None and call.input.get("i", -1) >= self.hold_from:
+            await self.gate.wait()
         await asyncio.sleep(self.pause)
         self.answered.append((call.cell_id, call.call_id))
         return call.input
@@ -154,6 +161,25 @@ def kill_raylet(node: Any) -> None:
     os.kill(process.pid, signal.SIGKILL)
 
 
+async def hosts_on(cluster: SessionCluster, node_id: str) -> dict[str, int]:
+    """The cluster's hosts on ``node_id``: actor name to process id (this machine's)."""
+    pids = {}
+    for info in await cluster.hosts():
+        if info.alive and info.node_id == node_id:
+            handle = ray.get_actor(info.actor_name, namespace=info.namespace)
+            pids[info.actor_name] = (await handle.info.remote())["pid"]
+    return pids
+
+
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
 @pytest.mark.parametrize(
     ("how", "kind"),
     [("remove_node", "sqlite"), ("kill_raylet", "sqlite"), ("remove_node", "postgres")],
@@ -164,18 +190,28 @@ async def test_cells_survive_the_death_of_their_node(
     postgres = request.getfixturevalue("postgres_server") if kind == "postgres" else None
     cluster, store = await start_with_a_host_on(ray_cluster, victim, tmp_path, postgres)
     try:
-        delegate = SlowEcho()
+        delegate = SlowEcho(hold_from=HOLD_FROM)
         opened = await sessions_on(cluster, victim.node_id, delegate, wanted=1)
-        # Let every cell get going, then kill the node under them.
+        # Every cell runs until its call `i = HOLD_FROM`, which waits; then the node dies under
+        # them. The calls go on only once the victim's hosts have exited: a host outlives its
+        # raylet for a moment (it exits when it notices), and a cell that went on there in that
+        # moment could finish without its session ever meeting the death.
         deadline = time.monotonic() + 60
-        while any(delegate.seen(c.cell_id) < 2 for _, c in opened):
-            assert time.monotonic() < deadline, "the cells did not start"
+        while any(delegate.seen(c.cell_id) <= HOLD_FROM for _, c in opened):
+            assert time.monotonic() < deadline, "the cells did not reach their held call"
             await asyncio.sleep(0.02)
         before = {c.cell_id: delegate.seen(c.cell_id) for _, c in opened}
+        doomed = await hosts_on(cluster, victim.node_id)
+        on_victim = [s for s, _ in opened if s.host_name in doomed]
+        assert on_victim
         if how == "remove_node":
             ray_cluster.cluster.remove_node(victim)
         else:
             kill_raylet(victim)
+        while not all(process_gone(pid) for pid in doomed.values()):
+            assert time.monotonic() < deadline + 60, "the dead node's hosts did not exit"
+            await asyncio.sleep(0.05)
+        delegate.gate.set()
         outputs = await asyncio.gather(*(observe_to_end(s, c) for s, c in opened))
 
         for (_, cell), out in zip(opened, outputs, strict=True):
@@ -187,7 +223,8 @@ async def test_cells_survive_the_death_of_their_node(
             # flight when the node died may be asked again (same cell and call id).
             assert len(repeats) <= 1, (cell.cell_id, ids)
             assert len(set(ids)) == CALLS
-        assert any(before[c.cell_id] < CALLS for _, c in opened)
+        assert all(before[c.cell_id] == HOLD_FROM + 1 for _, c in opened)  # all mid-run
+        assert all(s.failovers >= 1 for s in on_victim)  # each met the death, and moved
         await all_on_live_nodes(cluster, ray_cluster, victim, [s for s, _ in opened])
         for session, _ in opened:
             await session.shutdown()

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.fault
 
 HANG = 120.0
 GRACE = 1.0
+STEADY_LEASE = 10.0
 CHILD = Path(__file__).resolve().parent / "cluster_child.py"
 
 
@@ -71,6 +72,17 @@ async def holder(cluster: SessionCluster, session_id: str) -> str | None:
     return None
 
 
+async def reaped(cluster: SessionCluster) -> int:
+    """How many sessions the cluster's hosts suspended as orphans so far."""
+    import ray
+
+    total = 0
+    for info in await cluster.hosts():
+        handle = ray.get_actor(info.actor_name, namespace=info.namespace)
+        total += (await handle.info.remote())["reaped"]
+    return total
+
+
 async def test_a_session_whose_caller_was_killed_is_suspended_then_recovered(
     make_cluster: Any, ray_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -92,6 +104,7 @@ async def test_a_session_whose_caller_was_killed_is_suspended_then_recovered(
                 await asyncio.sleep(0.2)
         reaped_after = time.monotonic() - killed
         assert reaped_after >= GRACE
+        assert await reaped(cluster) == 1  # suspended as an orphan (not moved by a lost lease)
         # Suspended, not ended: the cell is still in the store, the lease given up.
         assert [c.cell_id for c in await store.list_cells(session_id, state="open")] == [
             opened["cell_id"]
@@ -127,7 +140,10 @@ async def test_a_session_reopened_within_the_grace_period_stays(
 ) -> None:
     monkeypatch.setenv(GRACE_ENV, "3")
     path = tmp_path / "reopened.db"
-    cluster = await make_cluster(store=SqliteStore(path, lease_seconds=LEASE))
+    # A long lease: this test is about the orphan watch, and a renewal missed on a loaded
+    # machine would move the session (by replay, as documented) with a short one. Nothing here
+    # waits for the lease: the session is taken over where it runs.
+    cluster = await make_cluster(store=SqliteStore(path, lease_seconds=STEADY_LEASE))
     child, opened = await start_child(ray_cluster.address, path)
     await kill(child)
     first = await holder(cluster, opened["session_id"])
@@ -136,6 +152,7 @@ async def test_a_session_reopened_within_the_grace_period_stays(
     try:
         assert session.host_name == first  # taken over where it was, not reopened by replay
         await asyncio.sleep(6.0)  # twice the grace period: the new caller lives
+        assert await reaped(cluster) == 0
         assert await holder(cluster, opened["session_id"]) == first
         event = await asyncio.wait_for(session.wait(session.cell(opened["cell_id"]), HANG), HANG)
         assert [i.text for i in event.items] == ["before 1", "after 2"]  # type: ignore[union-attr]

@@ -136,11 +136,14 @@ async def finish_cells(
     assert session.is_durable is True
     assert session.is_live(cell_id) and session.is_live(paused_id)
     cell, paused = session.cell(cell_id), session.pausable_cell(paused_id)
-    # The call left unanswered is asked again of the new client, with the same ids.
+    # The call left unanswered is asked again of the new client, with the same ids. So may be
+    # the paused cell's `echo`, answered by the first client: its answer may not have been
+    # recorded when that client's connection (or server) went away (docs/cluster.md).
     await asyncio.wait_for(delegate.arrived.wait(), HANG)
-    assert [(c.cell_id, c.call_id, c.input) for c in delegate.calls] == [
-        (cell_id, "tool-1", {"k": 1})
-    ]
+    gate_call, echo_call = (cell_id, "tool-1", {"k": 1}), (paused_id, "tool-1", {"n": 5})
+    asked = [(c.cell_id, c.call_id, c.input) for c in delegate.calls]
+    assert asked.count(gate_call) == 1 and asked.count(echo_call) <= 1
+    assert all(call in (gate_call, echo_call) for call in asked), asked
     delegate.opened.set()
     done = await asyncio.wait_for(session.wait(cell, 30.0), HANG)
     assert isinstance(done, Completed) and done.error_text is None

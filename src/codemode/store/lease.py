@@ -133,6 +133,12 @@ class LeaseKeeper:
                 return
             sent = time.monotonic()
             if sent >= self._deadline:
+                # The last renewal failed or timed out just short of the deadline, or this loop
+                # did not run in time (a stalled event loop or a starved process).
+                logger.warning(
+                    "lease of session %s lost: no renewal succeeded before its deadline",
+                    self.session_id,
+                )
                 self._declare_lost()
                 return
             try:
