@@ -41,10 +41,12 @@ Setup (STPyV8 is never a project dependency: it lives in its own venv):
     python3 -m venv benchmarks/.venv-altv8 && benchmarks/.venv-altv8/bin/pip install stpyv8
     .venv/bin/python benchmarks/v8_bindings.py [--reps 5] [--calls 2000] [--extras]
 
-``--variants a,b`` runs only those. Prints a Markdown table (medians over the rounds, their
-range) and writes benchmarks/results/v8_bindings.json. A variant whose binding is not installed
-(no ``benchmarks/.venv-altv8``, or no codemode and mini-racer in the interpreter running this)
-is skipped with a message. BENCHMARKS.md, "V8 bindings compared", has the figures.
+``--variants a,b`` runs only those; ``--pin CPU`` runs each variant twice per round, free and
+pinned to that one CPU with every thread and helper process it starts. Prints a Markdown table
+(medians over the rounds, their range) and writes benchmarks/results/v8_bindings.json. A variant
+whose binding is not installed (no ``benchmarks/.venv-altv8``, or no codemode and mini-racer in
+the interpreter running this) is skipped with a message. BENCHMARKS.md, "V8 bindings
+compared", has the figures.
 """
 
 from __future__ import annotations
@@ -792,6 +794,10 @@ def _cell(values: list[float], digits: int = 0) -> str:
     return f"{med:,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
 
+def _label(name: str, pin: int | None) -> str:
+    return name if pin is None else f"{name}, CPU {pin} only"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
@@ -799,6 +805,9 @@ def main() -> None:
     parser.add_argument("--par", type=int, default=1000)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--extras", action="store_true")
+    parser.add_argument(
+        "--pin", type=int, help="also run every variant pinned to this CPU (its helper too)"
+    )
     parser.add_argument("--child")
     parser.add_argument("--serve")
     args = parser.parse_args()
@@ -806,6 +815,8 @@ def main() -> None:
         serve(args.serve)
         return
     if args.child:
+        if args.pin is not None:  # threads and child processes made from here on inherit it
+            os.sched_setaffinity(0, {args.pin})
         if args.child in GRANDCHILDREN:
             found = GRANDCHILDREN[args.child]()
             if found is not None:
@@ -824,13 +835,17 @@ def main() -> None:
     for message in skipped:
         print(message)
     names = [n for n in args.variants.split(",") if n in available]
+    runs = [(n, None) for n in names]
+    if args.pin is not None:  # each variant free, then pinned, in every round
+        runs = [(n, pin) for n in names for pin in (None, args.pin)]
     loads = [os.getloadavg()]
-    rows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
+    rows: dict[str, list[dict[str, float]]] = {_label(*r): [] for r in runs}
     for rep in range(args.reps):  # interleaved: every variant once per round, order rotated
-        order = names[rep % len(names) :] + names[: rep % len(names)]
-        for name in order:
+        for name, pin in runs[rep % len(runs) :] + runs[: rep % len(runs)]:
             child_args = ["--child", name, "--calls", str(args.calls), "--par", str(args.par)]
-            rows[name].append(_run_child(_python(name), child_args))
+            if pin is not None:
+                child_args += ["--pin", str(pin)]
+            rows[_label(name, pin)].append(_run_child(_python(name), child_args))
         loads.append(os.getloadavg())
         print(f"round {rep + 1}/{args.reps} done, load {loads[-1][0]:.1f}", file=sys.stderr)
     print(f"load average (1 min) per round: {', '.join(f'{x[0]:.1f}' for x in loads)}")
@@ -840,14 +855,14 @@ def main() -> None:
         "(ms) | fastest (ms) | CPU (ms) |"
     )
     print("|---|---|---|---|---|---|---|")
-    for name, runs in rows.items():
-        seq = [r["seq_us"] for r in runs]
+    for label, found in rows.items():
+        seq = [r["seq_us"] for r in found]
         print(
-            f"| {name} | {_cell(seq, 1)} | {1e6 / statistics.median(seq):,.0f} | "
-            f"{_cell([r['seq_cpu_us'] for r in runs], 1)} | "
-            f"{_cell([r['par_ms'] for r in runs], 2)} | "
-            f"{min(r['par_min_ms'] for r in runs):.2f} | "
-            f"{_cell([r['par_cpu_ms'] for r in runs], 2)} |"
+            f"| {label} | {_cell(seq, 1)} | {1e6 / statistics.median(seq):,.0f} | "
+            f"{_cell([r['seq_cpu_us'] for r in found], 1)} | "
+            f"{_cell([r['par_ms'] for r in found], 2)} | "
+            f"{min(r['par_min_ms'] for r in found):.2f} | "
+            f"{_cell([r['par_cpu_ms'] for r in found], 2)} |"
         )
     results: dict[str, Any] = {"loads": loads, "rows": rows}
     if args.extras:
