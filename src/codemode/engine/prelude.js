@@ -68,7 +68,8 @@
   const Uint32ArrayCtor = Uint32Array;
   const Float64ArrayCtor = Float64Array;
   const ObjectHasOwn = Object.prototype.hasOwnProperty;
-  const uncurry = (f) => (self, ...args) => ReflectApply(f, self, args);
+  // f.call bound once: a cell replacing Function.prototype.call later changes nothing here.
+  const uncurry = (f) => ReflectApply(Function.prototype.bind, Function.prototype.call, [f]);
   const getter = (proto, name) => uncurry(Object.getOwnPropertyDescriptor(proto, name).get);
   const promiseThen = uncurry(Promise.prototype.then);
   const PromiseResolve = Promise.resolve;
@@ -188,21 +189,21 @@
   // isolate, which costs a blocking round trip to the isolate's thread (engine/v8.py keeps the
   // same layout). Written by the host only between two bridge calls; read by step().
   const inboxLength = new Uint32ArrayCtor(journalBuffer, JOURNAL_UNITS * 2, 1);
-  const inbox = new Uint16ArrayCtor(journalBuffer, JOURNAL_UNITS * 2 + 4);
-  // Whole chunks go through one fromCharCode call each. The array is filled now, before any
-  // cell runs, and its length never changes: every write below is to an own data property, so
-  // no setter a cell defines on Array.prototype is ever reached.
-  const INBOX_CHUNK = 512;  // 4 KiB of heap per isolate
-  const inboxChunk = new Array(INBOX_CHUNK).fill(0);
+  // Chunks of the inbox go to one fromCharCode call each, as views of the buffer made by the
+  // intrinsic constructor. fromCharCode reads a view's length as a property: each view gets
+  // it as an own data property (a descriptor without a prototype), so no getter a cell defines
+  // on the typed arrays' prototypes is ever reached (indexed reads of a view never look there).
+  const INBOX_CHUNK = 8192;
+  const inboxOffset = JOURNAL_UNITS * 2 + 4;
   function readInbox() {
     const n = inboxLength[0];
     let text = "";
-    let i = 0;
-    for (; i + INBOX_CHUNK <= n; i += INBOX_CHUNK) {
-      for (let j = 0; j < INBOX_CHUNK; j++) inboxChunk[j] = inbox[i + j];
-      text += ReflectApply(StringFromCharCode, null, inboxChunk);
+    for (let i = 0; i < n; i += INBOX_CHUNK) {
+      const k = n - i < INBOX_CHUNK ? n - i : INBOX_CHUNK;
+      const view = new Uint16ArrayCtor(journalBuffer, inboxOffset + 2 * i, k);
+      ObjectDefineProperty(view, "length", { __proto__: null, value: k });
+      text += ReflectApply(StringFromCharCode, null, view);
     }
-    for (; i < n; i++) text += StringFromCharCode(inbox[i]);
     return text;
   }
   function journalReset() {
@@ -224,8 +225,6 @@
     journalAt += 3 + n;
     journalEnd[0] = journalAt;
   }
-  // `json` is already JSON text: embed it as it is.
-  const emitRaw = (head, json) => { push(headText(head) + "," + json + "]"); };
 
   // Limits the journal can flag to the host (the host keeps the same list).
   const FLAGGED_LIMITS = ["max_tool_calls", "max_parallel_tool_calls", "max_output_bytes", "max_heap_bytes", "max_stored_bytes"];
@@ -533,7 +532,8 @@
       if (callsIssued + 1 > limits.maxToolCalls) failLimit("max_tool_calls");
       callsIssued += 1;
       const id = "tool-" + callsIssued;
-      emitRaw(["call", id, index], json === undefined ? "{}" : json);
+      // ["call", id, index, input]: the id and the index need no escaping.
+      push('["call","' + id + '",' + index + "," + (json === undefined ? "{}" : json) + "]");
       return new PromiseCtor((resolve, reject) => { pending.set(id, { resolve, reject }); });
     };
   }
