@@ -217,7 +217,7 @@
   function journalWrite(kind, s) {
     if (journal === null) return;
     const n = s.length;
-    if (journalAt + 3 + n > journal.length) return;  // full: the drain still has them
+    if (journalAt + 3 + n > JOURNAL_UNITS) return;  // full: the drain still has them (no length getter: a cell may replace it)
     journal[journalAt] = kind;
     journal[journalAt + 1] = n & 0xffff;
     journal[journalAt + 2] = n >>> 16;
