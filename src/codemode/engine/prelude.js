@@ -139,7 +139,9 @@
   let creditKnown = false;      // ...once worked out
   let limits = { maxToolCalls: 1000, maxParallel: 100, maxOutputBytes: 1048576, maxExternalBytes: 67108864 };
   let callsIssued = 0;
-  const pending = makeMap(); // call id -> {resolve, reject}
+  // call id -> {resolve, reject}; a Map reached only through the captured methods (mapGet...):
+  // the busiest of the bridge's maps, so without makeMap's extra call per use.
+  const pending = new MapCtor();
   const timers = makeMap();  // timer id -> callback
   const freshTimers = makeMap(); // timer id -> delay (ms), set since the last drain
   let timerSeq = 0;
@@ -534,7 +536,7 @@
       const id = "tool-" + callsIssued;
       // ["call", id, index, input]: the id and the index need no escaping.
       push('["call","' + id + '",' + index + "," + (json === undefined ? "{}" : json) + "]");
-      return new PromiseCtor((resolve, reject) => { pending.set(id, { resolve, reject }); });
+      return new PromiseCtor((resolve, reject) => { mapSet(pending, id, { resolve, reject }); });
     };
   }
 
@@ -1146,7 +1148,7 @@
       exited = false;
       limitHit = false;
       callsIssued = 0;
-      pending.clear();
+      mapClear(pending);
       timers.clear();
       freshTimers.clear();
       timerSeq = 0;
@@ -1242,9 +1244,9 @@
         const input = inputs[i];
         if (settled !== null) return;
         if (input[0] === "r") {
-          const entry = pending.get(input[1]);
+          const entry = mapGet(pending, input[1]);
           if (entry === undefined) continue;
-          pending.delete(input[1]);
+          mapDelete(pending, input[1]);
           if (input[2]) entry.resolve(input[3]);
           else entry.reject(new ErrorCtor(input[3]));
         } else {
@@ -1272,7 +1274,7 @@
       let ids = "null";
       if (pausable) {
         ids = "";
-        pending.forEach((_, id) => { ids += (ids === "" ? "" : ",") + JSONstringify(id); });
+        mapForEach(pending, (_, id) => { ids += (ids === "" ? "" : ",") + JSONstringify(id); });
         ids = "[" + ids + "]";
       }
       let end = "null";
