@@ -73,6 +73,8 @@
   const getter = (proto, name) => uncurry(Object.getOwnPropertyDescriptor(proto, name).get);
   const promiseThen = uncurry(Promise.prototype.then);
   const PromiseResolve = Promise.resolve;
+  // A new promise with its resolve and reject, as one object (own data properties only).
+  const promiseWithResolvers = ReflectApply(Function.prototype.bind, Promise.withResolvers, [PromiseCtor]);
   const mapGet = uncurry(Map.prototype.get);
   const mapSet = uncurry(Map.prototype.set);
   const mapHas = uncurry(Map.prototype.has);
@@ -139,7 +141,7 @@
   let creditKnown = false;      // ...once worked out
   let limits = { maxToolCalls: 1000, maxParallel: 100, maxOutputBytes: 1048576, maxExternalBytes: 67108864 };
   let callsIssued = 0;
-  // call id -> {resolve, reject}; a Map reached only through the captured methods (mapGet...):
+  // call id -> {promise, resolve, reject}; a Map reached only through the captured methods (mapGet...):
   // the busiest of the bridge's maps, so without makeMap's extra call per use.
   const pending = new MapCtor();
   const timers = makeMap();  // timer id -> callback
@@ -536,7 +538,9 @@
       const id = "tool-" + callsIssued;
       // ["call", id, index, input]: the id and the index need no escaping.
       push('["call","' + id + '",' + index + "," + (json === undefined ? "{}" : json) + "]");
-      return new PromiseCtor((resolve, reject) => { mapSet(pending, id, { resolve, reject }); });
+      const entry = promiseWithResolvers();
+      mapSet(pending, id, entry);
+      return entry.promise;
     };
   }
 
