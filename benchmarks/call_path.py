@@ -80,6 +80,12 @@ async def main() -> None:
         "--top", type=int, default=0, help="also print the N functions with most own time"
     )
     parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="also time whole cells by phase (ms per cell), each started once the isolate pool"
+        " has refilled, as engines_compare does",
+    )
+    parser.add_argument(
         "--step-wait",
         type=float,
         default=0.0,
@@ -167,6 +173,7 @@ async def main() -> None:
         await cell()
         profile.disable()
         profiled_wall = (time.perf_counter() - t0) / n * 1e6
+        phases = await _phases(cell, engine, args.reps) if args.phases else None
 
     stats = pstats.Stats(profile)
     groups: dict[str, float] = {}
@@ -196,6 +203,8 @@ async def main() -> None:
         },
         "profiled_wall_us_per_call": round(profiled_wall, 1),
     }
+    if phases is not None:
+        result["phases_ms_per_cell"] = phases
     if args.json:
         print(json.dumps(result))
         return
@@ -209,6 +218,91 @@ async def main() -> None:
     print("loop thread's time per call, by module (cProfile shares x unprofiled wall):")
     for k, v in result["breakdown_us"].items():  # type: ignore[union-attr]
         print(f"  {v:7.1f} us  {k}")
+    if phases is not None:
+        print("whole cells by phase (ms per cell, medians):")
+        for k, v in phases.items():
+            print(f"  {v:7.2f} ms  {k}")
+
+
+async def _phases(cell: Any, engine: Any, reps: int) -> dict[str, float]:
+    """Whole cells timed by phase (medians, ms per cell). Each cell starts once the engine's
+    isolate pool has replaced the isolate the last one took (untimed), as in engines_compare.
+    The phases wrap private functions of the checkout under test (the same names on older
+    checkouts), so they add a few microseconds per cell of their own."""
+    import gc
+
+    from codemode.cell import actor, authority
+    from codemode.engine import v8
+
+    acc: dict[str, float] = {}
+
+    def timed(owner: Any, name: str, key: str) -> None:
+        original = getattr(owner, name)
+
+        def wrapper(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                acc[key] = acc.get(key, 0.0) + time.perf_counter() - t
+
+        setattr(owner, name, wrapper)
+
+    original_eval = v8._V8Cell._eval
+
+    async def timed_eval(self: Any, fn: Any, *a: Any, **k: Any) -> Any:
+        key = "V8: the run and its drain" if fn is self._bridge.start else "V8: steps and drains"
+        t = time.perf_counter()
+        try:
+            return await original_eval(self, fn, *a, **k)
+        finally:
+            acc[key] = acc.get(key, 0.0) + time.perf_counter() - t
+
+    gc_started = [0.0]
+
+    def gc_timer(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            key = "garbage collector (within the phases above)"
+            acc[key] = acc.get(key, 0.0) + time.perf_counter() - gc_started[0]
+
+    v8._V8Cell._eval = timed_eval  # type: ignore[method-assign]
+    timed(authority.CellAuthority, "accept_raw", "report checks (JSON, authority)")
+    timed(actor.CellActor, "_handle_events", "actor: the report's events (machine, records)")
+    timed(actor.CellActor, "_start_calls", "actor: starting the calls (tasks, delegate, results)")
+    gc.callbacks.append(gc_timer)
+    per_cell: list[dict[str, float]] = []
+    walls, loop_cpu = [], []
+    try:
+        for _ in range(reps):
+            pool = getattr(engine, "_pool", None)
+            give_up = time.perf_counter() + 1.0
+            while pool is not None and time.perf_counter() < give_up:
+                if getattr(pool, "_refill_handle", None) is None and not getattr(
+                    pool, "_filling", ()
+                ):
+                    break
+                await asyncio.sleep(0.002)
+            await asyncio.sleep(0.02)
+            acc.clear()
+            t0, c0 = time.perf_counter(), time.thread_time()
+            await cell()
+            walls.append(time.perf_counter() - t0)
+            loop_cpu.append(time.thread_time() - c0)
+            per_cell.append(dict(acc))
+    finally:
+        gc.callbacks.remove(gc_timer)
+    out = {"wall": statistics.median(walls), "event-loop thread CPU": statistics.median(loop_cpu)}
+    for key in sorted({k for p in per_cell for k in p}):
+        out[key] = statistics.median(p.get(key, 0.0) for p in per_cell)
+    # What no phase covers: the cell's creation, the pump's loop, the completion, the waits.
+    rests = [
+        w - sum(v for k, v in p.items() if not k.startswith("garbage"))
+        for w, p in zip(walls, per_cell, strict=True)
+    ]
+    out["the rest (creation, pump, completion, wake-ups)"] = statistics.median(rests)
+    return {k: round(v * 1e3, 2) for k, v in out.items()}
 
 
 if __name__ == "__main__":

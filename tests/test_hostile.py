@@ -174,6 +174,28 @@ async def test_overriding_builtins_changes_nothing_the_host_accepts(
     await next_cell_works(rt)
 
 
+async def test_a_cell_cannot_change_how_its_inputs_are_read(
+    make_rt: Callable[..., SessionRuntime],
+) -> None:
+    """A step's inputs reach the cell through the inbox, read in views of the isolate's buffer
+    (several of them for this result): accessors and methods a cell replaces on typed arrays,
+    strings and Reflect are never what reads them."""
+    rt = make_rt()
+    ev = await finish(
+        rt,
+        "const T = Object.getPrototypeOf(Uint16Array.prototype);"
+        "Object.defineProperty(T, 'length', {get() { return 1 }, configurable: true});"
+        "Object.defineProperty(Uint16Array.prototype, 'length', {get() { throw new Error('no') }});"
+        "Object.defineProperty(Uint16Array.prototype, '0', {get() { return 65 }});"
+        "String.fromCharCode = () => 'x'; Reflect.apply = () => 'x';"
+        "Object.prototype.get = function () { return 1 };"
+        "const r = await tools.echo({s: 'é'.repeat(15000) + '!'});"
+        "text(r.s.length + ':' + r.s.slice(0, 2) + r.s.slice(-1))",
+    )
+    assert ev == Completed((TextItem("15001:éé!"),))
+    await next_cell_works(rt)
+
+
 # ---------------------------------------------------------------------------- every route
 
 

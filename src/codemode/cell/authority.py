@@ -341,6 +341,8 @@ class CellAuthority:
             raise _refuse("an event is not a tagged array")
         tag = ev[0]
         n = len(ev)
+        if tag == "call" and n == 4:  # the most frequent event first
+            return self._call(ev[1], ev[2], ev[3])
         if tag == "text" and n == 2 and isinstance(ev[1], str):
             self._charge(ev[1])
             return OutputProduced(TextItem(ev[1]))
@@ -354,8 +356,6 @@ class CellAuthority:
                 raise _refuse("an empty notification")
             self._charge(ev[1])
             return NotifyRequested(ev[1])
-        if tag == "call" and n == 4:
-            return self._call(ev[1], ev[2], ev[3])
         if tag == "yield" and n == 1:
             return YieldRequested()
         if tag == "timer" and n == 3:

@@ -43,7 +43,8 @@ else:
     _leave_task: Any = getattr(_tasks, "_leave_task")  # noqa: B009
     _register_task: Any = getattr(_tasks, "_register_task")  # noqa: B009
     _task_name_counter: Any = getattr(_tasks, "_task_name_counter")  # noqa: B009
-    _current_task = asyncio.current_task
+    _current_tasks: Any = getattr(_tasks, "_current_tasks")  # noqa: B009 - what current_task reads
+    _PENDING: Any = getattr(_futures, "_PENDING")  # noqa: B009
 
     class _EagerTask(_PyTask):  # type: ignore[misc]
         """Python 3.11's pure-Python ``Task`` (the same class asyncio falls back to without its
@@ -69,7 +70,7 @@ else:
 
         def start(self) -> None:
             loop = self._loop
-            caller = _current_task(loop)
+            caller = _current_tasks.get(loop)
             if caller is not None:
                 _leave_task(loop, caller)
             try:
@@ -80,6 +81,12 @@ else:
                     _enter_task(loop, caller)
             if not self.done():
                 _register_task(self)  # it goes on: asyncio.all_tasks() sees it
+
+        def __del__(self) -> None:
+            # The common end, a result nobody has to hear about, costs no call into asyncio's
+            # finalizers (they warn only of a pending task or an unretrieved exception).
+            if self._state == _PENDING or self._exception is not None:
+                super().__del__()
 
     def start_eager(
         loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], name: str | None = None

@@ -264,7 +264,7 @@ class Closed:
     """The cell has closed: drop it from the session's registry."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DispatchCall:
     """Hand this nested call to the delegate now; report its end with
     :meth:`CellMachine.call_returned`."""

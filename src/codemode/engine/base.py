@@ -87,7 +87,7 @@ class CellBoot:
 # ---------------------------------------------------------------------------- what a cell did
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ToolCallRequested:
     """The cell issued a nested call (already validated and counted against the limits)."""
 
@@ -174,7 +174,7 @@ class StepReport:
 # ---------------------------------------------------------------------------- what it is given
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ToolResultInput:
     """The delegate's answer to one call: a JSON value (as JSON text), or an error message."""
 

@@ -68,10 +68,13 @@
   const Uint32ArrayCtor = Uint32Array;
   const Float64ArrayCtor = Float64Array;
   const ObjectHasOwn = Object.prototype.hasOwnProperty;
-  const uncurry = (f) => (self, ...args) => ReflectApply(f, self, args);
+  // f.call bound once: a cell replacing Function.prototype.call later changes nothing here.
+  const uncurry = (f) => ReflectApply(Function.prototype.bind, Function.prototype.call, [f]);
   const getter = (proto, name) => uncurry(Object.getOwnPropertyDescriptor(proto, name).get);
   const promiseThen = uncurry(Promise.prototype.then);
   const PromiseResolve = Promise.resolve;
+  // A new promise with its resolve and reject, as one object (own data properties only).
+  const promiseWithResolvers = ReflectApply(Function.prototype.bind, Promise.withResolvers, [PromiseCtor]);
   const mapGet = uncurry(Map.prototype.get);
   const mapSet = uncurry(Map.prototype.set);
   const mapHas = uncurry(Map.prototype.has);
@@ -138,7 +141,9 @@
   let creditKnown = false;      // ...once worked out
   let limits = { maxToolCalls: 1000, maxParallel: 100, maxOutputBytes: 1048576, maxExternalBytes: 67108864 };
   let callsIssued = 0;
-  const pending = makeMap(); // call id -> {resolve, reject}
+  // call id -> {promise, resolve, reject}; a Map reached only through the captured methods (mapGet...):
+  // the busiest of the bridge's maps, so without makeMap's extra call per use.
+  const pending = new MapCtor();
   const timers = makeMap();  // timer id -> callback
   const freshTimers = makeMap(); // timer id -> delay (ms), set since the last drain
   let timerSeq = 0;
@@ -188,21 +193,21 @@
   // isolate, which costs a blocking round trip to the isolate's thread (engine/v8.py keeps the
   // same layout). Written by the host only between two bridge calls; read by step().
   const inboxLength = new Uint32ArrayCtor(journalBuffer, JOURNAL_UNITS * 2, 1);
-  const inbox = new Uint16ArrayCtor(journalBuffer, JOURNAL_UNITS * 2 + 4);
-  // Whole chunks go through one fromCharCode call each. The array is filled now, before any
-  // cell runs, and its length never changes: every write below is to an own data property, so
-  // no setter a cell defines on Array.prototype is ever reached.
-  const INBOX_CHUNK = 512;  // 4 KiB of heap per isolate
-  const inboxChunk = new Array(INBOX_CHUNK).fill(0);
+  // Chunks of the inbox go to one fromCharCode call each, as views of the buffer made by the
+  // intrinsic constructor. fromCharCode reads a view's length as a property: each view gets
+  // it as an own data property (a descriptor without a prototype), so no getter a cell defines
+  // on the typed arrays' prototypes is ever reached (indexed reads of a view never look there).
+  const INBOX_CHUNK = 8192;
+  const inboxOffset = JOURNAL_UNITS * 2 + 4;
   function readInbox() {
     const n = inboxLength[0];
     let text = "";
-    let i = 0;
-    for (; i + INBOX_CHUNK <= n; i += INBOX_CHUNK) {
-      for (let j = 0; j < INBOX_CHUNK; j++) inboxChunk[j] = inbox[i + j];
-      text += ReflectApply(StringFromCharCode, null, inboxChunk);
+    for (let i = 0; i < n; i += INBOX_CHUNK) {
+      const k = n - i < INBOX_CHUNK ? n - i : INBOX_CHUNK;
+      const view = new Uint16ArrayCtor(journalBuffer, inboxOffset + 2 * i, k);
+      ObjectDefineProperty(view, "length", { __proto__: null, value: k });
+      text += ReflectApply(StringFromCharCode, null, view);
     }
-    for (; i < n; i++) text += StringFromCharCode(inbox[i]);
     return text;
   }
   function journalReset() {
@@ -216,7 +221,7 @@
   function journalWrite(kind, s) {
     if (journal === null) return;
     const n = s.length;
-    if (journalAt + 3 + n > journal.length) return;  // full: the drain still has them
+    if (journalAt + 3 + n > JOURNAL_UNITS) return;  // full: the drain still has them (no length getter: a cell may replace it)
     journal[journalAt] = kind;
     journal[journalAt + 1] = n & 0xffff;
     journal[journalAt + 2] = n >>> 16;
@@ -224,8 +229,6 @@
     journalAt += 3 + n;
     journalEnd[0] = journalAt;
   }
-  // `json` is already JSON text: embed it as it is.
-  const emitRaw = (head, json) => { push(headText(head) + "," + json + "]"); };
 
   // Limits the journal can flag to the host (the host keeps the same list).
   const FLAGGED_LIMITS = ["max_tool_calls", "max_parallel_tool_calls", "max_output_bytes", "max_heap_bytes", "max_stored_bytes"];
@@ -533,8 +536,11 @@
       if (callsIssued + 1 > limits.maxToolCalls) failLimit("max_tool_calls");
       callsIssued += 1;
       const id = "tool-" + callsIssued;
-      emitRaw(["call", id, index], json === undefined ? "{}" : json);
-      return new PromiseCtor((resolve, reject) => { pending.set(id, { resolve, reject }); });
+      // ["call", id, index, input]: the id and the index need no escaping.
+      push('["call","' + id + '",' + index + "," + (json === undefined ? "{}" : json) + "]");
+      const entry = promiseWithResolvers();
+      mapSet(pending, id, entry);
+      return entry.promise;
     };
   }
 
@@ -1146,7 +1152,7 @@
       exited = false;
       limitHit = false;
       callsIssued = 0;
-      pending.clear();
+      mapClear(pending);
       timers.clear();
       freshTimers.clear();
       timerSeq = 0;
@@ -1242,9 +1248,9 @@
         const input = inputs[i];
         if (settled !== null) return;
         if (input[0] === "r") {
-          const entry = pending.get(input[1]);
+          const entry = mapGet(pending, input[1]);
           if (entry === undefined) continue;
-          pending.delete(input[1]);
+          mapDelete(pending, input[1]);
           if (input[2]) entry.resolve(input[3]);
           else entry.reject(new ErrorCtor(input[3]));
         } else {
@@ -1272,7 +1278,7 @@
       let ids = "null";
       if (pausable) {
         ids = "";
-        pending.forEach((_, id) => { ids += (ids === "" ? "" : ",") + JSONstringify(id); });
+        mapForEach(pending, (_, id) => { ids += (ids === "" ? "" : ",") + JSONstringify(id); });
         ids = "[" + ids + "]";
       }
       let end = "null";
