@@ -99,7 +99,7 @@ def _reject_constant(name: str) -> Any:
 
 
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
-_scan_once = _decoder.scan_once
+_scan_once: Any = getattr(_decoder, "scan_once")  # noqa: B009 - set in __init__, not in typeshed
 
 
 def _scan_exact(text: str) -> Any:
