@@ -186,10 +186,20 @@ class _Bridge:
         # Reused argument arrays, one per arity (setting a slot is one quick native call).
         self.argv: tuple[Any, ...] = (arrays[0], arrays[1], None, arrays[2])
         self.quiet = _QuietResults(context)
+        # Results already converted, freed once the next step is submitted: the loop's thread
+        # frees them while the isolate's thread runs that step, not between two steps.
+        self.garbage: list[Any] = []
         self.native_call, self.native_cancel = (
             context._dll.mr_call_function,
             context._dll.mr_cancel_task,
         )
+
+    def free_garbage(self) -> None:
+        """Free the results put aside (see ``garbage``); a freed isolate ignores it."""
+        free = self.context._free  # looked up now: a no-op once the isolate is being freed
+        for raw in self.garbage:  # (only the loop's thread adds to it)
+            free(raw)
+        self.garbage.clear()  # in place: the calls in flight hold the list
 
     async def arguments(self, args: tuple[str, ...]) -> Any:
         """The reused argument array holding ``args`` (each set with a blocking native call;
@@ -291,9 +301,10 @@ class _QuietResults:
             self._context._free(raw)
 
 
-def _to_python(context: Any, raw: Any) -> Any:
+def _to_python(context: Any, raw: Any, garbage: list[Any] | None = None) -> Any:
     """Convert a raw result of ``context``'s isolate (a string, the engine's usual answer, and
-    ``undefined`` without mini-racer's general conversion) and free it; raises a result's
+    ``undefined`` without mini-racer's general conversion) and free it, or with ``garbage``
+    put it there to be freed later (:meth:`_Bridge.free_garbage`); raises a result's
     JavaScript error as mini-racer does. mini-racer 0.14.1 internals (pinned): the value
     layout (``_RawValue``), its type codes, ``Context._free``."""
     contents = raw.contents
@@ -304,7 +315,10 @@ def _to_python(context: Any, raw: Any) -> Any:
         value = None
     else:  # freed with its handle (or kept by the object it became)
         return context._value_handle_to_python(context._wrap_raw_handle(raw))
-    context._free(raw)
+    if garbage is None:
+        context._free(raw)
+    else:
+        garbage.append(raw)
     return value
 
 
@@ -416,7 +430,8 @@ class _Calls:
         self._quiet = None
         if raw is None:
             raise EngineLost("the step's result is missing")
-        return _to_python(self._bridge.context, raw)  # a step's usual result: undefined
+        # A step's usual result: undefined.
+        return _to_python(self._bridge.context, raw, self._bridge.garbage)
 
     def submit(
         self,
@@ -431,12 +446,13 @@ class _Calls:
         drain behind a quiet step (see :meth:`abort`). ``handoff``: :meth:`settle_blocking`
         may take the result on this thread."""
         ctx = self._bridge.context
+        garbage = self._bridge.garbage
         future: asyncio.Future[Any] = loop.create_future()
         calls = self
 
         def done(raw: Any) -> None:  # on the event loop (or the thread blocked for it)
             try:
-                value = _to_python(ctx, raw)
+                value = _to_python(ctx, raw, garbage)
             except _JSEvalException as exc:
                 if not future.done():
                     future.set_exception(exc)
@@ -1262,6 +1278,8 @@ class _V8Cell(EngineCell):
                 )
             else:
                 step = calls.submit(fn, argv, loop)
+            if bridge.garbage:
+                bridge.free_garbage()  # while the isolate's thread runs the step
             if drain and wait > 0:  # a quick step resolves `step` here, with no wake-up
                 calls.settle_blocking(min(wait, deadline - started))
             result = await step  # a cancelled caller abandons the calls too
