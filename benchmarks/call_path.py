@@ -177,12 +177,17 @@ async def main() -> None:
             cpus.append((time.process_time() - c0) / n * 1e6)
             threads1 = _thread_cpu()
             used = {t: ns - threads0.get(t, 0) for t, ns in threads1.items()}
-            split["loop"].append(used.pop(loop_thread, 0) / n / 1e3)
-            # The busiest other thread is the cell's isolate's; the rest is mostly the pool's
-            # refill (the new isolate's own thread, the thread creating it) and the reaper.
+            loop_ns = used.pop(loop_thread, 0)
+            others = (time.process_time() - c0) * 1e9 - loop_ns  # threads that ended included
+            # The busiest other thread is the cell's isolate's, unless it ended (the cell
+            # closed and the reaper freed its isolate) before we looked; the rest is mostly
+            # the pool's refill (the new isolate's own thread, the thread creating it).
             isolate = max(used.values(), default=0)
+            if isolate < others / 2:
+                isolate = max(others - sum(used.values()), 0)
+            split["loop"].append(loop_ns / n / 1e3)
             split["isolate"].append(isolate / n / 1e3)
-            split["rest"].append((sum(used.values()) - isolate) / n / 1e3)
+            split["rest"].append(max(others - isolate, 0) / n / 1e3)
             for k in counts:
                 per_call[k].append((counts[k] - before[k]) / n)
         profile = cProfile.Profile()
