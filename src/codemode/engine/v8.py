@@ -189,9 +189,28 @@ class _Bridge:
         # Results already converted, freed once the next step is submitted: the loop's thread
         # frees them while the isolate's thread runs that step, not between two steps.
         self.garbage: list[Any] = []
+        self._raw_ctx = context._ctx
+        self._raw_this = bridge.raw_handle.raw
+        self._raws: dict[int, tuple[Any, Any]] = {}  # id(handle's owner) -> (owner, raw)
         self.native_call, self.native_cancel = (
             context._dll.mr_call_function,
             context._dll.mr_cancel_task,
+        )
+
+    def post(self, fn: Any, argv: Any, callback_id: int) -> int:
+        """Submit ``fn(...argv)`` to the isolate's thread, its answer to ``callback_id``;
+        returns the native task's id. mini-racer 0.14.1 internals (pinned): ``mr_call_function``
+        on the raw handles (each looked up once per bridge: a function or an argument array
+        lives as long as the bridge that holds it)."""
+        raws = self._raws
+        fn_raw = raws.get(id(fn))
+        if fn_raw is None:
+            fn_raw = raws[id(fn)] = (fn, fn.raw_handle.raw)
+        argv_raw = raws.get(id(argv))
+        if argv_raw is None:
+            argv_raw = raws[id(argv)] = (argv, argv.raw_handle.raw)
+        return int(
+            self.native_call(self._raw_ctx, fn_raw[1], self._raw_this, argv_raw[1], callback_id)
         )
 
     def free_garbage(self) -> None:
@@ -401,25 +420,13 @@ class _Calls:
         # it failed); set by abort().
         self.orphan: asyncio.Future[str | None] | None = None
 
-    def _post(self, fn: Any, argv: Any, callback_id: int) -> int:
-        ctx = self._bridge.context
-        return int(
-            self._bridge.native_call(
-                ctx._ctx,
-                fn.raw_handle.raw,
-                self._bridge.bridge.raw_handle.raw,
-                argv.raw_handle.raw,
-                callback_id,
-            )
-        )
-
     def submit_quiet(self, fn: Any, argv: Any) -> None:
         """Submit a call whose result does not wake the event loop: it is kept until
         :meth:`quiet_result` asks for it, once a call submitted behind it came back."""
         callback_id = next(self._bridge.context._next_async_callback_id)
         self._bridge.quiet.expect(callback_id)
         self._quiet = callback_id
-        self._quiet_task = self._post(fn, argv, callback_id)
+        self._quiet_task = self._bridge.post(fn, argv, callback_id)
 
     def quiet_result(self) -> Any:
         """The quiet call's result (raises its JavaScript error); call only after a call
@@ -472,7 +479,7 @@ class _Calls:
         if handoff:  # registered before the call is posted: its result cannot pass it by
             self._handoff = (callback_id, _Handoff())
             self._bridge.quiet.handoffs[callback_id] = self._handoff[1]
-        self._tasks.append(self._post(fn, argv, callback_id))
+        self._tasks.append(self._bridge.post(fn, argv, callback_id))
         return future
 
     def settle_blocking(self, timeout: float) -> None:
@@ -1086,16 +1093,9 @@ class _V8Cell(EngineCell):
 
         quiet: list[int] = []
         tasks: list[int] = []
-        raw_bridge = bridge.bridge.raw_handle.raw
 
         def post(fn: Any, args: Any, callback_id: int) -> None:
-            tasks.append(
-                int(
-                    bridge.native_call(
-                        ctx._ctx, fn.raw_handle.raw, raw_bridge, args.raw_handle.raw, callback_id
-                    )
-                )
-            )
+            tasks.append(bridge.post(fn, args, callback_id))
 
         final = next(ctx._next_async_callback_id)
         callbacks[final] = done
@@ -1204,7 +1204,9 @@ class _V8Cell(EngineCell):
             report = await self._salvage(Settlement(limit_error_text(self._limits, exc.field_name)))
             self.close()
             return report
-        report = await self._parse(raw, self._cpu_used - cpu_before)
+        cpu = self._cpu_used - cpu_before
+        # (A small report is checked right here, without the coroutine of _parse.)
+        report = await self._parse(raw, cpu) if _offloaded(raw) else self._check(raw, cpu)
         if report.settlement is not None:
             self.close()  # after completion no JavaScript of the cell runs (docs/cells.md)
         return report
@@ -1367,22 +1369,36 @@ class _V8Cell(EngineCell):
     async def _parse(self, raw: Any, cpu_seconds: float) -> StepReport:
         """Check a drain report on the host (:class:`CellAuthority`); a large one on a worker
         thread, decoded event by event, so the event loop keeps getting the GIL."""
+        if not _offloaded(raw):
+            return self._check(raw, cpu_seconds)
         # The reads' memory lives as long as the isolate: a thread gets a copy (a close may
         # free the isolate meanwhile).
+        reads = self._reads if not self._closed and many_reads(raw) else None
+        copied = bytes(reads) if reads is not None else None
+        report = await asyncio.to_thread(self._authority.accept_raw, raw, cpu_seconds, copied)
+        return _located(report)
+
+    def _check(self, raw: Any, cpu_seconds: float) -> StepReport:
+        """:meth:`_parse` of a report checked on the loop (not :func:`_offloaded`)."""
         reads: Any = None if self._closed else self._reads
-        if isinstance(raw, str) and (len(raw) > _THREAD_REPORT_CHARS or many_reads(raw)):
-            reads = bytes(reads) if reads is not None and many_reads(raw) else None
-            report = await asyncio.to_thread(self._authority.accept_raw, raw, cpu_seconds, reads)
-        else:
-            report = self._authority.accept_raw(raw, cpu_seconds, reads)
-        settlement = report.settlement
-        if settlement is None or settlement.error_text is None:
-            return report
-        # Stack frames name their place in the cell as written, and only there (docs/cells.md).
-        located = clean_error_text(settlement.error_text)
-        if located == settlement.error_text:
-            return report
-        return dataclasses.replace(report, settlement=Settlement(located))
+        return _located(self._authority.accept_raw(raw, cpu_seconds, reads))
+
+
+def _offloaded(raw: Any) -> bool:
+    """A drain report large enough (or with enough reads) to be checked on a worker thread."""
+    return isinstance(raw, str) and (len(raw) > _THREAD_REPORT_CHARS or many_reads(raw))
+
+
+def _located(report: StepReport) -> StepReport:
+    """``report`` with its settlement's stack frames naming their place in the cell as written,
+    and only there (docs/cells.md)."""
+    settlement = report.settlement
+    if settlement is None or settlement.error_text is None:
+        return report
+    located = clean_error_text(settlement.error_text)
+    if located == settlement.error_text:
+        return report
+    return dataclasses.replace(report, settlement=Settlement(located))
 
 
 def _step_text(inputs: Sequence[StepInput], *, quote_values: bool = False) -> str:
