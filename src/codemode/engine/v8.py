@@ -325,7 +325,13 @@ def _to_python(context: Any, raw: Any, garbage: list[Any] | None = None) -> Any:
     ``undefined`` without mini-racer's general conversion) and free it, or with ``garbage``
     put it there to be freed later (:meth:`_Bridge.free_garbage`); raises a result's
     JavaScript error as mini-racer does. mini-racer 0.14.1 internals (pinned): the value
-    layout (``_RawValue``), its type codes, ``Context._free``."""
+    layout (``_RawValue``), its type codes, ``Context._free``.
+
+    Once the isolate is being freed (its cell closed: :func:`_disarm_value_handles`, on the
+    loop's thread, before the teardown starts) the raw value may be gone: it is not read, and
+    the result is None. An answer handed to the loop just before the close gets there."""
+    if context._free is _no_free:
+        return None
     contents = raw.contents
     kind = contents.type
     if kind == _STR_UTF8:
