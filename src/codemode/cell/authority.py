@@ -354,7 +354,7 @@ class CellAuthority:
             raise _refuse("an event is not a tagged array")
         tag = ev[0]
         n = len(ev)
-        if tag == "call" and n == 4:  # the most frequent first
+        if tag == "call" and n == 4:  # the most frequent event first
             return self._call(ev[1], ev[2], ev[3])
         if tag == "text" and n == 2 and isinstance(ev[1], str):
             self._charge(ev[1])
