@@ -27,6 +27,7 @@ import json
 import os
 import pstats
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -51,6 +52,18 @@ GROUPS = (
         ("asyncio", "selectors.py", "socket", "counted_", "task_factory", "contextvars"),
     ),
 )
+
+
+def _thread_cpu() -> dict[int, int]:
+    """CPU time (ns) of every thread of this process so far, by native thread id (Linux)."""
+    out: dict[int, int] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                out[int(tid)] = int(f.read().split()[0])
+        except OSError:  # the thread ended meanwhile
+            pass
+    return out
 
 
 def _group(key: tuple[str, int, str]) -> str:
@@ -158,13 +171,29 @@ async def main() -> None:
         await cell()
         await cell()
         walls, cpus = [], []
+        split: dict[str, list[float]] = {"loop": [], "isolate": [], "rest": []}
+        loop_thread = threading.get_native_id()
         per_call: dict[str, list[float]] = {k: [] for k in counts}
         for _ in range(args.reps):
             before = dict(counts)
+            threads0 = _thread_cpu()
             c0, t0 = time.process_time(), time.perf_counter()
             await cell()
             walls.append((time.perf_counter() - t0) / n * 1e6)
             cpus.append((time.process_time() - c0) / n * 1e6)
+            threads1 = _thread_cpu()
+            used = {t: ns - threads0.get(t, 0) for t, ns in threads1.items()}
+            loop_ns = used.pop(loop_thread, 0)
+            others = (time.process_time() - c0) * 1e9 - loop_ns  # threads that ended included
+            # The busiest other thread is the cell's isolate's, unless it ended (the cell
+            # closed and the reaper freed its isolate) before we looked; the rest is mostly
+            # the pool's refill (the new isolate's own thread, the thread creating it).
+            isolate = max(used.values(), default=0)
+            if isolate < others / 2:
+                isolate = max(others - sum(used.values()), 0)
+            split["loop"].append(loop_ns / n / 1e3)
+            split["isolate"].append(isolate / n / 1e3)
+            split["rest"].append(max(others - isolate, 0) / n / 1e3)
             for k in counts:
                 per_call[k].append((counts[k] - before[k]) / n)
         profile = cProfile.Profile()
@@ -197,11 +226,22 @@ async def main() -> None:
         "wall_us_per_call": round(wall, 1),
         "host_cpu_us_per_call": round(statistics.median(cpus), 1),
         "per_call": {k: round(statistics.median(v), 2) for k, v in per_call.items()},
+        # CPU per call by thread (medians): the event loop's, the cell's isolate's (V8 and
+        # mini-racer's callbacks into Python), the rest (the pool's refill, the reaper).
+        "thread_cpu_us": {k: round(statistics.median(v), 1) for k, v in split.items()},
         # Each group's share of the profiled run, applied to the unprofiled wall time per call.
         "breakdown_us": {
             k: round(v / total * wall, 1) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])
         },
         "profiled_wall_us_per_call": round(profiled_wall, 1),
+    }
+    # The same shares without the wait in epoll, applied to the loop thread's CPU per call.
+    busy = total - groups.get(GROUPS[0][0], 0.0)
+    loop_cpu = result["thread_cpu_us"]["loop"]  # type: ignore[index]
+    result["loop_cpu_breakdown_us"] = {
+        k: round(v / busy * loop_cpu, 1)
+        for k, v in sorted(groups.items(), key=lambda kv: -kv[1])
+        if k != GROUPS[0][0]
     }
     if phases is not None:
         result["phases_ms_per_cell"] = phases
@@ -215,8 +255,18 @@ async def main() -> None:
     )
     for k, v in result["per_call"].items():  # type: ignore[union-attr]
         print(f"  {k:<12} {v:6.2f} per call")
+    print(
+        "CPU per call by thread (us): "
+        + ", ".join(
+            f"{k} {v}"
+            for k, v in result["thread_cpu_us"].items()  # type: ignore[union-attr]
+        )
+    )
     print("loop thread's time per call, by module (cProfile shares x unprofiled wall):")
     for k, v in result["breakdown_us"].items():  # type: ignore[union-attr]
+        print(f"  {v:7.1f} us  {k}")
+    print("loop thread's CPU per call, by module (cProfile shares without epoll x its CPU):")
+    for k, v in result["loop_cpu_breakdown_us"].items():  # type: ignore[union-attr]
         print(f"  {v:7.1f} us  {k}")
     if phases is not None:
         print("whole cells by phase (ms per cell, medians):")

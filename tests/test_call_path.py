@@ -4,6 +4,7 @@ through the inbox, and nothing lost or weakened on the way."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +21,13 @@ from codemode import (
     tools_delegate,
 )
 from codemode.cell.eager import start_eager
-from codemode.engine.base import CellBoot, OutputProduced, ToolCallRequested, ToolResultInput
+from codemode.engine.base import (
+    CellBoot,
+    EngineLost,
+    OutputProduced,
+    ToolCallRequested,
+    ToolResultInput,
+)
 from codemode.engine.v8 import V8Engine
 
 ECHO = (ToolDefinition("echo"),)
@@ -242,3 +249,38 @@ async def test_the_pool_replaces_an_isolate_off_the_cells_path() -> None:
         first.close()
     finally:
         await engine.aclose()
+
+
+async def test_an_answer_queued_when_its_cell_closes_is_not_read() -> None:
+    """The drain's answer is handed to the loop raw; when the cell closes after the isolate's
+    thread queued it and before the loop ran it (the isolate is then being freed, its values
+    with it), the answer is dropped unread: the step ends with ``EngineLost`` and nothing is
+    raised on the loop."""
+    loop = asyncio.get_running_loop()
+    raised: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: raised.append(context))
+    engine = V8Engine(pool_size=0)
+    boot = CellBoot("q", "await tools.echo({}); text('end')", ECHO, {}, CellLimits(), False)
+    cell = await engine.open_cell(boot)
+    try:
+        report = await cell.run()
+        call = report.events[-1]
+        assert isinstance(call, ToolCallRequested)
+        step = asyncio.ensure_future(cell.step([ToolResultInput(call.call_id, True, "7")]))
+        await asyncio.sleep(0)  # submitted: the drain's answer is expected
+        direct = cell._bridge.quiet.direct  # type: ignore[attr-defined]
+        assert direct
+        for _ in range(2000):  # the loop's thread waits (blocking) until the answer is queued
+            if not direct:
+                break
+            time.sleep(0.001)  # noqa: ASYNC251 - the loop must not run meanwhile
+        assert not direct
+        cell.close()  # before the loop runs the queued answer
+        with pytest.raises(EngineLost):
+            await step
+        await asyncio.sleep(0.05)
+    finally:
+        cell.close()
+        await engine.aclose()
+        loop.set_exception_handler(None)
+    assert raised == []

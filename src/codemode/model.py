@@ -70,7 +70,7 @@ class CreateCellRequest:
     idempotency_key: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NestedToolCall:
     """One call a cell made to a nested tool, as handed to :meth:`SessionDelegate.invoke_tool`."""
 

@@ -421,6 +421,8 @@ class CellActor:
     def _take_inputs(self) -> list[StepInput]:
         inputs = self._ready
         self._ready = []
+        if not self._timer_heap:
+            return inputs
         now = time.monotonic()
         while self._timer_heap and self._timer_heap[0][0] <= now:
             _, timer_id = heapq.heappop(self._timer_heap)
@@ -467,12 +469,12 @@ class CellActor:
     def _handle_events(self, report: StepReport) -> None:
         machine = self.machine
         for ev in report.events:
-            if isinstance(ev, OutputProduced):
+            if isinstance(ev, ToolCallRequested):  # the most frequent first
+                self._start_call(ev)
+            elif isinstance(ev, OutputProduced):
                 if self._trace is not None:
                     self._trace.output(ev.item)
                 self._apply(machine.output(ev.item))
-            elif isinstance(ev, ToolCallRequested):
-                self._start_call(ev)
             elif isinstance(ev, TimerSet):
                 due = time.monotonic() + ev.delay
                 self._timers[ev.timer_id] = due

@@ -99,6 +99,17 @@ def _reject_constant(name: str) -> Any:
 
 
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_scan_once: Any = getattr(_decoder, "scan_once")  # noqa: B009 - set in __init__, not in typeshed
+
+
+def _scan_exact(text: str) -> Any:
+    """``text`` decoded by the same C scanner as :func:`json_loads_finite`, without its
+    Python wrapper, when it is exactly one JSON value with nothing around it; else None."""
+    try:
+        value, end = _scan_once(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        return None
+    return value if end == len(text) else None
 
 
 def json_loads_finite(text: str) -> Any:
@@ -296,10 +307,12 @@ class CellAuthority:
         small (one call into the C decoder, the common case of a step), else event by event (so a
         worker thread decoding a large report gives the GIL back between events)."""
         if len(raw) <= _WHOLE_DECODE_CHARS and raw.startswith(_HEAD):
-            try:
-                doc = json_loads_finite(raw)
-            except ValueError as exc:
-                raise _refuse(f"malformed JSON ({str(exc)[:80]})") from None
+            doc = _scan_exact(raw)  # the drain's own text: exactly one JSON value
+            if doc is None:  # anything else decodes as before, or is refused as before
+                try:
+                    doc = json_loads_finite(raw)
+                except ValueError as exc:
+                    raise _refuse(f"malformed JSON ({str(exc)[:80]})") from None
             if type(doc) is not dict:
                 raise _refuse("not a drain object")
             keys = doc.keys()

@@ -228,38 +228,38 @@ def _rule(
 # ---------------------------------------------------------------------------- effects
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WakeObserver:
     """The attached observer has a prepared event: wake its task so it collects it."""
 
     token: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunEngine:
     """Execution may continue (after a resume): wake the engine pump."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BeginSettling:
     """The body settled: deliver issued notifications, cancel outstanding calls, then call
     :meth:`CellMachine.commit`."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CommitWrites:
     """Merge these stored-value writes into the session map, now, in this same step."""
 
     writes: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StopEngine:
     """Stop the JavaScript now, cancel every callback (100 ms grace), then call
     :meth:`CellMachine.termination_finished`."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Closed:
     """The cell has closed: drop it from the session's registry."""
 
@@ -272,7 +272,7 @@ class DispatchCall:
     call: NestedToolCall
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RejectCall:
     """Reject this held call's promise in the cell with ``reason``, as a tool error the engine
     consumes when the cell may run (never advancing a paused cell by itself)."""
@@ -302,7 +302,7 @@ def call_number(call_id: str) -> int:
 # ---------------------------------------------------------------------------- decisions
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The machine's answer to a caller's request (``observe``, ``collect``, ``resume``,
     ``terminate``, ``termination_finished``): what the caller gets, and the effects the driver

@@ -96,33 +96,33 @@ class ToolCallRequested:
     input: Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutputProduced:
     item: OutputItem
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NotifyRequested:
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class YieldRequested:
     """``yield_control()`` in a continuing cell."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TimerSet:
     timer_id: int
     delay: float  # seconds
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TimerCleared:
     timer_id: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoreWritten:
     """One stored-value write: the value as its JSON text (finite JSON, as the session keeps
     it)."""
@@ -131,7 +131,7 @@ class StoreWritten:
     value: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoresWritten:
     """Many stored-value writes at once: key -> the value's JSON text (last write per key)."""
 
@@ -150,14 +150,14 @@ EngineEvent = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Settlement:
     """The body settled (or ``exit()`` was called, or a limit ended the cell)."""
 
     error_text: str | None  # None: success
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StepReport:
     """What one command made the cell do, in order, and where it now stands."""
 
@@ -184,7 +184,7 @@ class ToolResultInput:
     message: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TimerFired:
     timer_id: int
 

@@ -53,7 +53,7 @@ from codemode.engine.source import (
     prepare_source_async,
     syntax_error_from,
 )
-from codemode.engine.v8guard import SYNC_CALLBACK_ID, drop_answers_after_loop_close
+from codemode.engine.v8guard import SYNC_CALLBACK_ID, drop_answers_after_loop_close, to_loop
 from codemode.errors import EngineError
 from codemode.identifiers import tool_identifiers
 
@@ -186,10 +186,39 @@ class _Bridge:
         # Reused argument arrays, one per arity (setting a slot is one quick native call).
         self.argv: tuple[Any, ...] = (arrays[0], arrays[1], None, arrays[2])
         self.quiet = _QuietResults(context)
+        # Results already converted, freed once the next step is submitted: the loop's thread
+        # frees them while the isolate's thread runs that step, not between two steps.
+        self.garbage: list[Any] = []
+        self._raw_ctx = context._ctx
+        self._raw_this = bridge.raw_handle.raw
+        self._raws: dict[int, tuple[Any, Any]] = {}  # id(handle's owner) -> (owner, raw)
         self.native_call, self.native_cancel = (
             context._dll.mr_call_function,
             context._dll.mr_cancel_task,
         )
+
+    def post(self, fn: Any, argv: Any, callback_id: int) -> int:
+        """Submit ``fn(...argv)`` to the isolate's thread, its answer to ``callback_id``;
+        returns the native task's id. mini-racer 0.14.1 internals (pinned): ``mr_call_function``
+        on the raw handles (each looked up once per bridge: a function or an argument array
+        lives as long as the bridge that holds it)."""
+        raws = self._raws
+        fn_raw = raws.get(id(fn))
+        if fn_raw is None:
+            fn_raw = raws[id(fn)] = (fn, fn.raw_handle.raw)
+        argv_raw = raws.get(id(argv))
+        if argv_raw is None:
+            argv_raw = raws[id(argv)] = (argv, argv.raw_handle.raw)
+        return int(
+            self.native_call(self._raw_ctx, fn_raw[1], self._raw_this, argv_raw[1], callback_id)
+        )
+
+    def free_garbage(self) -> None:
+        """Free the results put aside (see ``garbage``); a freed isolate ignores it."""
+        free = self.context._free  # looked up now: a no-op once the isolate is being freed
+        for raw in self.garbage:  # (only the loop's thread adds to it)
+            free(raw)
+        self.garbage.clear()  # in place: the calls in flight hold the list
 
     async def arguments(self, args: tuple[str, ...]) -> Any:
         """The reused argument array holding ``args`` (each set with a blocking native call;
@@ -232,25 +261,44 @@ class _Bridge:
 
 
 class _QuietResults:
-    """Results of bridge calls that must not wake the event loop (a step: the drain behind it
-    does). mini-racer 0.14.1 internals (pinned): every task's result reaches Python through
-    ``Context.handle_callback_from_v8``, on the isolate's thread with the GIL held, which wakes
-    the loop; for the ids expected here it only keeps the value handle instead (never frees
-    it on that thread: freeing a value there could wait for the thread itself)."""
+    """Where the answers of the bridge calls the engine submits go, decided on the isolate's
+    thread (mini-racer 0.14.1 internals, pinned: every task's result reaches Python through
+    ``Context.handle_callback_from_v8``, on the isolate's thread with the GIL held).
+
+    - *quiet* results (a step: the drain behind it wakes the loop) are only kept, raw, until
+      :meth:`take` asks for them;
+    - a result a blocked thread waits for goes to it (``handoffs``, see :class:`_Handoff`);
+    - a result with a *direct* callback goes, raw, to that callback on the event loop (one
+      ``call_soon_threadsafe``, none of mini-racer's per-answer wrapping and look-up); the
+      callback converts and frees it (:func:`_to_python`);
+    - anything else goes mini-racer's way (dropped once the loop closed, ``v8guard``).
+
+    A raw result is never freed on the isolate's thread (freeing a value there could wait for
+    the thread itself): whoever takes it frees it."""
 
     def __init__(self, context: Any) -> None:
         self._expected: set[int] = set()
         self._results: dict[int, Any] = {}
         self.handoffs: dict[int, _Handoff] = {}  # results a blocked thread takes (_Handoff)
+        self.direct: dict[int, Callable[[Any], None]] = {}  # raw result -> on the event loop
+        self._context = context
         wake = context.handle_callback_from_v8
-        expected, results, wrap = self._expected, self._results, context._wrap_raw_handle
-        handoffs = self.handoffs
+        loop = context.event_loop
+        call_soon = loop.call_soon_threadsafe
+        expected, results, handoffs, direct = (
+            self._expected,
+            self._results,
+            self.handoffs,
+            self.direct,
+        )
 
         def handle_callback_from_v8(callback_id: int, raw: Any) -> None:
             if callback_id in expected:
-                results[callback_id] = wrap(raw)
+                results[callback_id] = raw
             elif handoffs and (h := handoffs.get(callback_id)) is not None and h.offer(raw):
-                pass  # the thread blocked for it takes it (and wraps it, on its own thread)
+                pass  # the thread blocked for it takes it (and frees it, on its own thread)
+            elif (callback := direct.pop(callback_id, None)) is not None:
+                to_loop(loop, call_soon, callback, raw)
             else:  # dropped once the loop closed (drop_answers_after_loop_close)
                 wake(callback_id, raw)
 
@@ -260,17 +308,51 @@ class _QuietResults:
         self._expected.add(callback_id)
 
     def take(self, callback_id: int) -> Any:
-        """The value handle of a result (None if it has not come); the id is forgotten."""
+        """The raw result (None if it has not come), which the caller frees
+        (:func:`_to_python` or :meth:`discard`); the id is forgotten."""
         self._expected.discard(callback_id)
         return self._results.pop(callback_id, None)
+
+    def discard(self, callback_id: int) -> None:
+        """Forget a quiet call, freeing its result if it came."""
+        raw = self.take(callback_id)
+        if raw is not None:
+            self._context._free(raw)
+
+
+def _to_python(context: Any, raw: Any, garbage: list[Any] | None = None) -> Any:
+    """Convert a raw result of ``context``'s isolate (a string, the engine's usual answer, and
+    ``undefined`` without mini-racer's general conversion) and free it, or with ``garbage``
+    put it there to be freed later (:meth:`_Bridge.free_garbage`); raises a result's
+    JavaScript error as mini-racer does. mini-racer 0.14.1 internals (pinned): the value
+    layout (``_RawValue``), its type codes, ``Context._free``.
+
+    Once the isolate is being freed (its cell closed: :func:`_disarm_value_handles`, on the
+    loop's thread, before the teardown starts) the raw value may be gone: it is not read, and
+    the result is None. An answer handed to the loop just before the close gets there."""
+    if context._free is _no_free:
+        return None
+    contents = raw.contents
+    kind = contents.type
+    if kind == _STR_UTF8:
+        value: Any = contents.value.bytes_val[0 : contents.len].decode("utf-8")
+    elif kind == _UNDEFINED:
+        value = None
+    else:  # freed with its handle (or kept by the object it became)
+        return context._value_handle_to_python(context._wrap_raw_handle(raw))
+    if garbage is None:
+        context._free(raw)
+    else:
+        garbage.append(raw)
+    return value
 
 
 class _Handoff:
     """The result of one bridge call, handed straight to a thread blocked for it (the event
     loop's, in a worker process: see ``V8Engine``'s ``step_wait``), so it wakes no event
     loop. Once that thread stops waiting without it, the result goes the usual way (through
-    the loop). Only the raw handle crosses: it is wrapped, and later freed, on the waiting
-    thread, never on the isolate's."""
+    the loop). Only the raw handle crosses: it is converted and freed on the waiting thread,
+    never on the isolate's."""
 
     __slots__ = ("_gate", "_mutex", "_raw", "_waiting")
 
@@ -307,8 +389,9 @@ class _Calls:
     call starts (mini-racer's explicit microtask checkpoint after each task), so a step and the
     drain submitted right behind it cost one wait for the isolate, not two round trips. The
     step is submitted *quiet* (its result wakes nobody; the drain's does) and the drain with a
-    future. mini-racer 0.14.1 internals (pinned): the task callback registry of
-    ``Context._run_cancelable_mr_task``, without its per-call task.
+    future, resolved by a *direct* callback (:class:`_QuietResults`). mini-racer 0.14.1
+    internals (pinned): ``mr_call_function`` with a callback id of the context's counter, as
+    ``Context._run_cancelable_mr_task`` does, without its per-call task.
 
     :meth:`abort` abandons the step, which terminates its JavaScript (as abandoning
     ``eval_cancelable`` does), but lets a drain behind it run: that drain empties the cell's
@@ -331,7 +414,7 @@ class _Calls:
 
     def __init__(self, bridge: _Bridge) -> None:
         self._bridge = bridge
-        self._callbacks: dict[int, Any] = bridge.context._active_cancelable_mr_task_callbacks
+        self._callbacks: dict[int, Callable[[Any], None]] = bridge.quiet.direct
         self._ids: list[int] = []
         self._quiet: int | None = None
         self._quiet_task: int | None = None
@@ -343,38 +426,25 @@ class _Calls:
         # it failed); set by abort().
         self.orphan: asyncio.Future[str | None] | None = None
 
-    def _post(self, fn: Any, argv: Any, callback_id: int) -> int:
-        ctx = self._bridge.context
-        return int(
-            self._bridge.native_call(
-                ctx._ctx,
-                fn.raw_handle.raw,
-                self._bridge.bridge.raw_handle.raw,
-                argv.raw_handle.raw,
-                callback_id,
-            )
-        )
-
     def submit_quiet(self, fn: Any, argv: Any) -> None:
         """Submit a call whose result does not wake the event loop: it is kept until
         :meth:`quiet_result` asks for it, once a call submitted behind it came back."""
         callback_id = next(self._bridge.context._next_async_callback_id)
         self._bridge.quiet.expect(callback_id)
         self._quiet = callback_id
-        self._quiet_task = self._post(fn, argv, callback_id)
+        self._quiet_task = self._bridge.post(fn, argv, callback_id)
 
     def quiet_result(self) -> Any:
         """The quiet call's result (raises its JavaScript error); call only after a call
         submitted behind it came back (the isolate's thread answers in order)."""
         if self._quiet is None:  # abandoned meanwhile
             raise EngineLost("the cell's engine was closed")
-        handle = self._bridge.quiet.take(self._quiet)
+        raw = self._bridge.quiet.take(self._quiet)
         self._quiet = None
-        if handle is None:
+        if raw is None:
             raise EngineLost("the step's result is missing")
-        if handle.raw.contents.type == _UNDEFINED:
-            return None  # a step's usual result: nothing to convert (mini-racer 0.14.1 layout)
-        return self._bridge.context._value_handle_to_python(handle)
+        # A step's usual result: undefined.
+        return _to_python(self._bridge.context, raw, self._bridge.garbage)
 
     def submit(
         self,
@@ -389,12 +459,13 @@ class _Calls:
         drain behind a quiet step (see :meth:`abort`). ``handoff``: :meth:`settle_blocking`
         may take the result on this thread."""
         ctx = self._bridge.context
+        garbage = self._bridge.garbage
         future: asyncio.Future[Any] = loop.create_future()
         calls = self
 
-        def done(handle: Any) -> None:  # on the event loop, from mini-racer's callback
+        def done(raw: Any) -> None:  # on the event loop (or the thread blocked for it)
             try:
-                value = ctx._value_handle_to_python(handle)
+                value = _to_python(ctx, raw, garbage)
             except _JSEvalException as exc:
                 if not future.done():
                     future.set_exception(exc)
@@ -414,7 +485,7 @@ class _Calls:
         if handoff:  # registered before the call is posted: its result cannot pass it by
             self._handoff = (callback_id, _Handoff())
             self._bridge.quiet.handoffs[callback_id] = self._handoff[1]
-        self._tasks.append(self._post(fn, argv, callback_id))
+        self._tasks.append(self._bridge.post(fn, argv, callback_id))
         return future
 
     def settle_blocking(self, timeout: float) -> None:
@@ -430,11 +501,11 @@ class _Calls:
         finally:
             self._bridge.quiet.handoffs.pop(callback_id, None)
         if raw is not None:
-            ctx = self._bridge.context
-            callback = self._callbacks.get(callback_id)
-            handle = ctx._wrap_raw_handle(raw)  # freed with it, on this thread
+            callback = self._callbacks.pop(callback_id, None)
             if callback is not None:
-                callback(handle)
+                callback(raw)  # frees it, on this thread
+            else:
+                self._bridge.context._free(raw)
 
     def abort(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Abandon the batch now: its future is cancelled and the step's JavaScript is
@@ -460,7 +531,7 @@ class _Calls:
                 orphan.set_result(value if isinstance(value, str) else None)
             else:
                 # The drain's callback stays registered: it resolves the orphan (and is
-                # forgotten when it comes; never, if the isolate is freed first).
+                # dropped when it comes; never, if the isolate is freed first).
                 future.cancel()
                 self._ids.clear()
                 self._tasks.clear()
@@ -476,7 +547,7 @@ class _Calls:
         self._tasks.clear()
         self._quiet_task = None
         if self._quiet is not None:
-            self._bridge.quiet.take(self._quiet)
+            self._bridge.quiet.discard(self._quiet)
             self._quiet = None
 
     def release(self) -> None:
@@ -495,7 +566,7 @@ class _Calls:
         """Forget the quiet call's result and cancel its native task (ignored once it
         finished); calling it again changes nothing."""
         if self._quiet is not None:
-            self._bridge.quiet.take(self._quiet)
+            self._bridge.quiet.discard(self._quiet)
             self._quiet = None
         if self._quiet_task is not None:
             self._bridge.native_cancel(self._bridge.context._ctx, self._quiet_task)
@@ -890,6 +961,8 @@ class _V8Cell(EngineCell):
         self._limits = boot.limits
         self._closed = False
         self._inflight: _Calls | None = None
+        self._deadline = 0.0  # the CPU deadline of the calls in flight (time.perf_counter)
+        self._watch_handle: asyncio.TimerHandle | None = None  # see _arm_watch
         self._out_of_cpu = False
         self._flagged: str | None = None
         # The drain submitted behind a step that was abandoned or failed (_Calls.abort): it
@@ -1012,28 +1085,23 @@ class _V8Cell(EngineCell):
             raise EngineLost("the cell's engine was closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        callbacks = ctx._active_cancelable_mr_task_callbacks
+        callbacks = bridge.quiet.direct
 
-        def done(handle: Any) -> None:  # on the event loop, from mini-racer's callback
-            if future.done():
-                return
+        def done(raw: Any) -> None:  # on the event loop
             try:
-                future.set_result(ctx._value_handle_to_python(handle))
+                value = _to_python(ctx, raw)
             except Exception as exc:
-                future.set_exception(exc)
+                if not future.done():
+                    future.set_exception(exc)
+                return
+            if not future.done():
+                future.set_result(value)
 
         quiet: list[int] = []
         tasks: list[int] = []
-        raw_bridge = bridge.bridge.raw_handle.raw
 
         def post(fn: Any, args: Any, callback_id: int) -> None:
-            tasks.append(
-                int(
-                    bridge.native_call(
-                        ctx._ctx, fn.raw_handle.raw, raw_bridge, args.raw_handle.raw, callback_id
-                    )
-                )
-            )
+            tasks.append(bridge.post(fn, args, callback_id))
 
         final = next(ctx._next_async_callback_id)
         callbacks[final] = done
@@ -1058,10 +1126,10 @@ class _V8Cell(EngineCell):
                 return None
             raws: list[Any] = []
             for callback_id in quiet[1:]:
-                handle = bridge.quiet.take(callback_id)
-                if handle is None:
+                raw = bridge.quiet.take(callback_id)
+                if raw is None:
                     return None
-                raws.append(ctx._value_handle_to_python(handle))
+                raws.append(_to_python(ctx, raw))
             raws.append(future.result())
             finished = True
         except _JSEvalException:
@@ -1069,7 +1137,7 @@ class _V8Cell(EngineCell):
         finally:
             callbacks.pop(final, None)
             for callback_id in quiet:
-                bridge.quiet.take(callback_id)
+                bridge.quiet.discard(callback_id)
             if not finished:
                 for task_id in tasks:
                     bridge.native_cancel(ctx._ctx, task_id)
@@ -1123,6 +1191,9 @@ class _V8Cell(EngineCell):
         self._closed = True
         if self._inflight is not None:
             self._inflight.abort(None)
+        if self._watch_handle is not None:
+            self._watch_handle.cancel()
+            self._watch_handle = None
         done = self._isolate.free()
         if done is not None and self._on_free is not None:
             self._on_free(done)
@@ -1139,7 +1210,9 @@ class _V8Cell(EngineCell):
             report = await self._salvage(Settlement(limit_error_text(self._limits, exc.field_name)))
             self.close()
             return report
-        report = await self._parse(raw, self._cpu_used - cpu_before)
+        cpu = self._cpu_used - cpu_before
+        # (A small report is checked right here, without the coroutine of _parse.)
+        report = await self._parse(raw, cpu) if _offloaded(raw) else self._check(raw, cpu)
         if report.settlement is not None:
             self.close()  # after completion no JavaScript of the cell runs (docs/cells.md)
         return report
@@ -1193,25 +1266,30 @@ class _V8Cell(EngineCell):
         loop = asyncio.get_running_loop()
         calls = _Calls(bridge)
         wait = self._step_wait
-        if drain:
-            # The step's own result wakes nobody: the drain's answer comes right after it.
-            calls.submit_quiet(fn, argv)
-            step = calls.submit(bridge.drain, bridge.argv[0], loop, drain=True, handoff=wait > 0)
-        else:
-            step = calls.submit(fn, argv, loop)
         self._inflight = calls
         self._out_of_cpu = False
         self._flagged = None
         started = time.perf_counter()
-        deadline = started + max(self._limits.max_cpu_seconds - self._cpu_used, 0.0)
-        watch: asyncio.TimerHandle | None = None
+        deadline = self._deadline = started + max(
+            self._limits.max_cpu_seconds - self._cpu_used, 0.0
+        )
+        # Before submitting: once the calls are posted, the isolate's thread soon wants the GIL
+        # for the step's answer, so the loop's thread does as little as it can before it waits.
+        self._arm_watch(loop, deadline - started)
         finished = False
         try:
-            if drain and wait > 0:  # a quick step resolves `step` here: no timer, no wake-up
+            if drain:
+                # The step's own result wakes nobody: the drain's answer comes right after it.
+                calls.submit_quiet(fn, argv)
+                step = calls.submit(
+                    bridge.drain, bridge.argv[0], loop, drain=True, handoff=wait > 0
+                )
+            else:
+                step = calls.submit(fn, argv, loop)
+            if bridge.garbage:
+                bridge.free_garbage()  # while the isolate's thread runs the step
+            if drain and wait > 0:  # a quick step resolves `step` here, with no wake-up
                 calls.settle_blocking(min(wait, deadline - started))
-            if not step.done():  # (the wait is shorter than _FLAG_POLL: no flag check missed)
-                delay = min(deadline - time.perf_counter(), _FLAG_POLL)
-                watch = loop.call_later(delay, self._watch, calls, deadline)
             result = await step  # a cancelled caller abandons the calls too
             if drain:
                 calls.quiet_result()  # raises the step's error, if any
@@ -1232,8 +1310,6 @@ class _V8Cell(EngineCell):
                 raise _LimitExceeded("max_heap_bytes") from exc
             raise EngineLost(f"{type(exc).__name__}: {exc}") from exc
         finally:
-            if watch is not None:
-                watch.cancel()
             if finished:
                 calls.forget()
             else:
@@ -1254,14 +1330,28 @@ class _V8Cell(EngineCell):
         if calls.orphan is not None:
             self._orphan = calls.orphan
 
-    def _watch(self, calls: _Calls, deadline: float) -> None:
+    def _arm_watch(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        """Make sure :meth:`_watch` looks at the cell within ``delay`` seconds, and within
+        ``_FLAG_POLL``. One timer per cell, kept from step to step: an armed one that fires
+        soon enough stays (a sequential cell's steps arm no timer of their own)."""
+        at = loop.time() + min(delay, _FLAG_POLL)
+        watch = self._watch_handle
+        if watch is not None:
+            if watch.when() <= at:
+                return
+            watch.cancel()
+        self._watch_handle = loop.call_at(at, self._watch, loop)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """While a call runs: past the CPU deadline, or once the cell flagged a limit in its
-        journal (even if it caught the unwinding and spins on), abandon it. One timer, re-armed
-        every ``_FLAG_POLL`` seconds."""
-        if self._inflight is not calls or calls.future is None or calls.future.done():
-            return  # finished: the caller takes the result
+        journal (even if it caught the unwinding and spins on), abandon it. Re-armed every
+        ``_FLAG_POLL`` seconds while calls run; with none in flight, the next one arms it."""
+        self._watch_handle = None
+        calls = self._inflight
+        if calls is None or calls.future is None or calls.future.done():
+            return  # nothing running: the caller of a finished call takes the result
         now = time.perf_counter()
-        if now >= deadline:
+        if now >= self._deadline:
             self._out_of_cpu = True
             self._abort(calls)
             return
@@ -1270,9 +1360,7 @@ class _V8Cell(EngineCell):
             self._flagged = flagged
             self._abort(calls)
             return
-        asyncio.get_running_loop().call_later(
-            min(deadline - now, _FLAG_POLL), self._watch, calls, deadline
-        )
+        self._arm_watch(loop, self._deadline - now)
 
     def _limit_flag(self) -> str | None:
         """The limit the cell flagged in its journal while running, if any."""
@@ -1287,22 +1375,36 @@ class _V8Cell(EngineCell):
     async def _parse(self, raw: Any, cpu_seconds: float) -> StepReport:
         """Check a drain report on the host (:class:`CellAuthority`); a large one on a worker
         thread, decoded event by event, so the event loop keeps getting the GIL."""
+        if not _offloaded(raw):
+            return self._check(raw, cpu_seconds)
         # The reads' memory lives as long as the isolate: a thread gets a copy (a close may
         # free the isolate meanwhile).
+        reads = self._reads if not self._closed and many_reads(raw) else None
+        copied = bytes(reads) if reads is not None else None
+        report = await asyncio.to_thread(self._authority.accept_raw, raw, cpu_seconds, copied)
+        return _located(report)
+
+    def _check(self, raw: Any, cpu_seconds: float) -> StepReport:
+        """:meth:`_parse` of a report checked on the loop (not :func:`_offloaded`)."""
         reads: Any = None if self._closed else self._reads
-        if isinstance(raw, str) and (len(raw) > _THREAD_REPORT_CHARS or many_reads(raw)):
-            reads = bytes(reads) if reads is not None and many_reads(raw) else None
-            report = await asyncio.to_thread(self._authority.accept_raw, raw, cpu_seconds, reads)
-        else:
-            report = self._authority.accept_raw(raw, cpu_seconds, reads)
-        settlement = report.settlement
-        if settlement is None or settlement.error_text is None:
-            return report
-        # Stack frames name their place in the cell as written, and only there (docs/cells.md).
-        located = clean_error_text(settlement.error_text)
-        if located == settlement.error_text:
-            return report
-        return dataclasses.replace(report, settlement=Settlement(located))
+        return _located(self._authority.accept_raw(raw, cpu_seconds, reads))
+
+
+def _offloaded(raw: Any) -> bool:
+    """A drain report large enough (or with enough reads) to be checked on a worker thread."""
+    return isinstance(raw, str) and (len(raw) > _THREAD_REPORT_CHARS or many_reads(raw))
+
+
+def _located(report: StepReport) -> StepReport:
+    """``report`` with its settlement's stack frames naming their place in the cell as written,
+    and only there (docs/cells.md)."""
+    settlement = report.settlement
+    if settlement is None or settlement.error_text is None:
+        return report
+    located = clean_error_text(settlement.error_text)
+    if located == settlement.error_text:
+        return report
+    return dataclasses.replace(report, settlement=Settlement(located))
 
 
 def _step_text(inputs: Sequence[StepInput], *, quote_values: bool = False) -> str:
@@ -1363,7 +1465,8 @@ _MAX_STEP_WAIT = 0.01
 _JOURNAL_UNITS = 4194304 - 131072
 _INBOX_UNITS = 131072 - 2
 
-# mini-racer's type code of `undefined` (0.14.1, `_MiniRacerTypes.undefined`).
+# mini-racer's type codes of a UTF-8 string and of `undefined` (0.14.1, `_MiniRacerTypes`).
+_STR_UTF8 = 5
 _UNDEFINED = 11
 
 # Arguments longer than this are copied into the isolate from a worker thread.

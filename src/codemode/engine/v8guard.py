@@ -3,6 +3,8 @@ context's event loop closed is dropped, never raised on the isolate's thread."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 # mini-racer's callback id of uncancelable tasks (0.14.1, pinned): their answers go to a queue
@@ -25,13 +27,22 @@ def drop_answers_after_loop_close(context: Any) -> None:
     loop = context.event_loop
 
     def handle_callback_from_v8(callback_id: int, raw: Any) -> None:
-        if callback_id != SYNC_CALLBACK_ID and loop.is_closed():
-            return
-        try:
+        if callback_id == SYNC_CALLBACK_ID:
             wake(callback_id, raw)
-        except RuntimeError:
-            if not loop.is_closed():
-                raise
-            # the loop closed between the check and the hand-over: nobody waits either
+        else:
+            to_loop(loop, wake, callback_id, raw)
 
     object.__setattr__(context, "handle_callback_from_v8", handle_callback_from_v8)
+
+
+def to_loop(loop: asyncio.AbstractEventLoop, hand_over: Callable[..., Any], *args: Any) -> None:
+    """Call ``hand_over(*args)``, which hands an answer to ``loop`` from the isolate's thread
+    (``call_soon_threadsafe``, directly or through mini-racer); dropped once the loop is closed
+    (nobody waits for it any more), even when it closes between the check and the hand-over."""
+    if loop.is_closed():
+        return
+    try:
+        hand_over(*args)
+    except RuntimeError:
+        if not loop.is_closed():
+            raise
