@@ -858,7 +858,12 @@ async def test_59_runaway_loop_is_observed_and_terminated(
         assert await asyncio.wait_for(rt.terminate(cell), HANG) == Terminated(())
         if factory.in_process:
             assert time.monotonic() - started < 1.0
-    assert hb.ticks > 5
+    # The loop ticked while the runaway spun. How often it ticked also depends on how much CPU
+    # the loop's thread got: the runaway holds one of the test machine's two cores and a pool
+    # refill may hold the other (CI once saw 4 ticks of 5 ms in the block's ~60 ms), so the
+    # heartbeat's stall bound (a gap minus the time spent waiting for a CPU) is the measure of
+    # responsiveness and the count only shows that the loop ran.
+    assert hb.ticks >= 3
 
 
 @EVERY
