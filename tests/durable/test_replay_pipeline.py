@@ -141,7 +141,25 @@ async def test_a_run_that_stops_early_is_replayed_step_by_step(
     in a fresh sandbox step by step, and nothing of the first try shows."""
     sid, cell_id, seen = await _recorded_mixed(runtimes)
     spy = Spy(monkeypatch)
-    monkeypatch.setattr(v8._V8Cell, "_limit_flag", lambda self: "max_output_bytes")
+    # Only the back-to-back run is told it hit a limit: the step-by-step replay's own watch
+    # reads the same flag, and a step slow enough to meet it (a loaded machine) must not stop.
+    spied, original_flag = v8._V8Cell.replay_steps, v8._V8Cell._limit_flag
+    back_to_back = False
+
+    async def replay_steps(cell: Any, steps: Any) -> Any:
+        nonlocal back_to_back
+        back_to_back = True
+        try:
+            return await spied(cell, steps)
+        finally:
+            back_to_back = False
+
+    monkeypatch.setattr(v8._V8Cell, "replay_steps", replay_steps)
+    monkeypatch.setattr(
+        v8._V8Cell,
+        "_limit_flag",
+        lambda self: "max_output_bytes" if back_to_back else original_flag(self),
+    )
     steps: list[int] = []
     original_step = v8._V8Cell.step
 
