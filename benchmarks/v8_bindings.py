@@ -201,25 +201,22 @@ class Stpyv8:
             context.leave()
 
     def start(self, source: str) -> str:
-        self.context.enter()
-        try:
-            if self._start is None:
-                self.bridge.start(source)
-            else:
-                self.bridge.input = source
-                self._start()
-            return str(self._drain())
-        finally:
-            self.context.leave()
+        return self._run("start", self._start, source)
 
     def step(self, inputs: str) -> str:
+        return self._run("step", self._step, inputs)
+
+    def _run(self, name: str, script: Callable[[], Any] | None, text: str) -> str:
+        """One command and the drain behind it, inside the context (the bridge's objects are
+        reachable only there): the bridge's ``name`` function called with ``text``, or (with
+        compiled scripts) ``text`` set as the input and the script run."""
         self.context.enter()
         try:
-            if self._step is None:
-                self.bridge.step(inputs)
+            if script is None:
+                getattr(self.bridge, name)(text)
             else:
-                self.bridge.input = inputs
-                self._step()
+                self.bridge.input = text
+                script()
             return str(self._drain())
         finally:
             self.context.leave()
