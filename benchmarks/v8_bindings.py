@@ -24,6 +24,11 @@ Variants (each run in a fresh process; wall time and CPU of that process and its
   inputs through an ArrayBuffer inbox, as codemode does);
 - ``miniracer-async``: the same awaited on an asyncio loop (the drain's answer wakes the loop
   through ``call_soon_threadsafe``; the step's own result wakes nobody, as in codemode);
+- ``miniracer-native-sync`` / ``miniracer-native-async``: the same two with no Python on the
+  isolate's thread: the context's result callback is libc's ``eventfd_write`` (the task's
+  callback id is an eventfd, the answer its value handle's address), so the calling thread
+  reads the drain's eventfd, or the loop is woken by it (``add_reader``), with no callback
+  into Python and no GIL taken by the isolate's thread (Linux);
 - ``pipe-stpyv8`` / ``pipe-miniracer``: V8 in a helper process over a pipe: the host's asyncio
   loop writes one line per step and awaits one line back; the helper reads its stdin blocking
   and runs ``stpyv8-script`` or ``miniracer-sync`` (no event loop in the helper);
@@ -54,6 +59,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import queue
@@ -355,6 +361,118 @@ class MiniRacerAsync(MiniRacerBase):
         return str(ctx._value_handle_to_python(handle))
 
 
+class MiniRacerNative:
+    """mini-racer's isolate thread with *no Python on it*: the context is made with libc's
+    ``eventfd_write`` as its result callback (mini-racer 0.14.1's callback is
+    ``void (uint64_t callback_id, value*)``; ``int eventfd_write(int fd, uint64_t value)`` takes
+    its two arguments in the same registers on x86-64 and arm64, and its result is ignored).
+    A task's callback id is an eventfd's number, so the isolate's thread answers by writing the
+    result's address to that eventfd: no callback into Python, no GIL taken on that thread.
+    Each eventfd has at most one answer outstanding (an eventfd adds what is written).
+
+    ``wait="read"``: the calling thread reads the drain's eventfd, blocking (no event loop).
+    ``wait="loop"``: the loop watches the drain's eventfd (``add_reader``) and is woken by it,
+    with no self-pipe and no ``call_soon_threadsafe``."""
+
+    def __init__(self, wait: str) -> None:
+        from itertools import count
+
+        from py_mini_racer import _dll
+        from py_mini_racer._context import Context, ContextType
+        from py_mini_racer._objects import ObjectFactoryImpl
+
+        self._wait = wait
+        self._loop = asyncio.get_running_loop() if wait == "loop" else asyncio.new_event_loop()
+        dll = _dll.init_mini_racer(ignore_duplicate_init=True)
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._callback = _dll.MR_CALLBACK(ctypes.cast(libc.eventfd_write, ctypes.c_void_p).value)
+        raw_ctx = ContextType(dll.mr_init_context(self._callback))
+        self.ctx = Context(dll, raw_ctx, self._loop, ObjectFactoryImpl(), count(1))
+        self.call = dll.mr_call_function
+        self._handle = _dll.RawValueHandle
+        # One eventfd per kind of answer: set-up, the step's own result, the drain.
+        self.sync_fd, self.step_fd, self.drain_fd = (os.eventfd(0) for _ in range(3))
+        code = self.ctx._python_to_value_handle(PRELUDE)
+        dll.mr_eval(raw_ctx, code.raw, self.sync_fd)
+        self.bridge = bridge = self._answer(self.sync_fd)
+        self.this = bridge.raw_handle.raw
+        self.functions = {k: bridge[k] for k in ("start", "step", "drain", "inbox")}
+        self.fns = {k: f.raw_handle.raw for k, f in self.functions.items()}
+        self.no_args = self._sync_eval("[]")
+        self.argv = self._sync_eval("[0]")
+        memory = self._sync_call(self.fns["inbox"])
+        self.in_length = memory[:4].cast("I")
+        self.in_units = memory[4:]
+
+    def _answer(self, fd: int) -> Any:
+        """The answer written to ``fd`` (blocking until it comes), converted and freed."""
+        address = int.from_bytes(os.read(fd, 8), sys.byteorder)
+        raw = ctypes.cast(address, self._handle)
+        return self.ctx._value_handle_to_python(self.ctx._wrap_raw_handle(raw))
+
+    def _sync_eval(self, code: str) -> Any:
+        handle = self.ctx._python_to_value_handle(code)
+        self.ctx._dll.mr_eval(self.ctx._ctx, handle.raw, self.sync_fd)
+        return self._answer(self.sync_fd)
+
+    def _sync_call(self, fn: Any, argv: Any = None) -> Any:
+        argv = self.no_args if argv is None else argv
+        self.call(self.ctx._ctx, fn, self.this, argv.raw_handle.raw, self.sync_fd)
+        return self._answer(self.sync_fd)
+
+    def _submit(self, name: str, argv: Any) -> None:
+        ctx, this = self.ctx._ctx, self.this
+        self.call(ctx, self.fns[name], this, argv.raw_handle.raw, self.step_fd)
+        self.call(ctx, self.fns["drain"], this, self.no_args.raw_handle.raw, self.drain_fd)
+
+    def _put(self, inputs: str) -> None:
+        data = inputs.encode("utf-16-le")
+        self.in_units[: len(data)] = data
+        self.in_length[0] = len(data) // 2
+
+    def _sync(self, name: str, argv: Any) -> str:
+        self._submit(name, argv)
+        report = str(self._answer(self.drain_fd))
+        self._answer(self.step_fd)  # answered before the drain: never blocks
+        return report
+
+    async def _async(self, name: str, argv: Any) -> str:
+        self._submit(name, argv)
+        loop = self._loop
+        future: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(self.drain_fd, future.set_result, None)
+        try:
+            await future
+        finally:
+            loop.remove_reader(self.drain_fd)
+        report = str(self._answer(self.drain_fd))
+        self._answer(self.step_fd)
+        return report
+
+    def start(self, source: str) -> Any:
+        self.argv[0] = source
+        return (
+            self._sync("start", self.argv)
+            if self._wait == "read"
+            else self._async("start", self.argv)
+        )
+
+    def step(self, inputs: str) -> Any:
+        self._put(inputs)
+        return (
+            self._sync("step", self.no_args)
+            if self._wait == "read"
+            else self._async("step", self.no_args)
+        )
+
+    def close(self) -> None:
+        self.ctx._dll.mr_free_context(self.ctx._ctx)
+        for fd in (self.sync_fd, self.step_fd, self.drain_fd):
+            os.close(fd)
+        if self._wait == "read":
+            self._loop.close()
+
+
 # ------------------------------------------------------------------- a helper over a pipe
 
 
@@ -526,6 +644,10 @@ async def open_variant(
         async_driver = MiniRacerAsync()
         stack.callback(async_driver.close)
         return _async(async_driver)
+    if name in ("miniracer-native-sync", "miniracer-native-async"):
+        native = MiniRacerNative("read" if name.endswith("sync") else "loop")
+        stack.callback(native.close)
+        return _sync(native) if name.endswith("sync") else _async(native)
     if name.startswith("pipe-"):
         pipe = await OverPipe.open(name.removeprefix("pipe-"))
         stack.callback(pipe.close)
@@ -733,6 +855,8 @@ VARIANTS = (
     "stpyv8-thread",
     "miniracer-sync",
     "miniracer-async",
+    "miniracer-native-sync",
+    "miniracer-native-async",
     "pipe-stpyv8",
     "pipe-miniracer",
     "codemode",
