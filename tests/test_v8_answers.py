@@ -6,6 +6,7 @@ every eventfd it took, whatever became of the tasks."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -234,3 +235,41 @@ def test_eventfd_pool_closes_what_it_does_not_keep() -> None:
         os.fstat(fds[-1])  # one of those closed
     for fd in list(pool._free):
         os.close(fd)
+
+
+async def test_a_forked_child_never_shares_an_eventfd_with_its_parent(engine: V8Engine) -> None:
+    """A child forked after cells ran must not take an eventfd of the parent's pools (the
+    same open file: the parent's isolates answer into it): its copies are closed."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    cell = await engine.open_cell(_boot("await tools.echo({}); text('ok')"))
+    assert (await _run_echoing(cell))[1] is None
+    await v8.wait_freed()
+    pool = v8native.POOL
+    parents = set(pool._free)
+    for watched in list(v8native._WATCHED.values()):
+        parents |= set(watched._idle)
+    assert parents  # the pools hold some now
+    pid = os.fork()
+    if pid == 0:  # the child: only os._exit, never back into pytest
+        code = 0
+        try:
+            gc.collect()  # a loop of the parent's collected here gives nothing back
+            if pool._free or v8native._WATCHED:
+                code = 2
+            elif any(_is_open(fd) for fd in parents):
+                code = 3
+        except BaseException:
+            code = 4
+        os._exit(code)
+    _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert all(_is_open(fd) for fd in parents)  # the parent's stay
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True

@@ -161,6 +161,28 @@ class _FdPool:
 
 POOL = _FdPool()
 
+# How many forks this process is from the one that imported this module (see
+# _forget_after_fork).
+_forks = [0]
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: the pools' eventfds are the parent's too (the same open files), and
+    the parent's isolates may still answer into them; the child closes its copies and makes
+    its own."""
+    _forks[0] += 1
+    fds = POOL._free + [fd for w in list(_WATCHED.values()) for fd in w._idle]
+    POOL._free = []
+    POOL.opened = 0
+    _WATCHED.clear()
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
 
 class _Watched:
     """The eventfds an event loop watches (``add_reader``) for loud answers, kept registered
@@ -171,7 +193,7 @@ class _Watched:
         self._loop = loop
         self._idle: list[int] = []
         self.handlers: dict[int, Callable[[int], Any]] = {}
-        weakref.finalize(loop, _give_all, self._idle)
+        weakref.finalize(loop, _give_all, self._idle, _forks[0])
 
     def take(self, handler: Callable[[int], Any]) -> int:
         if self._idle:
@@ -205,7 +227,9 @@ class _Watched:
             _read(fd)
 
 
-def _give_all(fds: list[int]) -> None:
+def _give_all(fds: list[int], forks: int) -> None:
+    if forks != _forks[0]:
+        return  # a loop of the parent's, collected in a forked child: not its eventfds
     for fd in fds:
         POOL.give(fd)
     fds.clear()
