@@ -13,6 +13,7 @@ import platform
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -273,3 +274,23 @@ def _is_open(fd: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_an_id_given_back_after_the_free_is_never_read_again() -> None:
+    """Once the isolate is freed its quiet ids go back to the pool; a late ``take`` or
+    ``discard`` of one (a replay's clean-up after its cell closed) must not read it: another
+    task may own it by then."""
+    if not NATIVE_HERE:
+        pytest.skip("native answers need Linux on x86-64 or arm64")
+    answers = v8native.NativeAnswers(SimpleNamespace(event_loop=None, _free=lambda raw: None))
+    pool = v8native.POOL
+    fd = answers.quiet_id()
+    os.eventfd_write(fd, 1234)  # its task answered
+    answers.after_free()  # the context freed: the answer is read, the id given back
+    assert fd in pool._free
+    assert pool._free.pop() == fd  # another task takes it...
+    os.eventfd_write(fd, 5678)  # ...and is answered
+    assert answers.take(fd) is None
+    answers.discard(fd)
+    assert os.eventfd_read(fd) == 5678  # still there for its owner
+    pool.give(fd)

@@ -255,22 +255,10 @@ class _Bridge:
         """Call ``fn(...args)`` on the isolate's thread and await its result (converted);
         cancelling the caller abandons the call, which terminates its JavaScript."""
         argv = await self.arguments(args)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         ctx = self.context
-
-        def done(raw: Any) -> None:  # on the event loop
-            try:
-                value = _to_python(ctx, raw)
-            except Exception as exc:
-                if not future.done():
-                    future.set_exception(exc)
-                return
-            if not future.done():
-                future.set_result(value)
-
         answers = self.quiet
-        callback_id = answers.loud_id(done)
+        callback_id = answers.loud_id(functools.partial(_settle_raw, ctx, future))
         task_id = self.post(fn, argv, callback_id)
         try:
             return await future

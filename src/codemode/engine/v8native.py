@@ -45,6 +45,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from codemode.errors import EngineError
+
 logger = logging.getLogger("codemode.engine.v8")
 
 # Set to "python" to take answers through mini-racer's own Python callback (the portable way).
@@ -287,11 +289,14 @@ class NativeAnswers:
         return fd
 
     def take(self, callback_id: int) -> Any:
-        """The raw answer (None if it has not come: the id stays taken until it does)."""
-        data = _read(callback_id)
-        if data is None:
-            return None
-        with self._lock:
+        """The raw answer (None if it has not come: the id stays taken until it does; or if
+        the isolate was freed meanwhile: then :meth:`after_free` has the id)."""
+        with self._lock:  # never read an id after_free may have given back already
+            if callback_id not in self._quiet:
+                return None
+            data = _read(callback_id)
+            if data is None:
+                return None
             self._quiet.discard(callback_id)
         POOL.give(callback_id)
         return self._raw(data)
@@ -358,18 +363,16 @@ class NativeAnswers:
 
     def run_sync(self, method: Any, *args: Any, timeout: float) -> Any:
         """Post ``method(ctx, *args, id)`` and wait for its answer on this thread (never the
-        event loop's), converted; TimeoutError if it does not come in ``timeout`` seconds (the
-        id is then given back after the isolate is freed)."""
+        event loop's), converted; ``EngineError`` if it does not come in ``timeout`` seconds
+        (the id is then given back after the isolate is freed)."""
         context = self._context
         fd = self.quiet_id()
         method(context._ctx, *args, fd)
         poll = select.poll()
         poll.register(fd, select.POLLIN)
-        if not poll.poll(max(int(timeout * 1000), 0)):
-            raise TimeoutError
-        raw = self.take(fd)
-        if raw is None:  # pragma: no cover - readable means written
-            raise TimeoutError
+        raw = self.take(fd) if poll.poll(max(int(timeout * 1000), 0)) else None
+        if raw is None:
+            raise EngineError("a new V8 isolate did not answer")
         return context._value_handle_to_python(context._wrap_raw_handle(raw))
 
     def after_free(self) -> None:
