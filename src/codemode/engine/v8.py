@@ -22,6 +22,7 @@ import atexit
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import importlib.resources
 import json
 import logging
@@ -34,6 +35,7 @@ from typing import Any
 
 from codemode.cell.authority import CellAuthority
 from codemode.cell.stored import StoredSnapshot
+from codemode.engine import v8native
 from codemode.engine.base import (
     CellBoot,
     Engine,
@@ -175,7 +177,7 @@ class _Bridge:
     the compilation cache) and is an abandonable mini-racer task, like ``eval_cancelable``.
     """
 
-    def __init__(self, context: Any, bridge: Any, arrays: Any) -> None:
+    def __init__(self, context: Any, bridge: Any, arrays: Any, answers: Any) -> None:
         self.context = context
         self.bridge = bridge
         self.start = bridge["start"]
@@ -185,7 +187,9 @@ class _Bridge:
         self.compiles = bridge["compiles"]
         # Reused argument arrays, one per arity (setting a slot is one quick native call).
         self.argv: tuple[Any, ...] = (arrays[0], arrays[1], None, arrays[2])
-        self.quiet = _QuietResults(context)
+        # The answers of the tasks posted to the isolate: NativeAnswers (v8native.py) or,
+        # the portable way, _QuietResults; both have the same methods.
+        self.quiet: Any = answers
         # Results already converted, freed once the next step is submitted: the loop's thread
         # frees them while the isolate's thread runs that step, not between two steps.
         self.garbage: list[Any] = []
@@ -239,25 +243,29 @@ class _Bridge:
         argv = self.argv[len(args)]
         for i, arg in enumerate(args):
             argv[i] = arg
-        return _run_sync(
-            self.context,
+        return self.quiet.run_sync(
             self.native_call,
             fn.raw_handle.raw,
             self.bridge.raw_handle.raw,
             argv.raw_handle.raw,
+            timeout=_SYNC_TIMEOUT,
         )
 
     async def call(self, fn: Any, *args: str) -> Any:
+        """Call ``fn(...args)`` on the isolate's thread and await its result (converted);
+        cancelling the caller abandons the call, which terminates its JavaScript."""
         argv = await self.arguments(args)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         ctx = self.context
-        # mini-racer 0.14.1 internals (pinned): `call_function_cancelable` minus its per-call
-        # argument array, which it builds with a blocking eval.
-        return await ctx._run_cancelable_mr_task(
-            ctx._dll.mr_call_function,
-            fn.raw_handle.raw,
-            self.bridge.raw_handle.raw,
-            argv.raw_handle.raw,
-        )
+        answers = self.quiet
+        callback_id = answers.loud_id(functools.partial(_settle_raw, ctx, future))
+        task_id = self.post(fn, argv, callback_id)
+        try:
+            return await future
+        finally:
+            if answers.pending(callback_id):  # abandoned: its answer is freed when it comes
+                answers.forget(callback_id)
+                self.native_cancel(ctx._ctx, task_id)
 
 
 class _QuietResults:
@@ -304,8 +312,57 @@ class _QuietResults:
 
         object.__setattr__(context, "handle_callback_from_v8", handle_callback_from_v8)
 
-    def expect(self, callback_id: int) -> None:
+    def quiet_id(self) -> int:
+        """An id whose answer is kept until :meth:`take` asks for it."""
+        callback_id: int = next(self._context._next_async_callback_id)
         self._expected.add(callback_id)
+        return callback_id
+
+    def loud_id(self, callback: Callable[[Any], None], *, handoff: bool = False) -> int:
+        """An id whose answer goes to ``callback`` on the event loop; with ``handoff``, a
+        thread may take it first (:meth:`wait`). Registered before the task is posted, so its
+        answer cannot pass it by."""
+        callback_id: int = next(self._context._next_async_callback_id)
+        self.direct[callback_id] = callback
+        if handoff:
+            self.handoffs[callback_id] = _Handoff()
+        return callback_id
+
+    def forget(self, callback_id: int) -> None:
+        """Drop a loud id's callback: its answer, when it comes, goes mini-racer's way."""
+        self.direct.pop(callback_id, None)
+
+    def pending(self, callback_id: int) -> bool:
+        """Whether a loud id's answer has not been handed to its callback yet."""
+        return callback_id in self.direct
+
+    def wait(self, callback_id: int, timeout: float) -> bool:
+        """Block this thread up to ``timeout`` seconds for the answer of a loud id made with
+        ``handoff``; True if it came and went to its callback (on this thread), False if it
+        will come through the loop (never both, never neither)."""
+        handoff = self.handoffs.get(callback_id)
+        if handoff is None:
+            return False
+        try:
+            raw = handoff.wait(timeout)
+        finally:
+            self.handoffs.pop(callback_id, None)
+        if raw is None:
+            return False
+        callback = self.direct.pop(callback_id, None)
+        if callback is not None:
+            callback(raw)  # frees it, on this thread
+        else:
+            self._context._free(raw)
+        return True
+
+    def run_sync(self, method: Any, *args: Any, timeout: float) -> Any:
+        """See :func:`_run_sync`."""
+        del timeout
+        return _run_sync(self._context, method, *args)
+
+    def after_free(self) -> None:
+        """Nothing to give back once the context is freed."""
 
     def take(self, callback_id: int) -> Any:
         """The raw result (None if it has not come), which the caller frees
@@ -318,6 +375,19 @@ class _QuietResults:
         raw = self.take(callback_id)
         if raw is not None:
             self._context._free(raw)
+
+
+def _settle_raw(context: Any, future: asyncio.Future[Any], raw: Any) -> None:
+    """Resolve ``future`` with a raw answer, converted and freed (on the event loop), or with
+    its JavaScript error."""
+    try:
+        value = _to_python(context, raw)
+    except Exception as exc:
+        if not future.done():
+            future.set_exception(exc)
+        return
+    if not future.done():
+        future.set_result(value)
 
 
 def _to_python(context: Any, raw: Any, garbage: list[Any] | None = None) -> Any:
@@ -400,8 +470,8 @@ class _Calls:
     """
 
     __slots__ = (
+        "_answers",
         "_bridge",
-        "_callbacks",
         "_drain",
         "_handoff",
         "_ids",
@@ -414,13 +484,13 @@ class _Calls:
 
     def __init__(self, bridge: _Bridge) -> None:
         self._bridge = bridge
-        self._callbacks: dict[int, Callable[[Any], None]] = bridge.quiet.direct
+        self._answers = bridge.quiet
         self._ids: list[int] = []
         self._quiet: int | None = None
         self._quiet_task: int | None = None
         self._tasks: list[int] = []
         self._drain = False
-        self._handoff: tuple[int, _Handoff] | None = None
+        self._handoff: int | None = None  # the id settle_blocking may wait for
         self.future: asyncio.Future[Any] | None = None  # the last call's result
         # Once aborted with a drain behind the step: resolves to the drain's report (None if
         # it failed); set by abort().
@@ -429,8 +499,7 @@ class _Calls:
     def submit_quiet(self, fn: Any, argv: Any) -> None:
         """Submit a call whose result does not wake the event loop: it is kept until
         :meth:`quiet_result` asks for it, once a call submitted behind it came back."""
-        callback_id = next(self._bridge.context._next_async_callback_id)
-        self._bridge.quiet.expect(callback_id)
+        callback_id = self._answers.quiet_id()
         self._quiet = callback_id
         self._quiet_task = self._bridge.post(fn, argv, callback_id)
 
@@ -439,7 +508,7 @@ class _Calls:
         submitted behind it came back (the isolate's thread answers in order)."""
         if self._quiet is None:  # abandoned meanwhile
             raise EngineLost("the cell's engine was closed")
-        raw = self._bridge.quiet.take(self._quiet)
+        raw = self._answers.take(self._quiet)
         self._quiet = None
         if raw is None:
             raise EngineLost("the step's result is missing")
@@ -477,14 +546,12 @@ class _Calls:
             elif calls.orphan is not None and not calls.orphan.done():
                 calls.orphan.set_result(value if isinstance(value, str) else None)
 
-        callback_id = next(ctx._next_async_callback_id)
-        self._callbacks[callback_id] = done
+        callback_id = self._answers.loud_id(done, handoff=handoff)
         self._ids.append(callback_id)
         self._drain = drain
         self.future = future
-        if handoff:  # registered before the call is posted: its result cannot pass it by
-            self._handoff = (callback_id, _Handoff())
-            self._bridge.quiet.handoffs[callback_id] = self._handoff[1]
+        if handoff:
+            self._handoff = callback_id
         self._tasks.append(self._bridge.post(fn, argv, callback_id))
         return future
 
@@ -494,18 +561,8 @@ class _Calls:
         Otherwise the result comes through the event loop as usual."""
         if self._handoff is None:
             return
-        callback_id, handoff = self._handoff
-        self._handoff = None
-        try:
-            raw = handoff.wait(timeout)
-        finally:
-            self._bridge.quiet.handoffs.pop(callback_id, None)
-        if raw is not None:
-            callback = self._callbacks.pop(callback_id, None)
-            if callback is not None:
-                callback(raw)  # frees it, on this thread
-            else:
-                self._bridge.context._free(raw)
+        callback_id, self._handoff = self._handoff, None
+        self._answers.wait(callback_id, timeout)
 
     def abort(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Abandon the batch now: its future is cancelled and the step's JavaScript is
@@ -542,19 +599,19 @@ class _Calls:
         """After the last call came back: every call of the batch has finished (the isolate's
         thread runs them in order), so there is nothing to cancel; forget the callbacks."""
         for callback_id in self._ids:
-            self._callbacks.pop(callback_id, None)
+            self._answers.forget(callback_id)
         self._ids.clear()
         self._tasks.clear()
         self._quiet_task = None
         if self._quiet is not None:
-            self._bridge.quiet.discard(self._quiet)
+            self._answers.discard(self._quiet)
             self._quiet = None
 
     def release(self) -> None:
         """Forget the callbacks and cancel the native tasks (ignored for finished ones)."""
         self.settle_blocking(0.0)  # (never left registered: see _V8Cell._eval)
         for callback_id in self._ids:
-            self._callbacks.pop(callback_id, None)
+            self._answers.forget(callback_id)
         self._ids.clear()
         self._drop_quiet()
         ctx = self._bridge.context
@@ -566,7 +623,7 @@ class _Calls:
         """Forget the quiet call's result and cancel its native task (ignored once it
         finished); calling it again changes nothing."""
         if self._quiet is not None:
-            self._bridge.quiet.discard(self._quiet)
+            self._answers.discard(self._quiet)
             self._quiet = None
         if self._quiet_task is not None:
             self._bridge.native_cancel(self._bridge.context._ctx, self._quiet_task)
@@ -576,9 +633,10 @@ class _Calls:
 class _Isolate:
     """One mini-racer context (an isolate on a thread of its own) with the prelude evaluated."""
 
-    def __init__(self, manager: Any, context: Any) -> None:
+    def __init__(self, manager: Any, context: Any, answers: Any) -> None:
         self.manager: Any | None = manager
         self.context = context
+        self.answers = answers  # NativeAnswers or _QuietResults: see _Bridge
         self.bridge: _Bridge | None = None
         self.journal: memoryview | None = None  # the output journal's memory (see prelude)
         self.reads: memoryview | None = None  # the environment reads' memory (see prelude)
@@ -592,7 +650,7 @@ class _Isolate:
         manager, self.manager = self.manager, None
         if manager is not None:
             _disarm_value_handles(self.context)
-            return _REAPER.free(manager)
+            return _REAPER.free(manager, self.answers.after_free)
         return None
 
 
@@ -609,7 +667,7 @@ def _disarm_value_handles(context: Any) -> None:
     object.__setattr__(context, "_free", _no_free)
 
 
-def _exit_context(manager: Any) -> None:
+def _exit_context(manager: Any) -> bool:
     # Not under the native lock: freeing a context waits for its isolate's thread, which may be
     # stuck for seconds in a long native builtin (JSON.parse, normalize) before it notices the
     # termination; holding the lock meanwhile blocked every other session's cell creation.
@@ -618,6 +676,8 @@ def _exit_context(manager: Any) -> None:
         manager.__exit__(None, None, None)
     except Exception:  # pragma: no cover - native teardown failure
         logger.exception("freeing a V8 context failed")
+        return False
+    return True
 
 
 class _Reaper:
@@ -630,19 +690,26 @@ class _Reaper:
         self._cond = threading.Condition()
         self._pending = 0
 
-    def free(self, manager: Any) -> threading.Event:
-        """Start freeing ``manager``; the event is set once it is freed."""
+    def free(self, manager: Any, then: Callable[[], None] | None = None) -> threading.Event:
+        """Start freeing ``manager`` (then call ``then``, on the reaper's thread); the event is
+        set once it is freed."""
         done = threading.Event()
         with self._cond:
             self._pending += 1
         threading.Thread(
-            target=self._free_one, args=(manager, done), name="codemode-v8-reaper", daemon=True
+            target=self._free_one,
+            args=(manager, done, then),
+            name="codemode-v8-reaper",
+            daemon=True,
         ).start()
         return done
 
-    def _free_one(self, manager: Any, done: threading.Event) -> None:
+    def _free_one(
+        self, manager: Any, done: threading.Event, then: Callable[[], None] | None
+    ) -> None:
         try:
-            _exit_context(manager)
+            if _exit_context(manager) and then is not None:
+                then()
         finally:
             done.set()
             with self._cond:
@@ -706,16 +773,19 @@ def _create_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
     involved until the isolate is handed over. Never leaks: a failure frees what it made."""
     from py_mini_racer._mini_racer import _make_context
 
-    manager = _make_context(loop)
+    native = v8native.available()
+    manager = v8native.native_context(loop) if native else _make_context(loop)
     context = _enter_context(manager)
-    isolate = _Isolate(manager, context)
+    answers = v8native.NativeAnswers(context) if native else _QuietResults(context)
+    isolate = _Isolate(manager, context, answers)
     try:
         context.set_hard_memory_limit(_POOL_HEAP_LIMIT)
         source = context._python_to_value_handle(f"{PRELUDE}\n//# sourceURL=codemode-prelude.js")
-        bridge_object = _run_sync(context, context._dll.mr_eval, source.raw)
+        run_sync, mr_eval = answers.run_sync, context._dll.mr_eval
+        bridge_object = run_sync(mr_eval, source.raw, timeout=_SYNC_TIMEOUT)
         arrays_source = context._python_to_value_handle("[[], [0], [0, 0, 0]]")
-        arrays = _run_sync(context, context._dll.mr_eval, arrays_source.raw)
-        bridge = isolate.bridge = _Bridge(context, bridge_object, arrays)
+        arrays = run_sync(mr_eval, arrays_source.raw, timeout=_SYNC_TIMEOUT)
+        bridge = isolate.bridge = _Bridge(context, bridge_object, arrays, answers)
         # A throwaway cell compiles the prelude's hot paths now rather than in a real cell's
         # first step (about 0.4 ms); `boot` resets every piece of per-cell state.
         bridge.call_sync(bridge.start, *_WARM_UP)
@@ -1083,66 +1153,62 @@ class _V8Cell(EngineCell):
             argv = await bridge.arguments((queue_text,))
         if self._closed:
             raise EngineLost("the cell's engine was closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        callbacks = bridge.quiet.direct
-
-        def done(raw: Any) -> None:  # on the event loop
-            try:
-                value = _to_python(ctx, raw)
-            except Exception as exc:
-                if not future.done():
-                    future.set_exception(exc)
-                return
-            if not future.done():
-                future.set_result(value)
-
+        answers = bridge.quiet
+        # One task per step and the drain, posted _REPLAY_POSTED at a time: each batch's last
+        # task wakes the loop, the others' answers are kept (one eventfd each, natively).
+        posts = [(queue_fn, argv)] + [(next_fn, bridge.argv[0])] * (len(steps) - 1)
+        posts.append((drain_fn, bridge.argv[0]))
+        values: list[Any] = []  # every task's result after the first: the reports, in order
+        started = time.perf_counter()
+        deadline = started + max(self._limits.max_cpu_seconds - self._cpu_used, 0.0)
+        finished = False
         quiet: list[int] = []
         tasks: list[int] = []
-
-        def post(fn: Any, args: Any, callback_id: int) -> None:
-            tasks.append(bridge.post(fn, args, callback_id))
-
-        final = next(ctx._next_async_callback_id)
-        callbacks[final] = done
-        started = time.perf_counter()
-        finished = False
         try:
-            for i in range(len(steps)):
-                callback_id = next(ctx._next_async_callback_id)
-                bridge.quiet.expect(callback_id)
-                quiet.append(callback_id)
-                post(
-                    queue_fn if i == 0 else next_fn, argv if i == 0 else bridge.argv[0], callback_id
-                )
-            post(drain_fn, bridge.argv[0], final)
-            deadline = started + max(self._limits.max_cpu_seconds - self._cpu_used, 0.0)
-            while not future.done():
-                now = time.perf_counter()
-                if now >= deadline or self._limit_flag() is not None:
-                    return None  # a limit: the step-by-step replay reports it precisely
-                await asyncio.wait({future}, timeout=min(deadline - now, _FLAG_POLL))
-            if future.exception() is not None or ctx.was_hard_memory_limit_reached():
-                return None
-            raws: list[Any] = []
-            for callback_id in quiet[1:]:
-                raw = bridge.quiet.take(callback_id)
-                if raw is None:
+            for first in range(0, len(posts), _REPLAY_POSTED):
+                batch = posts[first : first + _REPLAY_POSTED]
+                quiet.clear()
+                tasks.clear()
+                future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                for fn, args in batch[:-1]:
+                    quiet.append(answers.quiet_id())
+                    tasks.append(bridge.post(fn, args, quiet[-1]))
+                final = answers.loud_id(functools.partial(_settle_raw, ctx, future))
+                try:
+                    tasks.append(bridge.post(*batch[-1], final))
+                    while not future.done():
+                        now = time.perf_counter()
+                        if now >= deadline or self._limit_flag() is not None:
+                            return None  # a limit: the step-by-step replay reports it precisely
+                        await asyncio.wait({future}, timeout=min(deadline - now, _FLAG_POLL))
+                finally:
+                    answers.forget(final)
+                if future.exception() is not None or ctx.was_hard_memory_limit_reached():
                     return None
-                raws.append(_to_python(ctx, raw))
-            raws.append(future.result())
+                queueing = first == 0
+                while quiet:
+                    raw = answers.take(quiet[0])
+                    if raw is None:
+                        return None
+                    del quiet[0]  # taken: never discarded again (its id may be reused)
+                    if queueing:
+                        queueing = False
+                        ctx._free(raw)  # the queueing task's result
+                    else:
+                        values.append(_to_python(ctx, raw))
+                values.append(future.result())
             finished = True
         except _JSEvalException:
             return None
         finally:
-            callbacks.pop(final, None)
             for callback_id in quiet:
-                bridge.quiet.discard(callback_id)
+                answers.discard(callback_id)
             if not finished:
                 for task_id in tasks:
                     bridge.native_cancel(ctx._ctx, task_id)
                 self.close()
             self._cpu_used += time.perf_counter() - started
+        raws = values
         cpu = (time.perf_counter() - started) / len(steps)
         reports: list[StepReport] = []
         for inputs, raw in zip(steps, raws, strict=True):
@@ -1455,6 +1521,10 @@ _FLAGGED_LIMITS = (
 
 # How often a running step looks at its cell's limit flag.
 _FLAG_POLL = 0.02
+
+# How many tasks a back-to-back replay posts before it waits for them (each holds an eventfd
+# until its answer is read, see v8native.py).
+_REPLAY_POSTED = 64
 
 # The longest a step may block its event loop's thread (V8Engine's step_wait); shorter than
 # _FLAG_POLL, so a blocked wait never misses a look at the limit flag.
