@@ -2,8 +2,9 @@
 
 mini-racer hands every task's answer to one native callback per context, called on the
 isolate's thread. Its Python binding makes that callback a ctypes function into Python, so each
-answer takes the GIL on the isolate's thread and runs Python there (about 20 us of a sequential
-call on this machine kind, ``benchmarks/v8_bindings.py``, the ``miniracer-native-*`` variants).
+answer takes the GIL on the isolate's thread and runs Python there: two answers per sequential
+call, about 40 of its 140 us on raw mini-racer on this machine kind (``benchmarks/v8_bindings.py``,
+``miniracer-async`` against ``miniracer-native-async``).
 
 Here the context's callback is libc's ``eventfd_write`` instead. mini-racer 0.14.1 (pinned)
 calls its callback as ``void callback(uint64_t callback_id, Value* result)``;
