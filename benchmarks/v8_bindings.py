@@ -267,16 +267,19 @@ class OnThread:
 # ------------------------------------------------------------------------------ mini-racer
 
 
-class MiniRacerBase:
-    """A mini-racer context with the prelude (0.14.1 internals, as codemode uses them)."""
+class _PreludeBridge:
+    """The prelude's bridge in a mini-racer context (0.14.1 internals, as codemode uses them):
+    set-up evals and calls answered on the calling thread (to ``_sync_id``, taken with
+    ``_sync_answer``), the bridge's handles and the inbox."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        from py_mini_racer._mini_racer import _make_context
+    ctx: Any
+    call: Any
+    _sync_id: int
 
-        self._manager = _make_context(loop)
-        ctx = self.ctx = self._manager.__enter__()
-        self.call = ctx._dll.mr_call_function
-        self.results = ctx._non_cancelable_mr_task_results_queue
+    def _sync_answer(self) -> Any:
+        raise NotImplementedError
+
+    def _bind(self) -> None:
         # The Python wrappers own the value handles: they are kept as long as the raw handles.
         self.bridge = bridge = self._sync_eval(PRELUDE)
         self.this = bridge.raw_handle.raw
@@ -290,18 +293,36 @@ class MiniRacerBase:
 
     def _sync_eval(self, code: str) -> Any:
         handle = self.ctx._python_to_value_handle(code)
-        self.ctx._dll.mr_eval(self.ctx._ctx, handle.raw, 0)
-        return self.ctx._value_handle_to_python(self.results.get())
+        self.ctx._dll.mr_eval(self.ctx._ctx, handle.raw, self._sync_id)
+        return self._sync_answer()
 
     def _sync_call(self, fn: Any, argv: Any = None) -> Any:
         argv = self.no_args if argv is None else argv
-        self.call(self.ctx._ctx, fn, self.this, argv.raw_handle.raw, 0)
-        return self.ctx._value_handle_to_python(self.results.get())
+        self.call(self.ctx._ctx, fn, self.this, argv.raw_handle.raw, self._sync_id)
+        return self._sync_answer()
 
     def _put(self, inputs: str) -> None:
         data = inputs.encode("utf-16-le")
         self.in_units[: len(data)] = data
         self.in_length[0] = len(data) // 2
+
+
+class MiniRacerBase(_PreludeBridge):
+    """A mini-racer context with the prelude, answers through mini-racer's Python callback."""
+
+    _sync_id = 0  # the uncancelable tasks' queue
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        from py_mini_racer._mini_racer import _make_context
+
+        self._manager = _make_context(loop)
+        ctx = self.ctx = self._manager.__enter__()
+        self.call = ctx._dll.mr_call_function
+        self.results = ctx._non_cancelable_mr_task_results_queue
+        self._bind()
+
+    def _sync_answer(self) -> Any:
+        return self.ctx._value_handle_to_python(self.results.get())
 
     def close(self) -> None:
         self._manager.__exit__(None, None, None)
@@ -361,7 +382,7 @@ class MiniRacerAsync(MiniRacerBase):
         return str(ctx._value_handle_to_python(handle))
 
 
-class MiniRacerNative:
+class MiniRacerNative(_PreludeBridge):
     """mini-racer's isolate thread with *no Python on it*: the context is made with libc's
     ``eventfd_write`` as its result callback (mini-racer 0.14.1's callback is
     ``void (uint64_t callback_id, value*)``; ``int eventfd_write(int fd, uint64_t value)`` takes
@@ -392,17 +413,8 @@ class MiniRacerNative:
         self._handle = _dll.RawValueHandle
         # One eventfd per kind of answer: set-up, the step's own result, the drain.
         self.sync_fd, self.step_fd, self.drain_fd = (os.eventfd(0) for _ in range(3))
-        code = self.ctx._python_to_value_handle(PRELUDE)
-        dll.mr_eval(raw_ctx, code.raw, self.sync_fd)
-        self.bridge = bridge = self._answer(self.sync_fd)
-        self.this = bridge.raw_handle.raw
-        self.functions = {k: bridge[k] for k in ("start", "step", "drain", "inbox")}
-        self.fns = {k: f.raw_handle.raw for k, f in self.functions.items()}
-        self.no_args = self._sync_eval("[]")
-        self.argv = self._sync_eval("[0]")
-        memory = self._sync_call(self.fns["inbox"])
-        self.in_length = memory[:4].cast("I")
-        self.in_units = memory[4:]
+        self._sync_id = self.sync_fd
+        self._bind()
 
     def _answer(self, fd: int) -> Any:
         """The answer written to ``fd`` (blocking until it comes), converted and freed."""
@@ -410,25 +422,13 @@ class MiniRacerNative:
         raw = ctypes.cast(address, self._handle)
         return self.ctx._value_handle_to_python(self.ctx._wrap_raw_handle(raw))
 
-    def _sync_eval(self, code: str) -> Any:
-        handle = self.ctx._python_to_value_handle(code)
-        self.ctx._dll.mr_eval(self.ctx._ctx, handle.raw, self.sync_fd)
-        return self._answer(self.sync_fd)
-
-    def _sync_call(self, fn: Any, argv: Any = None) -> Any:
-        argv = self.no_args if argv is None else argv
-        self.call(self.ctx._ctx, fn, self.this, argv.raw_handle.raw, self.sync_fd)
+    def _sync_answer(self) -> Any:
         return self._answer(self.sync_fd)
 
     def _submit(self, name: str, argv: Any) -> None:
         ctx, this = self.ctx._ctx, self.this
         self.call(ctx, self.fns[name], this, argv.raw_handle.raw, self.step_fd)
         self.call(ctx, self.fns["drain"], this, self.no_args.raw_handle.raw, self.drain_fd)
-
-    def _put(self, inputs: str) -> None:
-        data = inputs.encode("utf-16-le")
-        self.in_units[: len(data)] = data
-        self.in_length[0] = len(data) // 2
 
     def _sync(self, name: str, argv: Any) -> str:
         self._submit(name, argv)
