@@ -12,7 +12,9 @@ The rules every user of this module keeps:
   the loop took one turn since the request was made, so every other task still runs;
 - it polls at most a fixed budget (well under a millisecond), so other I/O waits at most that;
 - it stops polling while answers take longer than the budget (:func:`still_quick`), so a slow
-  exchange does not spend the budget in vain at every step;
+  exchange does not spend the budget in vain at every step, and does not poll for an exchange
+  that carries many items (:data:`QUICK_ITEMS`: a step with a thousand results takes
+  milliseconds);
 - each poll is a system call that releases the GIL, so other Python threads are not held up.
 """
 
@@ -24,6 +26,10 @@ import time
 
 # The most any caller may poll for one answer (seconds).
 MAX_SPIN = 0.001
+
+# An exchange that carries more items than this (tool results to a step, events in a report)
+# is not polled for.
+QUICK_ITEMS = 16
 
 
 def check_spin(name: str, value: float) -> float:

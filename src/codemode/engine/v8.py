@@ -1081,6 +1081,7 @@ class _V8Cell(EngineCell):
         native = isinstance(self._bridge.quiet, v8native.NativeAnswers)
         self._spin = answer_spin if native else 0.0
         self._spin_now = True
+        self._few = True  # the step carries few inputs (spin.QUICK_ITEMS)
         self._context.set_hard_memory_limit(boot.limits.max_heap_bytes)
         self._stored = StoredSnapshot.from_values(boot.stored)
         self._authority = CellAuthority(
@@ -1152,6 +1153,7 @@ class _V8Cell(EngineCell):
 
     async def step(self, inputs: Sequence[StepInput]) -> StepReport:
         self._authority.inputs(inputs)
+        self._few = len(inputs) <= spin_mod.QUICK_ITEMS  # a step worth polling for
         text = _step_text(inputs)
         inbox = self._inbox
         if self._closed:  # the inbox's memory went with the isolate
@@ -1394,7 +1396,8 @@ class _V8Cell(EngineCell):
                 step = calls.submit(fn, argv, loop)
             if bridge.garbage:
                 bridge.free_garbage()  # while the isolate's thread runs the step
-            spin = self._spin if drain and wait <= 0 and self._spin_now else 0.0
+            quick = self._spin_now and self._few
+            spin = self._spin if drain and wait <= 0 and quick else 0.0
             if spin:
                 # One turn of the loop while the isolate's thread runs the step: a cell whose
                 # answers are taken by polling still lets every other task run once per step.
@@ -1402,7 +1405,7 @@ class _V8Cell(EngineCell):
                 if not step.done() and not spin_mod.loop_busy(loop):
                     calls.spin(spin)
             if drain and wait > 0:  # a quick step resolves `step` here, with no wake-up
-                spin = self._spin if self._spin_now else 0.0
+                spin = self._spin if quick else 0.0
                 calls.settle_blocking(min(wait, deadline - started), spin=spin)
             result = await step  # a cancelled caller abandons the calls too
             if drain:

@@ -759,9 +759,11 @@ class _WorkerCell(EngineCell):
 
     async def step(self, inputs: Sequence[StepInput]) -> StepReport:
         size = sum(len(i.value_json) for i in inputs if isinstance(i, ToolResultInput))
+        few = len(inputs) <= spin_mod.QUICK_ITEMS  # a step worth polling for
         if size > _BIG_MESSAGE:  # big tool results: build the line off the event loop
-            return await self._command("step", await asyncio.to_thread(_step_tail_bytes, inputs))
-        return await self._command("step", _step_tail(inputs))
+            tail = await asyncio.to_thread(_step_tail_bytes, inputs)
+            return await self._command("step", tail, few=False)
+        return await self._command("step", _step_tail(inputs), few=few)
 
     async def stop(self) -> tuple[EngineEvent, ...]:
         if self.closed:
@@ -814,7 +816,7 @@ class _WorkerCell(EngineCell):
         if engine is not None:
             engine._cell_closed(child)
 
-    async def _command(self, op: str, tail: str | bytes) -> StepReport:
+    async def _command(self, op: str, tail: str | bytes, *, few: bool = True) -> StepReport:
         if self._closed:
             raise EngineLost("the cell's engine was closed")
         if self._lost is not None:
@@ -824,7 +826,7 @@ class _WorkerCell(EngineCell):
         self._inflight = i
         try:
             poll = child.answer_poll
-            if poll is not None and child.spin_now:
+            if poll is not None and child.spin_now and few:
                 # One turn of the loop (every other task runs), then, with nothing else ready,
                 # poll the answer pipe instead of sleeping (engine/spin.py): the worker's write
                 # then wakes nobody, and the loop finds the answer at once.

@@ -44,7 +44,7 @@ from codemode.engine.base import (
     YieldRequested,
 )
 from codemode.engine.determinism import SOURCES
-from codemode.engine.spin import ReadablePoll, loop_busy, still_quick
+from codemode.engine.spin import QUICK_ITEMS, ReadablePoll, loop_busy, still_quick
 from codemode.errors import EngineError
 from codemode.model import CellLimits, TextItem, ToolDefinition, ToolKind
 
@@ -293,6 +293,8 @@ class _Server:
             if report.reads:  # docs/determinism.md: [code, value, count, ...]
                 answer["rd"] = _reads(report.reads)
             self.send({"i": i, "r": answer})
+            if len(report.events) > QUICK_ITEMS:  # the host takes a while over this one
+                self.answered = 0.0
         except EngineLost as exc:
             self.cells.pop(key, None)
             self.send({"i": i, "lost": str(exc) or type(exc).__name__})
