@@ -35,6 +35,7 @@ from typing import Any
 
 from codemode.cell.authority import CellAuthority
 from codemode.cell.stored import StoredSnapshot
+from codemode.engine import spin as spin_mod
 from codemode.engine import v8native
 from codemode.engine.base import (
     CellBoot,
@@ -361,6 +362,12 @@ class _QuietResults:
         del timeout
         return _run_sync(self._context, method, *args)
 
+    def spin(self, callback_id: int, seconds: float) -> bool:
+        """Never: the portable way's answers need the GIL on the isolate's thread, so the
+        loop's thread cannot poll for them (see :meth:`NativeAnswers.spin`)."""
+        del callback_id, seconds
+        return False
+
     def after_free(self) -> None:
         """Nothing to give back once the context is freed."""
 
@@ -555,14 +562,22 @@ class _Calls:
         self._tasks.append(self._bridge.post(fn, argv, callback_id))
         return future
 
-    def settle_blocking(self, timeout: float) -> None:
-        """Block this thread (up to ``timeout`` seconds) for the last call's result, submitted
-        with ``handoff``; if it comes, resolve the future now, with no event-loop wake-up.
-        Otherwise the result comes through the event loop as usual."""
+    def settle_blocking(self, timeout: float, *, spin: float = 0.0) -> None:
+        """Block this thread (up to ``timeout`` seconds, polling without sleeping for the
+        first ``spin`` of them) for the last call's result, submitted with ``handoff``; if it
+        comes, resolve the future now, with no event-loop wake-up. Otherwise the result comes
+        through the event loop as usual."""
         if self._handoff is None:
             return
         callback_id, self._handoff = self._handoff, None
+        if spin and self._answers.spin(callback_id, min(spin, timeout)):
+            return
         self._answers.wait(callback_id, timeout)
+
+    def spin(self, seconds: float) -> bool:
+        """Poll for the last call's result without sleeping, up to ``seconds``; if it comes,
+        resolve the future now (see :meth:`NativeAnswers.spin`)."""
+        return bool(self._ids) and self._answers.spin(self._ids[-1], seconds)
 
     def abort(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Abandon the batch now: its future is cancelled and the step's JavaScript is
@@ -929,6 +944,10 @@ _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _IsolatePool] = (
 )
 
 DEFAULT_POOL_SIZE = 4
+
+# How long the event loop polls for a quick step's answer before it sleeps (V8Engine's
+# answer_spin).
+DEFAULT_ANSWER_SPIN = 0.0001
 # The latest an isolate taken from the pool is replaced, while the cell that took it lives.
 _REFILL_MAX_DELAY = 0.1
 
@@ -944,17 +963,33 @@ class V8Engine(Engine):
     thread that long for its result before waiting asynchronously: a step that answers within
     it wakes no event loop. For a loop that serves only its cells (the worker process of
     :class:`~codemode.engine.worker.WorkerEngine`), never for an application's loop.
+
+    ``answer_spin`` (seconds, at most 0.001; default 0.0001): once a step is submitted, the
+    event loop takes one turn (other tasks run while the isolate's thread works), then, if it
+    has nothing else ready, polls for the step's answer up to that long before sleeping in
+    ``epoll`` (docs/call-path.md, "Polling for a quick answer"). On a virtual machine a
+    sleeping thread costs tens of microseconds to wake, more than a quick step takes. A cell
+    whose steps take longer stops polling until a step is quick again. Other I/O waits at
+    most that long; 0 turns it off. Only with answers taken natively (Linux, see
+    ``CODEMODE_V8_ANSWERS``) and on asyncio's own event loops.
     """
 
     name = "v8"
 
-    def __init__(self, *, pool_size: int = DEFAULT_POOL_SIZE, step_wait: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        step_wait: float = 0.0,
+        answer_spin: float = DEFAULT_ANSWER_SPIN,
+    ) -> None:
         if pool_size < 0:
             raise ValueError("pool_size must be at least 0")
         if not 0.0 <= step_wait <= _MAX_STEP_WAIT:
             raise ValueError(f"step_wait must be between 0 and {_MAX_STEP_WAIT} seconds")
         _init_v8()
         self._step_wait = float(step_wait)
+        self.answer_spin = spin_mod.check_spin("answer_spin", answer_spin)
         self._pool_size = pool_size
         self._pool: _IsolatePool | None = None
         self._closed = False
@@ -982,7 +1017,7 @@ class V8Engine(Engine):
         except Exception as exc:  # pragma: no cover - native failure
             raise EngineError(f"could not create a V8 isolate: {exc}") from exc
         try:
-            return _V8Cell(isolate, boot, self._track_free, self._step_wait)
+            return _V8Cell(isolate, boot, self._track_free, self._step_wait, self.answer_spin)
         except Exception as exc:
             isolate.free()
             raise EngineError(f"could not start the V8 cell environment: {exc}") from exc
@@ -1022,6 +1057,7 @@ class _V8Cell(EngineCell):
         boot: CellBoot,
         on_free: Callable[[threading.Event], None] | None = None,
         step_wait: float = 0.0,
+        answer_spin: float = 0.0,
     ) -> None:
         self._isolate = isolate
         self._step_wait = step_wait
@@ -1041,6 +1077,11 @@ class _V8Cell(EngineCell):
         self._cpu_used = 0.0
         assert isolate.bridge is not None
         self._bridge = isolate.bridge
+        # Polling for a step's answer (V8Engine's answer_spin); off while steps take longer.
+        native = isinstance(self._bridge.quiet, v8native.NativeAnswers)
+        self._spin = answer_spin if native else 0.0
+        self._spin_now = True
+        self._few = True  # the step carries few inputs (spin.QUICK_ITEMS)
         self._context.set_hard_memory_limit(boot.limits.max_heap_bytes)
         self._stored = StoredSnapshot.from_values(boot.stored)
         self._authority = CellAuthority(
@@ -1112,6 +1153,7 @@ class _V8Cell(EngineCell):
 
     async def step(self, inputs: Sequence[StepInput]) -> StepReport:
         self._authority.inputs(inputs)
+        self._few = len(inputs) <= spin_mod.QUICK_ITEMS  # a step worth polling for
         text = _step_text(inputs)
         inbox = self._inbox
         if self._closed:  # the inbox's memory went with the isolate
@@ -1354,8 +1396,17 @@ class _V8Cell(EngineCell):
                 step = calls.submit(fn, argv, loop)
             if bridge.garbage:
                 bridge.free_garbage()  # while the isolate's thread runs the step
+            quick = self._spin_now and self._few
+            spin = self._spin if drain and wait <= 0 and quick else 0.0
+            if spin:
+                # One turn of the loop while the isolate's thread runs the step: a cell whose
+                # answers are taken by polling still lets every other task run once per step.
+                await asyncio.sleep(0)
+                if not step.done() and not spin_mod.loop_busy(loop):
+                    calls.spin(spin)
             if drain and wait > 0:  # a quick step resolves `step` here, with no wake-up
-                calls.settle_blocking(min(wait, deadline - started))
+                spin = self._spin if quick else 0.0
+                calls.settle_blocking(min(wait, deadline - started), spin=spin)
             result = await step  # a cancelled caller abandons the calls too
             if drain:
                 calls.quiet_result()  # raises the step's error, if any
@@ -1382,7 +1433,10 @@ class _V8Cell(EngineCell):
                 self._abort(calls)
             if self._inflight is calls:
                 self._inflight = None
-            self._cpu_used += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self._cpu_used += elapsed
+            if self._spin:  # poll again once a step is quick (slept in epoll: still quick)
+                self._spin_now = spin_mod.still_quick(elapsed, self._spin)
         if self._context.was_hard_memory_limit_reached():
             if drain:  # the report the drain made is what the salvage gives
                 self._orphan = asyncio.get_running_loop().create_future()

@@ -36,6 +36,7 @@ import os
 import re
 import signal
 import sys
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -43,6 +44,7 @@ from typing import Any
 
 from codemode.cell.authority import MAX_STORED_DEPTH, depth_at_most, json_loads_finite
 from codemode.cell.stored import StoredSnapshot
+from codemode.engine import spin as spin_mod
 from codemode.engine.base import (
     CellBoot,
     Engine,
@@ -89,6 +91,10 @@ DEFAULT_RSS_BUDGET = 1 * GiB
 # The longest answer a worker may send (a report carries at most a cell's output, its calls'
 # inputs and its stored values, each far below this with the default limits).
 DEFAULT_MAX_MESSAGE = 256 * 1024 * 1024
+
+# How long the host's loop polls for a worker's answer, and the worker for the host's next
+# command, before sleeping (WorkerEngine's answer_spin).
+DEFAULT_WORKER_SPIN = 0.0003
 
 # How long an unanswered `stop` may take before the child is declared unresponsive and killed.
 STOP_TIMEOUT = 1.0
@@ -150,6 +156,11 @@ class _Child:
         self.draining = False  # takes no new cells (its memory watchdog fired); ends when idle
         self._ending = False
         self.stderr_tail: deque[bytes] = deque(maxlen=4)
+        # Polls the answer pipe for a quick answer (WorkerEngine's answer_spin); set once the
+        # pipe is open. spin_now: off while answers take longer than the budget.
+        self.spin = float(self.config.get("answer_spin", 0.0))
+        self.answer_poll: spin_mod.ReadablePoll | None = None
+        self.spin_now = True
         self._killed = False  # by us: its exit says nothing about its memory
         self._tasks: set[asyncio.Task[None]] = set()
         self._spawn = self._task(self._start())
@@ -201,6 +212,8 @@ class _Child:
         _track(self.engine_ref(), proc)
         self._task(self._read_stderr())
         answers = _Answers(self, self.config["max_message_bytes"], self.loop)
+        if self.spin:
+            self.answer_poll = spin_mod.ReadablePoll(answers_fd)
         try:
             await self.loop.connect_read_pipe(
                 lambda: answers, os.fdopen(answers_fd, "rb", buffering=0)
@@ -554,7 +567,12 @@ class WorkerEngine(Engine):
     - ``start_timeout``: seconds a worker may take to start (default 60);
     - ``python``: the interpreter to run workers with (default ``sys.executable``);
     - ``max_message_bytes``: the longest answer accepted from a worker (default 256 MiB); a
-      longer one counts as a protocol violation.
+      longer one counts as a protocol violation;
+    - ``answer_spin``: seconds the host's event loop polls a worker's answer pipe, once it
+      has nothing else ready, before sleeping, and the worker its command pipe for the
+      host's next command (default 0.0003, at most 0.001; 0: off). A sleeping thread costs
+      tens of microseconds to wake on a virtual machine; an exchange that takes longer than
+      the budget stops the polling until one is quick again (docs/call-path.md).
 
     Use one engine per session: a worker that dies ends the cells of its engine only.
     """
@@ -571,6 +589,7 @@ class WorkerEngine(Engine):
         start_timeout: float = 60.0,
         python: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+        answer_spin: float = DEFAULT_WORKER_SPIN,
     ) -> None:
         for name, value in (
             ("memory_limit_bytes", memory_limit_bytes),
@@ -592,6 +611,7 @@ class WorkerEngine(Engine):
             "start_timeout": float(start_timeout),
             "python": python or sys.executable,
             "max_message_bytes": int(max_message_bytes),
+            "answer_spin": spin_mod.check_spin("answer_spin", answer_spin),
         }
         self._children: list[_Child] = []
         self._retired: set[_Child] = set()
@@ -739,9 +759,11 @@ class _WorkerCell(EngineCell):
 
     async def step(self, inputs: Sequence[StepInput]) -> StepReport:
         size = sum(len(i.value_json) for i in inputs if isinstance(i, ToolResultInput))
+        few = len(inputs) <= spin_mod.QUICK_ITEMS  # a step worth polling for
         if size > _BIG_MESSAGE:  # big tool results: build the line off the event loop
-            return await self._command("step", await asyncio.to_thread(_step_tail_bytes, inputs))
-        return await self._command("step", _step_tail(inputs))
+            tail = await asyncio.to_thread(_step_tail_bytes, inputs)
+            return await self._command("step", tail, few=False)
+        return await self._command("step", _step_tail(inputs), few=few)
 
     async def stop(self) -> tuple[EngineEvent, ...]:
         if self.closed:
@@ -794,7 +816,7 @@ class _WorkerCell(EngineCell):
         if engine is not None:
             engine._cell_closed(child)
 
-    async def _command(self, op: str, tail: str | bytes) -> StepReport:
+    async def _command(self, op: str, tail: str | bytes, *, few: bool = True) -> StepReport:
         if self._closed:
             raise EngineLost("the cell's engine was closed")
         if self._lost is not None:
@@ -803,7 +825,22 @@ class _WorkerCell(EngineCell):
         i, future = await child.request(self._head % op, tail)
         self._inflight = i
         try:
-            answer = await future
+            poll = child.answer_poll
+            if poll is not None and child.spin_now and few:
+                # One turn of the loop (every other task runs), then, with nothing else ready,
+                # poll the answer pipe instead of sleeping (engine/spin.py): the worker's write
+                # then wakes nobody, and the loop finds the answer at once.
+                sent = time.perf_counter()
+                await asyncio.sleep(0)
+                if not future.done() and not spin_mod.loop_busy(asyncio.get_running_loop()):
+                    poll.spin(child.spin)
+                answer = await future
+                child.spin_now = spin_mod.still_quick(time.perf_counter() - sent, child.spin)
+            else:
+                sent = time.perf_counter()
+                answer = await future
+                if poll is not None:
+                    child.spin_now = spin_mod.still_quick(time.perf_counter() - sent, child.spin)
         except asyncio.CancelledError:
             child.forget(i)  # the child abandons the step, which stops its JavaScript
             raise

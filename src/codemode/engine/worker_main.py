@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +44,7 @@ from codemode.engine.base import (
     YieldRequested,
 )
 from codemode.engine.determinism import SOURCES
+from codemode.engine.spin import QUICK_ITEMS, ReadablePoll, loop_busy, still_quick
 from codemode.errors import EngineError
 from codemode.model import CellLimits, TextItem, ToolDefinition, ToolKind
 
@@ -126,6 +128,9 @@ class _Commands(asyncio.Protocol):
         self.ended: asyncio.Future[None] = loop.create_future()
 
     def data_received(self, data: bytes) -> None:
+        server = self._server
+        if server.answered:  # how long the host took for its next command
+            server.note_gap()
         start = 0
         n = len(data)
         while start < n and not self.ended.done():
@@ -148,6 +153,8 @@ class _Commands(asyncio.Protocol):
                 self._server.dispatch(json.loads(line))
             except Exception:  # the host never sends this: end, as at the end of the pipe
                 self._end()
+        if not self._parts and not self.ended.done():
+            server.await_next()
 
     def _end(self) -> None:
         if not self.ended.done():
@@ -164,12 +171,16 @@ class _Commands(asyncio.Protocol):
 class _Server:
     def __init__(self, config: dict[str, Any]) -> None:
         from codemode.engine.base import Engine
-        from codemode.engine.v8 import V8Engine
+        from codemode.engine.v8 import DEFAULT_ANSWER_SPIN, V8Engine
         from codemode.engine.watchdog import GuardedEngine
 
         # This loop serves only its cells: a quick step may block it for its result (no
         # wake-up of the loop per step; a longer step goes on asynchronously after STEP_WAIT).
-        engine: Engine = V8Engine(pool_size=int(config.get("pool_size", 2)), step_wait=STEP_WAIT)
+        # Its steps' answers are polled for as long as in process, at most (answer_spin).
+        spin = min(float(config.get("answer_spin", 0.0)), DEFAULT_ANSWER_SPIN)
+        engine: Engine = V8Engine(
+            pool_size=int(config.get("pool_size", 2)), step_wait=STEP_WAIT, answer_spin=spin
+        )
         budget = config.get("rss_budget")
         if budget is not None:
             engine = GuardedEngine(engine, rss_budget_bytes=int(budget))
@@ -177,6 +188,13 @@ class _Server:
         self.cells: dict[int, Any] = {}
         self.tasks: dict[int, asyncio.Future[None]] = {}
         self.out: asyncio.WriteTransport | None = None
+        # Polling the command pipe for the host's next command once every command was
+        # answered (engine/spin.py; WorkerEngine's answer_spin); off while the host takes
+        # longer than the budget.
+        self.spin = float(config.get("answer_spin", 0.0))
+        self.command_poll: ReadablePoll | None = None
+        self.spin_now = True
+        self.answered = 0.0  # when the last answer was sent, if every command was answered
 
     def send(self, message: dict[str, Any]) -> None:
         try:
@@ -186,10 +204,28 @@ class _Server:
             line = _dumps({"i": i, "lost": f"the cell reported a value that is not JSON: {exc}"})
         assert self.out is not None
         self.out.write(line.encode("ascii") + b"\n")
+        self.answered = time.perf_counter()
+
+    def note_gap(self) -> None:
+        """A command came: poll for the next one only while the host answers quickly."""
+        self.spin_now = still_quick(time.perf_counter() - self.answered, self.spin)
+        self.answered = 0.0
+
+    def await_next(self) -> None:
+        """After the commands that arrived were dispatched: if every one was answered and the
+        loop has nothing else ready, poll the command pipe (without sleeping) for the host's
+        next command, up to the budget; the loop reads it at once afterwards."""
+        poll = self.command_poll
+        if poll is None or not self.spin_now or self.tasks or not self.answered:
+            return
+        if not loop_busy(asyncio.get_running_loop()):
+            poll.spin(self.spin)
 
     async def serve(self, cmd_fd: int, out_fd: int) -> None:
         loop = asyncio.get_running_loop()
         commands = _Commands(self, loop)
+        if self.spin:
+            self.command_poll = ReadablePoll(cmd_fd)
         await loop.connect_read_pipe(lambda: commands, os.fdopen(cmd_fd, "rb", buffering=0))
         self.out, _ = await loop.connect_write_pipe(
             asyncio.Protocol, os.fdopen(out_fd, "wb", buffering=0)
@@ -257,6 +293,8 @@ class _Server:
             if report.reads:  # docs/determinism.md: [code, value, count, ...]
                 answer["rd"] = _reads(report.reads)
             self.send({"i": i, "r": answer})
+            if len(report.events) > QUICK_ITEMS:  # the host takes a while over this one
+                self.answered = 0.0
         except EngineLost as exc:
             self.cells.pop(key, None)
             self.send({"i": i, "lost": str(exc) or type(exc).__name__})
