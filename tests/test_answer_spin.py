@@ -147,6 +147,20 @@ def test_a_pipe_is_polled_until_readable_or_the_budget_is_spent() -> None:
         os.close(write_end)
 
 
+def test_a_poller_yields_its_cpu_between_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between two polls the thread yields its CPU, so a thread waiting for that CPU (the one
+    that will answer, on a machine with fewer cores than busy threads) runs first."""
+    yields = []
+    monkeypatch.setattr(spin, "yield_cpu", lambda: yields.append(1))
+    read_end, write_end = os.pipe()
+    try:
+        assert spin.ReadablePoll(read_end).spin(0.0005) is False
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert yields
+
+
 async def test_a_loop_with_work_ready_counts_as_busy() -> None:
     loop = asyncio.get_running_loop()
     assert spin.loop_busy(loop) is False

@@ -15,12 +15,16 @@ The rules every user of this module keeps:
   exchange does not spend the budget in vain at every step, and does not poll for an exchange
   that carries many items (:data:`QUICK_ITEMS`: a step with a thousand results takes
   milliseconds);
-- each poll is a system call that releases the GIL, so other Python threads are not held up.
+- each poll is a system call that releases the GIL, so other Python threads are not held up,
+  and between two polls the thread yields its CPU (:func:`yield_cpu`): a thread that waits for
+  that CPU (the isolate's, a worker's, on a machine with fewer cores than busy threads) runs
+  first, and the poller goes on at once when none does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import select
 import time
 
@@ -30,6 +34,13 @@ MAX_SPIN = 0.001
 # An exchange that carries more items than this (tool results to a step, events in a report)
 # is not polled for.
 QUICK_ITEMS = 16
+
+
+def _no_yield() -> None:
+    """Where the OS has no ``sched_yield``: poll without yielding."""
+
+
+yield_cpu = getattr(os, "sched_yield", _no_yield)
 
 
 def check_spin(name: str, value: float) -> float:
@@ -68,7 +79,9 @@ class ReadablePoll:
             return True
         clock = time.perf_counter
         end = clock() + seconds
+        pause = yield_cpu
         while clock() < end:
+            pause()
             if poll(0):
                 return True
         return False

@@ -47,6 +47,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from codemode.engine.spin import yield_cpu
 from codemode.errors import EngineError
 
 logger = logging.getLogger("codemode.engine.v8")
@@ -354,9 +355,11 @@ class NativeAnswers:
         end = time.perf_counter() + seconds
         ready = self._ready
         clock = time.perf_counter
+        pause = yield_cpu
         while not ready(callback_id):
             if clock() >= end or callback_id not in self._loud:
                 return False
+            pause()  # a thread waiting for this CPU (the isolate's, maybe) runs first
         return True
 
     def _ready(self, fd: int) -> bool:
