@@ -129,6 +129,9 @@ def test_bad_budgets_are_refused() -> None:
             WorkerEngine(answer_spin=bad)
     assert V8Engine().answer_spin == DEFAULT_ANSWER_SPIN == 0.0001
     assert V8Engine(answer_spin=0).answer_spin == 0.0
+    assert V8Engine().hold is True
+    with pytest.raises(TypeError, match="hold must be True or False"):
+        V8Engine(hold=1)  # type: ignore[arg-type]
     assert DEFAULT_WORKER_SPIN == 0.0003
 
 
@@ -377,9 +380,15 @@ async def test_a_hold_never_delays_a_close_or_a_stop(
 async def test_no_hold_where_the_loop_does_not_poll(
     holds: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No hold without polling (answer_spin=0, the portable way) nor in a worker's engine
-    (step_wait: its loop waits for its host, and a hold would take a core from both)."""
-    for engine in (V8Engine(pool_size=0, answer_spin=0), V8Engine(pool_size=0, step_wait=0.002)):
+    """No hold when turned off, without polling (answer_spin=0, the portable way) nor in a
+    worker's engine (step_wait: its loop waits for its host, and a hold would take a core
+    from both)."""
+    engines = (
+        V8Engine(pool_size=0, answer_spin=0),
+        V8Engine(pool_size=0, step_wait=0.002),
+        V8Engine(pool_size=0, hold=False),
+    )
+    for engine in engines:
         async with _runtime(engine, 100) as rt:
             await _run(rt, 100)
     monkeypatch.setenv(v8native.ENV, "python")

@@ -975,6 +975,12 @@ class V8Engine(Engine):
     whose steps take longer stops polling until a step is quick again. Other I/O waits at
     most that long; 0 turns it off. Only with answers taken natively (Linux, see
     ``CODEMODE_V8_ANSWERS``) and on asyncio's own event loops.
+
+    ``hold`` (default True; only with ``answer_spin`` and no ``step_wait``): between two quick
+    steps of a cell whose tools answer at once, the isolate's thread polls for the next step
+    (about 0.1 ms at most) instead of sleeping, so posting it wakes no sleeping thread. About
+    10 % less time per sequential call for about 20 % more CPU (the isolate's thread polls
+    while the loop's works); ``hold=False`` keeps the CPU.
     """
 
     name = "v8"
@@ -985,6 +991,7 @@ class V8Engine(Engine):
         pool_size: int = DEFAULT_POOL_SIZE,
         step_wait: float = 0.0,
         answer_spin: float = DEFAULT_ANSWER_SPIN,
+        hold: bool = True,
     ) -> None:
         if pool_size < 0:
             raise ValueError("pool_size must be at least 0")
@@ -993,6 +1000,9 @@ class V8Engine(Engine):
         _init_v8()
         self._step_wait = float(step_wait)
         self.answer_spin = spin_mod.check_spin("answer_spin", answer_spin)
+        if not isinstance(hold, bool):
+            raise TypeError("hold must be True or False")
+        self.hold = hold
         self._pool_size = pool_size
         self._pool: _IsolatePool | None = None
         self._closed = False
@@ -1020,7 +1030,9 @@ class V8Engine(Engine):
         except Exception as exc:  # pragma: no cover - native failure
             raise EngineError(f"could not create a V8 isolate: {exc}") from exc
         try:
-            return _V8Cell(isolate, boot, self._track_free, self._step_wait, self.answer_spin)
+            return _V8Cell(
+                isolate, boot, self._track_free, self._step_wait, self.answer_spin, self.hold
+            )
         except Exception as exc:
             isolate.free()
             raise EngineError(f"could not start the V8 cell environment: {exc}") from exc
@@ -1061,6 +1073,7 @@ class _V8Cell(EngineCell):
         on_free: Callable[[threading.Event], None] | None = None,
         step_wait: float = 0.0,
         answer_spin: float = 0.0,
+        hold: bool = False,
     ) -> None:
         self._isolate = isolate
         self._step_wait = step_wait
@@ -1097,7 +1110,8 @@ class _V8Cell(EngineCell):
         # Holding the isolate's thread between quick steps (bridge.hold in the prelude): in
         # process only, where the loop polls too; a worker's loop waits for its host, and a
         # hold there would take a core the host's and the worker's threads need.
-        self._hold_word = isolate.hold_word if self._spin and step_wait <= 0 else None
+        holding = hold and self._spin and step_wait <= 0
+        self._hold_word = isolate.hold_word if holding else None
         self._hold: int | None = None  # the quiet id of the hold posted behind the last step
         self._answered_at = 0.0  # when the last step's report came (time.perf_counter)
 
