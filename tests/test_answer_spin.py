@@ -129,6 +129,9 @@ def test_bad_budgets_are_refused() -> None:
             WorkerEngine(answer_spin=bad)
     assert V8Engine().answer_spin == DEFAULT_ANSWER_SPIN == 0.0001
     assert V8Engine(answer_spin=0).answer_spin == 0.0
+    assert V8Engine().hold is True
+    with pytest.raises(TypeError, match="hold must be True or False"):
+        V8Engine(hold=1)  # type: ignore[arg-type]
     assert DEFAULT_WORKER_SPIN == 0.0003
 
 
@@ -299,3 +302,97 @@ async def test_a_worker_engine_without_polling(pipe_polls: list[bool]) -> None:
         (child,) = engine._children
         assert child.answer_poll is None
     assert pipe_polls == []
+
+
+# ------------------------------------------------------------------ holding the isolate's thread
+
+
+@pytest.fixture
+def holds(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The callback ids of the holds posted (bridge.hold, docs/call-path.md)."""
+    posted: list[int] = []
+    original = v8._Bridge.post
+
+    def post(self: Any, fn: Any, argv: Any, callback_id: int) -> int:
+        if fn is getattr(self, "hold", None):
+            posted.append(callback_id)
+        return original(self, fn, argv, callback_id)
+
+    monkeypatch.setattr(v8._Bridge, "post", post)
+    yield posted
+
+
+@needs_native
+async def test_quick_steps_hold_the_isolates_thread_for_the_next(
+    holds: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(v8native.ENV, "native")
+    async with _runtime(V8Engine(pool_size=0, answer_spin=0.001), 500) as rt:
+        await _run(rt, 500)
+        assert len(holds) > 250  # most steps (the first ones run cold)
+        holds.clear()
+        await _run(rt, 12, work_ms=5)  # the host comes back quickly, the isolate does not
+    await v8.wait_freed()
+    assert len(holds) <= 12
+
+
+@needs_native
+async def test_a_slow_tool_turns_the_hold_off(
+    holds: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(v8native.ENV, "native")
+
+    async def slow(value: Any) -> Any:
+        await asyncio.sleep(0.005)
+        return value["x"]
+
+    limits = CellLimits(max_tool_calls=100)
+    engine = V8Engine(pool_size=0, answer_spin=0.001)
+    async with SessionRuntime(tools_delegate({"echo": slow}), limits=limits, engine=engine) as rt:
+        await _run(rt, 20)
+    await v8.wait_freed()
+    # A hold is posted only when the host came back within twice the budget last time.
+    assert len(holds) <= 2
+
+
+@needs_native
+async def test_a_hold_never_delays_a_close_or_a_stop(
+    holds: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cell ends while a hold runs on its isolate's thread: the close ends the hold, so
+    the isolate is freed at once; a termination mid-run is as quick as without holds."""
+    monkeypatch.setenv(v8native.ENV, "native")
+    engine = V8Engine(pool_size=0, answer_spin=0.001)
+    async with _runtime(engine, 3000) as rt:
+        for _ in range(20):
+            await _run(rt, 30)
+        assert holds
+        cell = await rt.create_cell(CreateCellRequest(_seq(3000), ECHO))
+        await asyncio.sleep(0.02)
+        started = time.perf_counter()
+        await rt.terminate(cell)
+        assert time.perf_counter() - started < 1.0  # a hang guard
+    started = time.perf_counter()
+    await v8.wait_freed()
+    assert time.perf_counter() - started < 1.0
+
+
+async def test_no_hold_where_the_loop_does_not_poll(
+    holds: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No hold when turned off, without polling (answer_spin=0, the portable way) nor in a
+    worker's engine (step_wait: its loop waits for its host, and a hold would take a core
+    from both)."""
+    engines = (
+        V8Engine(pool_size=0, answer_spin=0),
+        V8Engine(pool_size=0, step_wait=0.002),
+        V8Engine(pool_size=0, hold=False),
+    )
+    for engine in engines:
+        async with _runtime(engine, 100) as rt:
+            await _run(rt, 100)
+    monkeypatch.setenv(v8native.ENV, "python")
+    async with _runtime(V8Engine(pool_size=0), 100) as rt:
+        await _run(rt, 100)
+    await v8.wait_freed()
+    assert holds == []

@@ -57,13 +57,15 @@ async def test_sequential_calls_wait_for_the_isolate_once_per_step(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Per step: two calls submitted together (the step, the drain behind it) and no blocking
-    native call (the inputs go through the inbox)."""
+    native call (the inputs go through the inbox); with polling on, at most one more: the hold
+    behind them (docs/call-path.md, "Polling for a quick answer")."""
     from py_mini_racer import _dll
 
     # The engine first: it initialises V8 with codemode's flags. Initialising mini-racer here
     # first would fix V8's default flags for the rest of the process (no `gc` for the prelude's
     # typed-array accounting; tests/test_process_state.py).
-    engine = V8Engine(pool_size=0)
+    engine = V8Engine(pool_size=0, answer_spin=0)
+    polling = V8Engine(pool_size=0)
     dll = _dll.init_mini_racer(ignore_duplicate_init=True)
     counts = {"submitted": 0, "blocking": 0}
     submit, set_item = dll.mr_call_function, dll.mr_set_object_item
@@ -93,6 +95,18 @@ async def test_sequential_calls_wait_for_the_isolate_once_per_step(
         # the isolate made on demand and its warm-up cell take a few of their own
         assert counts["submitted"] - before["submitted"] <= 2 * steps + 10
         assert counts["blocking"] - before["blocking"] <= 10  # never one per step
+    async with SessionRuntime(
+        tools_delegate({"echo": _echo}), limits=CellLimits(), engine=polling
+    ) as runtime:
+        await run(runtime, "text('warm')")
+        before = dict(counts)
+        ev = await run(
+            runtime, f"let n = 0; for (let i = 0; i < {n}; i++) n += (await tools.echo({{i}})).i;"
+            " text(String(n))"
+        )  # fmt: skip
+        assert ev.items == (TextItem(str(n * (n - 1) // 2)),)
+        assert counts["submitted"] - before["submitted"] <= 3 * steps + 10
+        assert counts["blocking"] - before["blocking"] <= 10
 
 
 async def test_inputs_through_the_inbox_arrive_intact(rt: SessionRuntime) -> None:
