@@ -27,6 +27,7 @@ import asyncio
 import os
 import select
 import time
+from collections.abc import Callable
 
 # The most any caller may poll for one answer (seconds).
 MAX_SPIN = 0.001
@@ -63,6 +64,21 @@ def still_quick(elapsed: float, budget: float) -> bool:
     return elapsed <= 2 * budget
 
 
+def poll_until(ready: Callable[[], bool], seconds: float) -> bool:
+    """Call ``ready`` until it returns True (then True) or ``seconds`` have passed (then
+    False), yielding the CPU (:func:`yield_cpu`) between two calls."""
+    if ready():
+        return True
+    clock = time.perf_counter
+    end = clock() + seconds
+    pause = yield_cpu
+    while clock() < end:
+        pause()
+        if ready():
+            return True
+    return False
+
+
 class ReadablePoll:
     """Polls one file descriptor for readability without sleeping."""
 
@@ -75,13 +91,4 @@ class ReadablePoll:
     def spin(self, seconds: float) -> bool:
         """Poll up to ``seconds``; True once the descriptor is readable (or closed)."""
         poll = self._poll.poll
-        if poll(0):
-            return True
-        clock = time.perf_counter
-        end = clock() + seconds
-        pause = yield_cpu
-        while clock() < end:
-            pause()
-            if poll(0):
-                return True
-        return False
+        return poll_until(lambda: bool(poll(0)), seconds)

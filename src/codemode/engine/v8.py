@@ -1438,16 +1438,14 @@ class _V8Cell(EngineCell):
                 step = calls.submit(fn, argv, loop)
             if bridge.garbage:
                 bridge.free_garbage()  # while the isolate's thread runs the step
-            quick = self._spin_now and self._few
-            spin = self._spin if drain and wait <= 0 and quick else 0.0
-            if spin:
+            spin = self._spin if drain and self._spin_now and self._few else 0.0
+            if spin and wait <= 0:
                 # One turn of the loop while the isolate's thread runs the step: a cell whose
                 # answers are taken by polling still lets every other task run once per step.
                 await asyncio.sleep(0)
                 if not step.done() and not spin_mod.loop_busy(loop):
                     calls.spin(spin)
             if drain and wait > 0:  # a quick step resolves `step` here, with no wake-up
-                spin = self._spin if quick else 0.0
                 calls.settle_blocking(min(wait, deadline - started), spin=spin)
             result = await step  # a cancelled caller abandons the calls too
             if drain:
@@ -1469,17 +1467,18 @@ class _V8Cell(EngineCell):
                 raise _LimitExceeded("max_heap_bytes") from exc
             raise EngineLost(f"{type(exc).__name__}: {exc}") from exc
         finally:
-            if drain:
-                if held is not None:
-                    bridge.quiet.discard(held)  # it ran before this step
-                self._answered_at = time.perf_counter()
             if finished:
                 calls.forget()
             else:
                 self._abort(calls)
             if self._inflight is calls:
                 self._inflight = None
-            elapsed = time.perf_counter() - started
+            now = time.perf_counter()
+            if drain:
+                if held is not None:
+                    bridge.quiet.discard(held)  # it ran before this step
+                self._answered_at = now
+            elapsed = now - started
             self._cpu_used += elapsed
             if self._spin:  # poll again once a step is quick (slept in epoll: still quick)
                 self._spin_now = spin_mod.still_quick(elapsed, self._spin)

@@ -42,12 +42,11 @@ import platform
 import select
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from codemode.engine.spin import yield_cpu
+from codemode.engine.spin import poll_until
 from codemode.errors import EngineError
 
 logger = logging.getLogger("codemode.engine.v8")
@@ -352,15 +351,8 @@ class NativeAnswers:
         a ``read`` that releases the GIL, so other Python threads are not held up."""
         if callback_id not in self._loud:
             return False
-        end = time.perf_counter() + seconds
         ready = self._ready
-        clock = time.perf_counter
-        pause = yield_cpu
-        while not ready(callback_id):
-            if clock() >= end or callback_id not in self._loud:
-                return False
-            pause()  # a thread waiting for this CPU (the isolate's, maybe) runs first
-        return True
+        return poll_until(lambda: ready(callback_id), seconds)
 
     def _ready(self, fd: int) -> bool:
         """On the loop's thread (or the one in :meth:`wait`): take ``fd``'s answer and hand it

@@ -826,21 +826,17 @@ class _WorkerCell(EngineCell):
         self._inflight = i
         try:
             poll = child.answer_poll
+            sent = time.perf_counter()
             if poll is not None and child.spin_now and few:
                 # One turn of the loop (every other task runs), then, with nothing else ready,
                 # poll the answer pipe instead of sleeping (engine/spin.py): the worker's write
                 # then wakes nobody, and the loop finds the answer at once.
-                sent = time.perf_counter()
                 await asyncio.sleep(0)
                 if not future.done() and not spin_mod.loop_busy(asyncio.get_running_loop()):
                     poll.spin(child.spin)
-                answer = await future
+            answer = await future
+            if poll is not None:
                 child.spin_now = spin_mod.still_quick(time.perf_counter() - sent, child.spin)
-            else:
-                sent = time.perf_counter()
-                answer = await future
-                if poll is not None:
-                    child.spin_now = spin_mod.still_quick(time.perf_counter() - sent, child.spin)
         except asyncio.CancelledError:
             child.forget(i)  # the child abandons the step, which stops its JavaScript
             raise
