@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +25,14 @@ BLOCK = ToolDefinition("block", "Waits until the test releases it, then returns 
 FAIL = ToolDefinition("fail", "Raises its message.")
 UPPER = ToolDefinition("upper", "Upper-cases a string.", kind=ToolKind.FREEFORM)
 DEFAULT_TOOLS = (ECHO, BLOCK, FAIL, UPPER)
+
+# Where the V8 engine can take its isolates' answers natively (engine/v8native.py).
+NATIVE_HERE = sys.platform.startswith("linux") and platform.machine().lower() in (
+    "x86_64",
+    "amd64",
+    "aarch64",
+    "arm64",
+)
 
 
 class RecordingDelegate:

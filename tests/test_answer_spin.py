@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import platform
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,21 +25,20 @@ from codemode import (
 from codemode.engine import spin, v8, v8native
 from codemode.engine.v8 import DEFAULT_ANSWER_SPIN, V8Engine
 from codemode.engine.worker import DEFAULT_WORKER_SPIN, WorkerEngine
+from conftest import NATIVE_HERE
 
 ECHO = (ToolDefinition("echo"),)
-NATIVE_HERE = sys.platform.startswith("linux") and platform.machine().lower() in (
-    "x86_64",
-    "amd64",
-    "aarch64",
-    "arm64",
-)
 # A cell of this many sequential calls runs for a few hundred milliseconds: without a turn of
 # the loop per step, a task waiting for a timer would wait that long.
 _LONG = 3000
 
-needs_native = pytest.mark.skipif(
-    not NATIVE_HERE, reason="polling needs native answers (Linux on x86-64 or arm64)"
-)
+
+@pytest.fixture
+def native(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answers taken natively, which polling needs (skipped where they cannot be)."""
+    if not NATIVE_HERE:
+        pytest.skip("polling needs native answers (Linux on x86-64 or arm64)")
+    monkeypatch.setenv(v8native.ENV, "native")
 
 
 def _seq(n: int, work_ms: float = 0) -> str:
@@ -187,13 +184,11 @@ def test_still_quick() -> None:
 # ------------------------------------------------------------------ in process
 
 
-@needs_native
 async def test_quick_answers_are_taken_without_sleeping(
-    answer_polls: list[bool], monkeypatch: pytest.MonkeyPatch
+    answer_polls: list[bool], native: None
 ) -> None:
     """Once its JavaScript is warm, a quick step's answer is there after the loop's one turn
     (then the loop does not sleep for it either) or comes while the loop polls."""
-    monkeypatch.setenv(v8native.ENV, "native")
     async with _runtime(V8Engine(pool_size=0, answer_spin=0.001), _LONG) as rt:
         await _run(rt, 300)  # V8 compiles the prelude's and the cell's hot code
         sleeps = _Sleeps(asyncio.get_running_loop())
@@ -239,13 +234,11 @@ class _Ticker:
         await self._task
 
 
-@needs_native
 async def test_every_other_task_runs_while_a_cell_polls(
-    answer_polls: list[bool], monkeypatch: pytest.MonkeyPatch
+    answer_polls: list[bool], native: None
 ) -> None:
     """A polled answer resolves the step without a turn of the loop; the turn taken before
     polling keeps other tasks running (here a timer's, every millisecond)."""
-    monkeypatch.setenv(v8native.ENV, "native")
     async with _runtime(V8Engine(pool_size=0, answer_spin=0.001), _LONG) as rt:
         ticker = _Ticker()
         started = time.perf_counter()
@@ -257,13 +250,9 @@ async def test_every_other_task_runs_while_a_cell_polls(
     assert ticker.longest < min(0.1, took / 2), (ticker.longest, took)
 
 
-@needs_native
-async def test_a_cell_with_slow_steps_stops_polling(
-    answer_polls: list[bool], monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_cell_with_slow_steps_stops_polling(answer_polls: list[bool], native: None) -> None:
     """Steps that take longer than twice the budget turn the polling off (it would only spend
     the budget); a quick step turns it on again."""
-    monkeypatch.setenv(v8native.ENV, "native")
     async with _runtime(V8Engine(pool_size=0, answer_spin=0.0002), 20) as rt:
         await _run(rt, 12, work_ms=5)
     await v8.wait_freed()
@@ -322,11 +311,9 @@ def holds(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     yield posted
 
 
-@needs_native
 async def test_quick_steps_hold_the_isolates_thread_for_the_next(
-    holds: list[int], monkeypatch: pytest.MonkeyPatch
+    holds: list[int], native: None
 ) -> None:
-    monkeypatch.setenv(v8native.ENV, "native")
     async with _runtime(V8Engine(pool_size=0, answer_spin=0.001), 500) as rt:
         await _run(rt, 500)
         assert len(holds) > 250  # most steps (the first ones run cold)
@@ -336,11 +323,7 @@ async def test_quick_steps_hold_the_isolates_thread_for_the_next(
     assert len(holds) <= 12
 
 
-@needs_native
-async def test_a_slow_tool_turns_the_hold_off(
-    holds: list[int], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(v8native.ENV, "native")
+async def test_a_slow_tool_turns_the_hold_off(holds: list[int], native: None) -> None:
 
     async def slow(value: Any) -> Any:
         await asyncio.sleep(0.005)
@@ -355,13 +338,9 @@ async def test_a_slow_tool_turns_the_hold_off(
     assert len(holds) <= 2
 
 
-@needs_native
-async def test_a_hold_never_delays_a_close_or_a_stop(
-    holds: list[int], monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_hold_never_delays_a_close_or_a_stop(holds: list[int], native: None) -> None:
     """A cell ends while a hold runs on its isolate's thread: the close ends the hold, so
     the isolate is freed at once; a termination mid-run is as quick as without holds."""
-    monkeypatch.setenv(v8native.ENV, "native")
     engine = V8Engine(pool_size=0, answer_spin=0.001)
     async with _runtime(engine, 3000) as rt:
         for _ in range(20):

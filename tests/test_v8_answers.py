@@ -9,8 +9,6 @@ import asyncio
 import gc
 import json
 import os
-import platform
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
@@ -31,14 +29,9 @@ from codemode import (
 from codemode.engine import v8, v8native
 from codemode.engine.base import CellBoot, EngineLost, ToolCallRequested, ToolResultInput
 from codemode.engine.v8 import V8Engine
+from conftest import NATIVE_HERE
 
 ECHO = (ToolDefinition("echo"),)
-NATIVE_HERE = sys.platform.startswith("linux") and platform.machine().lower() in (
-    "x86_64",
-    "amd64",
-    "aarch64",
-    "arm64",
-)
 
 
 async def _echo(value: Any) -> Any:
