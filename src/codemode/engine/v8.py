@@ -713,12 +713,20 @@ class _Reaper:
         done = threading.Event()
         with self._cond:
             self._pending += 1
-        threading.Thread(
-            target=self._free_one,
-            args=(manager, done, then),
-            name="codemode-v8-reaper",
-            daemon=True,
-        ).start()
+        try:
+            threading.Thread(
+                target=self._free_one,
+                args=(manager, done, then),
+                name="codemode-v8-reaper",
+                daemon=True,
+            ).start()
+        except RuntimeError:
+            # The interpreter is shutting down (Python 3.12+ starts no thread then): the
+            # process's exit frees the context; nobody is left to wait for it.
+            with self._cond:
+                self._pending -= 1
+                self._cond.notify_all()
+            done.set()
         return done
 
     def _free_one(
