@@ -45,9 +45,11 @@ from codemode.engine.determinism import (
     check_reads,
     too_many_reads_text,
 )
+from codemode.engine.drain import RawReport, check_report
 from codemode.engine.v8 import V8Engine
 from codemode.engine.watchdog import GuardedEngine
-from codemode.engine.worker import WorkerEngine, _Malformed, _report
+from codemode.engine.worker import WorkerEngine, _raw_report
+from codemode.engine.worker_main import raw_wire
 from conftest import RecordingDelegate, request
 
 ECHO = ToolDefinition("echo", "Returns its input.")
@@ -157,6 +159,15 @@ async def test_reads_are_reported_in_order_and_replayed(js_engine: Engine) -> No
     assert [len(expand(r.reads)) for r in live.reports] == [2, 2]
     assert [r.reads for r in replayed.reports] == [r.reads for r in live.reports]
     assert clock[0] > 1.7e12 and 0 <= live.each_read[1][1] < 1
+
+
+async def test_a_large_report_keeps_its_reads(js_engine: Engine) -> None:
+    """A report too large to check on the event loop still carries its reads (its checking
+    thread gets a copy of them: a clock read and 100 KB of output in one step was refused)."""
+    source = 'text(String(Date.now())); text("x".repeat(100000)); text(String(Math.random()))'
+    live, replayed = await record_and_replay(js_engine, source)
+    assert [s for s, _ in live.each_read] == ["clock", "random"]
+    assert len(live.texts[1]) == 100000 and replayed.texts == live.texts
 
 
 async def test_equal_reads_are_runs_and_a_polling_loop_replays_exactly(js_engine: Engine) -> None:
@@ -472,19 +483,28 @@ def test_the_host_refuses_reads_without_memory_and_unknown_members() -> None:
         assert settlement.error_text.startswith("exec cell sent a report the host refused")
 
 
-def test_the_worker_answer_is_checked_on_the_host() -> None:
-    answer: dict[str, Any] = {
-        "ev": [],
-        "p": [],
-        "s": None,
-        "cpu": 0.0,
-        "rd": [0, T0, 2, 1, 0.125, 1],
-    }
-    assert _report(answer, 1).reads == (EnvRead("clock", T0, 2), RANDOM)
-    assert _report({**answer, "rd": None}, 1).reads == ()
-    for bad in ([0, 1], [2, 1, 1], [1, 2.0, 1], "x", [0, float("nan"), 1], [0, 1, 0]):
-        with pytest.raises(_Malformed):
-            _report({**answer, "rd": bad}, 1)
+def test_a_worker_sends_the_reads_unchecked_and_the_host_checks_them() -> None:
+    """The reads cross the pipe as the cell's bytes (base64) and are checked on the host, by
+    the cell's authority, as in process."""
+    drain = '{"ev":[],"pending":null,"settled":null,"reads":2}'
+    good = bytes(_memory(0, T0, 2, 1, 0.125, 1))
+
+    def host_view(reads: bytes) -> Any:
+        wire = json.loads(json.dumps(raw_wire(RawReport(drain, 0.0, reads))))
+        return check_report(_authority(), CellLimits(), _raw_report(wire))
+
+    assert host_view(good).reads == (EnvRead("clock", T0, 2), RANDOM)
+    for bad in (
+        (0, 1, 0, 1, 0.5, 1),
+        (2, 1, 1, 1, 0.5, 1),
+        (0, 1, 1, 1, 1.5, 1),
+        (0, float("nan"), 1, 1, 0.5, 1),
+    ):
+        settlement = host_view(bytes(_memory(*bad))).settlement
+        assert settlement is not None and settlement.error_text is not None
+        assert settlement.error_text.startswith("exec cell sent a report the host refused")
+    settlement = host_view(good[:24]).settlement  # fewer bytes than the report says
+    assert settlement is not None and settlement.error_text is not None
 
 
 def test_check_reads_and_the_read_player() -> None:

@@ -35,7 +35,7 @@ from codemode import (
 )
 from codemode.engine.base import CellBoot
 from codemode.engine.watchdog import GuardedEngine, rss_error_text
-from codemode.engine.worker import WorkerEngine, _event, _Malformed, _report
+from codemode.engine.worker import WorkerEngine, _Malformed, _raw_report
 from conftest import RecordingDelegate, request, rss_bytes
 from scenarios import Heartbeat, heartbeat
 
@@ -420,23 +420,34 @@ import json, os, sys
 out = os.fdopen(1, "w")
 print(json.dumps({"ready": os.getpid()}), file=out, flush=True)
 MODE = %r
+# What a worker whose V8 was subverted could send: drain reports written by hand.
+DRAINS = {
+    "forged": '{"ev":[["call","tool-1",7,{}]],"pending":["tool-1"],"settled":null}',
+    "over_limit": '{"ev":[' + ",".join(
+        '["call","tool-%%d",0,{}]' %% n for n in range(1, 4)) + '],"pending":null,"settled":null}',
+    "out_of_sequence": '{"ev":[["call","tool-5",0,{}]],"pending":["tool-5"],"settled":null}',
+    "unknown_pending": '{"ev":[["text","a"]],"pending":["tool-9"],"settled":null}',
+    "flood": '{"ev":[' + ",".join(['["text","' + "x" * 100 + '"]'] * 20)
+        + '],"pending":null,"settled":null}',
+    "mute": '{"ev":[["text","hi"],["call","tool-1",0,{}]],"pending":["tool-1"],"settled":null}',
+}
 for line in sys.stdin:
-    msg = json.loads(line)
+    msg = json.loads(line.split("\t")[0])  # a step's line: its command, a tab, its inputs
     if msg.get("op") == "open":
         print(json.dumps({"i": msg["i"]}), file=out, flush=True)
     elif msg.get("op") == "run":
         if MODE == "garbage":
             print("not json at all", file=out, flush=True)
         elif MODE == "huge":
-            report = {"ev": [["text", "x" * 3000000]], "p": [], "s": None, "cpu": 0}
+            report = {"raw": "x" * 3000000, "cpu": 0}
             print(json.dumps({"i": msg["i"], "r": report}), file=out, flush=True)
-        elif MODE == "mute":  # one valid report, then never another answer
-            report = {"ev": [["text", "hi"], ["call", "tool-1", 0, {}]], "p": ["tool-1"],
-                      "s": None, "cpu": 0}
+        elif MODE == "envelope":  # a report whose envelope breaks the protocol
+            report = {"raw": None, "cpu": -1}
             print(json.dumps({"i": msg["i"], "r": report}), file=out, flush=True)
         else:
-            report = {"ev": [["call", "tool-1", 7, {}]], "p": ["tool-1"], "s": None, "cpu": 0}
+            report = {"raw": DRAINS[MODE], "cpu": 0}
             print(json.dumps({"i": msg["i"], "r": report}), file=out, flush=True)
+        # "mute": one valid report, then never another answer
 """
 
 
@@ -453,7 +464,7 @@ def fake_python(tmp_path: Path) -> Iterator[Any]:
     yield make
 
 
-@pytest.mark.parametrize("mode", ["forged", "garbage", "huge"])
+@pytest.mark.parametrize("mode", ["garbage", "huge", "envelope"])
 async def test_a_worker_that_breaks_the_protocol_is_killed(
     make_worker_runtime: Any,
     delegate: RecordingDelegate,
@@ -465,9 +476,43 @@ async def test_a_worker_that_breaks_the_protocol_is_killed(
     cell = await rt.create_cell(request("text('x')"))
     event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
     assert event == Completed((), LOST)
-    assert delegate.calls == []  # the forged call never reached the delegate
+    assert delegate.calls == []
     assert any("malformed answer" in r.message for r in caplog.records)
     assert engine_of(rt).worker_pids() == []
+
+
+REFUSED = "exec cell sent a report the host refused: "
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "output", "calls"),
+    [
+        ("forged", REFUSED + "call tool-1 names no tool (7)", (), 0),
+        ("out_of_sequence", REFUSED + "call id 'tool-5' where 'tool-1' was due", (), 0),
+        ("unknown_pending", REFUSED + "pending names no outstanding call ('tool-9')", ("a",), 0),
+        ("over_limit", "exec cell exceeded max_tool_calls (2)", (), 2),
+        ("flood", "exec cell exceeded max_output_bytes (1000)", ("x" * 100,) * 10, 0),
+    ],
+)
+async def test_the_host_checks_what_a_subverted_worker_reports(
+    make_worker_runtime: Any,
+    delegate: RecordingDelegate,
+    fake_python: Any,
+    mode: str,
+    error: str,
+    output: tuple[str, ...],
+    calls: int,
+) -> None:
+    """A worker checks nothing: its host checks every drain against its own record of the
+    cell (ids in sequence, known tools, outstanding calls, the cell's limits), so a worker
+    that lies gets no further than a hostile cell in process."""
+    limits = CellLimits(max_tool_calls=2, max_output_bytes=1000)
+    rt = make_worker_runtime(limits=limits, python=fake_python(mode))
+    cell = await rt.create_cell(request("text('x')"))
+    event = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
+    assert event == Completed(T(*output), error)
+    assert len(delegate.calls) <= calls  # the calls before the offending one may start
+    assert len(engine_of(rt).worker_pids()) == 1  # a refused report is the cell's, not the worker's
 
 
 async def test_an_unresponsive_worker_is_killed_by_terminate(
@@ -501,42 +546,44 @@ async def test_a_worker_that_cannot_start_raises_engine_error(
     "report",
     [
         [],
-        {"ev": [], "p": [], "s": None},
-        {"ev": [["call", "tool-1", 1, {}]], "p": [], "s": None, "cpu": 0},
-        {"ev": [["call", "tool-1", True, {}]], "p": [], "s": None, "cpu": 0},
-        {"ev": [["call", 'tool-1"]', 0, {}]], "p": [], "s": None, "cpu": 0},
-        {"ev": [["text", 5]], "p": [], "s": None, "cpu": 0},
-        {"ev": [["image", "data:", "huge"]], "p": [], "s": None, "cpu": 0},
-        {"ev": [["timer", 1, -1]], "p": [], "s": None, "cpu": 0},
-        {"ev": [["timer", 1.5, 1]], "p": [], "s": None, "cpu": 0},
-        {"ev": [["store", 1, 1]], "p": [], "s": None, "cpu": 0},
-        {"ev": [["exec", "x"]], "p": [], "s": None, "cpu": 0},
-        {"ev": [], "p": ["tool-1", "tool-1"], "s": None, "cpu": 0},
-        {"ev": [], "p": ["x"], "s": None, "cpu": 0},
-        {"ev": [], "p": [], "s": [1], "cpu": 0},
-        {"ev": [], "p": [], "s": None, "cpu": -1},
-        {"ev": [], "p": [], "s": None, "cpu": "1"},
+        {"cpu": 0},
+        {"raw": "x"},
+        {"raw": 5, "cpu": 0},
+        {"raw": ["x"], "cpu": 0},
+        {"raw": "x", "cpu": -1},
+        {"raw": "x", "cpu": "1"},
+        {"raw": "x", "cpu": float("nan")},
+        {"raw": "x", "cpu": 0, "rd": "not base64!"},
+        {"raw": "x", "cpu": 0, "rd": 5},
+        {"raw": "x", "cpu": 0, "j": "x"},
+        {"raw": "x", "cpu": 0, "j": [[1]]},
+        {"raw": "x", "cpu": 0, "j": [["1", "a"]]},
+        {"raw": "x", "cpu": 0, "j": [[1, 2]]},
+        {"raw": "x", "cpu": 0, "lim": "max_nothing"},
+        {"raw": "x", "cpu": 0, "end": 5},
     ],
 )
-def test_forged_reports_are_rejected(report: Any) -> None:
-    with pytest.raises((_Malformed, KeyError, TypeError)):
-        _report(report, 1)
+def test_malformed_envelopes_are_rejected(report: Any) -> None:
+    with pytest.raises((_Malformed, KeyError)):
+        _raw_report(report)
 
 
-def test_valid_reports_are_decoded() -> None:
-    report = _report(
+def test_valid_envelopes_are_decoded() -> None:
+    raw = _raw_report(
         {
-            "ev": [["text", "a"], ["call", "tool-2", 0, {"a": 1}], ["timer", 3, 0.5]],
-            "p": ["tool-2"],
-            "s": [None],
+            "raw": '{"ev":[],"pending":null,"settled":null}',
             "cpu": 0.25,
-        },
-        1,
+            "rd": "AAAAAAAA8D8=",
+            "j": [[1, "a"], [2, "auto data:,"]],
+            "lim": "max_cpu_seconds",
+            "end": "stopped",
+        }
     )
-    assert report.pending_call_ids == ("tool-2",)
-    assert report.settlement is not None and report.settlement.error_text is None
-    assert len(report.events) == 3
-    assert _event(["yield"], 0) is not None
+    assert raw.cpu_seconds == 0.25 and raw.reads == b"\x00" * 6 + b"\xf0?"
+    assert raw.journal == ((1, "a"), (2, "auto data:,"))
+    assert (raw.limit, raw.ending) == ("max_cpu_seconds", "stopped")
+    assert _raw_report({"raw": None, "cpu": 0}).raw is None
+    assert _raw_report({"raw": 0, "cpu": 0}).raw == 0  # a drain that was not text: refused later
 
 
 def test_worker_engine_takes_no_required_arguments() -> None:

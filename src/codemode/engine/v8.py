@@ -21,7 +21,6 @@ import asyncio
 import atexit
 import collections
 import concurrent.futures
-import dataclasses
 import functools
 import importlib.resources
 import json
@@ -43,16 +42,21 @@ from codemode.engine.base import (
     EngineCell,
     EngineEvent,
     EngineLost,
-    Settlement,
     StepInput,
     StepReport,
     ToolResultInput,
-    limit_error_text,
 )
-from codemode.engine.determinism import many_reads, pin_v8_zone_and_locale, replay_wire
+from codemode.engine.determinism import pin_v8_zone_and_locale, replay_wire
+from codemode.engine.drain import (
+    RawReport,
+    check_report,
+    check_report_async,
+    offloaded,
+    read_runs,
+    stopped_events,
+)
 from codemode.engine.jsscan import scan_source
 from codemode.engine.source import (
-    clean_error_text,
     prepare_source_async,
     syntax_error_from,
 )
@@ -1156,6 +1160,12 @@ class _V8Cell(EngineCell):
         return _dumps(config)
 
     async def run(self) -> StepReport:
+        return self._checked(await self.run_raw())
+
+    async def run_raw(self) -> RawReport:
+        """:meth:`run`, its report not checked (a worker's host checks it: engine/drain.py).
+        The cell is closed when the engine ended it; a report that settles it is not seen
+        here, so the caller closes it then."""
         prepared = await prepare_source_async(self._boot.source)
         if prepared.as_written is not None and await self._eval(
             self._bridge.compiles, prepared.as_written
@@ -1163,12 +1173,13 @@ class _V8Cell(EngineCell):
             prepared = prepared.as_javascript()  # valid JavaScript runs as written
         if prepared.error_text is not None:
             self.close()
-            return StepReport((), (), Settlement(prepared.error_text))
+            return RawReport(ending=prepared.error_text)
         scan = scan_source(prepared.code)
         if scan.static_import is not None:
             self.close()
-            text = f"SyntaxError: Unsupported import in exec: {scan.static_import}"
-            return StepReport((), (), Settlement(text))
+            return RawReport(
+                ending=f"SyntaxError: Unsupported import in exec: {scan.static_import}"
+            )
         stored_json = self._stored.json_text()
         bridge = self._bridge
         try:
@@ -1180,18 +1191,43 @@ class _V8Cell(EngineCell):
             if located is None:
                 raise
             self.close()
-            return StepReport((), (), Settlement(located))
+            return RawReport(ending=located)
 
     async def step(self, inputs: Sequence[StepInput]) -> StepReport:
         self._authority.inputs(inputs)
-        self._few = len(inputs) <= spin_mod.QUICK_ITEMS  # a step worth polling for
-        text = _step_text(inputs)
+        raw = await self._command(*self._step_args(_step_text(inputs), len(inputs)))
+        # (A small report is checked right here, without another coroutine.)
+        return await self._checked_async(raw) if offloaded(raw.raw) else self._checked(raw)
+
+    async def step_raw(self, text: str, count: int) -> RawReport:
+        """:meth:`step`, its report not checked (see :meth:`run_raw`), its ``count`` inputs
+        given as their step text (a worker gets it so from its host)."""
+        return await self._command(*self._step_args(text, count))
+
+    def _step_args(self, text: str, count: int) -> tuple[Any, ...]:
+        """The bridge call of a step: its inputs put in the inbox (or given as the argument)."""
+        self._few = count <= spin_mod.QUICK_ITEMS  # a step worth polling for
         inbox = self._inbox
         if self._closed:  # the inbox's memory went with the isolate
             raise EngineLost("the cell's engine was closed")
         if inbox is not None and inbox.put(text):
-            return await self._command(self._bridge.step)  # no argument to copy in
-        return await self._command(self._bridge.step, text)
+            return (self._bridge.step,)  # no argument to copy in
+        return (self._bridge.step, text)
+
+    def _checked(self, raw: RawReport) -> StepReport:
+        """``raw`` checked by the cell's authority; a report that settles the cell closes it
+        (after completion no JavaScript of the cell runs: docs/cells.md)."""
+        report = check_report(self._authority, self._limits, raw)
+        if report.settlement is not None:
+            self.close()
+        return report
+
+    async def _checked_async(self, raw: RawReport) -> StepReport:
+        """:meth:`_checked` of a large report, checked on a worker thread."""
+        report = await check_report_async(self._authority, self._limits, raw)
+        if report.settlement is not None:
+            self.close()
+        return report
 
     async def replay_steps(self, steps: Sequence[Sequence[StepInput]]) -> list[StepReport] | None:
         """Replay (docs/durability.md): run recorded steps back to back, as many :meth:`step`
@@ -1287,30 +1323,47 @@ class _V8Cell(EngineCell):
         reports: list[StepReport] = []
         for inputs, raw in zip(steps, raws, strict=True):
             self._authority.inputs(inputs)
-            report = await self._parse(raw, cpu)
+            report = await self._checked_async(RawReport(raw, cpu, self._reads_of(raw)))
             reports.append(report)
             if report.settlement is not None:
-                self.close()  # after completion no JavaScript of the cell runs (docs/cells.md)
-                break
+                break  # the cell is closed (_checked_async)
         return reports
 
     async def stop(self) -> tuple[EngineEvent, ...]:
+        return stopped_events(self._authority, await self.stop_raw())
+
+    async def stop_raw(self) -> RawReport:
+        """:meth:`stop`: the cell's last output, not checked (see :meth:`run_raw`)."""
         if self._closed:
-            return ()
+            return RawReport()
         inflight = self._inflight
         if inflight is not None:
             # Abandoning a step terminates its JavaScript and leaves the context usable.
             self._abort(inflight)
         try:
-            report = await self._drain_stopped()
-            events = report.events if report is not None else self._read_journal()
+            return await self._stopped()
         finally:
             self.close()
-        return events
 
-    def _read_journal(self) -> tuple[EngineEvent, ...]:
-        """The output the cell wrote since its last drain, read from the journal's memory
-        without running JavaScript (the isolate may be spinning in a continuation, where
+    async def _stopped(self, limit: str | None = None) -> RawReport:
+        """What a stopped cell recorded since its last report: one bounded drain if V8 still
+        answers, else the output records of its journal. Before the cell is closed."""
+        raw = await self._drain_stopped()
+        if raw is None:
+            return RawReport(journal=self._read_journal(), limit=limit)
+        return RawReport(raw, 0.0, self._reads_of(raw), limit=limit)
+
+    def _reads_of(self, raw: Any) -> bytes | None:
+        """A copy of the read memory the drain report ``raw`` refers to (``"reads": N``)."""
+        runs = read_runs(raw)
+        memory = self._reads
+        if not runs or memory is None or self._closed:
+            return None
+        return bytes(memory[: min(24 * runs, len(memory))])
+
+    def _read_journal(self) -> tuple[tuple[int, str], ...]:
+        """The output records the cell wrote since its last drain, read from the journal's
+        memory without running JavaScript (the isolate may be spinning in a continuation, where
         stopping it also stops any drain). Only while the isolate lives: never after close."""
         view = self._journal
         if view is None or self._closed:
@@ -1320,7 +1373,7 @@ class _V8Cell(EngineCell):
             # cell may still be writing past the end mark.
             end = min(int.from_bytes(view[0:4], "little"), _JOURNAL_UNITS)
             data = bytes(view[: 2 * end])
-            return self._authority.salvage(_journal_items(data))
+            return tuple(_journal_items(data))
         except Exception:  # pragma: no cover - a journal is best effort
             logger.debug("journal of cell %s unreadable", self._boot.cell_id, exc_info=True)
             return ()
@@ -1342,37 +1395,23 @@ class _V8Cell(EngineCell):
 
     # ------------------------------------------------------------------ internals
 
-    async def _command(self, fn: Any, *args: str) -> StepReport:
+    async def _command(self, fn: Any, *args: str) -> RawReport:
         """Run one step and the drain that follows it (microtasks run between the two; both
-        are submitted at once, so the host waits for the isolate once)."""
+        are submitted at once, so the host waits for the isolate once). A limit that stops it
+        closes the cell, after reading what the cell recorded before (:meth:`_stopped`)."""
         cpu_before = self._cpu_used
         try:
             raw = await self._eval(fn, *args, drain=True)
         except _LimitExceeded as exc:
-            report = await self._salvage(Settlement(limit_error_text(self._limits, exc.field_name)))
-            self.close()
-            return report
-        cpu = self._cpu_used - cpu_before
-        # (A small report is checked right here, without the coroutine of _parse.)
-        report = await self._parse(raw, cpu) if _offloaded(raw) else self._check(raw, cpu)
-        if report.settlement is not None:
-            self.close()  # after completion no JavaScript of the cell runs (docs/cells.md)
-        return report
+            try:
+                return await self._stopped(limit=exc.field_name)
+            finally:
+                self.close()
+        return RawReport(raw, self._cpu_used - cpu_before, self._reads_of(raw))
 
-    async def _salvage(self, settlement: Settlement) -> StepReport:
-        """After a limit stopped the cell, read the output it recorded before, if V8 still can.
-        A limit the prelude itself reported in that drain is the more precise settlement."""
-        report = await self._drain_stopped()
-        if report is None:
-            return StepReport(self._read_journal(), (), settlement)
-        reported = report.settlement
-        if reported is not None and (reported.error_text or "").startswith("exec cell exceeded"):
-            settlement = reported
-        return StepReport(report.events, (), settlement, reads=report.reads)
-
-    async def _drain_stopped(self) -> StepReport | None:
+    async def _drain_stopped(self) -> Any:
         """One bounded drain of a cell whose JavaScript was stopped (an abandoned eval leaves the
-        context usable); None if V8 could not answer."""
+        context usable): its raw report, or None if V8 could not answer."""
         if self._closed:
             return None
         try:
@@ -1385,7 +1424,7 @@ class _V8Cell(EngineCell):
                 self._release_hold()
                 drain = self._bridge.call(self._bridge.drain)
                 raw = await asyncio.wait_for(drain, max(budget - time.monotonic(), 0.0))
-            return await self._parse(raw, 0.0)
+            return raw
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -1552,52 +1591,16 @@ class _V8Cell(EngineCell):
             return _FLAGGED_LIMITS[code - 1]
         return None
 
-    async def _parse(self, raw: Any, cpu_seconds: float) -> StepReport:
-        """Check a drain report on the host (:class:`CellAuthority`); a large one on a worker
-        thread, decoded event by event, so the event loop keeps getting the GIL."""
-        if not _offloaded(raw):
-            return self._check(raw, cpu_seconds)
-        # The reads' memory lives as long as the isolate: a thread gets a copy (a close may
-        # free the isolate meanwhile).
-        reads = self._reads if not self._closed and many_reads(raw) else None
-        copied = bytes(reads) if reads is not None else None
-        report = await asyncio.to_thread(self._authority.accept_raw, raw, cpu_seconds, copied)
-        return _located(report)
 
-    def _check(self, raw: Any, cpu_seconds: float) -> StepReport:
-        """:meth:`_parse` of a report checked on the loop (not :func:`_offloaded`)."""
-        reads: Any = None if self._closed else self._reads
-        return _located(self._authority.accept_raw(raw, cpu_seconds, reads))
-
-
-def _offloaded(raw: Any) -> bool:
-    """A drain report large enough (or with enough reads) to be checked on a worker thread."""
-    return isinstance(raw, str) and (len(raw) > _THREAD_REPORT_CHARS or many_reads(raw))
-
-
-def _located(report: StepReport) -> StepReport:
-    """``report`` with its settlement's stack frames naming their place in the cell as written,
-    and only there (docs/cells.md)."""
-    settlement = report.settlement
-    if settlement is None or settlement.error_text is None:
-        return report
-    located = clean_error_text(settlement.error_text)
-    if located == settlement.error_text:
-        return report
-    return dataclasses.replace(report, settlement=Settlement(located))
-
-
-def _step_text(inputs: Sequence[StepInput], *, quote_values: bool = False) -> str:
-    """A step's inputs as the prelude's ``step`` reads them (for :meth:`_V8Cell.step` and the
-    replay's back-to-back steps). Call ids are the runtime's own "tool-N": no escaping needed.
-    ``quote_values``: each result's value as its JSON text in a JSON string (the worker
-    engine's step line, ``engine/worker.py``: one line, and the worker passes the text on)."""
+def _step_text(inputs: Sequence[StepInput]) -> str:
+    """A step's inputs as the prelude's ``step`` reads them (for :meth:`_V8Cell.step`, the
+    replay's back-to-back steps and the worker engine's step line). Call ids are the runtime's
+    own "tool-N": no escaping needed."""
     parts = []
     for item in inputs:
         if isinstance(item, ToolResultInput):
             if item.ok:
-                value = _dumps(item.value_json) if quote_values else item.value_json
-                parts.append(f'["r","{item.call_id}",true,{value}]')
+                parts.append(f'["r","{item.call_id}",true,{item.value_json}]')
             else:
                 parts.append(f'["r","{item.call_id}",false,{_dumps(item.message)}]')
         else:
@@ -1655,6 +1658,3 @@ _UNDEFINED = 11
 
 # Arguments longer than this are copied into the isolate from a worker thread.
 _THREAD_ARG_CHARS = 256 * 1024
-
-# Drain reports longer than this are checked on a worker thread.
-_THREAD_REPORT_CHARS = 64 * 1024

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 
 from codemode.engine.base import (
     CellBoot,
@@ -32,6 +33,7 @@ from codemode.engine.base import (
     StepInput,
     StepReport,
 )
+from codemode.engine.drain import RawReport
 
 __all__ = ["DEFAULT_INTERVAL", "GuardedEngine", "rss_bytes", "rss_error_text"]
 
@@ -40,6 +42,17 @@ logger = logging.getLogger("codemode.engine.watchdog")
 DEFAULT_INTERVAL = 0.01  # seconds between samples while a guarded cell runs
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+_T = TypeVar("_T")
+
+
+class _RawCell(Protocol):
+    """A cell whose reports can be taken unchecked (the V8 engine's: engine/drain.py)."""
+
+    async def run_raw(self) -> RawReport: ...
+    async def step_raw(self, text: str, count: int) -> RawReport: ...
+    async def stop_raw(self) -> RawReport: ...
 
 
 _statm: int | None = None  # a descriptor of /proc/self/statm, kept open (one pread a sample)
@@ -194,13 +207,35 @@ class _GuardedCell(EngineCell):
         return self.inner.closed
 
     async def run(self) -> StepReport:
-        return await self._guarded(self.inner.run)
+        return await self._guarded(self.inner.run, self._overrun_report)
 
     async def step(self, inputs: Sequence[StepInput]) -> StepReport:
-        return await self._guarded(lambda: self.inner.step(inputs))
+        return await self._guarded(lambda: self.inner.step(inputs), self._overrun_report)
 
     async def stop(self) -> tuple[EngineEvent, ...]:
         return await self.inner.stop()
+
+    # The same, the reports unchecked (a worker process's cells: their host checks them).
+    async def run_raw(self) -> RawReport:
+        return await self._guarded(self._raw().run_raw, self._overrun_raw)
+
+    async def step_raw(self, text: str, count: int) -> RawReport:
+        return await self._guarded(lambda: self._raw().step_raw(text, count), self._overrun_raw)
+
+    async def stop_raw(self) -> RawReport:
+        return await self._raw().stop_raw()
+
+    def _raw(self) -> _RawCell:
+        return cast(_RawCell, self.inner)
+
+    async def _overrun_report(self, budget: int, stop: bool) -> StepReport:
+        """The cell ends with the budget's error, keeping the output it produced before."""
+        events = await self.inner.stop() if stop else ()
+        return StepReport(events, (), Settlement(rss_error_text(budget)))
+
+    async def _overrun_raw(self, budget: int, stop: bool) -> RawReport:
+        stopped = await self._raw().stop_raw() if stop else RawReport()
+        return dataclasses.replace(stopped, ending=rss_error_text(budget))
 
     def close(self) -> None:
         self.inner.close()
@@ -214,9 +249,13 @@ class _GuardedCell(EngineCell):
         if task is not None and self._overrun is None and task.cancel():
             self._overrun = budget  # abandoning the engine's step stops its JavaScript
 
-    async def _guarded(self, command: Callable[[], Awaitable[StepReport]]) -> StepReport:
+    async def _guarded(
+        self,
+        command: Callable[[], Awaitable[_T]],
+        overrun: Callable[[int, bool], Awaitable[_T]],
+    ) -> _T:
         if self._overrun is not None:
-            return StepReport((), (), Settlement(rss_error_text(self._overrun)))
+            return await overrun(self._overrun, False)
         # The watchdog cancels the task running this command (no task of our own per command:
         # this is every nested call's path) and takes its cancellation back below.
         task = asyncio.current_task()
@@ -233,5 +272,4 @@ class _GuardedCell(EngineCell):
             self._monitor.discard(run)
             self._task = None
         # The watchdog stopped the command: keep what the cell had produced, then end it.
-        events = await self.inner.stop()
-        return StepReport(events, (), Settlement(rss_error_text(self._overrun)))
+        return await overrun(self._overrun, True)

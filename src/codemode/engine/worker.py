@@ -27,13 +27,13 @@ a nested call costs one line each way. See ``docs/engines.md`` and ``docs/call-p
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
 import dataclasses
 import json
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from codemode.cell.authority import MAX_STORED_DEPTH, depth_at_most, json_loads_finite
+from codemode.cell.authority import CellAuthority
 from codemode.cell.stored import StoredSnapshot
 from codemode.engine import spin as spin_mod
 from codemode.engine.base import (
@@ -51,25 +51,16 @@ from codemode.engine.base import (
     EngineCell,
     EngineEvent,
     EngineLost,
-    NotifyRequested,
-    OutputProduced,
-    Settlement,
     StepInput,
     StepReport,
-    StoresWritten,
-    StoreWritten,
-    TimerCleared,
-    TimerSet,
-    ToolCallRequested,
     ToolResultInput,
-    YieldRequested,
 )
-from codemode.engine.determinism import check_reads
+from codemode.engine.drain import RawReport, check_report_async, stopped_events
 from codemode.engine.v8 import _step_text
 from codemode.engine.watchdog import rss_error_text
 from codemode.engine.worker_main import boot_to_json
 from codemode.errors import EngineError
-from codemode.model import ImageDetail, ImageItem, TextItem
+from codemode.model import CellLimits
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT",
@@ -101,8 +92,6 @@ STOP_TIMEOUT = 1.0
 # Answers above this size are decoded on a worker thread, not on the event loop.
 _BIG_MESSAGE = 1 << 20
 
-_CALL_ID = re.compile(r"tool-[0-9]{1,18}")
-_DETAILS = {d.value: d for d in ImageDetail}
 
 _dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
 
@@ -738,7 +727,11 @@ class _WorkerCell(EngineCell):
     def __init__(self, child: _Child, key: int, boot: CellBoot) -> None:
         self._child = child
         self._key = key
-        self._tool_count = len(boot.tools)
+        # The host's record of the cell: every report the worker sends is checked against it.
+        self._authority = CellAuthority(
+            boot.tools, boot.limits, pausable=boot.pausable, stored=boot.stored
+        )
+        self._limits = boot.limits
         self._closed = False
         self._lost: str | None = None
         self._inflight: int | None = None
@@ -758,6 +751,7 @@ class _WorkerCell(EngineCell):
         return await self._command("run", "}")
 
     async def step(self, inputs: Sequence[StepInput]) -> StepReport:
+        self._authority.inputs(inputs)
         size = sum(len(i.value_json) for i in inputs if isinstance(i, ToolResultInput))
         few = len(inputs) <= spin_mod.QUICK_ITEMS  # a step worth polling for
         if size > _BIG_MESSAGE:  # big tool results: build the line off the event loop
@@ -780,10 +774,7 @@ class _WorkerCell(EngineCell):
         try:
             async with asyncio.timeout(STOP_TIMEOUT):
                 answer = await future
-            events = answer["ev"]
-            if not isinstance(events, list):
-                raise _Malformed("bad event list")
-            return tuple(_event(ev, self._tool_count) for ev in events)
+            return stopped_events(self._authority, _raw_report(answer["r"]))
         except TimeoutError:
             child.forget(i)
             child.unresponsive("a stop")
@@ -849,29 +840,30 @@ class _WorkerCell(EngineCell):
                 self._lost = str(answer["lost"])[:1000]
                 self._mark_closed()
                 raise EngineLost(f"the worker reported: {self._lost}")
-            data = answer["r"]
-            if _report_weight(data) > _BIG_REPORT_ENTRIES:  # checked off the event loop
-                report = await asyncio.to_thread(_report, data, self._tool_count)
-            else:
-                report = _report(data, self._tool_count)
+            raw = _raw_report(answer["r"])
         except (_Malformed, KeyError, TypeError, ValueError, IndexError) as exc:
             child.compromised(f"{op}: {exc}")
             raise EngineLost(f"the worker process sent a malformed answer ({exc})") from None
+        # Checked here, by the host's record of the cell (a large report on a thread).
+        report = await check_report_async(self._authority, self._limits, raw)
         if report.settlement is not None:
             error_text = report.settlement.error_text
             if error_text is not None and error_text == self._rss_error:
                 # The allocator keeps what the cell grew: later cells get a fresh worker.
                 child.draining = True
-            self._mark_closed()  # the child closed its cell after the settlement
+            self.close()  # no JavaScript of it runs again (the child may have closed it)
         return report
 
 
 def _step_tail(inputs: Sequence[StepInput]) -> str:
-    """The inputs of a step command, as the end of its line: the in-process engine's step text
-    with each result's value as its JSON text in a string (the worker hands that text to the
-    isolate as it is, with no decoding and encoding of every value there; escaping keeps one
-    message on one line)."""
-    return f',"in":{_step_text(inputs, quote_values=True)}}}'
+    """The end of a step command's line: the number of inputs, then, after a tab, the
+    in-process engine's step text, which the worker hands to the isolate as it is (no decoding
+    and encoding of every value there). JSON text holds a line break only between its tokens,
+    where a space means the same: the message stays one line."""
+    text = _step_text(inputs)
+    if "\n" in text:
+        text = text.replace("\n", " ")
+    return f',"n":{len(inputs)}}}\t{text}'
 
 
 def _step_tail_bytes(inputs: Sequence[StepInput]) -> bytes:
@@ -891,124 +883,48 @@ def _boot_body(boot: CellBoot) -> str:
     return _dumps(head)[:-1] + ',"stored":' + stored_json + "}"
 
 
-# Reports with more entries (events and stored writes) than this are checked on a thread.
-_BIG_REPORT_ENTRIES = 2000
+_LIMIT_FIELDS = frozenset(f.name for f in dataclasses.fields(CellLimits))
 
 
-def _report_weight(data: Any) -> int:
-    """How many entries checking ``data`` means, counted cheaply (without checking it)."""
-    events = data.get("ev") if isinstance(data, dict) else None
-    if not isinstance(events, list):
-        return 0
-    weight = len(events)
-    for ev in events:
-        if isinstance(ev, list) and len(ev) == 2 and ev[0] == "stores" and isinstance(ev[1], dict):
-            weight += len(ev[1])
-    return weight
-
-
-def _report(data: Any, tool_count: int) -> StepReport:
+def _raw_report(data: Any) -> RawReport:
+    """An answer's report, as the worker's cell gave it (worker_main.raw_wire). Only its
+    envelope is checked here (a bad envelope means the worker itself is compromised); what the
+    cell reported is checked by the cell's authority (engine/drain.py)."""
     if not isinstance(data, dict):
         raise _Malformed("a report is not an object")
-    events = data["ev"]
-    pending = data["p"]
-    settled = data["s"]
+    raw = data["raw"]
+    if raw is not None and not isinstance(raw, str) and raw != 0:
+        raise _Malformed("a drain that is not text")
     cpu = data["cpu"]
-    if not isinstance(events, list) or not isinstance(pending, list):
-        raise _Malformed("bad event or pending list")
-    for call_id in pending:
-        if not isinstance(call_id, str) or not _CALL_ID.fullmatch(call_id):
-            raise _Malformed(f"bad pending id {str(call_id)[:40]!r}")
-    if len(set(pending)) != len(pending):
-        raise _Malformed("duplicate pending ids")
-    settlement: Settlement | None = None
-    if settled is not None:
-        if not isinstance(settled, list) or len(settled) != 1:
-            raise _Malformed("bad settlement")
-        error_text = settled[0]
-        if error_text is not None and not isinstance(error_text, str):
-            raise _Malformed("bad error text")
-        settlement = Settlement(error_text)
     if type(cpu) not in (int, float) or not math.isfinite(cpu) or cpu < 0:
         raise _Malformed("bad cpu time")
-    reads_raw = data.get("rd")
-    try:
-        reads = () if reads_raw is None else check_reads(reads_raw)
-    except ValueError as exc:
-        raise _Malformed(str(exc)) from None
-    return StepReport(
-        tuple(_event(ev, tool_count) for ev in events),
-        tuple(pending),
-        settlement,
-        float(cpu),
-        reads,
-    )
-
-
-def _int(value: Any) -> int:
-    if type(value) is not int:
-        raise _Malformed(f"expected an integer, got {type(value).__name__}")
-    return value
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise _Malformed(f"expected a string, got {type(value).__name__}")
-    return value
-
-
-def _stored_writes(raw: Any) -> dict[str, str]:
-    """A batch of stored writes from the worker: key -> finite JSON text, nested within the
-    stored-value depth bound (the same checks the in-process authority makes)."""
-    if not isinstance(raw, dict):
-        raise _Malformed("stored writes are not an object")
-    for key, text in raw.items():
-        if not isinstance(key, str) or not isinstance(text, str):
-            raise _Malformed("a stored write is not a key and a JSON text")
+    reads: bytes | None = None
+    encoded = data.get("rd")
+    if encoded is not None:
+        if not isinstance(encoded, str):
+            raise _Malformed("reads that are not base64 text")
         try:
-            value = json_loads_finite(text)
-        except ValueError:
-            raise _Malformed(f"stored value {key[:40]!r} is not finite JSON") from None
-        if text[:1] in "[{" and not depth_at_most(value, MAX_STORED_DEPTH):
-            raise _Malformed(f"stored value {key[:40]!r} nests too deep")
-    return raw
-
-
-def _event(ev: Any, tool_count: int) -> EngineEvent:
-    if not isinstance(ev, list) or not ev:
-        raise _Malformed("an event is not a list")
-    tag = ev[0]
-    n = len(ev)
-    if tag == "text" and n == 2:
-        return OutputProduced(TextItem(_str(ev[1])))
-    if tag == "image" and n == 3:
-        detail = ev[2]
-        if detail is not None and detail not in _DETAILS:
-            raise _Malformed("bad image detail")
-        url = _str(ev[1])
-        return OutputProduced(ImageItem(url, _DETAILS[detail] if detail is not None else None))
-    if tag == "call" and n == 4:
-        call_id = _str(ev[1])
-        if not _CALL_ID.fullmatch(call_id):
-            raise _Malformed(f"bad call id {call_id[:40]!r}")
-        index = _int(ev[2])
-        if not 0 <= index < tool_count:
-            raise _Malformed(f"tool index {index} out of range")
-        return ToolCallRequested(call_id, index, ev[3])
-    if tag == "notify" and n == 2:
-        return NotifyRequested(_str(ev[1]))
-    if tag == "yield" and n == 1:
-        return YieldRequested()
-    if tag == "timer" and n == 3:
-        delay = ev[2]
-        if type(delay) not in (int, float) or not math.isfinite(delay) or delay < 0:
-            raise _Malformed("bad timer delay")
-        return TimerSet(_int(ev[1]), float(delay))
-    if tag == "clear" and n == 2:
-        return TimerCleared(_int(ev[1]))
-    if tag == "store" and n == 3:
-        key = _str(ev[1])
-        return StoreWritten(key, _stored_writes({key: ev[2]})[key])
-    if tag == "stores" and n == 2:
-        return StoresWritten(_stored_writes(ev[1]))
-    raise _Malformed(f"unknown event {str(tag)[:20]!r}")
+            reads = binascii.a2b_base64(encoded, strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise _Malformed("reads that are not base64 text") from None
+    journal: tuple[tuple[int, str], ...] = ()
+    records = data.get("j")
+    if records is not None:
+        if not isinstance(records, list):
+            raise _Malformed("journal records that are not a list")
+        for record in records:
+            if (
+                not isinstance(record, list)
+                or len(record) != 2
+                or type(record[0]) is not int
+                or not isinstance(record[1], str)
+            ):
+                raise _Malformed("a journal record that is not a kind and a text")
+        journal = tuple((kind, text) for kind, text in records)
+    limit = data.get("lim")
+    if limit is not None and limit not in _LIMIT_FIELDS:
+        raise _Malformed(f"unknown limit {str(limit)[:40]!r}")
+    ending = data.get("end")
+    if ending is not None and not isinstance(ending, str):
+        raise _Malformed("an ending that is not text")
+    return RawReport(raw, float(cpu), reads, journal, limit, ending)

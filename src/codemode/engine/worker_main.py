@@ -9,13 +9,22 @@ and answers the host's commands.
 The wire is newline-delimited JSON, one object per line, in both directions (see
 ``docs/engines.md``). Host to worker: ``{"i": n, "op": "open"|"run"|"step"|"stop", "c": cell,
 ...}`` (each answered once, by ``{"i": n, ...}``), ``{"op": "cancel", "i": n}`` (abandon command
-``n``; its answer is dropped), ``{"op": "close", "c": cell}``. The worker's first line is
-``{"ready": pid}``. Nothing here is trusted by the host: it validates every answer.
+``n``; its answer is dropped), ``{"op": "close", "c": cell}``. A step's line is its command,
+``{"op": "step", "c": cell, "i": n, "n": count}``, then a tab and the step text of its ``count``
+inputs, which the worker hands to the isolate as it is. The worker's first line is
+``{"ready": pid}``.
+
+The worker checks nothing the cell reports: it sends each command's drain report as the cell
+gave it (:class:`~codemode.engine.drain.RawReport`: the drain's text, the read buffer's bytes,
+the journal's records after a stop, how the engine ended the cell), and the host checks it
+against its own record of the cell (:func:`~codemode.engine.drain.check_report`). Nothing here
+is trusted by the host: a worker whose V8 was subverted gets no further than a hostile cell.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ctypes
 import dataclasses
 import json
@@ -32,21 +41,10 @@ from codemode.engine.base import (
     CellBoot,
     EngineLost,
     EnvRead,
-    NotifyRequested,
-    OutputProduced,
-    StoresWritten,
-    StoreWritten,
-    TimerCleared,
-    TimerFired,
-    TimerSet,
-    ToolCallRequested,
-    ToolResultInput,
-    YieldRequested,
 )
-from codemode.engine.determinism import SOURCES
-from codemode.engine.spin import QUICK_ITEMS, ReadablePoll, loop_busy, still_quick
+from codemode.engine.spin import ReadablePoll, loop_busy, still_quick
 from codemode.errors import EngineError
-from codemode.model import CellLimits, TextItem, ToolDefinition, ToolKind
+from codemode.model import CellLimits, ToolDefinition, ToolKind
 
 __all__ = ["main"]
 
@@ -93,28 +91,29 @@ def _protocol_fds() -> tuple[int, int]:
     return cmd_in, answers
 
 
-def _event(ev: Any) -> list[Any]:
-    if isinstance(ev, ToolCallRequested):  # the common case first
-        return ["call", ev.call_id, ev.tool_index, ev.input]
-    if isinstance(ev, OutputProduced):
-        item = ev.item
-        if isinstance(item, TextItem):
-            return ["text", item.text]
-        detail = item.detail.value if item.detail is not None else None
-        return ["image", item.image_url, detail]
-    if isinstance(ev, NotifyRequested):
-        return ["notify", ev.text]
-    if isinstance(ev, YieldRequested):
-        return ["yield"]
-    if isinstance(ev, TimerSet):
-        return ["timer", ev.timer_id, ev.delay]
-    if isinstance(ev, TimerCleared):
-        return ["clear", ev.timer_id]
-    if isinstance(ev, StoreWritten):
-        return ["store", ev.key, ev.value]
-    if isinstance(ev, StoresWritten):
-        return ["stores", dict(ev.writes)]
-    raise TypeError(f"unknown engine event {type(ev).__name__}")
+# A report longer than this keeps the host busy a while: no polling for its next command.
+_QUICK_REPORT_CHARS = 2048
+
+
+def raw_wire(report: Any) -> dict[str, Any]:
+    """The wire form of a :class:`~codemode.engine.drain.RawReport`: ``raw`` (the drain's text;
+    ``0`` for a drain that returned anything else, which the host refuses; ``null`` when none
+    was read), ``cpu``, and when present ``rd`` (the reads' bytes, base64), ``j`` (journal
+    records), ``lim`` (the limit that stopped the command), ``end`` (the engine's ending)."""
+    raw = report.raw
+    out: dict[str, Any] = {
+        "raw": raw if raw is None or isinstance(raw, str) else 0,
+        "cpu": report.cpu_seconds,
+    }
+    if report.reads:
+        out["rd"] = base64.b64encode(report.reads).decode("ascii")
+    if report.journal:
+        out["j"] = [list(record) for record in report.journal]
+    if report.limit is not None:
+        out["lim"] = report.limit
+    if report.ending is not None:
+        out["end"] = report.ending
+    return out
 
 
 class _Commands(asyncio.Protocol):
@@ -150,7 +149,12 @@ class _Commands(asyncio.Protocol):
                 line = data[start:end]
             start = end + 1
             try:
-                self._server.dispatch(json.loads(line))
+                # A step's line: its command, a tab, then its inputs' step text as is.
+                head, tab, text = line.partition(b"\t")
+                msg = json.loads(head)
+                if tab:
+                    msg["text"] = text.decode()
+                self._server.dispatch(msg)
             except Exception:  # the host never sends this: end, as at the end of the pipe
                 self._end()
         if not self._parts and not self.ended.done():
@@ -273,28 +277,20 @@ class _Server:
                 self.send({"i": i, "lost": "the cell's engine was closed"})
                 return
             if op == "stop":
-                events = await cell.stop()
+                report = await cell.stop_raw()
                 self.cells.pop(key, None)
-                self.send({"i": i, "ev": [_event(e) for e in events]})
+                self.send({"i": i, "r": raw_wire(report)})
                 return
             if op == "run":
-                report = await cell.run()
+                report = await cell.run_raw()
             else:
-                report = await cell.step(_inputs(msg["in"]))
+                report = await cell.step_raw(msg["text"], int(msg["n"]))
             if cell.closed:
                 self.cells.pop(key, None)
-            s = report.settlement
-            answer = {
-                "ev": [_event(e) for e in report.events],
-                "p": list(report.pending_call_ids),
-                "s": None if s is None else [s.error_text],
-                "cpu": report.cpu_seconds,
-            }
-            if report.reads:  # docs/determinism.md: [code, value, count, ...]
-                answer["rd"] = _reads(report.reads)
-            self.send({"i": i, "r": answer})
-            if len(report.events) > QUICK_ITEMS:  # the host takes a while over this one
-                self.answered = 0.0
+            self.send({"i": i, "r": raw_wire(report)})
+            raw = report.raw
+            if isinstance(raw, str) and len(raw) > _QUICK_REPORT_CHARS:
+                self.answered = 0.0  # the host takes a while over this one
         except EngineLost as exc:
             self.cells.pop(key, None)
             self.send({"i": i, "lost": str(exc) or type(exc).__name__})
@@ -320,28 +316,6 @@ def _boot(data: dict[str, Any]) -> Any:
 
 def _replay_reads(raw: Any) -> tuple[Any, ...]:
     return tuple(EnvRead(str(source), float(value), int(count)) for source, value, count in raw)
-
-
-def _reads(reads: Any) -> list[Any]:
-    out: list[Any] = []
-    for read in reads:
-        out += (SOURCES.index(read.source), read.value, read.count)
-    return out
-
-
-def _inputs(raw: list[Any]) -> list[Any]:
-    inputs: list[Any] = []
-    for item in raw:
-        if item[0] == "t":
-            inputs.append(TimerFired(int(item[1])))
-        elif item[2]:  # the value's JSON text, as the host wrote it
-            value_json = item[3]
-            if not isinstance(value_json, str):
-                raise TypeError("a tool result's value is not JSON text")
-            inputs.append(ToolResultInput(item[1], True, value_json=value_json))
-        else:
-            inputs.append(ToolResultInput(item[1], False, message=str(item[3])))
-    return inputs
 
 
 def boot_to_json(boot: Any) -> dict[str, Any]:
