@@ -468,10 +468,15 @@ class CellActor:
 
     def _handle_events(self, report: StepReport) -> None:
         machine = self.machine
+        calls: list[NestedToolCall] = []  # a run of calls, issued to the machine at once
         for ev in report.events:
             if isinstance(ev, ToolCallRequested):  # the most frequent first
-                self._start_call(ev)
-            elif isinstance(ev, OutputProduced):
+                calls.append(self._new_call(ev))
+                continue
+            if calls:
+                self._apply(machine.calls_issued(calls))
+                calls = []
+            if isinstance(ev, OutputProduced):
                 if self._trace is not None:
                     self._trace.output(ev.item)
                 self._apply(machine.output(ev.item))
@@ -493,6 +498,8 @@ class CellActor:
                 machine.store_written(ev.key, ev.value)
             elif isinstance(ev, StoresWritten):
                 machine.stores_written(ev.writes)
+        if calls:
+            self._apply(machine.calls_issued(calls))
 
     def _compact_timer_heap(self) -> None:
         """Cleared timers leave the heap once they are most of it (amortised O(1) a clear)."""
@@ -502,7 +509,9 @@ class CellActor:
 
     # ------------------------------------------------------------------ nested calls
 
-    def _start_call(self, ev: ToolCallRequested) -> None:
+    def _new_call(self, ev: ToolCallRequested) -> NestedToolCall:
+        """The call a report issued, recorded (durable sessions) and not yet at the machine,
+        which decides when it reaches the delegate (a free slot, an approval)."""
         tool = self._tools[ev.tool_index]
         call = NestedToolCall(self.cell_id, ev.call_id, tool, ev.input)
         if self.recorder is not None:
@@ -511,8 +520,7 @@ class CellActor:
                 self.recorder.held(ev.call_id, tool.name, ev.input)
         if self._debug:
             self._log.debug("cell %s calls %s as %s", self.cell_id, tool.name, ev.call_id)
-        # The machine decides when it reaches the delegate (a free slot, an approval).
-        self._apply(self.machine.call_issued(call))
+        return call
 
     async def _invoke(self, call: NestedToolCall) -> None:
         trace = self._trace

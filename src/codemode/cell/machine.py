@@ -27,7 +27,7 @@ import enum
 import functools
 import os
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
@@ -103,6 +103,7 @@ class DriverBug(RuntimeError):
 _TABLE: Final = """
 input                running      paused       settling     completed    terminating  closed
 call_issued          =            =            bug          bug          late         late
+calls_issued         =            =            bug          bug          late         late
 call_returned        =            =            =            =            =            =
 approve              =            =            =            =            =            !missing
 reject               =            =            =            =            =            !missing
@@ -457,11 +458,24 @@ class CellMachine:
         reaches the delegate now if fewer than ``max_parallel`` calls are there, else it waits
         its turn in issue order.
         """
-        if call.tool.needs_approval:
-            self._held[call.call_id] = call
-            return self._announce_hold()
-        self._queued.append(call)
-        return self._dispatch()
+        return self._issue((call,))
+
+    @_rule("calls_issued", [])
+    def calls_issued(self, calls: Sequence[NestedToolCall]) -> list[Effect]:
+        """:meth:`call_issued` of each call, in order, as one input (a report's run of calls:
+        the slots are filled once, in issue order, as the calls one by one would fill them)."""
+        return self._issue(calls)
+
+    def _issue(self, calls: Sequence[NestedToolCall]) -> list[Effect]:
+        effects: list[Effect] = []
+        for call in calls:
+            if call.tool.needs_approval:
+                self._held[call.call_id] = call
+                effects += self._announce_hold()
+            else:
+                self._queued.append(call)
+        effects += self._dispatch()
+        return effects
 
     @_rule("call_returned", [])
     def call_returned(self, call_id: str) -> list[Effect]:
