@@ -75,6 +75,38 @@ def test_calls_beyond_the_bound_wait_in_issue_order() -> None:
     assert m.calls_at_delegate == 1 and m.calls_queued == ()
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([CellKind.CONTINUING, CellKind.PAUSABLE]),
+    st.integers(1, 4),
+    st.lists(st.booleans(), min_size=1, max_size=12),
+    st.integers(0, 3),
+)
+def test_a_run_of_calls_issued_at_once_is_the_calls_one_by_one(
+    kind: CellKind, bound: int, gated: list[bool], observed: int
+) -> None:
+    """``calls_issued`` (a report's run of calls, as the actor issues it) dispatches the same
+    calls in the same order, queues and holds the same, as ``call_issued`` of each in turn,
+    with or without an observation in progress."""
+    one, batch = (CellMachine("c1", kind, max_parallel=bound) for _ in range(2))
+    for m in (one, batch):
+        for n in range(1, observed + 1):  # calls before, at the delegate or queued
+            m.call_issued(call(m, n))
+        if kind is CellKind.CONTINUING:
+            attach(m)  # an observation in progress: a held call ends it
+    calls = [call(one, observed + i + 1, GATED if g else PLAIN) for i, g in enumerate(gated)]
+    singly = [e for c in calls for e in one.call_issued(c)]
+    at_once = batch.calls_issued(calls)
+    assert dispatched(at_once) == dispatched(singly)
+    assert sorted(map(repr, at_once)) == sorted(map(repr, singly))  # the same effects
+    assert batch.calls_queued == one.calls_queued
+    assert batch.awaiting_approval == one.awaiting_approval
+    assert batch.calls_at_delegate == one.calls_at_delegate
+    if observed:  # a slot freed afterwards goes to the same call
+        assert dispatched(batch.call_returned("tool-1")) == dispatched(one.call_returned("tool-1"))
+    assert batch.calls_queued == one.calls_queued
+
+
 def test_a_paused_cell_keeps_feeding_the_delegate() -> None:
     m = CellMachine("p1", CellKind.PAUSABLE, max_parallel=1)
     m.call_issued(call(m, 1))
