@@ -663,6 +663,28 @@ def test_boot_survives_the_wire() -> None:
     assert _boot(json.loads(json.dumps(boot_to_json(boot)))) == boot
 
 
+async def test_a_step_line_carries_any_result_json_text_as_is() -> None:
+    """A step's inputs cross the pipe as their step text after a tab: a result's JSON text
+    with tabs and line breaks between its tokens, and strings holding them, arrive intact."""
+    from codemode.engine.base import OutputProduced, ToolCallRequested, ToolResultInput
+
+    engine = WorkerEngine()
+    try:
+        source = "const r = await tools.echo({}); text(JSON.stringify(r))"
+        boot = CellBoot("c1", source, (ToolDefinition("echo"),), {}, CellLimits(), False)
+        cell = await engine.open_cell(boot)
+        report = await asyncio.wait_for(cell.run(), HANG)
+        [call] = [e for e in report.events if isinstance(e, ToolCallRequested)]
+        pretty = '{\n\t"a":\t[1,\n 2],\r\n "s": "tab\\there\\nline"\n}'
+        result = ToolResultInput(call.call_id, True, value_json=pretty)
+        report = await asyncio.wait_for(cell.step([result]), HANG)
+        [out] = [e.item for e in report.events if isinstance(e, OutputProduced)]
+        assert json.loads(out.text) == {"a": [1, 2], "s": "tab\there\nline"}
+        assert report.settlement is not None and report.settlement.error_text is None
+    finally:
+        await engine.aclose()
+
+
 async def test_a_garbage_collected_runtime_ends_its_worker(delegate: RecordingDelegate) -> None:
     import gc
     import weakref
