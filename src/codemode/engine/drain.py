@@ -51,7 +51,7 @@ THREAD_REPORT_CHARS = 64 * 1024
 _READS_TAIL = ',"reads":'
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per command, and never changed
 class RawReport:
     """What one command of a V8 cell left behind, not yet checked.
 
