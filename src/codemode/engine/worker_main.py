@@ -91,6 +91,9 @@ def _protocol_fds() -> tuple[int, int]:
     return cmd_in, answers
 
 
+# How the host starts a step's line (engine/worker.py: `_WorkerCell._head`).
+_STEP_HEAD = b'{"op":"step",'
+
 # A report longer than this keeps the host busy a while: no polling for its next command.
 _QUICK_REPORT_CHARS = 2048
 
@@ -149,11 +152,13 @@ class _Commands(asyncio.Protocol):
                 line = data[start:end]
             start = end + 1
             try:
-                # A step's line: its command, a tab, then its inputs' step text as is.
-                head, tab, text = line.partition(b"\t")
-                msg = json.loads(head)
-                if tab:
+                if line.startswith(_STEP_HEAD):
+                    # A step's line: its command, a tab, then its inputs' step text as is.
+                    head, _, text = line.partition(b"\t")
+                    msg = json.loads(head)
                     msg["text"] = text.decode()
+                else:
+                    msg = json.loads(line)
                 self._server.dispatch(msg)
             except Exception:  # the host never sends this: end, as at the end of the pipe
                 self._end()
