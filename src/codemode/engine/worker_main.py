@@ -94,8 +94,9 @@ def _protocol_fds() -> tuple[int, int]:
 # How the host starts a step's line (engine/worker.py: `_WorkerCell._head`).
 _STEP_HEAD = b'{"op":"step",'
 
-# A report longer than this keeps the host busy a while: no polling for its next command.
-_QUICK_REPORT_CHARS = 2048
+# A report longer than this keeps the host busy a while: no polling for its next command
+# (about spin.QUICK_ITEMS small events, the in-process engine's bound for polling).
+_QUICK_REPORT_CHARS = 1024
 
 
 def raw_wire(report: Any) -> dict[str, Any]:
