@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -468,6 +469,29 @@ async def test_a_million_small_values_do_not_stall_create_cell(
             cell = await rt.create_cell(request("text(load('k999999')); text(load('s99999'))"))
             waited = await asyncio.wait_for(rt.wait(cell, HANG), HANG)
             assert waited == Completed((TextItem("999999"), TextItem("99999")))
+
+
+async def test_large_reports_are_checked_off_the_event_loop(
+    make_rt: Callable[..., SessionRuntime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report too large to check on the loop goes to a thread, whether the cell's first run
+    or a later step made it (the in-process engine's run was once checked on the loop: a
+    100,000-store cell then stalled the loop for 0.3 s)."""
+    from codemode.engine import drain
+
+    threads: list[bool] = []
+    check = drain.check_report
+
+    def recording(*args: Any) -> Any:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return check(*args)
+
+    monkeypatch.setattr(drain, "check_report", recording)
+    rt = make_rt()
+    big = 'text("x".repeat(100000))'
+    ev = await finish(rt, f"{big}; await tools.echo({{}}); {big}")
+    assert ev == Completed((TextItem("x" * 100000),) * 2)
+    assert threads == [False, False]  # the run's report and the step's, each on a thread
 
 
 def load_all(rt: SessionRuntime) -> dict[str, Any]:

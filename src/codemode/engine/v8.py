@@ -1160,7 +1160,8 @@ class _V8Cell(EngineCell):
         return _dumps(config)
 
     async def run(self) -> StepReport:
-        return self._checked(await self.run_raw())
+        raw = await self.run_raw()
+        return await self._checked_async(raw) if offloaded(raw.raw) else self._checked(raw)
 
     async def run_raw(self) -> RawReport:
         """:meth:`run`, its report not checked (a worker's host checks it: engine/drain.py).
