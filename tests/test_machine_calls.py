@@ -107,6 +107,29 @@ def test_a_run_of_calls_issued_at_once_is_the_calls_one_by_one(
     assert batch.calls_queued == one.calls_queued
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([CellKind.CONTINUING, CellKind.PAUSABLE]),
+    st.integers(1, 4),
+    st.integers(1, 12),
+    st.data(),
+)
+def test_calls_returned_at_once_free_their_slots_as_one_by_one(
+    kind: CellKind, bound: int, issued: int, data: st.DataObject
+) -> None:
+    """``calls_returned`` (the calls a report started that answered at once) hands the freed
+    slots to the same waiting calls, in the same order, as ``call_returned`` of each."""
+    one, batch = (CellMachine("c1", kind, max_parallel=bound) for _ in range(2))
+    for m in (one, batch):
+        m.calls_issued([call(m, n) for n in range(1, issued + 1)])
+    at_delegate = [f"tool-{n}" for n in range(1, min(bound, issued) + 1)]
+    ids = data.draw(st.lists(st.sampled_from(at_delegate), unique=True, min_size=1))
+    singly = [e for call_id in ids for e in one.call_returned(call_id)]
+    assert dispatched(batch.calls_returned(ids)) == dispatched(singly)
+    assert batch.calls_queued == one.calls_queued
+    assert batch.calls_at_delegate == one.calls_at_delegate
+
+
 def test_a_paused_cell_keeps_feeding_the_delegate() -> None:
     m = CellMachine("p1", CellKind.PAUSABLE, max_parallel=1)
     m.call_issued(call(m, 1))

@@ -151,6 +151,9 @@ class CellActor:
         # wait here and are started eagerly, one after the other, once the report is applied.
         self._batching = False
         self._to_start: list[NestedToolCall] = []
+        # While they start: the ids of the calls that answered at once (their slots are freed
+        # together, CellMachine.calls_returned); None otherwise.
+        self._returned: list[str] | None = None
         self._settle_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
@@ -454,17 +457,30 @@ class CellActor:
         release more calls (``max_parallel_tool_calls``); those join the queue, so this stays a
         flat loop."""
         queue = self._to_start
+        returned: list[str] = []
+        self._returned = returned
         i = 0
         try:
-            while i < len(queue):
-                call = queue[i]
-                i += 1
-                task = start_eager(self._loop, self._invoke(call))
-                if not task.done():
-                    self._calls[call.call_id] = task
-                    self._dispatched = True
+            while True:
+                while i < len(queue):
+                    call = queue[i]
+                    i += 1
+                    task = start_eager(self._loop, self._invoke(call))
+                    if not task.done():
+                        self._calls[call.call_id] = task
+                        self._dispatched = True
+                if not returned:
+                    break
+                # The calls that answered at once free their slots together; the calls those
+                # release join the queue (the machine's DispatchCall, while batching).
+                ids = returned[:]
+                returned.clear()
+                self._apply(self.machine.calls_returned(ids))
         finally:
+            self._returned = None
             del queue[:i]
+            if returned:  # a call failed to start midway: the slots of those before it
+                self._apply(self.machine.calls_returned(returned))
 
     def _handle_events(self, report: StepReport) -> None:
         machine = self.machine
@@ -537,7 +553,11 @@ class CellActor:
                 self.recorder.arrived(result)
             self._ready.append(result)
             self._wake.set()
-        self._apply(self.machine.call_returned(call.call_id))
+        returned = self._returned
+        if returned is not None:  # answered while the report's calls start: freed with them
+            returned.append(call.call_id)
+        else:
+            self._apply(self.machine.call_returned(call.call_id))
 
     # ------------------------------------------------------------------ notifications
 

@@ -105,6 +105,7 @@ input                running      paused       settling     completed    termina
 call_issued          =            =            bug          bug          late         late
 calls_issued         =            =            bug          bug          late         late
 call_returned        =            =            =            =            =            =
+calls_returned       =            =            =            =            =            =
 approve              =            =            =            =            =            !missing
 reject               =            =            =            =            =            !missing
 output               =            =            =            bug          late         late
@@ -481,6 +482,15 @@ class CellMachine:
     def call_returned(self, call_id: str) -> list[Effect]:
         """The delegate's coroutine for ``call_id`` ended: its slot goes to the next queued call."""
         self._at_delegate.discard(call_id)
+        return self._dispatch()
+
+    @_rule("calls_returned", [])
+    def calls_returned(self, call_ids: Sequence[str]) -> list[Effect]:
+        """:meth:`call_returned` of each call, as one input (the calls a report started that
+        answered at once): their slots go to the oldest waiting calls, the same calls in the
+        same order as one by one."""
+        for call_id in call_ids:
+            self._at_delegate.discard(call_id)
         return self._dispatch()
 
     @_rule("approve", [])
