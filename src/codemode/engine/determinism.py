@@ -39,6 +39,7 @@ __all__ = [
     "decode_read_runs",
     "many_reads",
     "pin_v8_zone_and_locale",
+    "read_runs",
     "replay_wire",
     "too_many_reads_text",
 ]
@@ -166,16 +167,24 @@ def decode_read_runs(memory: Any, runs: Any) -> list[Any]:
 _THREAD_READS = 2000
 
 
+def read_runs(raw: Any) -> int:
+    """How many runs of reads a V8 drain report says it carries (its ``,"reads":N}`` tail); 0
+    when it says none, or says it in any other form (the host's check refuses that form)."""
+    if not isinstance(raw, str):
+        return 0
+    at = raw.rfind(',"reads":', max(len(raw) - 32, 0))
+    if at < 0:
+        return 0
+    digits = raw[at + 9 : -1]
+    if not digits.isdigit() or len(digits) >= 10:
+        return 0
+    return int(digits)
+
+
 def many_reads(raw: Any) -> bool:
     """True when a V8 drain report (``..."reads":N}``) holds so many reads that checking them
     belongs on a worker thread rather than on the event loop."""
-    if not isinstance(raw, str):
-        return False
-    at = raw.rfind(',"reads":', max(len(raw) - 32, 0))
-    if at < 0:
-        return False
-    digits = raw[at + 9 : -1]
-    return digits.isdigit() and len(digits) < 10 and int(digits) > _THREAD_READS
+    return read_runs(raw) > _THREAD_READS
 
 
 def replay_wire(replay: Sequence[EnvRead]) -> list[float]:

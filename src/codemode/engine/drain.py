@@ -30,7 +30,7 @@ from codemode.engine.base import (
     StepReport,
     limit_error_text,
 )
-from codemode.engine.determinism import many_reads
+from codemode.engine.determinism import many_reads, read_runs
 from codemode.engine.source import clean_error_text
 from codemode.model import CellLimits
 
@@ -40,15 +40,11 @@ __all__ = [
     "check_report",
     "check_report_async",
     "offloaded",
-    "read_runs",
     "stopped_events",
 ]
 
 # Drain reports longer than this (or with many reads) are checked on a worker thread.
 THREAD_REPORT_CHARS = 64 * 1024
-
-# The tail a drain report ends with when the cell read its sources: `,"reads":N}`.
-_READS_TAIL = ',"reads":'
 
 
 @dataclass(slots=True)  # not frozen: one is made per command, and never changed
@@ -70,20 +66,6 @@ class RawReport:
     journal: tuple[tuple[int, str], ...] = ()
     limit: str | None = None
     ending: str | None = None
-
-
-def read_runs(raw: Any) -> int:
-    """How many runs of reads a drain report says it carries (its ``,"reads":N}`` tail); 0 when
-    it says none, or says it in any other form (the check refuses that form anyway)."""
-    if not isinstance(raw, str):
-        return 0
-    at = raw.rfind(_READS_TAIL, max(len(raw) - 32, 0))
-    if at < 0:
-        return 0
-    digits = raw[at + len(_READS_TAIL) : -1]
-    if not digits.isdigit() or len(digits) >= 10:
-        return 0
-    return int(digits)
 
 
 def _events(authority: CellAuthority, report: RawReport) -> tuple[EngineEvent, ...]:

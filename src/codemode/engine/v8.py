@@ -46,13 +46,12 @@ from codemode.engine.base import (
     StepReport,
     ToolResultInput,
 )
-from codemode.engine.determinism import pin_v8_zone_and_locale, replay_wire
+from codemode.engine.determinism import pin_v8_zone_and_locale, read_runs, replay_wire
 from codemode.engine.drain import (
     RawReport,
     check_report,
     check_report_async,
     offloaded,
-    read_runs,
     stopped_events,
 )
 from codemode.engine.jsscan import scan_source
