@@ -25,10 +25,13 @@ from codemode import (
     SessionRuntime,
     Terminated,
     TextItem,
+    ToolDefinition,
     Yielded,
 )
 from codemode.cell.stored import StoredSnapshot
-from codemode.engine.base import Engine
+from codemode.engine import v8
+from codemode.engine.base import CellBoot, Engine, OutputProduced
+from codemode.engine.v8 import V8Engine
 from conftest import RecordingDelegate, request, rss_bytes
 from hostile_engines import ENGINE_FACTORIES
 from scenarios import Heartbeat
@@ -596,6 +599,33 @@ async def test_output_after_an_await_is_salvaged_on_terminate(
         ev = await asyncio.wait_for(rt.terminate(cell), HANG)
     assert ev == Terminated((TextItem("a"), TextItem("spinning")))
     await next_cell_works(rt)
+
+
+async def test_a_drain_stopped_part_way_empties_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped cell's drain can itself be stopped (its salvage budget runs out, or the
+    termination reaches it): it must leave the output journal as it was, so the host still
+    reads the cell's output there. Here the drain spends its time listing 50,000 pending ids
+    and the salvage budget is 2 ms; before the fix the drain reset the journal first and
+    ``start`` was lost in most runs."""
+    monkeypatch.setattr(v8, "_SALVAGE_TIMEOUT", 0.002)
+    n = 50_000
+    source = (
+        f"text('start'); for (let i = 0; i < {n}; i++) tools.echo({{}}).catch(() => {{}});"
+        " while (true) {}"
+    )
+    limits = CellLimits(max_tool_calls=n + 1, max_parallel_tool_calls=n + 1, max_cpu_seconds=0.3)
+    engine = V8Engine(pool_size=0)
+    try:
+        for i in range(3):
+            boot = CellBoot(f"c{i}", source, (ToolDefinition("echo"),), {}, limits, True)
+            cell = await engine.open_cell(boot)
+            report = await asyncio.wait_for(cell.run(), HANG)
+            texts = [e.item for e in report.events if isinstance(e, OutputProduced)]
+            assert texts == [TextItem("start")], (i, texts)
+            assert report.settlement is not None
+            assert "max_cpu_seconds" in (report.settlement.error_text or "")
+    finally:
+        await engine.aclose()
 
 
 async def test_pausable_output_after_an_await_is_salvaged_on_terminate(

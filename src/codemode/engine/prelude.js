@@ -134,6 +134,7 @@
   let toolDefs = [];            // [{name, ident, kind}]
   let stored = makeMap();       // key -> JSON text (the cell's own writes)
   let freshStores = makeMap();  // key -> JSON text, written since the last drain
+  let spareStores = makeMap();  // emptied by each drain, then swapped with freshStores
   let snapshotText = "{}";      // the session's values at admission, parsed on first use
   let snapshot = null;
   let storedBytes = 0;          // what the snapshot costs (max_stored_bytes)
@@ -147,7 +148,8 @@
   // the busiest of the bridge's maps, so without makeMap's extra call per use.
   const pending = new MapCtor();
   const timers = makeMap();  // timer id -> callback
-  const freshTimers = makeMap(); // timer id -> delay (ms), set since the last drain
+  let freshTimers = makeMap();   // timer id -> delay (ms), set since the last drain
+  let spareTimers = makeMap();   // emptied by each drain, then swapped with freshTimers
   let timerSeq = 0;
   let outputBytes = 0;
 
@@ -792,14 +794,6 @@
     replayLeft = replay !== null ? replay[2] : 0;
   }
 
-  // The drain's reads member (how many runs the buffer holds), empty when the cell read nothing.
-  function envDrain() {
-    if (readRuns === 0) return "";
-    const text = ',"reads":' + readRuns;
-    readRuns = 0;
-    return text;
-  }
-
   // Date: `new Date()`, `Date()` and `Date.now()` read the clock once each. `new Date(...)` with
   // arguments and every Date.prototype method read none (a no-argument Date holds the value its
   // construction read). Subclasses construct through here too.
@@ -1286,15 +1280,20 @@
       }
     },
 
+    // Nothing is emptied until the report's text is whole: the commit at the end assigns
+    // variables and calls no function, and V8 only sees a termination at a function's entry or
+    // a loop's back edge. So a drain stopped part way (a stopped cell's termination can reach
+    // the drain queued behind it, engine/v8.py _drain_stopped) leaves the outbox, the timers
+    // and stores set since the last drain, the read count and the output journal as they were:
+    // the next drain reports them, or the host reads the journal. The fresh maps are swapped
+    // with spares emptied here, before the commit.
     drain() {
-      freshTimers.forEach((ms, id) => { emit(["timer", id, ms]); });
-      freshTimers.clear();
-      freshStores.forEach((json, k) => { emit(["store", k, json]); });
-      freshStores.clear();
-      const events = outbox;
-      outbox = "";
-      lastYield = false;
-      if (journal !== null) { journalAt = 4; journalEnd[0] = 4; }
+      spareTimers.clear();
+      spareStores.clear();
+      let events = outbox;
+      const add = (ev) => { events = events === "" ? headText(ev) + "]" : events + "," + headText(ev) + "]"; };
+      freshTimers.forEach((ms, id) => { add(["timer", id, ms]); });
+      freshStores.forEach((json, k) => { add(["store", k, json]); });
       let ids = "null";
       if (pausable) {
         ids = "";
@@ -1307,8 +1306,22 @@
         else if (hasOwn(settled, "limit")) end = '{"ok":false,"limit":' + JSONstringify(settled.limit) + "}";
         else end = '{"ok":false,"error":' + JSONstringify(settled.error) + "}";
       }
-      holdSeen = AtomicsLoad(holdWord, 0);
-      return '{"ev":[' + events + '],"pending":' + ids + ',"settled":' + end + envDrain() + "}";
+      const reads = readRuns === 0 ? "" : ',"reads":' + readRuns;
+      const text = '{"ev":[' + events + '],"pending":' + ids + ',"settled":' + end + reads + "}";
+      const seen = AtomicsLoad(holdWord, 0);
+      // The commit.
+      const usedTimers = freshTimers;
+      freshTimers = spareTimers;
+      spareTimers = usedTimers;
+      const usedStores = freshStores;
+      freshStores = spareStores;
+      spareStores = usedStores;
+      outbox = "";
+      lastYield = false;
+      readRuns = 0;
+      holdSeen = seen;
+      if (journal !== null) { journalAt = 4; journalEnd[0] = 4; }
+      return text;
     },
 
     // Replay (engine/v8.py replay_steps, docs/durability.md): the recorded inputs of many steps
