@@ -68,7 +68,9 @@ class RawReport:
     ending: str | None = None
 
 
-def _events(authority: CellAuthority, report: RawReport) -> tuple[EngineEvent, ...]:
+def stopped_events(authority: CellAuthority, report: RawReport) -> tuple[EngineEvent, ...]:
+    """The events of ``report`` checked like any output, its settlement left aside: a stopped
+    cell's last output (its final drain's, or its journal's records when V8 could not answer)."""
     if report.raw is None:
         return authority.salvage(report.journal)
     return authority.accept_raw(report.raw, 0.0, report.reads).events
@@ -82,7 +84,7 @@ def check_report(authority: CellAuthority, limits: CellLimits, report: RawReport
     prelude reported in the same drain) and keeps the output the cell recorded before; one the
     engine ended settles with the engine's text. Neither has pending calls."""
     if report.ending is not None:
-        return StepReport(_events(authority, report), (), Settlement(report.ending))
+        return StepReport(stopped_events(authority, report), (), Settlement(report.ending))
     if report.limit is not None:
         settlement = Settlement(limit_error_text(limits, report.limit))
         if report.raw is None:
@@ -113,11 +115,6 @@ async def check_report_async(
     copied = bytes(memory[: 24 * runs]) if runs and memory is not None else None
     report = dataclasses.replace(report, reads=copied)
     return await asyncio.to_thread(check_report, authority, limits, report)
-
-
-def stopped_events(authority: CellAuthority, report: RawReport) -> tuple[EngineEvent, ...]:
-    """The output a stopped cell recorded since its last report, checked like any output."""
-    return _events(authority, report)
 
 
 def _located(report: StepReport) -> StepReport:

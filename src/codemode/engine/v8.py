@@ -1215,16 +1215,16 @@ class _V8Cell(EngineCell):
         return (self._bridge.step, text)
 
     def _checked(self, raw: RawReport) -> StepReport:
-        """``raw`` checked by the cell's authority; a report that settles the cell closes it
-        (after completion no JavaScript of the cell runs: docs/cells.md)."""
-        report = check_report(self._authority, self._limits, raw)
-        if report.settlement is not None:
-            self.close()
-        return report
+        """``raw`` checked by the cell's authority (see :meth:`_settles`)."""
+        return self._settles(check_report(self._authority, self._limits, raw))
 
     async def _checked_async(self, raw: RawReport) -> StepReport:
-        """:meth:`_checked` of a large report, checked on a worker thread."""
-        report = await check_report_async(self._authority, self._limits, raw)
+        """:meth:`_checked` of a report that may be large, checked on a worker thread then."""
+        return self._settles(await check_report_async(self._authority, self._limits, raw))
+
+    def _settles(self, report: StepReport) -> StepReport:
+        """``report``, the cell closed when it settles it (after completion no JavaScript of
+        the cell runs: docs/cells.md)."""
         if report.settlement is not None:
             self.close()
         return report
@@ -1418,7 +1418,9 @@ class _V8Cell(EngineCell):
             budget = time.monotonic() + _SALVAGE_TIMEOUT
             orphan, self._orphan = self._orphan, None
             # The drain queued behind an abandoned step, if any; it fails when the step's
-            # termination reached it too (then it emptied nothing: drain afresh).
+            # termination reached it too (then it emptied nothing: drain afresh). A drain stopped
+            # part way empties nothing either (the prelude's drain() commits at its very end),
+            # so the journal the caller then reads still holds what the cell wrote.
             raw = None if orphan is None else await asyncio.wait_for(orphan, _SALVAGE_TIMEOUT)
             if raw is None:
                 self._release_hold()
