@@ -628,6 +628,38 @@ async def test_a_drain_stopped_part_way_empties_nothing(monkeypatch: pytest.Monk
         await engine.aclose()
 
 
+async def test_a_salvage_call_past_its_time_is_still_awaited_for_its_answer() -> None:
+    """A bridge call that outlives its time is terminated, and its answer still awaited for a
+    short grace: a drain that finished just before its termination has emptied the outbox, so
+    its report is the only record of it and must be taken, not dropped (``wait_for`` would
+    have cancelled the future and dropped it)."""
+    engine = V8Engine(pool_size=0)
+    try:
+        boot = CellBoot("c", "text('a')", (ToolDefinition("echo"),), {}, CellLimits(), False)
+        cell: Any = await engine.open_cell(boot)
+        bridge = cell._bridge
+        loop = asyncio.get_running_loop()
+        late: asyncio.Future[Any] = loop.create_future()
+        loop.call_later(0.02, late.set_result, "report")  # after its time, within the grace
+        assert await bridge.settle_within(late, None, 0.001) == "report"
+        never: asyncio.Future[Any] = loop.create_future()
+        with pytest.raises(TimeoutError):
+            await bridge.settle_within(never, None, 0.001)
+        assert not never.cancelled()  # its callback may still settle it
+        # A real drain, given no time at all: terminated, or finished first; either way an
+        # answer, never a timeout, and the cell's report is whole when it finished.
+        try:
+            raw = await bridge.call_within(bridge.drain, 0.0)
+        except TimeoutError:
+            pytest.fail("a terminated drain's answer was not awaited")
+        except Exception:  # terminated before it finished
+            raw = None
+        assert raw is None or raw.startswith('{"ev":[')
+        await cell.stop()
+    finally:
+        await engine.aclose()
+
+
 async def test_pausable_output_after_an_await_is_salvaged_on_terminate(
     make_rt: Callable[..., SessionRuntime],
 ) -> None:

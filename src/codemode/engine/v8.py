@@ -77,6 +77,9 @@ V8_FLAGS = ("--single-threaded", "--expose-gc")
 
 # Reading the outbox of a cell stopped for a limit must not itself hang.
 _SALVAGE_TIMEOUT = 0.2
+# How long a bridge call terminated for outliving its time is still awaited: it may have
+# finished just before (see _Bridge.settle_within).
+_STOP_GRACE = 0.1
 
 
 # mini-racer's exception types, bound by _init_v8 (importing mini-racer is deferred until an
@@ -271,6 +274,39 @@ class _Bridge:
             if answers.pending(callback_id):  # abandoned: its answer is freed when it comes
                 answers.forget(callback_id)
                 self.native_cancel(ctx._ctx, task_id)
+
+    async def call_within(self, fn: Any, seconds: float) -> Any:
+        """Call ``fn()`` and take its answer as :meth:`settle_within` does; the answer is freed
+        unread when it comes after this returned."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        ctx = self.context
+        answers = self.quiet
+        callback_id = answers.loud_id(functools.partial(_settle_raw, ctx, future))
+        task_id = self.post(fn, self.argv[0], callback_id)
+        try:
+            return await self.settle_within(future, task_id, seconds)
+        finally:
+            if answers.pending(callback_id):
+                answers.forget(callback_id)
+                self.native_cancel(ctx._ctx, task_id)
+
+    async def settle_within(
+        self, future: asyncio.Future[Any], task_id: int | None, seconds: float
+    ) -> Any:
+        """The result of the bridge call ``future`` waits for, if it comes within ``seconds``.
+        Past that the call (native task ``task_id``) is terminated, and its answer still awaited
+        for up to ``_STOP_GRACE``: the call may have finished just before, and then its result
+        counts (a drain's report is then the only record of what it emptied). Raises the
+        call's error, or ``TimeoutError`` when no answer came. ``future`` is never cancelled
+        here: its callback may still settle it."""
+        done, _ = await asyncio.wait((future,), timeout=seconds)
+        if not done:
+            if task_id is not None:
+                self.native_cancel(self.context._ctx, task_id)
+            done, _ = await asyncio.wait((future,), timeout=_STOP_GRACE)
+            if not done:
+                raise TimeoutError("the isolate did not answer")
+        return future.result()
 
 
 class _QuietResults:
@@ -491,6 +527,7 @@ class _Calls:
         "_tasks",
         "future",
         "orphan",
+        "orphan_task",
     )
 
     def __init__(self, bridge: _Bridge) -> None:
@@ -506,6 +543,7 @@ class _Calls:
         # Once aborted with a drain behind the step: resolves to the drain's report (None if
         # it failed); set by abort().
         self.orphan: asyncio.Future[str | None] | None = None
+        self.orphan_task: int | None = None  # the native task of that drain
 
     def submit_quiet(self, fn: Any, argv: Any) -> None:
         """Submit a call whose result does not wake the event loop: it is kept until
@@ -608,6 +646,7 @@ class _Calls:
             else:
                 # The drain's callback stays registered: it resolves the orphan (and is
                 # dropped when it comes; never, if the isolate is freed first).
+                self.orphan_task = self._tasks[-1] if self._tasks else None
                 future.cancel()
                 self._ids.clear()
                 self._tasks.clear()
@@ -1101,6 +1140,7 @@ class _V8Cell(EngineCell):
         # The drain submitted behind a step that was abandoned or failed (_Calls.abort): it
         # emptied the cell's outbox, so its report is what the next salvage gives.
         self._orphan: asyncio.Future[str | None] | None = None
+        self._orphan_task: int | None = None  # the orphan drain's native task, if known
         self._cpu_used = 0.0
         assert isolate.bridge is not None
         self._bridge = isolate.bridge
@@ -1411,21 +1451,28 @@ class _V8Cell(EngineCell):
 
     async def _drain_stopped(self) -> Any:
         """One bounded drain of a cell whose JavaScript was stopped (an abandoned eval leaves the
-        context usable): its raw report, or None if V8 could not answer."""
+        context usable): its raw report, or None if V8 could not answer.
+
+        Nothing the cell wrote is lost either way. A drain empties nothing until its report is
+        whole (the prelude's ``drain()`` commits at its very end), and one that outlives its
+        budget is terminated and its answer awaited (:meth:`_Bridge.settle_within`): either it
+        finished first and its report is taken, or it emptied nothing and the output journal
+        the caller then reads still holds the cell's output."""
         if self._closed:
             return None
         try:
             budget = time.monotonic() + _SALVAGE_TIMEOUT
             orphan, self._orphan = self._orphan, None
+            orphan_task, self._orphan_task = self._orphan_task, None
+            bridge = self._bridge
             # The drain queued behind an abandoned step, if any; it fails when the step's
-            # termination reached it too (then it emptied nothing: drain afresh). A drain stopped
-            # part way empties nothing either (the prelude's drain() commits at its very end),
-            # so the journal the caller then reads still holds what the cell wrote.
-            raw = None if orphan is None else await asyncio.wait_for(orphan, _SALVAGE_TIMEOUT)
-            if raw is None:
+            # termination reached it too (then it emptied nothing: drain afresh).
+            raw = None
+            if orphan is not None:
+                raw = await bridge.settle_within(orphan, orphan_task, _SALVAGE_TIMEOUT)
+            if raw is None and not self._closed:
                 self._release_hold()
-                drain = self._bridge.call(self._bridge.drain)
-                raw = await asyncio.wait_for(drain, max(budget - time.monotonic(), 0.0))
+                raw = await bridge.call_within(bridge.drain, max(budget - time.monotonic(), 0.0))
             return raw
         except asyncio.CancelledError:
             raise
@@ -1550,6 +1597,7 @@ class _V8Cell(EngineCell):
         calls.abort(asyncio.get_running_loop())
         if calls.orphan is not None:
             self._orphan = calls.orphan
+            self._orphan_task = calls.orphan_task
 
     def _arm_watch(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
         """Make sure :meth:`_watch` looks at the cell within ``delay`` seconds, and within
