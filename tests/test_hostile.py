@@ -495,6 +495,13 @@ async def test_large_reports_are_checked_off_the_event_loop(
     ev = await finish(rt, f"{big}; await tools.echo({{}}); {big}")
     assert ev == Completed((TextItem("x" * 100000),) * 2)
     assert threads == [False, False]  # the run's report and the step's, each on a thread
+    threads.clear()
+    # A short report with many runs of reads goes there too: a clock read in each of 2,100
+    # milliseconds is one run each (equal reads in a row are one run).
+    spin = "const t = Date.now(); while (Date.now() - t < 2100) {} text('ok')"
+    ev = await finish(rt, spin)
+    assert ev == Completed((TextItem("ok"),))
+    assert threads == [False]
 
 
 def load_all(rt: SessionRuntime) -> dict[str, Any]:

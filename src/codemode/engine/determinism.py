@@ -37,7 +37,6 @@ __all__ = [
     "TooManyReads",
     "check_reads",
     "decode_read_runs",
-    "many_reads",
     "pin_v8_zone_and_locale",
     "read_runs",
     "replay_wire",
@@ -163,10 +162,6 @@ def decode_read_runs(memory: Any, runs: Any) -> list[Any]:
     return flat
 
 
-# Reports with more runs of reads than this are checked on a worker thread.
-_THREAD_READS = 2000
-
-
 def read_runs(raw: Any) -> int:
     """How many runs of reads a V8 drain report says it carries (its ``,"reads":N}`` tail); 0
     when it says none, or says it in any other form (the host's check refuses that form)."""
@@ -179,12 +174,6 @@ def read_runs(raw: Any) -> int:
     if not digits.isdigit() or len(digits) >= 10:
         return 0
     return int(digits)
-
-
-def many_reads(raw: Any) -> bool:
-    """True when a V8 drain report (``..."reads":N}``) holds so many reads that checking them
-    belongs on a worker thread rather than on the event loop."""
-    return read_runs(raw) > _THREAD_READS
 
 
 def replay_wire(replay: Sequence[EnvRead]) -> list[float]:

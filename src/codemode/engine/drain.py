@@ -30,11 +30,11 @@ from codemode.engine.base import (
     StepReport,
     limit_error_text,
 )
-from codemode.engine.determinism import many_reads, read_runs
 from codemode.engine.source import clean_error_text
 from codemode.model import CellLimits
 
 __all__ = [
+    "THREAD_READ_BYTES",
     "THREAD_REPORT_CHARS",
     "RawReport",
     "check_report",
@@ -43,8 +43,10 @@ __all__ = [
     "stopped_events",
 ]
 
-# Drain reports longer than this (or with many reads) are checked on a worker thread.
+# Drain reports longer than this, or with more read bytes than this (2,000 runs of reads, each
+# three float64s), are checked on a worker thread.
 THREAD_REPORT_CHARS = 64 * 1024
+THREAD_READ_BYTES = 24 * 2000
 
 
 @dataclass(slots=True)  # not frozen: one is made per command, and never changed
@@ -54,15 +56,16 @@ class RawReport:
     ``raw`` is the drain's value (the prelude's JSON text; whatever a hostile cell returned
     instead), or None when no drain could be read (the cell was stopped; then ``journal`` holds
     the output records read from its journal memory, kind 1 text and kind 2 ``detail url``).
-    ``reads`` is the cell's read memory the report's ``"reads": N`` refers to (the first N
-    float64 triples). ``limit`` names the :class:`CellLimits` field that stopped the command;
-    ``ending`` is the error text the engine itself ended the cell with (a syntax error, an
-    unsupported import, a memory budget). Either one ends the cell whatever the report says.
+    ``reads`` is a copy of the cell's read memory the report's ``"reads": N`` refers to (the
+    first N float64 triples), taken with the report: the memory goes with the cell.
+    ``limit`` names the :class:`CellLimits` field that stopped the command; ``ending`` is the
+    error text the engine itself ended the cell with (a syntax error, an unsupported import, a
+    memory budget). Either one ends the cell whatever the report says.
     """
 
     raw: Any = None
     cpu_seconds: float = 0.0
-    reads: Any = None
+    reads: bytes | None = None
     journal: tuple[tuple[int, str], ...] = ()
     limit: str | None = None
     ending: str | None = None
@@ -97,23 +100,22 @@ def check_report(authority: CellAuthority, limits: CellLimits, report: RawReport
     return _located(authority.accept_raw(report.raw, report.cpu_seconds, report.reads))
 
 
-def offloaded(raw: Any) -> bool:
+def offloaded(report: RawReport) -> bool:
     """A drain report large enough (or with enough reads) to be checked on a worker thread."""
-    return isinstance(raw, str) and (len(raw) > THREAD_REPORT_CHARS or many_reads(raw))
+    raw = report.raw
+    if not isinstance(raw, str):
+        return False
+    reads = report.reads
+    return len(raw) > THREAD_REPORT_CHARS or (reads is not None and len(reads) > THREAD_READ_BYTES)
 
 
 async def check_report_async(
     authority: CellAuthority, limits: CellLimits, report: RawReport
 ) -> StepReport:
     """:func:`check_report`, on a worker thread for a large report (decoded event by event
-    there, so the event loop keeps getting the GIL). The thread gets a copy of the reads: the
-    memory they are in may be freed with the cell meanwhile."""
-    if not offloaded(report.raw):
+    there, so the event loop keeps getting the GIL)."""
+    if not offloaded(report):
         return check_report(authority, limits, report)
-    runs = read_runs(report.raw)
-    memory = report.reads
-    copied = bytes(memory[: 24 * runs]) if runs and memory is not None else None
-    report = dataclasses.replace(report, reads=copied)
     return await asyncio.to_thread(check_report, authority, limits, report)
 
 

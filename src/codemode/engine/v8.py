@@ -1200,7 +1200,7 @@ class _V8Cell(EngineCell):
 
     async def run(self) -> StepReport:
         raw = await self.run_raw()
-        return await self._checked_async(raw) if offloaded(raw.raw) else self._checked(raw)
+        return await self._checked_async(raw) if offloaded(raw) else self._checked(raw)
 
     async def run_raw(self) -> RawReport:
         """:meth:`run`, its report not checked (a worker's host checks it: engine/drain.py).
@@ -1237,7 +1237,7 @@ class _V8Cell(EngineCell):
         self._authority.inputs(inputs)
         raw = await self._command(*self._step_args(_step_text(inputs), len(inputs)))
         # (A small report is checked right here, without another coroutine.)
-        return await self._checked_async(raw) if offloaded(raw.raw) else self._checked(raw)
+        return await self._checked_async(raw) if offloaded(raw) else self._checked(raw)
 
     async def step_raw(self, text: str, count: int) -> RawReport:
         """:meth:`step`, its report not checked (see :meth:`run_raw`), its ``count`` inputs
