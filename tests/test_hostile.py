@@ -31,6 +31,7 @@ from codemode import (
 from codemode.cell.stored import StoredSnapshot
 from codemode.engine import v8
 from codemode.engine.base import CellBoot, Engine, OutputProduced
+from codemode.engine.drain import stopped_events
 from codemode.engine.v8 import V8Engine
 from conftest import RecordingDelegate, request, rss_bytes
 from hostile_engines import ENGINE_FACTORIES
@@ -663,6 +664,77 @@ async def test_a_salvage_call_past_its_time_is_still_awaited_for_its_answer() ->
             raw = None
         assert raw is None or raw.startswith('{"ev":[')
         await cell.stop()
+    finally:
+        await engine.aclose()
+
+
+async def test_a_drain_answering_as_its_step_is_cancelled_keeps_its_report() -> None:
+    """A command cancelled from outside (the RSS watchdog cancels the task running it) while
+    its step's drain has answered but before that answer was taken: cancelling the task
+    cancels the drain's future at once, the answer then finds it cancelled, and before the fix
+    the report, the only record of what the drain emptied, was dropped (``text('a')`` lost)."""
+    engine = V8Engine(pool_size=0)
+    try:
+        source = "text('a'); const t = Date.now(); while (Date.now() - t < 150) {}"
+        for i in range(3):
+            boot = CellBoot(f"c{i}", source, (ToolDefinition("echo"),), {}, CellLimits(), False)
+            cell: Any = await engine.open_cell(boot)
+            task = asyncio.create_task(cell.run_raw())
+            await asyncio.sleep(0.03)  # the step runs
+            time.sleep(0.5)  # noqa: ASYNC251 - the loop is busy while the drain answers
+            assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            events = stopped_events(cell._authority, await cell.stop_raw())
+            texts = [e.item for e in events if isinstance(e, OutputProduced)]
+            assert texts == [TextItem("a")], (i, texts)
+    finally:
+        await engine.aclose()
+
+
+async def test_a_drain_behind_a_cancelled_step_keeps_its_report() -> None:
+    """The same, cancelled while the step still runs: the drain behind it runs once the
+    step's JavaScript is terminated, and its report is what the stop gives. Before the fix the
+    cancelled future counted as "no report" and the drain's own task was cancelled too, which
+    stops nothing once it started: a drain that started before that (here the isolate's thread
+    is given 0.1 s after the step's termination) emptied the outbox for nothing, and a fresh
+    drain found ``text('a')`` gone."""
+    engine = V8Engine(pool_size=0)
+    try:
+        for i in range(3):
+            boot = CellBoot(
+                f"c{i}",
+                "text('a'); while (true) {}",
+                (ToolDefinition("echo"),),
+                {},
+                CellLimits(),
+                False,
+            )
+            cell: Any = await engine.open_cell(boot)
+            bridge = cell._bridge
+            cancel = bridge.native_cancel
+            cancels: list[int] = []
+
+            def slow_cancel(
+                ctx: Any, task_id: int, cancel: Any = cancel, seen: Any = cancels
+            ) -> None:
+                cancel(ctx, task_id)
+                seen.append(task_id)
+                if len(seen) == 1:
+                    time.sleep(0.1)  # the step ends and the drain behind it runs meanwhile
+
+            bridge.native_cancel = slow_cancel
+            task = asyncio.create_task(cell.run_raw())
+            await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            bridge.native_cancel = cancel
+            assert cancels, "the step was not terminated"
+            events = stopped_events(cell._authority, await cell.stop_raw())
+            texts = [e.item for e in events if isinstance(e, OutputProduced)]
+            assert texts == [TextItem("a")], (i, texts)
     finally:
         await engine.aclose()
 

@@ -259,22 +259,6 @@ class _Bridge:
             timeout=_SYNC_TIMEOUT,
         )
 
-    async def call(self, fn: Any, *args: str) -> Any:
-        """Call ``fn(...args)`` on the isolate's thread and await its result (converted);
-        cancelling the caller abandons the call, which terminates its JavaScript."""
-        argv = await self.arguments(args)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        ctx = self.context
-        answers = self.quiet
-        callback_id = answers.loud_id(functools.partial(_settle_raw, ctx, future))
-        task_id = self.post(fn, argv, callback_id)
-        try:
-            return await future
-        finally:
-            if answers.pending(callback_id):  # abandoned: its answer is freed when it comes
-                answers.forget(callback_id)
-                self.native_cancel(ctx._ctx, task_id)
-
     async def call_within(self, fn: Any, seconds: float) -> Any:
         """Call ``fn()`` and take its answer as :meth:`settle_within` does; the answer is freed
         unread when it comes after this returned."""
@@ -522,6 +506,7 @@ class _Calls:
         "_drain",
         "_handoff",
         "_ids",
+        "_late",
         "_quiet",
         "_quiet_task",
         "_tasks",
@@ -544,6 +529,10 @@ class _Calls:
         # it failed); set by abort().
         self.orphan: asyncio.Future[str | None] | None = None
         self.orphan_task: int | None = None  # the native task of that drain
+        # The drain's answer when it came after ``future`` was cancelled but before abort()
+        # made the orphan (a task cancelled while awaiting ``future`` cancels it at once, and
+        # only sees its cancellation, and aborts, a loop iteration later): a 1-tuple.
+        self._late: tuple[str | None] | None = None
 
     def submit_quiet(self, fn: Any, argv: Any) -> None:
         """Submit a call whose result does not wake the event loop: it is kept until
@@ -587,13 +576,13 @@ class _Calls:
             except _JSEvalException as exc:
                 if not future.done():
                     future.set_exception(exc)
-                elif calls.orphan is not None and not calls.orphan.done():
-                    calls.orphan.set_result(None)
+                else:
+                    calls._late_report(None)
                 return
             if not future.done():
                 future.set_result(value)
-            elif calls.orphan is not None and not calls.orphan.done():
-                calls.orphan.set_result(value if isinstance(value, str) else None)
+            else:
+                calls._late_report(value)
 
         callback_id = self._answers.loud_id(done, handoff=handoff)
         self._ids.append(callback_id)
@@ -603,6 +592,18 @@ class _Calls:
             self._handoff = callback_id
         self._tasks.append(self._bridge.post(fn, argv, callback_id))
         return future
+
+    def _late_report(self, value: Any) -> None:
+        """The drain's answer came after its future was done (cancelled): it goes to the
+        orphan, or is kept until :meth:`abort` makes it. A drain's report is the only record of
+        what it emptied, so it is never dropped while the batch may still be aborted."""
+        report = value if isinstance(value, str) else None
+        orphan = self.orphan
+        if orphan is None:
+            if self._drain:
+                self._late = (report,)
+        elif not orphan.done():
+            orphan.set_result(report)
 
     def settle_blocking(self, timeout: float, *, spin: float = 0.0) -> None:
         """Block this thread (up to ``timeout`` seconds, polling without sleeping for the
@@ -624,8 +625,9 @@ class _Calls:
     def abort(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """Abandon the batch now: its future is cancelled and the step's JavaScript is
         terminated; a drain behind the step still runs and ``orphan`` gets its report (not
-        without a ``loop``: then the drain is abandoned too). Calling it again changes
-        nothing."""
+        without a ``loop``: then the drain is abandoned too), also when the task awaiting the
+        future cancelled it first, before or after the drain answered. Calling it again
+        changes nothing."""
         self._drop_quiet()
         future = self.future
         if future is None or (not self._drain and future.done()):
@@ -639,13 +641,16 @@ class _Calls:
             assert loop is not None
             orphan: asyncio.Future[str | None] = loop.create_future()
             self.orphan = orphan
-            if future.done():
-                ok = not future.cancelled() and future.exception() is None
-                value = future.result() if ok else None
+            if self._late is not None:  # it answered after `future` was cancelled
+                orphan.set_result(self._late[0])
+                self._late = None
+            elif future.done() and not future.cancelled():
+                value = future.result() if future.exception() is None else None
                 orphan.set_result(value if isinstance(value, str) else None)
             else:
-                # The drain's callback stays registered: it resolves the orphan (and is
-                # dropped when it comes; never, if the isolate is freed first).
+                # Not answered yet (a task cancelled while awaiting `future` cancelled it: the
+                # drain still runs). The drain's callback stays registered: it resolves the
+                # orphan (and is dropped when it comes; never, if the isolate is freed first).
                 self.orphan_task = self._tasks[-1] if self._tasks else None
                 future.cancel()
                 self._ids.clear()
