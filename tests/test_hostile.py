@@ -29,7 +29,7 @@ from codemode import (
     Yielded,
 )
 from codemode.cell.stored import StoredSnapshot
-from codemode.engine import v8
+from codemode.engine import drain, v8
 from codemode.engine.base import CellBoot, Engine, OutputProduced
 from codemode.engine.drain import stopped_events
 from codemode.engine.v8 import V8Engine
@@ -735,6 +735,73 @@ async def test_a_drain_behind_a_cancelled_step_keeps_its_report() -> None:
             events = stopped_events(cell._authority, await cell.stop_raw())
             texts = [e.item for e in events if isinstance(e, OutputProduced)]
             assert texts == [TextItem("a")], (i, texts)
+    finally:
+        await engine.aclose()
+
+
+@pytest.mark.parametrize(
+    "factory", [f for _, f in ENGINE_FACTORIES], ids=[n for n, _ in ENGINE_FACTORIES]
+)
+async def test_a_step_answering_as_it_is_cancelled_keeps_its_output(
+    factory: Callable[[], Engine],
+) -> None:
+    """``terminate`` cancels the command in flight. When its answer is already on its way
+    (the step ended, its drain emptied the cell) but not yet taken, the cancellation must not
+    drop it: the cell's stop gives that output. Here the loop is kept busy while the step
+    ends; before the fix the worker's host dropped the answer and ``a`` was lost."""
+    engine = factory()
+    try:
+        source = "text('a'); const t = Date.now(); while (Date.now() - t < 150) {}"
+        for i in range(3):
+            boot = CellBoot(f"c{i}", source, (ToolDefinition("echo"),), {}, CellLimits(), False)
+            cell = await engine.open_cell(boot)
+            task = asyncio.create_task(cell.run())
+            await asyncio.sleep(0.03)  # the step runs
+            time.sleep(0.5)  # noqa: ASYNC251 - the loop is busy while the step answers
+            assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            texts = [e.item for e in await cell.stop() if isinstance(e, OutputProduced)]
+            assert texts == [TextItem("a")], (i, texts)
+    finally:
+        await engine.aclose()
+
+
+@pytest.mark.parametrize(
+    "factory", [f for _, f in ENGINE_FACTORIES], ids=[n for n, _ in ENGINE_FACTORIES]
+)
+async def test_a_report_being_checked_when_its_step_is_cancelled_keeps_its_output(
+    factory: Callable[[], Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large report is checked on a worker thread; a ``terminate`` that cancels the command
+    meanwhile must not lose it (the drain behind the step already emptied the cell): the
+    cell's stop gives its output, in order, before anything it salvages. Before the fix the
+    cancelled check's report was dropped and all 2,000 lines were lost."""
+    checking = threading.Event()
+    check = drain.check_report
+
+    def slow_check(*args: Any) -> Any:
+        checking.set()
+        time.sleep(0.2)
+        return check(*args)
+
+    monkeypatch.setattr(drain, "check_report", slow_check)
+    engine = factory()
+    try:
+        n = 2000
+        source = f"for (let i = 0; i < {n}; i++) text('line ' + i + ' ' + 'x'.repeat(60));"
+        boot = CellBoot("c", source, (ToolDefinition("echo"),), {}, CellLimits(), False)
+        cell = await engine.open_cell(boot)
+        task = asyncio.create_task(cell.run())
+        while not checking.is_set():
+            assert not task.done(), "the report was not checked on a thread"
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        texts = [e.item.text for e in await cell.stop() if isinstance(e, OutputProduced)]
+        assert texts == [f"line {i} " + "x" * 60 for i in range(n)]
     finally:
         await engine.aclose()
 

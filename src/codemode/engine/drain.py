@@ -41,6 +41,7 @@ __all__ = [
     "check_report_async",
     "offloaded",
     "stopped_events",
+    "unreported_events",
 ]
 
 # Drain reports longer than this, or with more read bytes than this (2,000 runs of reads, each
@@ -110,13 +111,45 @@ def offloaded(report: RawReport) -> bool:
 
 
 async def check_report_async(
-    authority: CellAuthority, limits: CellLimits, report: RawReport
+    authority: CellAuthority,
+    limits: CellLimits,
+    report: RawReport,
+    unreported: list[asyncio.Future[StepReport]],
 ) -> StepReport:
     """:func:`check_report`, on a worker thread for a large report (decoded event by event
-    there, so the event loop keeps getting the GIL)."""
+    there, so the event loop keeps getting the GIL).
+
+    A caller cancelled meanwhile (``terminate`` cancels the command in flight) does not lose
+    the report: the command's drain already emptied the cell, so this report is the only
+    record of its output. The check goes on, and its future joins ``unreported``, the cell's
+    list whose events its stop gives first (:func:`unreported_events`)."""
     if not offloaded(report):
         return check_report(authority, limits, report)
-    return await asyncio.to_thread(check_report, authority, limits, report)
+    checking = asyncio.ensure_future(asyncio.to_thread(check_report, authority, limits, report))
+    try:
+        return await asyncio.shield(checking)
+    except asyncio.CancelledError:
+        unreported.append(checking)
+        raise
+
+
+async def unreported_events(
+    unreported: list[asyncio.Future[StepReport]],
+) -> tuple[EngineEvent, ...]:
+    """The events of the reports ``unreported`` holds (see :func:`check_report_async`), in
+    order, their settlements left aside, as :func:`stopped_events` gives a stopped cell's;
+    empties the list."""
+    events: tuple[EngineEvent, ...] = ()
+    while unreported:
+        checking = unreported.pop(0)
+        try:
+            events += (await asyncio.shield(checking)).events
+        except asyncio.CancelledError:
+            unreported.insert(0, checking)
+            raise
+        except Exception:  # pragma: no cover - the check never raises (CellAuthority)
+            continue
+    return events
 
 
 def _located(report: StepReport) -> StepReport:

@@ -53,6 +53,7 @@ from codemode.engine.drain import (
     check_report_async,
     offloaded,
     stopped_events,
+    unreported_events,
 )
 from codemode.engine.jsscan import scan_source
 from codemode.engine.source import (
@@ -1146,6 +1147,8 @@ class _V8Cell(EngineCell):
         # emptied the cell's outbox, so its report is what the next salvage gives.
         self._orphan: asyncio.Future[str | None] | None = None
         self._orphan_task: int | None = None  # the orphan drain's native task, if known
+        # Reports whose caller was cancelled while they were checked (drain.check_report_async).
+        self._unreported: list[asyncio.Future[StepReport]] = []
         self._cpu_used = 0.0
         assert isolate.bridge is not None
         self._bridge = isolate.bridge
@@ -1263,9 +1266,16 @@ class _V8Cell(EngineCell):
         """``raw`` checked by the cell's authority (see :meth:`_settles`)."""
         return self._settles(check_report(self._authority, self._limits, raw))
 
-    async def _checked_async(self, raw: RawReport) -> StepReport:
-        """:meth:`_checked` of a report that may be large, checked on a worker thread then."""
-        return self._settles(await check_report_async(self._authority, self._limits, raw))
+    async def _checked_async(
+        self, raw: RawReport, unreported: list[asyncio.Future[StepReport]] | None = None
+    ) -> StepReport:
+        """:meth:`_checked` of a report that may be large, checked on a worker thread then.
+        Cancelled meanwhile, the report joins ``unreported`` (default: the cell's own list,
+        whose output :meth:`stop` gives first)."""
+        if unreported is None:
+            unreported = self._unreported
+        checked = await check_report_async(self._authority, self._limits, raw, unreported)
+        return self._settles(checked)
 
     def _settles(self, report: StepReport) -> StepReport:
         """``report``, the cell closed when it settles it (after completion no JavaScript of
@@ -1368,14 +1378,18 @@ class _V8Cell(EngineCell):
         reports: list[StepReport] = []
         for inputs, raw in zip(steps, raws, strict=True):
             self._authority.inputs(inputs)
-            report = await self._checked_async(RawReport(raw, cpu, self._reads_of(raw)))
+            # A replayed step's output was delivered before: a cancelled replay drops it.
+            report = await self._checked_async(RawReport(raw, cpu, self._reads_of(raw)), [])
             reports.append(report)
             if report.settlement is not None:
                 break  # the cell is closed (_checked_async)
         return reports
 
     async def stop(self) -> tuple[EngineEvent, ...]:
-        return stopped_events(self._authority, await self.stop_raw())
+        raw = await self.stop_raw()
+        # A report still being checked when its caller was cancelled comes first.
+        early = await unreported_events(self._unreported) if self._unreported else ()
+        return early + stopped_events(self._authority, raw)
 
     async def stop_raw(self) -> RawReport:
         """:meth:`stop`: the cell's last output, not checked (see :meth:`run_raw`)."""

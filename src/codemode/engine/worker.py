@@ -55,7 +55,12 @@ from codemode.engine.base import (
     StepReport,
     ToolResultInput,
 )
-from codemode.engine.drain import RawReport, check_report_async, stopped_events
+from codemode.engine.drain import (
+    RawReport,
+    check_report_async,
+    stopped_events,
+    unreported_events,
+)
 from codemode.engine.v8 import _step_text
 from codemode.engine.watchdog import rss_error_text
 from codemode.engine.worker_main import boot_to_json
@@ -136,6 +141,9 @@ class _Child:
         self.proc: asyncio.subprocess.Process | None = None
         self.started: asyncio.Future[None] = self.loop.create_future()
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        # Answers whose future was cancelled (its awaiting task was cancelled) before they
+        # came: kept until abandon() claims them or forget() drops them.
+        self.unclaimed: dict[int, dict[str, Any]] = {}
         self.cells: dict[int, _WorkerCell] = {}
         self.opening = 0
         self.lost: str | None = None
@@ -256,15 +264,19 @@ class _Child:
 
     def answer(self, msg: Any) -> None:
         """One decoded answer: resolve the future of its command (an answer to a command
-        abandoned meanwhile is dropped)."""
+        forgotten meanwhile is dropped; one whose awaiting task was just cancelled is kept for
+        :meth:`abandon`)."""
         if not isinstance(msg, dict):
             raise _Malformed("an answer is not an object")
         i = msg.get("i")
         if type(i) is not int:
             raise _Malformed("an answer without a command id")
         future = self.pending.pop(i, None)
-        if future is not None and not future.done():
-            future.set_result(msg)
+        if future is not None:
+            if not future.done():
+                future.set_result(msg)
+            elif future.cancelled():
+                self.unclaimed[i] = msg
 
     def compromised(self, reason: str) -> None:
         """An answer broke the protocol: nothing the child says can be trusted any more."""
@@ -412,9 +424,30 @@ class _Child:
                 await stdin.drain()
         return i, future
 
+    def abandon(self, i: int) -> asyncio.Future[Any] | None:
+        """Abandon command ``i`` as :meth:`forget` does, but keep a place for its answer: a
+        child that finished the command before it saw the cancel has already sent the answer
+        (a drain's report is the only record of what it emptied). Returns the future that
+        answer lands in; the child answers in order, so it has come by the time the answer to
+        any later command has. The caller pops ``pending[i]`` when done with it."""
+        late: asyncio.Future[Any] = self.loop.create_future()
+        answered = self.unclaimed.pop(i, None)
+        if answered is not None:  # it came after its awaiting task was cancelled
+            late.set_result(answered)
+            return late
+        future = self.pending.pop(i, None)
+        if future is None:
+            return None
+        if not future.done():
+            future.set_exception(EngineLost("the cell's engine was closed"))
+        self.pending[i] = late
+        self.send_quietly(f'{{"op":"cancel","i":{i}}}\n'.encode())
+        return late
+
     def forget(self, i: int, send_cancel: bool = True) -> None:
         """Abandon command ``i``: its answer will be dropped (whoever awaits it gets
         :class:`EngineLost`); the child stops it."""
+        self.unclaimed.pop(i, None)
         future = self.pending.pop(i, None)
         if future is None:
             return
@@ -735,6 +768,11 @@ class _WorkerCell(EngineCell):
         self._closed = False
         self._lost: str | None = None
         self._inflight: int | None = None
+        # A command abandoned in flight whose answer may still come (_Child.abandon), and the
+        # reports whose caller was cancelled while they were checked: their output is the
+        # cell's, so stop() gives it first.
+        self._late: tuple[int, asyncio.Future[Any]] | None = None
+        self._unreported: list[asyncio.Future[StepReport]] = []
         self._on_loss: Callable[[str], None] | None = None
         self._head = '{"op":"%s","c":' + str(key) + ","
         budget = child.config.get("rss_budget")
@@ -765,27 +803,66 @@ class _WorkerCell(EngineCell):
             return ()
         child = self._child
         if self._inflight is not None:
-            child.forget(self._inflight)
+            self._abandon(self._inflight, None)
+        early = await unreported_events(self._unreported) if self._unreported else ()
         try:
             i, future = await child.request(self._head % "stop")
         except EngineLost:
+            early += self._late_output()
             self.close()
-            return ()
+            return early
         try:
             async with asyncio.timeout(STOP_TIMEOUT):
                 answer = await future
-            return stopped_events(self._authority, _raw_report(answer["r"]))
+            # An abandoned command's answer came before the stop's, if the child sent one.
+            early += self._late_output()
+            return early + stopped_events(self._authority, _raw_report(answer["r"]))
         except TimeoutError:
             child.forget(i)
             child.unresponsive("a stop")
-            return ()
+            return early
         except EngineLost:
-            return ()
+            return early + self._late_output()
         except (_Malformed, KeyError, TypeError, ValueError, IndexError) as exc:
             child.compromised(f"stop: {exc}")
-            return ()
+            return early
         finally:
+            self._drop_late()
             self._mark_closed()
+
+    def _abandon(self, i: int, future: asyncio.Future[Any] | None) -> None:
+        """Command ``i`` (awaited through ``future``) is abandoned in flight: keep its answer
+        coming, whether it is already here or still on its way (see :meth:`stop`)."""
+        if future is not None and future.done() and not future.cancelled():
+            self._late = (i, future)  # answered just before the cancellation landed
+            return
+        late = self._child.abandon(i)
+        if late is not None:
+            self._late = (i, late)
+
+    def _late_output(self) -> tuple[EngineEvent, ...]:
+        """The events of the abandoned command's answer, if it came, checked now (in order)
+        by the cell's authority; a malformed one compromises the worker and gives nothing."""
+        late, self._late = self._late, None
+        if late is None:
+            return ()
+        i, future = late
+        self._child.pending.pop(i, None)
+        if not future.done() or future.cancelled() or future.exception() is not None:
+            return ()
+        answer = future.result()
+        if "r" not in answer:  # the child lost the cell, or the command failed
+            return ()
+        try:
+            return stopped_events(self._authority, _raw_report(answer["r"]))
+        except (_Malformed, KeyError, TypeError, ValueError, IndexError) as exc:
+            self._child.compromised(f"an abandoned command: {exc}")
+            return ()
+
+    def _drop_late(self) -> None:
+        late, self._late = self._late, None
+        if late is not None:
+            self._child.pending.pop(late[0], None)
 
     def close(self) -> None:
         if self._closed:
@@ -793,6 +870,7 @@ class _WorkerCell(EngineCell):
         child = self._child
         if self._inflight is not None:
             child.forget(self._inflight, send_cancel=False)  # the close stops it in the child
+        self._drop_late()
         if self._lost is None:
             child.send_quietly(f'{{"op":"close","c":{self._key}}}\n'.encode())
         self._mark_closed()
@@ -829,7 +907,9 @@ class _WorkerCell(EngineCell):
             if poll is not None:
                 child.spin_now = spin_mod.still_quick(time.perf_counter() - sent, child.spin)
         except asyncio.CancelledError:
-            child.forget(i)  # the child abandons the step, which stops its JavaScript
+            # The child abandons the step, which stops its JavaScript; an answer it sent
+            # before that is still the cell's (stop() gives its output).
+            self._abandon(i, future)
             raise
         finally:
             self._inflight = None
@@ -845,7 +925,7 @@ class _WorkerCell(EngineCell):
             child.compromised(f"{op}: {exc}")
             raise EngineLost(f"the worker process sent a malformed answer ({exc})") from None
         # Checked here, by the host's record of the cell (a large report on a thread).
-        report = await check_report_async(self._authority, self._limits, raw)
+        report = await check_report_async(self._authority, self._limits, raw, self._unreported)
         if report.settlement is not None:
             error_text = report.settlement.error_text
             if error_text is not None and error_text == self._rss_error:
