@@ -33,7 +33,7 @@ from codemode import (
     ToolDefinition,
     Yielded,
 )
-from codemode.engine.base import CellBoot
+from codemode.engine.base import CellBoot, OutputProduced, ToolCallRequested, ToolResultInput
 from codemode.engine.watchdog import GuardedEngine, rss_error_text
 from codemode.engine.worker import WorkerEngine, _Malformed, _raw_report
 from conftest import RecordingDelegate, request, rss_bytes
@@ -601,6 +601,42 @@ def test_the_wire_carries_only_json() -> None:
     text = source.read_text()
     assert "pickle" not in text and "marshal" not in text
     assert json.loads('{"a": 1}') == {"a": 1}
+
+
+async def test_a_step_cancelled_while_its_line_is_still_being_sent_is_abandoned() -> None:
+    """A step with 2 MiB of tool results waits for the pipe to the worker to take its line;
+    ``terminate`` cancelling it then must abandon the command it already sent, as it does one
+    cancelled while awaiting its answer: the worker is told to stop it, and an answer it sends
+    anyway is kept for the stop (here the worker is stopped with SIGSTOP so that the host's
+    write buffer fills). Before the fix nothing was abandoned: the worker ran the step to its
+    end and its answer was dropped."""
+    engine = WorkerEngine()
+    try:
+        source = "text('a'); const r = await tools.echo({}); text('b' + r.length);"
+        boot = CellBoot("c", source, (ToolDefinition("echo"),), {}, CellLimits(), False)
+        cell: Any = await engine.open_cell(boot)
+        report = await cell.run()
+        (call,) = [e for e in report.events if isinstance(e, ToolCallRequested)]
+        (pid,) = engine.worker_pids()
+        big = ToolResultInput(call.call_id, True, value_json=json.dumps("x" * (2 << 20)))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            task = asyncio.create_task(cell.step([big]))
+            await asyncio.sleep(0.3)  # the line fills the pipe and the host's buffer
+            assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert cell._late is not None, "the command sent was not abandoned"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        events = await asyncio.wait_for(cell.stop(), HANG)
+        texts = [e.item for e in events if isinstance(e, OutputProduced)]
+        # Stopped before or after it wrote: either way nothing twice, and nothing after it.
+        assert texts in ([], [TextItem(f"b{2 << 20}")])
+        assert not cell._child.pending and not cell._child.unclaimed
+    finally:
+        await engine.aclose()
 
 
 # ---------------------------------------------------------------------- in-process watchdog

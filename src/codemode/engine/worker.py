@@ -406,6 +406,20 @@ class _Child:
             self.send(line)
 
     async def request(self, head: str, tail: str | bytes = "}") -> tuple[int, asyncio.Future[Any]]:
+        """:meth:`post`, then wait while the pipe to the child holds over 1 MiB unsent."""
+        i, future = self.post(head, tail)
+        await self.flow()
+        return i, future
+
+    async def flow(self) -> None:
+        """Wait while the pipe to the child holds over 1 MiB unsent."""
+        proc = self.proc
+        stdin = proc.stdin if proc is not None else None
+        if stdin is not None and stdin.transport.get_write_buffer_size() > 1 << 20:
+            with contextlib.suppress(OSError, RuntimeError):  # a dead child: see the reader
+                await stdin.drain()
+
+    def post(self, head: str, tail: str | bytes = "}") -> tuple[int, asyncio.Future[Any]]:
         """Send ``head`` + ``"i": n`` + ``tail`` as one line (a ``bytes`` tail brings its own
         newline); return the id and the future of the answer."""
         self.next_id += 1
@@ -417,11 +431,6 @@ class _Child:
             self.send(f'{head}"i":{i}'.encode())
             self.send(tail)
         self.pending[i] = future
-        proc = self.proc
-        stdin = proc.stdin if proc is not None else None
-        if stdin is not None and stdin.transport.get_write_buffer_size() > 1 << 20:
-            with contextlib.suppress(OSError, RuntimeError):  # a dead child: see the reader
-                await stdin.drain()
         return i, future
 
     def abandon(self, i: int) -> asyncio.Future[Any] | None:
@@ -833,9 +842,11 @@ class _WorkerCell(EngineCell):
     def _abandon(self, i: int, future: asyncio.Future[Any] | None) -> None:
         """Command ``i`` (awaited through ``future``) is abandoned in flight: keep its answer
         coming, whether it is already here or still on its way (see :meth:`stop`)."""
-        if future is not None and future.done() and not future.cancelled():
-            self._late = (i, future)  # answered just before the cancellation landed
-            return
+        if future is not None:
+            if future.done() and not future.cancelled():
+                self._late = (i, future)  # answered just before the cancellation landed
+                return
+            future.cancel()  # nobody awaits it any more
         late = self._child.abandon(i)
         if late is not None:
             self._late = (i, late)
@@ -891,9 +902,10 @@ class _WorkerCell(EngineCell):
         if self._lost is not None:
             raise EngineLost(self._lost)
         child = self._child
-        i, future = await child.request(self._head % op, tail)
+        i, future = child.post(self._head % op, tail)
         self._inflight = i
         try:
+            await child.flow()  # a cancellation here abandons the command sent, as below
             poll = child.answer_poll
             sent = time.perf_counter()
             if poll is not None and child.spin_now and few:
