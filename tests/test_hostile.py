@@ -806,6 +806,38 @@ async def test_a_report_being_checked_when_its_step_is_cancelled_keeps_its_outpu
         await engine.aclose()
 
 
+async def test_a_limit_salvage_outlives_a_cancelled_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A limit stops the cell and the engine salvages its output (a drain that empties the
+    cell); a ``terminate`` that cancels the command during that salvage must not lose it: the
+    salvage goes on and the cell's stop gives its report. Before the fix the salvage was
+    cancelled with its caller and the cell closed, and ``a`` was lost."""
+    salvaging = asyncio.Event()
+    drain_stopped = v8._V8Cell._drain_stopped
+
+    async def slow_drain_stopped(self: Any) -> Any:
+        salvaging.set()
+        await asyncio.sleep(0.2)
+        return await drain_stopped(self)
+
+    monkeypatch.setattr(v8._V8Cell, "_drain_stopped", slow_drain_stopped)
+    engine = V8Engine(pool_size=0)
+    try:
+        limits = CellLimits(max_cpu_seconds=0.1)
+        boot = CellBoot(
+            "c", "text('a'); while (true) {}", (ToolDefinition("echo"),), {}, limits, False
+        )
+        cell = await engine.open_cell(boot)
+        task = asyncio.create_task(cell.run())
+        await asyncio.wait_for(salvaging.wait(), HANG)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        texts = [e.item for e in await cell.stop() if isinstance(e, OutputProduced)]
+        assert texts == [TextItem("a")]
+    finally:
+        await engine.aclose()
+
+
 async def test_pausable_output_after_an_await_is_salvaged_on_terminate(
     make_rt: Callable[..., SessionRuntime],
 ) -> None:

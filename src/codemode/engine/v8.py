@@ -1149,6 +1149,8 @@ class _V8Cell(EngineCell):
         self._orphan_task: int | None = None  # the orphan drain's native task, if known
         # Reports whose caller was cancelled while they were checked (drain.check_report_async).
         self._unreported: list[asyncio.Future[StepReport]] = []
+        # The salvage of a command a limit stopped, when its caller was cancelled meanwhile.
+        self._salvaging: asyncio.Future[RawReport] | None = None
         self._cpu_used = 0.0
         assert isolate.bridge is not None
         self._bridge = isolate.bridge
@@ -1393,6 +1395,9 @@ class _V8Cell(EngineCell):
 
     async def stop_raw(self) -> RawReport:
         """:meth:`stop`: the cell's last output, not checked (see :meth:`run_raw`)."""
+        salvaging, self._salvaging = self._salvaging, None
+        if salvaging is not None:  # a limit stopped the cell, and its caller went away
+            return await salvaging
         if self._closed:
             return RawReport()
         inflight = self._inflight
@@ -1462,11 +1467,22 @@ class _V8Cell(EngineCell):
         try:
             raw = await self._eval(fn, *args, drain=True)
         except _LimitExceeded as exc:
+            # Shielded: a caller cancelled meanwhile (terminate) leaves the salvage running,
+            # and the cell's stop gives its report (the drain in it empties the cell).
+            salvage = asyncio.ensure_future(self._salvage(exc.field_name))
             try:
-                return await self._stopped(limit=exc.field_name)
-            finally:
-                self.close()
+                return await asyncio.shield(salvage)
+            except asyncio.CancelledError:
+                self._salvaging = salvage
+                raise
         return RawReport(raw, self._cpu_used - cpu_before, self._reads_of(raw))
+
+    async def _salvage(self, limit: str) -> RawReport:
+        """:meth:`_stopped` for a command ``limit`` stopped; then the cell is closed."""
+        try:
+            return await self._stopped(limit=limit)
+        finally:
+            self.close()
 
     async def _drain_stopped(self) -> Any:
         """One bounded drain of a cell whose JavaScript was stopped (an abandoned eval leaves the
