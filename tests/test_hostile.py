@@ -668,31 +668,6 @@ async def test_a_salvage_call_past_its_time_is_still_awaited_for_its_answer() ->
         await engine.aclose()
 
 
-async def test_a_drain_answering_as_its_step_is_cancelled_keeps_its_report() -> None:
-    """A command cancelled from outside (the RSS watchdog cancels the task running it) while
-    its step's drain has answered but before that answer was taken: cancelling the task
-    cancels the drain's future at once, the answer then finds it cancelled, and before the fix
-    the report, the only record of what the drain emptied, was dropped (``text('a')`` lost)."""
-    engine = V8Engine(pool_size=0)
-    try:
-        source = "text('a'); const t = Date.now(); while (Date.now() - t < 150) {}"
-        for i in range(3):
-            boot = CellBoot(f"c{i}", source, (ToolDefinition("echo"),), {}, CellLimits(), False)
-            cell: Any = await engine.open_cell(boot)
-            task = asyncio.create_task(cell.run_raw())
-            await asyncio.sleep(0.03)  # the step runs
-            time.sleep(0.5)  # noqa: ASYNC251 - the loop is busy while the drain answers
-            assert not task.done()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            events = stopped_events(cell._authority, await cell.stop_raw())
-            texts = [e.item for e in events if isinstance(e, OutputProduced)]
-            assert texts == [TextItem("a")], (i, texts)
-    finally:
-        await engine.aclose()
-
-
 async def test_a_drain_behind_a_cancelled_step_keeps_its_report() -> None:
     """The same, cancelled while the step still runs: the drain behind it runs once the
     step's JavaScript is terminated, and its report is what the stop gives. Before the fix the
@@ -748,7 +723,9 @@ async def test_a_step_answering_as_it_is_cancelled_keeps_its_output(
     """``terminate`` cancels the command in flight. When its answer is already on its way
     (the step ended, its drain emptied the cell) but not yet taken, the cancellation must not
     drop it: the cell's stop gives that output. Here the loop is kept busy while the step
-    ends; before the fix the worker's host dropped the answer and ``a`` was lost."""
+    ends, so the cancellation finds the answer waiting. Before the fixes ``a`` was lost on
+    both engines: in process the cancelled future dropped the drain's report, and the
+    worker's host dropped the worker's answer."""
     engine = factory()
     try:
         source = "text('a'); const t = Date.now(); while (Date.now() - t < 150) {}"
