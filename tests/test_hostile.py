@@ -30,7 +30,13 @@ from codemode import (
 )
 from codemode.cell.stored import StoredSnapshot
 from codemode.engine import drain, v8
-from codemode.engine.base import CellBoot, Engine, OutputProduced
+from codemode.engine.base import (
+    CellBoot,
+    Engine,
+    OutputProduced,
+    ToolCallRequested,
+    ToolResultInput,
+)
 from codemode.engine.drain import stopped_events
 from codemode.engine.v8 import V8Engine
 from conftest import RecordingDelegate, request, rss_bytes
@@ -811,6 +817,57 @@ async def test_a_limit_salvage_outlives_a_cancelled_caller(monkeypatch: pytest.M
             await task
         texts = [e.item for e in await cell.stop() if isinstance(e, OutputProduced)]
         assert texts == [TextItem("a")]
+    finally:
+        await engine.aclose()
+
+
+@pytest.mark.parametrize("how", ["idle", "terminate"])
+async def test_a_drain_report_lost_after_its_commit_leaves_the_output_in_the_journal(
+    monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """mini-racer may report a drain terminated after it committed (the cancel came while its
+    answer was being made) and drop its report; the output that drain emptied must still be
+    salvaged, once. Here a drain of the stop path that ran to its end has its report dropped,
+    as mini-racer drops it. ``terminate``: the drain queued behind a step cancelled from
+    outside runs once the step ends and empties ``b``; before the fix its commit emptied the
+    journal too, and ``b`` was lost. ``idle``: ``a``, delivered with the first report, must not
+    come again (the host empties the journal once it has a report)."""
+    dropped: list[str] = []
+    settle_within = v8._Bridge.settle_within
+
+    async def lossy_settle_within(
+        self: Any, future: asyncio.Future[Any], task_id: int | None, seconds: float
+    ) -> Any:
+        await asyncio.wait((future,), timeout=seconds)
+        if not future.done() or future.exception() is not None:
+            return await settle_within(self, future, task_id, 0.0)  # as it is
+        dropped.append(str(future.result()))
+        raise TimeoutError("the isolate did not answer")
+
+    engine = V8Engine(pool_size=0)
+    try:
+        source = (
+            "text('a'); await tools.echo({}); text('b');"
+            " const t = Date.now(); while (Date.now() - t < 100) {}"
+        )
+        boot = CellBoot("c", source, (ToolDefinition("echo"),), {}, CellLimits(), False)
+        cell: Any = await engine.open_cell(boot)
+        first = await cell.run()
+        assert [e.item for e in first.events if isinstance(e, OutputProduced)] == [TextItem("a")]
+        (call_id,) = [e.call_id for e in first.events if isinstance(e, ToolCallRequested)]
+        monkeypatch.setattr(v8._Bridge, "settle_within", lossy_settle_within)
+        if how == "terminate":
+            task = asyncio.create_task(cell.step([ToolResultInput(call_id, True, "{}")]))
+            await asyncio.sleep(0.03)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        events = await asyncio.wait_for(cell.stop(), HANG)
+        texts = [e.item for e in events if isinstance(e, OutputProduced)]
+        assert dropped, "no drain report was dropped: the test did not test the loss"
+        if how == "terminate":
+            assert "b" in dropped[0]  # the dropped report held it
+        assert texts == ([] if how == "idle" else [TextItem("b")]), texts
     finally:
         await engine.aclose()
 

@@ -173,16 +173,18 @@
     else if (ev[0] === "image") journalWrite(2, ev[2] + " " + ev[1]);
   };
 
-  // The output journal: output events since the last drain, also written as UTF-16 records
-  // into a buffer whose memory the host reads directly. When a cell spins in a continuation
-  // (V8 runs those after the host's call returned, where stopping it also stops any drain),
-  // the host still salvages what it wrote. Records: [kind, length low, length high, units...];
-  // units 0-1 (one 32-bit word, written last) hold the committed end, units 2-3 a limit the cell
-  // hit (1 + its index in FLAGGED_LIMITS), records start at unit 4.
+  // The output journal: output events not yet in a drain report the host has, also written
+  // as UTF-16 records into a buffer whose memory the host reads directly. When a cell spins in
+  // a continuation (V8 runs those after the host's call returned, where stopping it also stops
+  // any drain), or a drain's report never reaches the host, the host still salvages what it
+  // wrote. Records: [kind, length low, length high, units...]; units 0-1 (one 32-bit word,
+  // written last) hold the committed end, units 2-3 a limit the cell hit (1 + its index in
+  // FLAGGED_LIMITS), records start at unit 4. Only the host empties it (it sets the end back to
+  // 4 once it has a drain's report: engine/v8.py, _V8Cell._command), never a drain: mini-racer
+  // may report a drain terminated after it committed, and then its report is gone.
   let journal = null;
   let journalEnd = null;
   let journalFlag = null;
-  let journalAt = 4;
   const charCodeAt = uncurry(String.prototype.charCodeAt);
   const stringSlice = uncurry(String.prototype.slice);
   const StringFromCharCode = StringCtor.fromCharCode;
@@ -225,20 +227,19 @@
     journal = new Uint16ArrayCtor(journalBuffer, 0, JOURNAL_UNITS);
     journalEnd = new Uint32ArrayCtor(journalBuffer, 0, 1);
     journalFlag = new Uint32ArrayCtor(journalBuffer, 4, 1);
-    journalAt = 4;
     journalEnd[0] = 4;
     journalFlag[0] = 0;
   }
   function journalWrite(kind, s) {
     if (journal === null) return;
     const n = s.length;
-    if (journalAt + 3 + n > JOURNAL_UNITS) return;  // full: the drain still has them (no length getter: a cell may replace it)
-    journal[journalAt] = kind;
-    journal[journalAt + 1] = n & 0xffff;
-    journal[journalAt + 2] = n >>> 16;
-    for (let i = 0; i < n; i++) journal[journalAt + 3 + i] = charCodeAt(s, i);
-    journalAt += 3 + n;
-    journalEnd[0] = journalAt;
+    const at = journalEnd[0];  // the host may have emptied it since the last write
+    if (at + 3 + n > JOURNAL_UNITS) return;  // full: the drain still has them (no length getter: a cell may replace it)
+    journal[at] = kind;
+    journal[at + 1] = n & 0xffff;
+    journal[at + 2] = n >>> 16;
+    for (let i = 0; i < n; i++) journal[at + 3 + i] = charCodeAt(s, i);
+    journalEnd[0] = at + 3 + n;
   }
 
   // Limits the journal can flag to the host (the host keeps the same list).
@@ -1284,9 +1285,11 @@
     // variables and calls no function, and V8 only sees a termination at a function's entry or
     // a loop's back edge. So a drain stopped part way (a stopped cell's termination can reach
     // the drain queued behind it, engine/v8.py _drain_stopped) leaves the outbox, the timers
-    // and stores set since the last drain, the read count and the output journal as they were:
-    // the next drain reports them, or the host reads the journal. The fresh maps are swapped
-    // with spares emptied here, before the commit.
+    // and stores set since the last drain and the read count as they were: the next drain
+    // reports them. The output journal is not touched here at all: the host empties it once it
+    // has the report, so the output of a drain terminated after its commit (mini-racer then
+    // drops its report) is still there for the host to read. The fresh maps are swapped with
+    // spares emptied here, before the commit.
     drain() {
       spareTimers.clear();
       spareStores.clear();
@@ -1320,7 +1323,6 @@
       lastYield = false;
       readRuns = 0;
       holdSeen = seen;
-      if (journal !== null) { journalAt = 4; journalEnd[0] = 4; }
       return text;
     },
 

@@ -706,6 +706,7 @@ class _Isolate:
         self.reads: memoryview | None = None  # the environment reads' memory (see prelude)
         self.inbox: _Inbox | None = None  # a step's inputs go in there, in the same buffer
         self.hold_word: memoryview | None = None
+        self.journal_end: memoryview | None = None  # the journal's end word (see prelude)
 
     def free(self) -> threading.Event | None:
         """Release the isolate and its thread, without blocking: the native teardown runs on
@@ -868,6 +869,7 @@ def _create_isolate(loop: asyncio.AbstractEventLoop) -> _Isolate:
             isolate.journal = journal
             isolate.inbox = _Inbox.of(journal)
             isolate.hold_word = journal[len(journal) - 4 :].cast("I")
+            isolate.journal_end = journal[0:4].cast("I")
         reads = bridge.call_sync(bridge.journal, "reads")
         if isinstance(reads, memoryview):
             isolate.reads = reads
@@ -1166,6 +1168,7 @@ class _V8Cell(EngineCell):
         )
         self._boot_config = self._render_boot()  # serialised at admission: the snapshot is fixed
         self._journal = isolate.journal
+        self._journal_end = isolate.journal_end
         self._reads = isolate.reads
         self._inbox = isolate.inbox
         # Holding the isolate's thread between quick steps (bridge.hold in the prelude): in
@@ -1375,6 +1378,7 @@ class _V8Cell(EngineCell):
                     bridge.native_cancel(ctx._ctx, task_id)
                 self.close()
             self._cpu_used += time.perf_counter() - started
+        self._journal_delivered()  # (a replayed step's output was delivered before)
         raws = values
         cpu = (time.perf_counter() - started) / len(steps)
         reports: list[StepReport] = []
@@ -1426,9 +1430,10 @@ class _V8Cell(EngineCell):
         return bytes(memory[: min(24 * runs, len(memory))])
 
     def _read_journal(self) -> tuple[tuple[int, str], ...]:
-        """The output records the cell wrote since its last drain, read from the journal's
-        memory without running JavaScript (the isolate may be spinning in a continuation, where
-        stopping it also stops any drain). Only while the isolate lives: never after close."""
+        """The output records of the cell that no report in the host's hands holds (see
+        :meth:`_journal_delivered`), read from the journal's memory without running JavaScript
+        (the isolate may be spinning in a continuation, where stopping it also stops any
+        drain). Only while the isolate lives: never after close."""
         view = self._journal
         if view is None or self._closed:
             return ()
@@ -1466,6 +1471,7 @@ class _V8Cell(EngineCell):
         cpu_before = self._cpu_used
         try:
             raw = await self._eval(fn, *args, drain=True)
+            self._journal_delivered()
         except _LimitExceeded as exc:
             # Shielded: a caller cancelled meanwhile (terminate) leaves the salvage running,
             # and the cell's stop gives its report (the drain in it empties the cell).
@@ -1476,6 +1482,18 @@ class _V8Cell(EngineCell):
                 self._salvaging = salvage
                 raise
         return RawReport(raw, self._cpu_used - cpu_before, self._reads_of(raw))
+
+    def _journal_delivered(self) -> None:
+        """Empty the output journal: the host has the drain report that holds its records.
+
+        Only the host empties it (the prelude's drain never does): mini-racer reports a drain
+        terminated just after it committed as terminated and drops its report (its
+        CancelableTask, 0.14.1), so until the report is here the journal is the only record of
+        the output the drain emptied. The cell's JavaScript is not running now (the drain
+        answered and nothing was posted since), so the end word is the host's to write."""
+        end = self._journal_end
+        if end is not None and not self._closed:
+            end[0] = _JOURNAL_START
 
     async def _salvage(self, limit: str) -> RawReport:
         """:meth:`_stopped` for a command ``limit`` stopped; then the cell is closed."""
@@ -1698,7 +1716,7 @@ def _journal_items(data: bytes) -> list[tuple[int, str]]:
     units = len(data) // 2
     end = min(int.from_bytes(data[0:4], "little"), units)
     items: list[tuple[int, str]] = []
-    at = 4
+    at = _JOURNAL_START
     while at + 3 <= end:
         kind = int.from_bytes(data[2 * at : 2 * at + 2], "little")
         n = int.from_bytes(data[2 * at + 2 : 2 * at + 4], "little")
@@ -1735,6 +1753,7 @@ _MAX_STEP_WAIT = 0.01
 # The layout of the journal's buffer (the prelude's JOURNAL_UNITS): the journal's records, then
 # the inbox (one 32-bit length word, then up to _INBOX_UNITS UTF-16 units).
 _JOURNAL_UNITS = 4194304 - 131072
+_JOURNAL_START = 4  # the first record's unit (the end word and the limit flag come before)
 _INBOX_UNITS = 131072 - 4  # the length word before, the hold word after
 
 # mini-racer's type codes of a UTF-8 string and of `undefined` (0.14.1, `_MiniRacerTypes`).
