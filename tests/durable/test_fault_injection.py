@@ -479,9 +479,13 @@ async def run_fault_injection(
                     try:
                         await asyncio.wait_for(asyncio.shield(child.wait()), delay)
                     except TimeoutError:
-                        child.send_signal(signal.SIGKILL)
-                        killed = True
-                        kills += 1
+                        try:
+                            child.send_signal(signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass  # it exited on its own as the delay ran out: not a kill
+                        else:
+                            killed = True
+                            kills += 1
                 rc = await asyncio.wait_for(child.wait(), 180)
                 await child.stdout.read()
                 if killed and rc != -signal.SIGKILL:
