@@ -4,12 +4,13 @@ Each cell writes LINES text items right after a tool call answers, then spins fo
 `terminate` comes 30 ms after the cell was created, early in the spin. The stop path's report
 of the cell (a drain queued behind the spinning step) runs when the spin ends and is cancelled
 when its 0.2 s budget runs out, so with enough lines the cancel lands, in some cells, while the
-drain finishes. mini-racer answers a
-task cancelled as it finishes "terminated" and drops its result; the output must then come from
-the cell's journal (docs/safety.md, "Termination and teardown"). Prints, per size, the cells
-whose output came back incomplete (any line missing) and the median time `terminate` took.
+drain finishes. mini-racer answers a task cancelled as it finishes "terminated" and drops its
+result; the output must then come from the cell's journal (docs/safety.md, "Termination and
+teardown"). Prints, per size, the cells whose output came back incomplete (any line missing)
+and the median time `terminate` took.
 
 Run: .venv/bin/python benchmarks/stop_salvage.py [--lines 30000 60000] [--cells 20]
+     [--engine worker]
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from codemode import (
     ToolDefinition,
     tools_delegate,
 )
+from codemode.engine.v8 import V8Engine
+from codemode.engine.worker import WorkerEngine
 
 
 async def echo(value: object) -> object:
@@ -60,11 +63,19 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, nargs="+", default=[30000, 60000])
     parser.add_argument("--cells", type=int, default=20)
+    parser.add_argument(
+        "--engine",
+        choices=("in-process", "worker"),
+        default="in-process",
+        help="V8Engine (the default) or WorkerEngine (the same V8 engine in a worker process)",
+    )
     args = parser.parse_args()
     limits = CellLimits(max_output_bytes=256 << 20)
     print(f"{'lines per cell':>15} {'cells':>6} {'incomplete':>11} {'terminate (median ms)':>22}")
     for lines in args.lines:
-        async with SessionRuntime(tools_delegate({"echo": echo}), limits=limits) as rt:
+        engine = V8Engine() if args.engine == "in-process" else WorkerEngine()
+        delegate = tools_delegate({"echo": echo})
+        async with SessionRuntime(delegate, limits=limits, engine=engine) as rt:
             incomplete = 0
             took: list[float] = []
             for _ in range(args.cells):
