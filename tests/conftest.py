@@ -159,6 +159,16 @@ def engine_threads() -> int:
     return native_threads() - threading.active_count()
 
 
+def engine_thread_ids() -> set[int]:
+    """The ids of the native threads that are not Python threads (see :func:`engine_threads`).
+    A test that checks its own cells' threads are gone compares these sets rather than counts:
+    other native threads of the process (a Ray client's, gRPC's) come and go on their own."""
+    import threading
+
+    python = {t.native_id for t in threading.enumerate()}
+    return {int(tid) for tid in os.listdir(f"/proc/{os.getpid()}/task")} - python
+
+
 def rss_bytes() -> int:
     with open(f"/proc/{os.getpid()}/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
