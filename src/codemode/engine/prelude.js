@@ -179,9 +179,10 @@
   // any drain), or a drain's report never reaches the host, the host still salvages what it
   // wrote. Records: [kind, length low, length high, units...]; units 0-1 (one 32-bit word,
   // written last) hold the committed end, units 2-3 a limit the cell hit (1 + its index in
-  // FLAGGED_LIMITS), records start at unit 4. Only the host empties it (it sets the end back to
-  // 4 once it has a drain's report: engine/v8.py, _V8Cell._command), never a drain: mini-racer
-  // may report a drain terminated after it committed, and then its report is gone.
+  // FLAGGED_LIMITS), records start at unit 4. Only the host empties it (it sets the end back
+  // to 4 once it has a drain's report: engine/v8.py, _V8Cell._journal_delivered), never a
+  // drain: mini-racer may report a drain terminated after it committed, and then its report is
+  // gone.
   let journal = null;
   let journalEnd = null;
   let journalFlag = null;
