@@ -276,12 +276,29 @@ class Log:
 
 
 def read_log(path: str) -> list[dict[str, Any]]:
-    """The log's lines (a torn last line, which a SIGKILL cannot make, would raise)."""
+    """The log's complete lines; every one must be JSON. A last line without its newline is
+    left out: a child still writing it, or one killed while it wrote it (a write that crosses a
+    page boundary stops there on SIGKILL), has not logged that event yet."""
     try:
         with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+            text = f.read()
     except FileNotFoundError:
         return []
+    complete = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
+def drop_torn_tail(path: str) -> None:
+    """Cut a killed child's unfinished last line off the log, so that the next child's lines,
+    appended after it, start on a line of their own."""
+    try:
+        with open(path, "r+b") as f:
+            data = f.read()
+            end = data.rfind(b"\n") + 1
+            if end < len(data):
+                f.truncate(end)
+    except FileNotFoundError:
+        pass
 
 
 class FaultDelegate:

@@ -488,6 +488,7 @@ async def run_fault_injection(
                             kills += 1
                 rc = await asyncio.wait_for(child.wait(), 180)
                 await child.stdout.read()
+                fault_child.drop_torn_tail(str(log))
                 if killed and rc != -signal.SIGKILL:
                     killed = False  # it exited on its own just before the signal
                     kills -= 1
