@@ -308,6 +308,106 @@ async def test_a_cell_that_overrides_date_and_random_records_only_real_reads(
     assert fed.texts[3:] == ["1000000000000", DRAWS[0], "2000000000000"]
 
 
+# What a cell can see of Temporal: the same in codemode as in V8's own (raw mini-racer).
+TEMPORAL_SHAPE = r"""(() => {
+  const d = (o, n) => {
+    const x = Object.getOwnPropertyDescriptor(o, n);
+    return (typeof x.value) + (x.writable ? "W" : "") + (x.enumerable ? "E" : "") + (x.configurable ? "C" : "");
+  };
+  const names = (o) => Object.getOwnPropertyNames(o).map((n) => n + ":" + d(o, n) + ":" + (o[n].length ?? "")).join(",");
+  const t = typeof Temporal;
+  return [
+    t, Object.prototype.toString.call(Temporal), Object.prototype.toString.call(Temporal.Now),
+    names(Temporal), names(Temporal.Now), d(globalThis, "Temporal"), Object.keys(globalThis).includes("Temporal"),
+    Object.getPrototypeOf(Temporal) === Object.prototype, Object.getPrototypeOf(Temporal.Now) === Object.prototype,
+    new Date(5).toTemporalInstant() instanceof Temporal.Instant,
+    Temporal.PlainDate.from("2020-01-31").add({ months: 1 }).toString(),
+    Temporal.Duration.from({ hours: 2 }).toString(), Temporal.PlainYearMonth.from("2020-05").toString(),
+    Temporal.PlainMonthDay.from("05-04").toString(), Temporal.PlainTime.from("01:02").toString(),
+    Temporal.PlainDateTime.from("2020-01-01T01:02").toString(),
+    Temporal.ZonedDateTime.from("2020-01-01T00:00[UTC]").toString(),
+    Temporal.Now.timeZoneId(), Temporal.Now.plainDateISO() instanceof Temporal.PlainDate,
+    Temporal.Now.zonedDateTimeISO("Asia/Tokyo") instanceof Temporal.ZonedDateTime,
+  ].join(" | ");
+})()"""
+
+
+async def test_temporal_looks_to_a_cell_as_v8s_own(js_engine: Engine) -> None:
+    from py_mini_racer import MiniRacer
+
+    mr = MiniRacer()
+    try:
+        expected = mr.eval(TEMPORAL_SHAPE)
+    finally:
+        mr.close()
+    run = await drive(js_engine, f"text({TEMPORAL_SHAPE})")
+    assert run.error is None
+    assert run.texts == [expected]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "text(globalThis['Tem' + 'poral'].Now.instant().toString())",
+        "text(Reflect.get(globalThis, 'Temporal').Now.instant().toString())",
+        "const {Now} = Object.getOwnPropertyDescriptor(globalThis, 'Temporal').get();"
+        " text(Now.instant().toString())",
+        # a cell that rewired the constructors first changes only its own calls
+        "const I = new Date(0).toTemporalInstant().constructor; I.fromEpochMilliseconds = () => 1;"
+        " text(Temporal.Now.instant()); text(Date.now())",
+        "Object.defineProperty(Object.prototype, 'get', {value: () => 1, configurable: true});"
+        " Array.prototype[Symbol.iterator] = null; Function.prototype.bind = null;"
+        " text(Temporal.Now.instant().toString())",
+    ],
+)
+async def test_every_way_to_temporal_now_reads_through_the_record(
+    js_engine: Engine, source: str
+) -> None:
+    live, _ = await record_and_replay(js_engine, source)
+    assert live.error is None
+    fed = await drive(js_engine, source, [CLOCK, EnvRead("clock", 2e12)])
+    assert fed.error is None
+    assert fed.each_read == [("clock", T0)] + ([("clock", 2e12)] if "Date.now" in source else [])
+    if "fromEpochMilliseconds" in source:  # (what its own replacement gives back is its own)
+        assert fed.texts[1:] == ["2000000000000"]
+    else:
+        assert fed.texts == ["2001-09-09T01:46:40Z"]
+
+
+async def test_the_prelude_leaves_temporal_to_be_built_at_a_cells_first_use() -> None:
+    """V8 builds its Temporal namespace (~90 KiB of heap) on the first read of the global; the
+    prelude never reads it, so an idle cell's isolate does not hold it (docs/determinism.md)."""
+    from codemode.engine import v8
+
+    def heap_growth(source: str) -> int:
+        isolate = v8._create_isolate(loop)
+        try:
+            context, bridge = isolate.context, isolate.bridge
+            assert context is not None and bridge is not None
+            used = lambda: json.loads(context.heap_stats())["used_heap_size"]  # noqa: E731
+            before = used()
+            config = {"pausable": False, "limits": {"maxToolCalls": 1, "maxParallel": 1,
+                      "maxOutputBytes": 4096, "maxExternalBytes": 4096, "maxStoredBytes": 4096},
+                      "storedBytes": 2, "tools": []}  # fmt: skip
+            bridge.call_sync(bridge.start, json.dumps(config), "{}", source)
+            report = bridge.call_sync(bridge.drain)
+            assert '"ok":true' in report, report
+            return int(used() - before)
+        finally:
+            isolate.free()
+
+    loop = asyncio.get_running_loop()
+    growth = await asyncio.to_thread(
+        lambda: [
+            (heap_growth("text(typeof Date.now)"), heap_growth("text(typeof Temporal.Now)"))
+            for _ in range(3)
+        ]
+    )
+    # Each pair in fresh isolates: reading Temporal builds it now, so the heap grows by V8's
+    # namespace on top of what an equal cell reading Date costs.
+    assert sorted(t - d for d, t in growth)[1] > 48 * 1024, growth
+
+
 REMOVED = ["WeakRef", "FinalizationRegistry", "Atomics", "SharedArrayBuffer", "WebAssembly",
            "performance", "crypto", "navigator", "gc"]  # fmt: skip
 

@@ -842,23 +842,83 @@
   }.formatToParts);
 
   // Temporal.Now: every function reads the clock once (millisecond resolution, like Date).
-  const TemporalNow = typeof Temporal === "object" && Temporal !== null ? Temporal.Now : undefined;
-  if (TemporalNow !== undefined) {
-    const Instant = Temporal.Instant;
-    const instantFromMs = Instant.fromEpochMilliseconds;
-    const toZoned = uncurry(Instant.prototype.toZonedDateTimeISO);
-    const zonedProto = Temporal.ZonedDateTime.prototype;
-    const toPlainDateTime = uncurry(zonedProto.toPlainDateTime);
-    const toPlainDate = uncurry(zonedProto.toPlainDate);
-    const toPlainTime = uncurry(zonedProto.toPlainTime);
-    const timeZoneId = TemporalNow.timeZoneId;
-    const instant = () => ReflectApply(instantFromMs, Instant, [clock()]);
-    const zoned = (tz) => toZoned(instant(), tz === undefined ? ReflectApply(timeZoneId, TemporalNow, []) : tz);
-    defineMethod(TemporalNow, "instant", { instant() { return instant(); } }.instant);
-    defineMethod(TemporalNow, "zonedDateTimeISO", { zonedDateTimeISO(tz) { return zoned(tz); } }.zonedDateTimeISO);
-    defineMethod(TemporalNow, "plainDateTimeISO", { plainDateTimeISO(tz) { return toPlainDateTime(zoned(tz)); } }.plainDateTimeISO);
-    defineMethod(TemporalNow, "plainDateISO", { plainDateISO(tz) { return toPlainDate(zoned(tz)); } }.plainDateISO);
-    defineMethod(TemporalNow, "plainTimeISO", { plainTimeISO(tz) { return toPlainTime(zoned(tz)); } }.plainTimeISO);
+  // V8 builds its Temporal namespace (every constructor and prototype, ~90 KiB of heap) on the
+  // first read of globalThis.Temporal, and defining over that property builds it too; deleting it
+  // does not. So the global is deleted unread and replaced by an accessor that builds the
+  // namespace on the cell's first use: V8's constructors, reached through
+  // Date.prototype.toTemporalInstant (which makes them without the namespace), and a Now of our
+  // own whose functions read through `clock`. V8's own Temporal.Now stays unreachable: the only
+  // way to it was the deleted property. A cell that replaced the constructors' methods before
+  // its first use of Temporal gets what it put there (it changes only its own calls).
+  if (ReflectApply(ObjectHasOwn, global, ["Temporal"])) {
+    // Everything below that runs at the cell's first use calls only what is captured here, and
+    // its property descriptors have no prototype (a cell's Object.prototype.get changes nothing).
+    const DateProto = IntrinsicDate.prototype;
+    const ObjectGetPrototypeOf = Object.getPrototypeOf;
+    const ObjectGetOwnPropertyDescriptor = Object.getOwnPropertyDescriptor;
+    const ObjectCreate = Object.create;
+    const ObjectPrototype = Object.prototype;
+    const IntlDateTimeFormat = Intl.DateTimeFormat;
+    const IntlResolvedOptions = IntlDateTimeFormat.prototype.resolvedOptions;
+    const toStringTag = Symbol.toStringTag;
+    const define = (owner, key, value, writable) => {
+      ObjectDefineProperty(owner, key, { __proto__: null, value, writable, configurable: true, enumerable: false });
+    };
+    const resolvedTimeZone = () => ReflectApply(IntlResolvedOptions, new IntlDateTimeFormat(), []).timeZone;
+    const classOf = (value) => ObjectGetPrototypeOf(value).constructor;
+    // The optional time zone argument (V8's functions have length 0, so these take no parameter).
+    const tzOf = (args) => (args.length > 0 ? args[0] : undefined);
+    const build = () => {
+      // The lazy toTemporalInstant makes V8's Temporal constructors (not the global namespace).
+      const instant0 = ReflectApply(DateProto.toTemporalInstant, new IntrinsicDate(0), []);
+      const Instant = classOf(instant0);
+      const instantProto = Instant.prototype;
+      const toZoned = instantProto.toZonedDateTimeISO;
+      const zoned0 = ReflectApply(toZoned, instant0, ["UTC"]);
+      const ZonedDateTime = classOf(zoned0);
+      const zonedProto = ZonedDateTime.prototype;
+      const toPlainDateTime = zonedProto.toPlainDateTime;
+      const toPlainDate = zonedProto.toPlainDate;
+      const toPlainTime = zonedProto.toPlainTime;
+      const date0 = ReflectApply(toPlainDate, zoned0, []);
+      const PlainDate = classOf(date0);
+      const datePro = PlainDate.prototype;
+      const members = [
+        "PlainDate", PlainDate,
+        "PlainTime", classOf(ReflectApply(toPlainTime, zoned0, [])),
+        "PlainDateTime", classOf(ReflectApply(toPlainDateTime, zoned0, [])),
+        "ZonedDateTime", ZonedDateTime,
+        "Duration", classOf(ReflectApply(instantProto.since, instant0, [instant0])),
+        "Instant", Instant,
+        "PlainYearMonth", classOf(ReflectApply(datePro.toPlainYearMonth, date0, [])),
+        "PlainMonthDay", classOf(ReflectApply(datePro.toPlainMonthDay, date0, [])),
+      ];
+      const instantFromMs = Instant.fromEpochMilliseconds;
+      const instant = () => ReflectApply(instantFromMs, Instant, [clock()]);
+      const zoned = (tz) => ReflectApply(toZoned, instant(), [tz === undefined ? resolvedTimeZone() : tz]);
+      const Now = ObjectCreate(ObjectPrototype);
+      define(Now, "instant", { instant() { return instant(); } }.instant, true);
+      define(Now, "timeZoneId", { timeZoneId() { return resolvedTimeZone(); } }.timeZoneId, true);
+      define(Now, "plainDateTimeISO", { plainDateTimeISO() { return ReflectApply(toPlainDateTime, zoned(tzOf(arguments)), []); } }.plainDateTimeISO, true);
+      define(Now, "zonedDateTimeISO", { zonedDateTimeISO() { return zoned(tzOf(arguments)); } }.zonedDateTimeISO, true);
+      define(Now, "plainDateISO", { plainDateISO() { return ReflectApply(toPlainDate, zoned(tzOf(arguments)), []); } }.plainDateISO, true);
+      define(Now, "plainTimeISO", { plainTimeISO() { return ReflectApply(toPlainTime, zoned(tzOf(arguments)), []); } }.plainTimeISO, true);
+      define(Now, toStringTag, "Temporal.Now", false);
+      const ns = ObjectCreate(ObjectPrototype);
+      define(ns, "Now", Now, true);
+      for (let i = 0; i < members.length; i += 2) define(ns, members[i], members[i + 1], true);
+      define(ns, toStringTag, "Temporal", false);
+      return ns;
+    };
+    const settle = (value) => define(global, "Temporal", value, true);  // a data property again
+    delete global.Temporal;  // unread: deleting does not make V8 build it
+    const accessor = ObjectGetOwnPropertyDescriptor({
+      get Temporal() { const ns = build(); settle(ns); return ns; },
+      set Temporal(value) { settle(value); },
+    }, "Temporal");
+    ObjectDefineProperty(global, "Temporal", {
+      get: accessor.get, set: accessor.set, configurable: true, enumerable: false,
+    });
   }
 
   // Removed: what the garbage collector's timing decides (a WeakRef's target, when a
