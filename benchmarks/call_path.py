@@ -120,7 +120,8 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     counts = {"submitted": 0, "blocking": 0, "wakeups": 0, "iterations": 0, "tasks": 0}
 
-    engine = V8Engine(step_wait=args.step_wait)
+    # (No keyword when it is the default: older checkouts, measured through PYTHONPATH, lack it.)
+    engine = V8Engine(step_wait=args.step_wait) if args.step_wait else V8Engine()
     from py_mini_racer import _dll
 
     dll = _dll.init_mini_racer(ignore_duplicate_init=True)
