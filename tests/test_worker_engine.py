@@ -639,6 +639,50 @@ async def test_a_step_cancelled_while_its_line_is_still_being_sent_is_abandoned(
         await engine.aclose()
 
 
+async def test_a_step_cancelled_while_its_big_answer_is_decoded_keeps_that_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An answer over 1 MiB is decoded on a thread; a ``terminate`` that cancels the step
+    meanwhile must not lose it: the worker already emptied the cell into that answer, so the
+    stop gives its output, once."""
+    import threading
+
+    from codemode.engine import worker as worker_mod
+
+    decoding, release = threading.Event(), threading.Event()
+    loads = worker_mod._loads
+
+    def held_loads(line: bytes) -> Any:
+        if len(line) > worker_mod._BIG_MESSAGE:
+            decoding.set()
+            release.wait(HANG)
+        return loads(line)
+
+    monkeypatch.setattr(worker_mod, "_loads", held_loads)
+    engine = WorkerEngine()
+    try:
+        source = "text('a'); await tools.echo({}); text('y'.repeat(1500000)); text('z');"
+        limits = CellLimits(max_output_bytes=4 << 20)
+        boot = CellBoot("c", source, (ToolDefinition("echo"),), {}, limits, False)
+        cell: Any = await engine.open_cell(boot)
+        report = await cell.run()
+        (call,) = [e for e in report.events if isinstance(e, ToolCallRequested)]
+        task = asyncio.create_task(cell.step([ToolResultInput(call.call_id, True, "{}")]))
+        assert await asyncio.to_thread(decoding.wait, HANG), "no big answer came"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert cell._late is not None, "the abandoned command's answer has no place"
+        release.set()
+        events = await asyncio.wait_for(cell.stop(), HANG)
+        texts = [e.item for e in events if isinstance(e, OutputProduced)]
+        assert texts == [TextItem("y" * 1500000), TextItem("z")]
+        assert not cell._child.pending and not cell._child.unclaimed
+    finally:
+        release.set()
+        await engine.aclose()
+
+
 # ---------------------------------------------------------------------- in-process watchdog
 
 
